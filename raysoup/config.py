@@ -1,0 +1,286 @@
+"""Experiment configuration: validated pydantic models loaded from YAML.
+
+Every model forbids unknown fields so a typo names itself instead of being ignored.
+Validators raise ValueError (never RuntimeError) so pydantic can report the field path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the field path and the problem."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- data
+
+
+class WorldCfg(Strict):
+    """The procedurally generated image world of the embedded default (see data/world.py)."""
+
+    num_classes: int = Field(10, ge=2, le=16)
+    image_size: int = Field(32, ge=16, le=128)
+    train_per_class: int = Field(2000, ge=10)
+    test_per_class: int = Field(200, ge=5)
+    shift_per_class: int = Field(100, ge=5)
+    seed: int = 0
+
+
+class SplitSource(Strict):
+    """A labelled image split on disk: Parquet shards or an ImageFolder (ImageNet layout)."""
+
+    format: Literal["parquet", "imagefolder"]
+    path: str
+    # For a shift set covering a subset of the classes, the class names it covers; accuracy
+    # then projects logits onto that subset (ImageNet-R/A style). Parquet shards may carry it
+    # in their metadata instead.
+    classes: list[str] | None = None
+
+
+class DataCfg(Strict):
+    world: WorldCfg | None = None
+    train: SplitSource | None = None
+    test: SplitSource | None = None
+    shifts: dict[str, SplitSource] = Field(default_factory=dict)
+    classnames: list[str] | None = None
+    heldout_fraction: float = Field(0.02, gt=0.0, lt=0.5)
+    # Zero-shot prompt templates: "openai_imagenet" (open_clip's), "world", or explicit strings
+    # containing "{}".
+    templates: Literal["openai_imagenet", "world"] | list[str] = "openai_imagenet"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataCfg:
+        if self.world is None and (self.train is None or self.test is None):
+            raise ValueError("set either data.world or both data.train and data.test")
+        if self.world is not None and (self.train or self.test or self.shifts):
+            raise ValueError("data.world generates its own splits; drop data.train/test/shifts")
+        if isinstance(self.templates, list):
+            bad = [t for t in self.templates if "{}" not in t]
+            if bad:
+                raise ValueError(f"templates must contain '{{}}': {bad}")
+        return self
+
+
+# ---------------------------------------------------------------- model and training
+
+
+class PretrainCfg(Strict):
+    """Short contrastive pre-training on the data's captions: produces the shared initialisation."""
+
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    seed: int = 0
+    threads: int = Field(2, ge=1)
+
+
+class ModelCfg(Strict):
+    # An open_clip model name: built-in (e.g. "ViT-B-32") or one of raysoup/models/configs/.
+    name: str = "ViT-B-32"
+    # Weight source: an open_clip pretrained tag (e.g. "openai"), a local weights file, or None
+    # with `pretrain` set (the project's own base checkpoint, cached in the workdir).
+    pretrained: str | None = None
+    tokenizer: Literal["open_clip", "world"] = "open_clip"
+    pretrain: PretrainCfg | None = None
+
+    @model_validator(mode="after")
+    def _has_weights(self) -> ModelCfg:
+        if self.pretrained is None and self.pretrain is None:
+            raise ValueError("no weight source: set model.pretrained (tag or file) or model.pretrain")
+        if self.pretrained is not None and self.pretrain is not None:
+            raise ValueError("set only one of model.pretrained and model.pretrain")
+        return self
+
+
+class TrainHParams(Strict):
+    """Hyper-parameters of one fine-tuning run; a sweep samples some of them."""
+
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(128, ge=2)
+    warmup_steps: int = Field(50, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    mixup: float = Field(0.0, ge=0)  # mixup alpha (0 = off)
+    cutmix: float = Field(0.0, ge=0)  # cutmix alpha (0 = off)
+    randaug_n: int = Field(0, ge=0)  # RandAugment ops per image (0 = off)
+    randaug_m: int = Field(9, ge=0, le=30)
+    seed: int = 0
+
+
+class LogUniform(Strict):
+    loguniform: tuple[float, float]
+
+
+class Uniform(Strict):
+    uniform: tuple[float, float]
+
+
+class RandInt(Strict):
+    randint: tuple[int, int]  # [low, high) like tune.randint
+
+
+class Choice(Strict):
+    choice: list[Any] = Field(min_length=1)
+
+
+Distribution = LogUniform | Uniform | RandInt | Choice | float | int
+
+
+class ResourcesCfg(Strict):
+    cpu: float = Field(1, gt=0)
+    gpu: float = Field(0, ge=0)
+
+
+class SweepCfg(Strict):
+    num_samples: int = Field(8, ge=1)
+    seed: int = 0
+    max_concurrent: int = Field(2, ge=1)
+    resources_per_trial: ResourcesCfg = ResourcesCfg()
+    base: TrainHParams = TrainHParams()
+    space: dict[str, Distribution] = Field(default_factory=dict)
+    max_failures: int = Field(2, ge=0)
+
+    @field_validator("space")
+    @classmethod
+    def _known_hparams(cls, space: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(space) - set(TrainHParams.model_fields))
+        if unknown:
+            raise ValueError(
+                f"unknown hyper-parameter(s) {unknown}; valid: {sorted(TrainHParams.model_fields)}"
+            )
+        for name, dist in space.items():
+            lo_hi = getattr(dist, "loguniform", None) or getattr(dist, "uniform", None)
+            if lo_hi is not None and not lo_hi[0] < lo_hi[1]:
+                raise ValueError(f"{name}: low must be below high, got {list(lo_hi)}")
+            if isinstance(dist, LogUniform) and dist.loguniform[0] <= 0:
+                raise ValueError(f"{name}: loguniform bounds must be positive")
+        return space
+
+
+class EvalCfg(Strict):
+    num_actors: int = Field(2, ge=1)
+    batch_size: int = Field(500, ge=1)
+    cpus_per_actor: float = Field(1, gt=0)
+    gpus_per_actor: float = Field(0, ge=0)
+
+
+class SoupCfg(Strict):
+    recipes: list[str] = Field(default_factory=lambda: ["uniform", "greedy"], min_length=1)
+    num_shards: int = Field(2, ge=1)
+    include_zeroshot: bool = False
+
+    @field_validator("recipes")
+    @classmethod
+    def _known_recipes(cls, recipes: list[str]) -> list[str]:
+        from raysoup.soup.registry import RECIPES
+
+        unknown = [r for r in recipes if r not in RECIPES]
+        if unknown:
+            raise ValueError(f"unknown recipe(s) {unknown}; valid: {sorted(RECIPES)}")
+        return recipes
+
+
+class TrackingCfg(Strict):
+    # None: SQLite database in the workdir (sqlite:///WORKDIR/mlflow.db).
+    uri: str | None = None
+    experiment: str | None = None  # default: the experiment name
+
+
+class ExperimentCfg(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    workdir: str | None = None  # default: ./runs/<name>
+    model: ModelCfg
+    data: DataCfg
+    sweep: SweepCfg = SweepCfg()
+    eval: EvalCfg = EvalCfg()
+    soup: SoupCfg = SoupCfg()
+    tracking: TrackingCfg = TrackingCfg()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentCfg:
+        if self.model.tokenizer == "world" and self.data.world is None:
+            raise ValueError("model.tokenizer 'world' needs data.world")
+        if self.model.pretrain is not None and self.data.world is None:
+            raise ValueError("model.pretrain needs captions: only data.world provides them")
+        return self
+
+    def resolved_workdir(self, override: str | None = None) -> Path:
+        return Path(override or self.workdir or Path("runs") / self.name).absolute()
+
+    def fingerprint(self, *parts: str) -> str:
+        """Short stable hash of the named top-level sections (cache keys, e.g. the base model)."""
+        payload = {p: self.model_dump(mode="json")[p] for p in parts}
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid experiment config {source}:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {path}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` → (["a","b","c"], value parsed as YAML, so numbers and lists work)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r}: expected key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(path[: i + 1])
+                raise ConfigError(f"override {text!r}: {where} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentCfg:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"experiment config not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return ExperimentCfg.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, str(path))) from None
+

@@ -1,0 +1,86 @@
+"""Pure evaluation core: weights in, per-split accuracy out.
+
+The model skeleton is built once; evaluating a candidate is `param.copy_` plus a forward pass
+over tensors that were decoded and preprocessed once (see DESIGN.md, "Evaluation pool").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    images: np.ndarray  # float32 [N, 3, H, W], already normalised
+    labels: np.ndarray  # int64 [N], indices into the full label space
+    class_subset: tuple[int, ...] | None = None  # classes this split covers (None = all)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def count_correct(
+    logits: torch.Tensor, labels: torch.Tensor, class_subset: tuple[int, ...] | None
+) -> int:
+    """Correct predictions; with a class subset, logits are projected onto it first
+    (the model may only choose among the classes the split covers, as for ImageNet-R/A)."""
+    if class_subset is not None:
+        subset = torch.as_tensor(class_subset, dtype=torch.long, device=logits.device)
+        preds = subset[logits.index_select(1, subset).argmax(dim=1)]
+    else:
+        preds = logits.argmax(dim=1)
+    return int((preds == labels).sum())
+
+
+def load_weights_(model: nn.Module, weights: Mapping[str, torch.Tensor | np.ndarray]) -> None:
+    """Copy a full state dict into the skeleton in place; names and shapes must match exactly."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    with torch.no_grad():
+        for name, target in own.items():
+            src = weights[name]
+            src = torch.from_numpy(np.asarray(src)) if not isinstance(src, torch.Tensor) else src
+            if tuple(src.shape) != tuple(target.shape):
+                raise ValueError(f"tensor {name}: shape {tuple(src.shape)} != model {tuple(target.shape)}")
+            target.copy_(src)
+
+
+class Evaluator:
+    """Holds one model skeleton and the evaluation splits; scores weight sets."""
+
+    def __init__(self, model: nn.Module, splits: Mapping[str, EvalSplit], batch_size: int = 500,
+                 device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.splits = dict(splits)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def logits(self, split: str) -> torch.Tensor:
+        data = self.splits[split]
+        out = []
+        for start in range(0, len(data), self.batch_size):
+            x = torch.from_numpy(data.images[start : start + self.batch_size]).to(self.device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                out.append(self.model(x).float().cpu())
+        return torch.cat(out) if out else torch.empty(0)
+
+    def score(self, weights: Mapping[str, torch.Tensor | np.ndarray] | None,
+              splits: list[str] | None = None) -> dict[str, tuple[int, int]]:
+        """(correct, n) per split for `weights` (None = the weights already loaded)."""
+        if weights is not None:
+            load_weights_(self.model, weights)
+        result = {}
+        for name in splits or list(self.splits):
+            data = self.splits[name]
+            correct = count_correct(self.logits(name), torch.from_numpy(data.labels), data.class_subset)
+            result[name] = (correct, len(data))
+        return result

@@ -1,0 +1,70 @@
+"""results.parquet: one row per (model, split). Pure pyarrow; rewritten atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA = pa.schema([
+    ("model", pa.string()),
+    ("kind", pa.string()),  # zeroshot | ingredient | soup
+    ("split", pa.string()),  # heldout | test | <shift name>
+    ("accuracy", pa.float64()),
+    ("correct", pa.int64()),
+    ("n", pa.int64()),
+])
+
+
+def empty() -> pa.Table:
+    return SCHEMA.empty_table()
+
+
+def read_results(path: Path) -> pa.Table:
+    return pq.read_table(path).cast(SCHEMA) if Path(path).exists() else empty()
+
+
+def rows(model: str, kind: str, scores: dict[str, tuple[int, int]]) -> pa.Table:
+    items = sorted(scores.items())
+    return pa.table({
+        "model": [model] * len(items),
+        "kind": [kind] * len(items),
+        "split": [s for s, _ in items],
+        "accuracy": [c / n if n else float("nan") for _, (c, n) in items],
+        "correct": [c for _, (c, _) in items],
+        "n": [n for _, (_, n) in items],
+    }, schema=SCHEMA)
+
+
+def done_pairs(table: pa.Table) -> set[tuple[str, str]]:
+    return set(zip(table["model"].to_pylist(), table["split"].to_pylist(), strict=True))
+
+
+def merge(table: pa.Table, new: list[pa.Table]) -> pa.Table:
+    """Append new rows; a (model, split) already present is replaced by the newer row."""
+    combined = pa.concat_tables([table, *new]) if new else table
+    seen: dict[tuple[str, str], int] = {}
+    for i, key in enumerate(zip(combined["model"].to_pylist(), combined["split"].to_pylist(), strict=True)):
+        seen[key] = i
+    keep = sorted(seen.values())
+    out = combined.take(keep)
+    return out.sort_by([("kind", "ascending"), ("model", "ascending"), ("split", "ascending")])
+
+
+def write_results(path: Path, table: pa.Table) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def accuracy_of(table: pa.Table, split: str) -> dict[str, float]:
+    """model → accuracy on one split."""
+    out = {}
+    for m, s, a in zip(table["model"].to_pylist(), table["split"].to_pylist(),
+                       table["accuracy"].to_pylist(), strict=True):
+        if s == split:
+            out[m] = a
+    return out

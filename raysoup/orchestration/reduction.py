@@ -1,0 +1,68 @@
+"""Distributed weight averaging: one Ray task per shard of tensor names.
+
+Each task streams its tensors from every ingredient (lazy safetensors reads) and either writes
+its output shard file directly or returns it as numpy arrays through the object store. The
+arithmetic lives in `raysoup.reduce` (pure); this module only fans it out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import ray
+
+from raysoup.checkpoints import read_manifest
+from raysoup.reduce import add_into, plan_shards, reduce_shard, write_index, write_shard
+
+
+def shard_plan(ingredient_dir: Path, num_shards: int) -> list[list[str]]:
+    """Balanced shards of tensor names, planned from an ingredient manifest (no tensor reads)."""
+    tensors = read_manifest(ingredient_dir)["tensors"]
+    sizes = {n: math.prod(t["shape"]) * 4 for n, t in tensors.items()}  # float32 accumulators
+    return plan_shards(sizes, num_shards)
+
+
+@ray.remote(max_retries=2)
+def _reduce_to_file(paths: list[str], weights: list[float], names: list[str], out: str) -> str:
+    write_shard(Path(out), reduce_shard([Path(p) for p in paths], weights, names))
+    return out
+
+
+@ray.remote(max_retries=2)
+def _add(acc, path: str, names: list[str]):
+    return add_into(acc, Path(path), names)
+
+
+def add_ingredient(sum_refs: list | None, path: Path, plan: list[list[str]]) -> list:
+    """Running sum + θ(path), shard-parallel; returns new per-shard object refs."""
+    accs = sum_refs or [None] * len(plan)
+    return [_add.remote(acc, str(path), names) for acc, names in zip(accs, plan, strict=True)]
+
+
+def write_soup(out_dir: Path, paths: list[Path], weights: list[float], plan: list[list[str]],
+               recipe: dict) -> Path:
+    """Reduce into `out_dir` (shards + index + recipe.json), complete or absent: everything is
+    written into a temporary sibling directory that is renamed into place last."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        k = len(plan)
+        files = [f"model-{i + 1:05d}-of-{k:05d}.safetensors" for i in range(k)]
+        refs = [_reduce_to_file.remote([str(p) for p in paths], weights, names, str(tmp / f))
+                for f, names in zip(files, plan, strict=True)]
+        ray.get(refs)
+        index = write_index(tmp, list(zip(files, plan, strict=True)), {"recipe": recipe["recipe"]})
+        recipe = {**recipe, "num_shards": k, "shards_sha256": index["sha256"]}
+        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

@@ -1,0 +1,210 @@
+"""Sweep stage: Ray Tune fine-tunes the zero-shot initialisation over the search space.
+
+The trainable only wires the pure fine-tuning loop to Tune (report + checkpoint per epoch) and
+writes the finished model as an ingredient. MLflow runs are written from the driver by
+`TrackingCallback`, so a SQLite store has a single writer and a resumed trial finds its run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+from ray.tune.search.basic_variant import BasicVariantGenerator
+from safetensors.torch import load_file, save_file
+
+from raysoup.checkpoints import list_ingredients, read_manifest, write_ingredient
+from raysoup.config import Choice, ExperimentCfg, LogUniform, RandInt, TrainHParams, Uniform
+from raysoup.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+SWEEP_DIR = "tune"
+SWEEP_NAME = "sweep"
+
+
+class SweepError(RuntimeError):
+    pass
+
+
+def trial_name(trial_id: str) -> str:
+    """Tune's ids end in a 5-digit counter (`<uuid>_00003`); ingredients get stable names."""
+    suffix = trial_id.rsplit("_", 1)[-1]
+    return f"trial-{int(suffix):03d}" if suffix.isdigit() else f"trial-{trial_id}"
+
+
+def param_space(space: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, dist in space.items():
+        if isinstance(dist, LogUniform):
+            out[name] = tune.loguniform(*dist.loguniform)
+        elif isinstance(dist, Uniform):
+            out[name] = tune.uniform(*dist.uniform)
+        elif isinstance(dist, RandInt):
+            out[name] = tune.randint(*dist.randint)
+        elif isinstance(dist, Choice):
+            out[name] = tune.choice(dist.choice)
+        else:
+            out[name] = dist
+    return out
+
+
+def hparams_for(cfg: ExperimentCfg, sampled: dict[str, Any]) -> TrainHParams:
+    return TrainHParams.model_validate({**cfg.sweep.base.model_dump(), **sampled})
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Large constants for every trial, passed by `tune.with_parameters` (not the param space)."""
+
+    cfg_json: str
+    workdir: str
+    threads: int
+
+
+# ---------------------------------------------------------------- trainable (runs on workers)
+
+
+def _save_state(state: dict, directory: Path) -> None:
+    save_file({k: v.contiguous() for k, v in state["model"].items()}, directory / "model.safetensors")
+    torch.save(state["optimizer"], directory / "optimizer.pt")
+    (directory / "state.json").write_text(json.dumps({"epoch": state["epoch"]}))
+
+
+def _load_state(directory: Path) -> dict:
+    return {
+        "model": load_file(directory / "model.safetensors"),
+        # Optimizer state is plain tensors and numbers: weights_only never unpickles code.
+        "optimizer": torch.load(directory / "optimizer.pt", weights_only=True),
+        "epoch": json.loads((directory / "state.json").read_text())["epoch"],
+    }
+
+
+def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    from raysoup.data.sources import load_splits
+    from raysoup.models.classifier import classifier_skeleton
+    from raysoup.train.finetune import finetune
+
+    torch.set_num_threads(ctx.threads)
+    cfg = ExperimentCfg.model_validate_json(ctx.cfg_json)
+    workdir = Path(ctx.workdir)
+    hp = hparams_for(cfg, config)
+    name = trial_name(tune.get_context().get_trial_id())
+
+    zeroshot = workdir / "ingredients" / "zeroshot"
+    meta = read_manifest(zeroshot)
+    model = classifier_skeleton(meta["model_name"], meta["num_classes"])
+    model.load_state_dict(load_file(zeroshot / "model.safetensors"))
+    splits = load_splits(cfg.data, workdir, progress=False)
+
+    resume = None
+    if (ckpt := tune.get_checkpoint()) is not None:
+        with ckpt.as_directory() as d:
+            resume = _load_state(Path(d))
+
+    def on_epoch(epoch: int, metrics: dict, state_fn) -> None:
+        if epoch == hp.epochs:  # the ingredient lands before Tune marks the trial finished
+            write_ingredient(workdir / "ingredients" / name, model.state_dict(), {
+                "kind": "ingredient", "model_name": meta["model_name"],
+                "num_classes": meta["num_classes"], "preprocess": meta["preprocess"],
+                "base_model": meta.get("base_model"), "hparams": hp.model_dump(),
+                "metrics": metrics,
+            })
+        with tempfile.TemporaryDirectory() as d:
+            _save_state(state_fn(), Path(d))
+            tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(d))
+
+    pre = meta["preprocess"]
+    finetune(model, splits.train, hp, image_size=pre["image_size"], mean=pre["mean"],
+             std=pre["std"], threads=ctx.threads, resume=resume, on_epoch=on_epoch)
+
+
+# ---------------------------------------------------------------- tracking (runs on the driver)
+
+
+class TrackingCallback(tune.Callback):
+    def __init__(self, tracker: Tracker, parent_run: str, base: dict[str, Any]):
+        self.tracker = tracker
+        self.parent_run = parent_run
+        self.base = base
+        self._runs: dict[str, str] = {}
+
+    def _run(self, trial) -> str:
+        name = trial_name(trial.trial_id)
+        if name not in self._runs:
+            params = {**self.base, **trial.config, "trial_id": trial.trial_id}
+            self._runs[name] = self.tracker.trial_run(self.parent_run, name, params)
+        return self._runs[name]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        keys = ("train_loss", "train_acc", "lr", "images_per_s")
+        self.tracker.log_metrics(self._run(trial), {k: result[k] for k in keys if k in result},
+                                 step=int(result.get("epoch", 0)))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run = self._run(trial)
+        self.tracker.set_tags(run, {"raysoup.ingredient": f"ingredients/{trial_name(trial.trial_id)}"})
+        self.tracker.end(run, ok=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.tracker.end(self._run(trial), ok=False)
+
+
+# ---------------------------------------------------------------- driver
+
+
+def finished_trials(workdir: Path) -> list[str]:
+    return [p.name for p in list_ingredients(workdir / "ingredients")
+            if read_manifest(p).get("kind") == "ingredient"]
+
+
+def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: str) -> list[str]:
+    """Fine-tune `sweep.num_samples` ingredients; resumes an interrupted sweep from its state."""
+    done = finished_trials(workdir)
+    if len(done) >= cfg.sweep.num_samples:
+        log.info("sweep: %d ingredients already present, skipping", len(done))
+        return done
+
+    res = cfg.sweep.resources_per_trial
+    ctx = TrialContext(cfg.model_dump_json(), str(workdir), threads=max(1, int(res.cpu)))
+    trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx),
+                                    {"cpu": res.cpu, "gpu": res.gpu})
+    path = workdir / SWEEP_DIR / SWEEP_NAME
+    if tune.Tuner.can_restore(str(path)):
+        log.info("sweep: resuming from %s", path)
+        tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(cfg.sweep.space),
+            tune_config=tune.TuneConfig(
+                num_samples=cfg.sweep.num_samples,
+                max_concurrent_trials=cfg.sweep.max_concurrent,
+                search_alg=BasicVariantGenerator(random_state=cfg.sweep.seed),
+            ),
+            run_config=tune.RunConfig(
+                name=SWEEP_NAME,
+                storage_path=str(workdir / SWEEP_DIR),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
+                callbacks=[TrackingCallback(tracker, parent_run, cfg.sweep.base.model_dump())],
+                verbose=1,
+            ),
+        )
+    grid = tuner.fit()
+    failed = [r.path for r in grid if r.error is not None]
+    done = finished_trials(workdir)
+    if failed or len(done) < cfg.sweep.num_samples:
+        # fit() also returns (without raising) after SIGINT: an interrupted sweep is not finished.
+        raise SweepError(f"sweep incomplete: {len(done)}/{cfg.sweep.num_samples} ingredients, "
+                         f"failed trials: {failed or 'none'}; re-run the same command to resume")
+    return done

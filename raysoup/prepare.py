@@ -1,0 +1,78 @@
+"""Before the sweep: data on disk, the shared initialisation, and the zero-shot ingredient.
+
+Pure (no Ray): runs on the driver. Each step is cached in the workdir and skipped when done.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from raysoup.checkpoints import list_ingredients, read_manifest, write_ingredient
+from raysoup.config import ExperimentCfg
+from raysoup.data.sources import DatasetSplits, load_splits
+from raysoup.data.transforms import preprocess_eval
+from raysoup.evaluate.evaluator import EvalSplit
+
+log = logging.getLogger(__name__)
+
+ZEROSHOT = "zeroshot"
+
+
+def base_cache_dir(cfg: ExperimentCfg, workdir: Path) -> Path:
+    # Keyed by everything the pre-trained weights depend on, so a changed config retrains.
+    return workdir / "base" / cfg.fingerprint("model", "data")
+
+
+def ensure_zeroshot(cfg: ExperimentCfg, workdir: Path, splits: DatasetSplits) -> Path:
+    """Ingredient 0: image encoder + zero-shot head (class names × templates)."""
+    out = workdir / "ingredients" / ZEROSHOT
+    if out in list_ingredients(workdir / "ingredients"):
+        return out
+    from raysoup.models.base import ensure_base_clip
+    from raysoup.models.classifier import classifier_from_clip, zero_shot_head
+    from raysoup.models.factory import get_tokenizer, image_stats, load_clip
+
+    base = None
+    if cfg.model.pretrain is not None:
+        base = ensure_base_clip(cfg.model, splits, base_cache_dir(cfg, workdir))
+    clip = load_clip(cfg.model, base)
+    vocab = None
+    if cfg.model.tokenizer == "world":
+        from raysoup.data.world import vocabulary
+
+        vocab = vocabulary(cfg.data.world)
+    tokenizer = get_tokenizer(cfg.model, vocab)
+    head = zero_shot_head(clip, tokenizer, splits.classnames, splits.templates, device="cpu")
+    model = classifier_from_clip(clip, head)
+    image_size, mean, std = image_stats(clip)
+    write_ingredient(out, {k: v.detach().cpu() for k, v in model.state_dict().items()}, {
+        "kind": ZEROSHOT,
+        "model_name": cfg.model.name,
+        "num_classes": len(splits.classnames),
+        "classnames": splits.classnames,
+        "preprocess": {"image_size": image_size, "mean": list(mean), "std": list(std)},
+        "base_model": str(base) if base else cfg.model.pretrained,
+    })
+    log.info("zero-shot ingredient written: %s", out)
+    return out
+
+
+def eval_splits(splits: DatasetSplits, preprocess: dict) -> dict[str, EvalSplit]:
+    """held-out, test and every shift set, decoded and preprocessed once."""
+    named = {"heldout": splits.heldout, "test": splits.test, **splits.shifts}
+    out = {}
+    for name, data in named.items():
+        images = preprocess_eval(data, preprocess["image_size"], preprocess["mean"], preprocess["std"])
+        subset = tuple(data.class_subset) if data.class_subset is not None else None
+        out[name] = EvalSplit(images=images, labels=data.labels, class_subset=subset)
+    return out
+
+
+def prepare(cfg: ExperimentCfg, workdir: Path) -> tuple[DatasetSplits, dict]:
+    torch.set_flush_denormal(True)  # denormals once slowed a CPU run 15x (PLATFORM_NOTES)
+    splits = load_splits(cfg.data, workdir)
+    zs = ensure_zeroshot(cfg, workdir, splits)
+    return splits, read_manifest(zs)

@@ -1,0 +1,112 @@
+"""Report: the paper's figure (test vs. mean shift accuracy) and a results table."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+FIXED_SPLITS = ("heldout", "test")
+
+
+@dataclass(frozen=True)
+class Row:
+    model: str
+    kind: str
+    acc: dict[str, float]
+
+    def mean_shift(self, shifts: list[str]) -> float:
+        vals = [self.acc[s] for s in shifts if s in self.acc]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+
+def summarize(table: pa.Table) -> tuple[list[Row], list[str]]:
+    """Per-model rows (zero-shot, ingredients by name, soups) and the shift split names."""
+    acc: dict[tuple[str, str], dict[str, float]] = {}
+    for m, k, s, a in zip(*(table[c].to_pylist() for c in ("model", "kind", "split", "accuracy")),
+                          strict=True):
+        acc.setdefault((m, k), {})[s] = a
+    shifts = sorted({s for v in acc.values() for s in v} - set(FIXED_SPLITS))
+    order = {"zeroshot": 0, "ingredient": 1, "soup": 2}
+    rows = [Row(m, k, a) for (m, k), a in sorted(acc.items(), key=lambda x: (order.get(x[0][1], 9), x[0][0]))]
+    return rows, shifts
+
+
+def best_single(rows: list[Row]) -> Row | None:
+    """The ingredient a practitioner would pick: best held-out accuracy."""
+    ingredients = [r for r in rows if r.kind == "ingredient"]
+    return max(ingredients, key=lambda r: (r.acc.get("heldout", 0.0), r.model), default=None)
+
+
+def summary_rows(rows: list[Row]) -> list[tuple[str, Row]]:
+    """The headline comparison of the paper: zero-shot, best single, every soup."""
+    out = [("zero-shot", r) for r in rows if r.kind == "zeroshot"]
+    if (best := best_single(rows)) is not None:
+        out.append((f"best single ({best.model})", best))
+    out += [(r.model, r) for r in rows if r.kind == "soup"]
+    return out
+
+
+def markdown_table(labelled: list[tuple[str, Row]], shifts: list[str]) -> str:
+    cols = ["heldout", "test", *shifts]
+    head = "| model | " + " | ".join(cols) + " | mean shift |"
+    sep = "|---" * (len(cols) + 2) + "|"
+    lines = [head, sep]
+    for label, r in labelled:
+        cells = [f"{100 * r.acc[c]:.2f}" if c in r.acc else "–" for c in cols]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {100 * r.mean_shift(shifts):.2f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], shifts: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    ing = [r for r in rows if r.kind == "ingredient"]
+    ax.scatter([100 * r.acc.get("test", float("nan")) for r in ing],
+               [100 * r.mean_shift(shifts) for r in ing],
+               c="#9aa5b1", s=28, label="fine-tuned ingredients", zorder=2)
+    styles = {"zeroshot": ("*", "#2b6cb0", 160), "soup": ("D", None, 70)}
+    palette = iter(["#c53030", "#2f855a", "#b7791f", "#6b46c1", "#00838f", "#d53f8c"])
+    for r in rows:
+        if r.kind not in styles:
+            continue
+        marker, color, size = styles[r.kind]
+        ax.scatter([100 * r.acc.get("test", float("nan"))], [100 * r.mean_shift(shifts)],
+                   marker=marker, s=size, c=color or next(palette), label=r.model.replace("_", " "),
+                   edgecolors="black", linewidths=0.6, zorder=3)
+    ax.set_xlabel("test accuracy (%)")
+    ax.set_ylabel(f"mean accuracy over {len(shifts)} shifts (%)")
+    ax.set_title("Model soups: in-distribution vs. distribution shift")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_report(table: pa.Table, out_dir: Path, title: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, shifts = summarize(table)
+    figure = out_dir / "figure.png"
+    plot(rows, shifts, figure)
+    text = "\n\n".join([
+        f"# {title}: results",
+        "Accuracy in %. *Best single* is the ingredient with the best held-out accuracy; "
+        "*mean shift* averages the distribution-shift splits: " + ", ".join(shifts) + ".",
+        "## Summary\n\n" + markdown_table(summary_rows(rows), shifts),
+        "![test vs. shift accuracy](figure.png)",
+        "## Every model\n\n" + markdown_table([(r.model, r) for r in rows], shifts),
+    ]) + "\n"
+    readme = out_dir / "README.md"
+    tmp = readme.with_name(".README.md.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, readme)
+    return [figure, readme]

@@ -1,0 +1,141 @@
+"""The only MLflow code in raysoup.
+
+Runs are addressed by explicit ids through `MlflowClient` (no global "active run"), and every
+run carries a raysoup tag (sweep / trial name / soup recipe) so that a resumed stage finds and
+reuses its run instead of creating a duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+log = logging.getLogger(__name__)
+
+ROLE = "raysoup.role"
+TRIAL = "raysoup.trial"
+RECIPE = "raysoup.recipe"
+
+
+def default_uri(workdir: Path) -> str:
+    return f"sqlite:///{Path(workdir).absolute() / 'mlflow.db'}"
+
+
+class Tracker:
+    """Sweep parent run, one child run per trial, one run per soup, report artifacts."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None):
+        self.uri = uri
+        self.experiment_name = experiment
+        self.artifact_root = artifact_root
+        self._client: MlflowClient | None = None
+        self._experiment_id: str | None = None
+
+    # Picklable: Tune pickles callbacks holding a Tracker; the client is rebuilt lazily.
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.experiment_name)
+            if exp is not None:
+                self._experiment_id = exp.experiment_id
+            else:
+                location = self.artifact_root.absolute().as_uri() if self.artifact_root else None
+                self._experiment_id = self.client.create_experiment(
+                    self.experiment_name, artifact_location=location
+                )
+        return self._experiment_id
+
+    def _find(self, key: str, value: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{key}` = '{value}'", max_results=2
+        )
+        return runs[0].info.run_id if runs else None
+
+    def _get_or_create(self, key: str, value: str, name: str, parent: str | None) -> str:
+        run_id = self._find(key, value)
+        if run_id is None:
+            tags = {key: value, MLFLOW_RUN_NAME: name}
+            if parent:
+                tags[MLFLOW_PARENT_RUN_ID] = parent
+            run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
+        else:
+            # A resumed run is RUNNING again until it ends; never a second run.
+            self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        return run_id
+
+    # ------------------------------------------------------------------ sweep and trials
+
+    def sweep_run(self, params: Mapping[str, Any] | None = None) -> str:
+        run_id = self._get_or_create(ROLE, "sweep", "sweep", None)
+        if params and not self.client.get_run(run_id).data.params:
+            self.log_params(run_id, params)
+        return run_id
+
+    def trial_run(self, parent: str, trial: str, params: Mapping[str, Any]) -> str:
+        run_id = self._get_or_create(TRIAL, trial, trial, parent)
+        if not self.client.get_run(run_id).data.params:
+            self.log_params(run_id, params)
+        return run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        batch = [Param(k, str(v)) for k, v in sorted(params.items())]
+        self.client.log_batch(run_id, params=batch)
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        ]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def end(self, run_id: str, ok: bool = True) -> None:
+        status = RunStatus.FINISHED if ok else RunStatus.FAILED
+        self.client.set_terminated(run_id, status=RunStatus.to_string(status))
+
+    # ------------------------------------------------------------------ soups and report
+
+    def soup_run(self, parent: str, recipe: str, ingredients: list[str], weights: list[float],
+                 accuracies: Mapping[str, float], artifacts: list[Path]) -> str:
+        run_id = self._get_or_create(RECIPE, recipe, f"soup-{recipe}", parent)
+        self.log_params(run_id, {"recipe": recipe, "num_ingredients": len(ingredients),
+                                 "ingredients": ",".join(ingredients)[:6000]})
+        self.log_metrics(run_id, {f"acc_{k}": v for k, v in accuracies.items()})
+        for path in artifacts:
+            self.client.log_artifact(run_id, str(path))
+        self.end(run_id)
+        return run_id
+
+    def log_artifacts(self, run_id: str, paths: list[Path], subdir: str | None = None) -> None:
+        for path in paths:
+            self.client.log_artifact(run_id, str(path), artifact_path=subdir)
+
+    def runs(self) -> list:
+        """All runs of the experiment (tests and summaries)."""
+        return self.client.search_runs([self.experiment_id], max_results=10_000)
+
+
+def quiet() -> None:
+    """MLflow logs alembic migrations at INFO on first use of a SQLite store."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -1,0 +1,57 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from raysoup.config import ConfigError, load_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "experiments" / "tiny.yaml"
+
+
+def test_tiny_config_loads_with_overrides():
+    cfg = load_experiment(TINY, ["sweep.num_samples=4", "soup.num_shards=3"])
+    assert cfg.sweep.num_samples == 4
+    assert cfg.soup.num_shards == 3
+    assert cfg.data.world is not None and cfg.model.pretrain is not None
+
+
+@pytest.mark.parametrize(("override", "path", "words"), [
+    ("sweep.num_smples=4", "sweep.num_smples", "Extra inputs"),
+    ("soup.num_shards=0", "soup.num_shards", "greater than or equal to 1"),
+    ("sweep.space.learning_rate=0.1", "sweep.space", "unknown hyper-parameter"),
+    ("soup.recipes=[uniform, bogus]", "soup.recipes", "valid: ['greedy', 'uniform']"),
+    ("data.heldout_fraction=0.9", "data.heldout_fraction", "less than 0.5"),
+])
+def test_bad_override_names_field(override, path, words):
+    with pytest.raises(ConfigError) as err:
+        load_experiment(TINY, [override])
+    assert f"{path}:" in str(err.value)
+    assert words in str(err.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_experiment(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_experiment(bad)
+    bad.write_text("name: x\nmodel: {name: ViT-B-32}\ndata: {world: {}}\n")
+    with pytest.raises(ConfigError, match="model: .*no weight source"):
+        load_experiment(bad)
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        load_experiment(TINY, ["sweep.num_samples"])
+
+
+def test_cli_exits_2_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "raysoup.cli", "run", str(TINY), "--workdir", str(tmp_path),
+         "--set", "sweep.base.lr=-1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "sweep.base.lr: Input should be greater than 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing written for an invalid config

@@ -1,0 +1,37 @@
+import pyarrow as pa
+
+from raysoup.evaluate import results as res
+from raysoup.report import best_single, summarize, write_report
+
+
+def table():
+    t = res.empty()
+    t = res.merge(t, [res.rows("zeroshot", "zeroshot", {"heldout": (5, 10), "test": (50, 100), "blur": (3, 10)})])
+    t = res.merge(t, [res.rows("trial-000", "ingredient", {"heldout": (8, 10), "test": (80, 100), "blur": (4, 10)})])
+    t = res.merge(t, [res.rows("trial-001", "ingredient", {"heldout": (9, 10), "test": (70, 100), "blur": (5, 10)})])
+    return res.merge(t, [res.rows("greedy_soup", "soup", {"heldout": (9, 10), "test": (85, 100), "blur": (6, 10)})])
+
+
+def test_results_merge_replaces_and_round_trips(tmp_path):
+    t = table()
+    assert t.num_rows == 12
+    t = res.merge(t, [res.rows("trial-000", "ingredient", {"test": (81, 100)})])
+    assert t.num_rows == 12
+    assert res.accuracy_of(t, "test")["trial-000"] == 0.81
+    path = tmp_path / "results.parquet"
+    res.write_results(path, t)
+    back = res.read_results(path)
+    assert back.schema == res.SCHEMA and back.equals(t)
+    assert ("greedy_soup", "blur") in res.done_pairs(back)
+
+
+def test_report_files_and_best_single(tmp_path):
+    rows, shifts = summarize(table())
+    assert shifts == ["blur"]
+    assert best_single(rows).model == "trial-001"  # selected by held-out, not by test
+    files = write_report(table(), tmp_path, "demo")
+    assert (tmp_path / "figure.png").read_bytes()[:4] == b"\x89PNG"
+    text = (tmp_path / "README.md").read_text()
+    assert "| best single (trial-001) | 90.00 | 70.00 | 50.00 | 50.00 |" in text
+    assert "| greedy_soup | 90.00 | 85.00 | 60.00 | 60.00 |" in text
+    assert len(files) == 2

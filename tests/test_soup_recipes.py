@@ -1,0 +1,59 @@
+from pathlib import Path
+
+import pytest
+
+from raysoup.soup import Candidate, get_recipe
+
+
+class TableScorer:
+    """Held-out accuracy of a soup looked up from a hand-made table keyed by member set."""
+
+    def __init__(self, table):
+        self.table, self.members, self.tried = table, [], None
+        self.calls = []
+
+    def start(self, first):
+        self.members = [first.name]
+
+    def try_add(self, cand):
+        self.tried = cand.name
+        self.calls.append(cand.name)
+        return self.table[frozenset([*self.members, cand.name])]
+
+    def commit(self):
+        self.members.append(self.tried)
+
+
+def cands(**heldout):
+    return [Candidate(n, a, Path(n)) for n, a in heldout.items()]
+
+
+def test_greedy_picks_expected_ingredients():
+    c = cands(a=0.70, b=0.80, c=0.75, d=0.60)
+    table = {
+        frozenset("bc"): 0.82,      # accepted: improves on 0.80
+        frozenset("bca"): 0.81,     # rejected: drops
+        frozenset("bcd"): 0.82,     # accepted: ties count as "does not drop"
+    }
+    scorer = TableScorer(table)
+    result = get_recipe("greedy").cook(c, scorer)
+    assert scorer.calls == ["c", "a", "d"]  # tried in held-out order after the best
+    assert result.ingredients == ["b", "c", "d"]
+    assert result.weights == pytest.approx([1 / 3] * 3)
+    assert [t["accepted"] for t in result.trace] == [True, True, False, True]
+
+
+def test_greedy_strict_rejects_ties():
+    from raysoup.soup.greedy import GreedySoup
+
+    c = cands(a=0.5, b=0.6)
+    result = GreedySoup(accept_ties=False).cook(c, TableScorer({frozenset("ba"): 0.6}))
+    assert result.ingredients == ["b"]
+
+
+def test_uniform_and_registry():
+    result = get_recipe("uniform").cook(cands(z=0.1, a=0.2, m=0.3), None)
+    assert result.ingredients == ["a", "m", "z"]
+    assert result.weights == pytest.approx([1 / 3] * 3)
+    with pytest.raises(ValueError, match=r"unknown soup recipe 'bogus'; valid: \['greedy', 'uniform'\]"):
+        get_recipe("bogus")
