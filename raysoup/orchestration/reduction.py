@@ -8,33 +8,41 @@ arithmetic lives in `raysoup.reduce` (pure); this module only fans it out.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import uuid
 from pathlib import Path
 
 import ray
+import torch
 
 from raysoup.checkpoints import read_manifest
-from raysoup.reduce import add_into, plan_shards, reduce_shard, write_index, write_shard
+from raysoup.reduce import (
+    add_into, plan_shards, reduce_shard, shard_filename, tensor_nbytes, write_index, write_shard,
+)
 
 
 def shard_plan(ingredient_dir: Path, num_shards: int) -> list[list[str]]:
     """Balanced shards of tensor names, planned from an ingredient manifest (no tensor reads)."""
-    tensors = read_manifest(ingredient_dir)["tensors"]
-    sizes = {n: math.prod(t["shape"]) * 4 for n, t in tensors.items()}  # float32 accumulators
-    return plan_shards(sizes, num_shards)
+    return plan_shards(tensor_nbytes(read_manifest(ingredient_dir)["tensors"]), num_shards)
+
+
+def _same_float_mode() -> None:
+    # Eval actors flush denormals (a 15x CPU slow-down otherwise); soup arithmetic must use the
+    # same mode everywhere, or a greedy candidate and its written soup could differ in a bit.
+    torch.set_flush_denormal(True)
 
 
 @ray.remote(max_retries=2)
-def _reduce_to_file(paths: list[str], weights: list[float], names: list[str], out: str) -> str:
-    write_shard(Path(out), reduce_shard([Path(p) for p in paths], weights, names))
-    return out
+def _reduce_to_file(paths: list[str], weights: list[float], names: list[str], out: str,
+                    dtypes: dict[str, str]) -> str:
+    _same_float_mode()
+    return write_shard(Path(out), reduce_shard([Path(p) for p in paths], weights, names), dtypes)
 
 
 @ray.remote(max_retries=2)
 def _add(acc, path: str, names: list[str]):
+    _same_float_mode()
     return add_into(acc, Path(path), names)
 
 
@@ -53,8 +61,10 @@ def write_soup(out_dir: Path, paths: list[Path], weights: list[float], plan: lis
     tmp.mkdir()
     try:
         k = len(plan)
-        files = [f"model-{i + 1:05d}-of-{k:05d}.safetensors" for i in range(k)]
-        refs = [_reduce_to_file.remote([str(p) for p in paths], weights, names, str(tmp / f))
+        files = [shard_filename(i + 1, k) for i in range(k)]
+        # The soup keeps the first ingredient's dtypes (accumulation itself is float32).
+        dtypes = {n: t["dtype"] for n, t in read_manifest(paths[0])["tensors"].items()}
+        refs = [_reduce_to_file.remote([str(p) for p in paths], weights, names, str(tmp / f), dtypes)
                 for f, names in zip(files, plan, strict=True)]
         ray.get(refs)
         index = write_index(tmp, list(zip(files, plan, strict=True)), {"recipe": recipe["recipe"]})

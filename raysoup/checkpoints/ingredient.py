@@ -1,0 +1,194 @@
+"""Ingredient format: one fine-tuned checkpoint = a directory with
+
+    model.safetensors   the tensors (never pickled)
+    manifest.json       what describes them: kind, hparams, metrics, base model, sha256,
+                        tensor index
+
+A directory is complete once it exists under its final name: it is built in a hidden temp
+directory next to it and renamed into place, so readers never see half an ingredient.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+FORMAT = "raysoup.ingredient/1"
+WEIGHTS_FILE = "model.safetensors"
+MANIFEST_FILE = "manifest.json"
+# Manifest fields computed here; meta may not set them.
+_COMPUTED = ("format", "sha256", "tensors", "bytes")
+
+
+class IngredientError(ValueError):
+    """A missing, incomplete or corrupt ingredient; the message names the file."""
+
+
+def weights_path(path: Path | str) -> Path:
+    """The tensor file of an ingredient directory (a file path is returned unchanged)."""
+    path = Path(path)
+    return path / WEIGHTS_FILE if path.is_dir() else path
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """"float32" for torch.float32: the spelling used in manifests and soup indexes."""
+    return str(dtype).removeprefix("torch.")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_ingredient(dir: Path, state_dict: dict[str, torch.Tensor], meta: dict) -> dict:
+    """Write `state_dict` + manifest to `dir` atomically and return the manifest."""
+    dir = Path(dir)
+    clash = [k for k in _COMPUTED if k in meta]
+    if clash:
+        raise IngredientError(f"{dir}: meta may not set computed manifest fields {clash}")
+    tensors = {name: t.detach().cpu().contiguous() for name, t in state_dict.items()}
+
+    dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dir.parent / f".tmp-{dir.name}-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        weights = tmp / WEIGHTS_FILE
+        save_file(tensors, str(weights), metadata={"format": "pt"})
+        fsync_path(weights)
+        manifest = {
+            "format": FORMAT,
+            "name": dir.name,
+            **meta,
+            "sha256": file_sha256(weights),
+            "tensors": {
+                n: {"shape": list(t.shape), "dtype": dtype_name(t.dtype)}
+                for n, t in tensors.items()
+            },
+            "bytes": weights.stat().st_size,
+        }
+        try:
+            text = json.dumps(manifest, indent=2, default=_json_default)
+        except (TypeError, ValueError) as e:
+            raise IngredientError(f"{dir}: meta is not JSON-serialisable: {e}") from None
+        (tmp / MANIFEST_FILE).write_text(text + "\n")
+        fsync_path(tmp / MANIFEST_FILE)
+        fsync_path(tmp)
+        _swap_into_place(tmp, dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return json.loads(text)
+
+
+def read_manifest(dir: Path) -> dict:
+    path = Path(dir) / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise IngredientError(
+            f"{path}: no manifest (not an ingredient, or still being written)"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise IngredientError(f"{path}: invalid JSON: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise IngredientError(f"{path}: format is {got!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def verify_ingredient(dir: Path) -> dict:
+    """Check size and sha256 of the tensor file against the manifest; return the manifest."""
+    manifest = read_manifest(dir)
+    weights = _checked_weights(Path(dir), manifest)
+    digest = file_sha256(weights)
+    if digest != manifest["sha256"]:
+        raise IngredientError(
+            f"{weights}: sha256 {digest} does not match manifest {manifest['sha256']} "
+            "(corrupt file)"
+        )
+    return manifest
+
+
+def load_state_dict(dir: Path, verify: bool = False) -> dict[str, torch.Tensor]:
+    dir = Path(dir)
+    manifest = verify_ingredient(dir) if verify else read_manifest(dir)
+    weights = _checked_weights(dir, manifest)
+    try:
+        state = load_file(str(weights))
+    except SafetensorError as e:
+        raise IngredientError(f"{weights}: unreadable safetensors file: {e}") from None
+    if set(state) != set(manifest["tensors"]):
+        diff = sorted(set(state) ^ set(manifest["tensors"]))
+        raise IngredientError(f"{weights}: tensors differ from the manifest: {diff[:5]}")
+    return state
+
+
+def list_ingredients(root: Path) -> list[Path]:
+    """Complete ingredient directories under `root`, sorted by name (temp dirs are hidden)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p
+        for p in root.iterdir()
+        if p.is_dir()
+        and not p.name.startswith(".")
+        and (p / MANIFEST_FILE).is_file()
+        and (p / WEIGHTS_FILE).is_file()
+    )
+
+
+def _checked_weights(dir: Path, manifest: dict) -> Path:
+    # A size check is a cheap first line against truncated copies, even without verify=True.
+    weights = dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise IngredientError(f"{weights}: missing tensor file")
+    size = weights.stat().st_size
+    if size != manifest.get("bytes"):
+        raise IngredientError(
+            f"{weights}: {size} bytes, manifest says {manifest.get('bytes')} "
+            "(truncated or replaced)"
+        )
+    return weights
+
+
+def _swap_into_place(tmp: Path, dir: Path) -> None:
+    # rename() cannot replace a non-empty directory, so move the old one aside first; a reader
+    # racing with this sees either the old or the new ingredient, or briefly none.
+    old = None
+    if dir.exists():
+        old = dir.parent / f".old-{dir.name}-{uuid.uuid4().hex}"
+        os.rename(dir, old)
+    os.rename(tmp, dir)
+    fsync_path(dir.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy scalars and paths turn up in metrics/hparams; anything else is a caller bug.
+    if hasattr(obj, "item") and callable(obj.item):
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")

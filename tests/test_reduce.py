@@ -1,0 +1,304 @@
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from raysoup.checkpoints import read_manifest, write_ingredient
+from raysoup.reduce import (
+    INDEX_FILE,
+    ReductionError,
+    ShardedCheckpointError,
+    add_into,
+    plan_shards,
+    read_sharded,
+    reduce_shard,
+    scale_,
+    scaled,
+    shard_filename,
+    tensor_digest,
+    tensor_nbytes,
+    write_sharded,
+)
+
+
+def _clip_like_state(seed: int) -> dict[str, torch.Tensor]:
+    """An open_clip-style image classifier state dict (real nn modules, open_clip key names)."""
+    torch.manual_seed(seed)
+    visual = nn.Module()
+    visual.conv1 = nn.Conv2d(3, 32, kernel_size=8, stride=8, bias=False)
+    visual.class_embedding = nn.Parameter(torch.randn(32))
+    visual.positional_embedding = nn.Parameter(torch.randn(17, 32))
+    visual.ln_pre = nn.LayerNorm(32)
+    block = nn.Module()
+    block.attn = nn.MultiheadAttention(32, 2)
+    block.mlp = nn.Sequential(nn.Linear(32, 128), nn.GELU(), nn.Linear(128, 32))
+    visual.transformer = nn.Module()
+    visual.transformer.resblocks = nn.ModuleList([block])
+    visual.ln_post = nn.LayerNorm(32)
+    visual.proj = nn.Parameter(torch.randn(32, 16))
+    model = nn.Module()
+    model.visual = visual
+    model.head = nn.Linear(16, 10)
+    # Fine-tuning moves every weight (zero-initialised biases too), so perturb them all.
+    state = {k: v.detach() + 0.01 * torch.randn(v.shape) for k, v in model.state_dict().items()}
+    state["visual.ln_pre.weight"] = state["visual.ln_pre.weight"].to(torch.bfloat16)
+    state["visual.num_batches_tracked"] = torch.tensor(7)  # a 0-dim integer buffer
+    state["visual.logit_scale"] = torch.tensor(4.6)  # a 0-dim float
+    return state
+
+
+K = 3
+
+
+@pytest.fixture(scope="module")
+def ingredients(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ingredients")
+    paths = []
+    for i in range(K):
+        d = root / f"trial_{i}"
+        write_ingredient(d, _clip_like_state(i), {"kind": "finetune"})
+        paths.append(d)
+    return paths
+
+
+def _names_and_bytes(path):
+    return tensor_nbytes(read_manifest(path)["tensors"])
+
+
+def _dtypes(path):
+    return {n: info["dtype"] for n, info in read_manifest(path)["tensors"].items()}
+
+
+def _f64_reference(paths, weights):
+    states = [_clip_like_state(i) for i in range(len(paths))]
+    return {
+        n: sum(w * s[n].double() for w, s in zip(weights, states))
+        for n in states[0]
+        if states[0][n].is_floating_point()
+    }
+
+
+def _same_bits(a: dict, b: dict):
+    assert list(a) == list(b)
+    for n in a:
+        assert a[n].dtype == b[n].dtype and a[n].shape == b[n].shape, n
+        assert a[n].tobytes() == b[n].tobytes(), n
+
+
+# --- plan -------------------------------------------------------------------------------------
+
+
+def test_plan_exact_and_deterministic():
+    sizes = {"a": 10, "b": 40, "c": 30, "d": 20, "e": 5}
+    # b->0, c->1, d->1 (30<40), a->0 (40<50), e->0 (tie 50/50 -> lowest index)
+    assert plan_shards(sizes, 2) == [["a", "b", "e"], ["c", "d"]]
+    assert plan_shards(sizes, 2) == plan_shards(dict(sizes), 2)
+    assert plan_shards(sizes, 1) == [list(sizes)]
+
+
+def test_plan_balanced_by_bytes():
+    rng = np.random.default_rng(0)
+    sizes = {f"t{i}": int(s) for i, s in enumerate(rng.integers(1, 10_000, size=200))}
+    plan = plan_shards(sizes, 7)
+    assert len(plan) == 7
+    assert sorted(n for shard in plan for n in shard) == sorted(sizes)
+    order = list(sizes)
+    for shard in plan:
+        assert shard == sorted(shard, key=order.index)  # dict order inside a shard
+    loads = [sum(sizes[n] for n in shard) for shard in plan]
+    assert max(loads) - min(loads) <= max(sizes.values())
+
+
+def test_plan_never_empty():
+    assert plan_shards({"a": 4, "b": 8}, 5) == [["b"], ["a"]]
+    assert plan_shards({"a": 0, "b": 0, "c": 0}, 3) == [["a", "b", "c"]]
+    assert plan_shards({}, 3) == []
+    with pytest.raises(ValueError, match="num_shards"):
+        plan_shards({"a": 1}, 0)
+    with pytest.raises(ValueError, match="'a'"):
+        plan_shards({"a": -1}, 1)
+
+
+def test_tensor_nbytes_from_manifest(ingredients):
+    nbytes = _names_and_bytes(ingredients[0])
+    state = _clip_like_state(0)
+    assert nbytes == {n: t.numel() * t.element_size() for n, t in state.items()}
+
+
+# --- reduction --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weights", [[1 / K] * K, [0.5, 0.3, 0.2]], ids=["uniform", "weighted"])
+def test_soup_bitwise_identical_for_any_shard_count(ingredients, weights, tmp_path):
+    nbytes = _names_and_bytes(ingredients[0])
+    digests = set()
+    for num_shards in (1, 2, 3):
+        plan = plan_shards(nbytes, num_shards)
+        shards = [reduce_shard(ingredients, weights, names) for names in plan]
+        out = tmp_path / f"soup{num_shards}"
+        index = write_sharded(out, shards, _dtypes(ingredients[0]), {"recipe": "test"})
+        assert sorted(p.name for p in out.glob("model-*.safetensors")) == [
+            shard_filename(k, num_shards) for k in range(1, num_shards + 1)
+        ]
+        assert set(index["weight_map"]) == set(nbytes)
+        assert index["metadata"] == {"recipe": "test", "total_size": sum(nbytes.values())}
+        soup = read_sharded(out)
+        assert {n: list(t.shape) for n, t in soup.items()} == {
+            n: info["shape"] for n, info in read_manifest(ingredients[0])["tensors"].items()
+        }
+        assert soup["visual.ln_pre.weight"].dtype == torch.bfloat16  # cast back on write
+        assert soup["visual.num_batches_tracked"].item() == 7
+        digests.add(tensor_digest(soup))
+    assert len(digests) == 1
+
+
+@pytest.mark.parametrize("weights", [[1 / K] * K, [0.5, 0.3, 0.2], [2.0, -1.0, 0.0]])
+def test_soup_matches_float64_reference(ingredients, weights):
+    names = list(_names_and_bytes(ingredients[0]))
+    soup = reduce_shard(ingredients, weights, names)
+    ref = _f64_reference(ingredients, weights)
+    for n, expected in ref.items():
+        got = torch.from_numpy(soup[n])
+        assert got.dtype == torch.float32
+        scale = max(float(_clip_like_state(i)[n].abs().max()) for i in range(K))
+        atol = 2e-7 * scale * sum(abs(w) for w in weights) + 1e-30
+        torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=atol, msg=n)
+    assert soup["visual.num_batches_tracked"].dtype == np.int64
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_running_sum_equals_uniform_reduce_bit_for_bit(ingredients, k):
+    names = list(_names_and_bytes(ingredients[0]))
+    for shard in plan_shards(_names_and_bytes(ingredients[0]), 2):
+        acc = None
+        for path in ingredients[:k]:
+            acc = add_into(acc, path, shard)
+            for a in acc.values():
+                a.flags.writeable = False  # as if it came back from Ray's object store
+        _same_bits(scaled(acc, 1 / k), reduce_shard(ingredients[:k], [1 / k] * k, shard))
+    # The whole model in one go agrees as well.
+    acc = None
+    for path in ingredients[:k]:
+        acc = add_into(acc, path / "model.safetensors", names)
+    _same_bits(scale_(acc, 1 / k), reduce_shard(ingredients[:k], [1 / k] * k, names))
+
+
+def test_add_into_and_scaled_never_mutate_readonly_inputs(ingredients):
+    names = list(_names_and_bytes(ingredients[0]))
+    acc = add_into(None, ingredients[0], names)
+    for a in acc.values():
+        a.flags.writeable = False
+    before = {n: a.copy() for n, a in acc.items()}
+    summed = add_into(acc, ingredients[1], names)
+    halved = scaled(acc, 0.5)
+    _same_bits(acc, before)
+    for n in names:
+        if acc[n].dtype == np.float32:
+            assert not np.shares_memory(summed[n], acc[n]) and summed[n].flags.writeable
+            assert not np.shares_memory(halved[n], acc[n])
+            assert not np.array_equal(summed[n], acc[n])
+    with pytest.raises(ReductionError, match="read-only"):
+        scale_(acc, 0.5)
+    # scale_ works in place on a writable dict and returns it.
+    assert scale_(summed, 0.5) is summed
+
+
+def test_reduce_reads_do_not_leak_between_calls(ingredients):
+    # Mutating a result must not change what the next read of the same file returns.
+    names = ["head.weight", "visual.num_batches_tracked"]
+    first = add_into(None, ingredients[0], names)
+    first["head.weight"] += 1.0
+    first["visual.num_batches_tracked"] += 1
+    again = add_into(None, ingredients[0], names)
+    assert torch.equal(torch.from_numpy(again["head.weight"]), _clip_like_state(0)["head.weight"])
+    assert again["visual.num_batches_tracked"] == 7
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def _variant(root, name, **changes):
+    state = _clip_like_state(0)
+    state.update(changes)
+    d = root / name
+    write_ingredient(d, state, {"kind": "finetune"})
+    return d
+
+
+def test_shape_mismatch_names_tensor_and_both_files(ingredients, tmp_path):
+    bad = _variant(tmp_path, "bad", **{"head.weight": torch.zeros(11, 16)})
+    with pytest.raises(ReductionError) as err:
+        reduce_shard([ingredients[0], bad], [0.5, 0.5], ["head.bias", "head.weight"])
+    msg = str(err.value)
+    assert "'head.weight'" in msg and "[10, 16]" in msg and "[11, 16]" in msg
+    assert str(ingredients[0] / "model.safetensors") in msg
+    assert str(bad / "model.safetensors") in msg
+    acc = add_into(None, ingredients[0], ["head.weight"])
+    with pytest.raises(ReductionError, match=r"'head\.weight'.*" + re.escape(str(bad))):
+        add_into(acc, bad, ["head.weight"])
+
+
+def test_missing_tensor_and_integer_mismatch(ingredients, tmp_path):
+    missing = tmp_path / "missing"
+    state = _clip_like_state(1)
+    del state["head.bias"]
+    write_ingredient(missing, state, {})
+    with pytest.raises(ReductionError, match=r"'head\.bias'.*missing.*" + re.escape(str(missing))):
+        reduce_shard([ingredients[0], missing], [0.5, 0.5], ["head.bias"])
+    counter = _variant(tmp_path, "counter", **{"visual.num_batches_tracked": torch.tensor(8)})
+    with pytest.raises(ReductionError) as err:
+        reduce_shard([ingredients[0], counter], [0.5, 0.5], ["visual.num_batches_tracked"])
+    assert "non-floating" in str(err.value) and str(counter) in str(err.value)
+    assert str(ingredients[0]) in str(err.value)
+    with pytest.raises(ReductionError, match="one weight per ingredient"):
+        reduce_shard(ingredients, [1.0], ["head.bias"])
+    with pytest.raises(ReductionError, match=re.escape(str(tmp_path / "nope"))):
+        reduce_shard([tmp_path / "nope.safetensors"], [1.0], ["head.bias"])
+
+
+# --- writer -----------------------------------------------------------------------------------
+
+
+def test_read_sharded_detects_corruption(ingredients, tmp_path):
+    names = list(_names_and_bytes(ingredients[0]))
+    plan = plan_shards(_names_and_bytes(ingredients[0]), 2)
+    write_sharded(tmp_path, [reduce_shard(ingredients, [1 / K] * K, n) for n in plan])
+    index = json.loads((tmp_path / INDEX_FILE).read_text())
+    assert set(index["sha256"]) == {shard_filename(1, 2), shard_filename(2, 2)}
+    assert set(read_sharded(tmp_path)) == set(names)
+    victim = tmp_path / shard_filename(2, 2)
+    data = bytearray(victim.read_bytes())
+    data[-3] ^= 0x10
+    victim.write_bytes(bytes(data))
+    with pytest.raises(ShardedCheckpointError, match=re.escape(str(victim)) + ".*sha256"):
+        read_sharded(tmp_path)
+    with pytest.raises(ShardedCheckpointError, match="missing"):
+        read_sharded(tmp_path / "absent")
+
+
+def test_rewrite_with_fewer_shards_removes_stale_files(ingredients, tmp_path):
+    nbytes = _names_and_bytes(ingredients[0])
+    for num_shards in (3, 1):
+        plan = plan_shards(nbytes, num_shards)
+        shards = [reduce_shard(ingredients, [1 / K] * K, n) for n in plan]
+        write_sharded(tmp_path, shards)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [shard_filename(1, 1), INDEX_FILE]
+    assert set(read_sharded(tmp_path)) == set(nbytes)
+
+
+def test_tensor_digest_is_layout_independent_and_sensitive():
+    state = _clip_like_state(0)
+    reordered = dict(reversed(list(state.items())))
+    assert tensor_digest(state) == tensor_digest(reordered)
+    as_numpy = {n: t.numpy() for n, t in state.items() if t.dtype != torch.bfloat16}
+    assert tensor_digest(as_numpy) == tensor_digest({n: state[n] for n in as_numpy})
+    changed = dict(state)
+    w = changed["head.bias"].clone()
+    w.view(torch.int32)[0] ^= 1  # one bit
+    changed["head.bias"] = w
+    assert tensor_digest(changed) != tensor_digest(state)
+    recast = dict(state, **{"head.bias": state["head.bias"].double()})
+    assert tensor_digest(recast) != tensor_digest(state)
