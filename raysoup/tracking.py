@@ -118,6 +118,9 @@ class Tracker:
 
     def soup_run(self, parent: str, recipe: str, ingredients: list[str], weights: list[float],
                  accuracies: Mapping[str, float], artifacts: list[Path]) -> str:
+        existing = self._find(RECIPE, recipe)
+        if existing and self.client.get_run(existing).info.status == "FINISHED":
+            return existing  # a re-run of a cooked soup logs nothing twice
         run_id = self._get_or_create(RECIPE, recipe, f"soup-{recipe}", parent)
         self.log_params(run_id, {"recipe": recipe, "num_ingredients": len(ingredients),
                                  "ingredients": ",".join(ingredients)[:6000]})

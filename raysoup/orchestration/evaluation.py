@@ -49,13 +49,17 @@ class EvalWorker:
         return self.evaluator.score(weights, splits)
 
 
-def start_pool(cfg, splits: dict[str, EvalSplit], model_name: str, num_classes: int) -> ActorPool:
-    splits_ref = ray.put(splits)
+def start_actors(cfg, splits_ref, model_name: str, num_classes: int, count: int) -> list:
+    """`count` eval actors sharing one object-store copy of the preprocessed splits."""
     actor_cls = ray.remote(num_cpus=cfg.eval.cpus_per_actor, num_gpus=cfg.eval.gpus_per_actor)(EvalWorker)
     threads = max(1, int(cfg.eval.cpus_per_actor))
-    actors = [actor_cls.remote(model_name, num_classes, splits_ref, cfg.eval.batch_size, threads)
-              for _ in range(cfg.eval.num_actors)]
-    return ActorPool(actors)
+    return [actor_cls.remote(model_name, num_classes, splits_ref, cfg.eval.batch_size, threads)
+            for _ in range(count)]
+
+
+def stop_actors(actors: list) -> None:
+    for actor in actors:
+        ray.kill(actor)
 
 
 def evaluate_models(pool: ActorPool, jobs: Iterable[tuple[str, str, Path, list[str]]],

@@ -13,12 +13,13 @@ from pathlib import Path
 import pyarrow as pa
 import ray
 import yaml
+from ray.util import ActorPool
 from tqdm import tqdm
 
 from raysoup.checkpoints import list_ingredients, read_manifest
 from raysoup.config import ExperimentCfg
 from raysoup.evaluate import results as res
-from raysoup.orchestration.evaluation import evaluate_models, start_pool
+from raysoup.orchestration.evaluation import evaluate_models, start_actors, stop_actors
 from raysoup.orchestration.souping import cook_soups, read_recipe, soup_model_name
 from raysoup.orchestration.sweep import run_sweep
 from raysoup.prepare import eval_splits, prepare
@@ -51,9 +52,8 @@ class Run:
                                cfg.tracking.experiment or cfg.name,
                                artifact_root=workdir / "mlartifacts")
         self.parent = self.tracker.sweep_run({"experiment": cfg.name, "workdir": str(workdir)})
-        self._pool = None
-        self._actors = None
-        self._splits = None
+        self._actors: list = []
+        self._splits_ref = None
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -77,13 +77,20 @@ class Run:
         with self.stage("sweep"):
             run_sweep(self.cfg, self.workdir, self.tracker, self.parent)
 
-    def pool(self):
-        if self._pool is None:
-            pre = self.zeroshot["preprocess"]
-            self._splits = eval_splits(self.data, pre)
-            self._pool, self._actors = start_pool(self.cfg, self._splits, self.zeroshot["model_name"],
-                                                  self.zeroshot["num_classes"])
-        return self._pool
+    def actors(self, count: int) -> list:
+        """Eval actors; the preprocessed splits are put in the object store once per run."""
+        if self._splits_ref is None:
+            self._splits_ref = ray.put(eval_splits(self.data, self.zeroshot["preprocess"]))
+        if len(self._actors) != count:
+            self.release_actors()
+            self._actors = start_actors(self.cfg, self._splits_ref, self.zeroshot["model_name"],
+                                        self.zeroshot["num_classes"], count)
+        return self._actors
+
+    def release_actors(self) -> None:
+        # Actors hold their CPUs while alive; free them for the reduction tasks.
+        stop_actors(self._actors)
+        self._actors = []
 
     def split_names(self) -> list[str]:
         return ["heldout", "test", *self.data.shifts]
@@ -119,7 +126,7 @@ class Run:
                 bar.set_postfix_str(f"{model}: test {scores['test'][0] / scores['test'][1]:.3f}"
                                     if "test" in scores else model)
 
-            evaluate_models(self.pool(), jobs, progress=landed)
+            evaluate_models(ActorPool(self.actors(self.cfg.eval.num_actors)), jobs, progress=landed)
             bar.close()
             return table
 
@@ -134,9 +141,9 @@ class Run:
                     raise RuntimeError(f"ingredient {name} has no held-out accuracy; run evaluate first")
                 candidates.append(Candidate(name, heldout[name], path))
         with self.stage("soup"):
-            self.pool()
+            # One actor scores greedy candidates; the other CPUs run the reduction tasks.
             soups = cook_soups(self.cfg.soup.recipes, candidates, self.workdir / "soups",
-                               self.cfg.soup.num_shards, self._actors[0])
+                               self.cfg.soup.num_shards, self.actors(1)[0])
         table = self.evaluate()
         for recipe, soup_dir in soups.items():
             model = soup_model_name(recipe)
@@ -162,6 +169,7 @@ class Run:
                 f"stage times: {timing}\nreport: {self.workdir / 'report' / 'README.md'}\n")
 
     def close(self, ok: bool) -> None:
+        self.release_actors()
         self.tracker.end(self.parent, ok=ok)
 
 

@@ -1,0 +1,100 @@
+"""Load every split an experiment needs (train, held-out, test, shifts) from its DataCfg."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from raysoup.config import DataCfg, SplitSource
+from raysoup.data import world
+from raysoup.data.imagefolder import class_dirs_of, read_imagefolder
+from raysoup.data.images import DataError, LabeledImages
+from raysoup.data.parquet import read_parquet_split
+from raysoup.data.split import split_heldout
+
+
+@dataclass
+class DatasetSplits:
+    train: LabeledImages  # without the held-out samples
+    heldout: LabeledImages
+    test: LabeledImages
+    shifts: dict[str, LabeledImages]
+    classnames: list[str]
+    # Zero-shot prompts as format strings with one "{}" (what open_clip's
+    # build_zero_shot_classifier accepts, and picklable unlike open_clip's lambdas).
+    templates: list[str]
+
+
+def resolve_templates(spec: str | list[str]) -> list[str]:
+    if spec == "world":
+        return list(world.TEMPLATES)
+    if spec == "openai_imagenet":
+        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+        # Each is `lambda c: f"...{c}..."`; calling it with "{}" recovers the format string.
+        return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+    if isinstance(spec, list):
+        return list(spec)
+    raise DataError(f"data.templates: unknown template set {spec!r}; "
+                    "use 'openai_imagenet', 'world' or a list of strings with '{}'")
+
+
+def _read(source: SplitSource, classnames: list[str] | None) -> LabeledImages:
+    if source.format == "parquet":
+        return read_parquet_split(source.path, classnames)
+    return read_imagefolder(source.path, classnames)
+
+
+def _into_train_space(data: LabeledImages, train_names: list[str], source: SplitSource,
+                      name: str) -> LabeledImages:
+    """Relabel an eval split into train's class space; `source.classes` marks a class subset."""
+    if data.classnames != train_names:
+        unknown = sorted(set(data.classnames) - set(train_names))
+        if unknown:
+            raise DataError(f"{name} ({source.path}): classes {unknown[:5]} are not train classes")
+        remap = [train_names.index(c) for c in data.classnames]
+        data.labels = np.asarray(remap, np.int64)[data.labels]
+        if data.class_subset is not None:
+            data.class_subset = sorted(remap[i] for i in data.class_subset)
+        elif len(remap) < len(train_names):
+            data.class_subset = sorted(remap)
+        data.classnames = list(train_names)
+    if source.classes is not None:
+        unknown = sorted(set(source.classes) - set(train_names))
+        if unknown:
+            raise DataError(f"data.shifts.{name}.classes: {unknown[:5]} are not train classes")
+        data.class_subset = sorted(train_names.index(c) for c in source.classes)
+    return data
+
+
+def load_splits(cfg: DataCfg, workdir: Path, progress: bool = True) -> DatasetSplits:
+    """Read (and for data.world first generate) all splits; held-out is carved from train."""
+    if cfg.world is not None:
+        paths = world.generate_world(cfg.world, Path(workdir) / "data" / "world", progress)
+        full_train = read_parquet_split(paths["train"], cfg.classnames)
+        test = read_parquet_split(paths["test"], cfg.classnames)
+        shifts = {s: read_parquet_split(paths[s], cfg.classnames) for s in world.SHIFTS}
+    else:
+        full_train = _read(cfg.train, cfg.classnames)
+        names = full_train.classnames
+        dirs = class_dirs_of(cfg.train.path) if cfg.train.format == "imagefolder" else None
+
+        def eval_split(src: SplitSource, name: str) -> LabeledImages:
+            # An ImageFolder next to an ImageFolder train set maps its dirs into train's dirs;
+            # anything else is matched to train's classes by name.
+            if dirs is not None and src.format == "imagefolder":
+                data = read_imagefolder(src.path, names, dirs)
+            else:  # a foreign ImageFolder is named by its own dirs
+                data = _read(src, cfg.classnames if src.format == "parquet" else None)
+            return _into_train_space(data, names, src, name)
+
+        test = eval_split(cfg.test, "test")
+        shifts = {name: eval_split(src, name) for name, src in cfg.shifts.items()}
+    train, heldout = split_heldout(full_train, cfg.heldout_fraction)
+    if not len(heldout):
+        raise DataError(f"data.heldout_fraction={cfg.heldout_fraction} selects no sample of "
+                        f"{len(full_train)} train images")
+    return DatasetSplits(train, heldout, test, shifts, list(full_train.classnames),
+                         resolve_templates(cfg.templates))

@@ -1,0 +1,237 @@
+"""The synthetic world: a deterministic image-classification benchmark with captions and shifts.
+
+Classes are shapes drawn with random colour, size, position and rotation on textured
+backgrounds; every image has a caption naming its shape (for the tiny contrastive
+pre-training). Besides train and test, five shift sets each move one factor out of the
+training range (see SHIFTS). Every sample draws from its own PCG64 stream seeded by
+(world seed, split, index), so any sample can be regenerated alone. Pixels depend only on
+numpy's PCG64 and Pillow's integer polygon/box code; the PNG bytes additionally on zlib
+(render.encode_png writes them directly, ~3x faster than Image.save for 32x32 images).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from raysoup.config import WorldCfg
+from raysoup.data.images import LabeledImages
+from raysoup.data.parquet import write_parquet_split
+from raysoup.data.render import (
+    COLORS, SHAPES, SHIFT_TEXTURES, TRAIN_TEXTURES, Scene, encode_png, render,
+)
+
+CLASSNAMES: list[str] = list(SHAPES)
+
+# Zero-shot prompts; their wording also occurs in the training captions.
+TEMPLATES: list[str] = [
+    "a photo of a {}.",
+    "a picture of a {}.",
+    "a drawing of a {}.",
+    "a photo of a small {}.",
+    "a photo of a large {}.",
+]
+
+_CAPTIONS = [
+    "a photo of a {size} {color} {shape} on a {texture} background.",
+    "a photo of a {shape} on a {texture} background.",
+    "a picture of a {color} {shape}.",
+    "a {size} {color} {shape}.",
+    "a photo of a {size} {shape}.",
+    "a photo of a {shape}.",
+    "a drawing of a {color} {shape}.",
+]
+_SKETCH_CAPTIONS = ["a sketch of a {size} {shape}.", "a drawing of a {shape}."]
+_STYLED_CAPTIONS = ["a {style} photo of a {size} {shape}."]  # inverted / greyscale images
+_STYLES = ["inverted", "greyscale"]
+SIZES = ("small", "large")
+
+SPLITS = ("train", "test")
+SHIFTS = ("background", "inverted", "blur_noise", "geometric", "sketch")
+_SPLIT_CODE = {name: i for i, name in enumerate(SPLITS + SHIFTS)}  # part of every sample's seed
+
+# Training ranges, in units of the image size; "geometric" samples outside them.
+_RADIUS = (0.22, 0.40)
+_SMALL_BELOW = 0.31
+_ROTATION = 15.0
+
+
+def normalize_words(text: str) -> list[str]:
+    """Lower-case words, '.' and ',' treated as spaces; the world tokenizer uses this too."""
+    return text.lower().replace(".", " ").replace(",", " ").split()
+
+
+def vocabulary(cfg: WorldCfg) -> list[str]:
+    """Every word that can occur in this world's captions, classnames and templates, sorted."""
+    fills = {
+        "size": list(SIZES), "color": list(COLORS), "shape": CLASSNAMES[: cfg.num_classes],
+        "texture": list(TRAIN_TEXTURES) + list(SHIFT_TEXTURES), "style": _STYLES,
+    }
+    words = {"a", "an"}
+    for form in _CAPTIONS + _SKETCH_CAPTIONS + _STYLED_CAPTIONS + TEMPLATES:
+        words.update(w for w in normalize_words(form.replace("{}", " ")) if "{" not in w)
+    for values in fills.values():
+        for v in values:
+            words.update(normalize_words(v))
+    return sorted(words)
+
+
+def sketch_classes(cfg: WorldCfg) -> list[int]:
+    """The sketch shift covers only the first half of the classes (an ImageNet-R-like subset)."""
+    return list(range(max(2, cfg.num_classes // 2)))
+
+
+def _caption(rng: np.random.Generator, forms: list[str], **fill: str) -> str:
+    text = forms[rng.integers(len(forms))].format(**fill)
+    # "a orange" -> "an orange"; the templates keep "a" so zero-shot prompts stay fixed.
+    words = text.split(" ")
+    for i in range(len(words) - 1):
+        if words[i] == "a" and words[i + 1][0] in "aeiou":
+            words[i] = "an"
+    return " ".join(words)
+
+
+Color = tuple[float, float, float]
+
+
+def _clip255(v: float) -> float:
+    return min(255.0, max(0.0, v))
+
+
+def _contrasting_bg(u: list[float], fg: Color) -> tuple[Color, Color]:
+    """Two texture colours, both far from the shape colour so the silhouette stays visible.
+
+    u holds uniforms for candidate pairs (6 each); the first pair that contrasts wins.
+    Plain Python: on 3-vectors numpy's per-call overhead dominated the world's generation.
+    """
+    for k in range(0, len(u) - 5, 6):
+        c1 = tuple(255 * v for v in u[k:k + 3])
+        c2 = tuple(_clip255(a + 140 * v - 70) for a, v in zip(c1, u[k + 3:k + 6]))
+        if min(_dist2(c1, fg), _dist2(c2, fg)) > 150.0**2:
+            return c1, c2
+    c1 = tuple(255 - v for v in fg)
+    return c1, tuple(_clip255(v + (30 if v < 127.5 else -30)) for v in c1)
+
+
+def _dist2(a: Color, b: Color) -> float:
+    return sum((x - y) ** 2 for x, y in zip(a, b))
+
+
+_COLOR_NAMES = list(COLORS)
+_TEXTURES = {"background": list(SHIFT_TEXTURES)}  # every other kind uses the train textures
+
+
+def _scene(kind: str, label: int, size: int, rng: np.random.Generator) -> tuple[Scene, dict]:
+    """Sample one scene of the given split kind; returns it with its caption words."""
+    u = rng.random(10 + 16 * 6).tolist()  # one RNG call per sample: per-call overhead dominates
+    textures = _TEXTURES.get(kind, list(TRAIN_TEXTURES))
+    color = _COLOR_NAMES[int(u[0] * len(COLORS))]
+    texture = textures[int(u[1] * len(textures))]
+    radius = _RADIUS[0] + u[2] * (_RADIUS[1] - _RADIUS[0])
+    angle = _ROTATION * (2 * u[3] - 1)
+    fg = tuple(_clip255(c + 24 * v - 12) for c, v in zip(COLORS[color], u[4:7]))
+    bg = _contrasting_bg(u[10:], fg)
+    margin = radius
+    if kind == "geometric":
+        # Just outside the training ranges: tinier or bigger, more rotated, off-centre.
+        radius = 0.17 + 0.04 * u[2] if u[7] < 0.5 else 0.41 + 0.04 * u[2]
+        angle = (1 if angle >= 0 else -1) * (_ROTATION + 15 * abs(2 * u[3] - 1))
+        margin = 0.8 * radius  # up to ~20% of the shape may leave the frame
+    if kind == "sketch":  # dark pencil on light paper
+        fg = (10 + 60 * u[4],) * 3
+        paper = tuple(_clip255(215 + 35 * u[5] + 10 * v - 5) for v in u[4:7])
+        bg, texture = (paper, paper), "plain"
+    center = ((margin + (1 - 2 * margin) * u[8]) * size, (margin + (1 - 2 * margin) * u[9]) * size)
+    scene = Scene(CLASSNAMES[label], fg, bg, texture, radius * size, center, angle,
+                  sketch=kind == "sketch")
+    words = {"size": "small" if radius < _SMALL_BELOW else "large", "color": color,
+             "shape": CLASSNAMES[label], "texture": texture}
+    return scene, words
+
+
+def _postprocess(kind: str, img: np.ndarray, rng: np.random.Generator, words: dict) -> np.ndarray:
+    if kind == "inverted":
+        words["style"] = _STYLES[rng.integers(2)]
+        if words["style"] == "inverted":
+            return 255 - img
+        grey = np.rint(img.astype(np.float32) @ np.float32([0.299, 0.587, 0.114]))
+        return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+    if kind == "blur_noise":
+        blurred = Image.fromarray(img).filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 0.9)))
+        noisy = np.asarray(blurred, np.float32) + rng.normal(0, rng.uniform(6, 16), img.shape)
+        return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    return img
+
+
+def render_sample(cfg: WorldCfg, split: str, index: int) -> tuple[np.ndarray, int, str]:
+    """(uint8 image [S,S,3], label, caption) of one sample; a pure function of its arguments."""
+    rng = np.random.Generator(np.random.PCG64([cfg.seed, _SPLIT_CODE[split], index]))
+    classes = sketch_classes(cfg) if split == "sketch" else range(cfg.num_classes)
+    label = list(classes)[index % len(classes)]
+    scene, words = _scene(split, label, cfg.image_size, rng)
+    img = _postprocess(split, render(scene, cfg.image_size, rng), rng, words)
+    if split == "sketch":
+        forms = _SKETCH_CAPTIONS
+    elif split == "inverted":
+        forms = _STYLED_CAPTIONS
+    else:
+        forms = _CAPTIONS
+    return img, label, _caption(rng, forms, **words)
+
+
+def split_size(cfg: WorldCfg, split: str) -> int:
+    per_class = {"train": cfg.train_per_class, "test": cfg.test_per_class}
+    classes = len(sketch_classes(cfg)) if split == "sketch" else cfg.num_classes
+    return classes * per_class.get(split, cfg.shift_per_class)
+
+
+def build_split(cfg: WorldCfg, split: str) -> LabeledImages:
+    n = split_size(cfg, split)
+    keys, images, labels, captions = [], [], np.empty(n, np.int64), []
+    for i in range(n):
+        img, labels[i], caption = render_sample(cfg, split, i)
+        keys.append(f"{split}/{i:06d}")
+        images.append(encode_png(img))
+        captions.append(caption)
+    subset = sketch_classes(cfg) if split == "sketch" else None
+    return LabeledImages(keys, images, labels, CLASSNAMES[: cfg.num_classes], captions, subset)
+
+
+def generate_world(cfg: WorldCfg, root: Path, progress: bool = True) -> dict[str, Path]:
+    """Write every split as Parquet under root/<split>/ and return {split: dir}.
+
+    A split is complete when root/<split>/_COMPLETE exists and records the same cfg; it is
+    built in a temp dir next to it and renamed into place, so a crash never leaves a partial
+    split that looks complete. A split written for a different cfg is rebuilt.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    out: dict[str, Path] = {}
+    for split in SPLITS + SHIFTS:
+        final = root / split
+        out[split] = final
+        done = final / "_COMPLETE"
+        if done.exists() and done.read_text() == stamp:
+            continue
+        t0 = time.perf_counter()
+        data = build_split(cfg, split)
+        tmp = root / f".tmp-{split}-{uuid.uuid4().hex[:8]}"
+        write_parquet_split(tmp, data)
+        (tmp / "_COMPLETE").write_text(stamp)
+        if done.exists() and done.read_text() == stamp:
+            shutil.rmtree(tmp)  # another process finished it meanwhile (same bytes)
+        else:
+            shutil.rmtree(final, ignore_errors=True)  # stale: other cfg or interrupted
+            tmp.rename(final)
+        if progress:
+            print(f"world: {split:<10} {len(data):>6} images in {time.perf_counter() - t0:.1f}s"
+                  f" -> {final}", file=sys.stderr)
+    return out

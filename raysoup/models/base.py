@@ -1,0 +1,143 @@
+"""The project's own base model: a tiny CLIP pre-trained on the world's captions, cached.
+
+cache_dir/clip.safetensors holds the CLIP weights; cache_dir/manifest.json records what
+produced them (model name, pretrain config, the tokenizer vocabulary, metrics, sha256). The
+manifest is written last, so its presence marks a complete cache entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from raysoup.config import ModelCfg
+from raysoup.data.world import normalize_words
+from raysoup.models.factory import build_clip, get_tokenizer, image_stats
+
+FORMAT = "raysoup.base_clip/1"
+
+
+class BaseModelError(ValueError):
+    """The base-model cache is unusable or the config cannot produce a base model."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def splits_vocabulary(splits) -> list[str]:
+    """Sorted words of the train captions, class names and (string) templates."""
+    words: set[str] = set()
+    for text in list(splits.train.captions or []) + list(splits.classnames):
+        words.update(normalize_words(text))
+    for template in splits.templates:
+        text = template.replace("{}", " ") if isinstance(template, str) else template("")
+        words.update(normalize_words(text))
+    return sorted(words)
+
+
+def read_base_manifest(path: Path) -> dict:
+    """Manifest of a base checkpoint (path: clip.safetensors or its directory)."""
+    path = Path(path)
+    manifest = (path if path.is_dir() else path.parent) / "manifest.json"
+    try:
+        return json.loads(manifest.read_text())
+    except FileNotFoundError:
+        raise BaseModelError(f"base model manifest not found: {manifest}") from None
+    except json.JSONDecodeError as exc:
+        raise BaseModelError(f"{manifest}: not valid JSON ({exc})") from None
+
+
+def base_vocab(path: Path) -> list[str]:
+    """The tokenizer vocabulary the base model was pre-trained with (token ids depend on it)."""
+    return list(read_base_manifest(path)["vocab"])
+
+
+def _cached(cache_dir: Path, model_cfg: ModelCfg, vocab: list[str]) -> Path | None:
+    weights = cache_dir / "clip.safetensors"
+    if not (weights.is_file() and (cache_dir / "manifest.json").is_file()):
+        return None
+    m = read_base_manifest(cache_dir)
+    same = (
+        m.get("format") == FORMAT
+        and m.get("model_name") == model_cfg.name
+        and m.get("pretrain") == model_cfg.pretrain.model_dump(mode="json")
+        and m.get("vocab") == vocab
+    )
+    if not same:
+        return None
+    if m.get("sha256") != _sha256(weights):
+        raise BaseModelError(f"{weights}: sha256 does not match {cache_dir / 'manifest.json'}")
+    return weights
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def ensure_base_clip(
+    model_cfg: ModelCfg,
+    splits,
+    cache_dir: Path,
+    progress: bool = True,
+    *,
+    vocab: list[str] | None = None,
+) -> Path:
+    """Path of the cached base CLIP for model_cfg, pre-training it on splits.train if needed.
+
+    `vocab` is the word tokenizer's vocabulary (default: the words of splits' train captions,
+    class names and templates). Later tokenizers must use the same list: `base_vocab(path)`.
+    """
+    from raysoup.train.pretrain import pretrain_clip  # train/ imports models/, not vice versa
+
+    if model_cfg.pretrain is None:
+        raise BaseModelError(f"model {model_cfg.name!r} has no model.pretrain section")
+    if model_cfg.tokenizer != "world":
+        raise BaseModelError("model.pretrain needs model.tokenizer: world (captions' vocabulary)")
+    cache_dir = Path(cache_dir)
+    vocab = sorted(vocab) if vocab is not None else splits_vocabulary(splits)
+    hit = _cached(cache_dir, model_cfg, vocab)
+    if hit is not None:
+        return hit
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    (cache_dir / "manifest.json").unlink(missing_ok=True)  # invalidate before rewriting weights
+    clip = build_clip(model_cfg.name)
+    tokenizer = get_tokenizer(model_cfg, vocab)
+    size, mean, std = image_stats(clip)
+    if progress:
+        print(f"base model: pre-training {model_cfg.name} for {model_cfg.pretrain.steps} steps "
+              f"on {len(splits.train)} image-caption pairs", file=sys.stderr)
+    metrics = pretrain_clip(clip, splits.train, tokenizer, model_cfg.pretrain, image_size=size,
+                            mean=mean, std=std, progress=progress)
+    weights = cache_dir / "clip.safetensors"
+    state = {k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}
+    _write_atomic(weights, lambda p: save_file(state, str(p)))
+    manifest = {
+        "format": FORMAT,
+        "model_name": model_cfg.name,
+        "pretrain": model_cfg.pretrain.model_dump(mode="json"),
+        "vocab": vocab,
+        "metrics": metrics,
+        "sha256": _sha256(weights),
+    }
+    _write_atomic(cache_dir / "manifest.json",
+                  lambda p: p.write_text(json.dumps(manifest, indent=2)))
+    return weights

@@ -1,0 +1,183 @@
+"""Fine-tune an ImageClassifier on LabeledImages: the pure-torch loop one sweep trial runs.
+
+AdamW + linear warm-up/cosine (per step), gradient clipping, label smoothing, mixup/cutmix
+(timm) and RandAugment (timm, through data.transforms.train_transform). Reproducible: every
+epoch reseeds torch, numpy and `random` from (hp.seed, epoch), so a run resumed from its
+epoch-e state computes the same epochs e+1.. as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from raysoup.config import TrainHParams
+from raysoup.data.images import LabeledImages
+from raysoup.train.schedule import lr_at
+
+OnEpoch = Callable[[int, dict, Callable[[], dict]], None]
+
+
+class TrainError(ValueError):
+    """Training cannot run with these inputs (empty data, odd mixup batch, bad resume state)."""
+
+
+class _Images(Dataset):
+    """Decoded uint8 images (decoded once) -> per-sample PIL transform."""
+
+    def __init__(self, data: LabeledImages, transform: Callable):
+        try:
+            self.pixels: np.ndarray | None = data.decode_all()  # [N,H,W,3] uint8
+        except ValueError:
+            self.pixels = None  # images of different sizes (a real dataset): decode per sample
+        self.data = data
+        self.labels = torch.from_numpy(np.asarray(data.labels, dtype=np.int64))
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        img = Image.fromarray(self.pixels[i]) if self.pixels is not None else self.data.decode(i)
+        return self.transform(img), self.labels[i]
+
+
+def _seed_epoch(seed: int, epoch: int) -> torch.Generator:
+    # torchvision transforms draw from torch's global RNG, timm RandAugment from `random`,
+    # timm Mixup from numpy's: seed all three so an epoch depends only on (seed, epoch).
+    s = (seed * 1_000_003 + epoch) % (2**31)
+    torch.manual_seed(s)
+    random.seed(s)
+    np.random.seed(s)
+    return torch.Generator().manual_seed(s)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    # No decay on gains, biases, embeddings' 1-d params and the class token (as open_clip does).
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def finetune(
+    model: nn.Module,
+    train: LabeledImages,
+    hp: TrainHParams,
+    *,
+    image_size: int,
+    mean,
+    std,
+    device: str | torch.device | None = None,
+    threads: int | None = None,
+    resume: dict | None = None,
+    on_epoch: OnEpoch | None = None,
+) -> dict:
+    """Train `model` in place for hp.epochs; returns the last epoch's metrics.
+
+    on_epoch(epoch, metrics, state_fn) runs after each (1-based) epoch; state_fn() returns
+    {"model", "optimizer", "epoch"} (live state dicts: save them before training continues),
+    which `resume` accepts to continue at epoch+1.
+    """
+    from raysoup.data.transforms import train_transform  # helper-owned; imported at use
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if threads:
+        torch.set_num_threads(threads)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # denormals made tiny-model CPU training ~15x slower
+    if len(train) == 0:
+        raise TrainError("finetune: the training split is empty")
+    num_classes = len(train.classnames)
+    use_mix = hp.mixup > 0 or hp.cutmix > 0
+    if use_mix and hp.batch_size % 2:
+        raise TrainError(f"finetune: mixup/cutmix need an even batch_size, got {hp.batch_size}")
+
+    dataset = _Images(train, train_transform(hp, image_size, mean, std))
+    # drop_last keeps every batch full (mixup pairs samples; equal batches keep steps comparable).
+    drop_last = len(dataset) >= hp.batch_size
+    if use_mix and not drop_last:
+        raise TrainError(f"finetune: {len(dataset)} images < batch_size {hp.batch_size} with mixup")
+    steps_per_epoch = len(dataset) // hp.batch_size if drop_last else 1
+    total_steps = steps_per_epoch * hp.epochs
+
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(_param_groups(model, hp.weight_decay), lr=hp.lr)
+    start_epoch = 1
+    if resume is not None:
+        try:
+            model.load_state_dict(resume["model"])
+            optimizer.load_state_dict(resume["optimizer"])
+            start_epoch = int(resume["epoch"]) + 1
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise TrainError(f"finetune: unusable resume state ({exc})") from None
+
+    if use_mix:
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+
+        mixer = Mixup(
+            mixup_alpha=hp.mixup, cutmix_alpha=hp.cutmix, label_smoothing=hp.label_smoothing,
+            num_classes=num_classes,
+        )
+        criterion: nn.Module = SoftTargetCrossEntropy()
+    else:
+        mixer = None
+        criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
+
+    def state_fn(epoch: int) -> Callable[[], dict]:
+        return lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "epoch": epoch}
+
+    metrics: dict = {"epoch": start_epoch - 1}
+    autocast = device.type == "cuda"
+    for epoch in range(start_epoch, hp.epochs + 1):
+        gen = _seed_epoch(hp.seed, epoch)
+        loader = DataLoader(dataset, batch_size=hp.batch_size, shuffle=True, generator=gen,
+                            drop_last=drop_last, num_workers=0)
+        t0 = time.perf_counter()
+        loss_sum = correct = seen = 0.0
+        for i, (x, y) in enumerate(loader):
+            step = (epoch - 1) * steps_per_epoch + i
+            lr = lr_at(step, hp.lr, hp.warmup_steps, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            target = y
+            if mixer is not None:
+                x, target = mixer(x, y)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = model(x)
+                loss = criterion(logits.float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
+            optimizer.step()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(-1) == y).sum().item()
+            seen += len(y)
+        seconds = time.perf_counter() - t0
+        if not np.isfinite(loss_sum):
+            raise TrainError(f"finetune: loss became {loss_sum} in epoch {epoch} (lr {hp.lr})")
+        metrics = {
+            "epoch": epoch,
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,
+            "lr": lr,
+            "images_per_s": seen / seconds,
+        }
+        if on_epoch is not None:
+            on_epoch(epoch, dict(metrics), state_fn(epoch))
+    model.eval()
+    return metrics

@@ -1,0 +1,75 @@
+"""The whole pipeline end to end at a small size: real Ray, real Tune, real MLflow (SQLite)."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from raysoup.config import load_experiment
+
+pytestmark = pytest.mark.slow
+
+SMALL = {
+    "name": "e2e",
+    "model": {"name": "raysoup-tiny-vit", "tokenizer": "world",
+              "pretrain": {"steps": 30, "batch_size": 64, "warmup_steps": 5}},
+    "data": {"world": {"num_classes": 4, "train_per_class": 150, "test_per_class": 25,
+                       "shift_per_class": 15},
+             "heldout_fraction": 0.1, "templates": "world"},
+    "sweep": {"num_samples": 3, "max_concurrent": 2,
+              "base": {"epochs": 1, "batch_size": 32, "warmup_steps": 2},
+              "space": {"lr": {"loguniform": [1e-4, 1e-3]}, "seed": {"randint": [0, 100]}}},
+    "eval": {"num_actors": 2, "batch_size": 64},
+    "soup": {"recipes": ["uniform", "greedy"], "num_shards": 2},
+}
+
+
+def test_pipeline_end_to_end_and_rerun(ray_session, tmp_path):
+    from raysoup.orchestration.pipeline import run_pipeline
+    from raysoup.tracking import Tracker, default_uri
+
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(SMALL))
+    cfg = load_experiment(path)
+    workdir = tmp_path / "work"
+    run = run_pipeline(cfg, workdir)
+
+    ingredients = sorted(p.name for p in (workdir / "ingredients").iterdir())
+    assert ingredients == ["trial-000", "trial-001", "trial-002", "zeroshot"]
+    for name in ingredients:
+        manifest = json.loads((workdir / "ingredients" / name / "manifest.json").read_text())
+        assert manifest["sha256"] and manifest["tensors"]
+
+    table = pq.read_table(workdir / "results.parquet")
+    assert {"model", "kind", "split", "accuracy", "n"} <= set(table.column_names)
+    splits = set(table["split"].to_pylist())
+    assert {"heldout", "test"} <= splits and len(splits - {"heldout", "test"}) >= 3
+    models = set(table["model"].to_pylist())
+    assert {"uniform_soup", "greedy_soup", "zeroshot", *ingredients} <= models
+    rows = table.to_pylist()
+    n_splits = len(splits)
+    assert len(rows) == len(models) * n_splits  # every (model, split) exactly once
+    heldout = {r["model"]: r["accuracy"] for r in rows if r["split"] == "heldout"}
+    assert heldout["greedy_soup"] >= max(heldout[f"trial-00{i}"] for i in range(3))
+
+    recipe = json.loads((workdir / "soups" / "greedy" / "recipe.json").read_text())
+    assert heldout[recipe["ingredients"][0]] == max(heldout[f"trial-00{i}"] for i in range(3))
+    assert (workdir / "report" / "figure.png").stat().st_size > 10_000
+    assert "greedy_soup" in (workdir / "report" / "README.md").read_text()
+    assert "greedy_soup" in run.summary()
+
+    tracker = Tracker(default_uri(workdir), "e2e")
+    runs = tracker.runs()
+    names = sorted(r.info.run_name for r in runs)
+    assert names == ["soup-greedy", "soup-uniform", "sweep", "trial-000", "trial-001", "trial-002"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    trial = next(r for r in runs if r.info.run_name == "trial-001")
+    assert "lr" in trial.data.params and "train_loss" in trial.data.metrics
+
+    # Re-running the finished run redoes nothing: same results, no new MLflow runs.
+    before = (workdir / "results.parquet").read_bytes()
+    run2 = run_pipeline(cfg, workdir)
+    assert (workdir / "results.parquet").read_bytes() == before
+    assert len(Tracker(default_uri(workdir), "e2e").runs()) == len(runs)
+    assert run2.timings["sweep"] < run.timings["sweep"]
