@@ -43,7 +43,9 @@ def _common(s: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="raysoup: %(message)s", stream=sys.stderr)
+    # Our progress lines at INFO; libraries (open_clip, mlflow, alembic) only when they warn.
+    logging.basicConfig(level=logging.WARNING, format="raysoup: %(message)s", stream=sys.stderr)
+    logging.getLogger("raysoup").setLevel(logging.INFO)
     try:
         if args.command == "resume":
             from raysoup.orchestration.pipeline import CONFIG_SNAPSHOT

@@ -215,6 +215,9 @@ class ExperimentCfg(Strict):
     def _consistent(self) -> ExperimentCfg:
         if self.model.tokenizer == "world" and self.data.world is None:
             raise ValueError("model.tokenizer 'world' needs data.world")
+        if self.model.tokenizer == "world" and self.data.templates == "openai_imagenet":
+            raise ValueError("model.tokenizer 'world' knows only the world's words: "
+                             "set data.templates to 'world' (or a list of world phrases)")
         if self.model.pretrain is not None and self.data.world is None:
             raise ValueError("model.pretrain needs captions: only data.world provides them")
         return self

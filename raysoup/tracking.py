@@ -141,4 +141,5 @@ class Tracker:
 
 def quiet() -> None:
     """MLflow logs alembic migrations at INFO on first use of a SQLite store."""
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for name in ("alembic", "mlflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -51,6 +51,23 @@ def test_world_is_deterministic(small_world, tmp_path):
     assert other.images != read_parquet_split(paths["test"]).images
 
 
+# sha256 over every split of SMALL (in SPLITS + SHIFTS order) of: decoded pixels, the captions
+# joined by newlines, the int64 labels. Pins the generator's output across machines and
+# refactors; a deliberate change to the world must update it.
+GOLDEN_SMALL_WORLD_SHA256 = "ccdd69eaf5f2ca976ef91fb2218786b428a4220e95e6b0a477def085fbbea309"
+
+
+def test_world_pixels_match_golden_digest(small_world):
+    _, paths = small_world
+    h = hashlib.sha256()
+    for split in world.SPLITS + world.SHIFTS:
+        data = read_parquet_split(paths[split])
+        h.update(data.decode_all().tobytes())
+        h.update("\n".join(data.captions).encode())
+        h.update(data.labels.tobytes())
+    assert h.hexdigest() == GOLDEN_SMALL_WORLD_SHA256
+
+
 def test_world_splits_sizes_labels_and_subset(small_world):
     _, paths = small_world
     train = read_parquet_split(paths["train"])

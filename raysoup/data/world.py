@@ -161,7 +161,8 @@ def _postprocess(kind: str, img: np.ndarray, rng: np.random.Generator, words: di
         words["style"] = _STYLES[rng.integers(2)]
         if words["style"] == "inverted":
             return 255 - img
-        grey = np.rint(img.astype(np.float32) @ np.float32([0.299, 0.587, 0.114]))
+        rgb = img.astype(np.float32)  # explicit sum, not a BLAS call: same rounding everywhere
+        grey = np.rint(rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114)
         return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
     if kind == "blur_noise":
         blurred = Image.fromarray(img).filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 0.9)))
@@ -174,7 +175,7 @@ def render_sample(cfg: WorldCfg, split: str, index: int) -> tuple[np.ndarray, in
     """(uint8 image [S,S,3], label, caption) of one sample; a pure function of its arguments."""
     rng = np.random.Generator(np.random.PCG64([cfg.seed, _SPLIT_CODE[split], index]))
     classes = sketch_classes(cfg) if split == "sketch" else range(cfg.num_classes)
-    label = list(classes)[index % len(classes)]
+    label = classes[index % len(classes)]
     scene, words = _scene(split, label, cfg.image_size, rng)
     img = _postprocess(split, render(scene, cfg.image_size, rng), rng, words)
     if split == "sketch":
