@@ -57,7 +57,7 @@ def test_tiny_config_registered_and_sized(clip):
 
 
 def test_tokenizer_ids_and_eot_is_argmax(tokenizer):
-    tokens = tokenizer(["a photo of a star.", "A Drawing of a red, small circle"])
+    tokens = tokenizer(["a photo of a cross.", "A Drawing of a red, small circle"])
     assert tokens.shape == (2, 24) and tokens.dtype == torch.long
     # open_clip pools text features at argmax(token id): that must be the EOT position.
     eot = tokens.argmax(dim=-1)
@@ -156,7 +156,7 @@ def test_ensure_base_clip_trains_once_and_caches(tmp_path):
     manifest = read_base_manifest(path)
     assert manifest["pretrain"]["steps"] == 3 and manifest["model_name"] == TINY
     vocab = base_vocab(path)
-    assert set(vocab) <= set(vocabulary(WORLD)) and "star" in vocab
+    assert set(vocab) <= set(vocabulary(WORLD)) and "cross" in vocab
     stamp = path.stat().st_mtime_ns
     assert ensure_base_clip(cfg, splits, tmp_path / "base", progress=False) == path
     assert path.stat().st_mtime_ns == stamp  # cache hit: not retrained

@@ -128,4 +128,4 @@ def pretrain_clip(
     clip.eval()
     seconds = time.perf_counter() - t0
     return {"steps": cfg.steps, "loss": loss_avg, "seconds": seconds,
-            "images_per_s": seen / seconds, "logit_scale": float(clip.logit_scale.exp())}
+            "images_per_s": seen / seconds, "logit_scale": clip.logit_scale.exp().item()}

@@ -1,4 +1,4 @@
-"""Learning-rate schedule: linear warm-up, then cosine decay to zero (a pure function of the step)."""
+"""Learning-rate schedule: linear warm-up, then cosine decay to zero (pure function of the step)."""
 
 from __future__ import annotations
 
