@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         print("raysoup: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     except (ValueError, RuntimeError, OSError) as err:
+        # Our errors name the culprit; RAYSOUP_DEBUG=1 shows the traceback too.
+        if os.environ.get("RAYSOUP_DEBUG"):
+            raise
         print(f"raysoup: error: {err}", file=sys.stderr)
         return 1
     if args.command in ("run", "resume", "report"):

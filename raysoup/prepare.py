@@ -31,7 +31,7 @@ def ensure_zeroshot(cfg: ExperimentCfg, workdir: Path, splits: DatasetSplits) ->
     out = workdir / "ingredients" / ZEROSHOT
     if out in list_ingredients(workdir / "ingredients"):
         return out
-    from raysoup.models.base import ensure_base_clip
+    from raysoup.models.base import base_vocab, ensure_base_clip
     from raysoup.models.classifier import classifier_from_clip, zero_shot_head
     from raysoup.models.factory import get_tokenizer, image_stats, load_clip
 
@@ -39,12 +39,8 @@ def ensure_zeroshot(cfg: ExperimentCfg, workdir: Path, splits: DatasetSplits) ->
     if cfg.model.pretrain is not None:
         base = ensure_base_clip(cfg.model, splits, base_cache_dir(cfg, workdir))
     clip = load_clip(cfg.model, base)
-    vocab = None
-    if cfg.model.tokenizer == "world":
-        from raysoup.data.world import vocabulary
-
-        vocab = vocabulary(cfg.data.world)
-    tokenizer = get_tokenizer(cfg.model, vocab)
+    # Token ids must be those the base model was pre-trained with: its manifest records them.
+    tokenizer = get_tokenizer(cfg.model, base_vocab(base) if base else None)
     head = zero_shot_head(clip, tokenizer, splits.classnames, splits.templates, device="cpu")
     model = classifier_from_clip(clip, head)
     image_size, mean, std = image_stats(clip)

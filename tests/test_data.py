@@ -18,7 +18,7 @@ from raysoup.data import (
     read_imagefolder, read_parquet_split, split_heldout, vocabulary, write_parquet_split,
 )
 from raysoup.data import world
-from raysoup.data.transforms import preprocess_eval, train_transform
+from raysoup.data.transforms import preprocess_eval
 
 SMALL = WorldCfg(num_classes=4, image_size=32, train_per_class=12, test_per_class=5,
                  shift_per_class=5, seed=3)
@@ -345,7 +345,7 @@ def test_load_splits_parquet_shift_remapped_by_name(tmp_path):
 # ---------------------------------------------------------------- transforms
 
 
-def test_preprocess_eval_and_train_transform(tmp_path):
+def test_preprocess_eval_and_train_augment(tmp_path):
     data = _tiny(3)
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
     x = preprocess_eval(data, 8, mean, std)
@@ -355,7 +355,17 @@ def test_preprocess_eval_and_train_transform(tmp_path):
     np.testing.assert_allclose(x[1], expected, rtol=1e-5, atol=1e-5)
     root = _folder(tmp_path / "f", ["a"], per_dir=1, size=(20, 10))
     assert preprocess_eval(read_imagefolder(root), 8, mean, std).shape == (1, 3, 8, 8)
-    for n in (0, 2):
-        tf = train_transform(TrainHParams(randaug_n=n, randaug_m=9), 8, mean, std)
-        out = tf(data.decode(0))
-        assert out.shape == (3, 8, 8) and out.dtype.is_floating_point
+    import torch
+
+    from raysoup.train.augment import randaugment, random_shift_flip, uint8_images
+
+    pixels = uint8_images(data, 8)
+    assert pixels.shape == (3, 3, 8, 8) and pixels.dtype == torch.uint8
+    assert torch.equal(pixels[1], torch.from_numpy(data.decode_all()[1]).permute(2, 0, 1))
+    assert uint8_images(read_imagefolder(root), 8).shape == (1, 3, 8, 8)  # resized on decode
+    aug = randaugment(2, 9, 8, mean)(pixels)
+    assert aug.shape == pixels.shape and aug.dtype == torch.uint8
+    noise = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
+    shifted = random_shift_flip(noise, torch.Generator().manual_seed(0), shift=2)
+    assert shifted.shape == noise.shape and shifted.dtype == torch.float32
+    assert not torch.equal(shifted, noise.float())  # some sample moved

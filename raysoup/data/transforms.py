@@ -1,19 +1,16 @@
-"""Image transforms: evaluation preprocessing (done once per split) and training augmentation."""
+"""Evaluation preprocessing, done once per split (training augmentation: train/augment.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-import torch
 from PIL import Image
-from torchvision import transforms as T
 
-from raysoup.config import TrainHParams
 from raysoup.data.images import LabeledImages
 
 
-def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     """open_clip's eval transform: shorter side -> size (bicubic), then a centre crop."""
     w, h = img.size
     scale = size / min(w, h)
@@ -34,24 +31,6 @@ def preprocess_eval(data: LabeledImages, image_size: int, mean: Sequence[float],
     for i in range(len(data)):
         img = data.decode(i)
         if img.size != (image_size, image_size):
-            img = _resize_center_crop(img, image_size)
+            img = resize_center_crop(img, image_size)
         out[i] = np.asarray(img, np.float32).transpose(2, 0, 1) * scale - shift
     return out
-
-
-def train_transform(hp: TrainHParams, image_size: int, mean: Sequence[float],
-                    std: Sequence[float]) -> Callable[[Image.Image], torch.Tensor]:
-    """RandomResizedCrop(0.8-1) + flip [+ timm RandAugment] + ToTensor + Normalize."""
-    steps: list = [
-        T.RandomResizedCrop(image_size, scale=(0.8, 1.0),
-                            interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(),
-    ]
-    if hp.randaug_n > 0:
-        from timm.data.auto_augment import rand_augment_transform
-
-        hparams = {"translate_const": int(image_size * 0.45),
-                   "img_mean": tuple(round(255 * m) for m in mean)}
-        steps.append(rand_augment_transform(f"rand-m{hp.randaug_m}-n{hp.randaug_n}", hparams))
-    steps += [T.ToTensor(), T.Normalize(mean, std)]
-    return T.Compose(steps)

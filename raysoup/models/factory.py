@@ -80,8 +80,24 @@ def resolve_weights(cfg: ModelCfg, base_checkpoint: Path | None = None) -> Weigh
 def build_clip(name: str) -> open_clip.CLIP:
     """A randomly initialised open_clip model of the named architecture, in eval mode."""
     model_config(name)
-    clip = open_clip.create_model(name, pretrained=None)
+    # A random skeleton is intended here (weights are loaded next): drop open_clip's warning.
+    root = logging.getLogger()
+    quiet = _DropMessage("No pretrained weights loaded")
+    root.addFilter(quiet)
+    try:
+        clip = open_clip.create_model(name, pretrained=None)
+    finally:
+        root.removeFilter(quiet)
     return clip.eval()
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def read_weights_file(path: Path) -> dict[str, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Fine-tune an ImageClassifier on LabeledImages: the pure-torch loop one sweep trial runs.
 
 AdamW + linear warm-up/cosine (per step), gradient clipping, label smoothing, mixup/cutmix
-(timm) and RandAugment (timm, through data.transforms.train_transform). Reproducible: every
+(timm) and RandAugment (timm, per sample; crops/flips batched: train/augment.py). Reproducible: every
 epoch reseeds torch, numpy and `random` from (hp.seed, epoch), so a run resumed from its
 epoch-e state computes the same epochs e+1.. as an uninterrupted one.
 """
@@ -14,12 +14,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from raysoup.config import TrainHParams
 from raysoup.data.images import LabeledImages
+from raysoup.train.augment import Normalize, randaugment, random_shift_flip, uint8_images
 from raysoup.train.schedule import lr_at
 
 OnEpoch = Callable[[int, dict, Callable[[], dict]], None]
@@ -27,26 +26,6 @@ OnEpoch = Callable[[int, dict, Callable[[], dict]], None]
 
 class TrainError(ValueError):
     """Training cannot run with these inputs (empty data, odd mixup batch, bad resume state)."""
-
-
-class _Images(Dataset):
-    """Decoded uint8 images (decoded once) -> per-sample PIL transform."""
-
-    def __init__(self, data: LabeledImages, transform: Callable):
-        try:
-            self.pixels: np.ndarray | None = data.decode_all()  # [N,H,W,3] uint8
-        except ValueError:
-            self.pixels = None  # images of different sizes (a real dataset): decode per sample
-        self.data = data
-        self.labels = torch.from_numpy(np.asarray(data.labels, dtype=np.int64))
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        img = Image.fromarray(self.pixels[i]) if self.pixels is not None else self.data.decode(i)
-        return self.transform(img), self.labels[i]
 
 
 def _seed_epoch(seed: int, epoch: int) -> torch.Generator:
@@ -90,8 +69,6 @@ def finetune(
     {"model", "optimizer", "epoch"} (live state dicts: save them before training continues),
     which `resume` accepts to continue at epoch+1.
     """
-    from raysoup.data.transforms import train_transform  # helper-owned; imported at use
-
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if threads:
         torch.set_num_threads(threads)
@@ -104,12 +81,16 @@ def finetune(
     if use_mix and hp.batch_size % 2:
         raise TrainError(f"finetune: mixup/cutmix need an even batch_size, got {hp.batch_size}")
 
-    dataset = _Images(train, train_transform(hp, image_size, mean, std))
-    # drop_last keeps every batch full (mixup pairs samples; equal batches keep steps comparable).
-    drop_last = len(dataset) >= hp.batch_size
+    pixels = uint8_images(train, image_size)  # decoded once; augmented per batch
+    labels = torch.from_numpy(np.asarray(train.labels, dtype=np.int64))
+    ra = randaugment(hp.randaug_n, hp.randaug_m, image_size, mean) if hp.randaug_n > 0 else None
+    normalize = Normalize(mean, std, device)
+    shift = max(1, image_size // 8)  # random translation of up to 1/8 of the image
+    # Full batches only (mixup pairs samples; equal batches keep steps comparable).
+    drop_last = len(train) >= hp.batch_size
     if use_mix and not drop_last:
-        raise TrainError(f"finetune: {len(dataset)} images < batch_size {hp.batch_size} with mixup")
-    steps_per_epoch = len(dataset) // hp.batch_size if drop_last else 1
+        raise TrainError(f"finetune: {len(train)} images < batch_size {hp.batch_size} with mixup")
+    steps_per_epoch = len(train) // hp.batch_size if drop_last else 1
     total_steps = steps_per_epoch * hp.epochs
 
     model.to(device).train()
@@ -144,16 +125,20 @@ def finetune(
     autocast = device.type == "cuda"
     for epoch in range(start_epoch, hp.epochs + 1):
         gen = _seed_epoch(hp.seed, epoch)
-        loader = DataLoader(dataset, batch_size=hp.batch_size, shuffle=True, generator=gen,
-                            drop_last=drop_last, num_workers=0)
+        order = torch.randperm(len(train), generator=gen)
+        batches = order.split(hp.batch_size)[:steps_per_epoch]
         t0 = time.perf_counter()
         loss_sum = correct = seen = 0.0
-        for i, (x, y) in enumerate(loader):
+        for i, idx in enumerate(batches):
+            x = pixels[idx]
+            if ra is not None:
+                x = ra(x)
+            x = normalize(random_shift_flip(x, gen, shift).to(device))
+            y = labels[idx].to(device)
             step = (epoch - 1) * steps_per_epoch + i
             lr = lr_at(step, hp.lr, hp.warmup_steps, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             target = y
             if mixer is not None:
                 x, target = mixer(x, y)

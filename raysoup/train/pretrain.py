@@ -12,14 +12,13 @@ import math
 import sys
 import time
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 from torch import nn
 
 from raysoup.config import PretrainCfg
 from raysoup.data.images import LabeledImages
+from raysoup.train.augment import Normalize, random_shift_flip, uint8_images
 from raysoup.train.schedule import lr_at
 
 _MAX_LOGIT_SCALE = math.log(100.0)  # open_clip's training clamps the temperature here
@@ -28,30 +27,6 @@ _SHIFT = 4  # max random translation in pixels (at 32x32: 12%)
 
 class PretrainError(ValueError):
     """Pre-training inputs are unusable (no captions, empty data, NaN loss)."""
-
-
-def _to_model_size(pixels: np.ndarray, image_size: int) -> torch.Tensor:
-    """uint8 [N,H,W,3] -> uint8 [N,3,S,S] (bilinear resize only when H/W differ from S)."""
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).contiguous()
-    if x.shape[-1] != image_size or x.shape[-2] != image_size:
-        x = F.interpolate(x.float(), size=(image_size, image_size), mode="bilinear",
-                          antialias=True, align_corners=False)
-        x = x.round().clamp(0, 255).to(torch.uint8)
-    return x
-
-
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """uint8 [n,3,h,w] -> float32 (0..255), randomly translated (reflect pad) and h-flipped."""
-    n, _, h, w = x.shape
-    padded = F.pad(x.float(), (_SHIFT, _SHIFT, _SHIFT, _SHIFT), mode="reflect")
-    dy = torch.randint(0, 2 * _SHIFT + 1, (n,), generator=gen).tolist()
-    dx = torch.randint(0, 2 * _SHIFT + 1, (n,), generator=gen).tolist()
-    # A loop of slices beats one big advanced-indexing gather by ~20x here.
-    crops = [padded[i, :, y : y + h, x_ : x_ + w] for i, (y, x_) in enumerate(zip(dy, dx))]
-    out = torch.stack(crops)
-    flip = torch.rand(n, generator=gen) < 0.5
-    out[flip] = out[flip].flip(-1)
-    return out
 
 
 def pretrain_clip(
@@ -78,10 +53,9 @@ def pretrain_clip(
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
 
-    pixels = _to_model_size(data.decode_all(), image_size)  # uint8, augmented per batch
+    pixels = uint8_images(data, image_size)  # decoded once, augmented per batch
     texts = tokenizer(list(data.captions))  # tokenise once: [N, context_length]
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
-    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
+    normalize = Normalize(mean, std, device)
 
     clip.to(device).train()
     decay = [p for p in clip.parameters() if p.ndim >= 2]
@@ -102,7 +76,7 @@ def pretrain_clip(
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos : pos + cfg.batch_size]
         pos += cfg.batch_size
-        images = _augment(pixels[idx], gen).to(device).sub_(mean_t).div_(std_t)
+        images = normalize(random_shift_flip(pixels[idx], gen, _SHIFT).to(device))
         tokens = texts[idx].to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps)
