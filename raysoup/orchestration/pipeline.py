@@ -38,6 +38,8 @@ def connect(address: str | None) -> None:
         return
     # Workers inherit the driver's environment; keep Tune's console output compact.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    # Tiny trials checkpoint every few seconds; Tune's snapshot-frequency warning is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     ray.init(address=address, log_to_driver=True, configure_logging=False)
 
 

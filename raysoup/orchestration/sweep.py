@@ -92,6 +92,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from raysoup.train.finetune import finetune
 
     torch.set_num_threads(ctx.threads)
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one INFO line per checkpoint
     cfg = ExperimentCfg.model_validate_json(ctx.cfg_json)
     workdir = Path(ctx.workdir)
     hp = hparams_for(cfg, config)
@@ -159,6 +160,27 @@ class TrackingCallback(tune.Callback):
         self.tracker.end(self._run(trial), ok=False)
 
 
+class ProgressCallback(tune.Callback):
+    """One line per trial epoch on the console (Tune's own tables are off: verbose=0)."""
+
+    def __init__(self, num_samples: int, epochs: int):
+        self.num_samples, self.epochs = num_samples, epochs
+        self.finished = 0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        log.info("sweep: %s epoch %s/%s  loss %.3f  %.0f img/s", trial_name(trial.trial_id),
+                 result.get("epoch"), trial.config.get("epochs", self.epochs), result.get("train_loss", float("nan")),
+                 result.get("images_per_s", 0.0))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.finished += 1
+        log.info("sweep: %s finished (%d/%d)", trial_name(trial.trial_id), self.finished,
+                 self.num_samples)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        log.warning("sweep: %s failed: see %s", trial_name(trial.trial_id), trial.path)
+
+
 # ---------------------------------------------------------------- driver
 
 
@@ -196,8 +218,9 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
                 storage_path=str(workdir / SWEEP_DIR),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
-                callbacks=[TrackingCallback(tracker, parent_run, cfg.sweep.base.model_dump())],
-                verbose=1,
+                callbacks=[TrackingCallback(tracker, parent_run, cfg.sweep.base.model_dump()),
+                           ProgressCallback(cfg.sweep.num_samples, cfg.sweep.base.epochs)],
+                verbose=0,
             ),
         )
     grid = tuner.fit()

@@ -54,7 +54,7 @@ def randaugment(n: int, m: int, image_size: int, mean: Sequence[float]) -> Calla
 
     def apply(x: torch.Tensor) -> torch.Tensor:
         hwc = x.permute(0, 2, 3, 1).numpy()
-        return torch.stack([torch.from_numpy(np.asarray(op(Image.fromarray(img)))) for img in hwc]
+        return torch.stack([torch.from_numpy(np.array(op(Image.fromarray(img)))) for img in hwc]
                            ).permute(0, 3, 1, 2)
 
     return apply
