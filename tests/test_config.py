@@ -49,7 +49,7 @@ def test_cli_exits_2_without_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "raysoup.cli", "run", str(TINY), "--workdir", str(tmp_path),
          "--set", "sweep.base.lr=-1"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 2
     assert "sweep.base.lr: Input should be greater than 0" in proc.stderr

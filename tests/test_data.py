@@ -12,12 +12,21 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from raysoup.config import DataCfg, SplitSource, TrainHParams, WorldCfg
+from raysoup.config import DataCfg, SplitSource, WorldCfg
 from raysoup.data import (
-    DataError, LabeledImages, generate_world, heldout_mask, load_splits, normalize_words,
-    read_imagefolder, read_parquet_split, split_heldout, vocabulary, write_parquet_split,
+    DataError,
+    LabeledImages,
+    generate_world,
+    heldout_mask,
+    load_splits,
+    normalize_words,
+    read_imagefolder,
+    read_parquet_split,
+    split_heldout,
+    vocabulary,
+    world,
+    write_parquet_split,
 )
-from raysoup.data import world
 from raysoup.data.transforms import preprocess_eval
 
 SMALL = WorldCfg(num_classes=4, image_size=32, train_per_class=12, test_per_class=5,

@@ -83,9 +83,9 @@ def _f64_reference(paths, weights):
 
 def _same_bits(a: dict, b: dict):
     assert list(a) == list(b)
-    for n in a:
-        assert a[n].dtype == b[n].dtype and a[n].shape == b[n].shape, n
-        assert a[n].tobytes() == b[n].tobytes(), n
+    for n, value in a.items():
+        assert value.dtype == b[n].dtype and value.shape == b[n].shape, n
+        assert value.tobytes() == b[n].tobytes(), n
 
 
 # --- plan -------------------------------------------------------------------------------------

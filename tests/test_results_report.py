@@ -1,4 +1,3 @@
-import pyarrow as pa
 
 from raysoup.evaluate import results as res
 from raysoup.report import best_single, summarize, write_report

@@ -190,7 +190,7 @@ def _hatch(n: int) -> Image.Image:
 
 
 def _rgb(color) -> tuple[int, int, int]:
-    return tuple(int(round(float(v))) for v in color)
+    return tuple(round(float(v)) for v in color)
 
 
 def render(scene: Scene, size: int, rng: np.random.Generator) -> np.ndarray:

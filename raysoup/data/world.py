@@ -25,7 +25,13 @@ from raysoup.config import WorldCfg
 from raysoup.data.images import LabeledImages
 from raysoup.data.parquet import write_parquet_split
 from raysoup.data.render import (
-    COLORS, SHAPES, SHIFT_TEXTURES, TRAIN_TEXTURES, Scene, encode_png, render,
+    COLORS,
+    SHAPES,
+    SHIFT_TEXTURES,
+    TRAIN_TEXTURES,
+    Scene,
+    encode_png,
+    render,
 )
 
 CLASSNAMES: list[str] = list(SHAPES)

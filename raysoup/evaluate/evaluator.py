@@ -68,7 +68,8 @@ class Evaluator:
         data = self.splits[split]
         out = []
         for start in range(0, len(data), self.batch_size):
-            x = torch.from_numpy(data.images[start : start + self.batch_size]).to(self.device)
+            # A copy: arrays from Ray's object store are read-only views (torch warns on them).
+            x = torch.tensor(data.images[start : start + self.batch_size], device=self.device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 out.append(self.model(x).float().cpu())
         return torch.cat(out) if out else torch.empty(0)
@@ -81,6 +82,6 @@ class Evaluator:
         result = {}
         for name in splits or list(self.splits):
             data = self.splits[name]
-            correct = count_correct(self.logits(name), torch.from_numpy(data.labels), data.class_subset)
+            correct = count_correct(self.logits(name), torch.tensor(data.labels), data.class_subset)
             result[name] = (correct, len(data))
         return result

@@ -7,7 +7,7 @@ reproduces zero-shot CLIP and fine-tuning starts from it.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import open_clip
 import torch

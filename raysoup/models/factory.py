@@ -106,11 +106,11 @@ def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
             raise ModelLoadError(f"{path}: not a readable safetensors file ({exc})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure: the file is not a plain state dict
         raise ModelLoadError(
             f"{path}: cannot read with torch.load(weights_only=True) ({exc}); convert it to a "
             "plain state dict or safetensors"
@@ -154,7 +154,7 @@ def load_clip(cfg: ModelCfg, base_checkpoint: Path | None = None) -> open_clip.C
     if source.kind == "open_clip_tag":
         try:
             clip = open_clip.create_model(cfg.name, pretrained=source.tag)
-        except Exception as exc:  # network/hub failures surface as RuntimeError from open_clip
+        except Exception as exc:  # noqa: BLE001 - hub/network failures vary by backend
             raise ModelLoadError(
                 f"open_clip could not load {cfg.name!r} pretrained={source.tag!r} (it downloads "
                 f"from the hub; offline?): {exc}"

@@ -18,7 +18,13 @@ import torch
 
 from raysoup.checkpoints import read_manifest
 from raysoup.reduce import (
-    add_into, plan_shards, reduce_shard, shard_filename, tensor_nbytes, write_index, write_shard,
+    add_into,
+    plan_shards,
+    reduce_shard,
+    shard_filename,
+    tensor_nbytes,
+    write_index,
+    write_shard,
 )
 
 

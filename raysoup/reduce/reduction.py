@@ -149,7 +149,7 @@ def _open(file: Path):
 
 
 def _get(handle, name: str, file: Path, first: Path) -> torch.Tensor:
-    if name not in handle.keys():
+    if name not in handle.keys():  # noqa: SIM118 - a safe_open handle, not a dict
         other = f" (present in {first})" if file != first else ""
         raise ReductionError(f"tensor {name!r}: missing in {file}{other}")
     return handle.get_tensor(name)
