@@ -71,8 +71,12 @@ class TrialContext:
 # ---------------------------------------------------------------- trainable (runs on workers)
 
 
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
 def _save_state(state: dict, directory: Path) -> None:
-    save_file({k: v.contiguous() for k, v in state["model"].items()}, directory / "model.safetensors")
+    save_file(_cpu(state["model"]), directory / "model.safetensors")
     torch.save(state["optimizer"], directory / "optimizer.pt")
     (directory / "state.json").write_text(json.dumps({"epoch": state["epoch"]}))
 
@@ -81,7 +85,7 @@ def _load_state(directory: Path) -> dict:
     return {
         "model": load_file(directory / "model.safetensors"),
         # Optimizer state is plain tensors and numbers: weights_only never unpickles code.
-        "optimizer": torch.load(directory / "optimizer.pt", weights_only=True),
+        "optimizer": torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True),
         "epoch": json.loads((directory / "state.json").read_text())["epoch"],
     }
 
@@ -111,7 +115,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     def on_epoch(epoch: int, metrics: dict, state_fn) -> None:
         if epoch == hp.epochs:  # the ingredient lands before Tune marks the trial finished
-            write_ingredient(workdir / "ingredients" / name, model.state_dict(), {
+            write_ingredient(workdir / "ingredients" / name, _cpu(model.state_dict()), {
                 "kind": "ingredient", "model_name": meta["model_name"],
                 "num_classes": meta["num_classes"], "preprocess": meta["preprocess"],
                 "base_model": meta.get("base_model"), "hparams": hp.model_dump(),
