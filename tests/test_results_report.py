@@ -22,6 +22,7 @@ def test_results_merge_replaces_and_round_trips(tmp_path):
     back = res.read_results(path)
     assert back.schema == res.SCHEMA and back.equals(t)
     assert ("greedy_soup", "blur") in res.done_pairs(back)
+    assert res.accuracies_of_model(back, "greedy_soup") == {"blur": 0.6, "heldout": 0.9, "test": 0.85}
 
 
 def test_report_files_and_best_single(tmp_path):

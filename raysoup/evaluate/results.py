@@ -60,11 +60,16 @@ def write_results(path: Path, table: pa.Table) -> None:
     os.replace(tmp, path)
 
 
+def _triples(table: pa.Table):
+    return zip(table["model"].to_pylist(), table["split"].to_pylist(),
+               table["accuracy"].to_pylist(), strict=True)
+
+
 def accuracy_of(table: pa.Table, split: str) -> dict[str, float]:
     """model → accuracy on one split."""
-    out = {}
-    for m, s, a in zip(table["model"].to_pylist(), table["split"].to_pylist(),
-                       table["accuracy"].to_pylist(), strict=True):
-        if s == split:
-            out[m] = a
-    return out
+    return {m: a for m, s, a in _triples(table) if s == split}
+
+
+def accuracies_of_model(table: pa.Table, model: str) -> dict[str, float]:
+    """split → accuracy of one model."""
+    return {s: a for m, s, a in _triples(table) if m == model}

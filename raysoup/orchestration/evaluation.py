@@ -6,7 +6,6 @@ numpy arrays reach every actor zero-copy. Evaluating a model = copy its weights 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -15,11 +14,9 @@ import ray
 import torch
 from ray.util import ActorPool
 
-from raysoup.checkpoints import load_state_dict, read_manifest
+from raysoup.checkpoints import load_state_dict
 from raysoup.evaluate.evaluator import EvalSplit, Evaluator
-from raysoup.reduce import read_sharded, scaled
-
-log = logging.getLogger(__name__)
+from raysoup.reduce import INDEX_FILE, read_sharded, scaled
 
 
 class EvalWorker:
@@ -38,7 +35,7 @@ class EvalWorker:
     def evaluate_path(self, path: str, splits: list[str]) -> dict[str, tuple[int, int]]:
         """An ingredient directory (model.safetensors) or a soup directory (sharded)."""
         p = Path(path)
-        weights = read_sharded(p) if (p / "model.safetensors.index.json").exists() else load_state_dict(p)
+        weights = read_sharded(p) if (p / INDEX_FILE).exists() else load_state_dict(p)
         return self.evaluator.score(weights, splits)
 
     def evaluate_sum(self, shard_refs: list, scale: float, splits: list[str]) -> dict[str, tuple[int, int]]:
@@ -75,7 +72,3 @@ def evaluate_models(pool: ActorPool, jobs: Iterable[tuple[str, str, Path, list[s
         if progress:
             progress(model, kind, scores)
     return out
-
-
-def model_meta(workdir: Path) -> dict:
-    return read_manifest(workdir / "ingredients" / "zeroshot")

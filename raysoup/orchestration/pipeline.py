@@ -105,8 +105,8 @@ class Run:
             out.append((soup_model_name(recipe_file.parent.name), "soup", recipe_file.parent))
         return out
 
-    def evaluate(self) -> pa.Table:
-        with self.stage("evaluate"):
+    def evaluate(self, stage: str = "evaluate") -> pa.Table:
+        with self.stage(stage):
             table = res.read_results(self.results_path)
             done = res.done_pairs(table)
             jobs = []
@@ -117,7 +117,7 @@ class Run:
             if not jobs:
                 log.info("evaluate: every (model, split) is already in %s", self.results_path)
                 return table
-            bar = tqdm(total=len(jobs), desc="evaluate", unit="model", disable=None)
+            bar = tqdm(total=len(jobs), desc=stage, unit="model", disable=None)
 
             def landed(model: str, kind: str, scores: dict) -> None:
                 nonlocal table
@@ -146,11 +146,9 @@ class Run:
             # One actor scores greedy candidates; the other CPUs run the reduction tasks.
             soups = cook_soups(self.cfg.soup.recipes, candidates, self.workdir / "soups",
                                self.cfg.soup.num_shards, self.actors(1)[0])
-        table = self.evaluate()
+        table = self.evaluate("soup evaluation")
         for recipe, soup_dir in soups.items():
-            model = soup_model_name(recipe)
-            accs = {s: a for m, s, a in zip(table["model"].to_pylist(), table["split"].to_pylist(),
-                                            table["accuracy"].to_pylist(), strict=True) if m == model}
+            accs = res.accuracies_of_model(table, soup_model_name(recipe))
             meta = read_recipe(soup_dir)
             self.tracker.soup_run(self.parent, recipe, meta["ingredients"], meta["weights"], accs,
                                   [soup_dir / "recipe.json"])
