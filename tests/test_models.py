@@ -165,6 +165,11 @@ def test_ensure_base_clip_trains_once_and_caches(tmp_path):
     head = zero_shot_head(clip, tok, train.classnames, TEMPLATES)
     assert torch.isfinite(head).all() and head.shape == (4, 64)
 
+    # Same config, fresh cache: the same bytes (the seed fixes the random init too).
+    torch.manual_seed(12345)  # global RNG state must not leak into the base model
+    again = ensure_base_clip(cfg, splits, tmp_path / "base2", progress=False)
+    assert again.read_bytes() == path.read_bytes()
+
     # A corrupted cache entry is reported, not silently used.
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF

@@ -14,6 +14,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 
 from raysoup.config import ModelCfg
@@ -119,6 +120,7 @@ def ensure_base_clip(
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     (cache_dir / "manifest.json").unlink(missing_ok=True)  # invalidate before rewriting weights
+    torch.manual_seed(model_cfg.pretrain.seed)  # the random init is part of what the seed fixes
     clip = build_clip(model_cfg.name)
     tokenizer = get_tokenizer(model_cfg, vocab)
     size, mean, std = image_stats(clip)
