@@ -7,7 +7,6 @@ manifest is written last, so its presence marks a complete cache entry.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from raysoup.checkpoints.ingredient import file_sha256, fsync_path
 from raysoup.config import ModelCfg
 from raysoup.data.world import normalize_words
 from raysoup.models.factory import build_clip, get_tokenizer, image_stats
@@ -26,14 +26,6 @@ FORMAT = "raysoup.base_clip/1"
 
 class BaseModelError(ValueError):
     """The base-model cache is unusable or the config cannot produce a base model."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def splits_vocabulary(splits) -> list[str]:
@@ -77,7 +69,7 @@ def _cached(cache_dir: Path, model_cfg: ModelCfg, vocab: list[str]) -> Path | No
     )
     if not same:
         return None
-    if m.get("sha256") != _sha256(weights):
+    if m.get("sha256") != file_sha256(weights):
         raise BaseModelError(f"{weights}: sha256 does not match {cache_dir / 'manifest.json'}")
     return weights
 
@@ -86,8 +78,7 @@ def _write_atomic(path: Path, write) -> None:
     tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
     try:
         write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        fsync_path(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -138,7 +129,7 @@ def ensure_base_clip(
         "pretrain": model_cfg.pretrain.model_dump(mode="json"),
         "vocab": vocab,
         "metrics": metrics,
-        "sha256": _sha256(weights),
+        "sha256": file_sha256(weights),
     }
     _write_atomic(cache_dir / "manifest.json",
                   lambda p: p.write_text(json.dumps(manifest, indent=2)))
