@@ -19,7 +19,7 @@ from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from safetensors.torch import load_file, save_file
 
-from raysoup.checkpoints import list_ingredients, read_manifest, write_ingredient
+from raysoup.checkpoints import list_ingredients, load_state_dict, read_manifest, write_ingredient
 from raysoup.config import Choice, ExperimentCfg, LogUniform, RandInt, TrainHParams, Uniform
 from raysoup.tracking import Tracker
 
@@ -105,7 +105,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     zeroshot = workdir / "ingredients" / "zeroshot"
     meta = read_manifest(zeroshot)
     model = classifier_skeleton(meta["model_name"], meta["num_classes"])
-    model.load_state_dict(load_file(zeroshot / "model.safetensors"))
+    model.load_state_dict(load_state_dict(zeroshot))
     splits = load_splits(cfg.data, workdir, progress=False)
 
     resume = None

@@ -42,6 +42,7 @@ class SoupScorer(Protocol):
 
 class Recipe(Protocol):
     name: str
+    needs_scorer: bool  # False: pure arithmetic on the candidate list (no evaluation)
 
     def cook(self, candidates: list[Candidate], scorer: SoupScorer | None) -> RecipeResult: ...
 
