@@ -86,7 +86,8 @@ class LabeledImages:
             if arr.shape != first.shape:
                 raise DataError(
                     f"decode_all: image {self.keys[i]} is {arr.shape[:2]}, expected "
-                    f"{first.shape[:2]}; use data.transforms.preprocess_eval or train.augment.uint8_images, which resize"
+                    f"{first.shape[:2]}; use data.transforms.preprocess_eval or "
+                    "train.augment.uint8_images, which resize"
                 )
             out[i] = arr
         return out
