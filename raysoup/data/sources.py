@@ -41,6 +41,15 @@ def resolve_templates(spec: str | list[str]) -> list[str]:
                     "use 'openai_imagenet', 'world' or a list of strings with '{}'")
 
 
+def resolve_classnames(spec: str | list[str] | None) -> list[str] | None:
+    """data.classnames: "imagenet" → open_clip's 1000 ImageNet names; a list or None as given."""
+    if spec == "imagenet":
+        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+        return list(IMAGENET_CLASSNAMES)
+    return None if spec is None else list(spec)
+
+
 def _read(source: SplitSource, classnames: list[str] | None) -> LabeledImages:
     if source.format == "parquet":
         return read_parquet_split(source.path, classnames)
@@ -71,13 +80,14 @@ def _into_train_space(data: LabeledImages, train_names: list[str], source: Split
 
 def load_splits(cfg: DataCfg, workdir: Path, progress: bool = True) -> DatasetSplits:
     """Read (and for data.world first generate) all splits; held-out is carved from train."""
+    classnames = resolve_classnames(cfg.classnames)
     if cfg.world is not None:
         paths = world.generate_world(cfg.world, Path(workdir) / "data" / "world", progress)
-        full_train = read_parquet_split(paths["train"], cfg.classnames)
-        test = read_parquet_split(paths["test"], cfg.classnames)
-        shifts = {s: read_parquet_split(paths[s], cfg.classnames) for s in world.SHIFTS}
+        full_train = read_parquet_split(paths["train"], classnames)
+        test = read_parquet_split(paths["test"], classnames)
+        shifts = {s: read_parquet_split(paths[s], classnames) for s in world.SHIFTS}
     else:
-        full_train = _read(cfg.train, cfg.classnames)
+        full_train = _read(cfg.train, classnames)
         names = full_train.classnames
         dirs = class_dirs_of(cfg.train.path) if cfg.train.format == "imagefolder" else None
 
@@ -87,7 +97,7 @@ def load_splits(cfg: DataCfg, workdir: Path, progress: bool = True) -> DatasetSp
             if dirs is not None and src.format == "imagefolder":
                 data = read_imagefolder(src.path, names, dirs)
             else:  # a foreign ImageFolder is named by its own dirs
-                data = _read(src, cfg.classnames if src.format == "parquet" else None)
+                data = _read(src, classnames if src.format == "parquet" else None)
             return _into_train_space(data, names, src, name)
 
         test = eval_split(cfg.test, "test")

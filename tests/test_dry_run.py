@@ -1,0 +1,116 @@
+"""`--dry-run` and the paper-scale config: validated and planned without data, weights or Ray."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from raysoup.config import ConfigError, load_experiment
+from raysoup.data.sources import resolve_classnames
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = ROOT / "experiments" / "clip_vit_b32_imagenet.yaml"
+TINY = ROOT / "experiments" / "tiny.yaml"
+
+# Runs the CLI in a fresh interpreter, then proves nothing heavy was started or imported.
+PROBE = """
+import sys
+from raysoup.cli import main
+rc = main(sys.argv[1:])
+loaded = sorted(m for m in ("ray", "mlflow", "raysoup.orchestration", "raysoup.tracking")
+                if m in sys.modules)
+print("LOADED", loaded)
+sys.exit(rc)
+"""
+
+
+def dry_run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", PROBE, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+def test_paper_config_validates():
+    cfg = load_experiment(PAPER)
+    assert cfg.model.name == "ViT-B-32-quickgelu" and cfg.model.pretrained == "openai"
+    assert cfg.data.heldout_fraction == 0.02 and cfg.data.classnames == "imagenet"
+    assert cfg.data.train.format == cfg.data.test.format == "imagefolder"
+    assert set(cfg.data.shifts) == {"imagenet_v2", "imagenet_r", "imagenet_sketch", "imagenet_a"}
+    assert cfg.sweep.num_samples == 72 and cfg.sweep.base.batch_size == 512
+    assert cfg.sweep.resources_per_trial.gpu >= 1 and cfg.eval.gpus_per_actor >= 1
+    assert cfg.sweep.space["lr"].loguniform == (1e-6, 1e-4)
+    assert {"uniform", "greedy"} <= set(cfg.soup.recipes)
+
+
+def test_paper_config_samples_valid_hparams():
+    from raysoup.orchestration.sweep import hparams_for, param_space
+
+    cfg = load_experiment(PAPER)
+    space = param_space(cfg.sweep.space)
+    for seed in range(20):  # every sampled point passes TrainHParams' own validation
+        sampled = {k: (v.sample(random_state=seed) if hasattr(v, "sample") else v)
+                   for k, v in space.items()}
+        hp = hparams_for(cfg, sampled)
+        assert 1e-6 <= hp.lr <= 1e-4 and 4 <= hp.epochs <= 16 and 0 <= hp.randaug_n <= 2
+
+
+def test_imagenet_classnames_shorthand():
+    names = resolve_classnames("imagenet")
+    assert len(names) == 1000 and names[0] == "tench"
+    assert resolve_classnames(None) is None and resolve_classnames(["a", "b"]) == ["a", "b"]
+    with pytest.raises(ConfigError, match="data.classnames"):
+        load_experiment(PAPER, ["data.classnames=imagenet21k"])
+
+
+def test_dry_run_paper_config(tmp_path):
+    workdir = tmp_path / "w"
+    proc = dry_run("run", str(PAPER), "--dry-run", "--workdir", str(workdir))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for text in ("raysoup dry run: clip_vit_b32_imagenet",
+                 "ViT-B-32-quickgelu", "open_clip tag 'openai'",
+                 "/data/imagenet/train", "2.0% of train",
+                 "72 trials", "per trial 8 CPU + 1 GPU", "at full concurrency 64 CPU + 8 GPU",
+                 "lr               loguniform [1e-06, 0.0001]",
+                 "epochs           randint [4, 17) = 4..16",
+                 "8 actor(s) x (8 CPU + 1 GPU)", "recipes uniform, greedy",
+                 f"sqlite:///{workdir}/mlflow.db",
+                 "sweep -> evaluate -> soup -> report"):
+        assert text in out, text
+    # Data paths are user-provided: absent here, which is a warning, not an error.
+    assert "warnings" in out and "data.train.path: /data/imagenet/train does not exist" in out
+    assert "LOADED []" in out  # no Ray, no MLflow, no pipeline
+    assert not workdir.exists()
+
+
+def test_dry_run_tiny_and_single_stage(tmp_path):
+    proc = dry_run("soup", str(TINY), "--dry-run", "--workdir", str(tmp_path / "w"),
+                   "--set", "sweep.num_samples=4")
+    assert proc.returncode == 0, proc.stderr
+    assert "raysoup dry run: tiny" in proc.stdout and "4 trials" in proc.stdout
+    assert "-> soup\n" in proc.stdout and "contrastive pre-training" in proc.stdout
+    assert "warnings" not in proc.stdout and "LOADED []" in proc.stdout
+    assert not (tmp_path / "w").exists()
+
+
+def test_dry_run_warns_on_gelu_with_openai_weights(tmp_path, capsys):
+    from raysoup.cli import main
+
+    assert main(["run", str(PAPER), "--dry-run", "--workdir", str(tmp_path / "w"),
+                 "--set", "model.name=ViT-B-32"]) == 0
+    assert "quick_gelu=True" in capsys.readouterr().out
+
+
+def test_dry_run_invalid_config_exits_2(capsys):
+    from raysoup.cli import main
+
+    assert main(["run", str(PAPER), "--dry-run", "--set", "sweep.num_samples=0"]) == 2
+    assert "sweep.num_samples" in capsys.readouterr().err
+
+
+def test_plan_uri_matches_tracking_default(tmp_path):
+    from raysoup.plan import describe
+    from raysoup.tracking import default_uri
+
+    text = describe(load_experiment(TINY), tmp_path, ("sweep",))
+    assert f"MLflow {default_uri(tmp_path)}," in text
