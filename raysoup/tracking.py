@@ -28,6 +28,11 @@ def default_uri(workdir: Path) -> str:
     return f"sqlite:///{Path(workdir).absolute() / 'mlflow.db'}"
 
 
+def is_server(uri: str) -> bool:
+    """A remote tracking server (REST), as opposed to a local store (sqlite:, file:, a path)."""
+    return uri.split(":", 1)[0].lower() in ("http", "https", "databricks")
+
+
 class Tracker:
     """Sweep parent run, one child run per trial, one run per soup, report artifacts."""
 
@@ -55,7 +60,11 @@ class Tracker:
             if exp is not None:
                 self._experiment_id = exp.experiment_id
             else:
-                location = self.artifact_root.absolute().as_uri() if self.artifact_root else None
+                # A tracking server places artifacts itself (its --default-artifact-root, or
+                # proxied `mlflow-artifacts:/` uploads): a driver-local path would be a file
+                # the server and its UI cannot read.
+                local = self.artifact_root and not is_server(self.uri)
+                location = self.artifact_root.absolute().as_uri() if local else None
                 self._experiment_id = self.client.create_experiment(
                     self.experiment_name, artifact_location=location
                 )
@@ -117,13 +126,14 @@ class Tracker:
     # ------------------------------------------------------------------ soups and report
 
     def soup_run(self, parent: str, recipe: str, ingredients: list[str], weights: list[float],
-                 accuracies: Mapping[str, float], artifacts: list[Path]) -> str:
+                 accuracies: Mapping[str, float], artifacts: list[Path],
+                 params: Mapping[str, Any] | None = None) -> str:
         existing = self._find(RECIPE, recipe)
         if existing and self.client.get_run(existing).info.status == "FINISHED":
             return existing  # a re-run of a cooked soup logs nothing twice
         run_id = self._get_or_create(RECIPE, recipe, f"soup-{recipe}", parent)
         self.log_params(run_id, {"recipe": recipe, "num_ingredients": len(ingredients),
-                                 "ingredients": ",".join(ingredients)[:6000]})
+                                 "ingredients": ",".join(ingredients)[:6000], **(params or {})})
         self.log_metrics(run_id, {f"acc_{k}": v for k, v in accuracies.items()})
         for path in artifacts:
             self.client.log_artifact(run_id, str(path))
