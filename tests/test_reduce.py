@@ -186,6 +186,24 @@ def test_running_sum_equals_uniform_reduce_bit_for_bit(ingredients, k):
     _same_bits(scale_(acc, 1 / k), reduce_shard(ingredients[:k], [1 / k] * k, names))
 
 
+def test_per_tensor_weights_reduce_each_tensor_as_its_own_whole_model_call(ingredients):
+    names = list(_names_and_bytes(ingredients[0]))
+    own = {"head.weight": [0.5, 0.3, 0.2], "visual.proj": [1 / K] * K,
+           "visual.num_batches_tracked": [0.0, 0.0, 1.0]}  # ignored: integers are not averaged
+    default = [0.2, 0.2, 0.6]
+    for shard in plan_shards(_names_and_bytes(ingredients[0]), 2):
+        soup = reduce_shard(ingredients, default, shard, own)
+        for n in shard:
+            alone = reduce_shard(ingredients, own.get(n, default), [n])
+            _same_bits({n: soup[n]}, alone)  # same bits, uniform (add+scale) or axpy alike
+    whole = reduce_shard(ingredients, default, names, {})
+    _same_bits(whole, reduce_shard(ingredients, default, names))
+    with pytest.raises(ReductionError, match=r"tensor_weights\['head\.bias'\]"):
+        reduce_shard(ingredients, default, names, {"head.bias": [0.5, 0.5]})
+    with pytest.raises(ReductionError, match="finite"):
+        reduce_shard(ingredients, default, names, {"head.bias": [0.5, float("nan"), 0.5]})
+
+
 def test_add_into_and_scaled_never_mutate_readonly_inputs(ingredients):
     names = list(_names_and_bytes(ingredients[0]))
     acc = add_into(None, ingredients[0], names)
@@ -253,6 +271,12 @@ def test_missing_tensor_and_integer_mismatch(ingredients, tmp_path):
         reduce_shard([ingredients[0], counter], [0.5, 0.5], ["visual.num_batches_tracked"])
     assert "non-floating" in str(err.value) and str(counter) in str(err.value)
     assert str(ingredients[0]) in str(err.value)
+    # With an explicit source, integer buffers are taken from it and not compared.
+    names = ["visual.num_batches_tracked", "head.bias"]
+    kept = reduce_shard([ingredients[0], counter], [0.5, 0.5], names, integers_from=1)
+    assert kept["visual.num_batches_tracked"] == 8
+    _same_bits({"head.bias": kept["head.bias"]},
+               reduce_shard([ingredients[0], counter], [0.5, 0.5], ["head.bias"]))
     with pytest.raises(ReductionError, match="one weight per ingredient"):
         reduce_shard(ingredients, [1.0], ["head.bias"])
     with pytest.raises(ReductionError, match=re.escape(str(tmp_path / "nope"))):

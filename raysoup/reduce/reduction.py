@@ -1,8 +1,11 @@
 """Weighted averaging of one shard of tensors across ingredients (pure torch/numpy, no Ray).
 
-Memory: each ingredient is opened lazily (safetensors `safe_open`, an mmap); per tensor name we
-read one ingredient's tensor at a time and add it in place into one float32 accumulator, so peak
-memory is the shard's accumulators plus one tensor read, never N models.
+Memory: each ingredient is opened lazily (only its safetensors header is parsed); per tensor
+name we read one ingredient's tensor at a time (a positioned read of its byte range into a fresh
+tensor, no mmap) and add it in place into one float32 accumulator, so peak memory is the shard's
+accumulators plus one tensor read, never N models. (`safe_open` maps each file: every page
+touched stays resident in the process while the handle is open, so a shard over N ingredients
+peaked at N x the shard's bytes; `raysoup bench` B1 measured 9x one model for N=8.)
 
 Bitwise guarantee (greedy soup relies on it): for ingredients p_0..p_{k-1}
 
@@ -17,14 +20,17 @@ running sum or the new tensor is the left operand) and then call the same `scale
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import struct
 import warnings
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 
 from raysoup.checkpoints.ingredient import weights_path
 
@@ -34,48 +40,71 @@ class ReductionError(ValueError):
 
 
 def reduce_shard(
-    paths: list[Path], weights: list[float], names: list[str]
+    paths: list[Path],
+    weights: list[float],
+    names: list[str],
+    tensor_weights: dict[str, list[float]] | None = None,
+    integers_from: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Σ w_i·θ_i for each tensor in `names`, accumulated in float32 in `paths` order.
 
     `paths` are ingredient directories or safetensors files. Floating tensors come back as
     float32 arrays (the writer casts back to the stored dtype); non-floating tensors (integer
     buffers) must be identical in every ingredient and are returned as the first one's.
+    `tensor_weights` gives a tensor its own weights (one per ingredient, e.g. per-layer learned
+    soups, Model Stock); names it lacks use `weights`. Each tensor is reduced exactly as a
+    whole-model call with its weights would reduce it, so the bitwise guarantee holds per tensor.
+    `integers_from=j`: take non-floating tensors from ingredient j without requiring the others
+    to match (a soup with the zero-shot anchor: fine-tuning advanced BatchNorm's step counter).
     """
-    if not paths or len(paths) != len(weights):
-        raise ReductionError(
-            f"need one weight per ingredient, got {len(paths)} paths, {len(weights)} weights"
-        )
+    weights = _checked_weights(weights, len(paths), "weights")
+    per_tensor = {
+        name: _checked_weights(w, len(paths), f"tensor_weights[{name!r}]")
+        for name, w in (tensor_weights or {}).items()
+    }
     files = [weights_path(p) for p in paths]
-    weights = [float(w) for w in weights]
-    if not all(math.isfinite(w) for w in weights):
-        raise ReductionError(f"weights must be finite, got {weights}")
-    uniform = all(w == weights[0] for w in weights)
     out: dict[str, np.ndarray] = {}
     with ExitStack() as stack:
         handles = [stack.enter_context(_open(f)) for f in files]
         for name in names:
+            w = per_tensor.get(name, weights)
             first = _get(handles[0], name, files[0], files[0])
+            if not first.is_floating_point() and integers_from is not None:
+                out[name] = _owned(_get(handles[integers_from], name, files[integers_from],
+                                        files[0]))
+                continue
             if not first.is_floating_point():
                 for f, h in zip(files[1:], handles[1:]):
                     _check_same(name, first, _get(h, name, f, files[0]), files[0], f)
                 out[name] = _owned(first)
                 continue
             # Uniform: add then scale once, exactly as add_into + scaled do. Otherwise axpy.
-            acc = first.to(torch.float32, copy=True)
+            uniform = all(x == w[0] for x in w)
+            acc = _fresh_f32(first)
             del first
             if not uniform:
-                acc.mul_(weights[0])
-            for f, h, w in zip(files[1:], handles[1:], weights[1:]):
+                acc.mul_(w[0])
+            for f, h, wi in zip(files[1:], handles[1:], w[1:]):
                 theta = _get(h, name, f, files[0])
                 _check_shape(name, acc, theta, files[0], f)
                 if uniform:
                     acc.add_(theta)
                 else:
-                    acc.add_(theta, alpha=w)
+                    acc.add_(theta, alpha=wi)
                 del theta  # free the read before the next one
             out[name] = acc.numpy()
-    return scale_(out, weights[0]) if uniform else out
+            if uniform:
+                scale_({name: out[name]}, w[0])  # the same float32 multiply as scale_/scaled
+    return out
+
+
+def _checked_weights(weights: list[float], n: int, what: str) -> list[float]:
+    if n == 0 or len(weights) != n:
+        raise ReductionError(f"need one weight per ingredient, got {n} paths, {len(weights)} {what}")
+    weights = [float(w) for w in weights]
+    if not all(math.isfinite(w) for w in weights):
+        raise ReductionError(f"{what} must be finite, got {weights}")
+    return weights
 
 
 def add_into(
@@ -93,7 +122,7 @@ def add_into(
             theta = _get(h, name, file, file)
             if acc is None:
                 if theta.is_floating_point():
-                    out[name] = theta.to(torch.float32, copy=True).numpy()
+                    out[name] = _fresh_f32(theta).numpy()
                 else:
                     out[name] = _owned(theta)
                 continue
@@ -106,7 +135,7 @@ def add_into(
                 continue
             _check_shape(name, prev, theta, "the running sum", file)
             # θ's float32 copy becomes the new sum: no temporary beyond the read itself.
-            new = theta.to(torch.float32, copy=True)
+            new = _fresh_f32(theta)
             del theta
             new.add_(prev)
             out[name] = new.numpy()
@@ -141,15 +170,77 @@ def _is_float(a: np.ndarray) -> bool:
     return False
 
 
-def _open(file: Path):
+def _open(file: Path) -> _TensorFile:
     try:
-        return safe_open(str(file), framework="pt")
-    except (SafetensorError, OSError) as e:
-        raise ReductionError(f"{file}: cannot open safetensors file: {e}") from None
+        return _TensorFile(file)
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+        raise ReductionError(f"{file}: cannot open safetensors file: {e!r}") from None
+
+
+# safetensors dtype codes -> torch dtypes (the ones torch can hold).
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+class _TensorFile:
+    """A safetensors file read tensor by tensor with positioned reads (`os.preadv`) into fresh
+    tensors: nothing is mapped, so memory is only what the caller keeps. Same `keys()` /
+    `get_tensor()` surface as a `safe_open` handle."""
+
+    def __init__(self, file: Path):
+        self.file = file
+        self.fd = os.open(file, os.O_RDONLY)
+        try:
+            size = os.fstat(self.fd).st_size
+            (n,) = struct.unpack("<Q", os.pread(self.fd, 8, 0))
+            if n > size - 8:
+                raise ValueError(f"header length {n} exceeds the file size {size}")
+            header = json.loads(os.pread(self.fd, n, 8))
+            header.pop("__metadata__", None)
+            self.base = 8 + n
+            self.entries = {}
+            for name, info in header.items():
+                begin, end = info["data_offsets"]
+                dtype = _DTYPES.get(info["dtype"])
+                if dtype is None:
+                    raise ValueError(f"tensor {name!r}: unsupported dtype {info['dtype']!r}")
+                if not 0 <= begin <= end <= size - self.base or \
+                        end - begin != math.prod(info["shape"]) * dtype.itemsize:
+                    raise ValueError(f"tensor {name!r}: byte range {[begin, end]} does not fit "
+                                     f"{info['dtype']}{info['shape']} in a {size}-byte file")
+                self.entries[name] = (begin, end, dtype, tuple(info["shape"]))
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
+
+    def keys(self):
+        return self.entries.keys()
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        begin, end, dtype, shape = self.entries[name]
+        raw = torch.empty(end - begin, dtype=torch.uint8)
+        view = memoryview(raw.numpy())
+        done = 0
+        while done < len(view):
+            got = os.preadv(self.fd, [view[done:]], self.base + begin + done)
+            if got == 0:
+                raise ReductionError(f"tensor {name!r}: {self.file} ends early (truncated file)")
+            done += got
+        return raw.view(dtype).reshape(shape)
 
 
 def _get(handle, name: str, file: Path, first: Path) -> torch.Tensor:
-    if name not in handle.keys():  # noqa: SIM118 - a safe_open handle, not a dict
+    if name not in handle.keys():  # noqa: SIM118 - a _TensorFile, not a dict
         other = f" (present in {first})" if file != first else ""
         raise ReductionError(f"tensor {name!r}: missing in {file}{other}")
     return handle.get_tensor(name)
@@ -175,9 +266,15 @@ def _check_same(name: str, a: torch.Tensor, b: torch.Tensor, file_a, file_b) -> 
         )
 
 
+def _fresh_f32(t: torch.Tensor) -> torch.Tensor:
+    # _TensorFile reads into fresh memory nobody else holds, so a float32 read can become the
+    # accumulator itself: no second copy of the largest tensor (B1's peak memory).
+    return t if t.dtype == torch.float32 else t.to(torch.float32)
+
+
 def _owned(t: torch.Tensor) -> np.ndarray:
-    # safetensors may hand out tensors that share memory between get_tensor calls; copy before
-    # anything can be mutated or outlive the handle.
+    # An owned copy, whatever the reader hands out (a safe_open handle may share memory
+    # between get_tensor calls).
     return t.clone().numpy()
 
 

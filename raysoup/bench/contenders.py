@@ -1,0 +1,75 @@
+"""B1 contenders, each run alone in a fresh interpreter by `probe.py`.
+
+- `raw_read`: the floor — read every byte of the safetensors files, no arithmetic.
+- `raysoup_reduce`: the real pure reduction (`raysoup.reduce.reduce_shard`) over a shard plan,
+  shards one after another in this process; optionally writes each shard (`write_shard`).
+- `seed_uniform`: the paper's uniform soup loop — `torch.load` each ingredient's .pt file and
+  `soup = {k: v / N + soup.get(k, 0)}`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+_CHUNK = 1 << 22
+
+
+def raw_read(files: list[str]) -> dict:
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    total = 0
+    for f in files:
+        with open(f, "rb", buffering=0) as fh:
+            while n := fh.readinto(view):
+                total += n
+    return {"bytes": total}
+
+
+def raysoup_reduce(paths: list[str], plan: list[list[str]], out_dir: str | None = None,
+                   device: str = "cpu") -> dict:
+    from raysoup.reduce import reduce_shard, shard_filename, write_shard
+
+    weights = [1.0 / len(paths)] * len(paths)
+    soup = {}
+    for k, names in enumerate(plan, start=1):
+        if device == "cpu":
+            shard = reduce_shard([Path(p) for p in paths], weights, names)
+        else:
+            shard = _stream_on_device(paths, weights, names, device)
+        if out_dir is not None:
+            write_shard(Path(out_dir) / shard_filename(k, len(plan)), shard)
+        else:
+            soup.update(shard)  # keep the soup in memory, like the seed-style loop does
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return {"tensors": len(soup) or sum(len(n) for n in plan)}
+
+
+def _stream_on_device(paths, weights, names, device):
+    # Bench prototype for GPUs (raysoup.reduce is CPU-only): the same streaming order as
+    # reduce_shard — one float32 accumulator per tensor, ingredients added in order — with the
+    # accumulator on the device.
+    from safetensors import safe_open
+
+    handles = [safe_open(str(Path(p) / "model.safetensors"), framework="pt") for p in paths]
+    out = {}
+    for name in names:
+        acc = handles[0].get_tensor(name).to(device, torch.float32, non_blocking=True)
+        for h in handles[1:]:
+            acc.add_(h.get_tensor(name).to(device, non_blocking=True))
+        out[name] = acc.mul_(weights[0])
+    return out
+
+
+def seed_uniform(pt_files: list[str], device: str = "cpu") -> dict:
+    n = len(pt_files)
+    soup: dict[str, torch.Tensor] = {}
+    for f in pt_files:
+        state = torch.load(f, map_location=device, weights_only=True)
+        soup = {k: v / n + soup.get(k, 0) for k, v in state.items()}
+        del state
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return {"tensors": len(soup)}

@@ -1,0 +1,57 @@
+"""Run one contender in a fresh interpreter and measure it honestly.
+
+`python -m raysoup.bench.probe '<json>'` imports what every contender needs, records RSS after
+imports, runs the named contender once (timed with perf_counter, excluding interpreter start
+and imports) and prints one JSON line: seconds, rss_after_imports, peak_rss (VmHWM: every
+touched page counts, including mmapped file pages) and whatever the contender returns.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Imported by every contender before the baseline is taken, so imports cost all the same.
+import numpy as np  # noqa: F401
+import safetensors.torch  # noqa: F401
+import torch
+
+from raysoup.bench import contenders
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def main(spec: dict) -> dict:
+    torch.set_num_threads(spec.get("threads", 1))
+    torch.set_flush_denormal(True)
+    fn = getattr(contenders, spec["contender"])
+    rss0 = _status_kib("VmRSS") * 1024
+    start = time.perf_counter()
+    extra = fn(**spec.get("args", {})) or {}
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "rss_after_imports": rss0,
+            "peak_rss": _status_kib("VmHWM") * 1024, **extra}
+
+
+def run_probe(contender: str, args: dict, threads: int = 1, timeout: float = 1800) -> dict:
+    """Run `contender` in a fresh interpreter; returns its JSON result."""
+    spec = json.dumps({"contender": contender, "args": args, "threads": threads})
+    proc = subprocess.run([sys.executable, "-m", "raysoup.bench.probe", spec],
+                          check=False, capture_output=True, text=True,
+                          timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"probe {contender} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(json.loads(sys.argv[1]))))

@@ -1,0 +1,146 @@
+"""`raysoup bench`: run the selected benchmarks, print each figure, write one JSON object."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ALL = ("B1", "B2", "B3", "B4", "B6")
+
+# name -> (quick, full) sizes
+SIZES = {
+    "B1": ({"model_name": "raysoup-tiny-vit", "n": 3, "shard_counts": (1, 2, 4), "repeats": 1},
+           {"model_name": "ViT-B-32", "n": 8, "shard_counts": (1, 2, 4), "repeats": 3}),
+    "B2": ({"n": 5, "n_images": 200}, {"n": 12, "n_images": 1000}),
+    "B3": ({"model_name": "raysoup-tiny-rn", "classes": 10, "n_models": 3, "n_images": 500,
+            "image_size": 32, "batch_size": 250},
+           {"model_name": "raysoup-tiny-rn", "classes": 10, "n_models": 8, "n_images": 4000,
+            "image_size": 32, "batch_size": 500}),
+}
+CUDA_B3 = {"model_name": "ViT-B-32", "classes": 1000, "n_models": 4, "n_images": 4096,
+           "image_size": 224, "batch_size": 256}
+
+HEADLINES = {
+    "B1": ("floor_ratio", "seed_speedup", "rss_ratio", "seed_rss_ratio"),
+    "B2": ("seed_speedup", "same_selection"),
+    "B3": ("pool_vs_bare",),
+    "B4": ("overhead_ratio",),
+}
+
+
+def machine() -> dict:
+    import torch
+
+    mem = next((int(ln.split()[1]) * 1024 for ln in Path("/proc/meminfo").read_text().splitlines()
+                if ln.startswith("MemTotal:")), 0)
+    return {"cpus": os.cpu_count(), "memory_bytes": mem, "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _ray(cpus: int) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False,
+                 log_to_driver=False)
+
+
+def run(only: list[str] | None = None, quick: bool = False, workdir: Path | None = None,
+        device: str = "cpu", tmp: Path | None = None) -> dict:
+    from raysoup.bench import evaluation, greedy, reduction, rounds, sweep
+
+    only = list(only or ALL)
+    unknown = sorted(set(only) - set(ALL))
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {unknown}; valid: {list(ALL)}")
+    cpus = os.cpu_count() or 1
+    gpus = 1.0 if device == "cuda" else 0.0
+    size = 0 if quick else 1
+    details: dict[str, dict] = {}
+    base = Path(tmp or tempfile.gettempdir()) / f"raysoup-bench-{os.getpid()}"
+    if any(b in only for b in ("B1", "B2", "B3", "B4")):
+        _ray(cpus)
+    started = time.perf_counter()
+    if "B1" in only:
+        args = dict(SIZES["B1"][size])
+        if device == "cuda":
+            args["repeats"] = min(args["repeats"], 2)  # gpu.sh must stay under 5 minutes
+        details["B1"] = reduction.run(base / "b1", device=device, **args)
+    if "B2" in only:
+        details["B2"] = greedy.run(base / "b2", workdir=workdir, gpus=gpus, **SIZES["B2"][size])
+    if "B3" in only:
+        args = CUDA_B3 if device == "cuda" else SIZES["B3"][size]
+        details["B3"] = evaluation.run(base / "b3", threads=cpus if device == "cpu" else 1,
+                                       device=device, **args)
+    if "B4" in only:
+        details["B4"] = sweep.run(base / "b4", quick, cpus)
+    if "B6" in only:
+        details["B6"] = rounds.run(details.get("B2", {}).get("accepted"))
+    out: dict = {}
+    for name, keys in HEADLINES.items():
+        if name in details:
+            out.update({f"{name}.{k}": details[name][k] for k in keys})
+    if "B6" in details:
+        out.update({f"B6.rounds.M{m}": r for m, r in details["B6"]["rounds"].items()})
+    out.update({"quick": quick, "device": device, "seconds": time.perf_counter() - started,
+                "machine": machine(), "details": details})
+    return out
+
+
+def report(result: dict) -> str:
+    lines = [(f"raysoup bench ({'quick' if result['quick'] else 'full'}, {result['device']}, "
+              f"{result['machine']['cpus']} CPUs) — ratios measured side by side in this run")]
+    for key, value in result.items():
+        if "." in key and not isinstance(value, dict):
+            shown = f"{value:.3f}" if isinstance(value, float) and math.isfinite(value) else value
+            lines.append(f"  {key:<22} {shown}")
+    d = result["details"]
+    if "B1" in d:
+        b = d["B1"]
+        lines.append(f"  B1: {b['ingredients']} x {b['model']} ({b['model_bytes'] / 2**20:.0f} MiB):"
+                     f" floor {b['floor_s']:.2f}s, raysoup {b['raysoup_s']:.2f}s,"
+                     f" seed-style {b['seed_s']:.2f}s; by shards (pure) "
+                     + ", ".join(f"{k}: {v['seconds']:.2f}s" for k, v in b["pure_by_shards"].items())
+                     + ("; Ray write_soup " + ", ".join(f"{k}: {v:.2f}s" for k, v in
+                                                        b["ray_write_soup_s"].items())
+                        if "ray_write_soup_s" in b else ""))
+    if "B2" in d:
+        b = d["B2"]
+        lines.append(f"  B2: {b['ingredients']} ingredients, {b['heldout_images']} held-out images:"
+                     f" seed-style {b['seed_s']:.2f}s, raysoup {b['raysoup_s']:.2f}s"
+                     f" (+{b['raysoup_actor_start_s']:.2f}s actor/worker start, excluded);"
+                     f" selection {b['raysoup_selection']}")
+    if "B3" in d:
+        b = d["B3"]
+        lines.append(f"  B3: pool {b['pool_img_s']:.0f} img/s vs bare {b['bare_img_s']:.0f} img/s"
+                     f" ({b['layout']})" + (f"; 1 actor vs 1 thread: {b['pool1_vs_bare1']:.3f}"
+                                             if "pool1_vs_bare1" in b else ""))
+    if "B4" in d:
+        b = d["B4"]
+        lines.append(f"  B4: sweep {b['sweep_wall_s']:.1f}s, {b['trials']} trials Σ"
+                     f" {b['sum_trial_s']:.1f}s / {b['concurrency']}; excluding Tune start-up"
+                     f" {b['overhead_ratio_excl_startup']:.3f}")
+    if "B6" in d:
+        lines.append(f"  B6 (simulated): {json.dumps({k: v for k, v in d['B6'].items() if k != 'note'})}")
+    return "\n".join(lines)
+
+
+def main(json_path: Path | None, quick: bool, only: list[str] | None, workdir: Path | None,
+         device: str) -> int:
+    result = run(only, quick, workdir, device)
+    print(report(result))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 0

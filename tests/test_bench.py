@@ -1,0 +1,52 @@
+"""`raysoup bench`: the smoke run writes every figure; no timing or speed target is asserted."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from raysoup.bench import rounds
+
+
+def test_b6_rounds_respect_the_bound():
+    out = rounds.run([False, True, False, False, True, False])
+    for label in ("synthetic_n72", "recorded_B2"):
+        seq = out[label]
+        n, acc = seq["candidates"], seq["accepted"] - 1  # acceptances after the first
+        for m, r in seq["rounds"].items():
+            assert 1 <= r <= math.ceil((n - 1) / int(m)) + acc
+    assert out["synthetic_n72"]["accepted"] == 5
+    assert out["rounds"]["1"] == 71  # M=1 is the sequential loop: one round per candidate
+
+
+def test_probe_measures_in_a_fresh_interpreter(tmp_path):
+    from raysoup.bench.probe import run_probe
+
+    f = tmp_path / "blob"
+    f.write_bytes(b"x" * 123_457)
+    out = run_probe("raw_read", {"files": [str(f)]})
+    assert out["bytes"] == 123_457
+    assert out["seconds"] > 0 and out["peak_rss"] >= out["rss_after_imports"] > 0
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_every_figure(tmp_path):
+    path = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "raysoup.cli", "bench", "--quick", "--json",
+                           str(path)], capture_output=True, text=True, timeout=1800, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(path.read_text())
+    for key in ("B1.floor_ratio", "B1.seed_speedup", "B1.rss_ratio", "B1.seed_rss_ratio",
+                "B2.seed_speedup", "B3.pool_vs_bare", "B4.overhead_ratio"):
+        assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, key
+    assert result["B2.same_selection"] is True
+    b6 = result["details"]["B6"]
+    for label in ("synthetic_n72", "recorded_B2"):
+        n, acc = b6[label]["candidates"], b6[label]["accepted"] - 1
+        for m in (1, 4, 8):
+            assert result[f"B6.rounds.M{m}"] == b6["synthetic_n72"]["rounds"][str(m)]
+            assert b6[label]["rounds"][str(m)] <= math.ceil((n - 1) / m) + acc
+    assert set(result["details"]["B1"]["pure_by_shards"]) == {"1", "2", "4"}
+    assert "B1.floor_ratio" in proc.stdout  # the figures are printed too
