@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +31,7 @@ def summarize(table: pa.Table) -> tuple[list[Row], list[str]]:
                           strict=True):
         acc.setdefault((m, k), {})[s] = a
     shifts = sorted({s for v in acc.values() for s in v} - set(FIXED_SPLITS))
-    order = {"zeroshot": 0, "ingredient": 1, "soup": 2}
+    order = {"zeroshot": 0, "ingredient": 1, "soup": 2, "ensemble": 3}
     rows = [Row(m, k, a) for (m, k), a in sorted(acc.items(), key=lambda x: (order.get(x[0][1], 9), x[0][0]))]
     return rows, shifts
 
@@ -40,12 +42,17 @@ def best_single(rows: list[Row]) -> Row | None:
     return max(ingredients, key=lambda r: (r.acc.get("heldout", 0.0), r.model), default=None)
 
 
-def summary_rows(rows: list[Row]) -> list[tuple[str, Row]]:
+def summary_rows(rows: list[Row], inference_costs: Mapping[str, int] | None = None,
+                 ) -> list[tuple[str, Row]]:
     """The headline comparison of the paper: zero-shot, best single, every soup."""
     out = [("zero-shot", r) for r in rows if r.kind == "zeroshot"]
     if (best := best_single(rows)) is not None:
         out.append((f"best single ({best.model})", best))
     out += [(r.model, r) for r in rows if r.kind == "soup"]
+    # An ensemble runs every member: its label carries the inference cost it pays for accuracy.
+    costs = inference_costs or {}
+    out += [(f"{r.model} ({costs[r.model]}× inference)" if r.model in costs else r.model, r)
+            for r in rows if r.kind == "ensemble"]
     return out
 
 
@@ -71,8 +78,9 @@ def plot(rows: list[Row], shifts: list[str], path: Path) -> None:
     ax.scatter([100 * r.acc.get("test", float("nan")) for r in ing],
                [100 * r.mean_shift(shifts) for r in ing],
                c="#9aa5b1", s=28, label="fine-tuned ingredients", zorder=2)
-    styles = {"zeroshot": ("*", "#2b6cb0", 160), "soup": ("D", None, 70)}
-    palette = iter(["#c53030", "#2f855a", "#b7791f", "#6b46c1", "#00838f", "#d53f8c"])
+    styles = {"zeroshot": ("*", "#2b6cb0", 160), "soup": ("D", None, 70),
+              "ensemble": ("s", "#1a202c", 70)}
+    palette = itertools.cycle(["#c53030", "#2f855a", "#b7791f", "#6b46c1", "#00838f", "#d53f8c"])
     for r in rows:
         if r.kind not in styles:
             continue
@@ -92,7 +100,8 @@ def plot(rows: list[Row], shifts: list[str], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_report(table: pa.Table, out_dir: Path, title: str) -> list[Path]:
+def write_report(table: pa.Table, out_dir: Path, title: str,
+                 inference_costs: Mapping[str, int] | None = None) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, shifts = summarize(table)
     figure = out_dir / "figure.png"
@@ -101,7 +110,7 @@ def write_report(table: pa.Table, out_dir: Path, title: str) -> list[Path]:
         f"# {title}: results",
         "Accuracy in %. *Best single* is the ingredient with the best held-out accuracy; "
         "*mean shift* averages the distribution-shift splits: " + ", ".join(shifts) + ".",
-        "## Summary\n\n" + markdown_table(summary_rows(rows), shifts),
+        "## Summary\n\n" + markdown_table(summary_rows(rows, inference_costs), shifts),
         "![test vs. shift accuracy](figure.png)",
         "## Every model\n\n" + markdown_table([(r.model, r) for r in rows], shifts),
     ]) + "\n"

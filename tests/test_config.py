@@ -21,8 +21,10 @@ def test_tiny_config_loads_with_overrides():
     ("sweep.num_smples=4", "sweep.num_smples", "Extra inputs"),
     ("soup.num_shards=0", "soup.num_shards", "greater than or equal to 1"),
     ("sweep.space.learning_rate=0.1", "sweep.space", "unknown hyper-parameter"),
-    ("soup.recipes=[uniform, bogus]", "soup.recipes", "valid: ['greedy', 'uniform']"),
+    ("soup.recipes=[uniform, bogus]", "soup.recipes", "valid: ['ensemble', 'greedy', 'learned', 'model_stock', 'uniform', 'wiseft']"),
     ("data.heldout_fraction=0.9", "data.heldout_fraction", "less than 0.5"),
+    ("soup.wiseft.alphas=[0.5, 1.5]", "soup.wiseft.alphas", "must lie in [0, 1]"),
+    ("soup.learned.stepz=3", "soup.learned.stepz", "Extra inputs"),
 ])
 def test_bad_override_names_field(override, path, words):
     with pytest.raises(ConfigError) as err:

@@ -35,3 +35,19 @@ def test_report_files_and_best_single(tmp_path):
     assert "| best single (trial-001) | 90.00 | 70.00 | 50.00 | 50.00 |" in text
     assert "| greedy_soup | 90.00 | 85.00 | 60.00 | 60.00 |" in text
     assert len(files) == 2
+
+
+def test_report_lists_every_recipe_and_the_ensemble_cost(tmp_path):
+    t = table()
+    for name in ("uniform_soup", "learned_soup", "wiseft_soup", "model_stock_soup"):
+        t = res.merge(t, [res.rows(name, "soup", {"heldout": (7, 10), "test": (75, 100),
+                                                  "blur": (5, 10)})])
+    t = res.merge(t, [res.rows("ensemble", "ensemble", {"heldout": (9, 10), "test": (88, 100),
+                                                        "blur": (7, 10)})])
+    write_report(t, tmp_path, "demo", {"ensemble": 2})
+    text = (tmp_path / "README.md").read_text()
+    summary = text.split("## Summary")[1].split("## Every model")[0]
+    for name in ("greedy_soup", "uniform_soup", "learned_soup", "wiseft_soup", "model_stock_soup"):
+        assert f"| {name} |" in summary
+    assert "| ensemble (2× inference) | 90.00 | 88.00 | 70.00 | 70.00 |" in summary
+    assert (tmp_path / "figure.png").stat().st_size > 0

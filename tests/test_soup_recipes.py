@@ -15,13 +15,12 @@ class TableScorer:
     def start(self, first):
         self.members = [first.name]
 
-    def try_add(self, cand):
-        self.tried = cand.name
-        self.calls.append(cand.name)
-        return self.table[frozenset([*self.members, cand.name])]
+    def score(self, window):
+        self.calls.extend(c.name for c in window)
+        return [self.table[frozenset([*self.members, c.name])] for c in window]
 
-    def commit(self):
-        self.members.append(self.tried)
+    def commit(self, cand):
+        self.members.append(cand.name)
 
 
 def cands(**heldout):
@@ -55,5 +54,16 @@ def test_uniform_and_registry():
     result = get_recipe("uniform").cook(cands(z=0.1, a=0.2, m=0.3), None)
     assert result.ingredients == ["a", "m", "z"]
     assert result.weights == pytest.approx([1 / 3] * 3)
-    with pytest.raises(ValueError, match=r"unknown soup recipe 'bogus'; valid: \['greedy', 'uniform'\]"):
+    valid = r"\['ensemble', 'greedy', 'learned', 'model_stock', 'uniform', 'wiseft'\]"
+    with pytest.raises(ValueError, match=r"unknown soup recipe 'bogus'; valid: " + valid):
         get_recipe("bogus")
+
+
+def test_greedy_accept_ties_from_config():
+    from raysoup.config import SoupCfg
+
+    c = cands(a=0.5, b=0.6)
+    tie = {frozenset("ba"): 0.6}
+    assert get_recipe("greedy").cook(c, TableScorer(tie)).ingredients == ["b", "a"]
+    strict = get_recipe("greedy", SoupCfg(greedy_accept_ties=False))
+    assert strict.cook(c, TableScorer(tie)).ingredients == ["b"]

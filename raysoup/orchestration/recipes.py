@@ -1,0 +1,161 @@
+"""Soup-stage support for the recipes beyond uniform/greedy (WiSE-FT, Model Stock, learned,
+ensemble): the Ray `Kitchen` they cook with, and writing any recipe's result to disk.
+
+Kitchen on Ray: a weighting is scored by reducing it shard-parallel into the object store
+(`reduce_to_refs`, the same `reduce_shard` the writer runs, so a scored weighting and its
+written soup are bit-identical) and evaluating it on held-out in an eval actor; per-tensor
+statistics run one Ray task per shard; learning runs inside an eval actor, which already holds
+the preprocessed held-out split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import ray
+
+from raysoup.orchestration.reduction import _same_float_mode, reduce_to_refs, write_soup
+from raysoup.soup import Candidate, RecipeResult
+
+if TYPE_CHECKING:
+    from raysoup.orchestration.evaluation import EvalPool
+
+log = logging.getLogger(__name__)
+
+RECIPE_FILE = "recipe.json"
+
+
+@ray.remote(max_retries=2)
+def _per_tensor(fn, paths: list[str], names: list[str]) -> dict:
+    _same_float_mode()
+    return fn([Path(p) for p in paths], names)
+
+
+class RayKitchen:
+    """`raysoup.soup.base.Kitchen` over an eval pool and a shard plan."""
+
+    def __init__(self, pool: EvalPool, plan: list[list[str]], anchor: Candidate | None):
+        self.pool, self.plan, self.anchor = pool, plan, anchor
+
+    def score(self, paths: list[Path], weightings: list[list[float]]) -> list[float]:
+        accs: list[float] = []
+        # At most one soup per actor in the object store at a time.
+        step = max(1, len(self.pool))
+        for start in range(0, len(weightings), step):
+            refs = [reduce_to_refs(paths, w, self.plan,
+                                   integers_from=integers_source(paths, self.anchor))
+                    for w in weightings[start : start + step]]
+            calls = [lambda a, r=r: a.evaluate_sum.remote(r, 1.0, ["heldout"]) for r in refs]
+            for scores in self.pool.run(calls):
+                correct, n = scores["heldout"]
+                accs.append(correct / n)
+        return accs
+
+    def per_tensor(self, fn, paths: list[Path]) -> dict:
+        merged: dict = {}
+        for part in ray.get([_per_tensor.remote(fn, [str(p) for p in paths], names)
+                             for names in self.plan]):
+            merged.update(part)
+        return merged
+
+    def learn(self, paths: list[Path], **settings) -> dict:
+        [mix] = self.pool.run([lambda a: a.learn_coefficients.remote([str(p) for p in paths],
+                                                                   settings)])
+        mem = mix["info"].get("memory", {})
+        log.info("  learned: %d steps, loss %.4f → %.4f, peak RSS %.0f MiB (%.0f MiB before; "
+                 "ingredients %.1f MiB on disk)", len(mix["trace"]),
+                 mix["trace"][0]["loss"] if mix["trace"] else float("nan"),
+                 mix["trace"][-1]["loss"] if mix["trace"] else float("nan"),
+                 mem.get("peak_rss_mib", float("nan")), mem.get("rss_before_mib", float("nan")),
+                 mem.get("ingredients_mib", float("nan")))
+        return mix
+
+
+def integers_source(paths: list[Path], anchor: Candidate | None) -> int | None:
+    """With the zero-shot anchor in a soup, integer buffers come from the first fine-tuned
+    ingredient: fine-tuning advanced BatchNorm's step counter, so they cannot all match (the
+    counter is unused in eval mode and by BatchNorm's default momentum update)."""
+    if anchor is None or Path(anchor.path) not in {Path(p) for p in paths}:
+        return None
+    return next((i for i, p in enumerate(paths) if Path(p) != Path(anchor.path)), None)
+
+
+def model_name(recipe: str, kind: str) -> str:
+    """The results.parquet model name: `<recipe>_soup`, or `ensemble` for the ensemble."""
+    return "ensemble" if kind == "ensemble" else f"{recipe}_soup"
+
+
+def soup_identity(soup_dir: Path) -> tuple[str, str]:
+    """(model name, kind) of a cooked recipe directory."""
+    meta = json.loads((soup_dir / RECIPE_FILE).read_text())
+    kind = meta.get("kind", "soup")
+    return meta.get("model") or model_name(meta.get("recipe", soup_dir.name), kind), kind
+
+
+def ensemble_members(soup_dir: Path) -> list[Path] | None:
+    """The member ingredient directories of an ensemble directory; None for anything else."""
+    file = Path(soup_dir) / RECIPE_FILE
+    if not file.is_file():
+        return None
+    meta = json.loads(file.read_text())
+    if meta.get("kind") != "ensemble":
+        return None
+    # Stored relative to the ensemble directory, so a moved workdir still resolves.
+    return [(Path(soup_dir) / p).resolve() for p in meta["paths"]]
+
+
+def inference_costs(soups_dir: Path) -> dict[str, int]:
+    """model name → forward passes per input, for the models that need more than one."""
+    out = {}
+    for file in sorted(Path(soups_dir).glob(f"*/{RECIPE_FILE}")):
+        meta = json.loads(file.read_text())
+        if meta.get("inference_cost", 1) > 1:
+            out[soup_identity(file.parent)[0]] = meta["inference_cost"]
+    return out
+
+
+def run_params(meta: dict) -> dict:
+    """The scalar facts of a recipe.json (kind, α, inference cost, peak memory...) as MLflow
+    params; lists (weights, traces) stay in the recipe.json artifact."""
+    flat = {**meta, **{f"memory_{k}": v for k, v in meta.get("memory", {}).items()}}
+    skip = {"recipe", "num_shards"}
+    return {k: v for k, v in flat.items()
+            if k not in skip and isinstance(v, int | float | str | bool)}
+
+
+def write_result(soup_dir: Path, recipe: str, result: RecipeResult, paths: dict[str, Path],
+                 plan: list[list[str]], anchor: Candidate | None = None) -> Path:
+    """A weight soup (shards + index + recipe.json) or an ensemble listing (recipe.json only)."""
+    meta = {"recipe": recipe, "model": model_name(recipe, result.kind), "kind": result.kind,
+            "ingredients": result.ingredients, "weights": result.weights,
+            "trace": result.trace, **result.info}
+    members = [paths[name] for name in result.ingredients]
+    if result.kind == "ensemble":
+        return _write_ensemble(soup_dir, meta, members)
+    if result.kind != "soup":
+        raise ValueError(f"recipe {recipe}: unknown result kind {result.kind!r}")
+    if result.tensor_weights:
+        meta["tensor_weights"] = result.tensor_weights
+    return write_soup(soup_dir, members, result.weights, plan, meta, result.tensor_weights,
+                      integers_source(members, anchor))
+
+
+def _write_ensemble(out_dir: Path, meta: dict, members: list[Path]) -> Path:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        meta = {**meta, "paths": [os.path.relpath(p, out_dir) for p in members]}
+        (tmp / RECIPE_FILE).write_text(json.dumps(meta, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

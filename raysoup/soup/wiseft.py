@@ -1,0 +1,53 @@
+"""WiSE-FT (Wortsman et al. 2022, "Robust fine-tuning of zero-shot models"): interpolate
+between the zero-shot initialisation and a fine-tuned model,
+
+    θ(α) = (1 − α)·θ_zeroshot + α·θ_ft,
+
+with θ_ft the best fine-tuned ingredient by held-out accuracy and α picked on held-out from a
+grid. Ties go to the SMALLER α: at equal held-out (in-distribution) accuracy, the point closer to
+the zero-shot model is the one WiSE-FT found more robust under distribution shift.
+"""
+
+from __future__ import annotations
+
+from raysoup.soup.base import Candidate, Kitchen, RecipeResult, by_heldout
+
+DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+def pick_alpha(scores: dict[float, float]) -> float:
+    """The α with the best held-out accuracy; ties → the smaller α."""
+    if not scores:
+        raise ValueError("wiseft: no α was scored")
+    return min(scores, key=lambda a: (-scores[a], a))
+
+
+class WiseFT:
+    name = "wiseft"
+    needs_scorer = False
+    needs_kitchen = True
+
+    def __init__(self, alphas=DEFAULT_ALPHAS):
+        alphas = sorted({float(a) for a in alphas})
+        if not alphas or not all(0.0 <= a <= 1.0 for a in alphas):
+            raise ValueError(f"wiseft alphas must be a non-empty list in [0, 1], got {alphas}")
+        self.alphas = alphas
+
+    def cook(self, candidates: list[Candidate], kitchen: Kitchen | None) -> RecipeResult:
+        if kitchen is None or kitchen.anchor is None:
+            raise ValueError("wiseft needs the zero-shot ingredient 'zeroshot' as its anchor")
+        anchor = kitchen.anchor
+        tuned = [c for c in candidates if c.name != anchor.name]
+        if not tuned:
+            raise ValueError("wiseft needs at least one fine-tuned ingredient")
+        best = by_heldout(tuned)[0]
+        weightings = [[1.0 - a, a] for a in self.alphas]
+        accs = kitchen.score([anchor.path, best.path], weightings)
+        scores = dict(zip(self.alphas, accs, strict=True))
+        alpha = pick_alpha(scores)
+        trace = [{"alpha": a, "heldout": acc, "chosen": a == alpha} for a, acc in scores.items()]
+        return RecipeResult(
+            ingredients=[anchor.name, best.name], weights=[1.0 - alpha, alpha], trace=trace,
+            info={"alpha": alpha, "finetuned": best.name, "alphas": self.alphas,
+                  "ties": "smaller alpha"},
+        )
