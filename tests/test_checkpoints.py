@@ -112,3 +112,13 @@ def test_list_ingredients_only_complete(tmp_path):
     (tmp_path / "e").mkdir()  # no manifest
     (tmp_path / "notes.txt").write_text("x")
     assert list_ingredients(tmp_path) == [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
+
+
+def test_remove_stale_tmp_leaves_complete_ingredients(tmp_path):
+    from raysoup.checkpoints.ingredient import remove_stale_tmp
+
+    write_ingredient(tmp_path / "trial-000", {"w": torch.ones(2)}, {"kind": "ingredient"})
+    (tmp_path / ".tmp-trial-001-abc").mkdir()  # a writer killed mid-write
+    (tmp_path / ".old-trial-000-def").mkdir()
+    assert remove_stale_tmp(tmp_path) == [".old-trial-000-def", ".tmp-trial-001-abc"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trial-000"]

@@ -49,32 +49,92 @@ def test_soup_bytes_identical_for_any_shard_count(ray_session, ingredients, tmp_
         torch.testing.assert_close(value.double(), ref, rtol=1e-6, atol=1e-6)
 
 
+def heldout_splits(n=64):
+    rng = np.random.default_rng(0)
+    return {"heldout": EvalSplit(rng.standard_normal((n, 3, 32, 32)).astype(np.float32),
+                                 rng.integers(0, CLASSES, n))}
+
+
 def test_greedy_running_sum_scores_the_soup_it_writes(ray_session, ingredients, tmp_path):
     import ray
 
-    from raysoup.orchestration.evaluation import EvalWorker
+    from raysoup.orchestration.evaluation import EvalPool, EvalWorker
     from raysoup.orchestration.reduction import shard_plan, write_soup
     from raysoup.orchestration.souping import RunningSumScorer
+    from raysoup.reduce import scaled
     from raysoup.soup import Candidate
 
-    rng = np.random.default_rng(0)
-    splits = {"heldout": EvalSplit(rng.standard_normal((64, 3, 32, 32)).astype(np.float32),
-                                   rng.integers(0, CLASSES, 64))}
-    actor = ray.remote(EvalWorker).remote(MODEL, CLASSES, splits, 16)
+    splits = ray.put(heldout_splits())
+    actor_cls = ray.remote(num_cpus=0.5)(EvalWorker)
+    pool = EvalPool(lambda: actor_cls.remote(MODEL, CLASSES, splits, 16), 2)
     plan = shard_plan(ingredients[0], 3)
-    scorer = RunningSumScorer(actor, plan)
+    scorer = RunningSumScorer(pool, plan)
     cands = [Candidate(p.name, 0.0, p) for p in ingredients]
     scorer.start(cands[0])
-    scorer.try_add(cands[1])
-    scorer.commit()
-    acc = scorer.try_add(cands[2])
+    scorer.score([cands[1]])  # one candidate: both actors score half of held-out each
+    scorer.commit(cands[1])
+    acc, acc_other = scorer.score([cands[2], cands[3]])  # two side by side, one actor each
+    pending = dict(scorer.pending)
+    scorer.commit(cands[2])
 
-    # The running sum's candidate weights are bit-identical to the written uniform soup.
-    shards = ray.get(scorer.pending)
-    from raysoup.reduce import scaled
+    # The running sum's candidate weights are bit-identical to the written uniform soup, and
+    # the data-parallel / speculative scores equal a whole-split evaluation of that soup.
+    for cand, score in ((cands[2], acc), (cands[3], acc_other)):
+        shards = ray.get(pending[cand.name])
+        candidate = {k: torch.from_numpy(v) for s in shards for k, v in scaled(s, 1 / 3).items()}
+        members = [*ingredients[:2], cand.path]
+        soup_dir = write_soup(tmp_path / cand.name, members, [1 / 3] * 3, plan, {"recipe": "greedy"})
+        assert tensor_digest(candidate) == tensor_digest(read_sharded(soup_dir))
+        whole = ray.get(pool.actors[0].evaluate_path.remote(str(soup_dir), ["heldout"]))
+        assert whole["heldout"] == (round(score * 64), 64)
+    pool.stop()
 
-    candidate = {k: torch.from_numpy(v) for s in shards for k, v in scaled(s, 1 / 3).items()}
-    soup_dir = write_soup(tmp_path / "greedy", ingredients[:3], [1 / 3] * 3, plan, {"recipe": "greedy"})
-    assert tensor_digest(candidate) == tensor_digest(read_sharded(soup_dir))
-    correct, n = ray.get(actor.evaluate_path.remote(str(soup_dir), ["heldout"]))["heldout"]
-    assert acc == correct / n
+
+def test_eval_pool_replaces_a_killed_actor(ray_session, ingredients):
+    """An actor killed mid-evaluation: the pool starts a replacement, resubmits the lost call,
+    and every evaluation lands with the same scores as an undisturbed run."""
+    import ray
+
+    from raysoup.orchestration.evaluation import EvalPool, EvalWorker, evaluate_models
+
+    splits = ray.put(heldout_splits(256))
+    actor_cls = ray.remote(num_cpus=0.5)(EvalWorker)
+    pool = EvalPool(lambda: actor_cls.remote(MODEL, CLASSES, splits, 16), 2)
+    jobs = [(p.name, "ingredient", p, ["heldout"]) for p in ingredients * 3]
+    expected = evaluate_models(pool, jobs)
+    victims = []
+
+    def kill_once(model, kind, scores):
+        if not victims:  # the first result is in: kill the other actor while it is busy
+            victims.append(pool.actors[1])
+            ray.kill(victims[0])
+
+    got = evaluate_models(pool, jobs, progress=kill_once)
+    assert got == expected
+    assert pool.replaced >= 1 and victims[0] not in pool.actors
+    pool.stop()
+
+
+def test_reduction_task_killed_mid_flight_is_retried(ray_session, ingredients, tmp_path):
+    """The worker process running a shard reduction is SIGKILLed (failpoint, once); Ray retries
+    the task in a fresh worker and the shard equals an undisturbed one bit for bit."""
+    import ray
+    from safetensors.torch import load_file
+
+    from raysoup.checkpoints import read_manifest
+    from raysoup.faults import ENV
+    from raysoup.orchestration.reduction import _reduce_to_file, shard_plan
+
+    names = shard_plan(ingredients[0], 1)[0]
+    dtypes = {n: t["dtype"] for n, t in read_manifest(ingredients[0])["tensors"].items()}
+    paths, weights = [str(p) for p in ingredients], [0.25] * 4
+    marker = tmp_path / "killed-once"
+    env = {"env_vars": {ENV: f"reduce.shard=1:once={marker}"}}
+    killed = _reduce_to_file.options(runtime_env=env).remote(
+        paths, weights, names, str(tmp_path / "killed.safetensors"), dtypes)
+    clean = _reduce_to_file.remote(paths, weights, names, str(tmp_path / "clean.safetensors"), dtypes)
+    ray.get([killed, clean])
+    assert marker.exists()  # the failpoint really fired (and killed the first attempt)
+    a, b = load_file(tmp_path / "killed.safetensors"), load_file(tmp_path / "clean.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not list(tmp_path.glob(".tmp-*"))

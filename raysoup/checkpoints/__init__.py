@@ -1,5 +1,15 @@
-"""Ingredients on disk: safetensors + manifest, written atomically, read without unpickling."""
+"""Ingredients on disk: safetensors + manifest, written atomically, read without unpickling;
+import of foreign checkpoints (importer.py)."""
 
+from raysoup.checkpoints.importer import (
+    CheckpointImportError,
+    Imported,
+    Target,
+    experiment_target,
+    import_checkpoint,
+    import_checkpoints,
+    read_checkpoint,
+)
 from raysoup.checkpoints.ingredient import (
     FORMAT,
     MANIFEST_FILE,
@@ -17,9 +27,16 @@ __all__ = [
     "FORMAT",
     "MANIFEST_FILE",
     "WEIGHTS_FILE",
+    "CheckpointImportError",
+    "Imported",
     "IngredientError",
+    "Target",
+    "experiment_target",
+    "import_checkpoint",
+    "import_checkpoints",
     "list_ingredients",
     "load_state_dict",
+    "read_checkpoint",
     "read_manifest",
     "verify_ingredient",
     "weights_path",

@@ -150,6 +150,20 @@ def list_ingredients(root: Path) -> list[Path]:
     )
 
 
+def remove_stale_tmp(root: Path) -> list[str]:
+    """Delete the hidden temp/old directories a killed writer left in `root`.
+
+    Only call this when no writer is active in `root` (the start of a stage: one driver owns
+    a workdir)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    stale = [p for p in root.iterdir() if p.is_dir() and p.name.startswith((".tmp-", ".old-"))]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return sorted(p.name for p in stale)
+
+
 def _checked_weights(dir: Path, manifest: dict) -> Path:
     # A size check is a cheap first line against truncated copies, even without verify=True.
     weights = dir / WEIGHTS_FILE

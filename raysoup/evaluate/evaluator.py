@@ -6,7 +6,7 @@ over tensors that were decoded and preprocessed once (see DESIGN.md, "Evaluation
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,24 +64,71 @@ class Evaluator:
         self.batch_size = batch_size
 
     @torch.no_grad()
-    def logits(self, split: str) -> torch.Tensor:
+    def logits(self, split: str, part: tuple[int, int] | None = None) -> torch.Tensor:
         data = self.splits[split]
+        lo, hi = part_range(len(data), part)
         out = []
-        for start in range(0, len(data), self.batch_size):
+        for start in range(lo, hi, self.batch_size):
             # A copy: arrays from Ray's object store are read-only views (torch warns on them).
-            x = torch.tensor(data.images[start : start + self.batch_size], device=self.device)
+            x = torch.tensor(data.images[start : min(hi, start + self.batch_size)],
+                             device=self.device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 out.append(self.model(x).float().cpu())
         return torch.cat(out) if out else torch.empty(0)
 
     def score(self, weights: Mapping[str, torch.Tensor | np.ndarray] | None,
-              splits: list[str] | None = None) -> dict[str, tuple[int, int]]:
-        """(correct, n) per split for `weights` (None = the weights already loaded)."""
+              splits: list[str] | None = None,
+              part: tuple[int, int] | None = None) -> dict[str, tuple[int, int]]:
+        """(correct, n) per split for `weights` (None = the weights already loaded).
+
+        `part=(i, k)` scores only the i-th of k contiguous slices of each split, so k actors can
+        score one model data-parallel; summing their counts gives exactly the whole-split count.
+        """
         if weights is not None:
             load_weights_(self.model, weights)
         result = {}
         for name in splits or list(self.splits):
             data = self.splits[name]
-            correct = count_correct(self.logits(name), torch.tensor(data.labels), data.class_subset)
+            lo, hi = part_range(len(data), part)
+            labels = torch.tensor(data.labels[lo:hi])
+            correct = count_correct(self.logits(name, part), labels, data.class_subset)
+            result[name] = (correct, hi - lo)
+        return result
+
+
+    def ensemble_logits(self, members: Iterable[Callable[[], Mapping]],
+                        splits: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Mean logits of several models per split (the output-space ensemble of the paper,
+        which averages logits). Members are loaded one at a time (`member()` returns a weight
+        dict), so memory is one model plus one [N, C] sum per split, whatever their number."""
+        names = splits or list(self.splits)
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        for member in members:
+            load_weights_(self.model, member())
+            for name in names:
+                logits = self.logits(name)
+                sums[name] = sums[name].add_(logits) if name in sums else logits
+            count += 1
+        if count == 0:
+            raise ValueError("an ensemble needs at least one member")
+        return {name: s / count for name, s in sums.items()}
+
+    def ensemble_score(self, members: Iterable[Callable[[], Mapping]],
+                       splits: list[str] | None = None) -> dict[str, tuple[int, int]]:
+        """(correct, n) per split of the ensemble's mean logits."""
+        result = {}
+        for name, logits in self.ensemble_logits(members, splits).items():
+            data = self.splits[name]
+            correct = count_correct(logits, torch.tensor(data.labels), data.class_subset)
             result[name] = (correct, len(data))
         return result
+
+
+def part_range(n: int, part: tuple[int, int] | None) -> tuple[int, int]:
+    if part is None:
+        return 0, n
+    i, k = part
+    if not 0 <= i < k:
+        raise ValueError(f"part must be (i, k) with 0 <= i < k, got {part}")
+    return n * i // k, n * (i + 1) // k

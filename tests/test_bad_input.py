@@ -1,0 +1,131 @@
+"""Bad input gets an error that names the culprit, and nothing half-done is left behind."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from raysoup.checkpoints import IngredientError, write_ingredient
+from raysoup.checkpoints.audit import AuditCache, audit_ingredient, check_compatible
+from raysoup.config import load_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make(path, **tensors):
+    state = {"w": torch.ones(3, 2), "b": torch.zeros(3), **tensors}
+    write_ingredient(path, state, {"kind": "ingredient"})
+    return path
+
+
+def test_sha256_mismatch_names_the_file(tmp_path):
+    ing = make(tmp_path / "trial-000")
+    data = bytearray((ing / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # same size, one flipped bit in the tensor data
+    (ing / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(IngredientError, match=r"trial-000/model.safetensors: sha256 .*\(corrupt file\)"):
+        audit_ingredient(ing)
+
+
+def test_truncated_file_names_the_file(tmp_path):
+    ing = make(tmp_path / "trial-001")
+    f = ing / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-7])
+    with pytest.raises(IngredientError, match=r"trial-001/model.safetensors: \d+ bytes.*truncated"):
+        audit_ingredient(ing)
+
+
+def test_audit_cache_rechecks_a_changed_file(tmp_path):
+    ing = make(tmp_path / "trial-000")
+    cache = AuditCache(tmp_path / "audit.json")
+    assert cache.audit(ing).finite
+    assert AuditCache(tmp_path / "audit.json").entries  # persisted
+    f = ing / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-1] + b"\x00")  # changes mtime: must be hashed again
+    with pytest.raises(IngredientError, match="sha256"):
+        AuditCache(tmp_path / "audit.json").audit(ing)
+
+
+def test_nonfinite_weights_are_counted_per_tensor(tmp_path):
+    w = torch.ones(3, 2)
+    w[0, 0], w[1, 1] = float("nan"), float("inf")
+    ing = make(tmp_path / "trial-002", w=w)
+    audit = audit_ingredient(ing)
+    assert audit.nonfinite == {"w": 2} and not audit.finite
+
+
+def test_nonfinite_ingredient_left_out_or_refused_under_strict(tmp_path, caplog):
+    from raysoup.orchestration.pipeline import soup_candidates
+
+    good = make(tmp_path / "good")
+    bad = make(tmp_path / "bad", w=torch.full((3, 2), float("nan")))
+    audits = {p.name: audit_ingredient(p) for p in (good, bad)}
+    models = [("good", "ingredient", good), ("bad", "ingredient", bad)]
+    heldout = {"good": 0.5, "bad": 0.9}
+    cands = soup_candidates(models, heldout, audits, strict=False)
+    assert [c.name for c in cands] == ["good"]
+    assert "ingredient bad" in caplog.text and "NaN/Inf" in caplog.text
+    with pytest.raises(RuntimeError, match=r"ingredient bad .*bad\).*\['w'\]; soup.strict"):
+        soup_candidates(models, heldout, audits, strict=True)
+
+
+@pytest.mark.parametrize("other, message", [
+    ({"w": torch.ones(3, 3)},
+     r"tensor 'w': shape \[3, 2\] in .*a/model.safetensors but \[3, 3\] in .*b/model.safetensors"),
+    ({"w": torch.ones(3, 2, dtype=torch.float16)},
+     r"tensor 'w': dtype float32 in .*a/model.safetensors but float16 in .*b/model.safetensors"),
+    ({"extra": torch.ones(1)}, r"tensor 'extra': in .*b/model.safetensors but missing in .*a/"),
+])
+def test_mismatched_ingredients_name_tensor_and_both_files(tmp_path, other, message):
+    a = make(tmp_path / "a")
+    b = make(tmp_path / "b", **other)
+    with pytest.raises(IngredientError, match=message):
+        check_compatible([a, b])
+
+
+def write_cfg(tmp_path, name, **overrides):
+    raw = yaml.safe_load((ROOT / "experiments" / "tiny.yaml").read_text())
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_workdir_of_another_config_is_refused(tmp_path):
+    from raysoup.orchestration.pipeline import CONFIG_SNAPSHOT, WorkdirMismatch, snapshot_config
+
+    work = tmp_path / "work"
+    work.mkdir()
+    snapshot_config(load_experiment(write_cfg(tmp_path, "a.yaml")), work)
+    before = (work / CONFIG_SNAPSHOT).read_text()
+    other = load_experiment(write_cfg(tmp_path, "b.yaml", sweep__base__epochs=9, data__heldout_fraction=0.2))
+    with pytest.raises(WorkdirMismatch) as err:
+        snapshot_config(other, work)
+    assert "sweep.base.epochs: 2 in the workdir, now 9" in str(err.value)
+    assert "data.heldout_fraction" in str(err.value)
+    assert (work / CONFIG_SNAPSHOT).read_text() == before  # nothing overwritten
+    # Soup/eval settings may change on an existing sweep (e.g. adding a recipe).
+    snapshot_config(load_experiment(write_cfg(tmp_path, "c.yaml", soup__num_shards=3)), work)
+    assert (work / CONFIG_SNAPSHOT).read_text() != before
+
+
+def test_cli_refuses_mixed_workdir_with_exit_2(tmp_path):
+    from raysoup.orchestration.pipeline import snapshot_config
+
+    work = tmp_path / "work"
+    work.mkdir()
+    snapshot_config(load_experiment(write_cfg(tmp_path, "a.yaml")), work)
+    cfg = write_cfg(tmp_path, "b.yaml", model__pretrain__steps=7)
+    proc = subprocess.run([sys.executable, "-m", "raysoup.cli", "run", str(cfg), "--workdir", str(work)],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "model.pretrain.steps: 500 in the workdir, now 7" in proc.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["experiment.yaml"]  # nothing else started

@@ -1,0 +1,119 @@
+"""Fault injection: the driver is interrupted and killed at several points of a real run
+(`raysoup run` in a subprocess: real Ray, Tune, MLflow) and each time the same command is
+re-run. The end state must equal that of an uninterrupted run with the same seed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from raysoup.faults import ENV
+
+pytestmark = pytest.mark.slow
+
+SMALL = {
+    "name": "faults",
+    "model": {"name": "raysoup-tiny-vit", "tokenizer": "world",
+              "pretrain": {"steps": 30, "batch_size": 64, "warmup_steps": 5, "threads": 1}},
+    "data": {"world": {"num_classes": 4, "train_per_class": 150, "test_per_class": 25,
+                       "shift_per_class": 15},
+             "heldout_fraction": 0.1, "templates": "world"},
+    "sweep": {"num_samples": 4, "max_concurrent": 2,
+              "base": {"epochs": 2, "batch_size": 32, "warmup_steps": 2},
+              "space": {"lr": {"loguniform": [1e-4, 1e-3]}, "seed": {"randint": [0, 100]}}},
+    "eval": {"num_actors": 2, "batch_size": 64},
+    # speculation 1: one greedy decision per round, so there is a decision to die after.
+    "soup": {"recipes": ["uniform", "greedy"], "num_shards": 2, "speculation": 1,
+             "include_zeroshot": True},
+}
+
+
+def raysoup(cfg, workdir, failpoints=None, **popen):
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    if failpoints:
+        env[ENV] = failpoints
+    return subprocess.Popen([sys.executable, "-m", "raysoup.cli", "run", str(cfg), "--workdir",
+                             str(workdir)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, **popen)
+
+
+def finish(proc, timeout=600):
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        # Whatever the driver started in its session (a local Ray head) goes with it, as when
+        # the whole machine is preempted.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return proc.returncode, out, err
+
+
+def soup_files(workdir):
+    out = {}
+    for d in sorted((workdir / "soups").iterdir()):
+        for f in sorted(d.iterdir()):
+            out[f"{d.name}/{f.name}"] = f.read_bytes()
+    return out
+
+
+def mlflow_runs(workdir):
+    from raysoup.tracking import Tracker, default_uri
+
+    return Tracker(default_uri(workdir), "faults").runs()
+
+
+def test_killed_anywhere_resumes_to_the_same_result(tmp_path):
+    cfg = tmp_path / "faults.yaml"
+    cfg.write_text(yaml.safe_dump(SMALL))
+
+    ref = tmp_path / "ref"
+    rc, _, err = finish(raysoup(cfg, ref))
+    assert rc == 0, err[-3000:]
+
+    work = tmp_path / "work"
+    log = []
+    # 1. SIGINT (Ctrl-C) as soon as the first trial's ingredient exists: fit() returns a
+    #    partial result, which must not pass for a finished sweep.
+    proc = raysoup(cfg, work)
+    deadline = time.time() + 600
+    while not list((work / "ingredients").glob("trial-*")) and proc.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGINT)
+    rc, _, err = finish(proc)
+    log.append(("SIGINT mid-sweep", rc))
+    assert rc != 0 and not (work / "results.parquet").exists(), err[-3000:]
+    assert "interrupted" in err or "sweep incomplete" in err
+
+    # 2.-4. SIGKILL inside the sweep, the evaluation and the greedy soup.
+    for point in ("sweep.trial_complete=1", "evaluate.model=3", "greedy.decision=2"):
+        rc, _, err = finish(raysoup(cfg, work, failpoints=point))
+        log.append((point, rc))
+        assert rc == -signal.SIGKILL, (point, rc, err[-3000:])
+        assert f"failpoint {point.split('=')[0]}" in err
+    assert not (work / "soups" / "greedy").exists()  # killed mid-greedy: no half soup
+    assert (work / "soups" / ".greedy.journal.jsonl").exists()
+
+    rc, _, err = finish(raysoup(cfg, work))
+    assert rc == 0, err[-3000:]
+    assert "'replayed': 2" in err  # the two journaled greedy decisions were not recomputed
+
+    # Same rows, same accuracies, same soup bytes as the uninterrupted run.
+    assert pq.read_table(work / "results.parquet").equals(pq.read_table(ref / "results.parquet"))
+    assert soup_files(work) == soup_files(ref)
+    # Exactly one MLflow run per trial and per soup (plus the sweep), none left RUNNING.
+    runs = mlflow_runs(work)
+    names = sorted(r.info.run_name for r in runs)
+    assert names == sorted(r.info.run_name for r in mlflow_runs(ref))
+    assert names == ["soup-greedy", "soup-uniform", "sweep",
+                     "trial-000", "trial-001", "trial-002", "trial-003"]
+    assert {r.info.status for r in runs} == {"FINISHED"}, [(r.info.run_name, r.info.status) for r in runs]
+    print(json.dumps(log))
