@@ -28,10 +28,73 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=f"stages: {', '.join(stages)}")
         s.add_argument("config", type=Path, help="experiment YAML, e.g. experiments/tiny.yaml")
         _common(s)
+        s.add_argument("--dry-run", action="store_true",
+                       help="validate the config and print the plan; touch no data, weights, "
+                            "Ray or MLflow")
     r = sub.add_parser("resume", help="continue a workdir's run (its saved experiment.yaml)")
     r.add_argument("workdir", type=Path)
     r.add_argument("--address", default=None)
+    _metrics_port(r)
+    _import_parser(sub)
+    _bench_parser(sub)
     return p
+
+
+def _bench_parser(sub) -> None:
+    b = sub.add_parser("bench", help="benchmarks B1-B6: ratios measured side by side (BENCHMARKS.md)")
+    b.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results here")
+    b.add_argument("--quick", action="store_true", help="small sizes (a CI smoke run)")
+    b.add_argument("--only", default=None, metavar="B1,B3", help="comma-separated subset")
+    b.add_argument("--workdir", type=Path, default=None,
+                   help="B2: use this finished run's ingredients and held-out split")
+    b.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from raysoup.bench.runner import main as bench_main
+
+    only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
+    try:
+        return bench_main(args.json, args.quick, only, args.workdir, args.device)
+    except ValueError as err:
+        print(f"raysoup: error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _import_parser(sub) -> None:
+    i = sub.add_parser("import", help="turn foreign checkpoints (the model-soups paper's .pt "
+                                      "files, classifier state dicts) into ingredients")
+    i.add_argument("sources", nargs="*", type=Path, metavar="SRC",
+                   help="checkpoint files or directories of them (.pt .pth .bin .safetensors)")
+    i.add_argument("--config", type=Path, required=True,
+                   help="the experiment the ingredients belong to (model, classes, workdir)")
+    i.add_argument("--workdir", default=None, help="default: the config's workdir or ./runs/<name>")
+    i.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    # = checkpoints.importer.FORMATS (not imported here: it loads torch)
+    i.add_argument("--format", default="auto",
+                   choices=("auto", "paper", "state_dict", "safetensors"),
+                   help="key layout; auto detects it")
+    i.add_argument("--prefix", default=None, help="ingredient names become PREFIX-<file stem>")
+    i.add_argument("--zeroshot", type=Path, default=None, metavar="FILE",
+                   help="import FILE as the zero-shot ingredient (the initialisation)")
+
+
+def _import(args: argparse.Namespace) -> int:
+    cfg = load_experiment(args.config, args.overrides)
+    if not args.sources and args.zeroshot is None:
+        raise ConfigError("raysoup import: give checkpoint files/directories or --zeroshot FILE")
+    from raysoup.checkpoints.importer import experiment_target, import_checkpoints
+
+    root = cfg.resolved_workdir(args.workdir) / "ingredients"
+    try:
+        done = import_checkpoints(args.sources, root, experiment_target(cfg, root),
+                                  args.format, args.prefix, args.zeroshot)
+    except (ValueError, OSError) as err:
+        print(f"raysoup: error: {err}", file=sys.stderr)
+        return 1
+    for item in done:
+        print(f"{item.status:<9} {item.name:<24} {item.path}")
+    return 0
 
 
 def _common(s: argparse.ArgumentParser) -> None:
@@ -40,6 +103,13 @@ def _common(s: argparse.ArgumentParser) -> None:
                    help="override a config field, e.g. --set sweep.num_samples=4 (repeatable)")
     s.add_argument("--address", default=None,
                    help="join an existing Ray cluster ('auto' or host:port); default: start locally")
+    _metrics_port(s)
+
+
+def _metrics_port(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--metrics-export-port", type=int, default=None, metavar="PORT",
+                   help="serve Prometheus metrics of the local Ray node on PORT (a cluster "
+                        "sets it in `ray start`, see cluster.yaml)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="raysoup: %(message)s", stream=sys.stderr)
     logging.getLogger("raysoup").setLevel(logging.INFO)
     try:
+        if args.command == "import":
+            return _import(args)
+        if args.command == "bench":
+            return _bench(args)
         if args.command == "resume":
             from raysoup.orchestration.pipeline import CONFIG_SNAPSHOT
 
@@ -59,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = load_experiment(args.config, args.overrides)
             workdir, stages = cfg.resolved_workdir(args.workdir), STAGE_COMMANDS[args.command]
+            if args.dry_run:
+                from raysoup.plan import describe
+
+                print(describe(cfg, workdir, stages, str(args.config)))
+                return 0
     except ConfigError as err:
         print(f"raysoup: {err}", file=sys.stderr)
         return EXIT_CONFIG
@@ -66,10 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     from raysoup.orchestration.pipeline import run_pipeline  # heavy imports after validation
 
     try:
-        run = run_pipeline(cfg, workdir, stages, address=args.address)
+        run = run_pipeline(cfg, workdir, stages, address=args.address,
+                           metrics_export_port=args.metrics_export_port)
     except KeyboardInterrupt:
         print("raysoup: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except ConfigError as err:  # e.g. a workdir written by a different config
+        print(f"raysoup: {err}", file=sys.stderr)
+        return EXIT_CONFIG
     except (ValueError, RuntimeError, OSError) as err:
         # Our errors name the culprit; RAYSOUP_DEBUG=1 shows the traceback too.
         if os.environ.get("RAYSOUP_DEBUG"):

@@ -53,7 +53,10 @@ class DataCfg(Strict):
     train: SplitSource | None = None
     test: SplitSource | None = None
     shifts: dict[str, SplitSource] = Field(default_factory=dict)
-    classnames: list[str] | None = None
+    # Human-readable class names in label order (zero-shot prompts): a list, "imagenet"
+    # (open_clip's IMAGENET_CLASSNAMES, the order of ImageNet's sorted wnid folders), or None
+    # (the ImageFolder directory names / the Parquet metadata).
+    classnames: list[str] | Literal["imagenet"] | None = None
     heldout_fraction: float = Field(0.02, gt=0.0, lt=0.5)
     # Zero-shot prompt templates: "openai_imagenet" (open_clip's), "world", or explicit strings
     # containing "{}".
@@ -179,10 +182,43 @@ class EvalCfg(Strict):
     gpus_per_actor: float = Field(0, ge=0)
 
 
+class LearnedSoupCfg(Strict):
+    """Learned soup: mixing coefficients fitted on the held-out split (see soup/learned.py)."""
+
+    per_layer: bool = True  # one coefficient per ingredient per layer (else per ingredient)
+    steps: int = Field(20, ge=0)  # the paper's code: 5 epochs over ImageNet's 2% held-out
+    lr: float = Field(0.05, gt=0)  # AdamW, as the paper's code
+    batch_size: int = Field(128, ge=1)
+    seed: int = 0
+
+
+class WiseFTCfg(Strict):
+    # α grid of θ(α) = (1−α)·θ_zeroshot + α·θ_best; the best on held-out wins (ties: smaller α).
+    alphas: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)],
+                                min_length=1)
+
+    @field_validator("alphas")
+    @classmethod
+    def _unit_interval(cls, alphas: list[float]) -> list[float]:
+        bad = [a for a in alphas if not 0.0 <= a <= 1.0]
+        if bad:
+            raise ValueError(f"alphas must lie in [0, 1], got {bad}")
+        return alphas
+
+
 class SoupCfg(Strict):
     recipes: list[str] = Field(default_factory=lambda: ["uniform", "greedy"], min_length=1)
     num_shards: int = Field(2, ge=1)
     include_zeroshot: bool = False
+    # Greedy keeps a candidate whose soup does not drop held-out accuracy (>=, the issue's
+    # rule); false: only if it improves (>, the paper's reference code).
+    greedy_accept_ties: bool = True
+    learned: LearnedSoupCfg = LearnedSoupCfg()
+    wiseft: WiseFTCfg = WiseFTCfg()
+    # Greedy: candidates scored side by side per round (selection is the same for any value).
+    speculation: int = Field(2, ge=1)
+    # An ingredient with NaN/Inf weights: excluded from soups with a warning, or (strict) an error.
+    strict: bool = False
 
     @field_validator("recipes")
     @classmethod

@@ -6,17 +6,23 @@ numpy arrays reach every actor zero-copy. Evaluating a model = copy its weights 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import ray
 import torch
-from ray.util import ActorPool
 
 from raysoup.checkpoints import load_state_dict
+from raysoup.checkpoints.ingredient import weights_path
 from raysoup.evaluate.evaluator import EvalSplit, Evaluator
+from raysoup.orchestration import metrics
+from raysoup.orchestration.recipes import ensemble_members
 from raysoup.reduce import INDEX_FILE, read_sharded, scaled
+
+log = logging.getLogger(__name__)
 
 
 class EvalWorker:
@@ -33,25 +39,58 @@ class EvalWorker:
                                    batch_size=batch_size, device=device)
 
     def evaluate_path(self, path: str, splits: list[str]) -> dict[str, tuple[int, int]]:
-        """An ingredient directory (model.safetensors) or a soup directory (sharded)."""
+        """An ingredient directory (model.safetensors), a soup directory (sharded) or an
+        ensemble directory (recipe.json listing its members)."""
         p = Path(path)
+        if (members := ensemble_members(p)) is not None:
+            return self.evaluate_ensemble([str(m) for m in members], splits)
         weights = read_sharded(p) if (p / INDEX_FILE).exists() else load_state_dict(p)
-        return self.evaluator.score(weights, splits)
+        start = time.perf_counter()
+        scores = self.evaluator.score(weights, splits)
+        metrics.scored(scores, time.perf_counter() - start)
+        return scores
 
-    def evaluate_sum(self, shard_refs: list, scale: float, splits: list[str]) -> dict[str, tuple[int, int]]:
-        """A running sum of ingredients, held as per-shard object refs, times `scale`."""
+    def evaluate_sum(self, shard_refs: list, scale: float, splits: list[str],
+                     part: tuple[int, int] | None = None) -> dict[str, tuple[int, int]]:
+        """A running sum of ingredients, held as per-shard object refs, times `scale`
+        (optionally on one data-parallel slice of the splits)."""
         weights: dict[str, np.ndarray] = {}
         for shard in ray.get(shard_refs):  # refs nested in a list are not resolved by Ray
             weights.update(scaled(shard, scale))
-        return self.evaluator.score(weights, splits)
+        start = time.perf_counter()
+        scores = self.evaluator.score(weights, splits, part)
+        metrics.scored(scores, time.perf_counter() - start, model=False)
+        return scores
+
+    def evaluate_ensemble(self, paths: list[str], splits: list[str]) -> dict[str, tuple[int, int]]:
+        """Mean logits of the ingredients at `paths`, loaded one at a time (N forward passes)."""
+        return self.evaluator.ensemble_score([lambda p=p: load_state_dict(Path(p)) for p in paths],
+                                             splits)
+
+    def learn_coefficients(self, paths: list[str], settings: dict) -> dict:
+        """Learned-soup coefficients on this actor's held-out split, with the peak RSS of doing
+        it (the skeleton's parameters are replaced functionally and restored by the next load)."""
+        from raysoup.soup.learned import learn_coefficients, peak_rss
+
+        with peak_rss() as memory:
+            mix = learn_coefficients(self.evaluator.model, [Path(p) for p in paths],
+                                     self.evaluator.splits["heldout"], device=self.evaluator.device,
+                                     **settings)
+        memory["ingredients_mib"] = sum(weights_path(p).stat().st_size
+                                        for p in paths) / 2**20
+        return {"weights": mix.weights, "tensor_weights": mix.tensor_weights, "trace": mix.trace,
+                "info": {**mix.info, "memory": memory}}
 
 
-def start_actors(cfg, splits_ref, model_name: str, num_classes: int, count: int) -> list:
+def actor_class(cfg, num_cpus: float | None = None):
+    return ray.remote(num_cpus=cfg.eval.cpus_per_actor if num_cpus is None else num_cpus,
+                      num_gpus=cfg.eval.gpus_per_actor)(EvalWorker)
+
+
+def start_actors(cfg, splits_ref, model_name: str, num_classes: int, count: int,
+                 num_cpus: float | None = None) -> list:
     """`count` eval actors sharing one object-store copy of the preprocessed splits."""
-    actor_cls = ray.remote(num_cpus=cfg.eval.cpus_per_actor, num_gpus=cfg.eval.gpus_per_actor)(EvalWorker)
-    threads = max(1, int(cfg.eval.cpus_per_actor))
-    return [actor_cls.remote(model_name, num_classes, splits_ref, cfg.eval.batch_size, threads)
-            for _ in range(count)]
+    return EvalPool.start(cfg, splits_ref, model_name, num_classes, count, num_cpus).actors
 
 
 def stop_actors(actors: list) -> None:
@@ -59,16 +98,83 @@ def stop_actors(actors: list) -> None:
         ray.kill(actor)
 
 
-def evaluate_models(pool: ActorPool, jobs: Iterable[tuple[str, str, Path, list[str]]],
+class EvalPool:
+    """Eval actors that survive actor deaths: a dead actor is replaced and its call resubmitted.
+
+    `ray.util.ActorPool` drops a dead actor together with its task and stalls when all actors
+    are gone (PLATFORM_NOTES); evaluation is idempotent, so re-running a lost call is safe.
+    """
+
+    def __init__(self, make_actor: Callable[[], object], size: int, max_replacements: int = 8):
+        self.make_actor, self.max_replacements = make_actor, max_replacements
+        self.actors = [make_actor() for _ in range(size)]
+        self.replaced = 0
+
+    @classmethod
+    def start(cls, cfg, splits_ref, model_name: str, num_classes: int, count: int,
+              num_cpus: float | None = None) -> EvalPool:
+        actor_cls = actor_class(cfg, num_cpus)
+        threads = max(1, int(cfg.eval.cpus_per_actor if num_cpus is None else num_cpus))
+        return cls(lambda: actor_cls.remote(model_name, num_classes, splits_ref,
+                                            cfg.eval.batch_size, threads), count)
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def run(self, calls: list[Callable[[object], ray.ObjectRef]],
+            on_result: Callable[[int, object], None] | None = None) -> list:
+        """Run every `call(actor) -> ObjectRef` on some actor; results in call order.
+
+        `on_result(i, value)` fires as each call lands (completion order)."""
+        results: list = [None] * len(calls)
+        todo = list(range(len(calls)))[::-1]  # a stack: pop() gives calls in order
+        idle = list(self.actors)
+        running: dict = {}  # ref -> (call index, actor)
+        while todo or running:
+            while todo and idle:
+                i, actor = todo.pop(), idle.pop(0)
+                running[calls[i](actor)] = (i, actor)
+            [ref], _ = ray.wait(list(running), num_returns=1)
+            i, actor = running.pop(ref)
+            try:
+                value = ray.get(ref)
+            except ray.exceptions.RayActorError as err:
+                idle.append(self._replace(actor, err))
+                todo.append(i)  # resubmitted next, to the fresh actor
+                continue
+            idle.append(actor)
+            results[i] = value
+            if on_result:
+                on_result(i, value)
+        return results
+
+    def _replace(self, dead, err: Exception):
+        self.replaced += 1
+        if self.replaced > self.max_replacements:
+            raise RuntimeError(f"evaluation actors keep dying ({self.replaced} replaced); "
+                               f"last error: {err}") from err
+        log.warning("eval actor died (%s); starting a replacement and resubmitting its work",
+                    type(err).__name__)
+        ray.kill(dead)  # no-op if already dead; stops a hung one
+        fresh = self.make_actor()
+        self.actors[self.actors.index(dead)] = fresh
+        return fresh
+
+    def stop(self) -> None:
+        stop_actors(self.actors)
+        self.actors = []
+
+
+def evaluate_models(pool: EvalPool, jobs: Iterable[tuple[str, str, Path, list[str]]],
                     progress=None) -> list[tuple[str, str, dict[str, tuple[int, int]]]]:
     """jobs: (model name, kind, path, splits) → [(model, kind, {split: (correct, n)})]."""
     jobs = list(jobs)
-    for model, kind, path, splits in jobs:
-        pool.submit(lambda a, j: a.evaluate_path.remote(*j), (str(path), splits))
-    out = []
-    for model, kind, _, _ in jobs:
-        scores = pool.get_next()  # results come back in submission order
-        out.append((model, kind, scores))
+    calls = [lambda a, p=str(path), s=splits: a.evaluate_path.remote(p, s)
+             for _, _, path, splits in jobs]
+
+    def landed(i: int, scores: dict) -> None:
         if progress:
-            progress(model, kind, scores)
-    return out
+            progress(jobs[i][0], jobs[i][1], scores)
+
+    scores = pool.run(calls, on_result=landed)
+    return [(model, kind, s) for (model, kind, _, _), s in zip(jobs, scores, strict=True)]

@@ -13,16 +13,19 @@ from pathlib import Path
 import pyarrow as pa
 import ray
 import yaml
-from ray.util import ActorPool
-from tqdm import tqdm
 
 from raysoup.checkpoints import list_ingredients, read_manifest
-from raysoup.config import ExperimentCfg
+from raysoup.checkpoints.audit import Audit, AuditCache, check_compatible
+from raysoup.config import ConfigError, ExperimentCfg
 from raysoup.evaluate import results as res
-from raysoup.orchestration.evaluation import evaluate_models, start_actors, stop_actors
-from raysoup.orchestration.souping import cook_soups, read_recipe, soup_model_name
+from raysoup.faults import failpoint
+from raysoup.orchestration import metrics
+from raysoup.orchestration.evaluation import EvalPool, evaluate_models
+from raysoup.orchestration.recipes import inference_costs, run_params, soup_identity
+from raysoup.orchestration.souping import cook_soups, read_recipe
 from raysoup.orchestration.sweep import run_sweep
 from raysoup.prepare import eval_splits, prepare
+from raysoup.progress import Progress
 from raysoup.report import markdown_table, summarize, summary_rows, write_report
 from raysoup.soup import Candidate
 from raysoup.tracking import Tracker, default_uri, quiet
@@ -31,16 +34,29 @@ log = logging.getLogger("raysoup")
 
 STAGES = ("sweep", "evaluate", "soup", "report")
 CONFIG_SNAPSHOT = "experiment.yaml"
+AUDIT_FILE = ".audit.json"
+# Config sections the workdir's ingredients and results depend on.
+PINNED = ("model", "data", "sweep")
 
 
-def connect(address: str | None) -> None:
+def connect(address: str | None, metrics_export_port: int | None = None) -> None:
     if ray.is_initialized():
         return
+    extra = {}
+    if metrics_export_port and (address or os.environ.get("RAY_ADDRESS")):
+        log.warning("--metrics-export-port ignored: a running cluster's nodes export metrics "
+                    "on the port of `ray start --metrics-export-port` (see cluster.yaml)")
+    elif metrics_export_port:
+        extra["_metrics_export_port"] = metrics_export_port  # Prometheus endpoint of this node
     # Workers inherit the driver's environment; keep Tune's console output compact.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     # Tiny trials checkpoint every few seconds; Tune's snapshot-frequency warning is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    ray.init(address=address, log_to_driver=True, configure_logging=False)
+    # No --address: a fresh local cluster ("local"), never a `ray start` cluster that happens
+    # to run on this machine (ray.init's default would silently join it). Inside `ray job
+    # submit`, RAY_ADDRESS names the job's cluster.
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=address, log_to_driver=True, configure_logging=False, **extra)
 
 
 class Run:
@@ -54,15 +70,19 @@ class Run:
                                cfg.tracking.experiment or cfg.name,
                                artifact_root=workdir / "mlartifacts")
         self.parent = self.tracker.sweep_run({"experiment": cfg.name, "workdir": str(workdir)})
-        self._actors: list = []
+        self._pool: EvalPool | None = None
+        self._pool_cpus: float | None = None
         self._splits_ref = None
+        self.audits: dict[str, Audit] = {}
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         log.info("── %s", name)
+        metrics.stage_started(name)
         start = time.perf_counter()
         yield
         self.timings[name] = time.perf_counter() - start
+        metrics.stage_finished(name, self.timings[name])
         log.info("── %s done in %.1f s", name, self.timings[name])
 
     @property
@@ -79,30 +99,44 @@ class Run:
         with self.stage("sweep"):
             run_sweep(self.cfg, self.workdir, self.tracker, self.parent)
 
-    def actors(self, count: int) -> list:
+    def pool(self, count: int, num_cpus: float | None = None) -> EvalPool:
         """Eval actors; the preprocessed splits are put in the object store once per run."""
         if self._splits_ref is None:
             self._splits_ref = ray.put(eval_splits(self.data, self.zeroshot["preprocess"]))
-        if len(self._actors) != count:
+        if self._pool is None or (len(self._pool), self._pool_cpus) != (count, num_cpus):
             self.release_actors()
-            self._actors = start_actors(self.cfg, self._splits_ref, self.zeroshot["model_name"],
-                                        self.zeroshot["num_classes"], count)
-        return self._actors
+            self._pool = EvalPool.start(self.cfg, self._splits_ref, self.zeroshot["model_name"],
+                                        self.zeroshot["num_classes"], count, num_cpus)
+            self._pool_cpus = num_cpus
+        return self._pool
+
+    def soup_pool(self) -> EvalPool:
+        """Actors that score greedy candidates, leaving one CPU to the reduction tasks (which
+        would otherwise wait forever for a CPU the actors hold)."""
+        count = self.cfg.eval.num_actors
+        free = ray.cluster_resources().get("CPU", 1) - 1
+        cpus = min(self.cfg.eval.cpus_per_actor, max(free, 0.1) / count)
+        return self.pool(count, None if cpus == self.cfg.eval.cpus_per_actor else cpus)
 
     def release_actors(self) -> None:
         # Actors hold their CPUs while alive; free them for the reduction tasks.
-        stop_actors(self._actors)
-        self._actors = []
+        if self._pool is not None:
+            self._pool.stop()
+        self._pool = None
 
     def split_names(self) -> list[str]:
         return ["heldout", "test", *self.data.shifts]
 
     def models(self) -> list[tuple[str, str, Path]]:
-        """Every model on disk: (name, kind, path)."""
-        out = [(p.name, read_manifest(p).get("kind", "ingredient"), p)
-               for p in list_ingredients(self.workdir / "ingredients")]
+        """Every model on disk: (name, kind, path). Ingredients are audited first (sha256 vs
+        manifest, NaN/Inf count; cached), so a corrupt file stops the run with its path."""
+        audits = AuditCache(self.workdir / AUDIT_FILE)
+        out = []
+        for p in list_ingredients(self.workdir / "ingredients"):
+            self.audits[p.name] = audits.audit(p)
+            out.append((p.name, read_manifest(p).get("kind", "ingredient"), p))
         for recipe_file in sorted((self.workdir / "soups").glob("*/recipe.json")):
-            out.append((soup_model_name(recipe_file.parent.name), "soup", recipe_file.parent))
+            out.append((*soup_identity(recipe_file.parent), recipe_file.parent))
         return out
 
     def evaluate(self, stage: str = "evaluate") -> pa.Table:
@@ -117,18 +151,18 @@ class Run:
             if not jobs:
                 log.info("evaluate: every (model, split) is already in %s", self.results_path)
                 return table
-            bar = tqdm(total=len(jobs), desc=stage, unit="model", disable=None)
+            bar = Progress(total=len(jobs), desc=stage, unit="models")
 
             def landed(model: str, kind: str, scores: dict) -> None:
                 nonlocal table
                 # Written after every model, atomically: an interrupted stage keeps its rows.
                 table = res.merge(table, [res.rows(model, kind, scores)])
                 res.write_results(self.results_path, table)
-                bar.update(1)
-                bar.set_postfix_str(f"{model}: test {scores['test'][0] / scores['test'][1]:.3f}"
-                                    if "test" in scores else model)
+                failpoint(f"{stage.replace(' ', '_')}.model")
+                bar.update(1, f"{model}: test {scores['test'][0] / scores['test'][1]:.3f}"
+                           if "test" in scores else model)
 
-            evaluate_models(ActorPool(self.actors(self.cfg.eval.num_actors)), jobs, progress=landed)
+            evaluate_models(self.pool(self.cfg.eval.num_actors), jobs, progress=landed)
             bar.close()
             return table
 
@@ -136,36 +170,38 @@ class Run:
         table = res.read_results(self.results_path)
         heldout = res.accuracy_of(table, "heldout")
         kinds = {"ingredient", "zeroshot"} if self.cfg.soup.include_zeroshot else {"ingredient"}
-        candidates = []
-        for name, kind, path in self.models():
-            if kind in kinds:
-                if name not in heldout:
-                    raise RuntimeError(f"ingredient {name} has no held-out accuracy; run evaluate first")
-                candidates.append(Candidate(name, heldout[name], path))
+        models = [m for m in self.models() if m[1] in kinds]
+        candidates = soup_candidates(models, heldout, self.audits, self.cfg.soup.strict)
+        # WiSE-FT and Model Stock interpolate from the zero-shot initialisation.
+        anchor = next((Candidate(n, heldout.get(n, float("nan")), p)
+                       for n, k, p in self.models() if k == "zeroshot"), None)
         with self.stage("soup"):
-            # One actor scores greedy candidates; the other CPUs run the reduction tasks.
             soups = cook_soups(self.cfg.soup.recipes, candidates, self.workdir / "soups",
-                               self.cfg.soup.num_shards, self.actors(1)[0])
+                               self.cfg.soup.num_shards, self.soup_pool(),
+                               speculation=self.cfg.soup.speculation, cfg=self.cfg.soup,
+                               anchor=anchor)
         table = self.evaluate("soup evaluation")
         for recipe, soup_dir in soups.items():
-            accs = res.accuracies_of_model(table, soup_model_name(recipe))
+            accs = res.accuracies_of_model(table, soup_identity(soup_dir)[0])
             meta = read_recipe(soup_dir)
             self.tracker.soup_run(self.parent, recipe, meta["ingredients"], meta["weights"], accs,
-                                  [soup_dir / "recipe.json"])
+                                  [soup_dir / "recipe.json"], params=run_params(meta))
 
     def report(self) -> None:
         with self.stage("report"):
             table = res.read_results(self.results_path)
-            files = write_report(table, self.workdir / "report", self.cfg.name)
+            files = write_report(table, self.workdir / "report", self.cfg.name,
+                                 inference_costs(self.workdir / "soups"))
             self.tracker.log_artifacts(self.parent, files, subdir="report")
             self.tracker.log_artifacts(self.parent, [self.results_path])
 
     def summary(self) -> str:
         table = res.read_results(self.results_path)
         rows, shifts = summarize(table)
+        labelled = summary_rows(rows, inference_costs(self.workdir / "soups"))
         timing = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
         return (f"\nraysoup: {self.cfg.name} — workdir {self.workdir}\n\n"
-                f"{markdown_table(summary_rows(rows), shifts)}\n\n"
+                f"{markdown_table(labelled, shifts)}\n\n"
                 f"stage times: {timing}\nreport: {self.workdir / 'report' / 'README.md'}\n")
 
     def close(self, ok: bool) -> None:
@@ -173,10 +209,59 @@ class Run:
         self.tracker.end(self.parent, ok=ok)
 
 
+def soup_candidates(models: list[tuple[str, str, Path]], heldout: dict[str, float],
+                    audits: dict[str, Audit], strict: bool) -> list[Candidate]:
+    """The ingredients a soup may use: evaluated, finite (or an error under `strict`), and
+    all of one tensor layout."""
+    candidates = []
+    for name, _, path in models:
+        if name not in heldout:
+            raise RuntimeError(f"ingredient {name} has no held-out accuracy; run evaluate first")
+        if not audits[name].finite:
+            bad = audits[name].nonfinite
+            what = f"ingredient {name} ({path}) has NaN/Inf weights in {sorted(bad)[:3]}"
+            if strict:
+                raise RuntimeError(f"{what}; soup.strict is set")
+            log.warning("%s: left out of every soup", what)
+            continue
+        candidates.append(Candidate(name, heldout[name], path))
+    check_compatible([c.path for c in candidates])
+    return candidates
+
+
+class WorkdirMismatch(ConfigError):
+    """The workdir holds results of a config that differs in what those results depend on."""
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
 def snapshot_config(cfg: ExperimentCfg, workdir: Path) -> None:
-    """The resolved config lives in the workdir so `raysoup resume WORKDIR` needs nothing else."""
+    """The resolved config lives in the workdir so `raysoup resume WORKDIR` needs nothing else.
+
+    A workdir is never shared by configs that differ in model, data or sweep: their
+    ingredients and results would mix. Eval, soup, tracking and the name may change (e.g.
+    adding a recipe to an existing sweep)."""
     path = workdir / CONFIG_SNAPSHOT
-    text = yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False)
+    new = json.loads(cfg.model_dump_json())
+    if path.exists():
+        old = yaml.safe_load(path.read_text()) or {}
+        a, b = _flatten({k: old.get(k) for k in PINNED}), _flatten({k: new[k] for k in PINNED})
+        diff = sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>"))
+        if diff:
+            shown = "\n".join(f"  {k}: {a.get(k, '<unset>')!r} in the workdir, now "
+                              f"{b.get(k, '<unset>')!r}" for k in diff[:10])
+            raise WorkdirMismatch(
+                f"{workdir} was written by a different experiment config; refusing to mix "
+                f"results. Fields that differ:\n{shown}\nUse a new --workdir, or "
+                f"`raysoup resume {workdir}` to continue with the saved config.")
+    text = yaml.safe_dump(new, sort_keys=False)
     if not path.exists() or path.read_text() != text:
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text)
@@ -184,10 +269,10 @@ def snapshot_config(cfg: ExperimentCfg, workdir: Path) -> None:
 
 
 def run_pipeline(cfg: ExperimentCfg, workdir: Path, stages: tuple[str, ...] = STAGES,
-                 address: str | None = None) -> Run:
+                 address: str | None = None, metrics_export_port: int | None = None) -> Run:
     workdir.mkdir(parents=True, exist_ok=True)
     snapshot_config(cfg, workdir)
-    connect(address)
+    connect(address, metrics_export_port)
     run = Run(cfg, workdir)
     ok = False
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import ray
 import torch
 
 from raysoup.checkpoints import read_manifest
+from raysoup.faults import failpoint
+from raysoup.orchestration import metrics
 from raysoup.reduce import (
     add_into,
     plan_shards,
@@ -39,17 +42,61 @@ def _same_float_mode() -> None:
     torch.set_flush_denormal(True)
 
 
+def _measured(shard: dict, ingredients: int, start: float) -> dict:
+    """Report the float32 bytes a task accumulated (metrics); returns `shard` unchanged."""
+    nbytes = ingredients * sum(a.nbytes for a in shard.values())
+    metrics.reduced(nbytes, time.perf_counter() - start)
+    return shard
+
+
 @ray.remote(max_retries=2)
 def _reduce_to_file(paths: list[str], weights: list[float], names: list[str], out: str,
-                    dtypes: dict[str, str]) -> str:
+                    dtypes: dict[str, str], tensor_weights: dict | None = None,
+                    integers_from: int | None = None) -> str:
     _same_float_mode()
-    return write_shard(Path(out), reduce_shard([Path(p) for p in paths], weights, names), dtypes)
+    start = time.perf_counter()
+    shard = reduce_shard([Path(p) for p in paths], weights, names, tensor_weights, integers_from)
+    _measured(shard, len(paths), start)
+    failpoint("reduce.shard")  # a worker lost mid-task: Ray retries it (max_retries)
+    return write_shard(Path(out), shard, dtypes)
+
+
+@ray.remote(max_retries=2)
+def _reduce(paths: list[str], weights: list[float], names: list[str],
+            tensor_weights: dict | None = None, integers_from: int | None = None):
+    _same_float_mode()
+    start = time.perf_counter()
+    shard = reduce_shard([Path(p) for p in paths], weights, names, tensor_weights, integers_from)
+    return _measured(shard, len(paths), start)
+
+
+def reduce_to_refs(paths: list[Path], weights: list[float], plan: list[list[str]],
+                   tensor_weights: dict[str, list[float]] | None = None,
+                   integers_from: int | None = None) -> list:
+    """Σ w_i·θ_i shard-parallel into the object store (bit-identical to `write_soup`'s shards)."""
+    return [_reduce.remote([str(p) for p in paths], weights, names,
+                           _for_shard(tensor_weights, names), integers_from) for names in plan]
+
+
+def _for_shard(tensor_weights: dict | None, names: list[str]) -> dict | None:
+    # Each task gets only its shard's per-tensor weights.
+    if not tensor_weights:
+        return None
+    return {n: tensor_weights[n] for n in names if n in tensor_weights}
+
+
+def _check_tensor_weights(tensor_weights: dict | None, plan: list[list[str]]) -> None:
+    known = {n for names in plan for n in names}
+    unknown = sorted(set(tensor_weights or {}) - known)
+    if unknown:
+        raise ValueError(f"tensor_weights name tensors the model does not have: {unknown[:5]}")
 
 
 @ray.remote(max_retries=2)
 def _add(acc, path: str, names: list[str]):
     _same_float_mode()
-    return add_into(acc, Path(path), names)
+    start = time.perf_counter()
+    return _measured(add_into(acc, Path(path), names), 1, start)
 
 
 def add_ingredient(sum_refs: list | None, path: Path, plan: list[list[str]]) -> list:
@@ -59,9 +106,12 @@ def add_ingredient(sum_refs: list | None, path: Path, plan: list[list[str]]) -> 
 
 
 def write_soup(out_dir: Path, paths: list[Path], weights: list[float], plan: list[list[str]],
-               recipe: dict) -> Path:
+               recipe: dict, tensor_weights: dict[str, list[float]] | None = None,
+               integers_from: int | None = None) -> Path:
     """Reduce into `out_dir` (shards + index + recipe.json), complete or absent: everything is
-    written into a temporary sibling directory that is renamed into place last."""
+    written into a temporary sibling directory that is renamed into place last.
+    `tensor_weights`: per-tensor weights overriding `weights` (see `reduce_shard`)."""
+    _check_tensor_weights(tensor_weights, plan)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -70,7 +120,8 @@ def write_soup(out_dir: Path, paths: list[Path], weights: list[float], plan: lis
         files = [shard_filename(i + 1, k) for i in range(k)]
         # The soup keeps the first ingredient's dtypes (accumulation itself is float32).
         dtypes = {n: t["dtype"] for n, t in read_manifest(paths[0])["tensors"].items()}
-        refs = [_reduce_to_file.remote([str(p) for p in paths], weights, names, str(tmp / f), dtypes)
+        refs = [_reduce_to_file.remote([str(p) for p in paths], weights, names, str(tmp / f), dtypes,
+                                       _for_shard(tensor_weights, names), integers_from)
                 for f, names in zip(files, plan, strict=True)]
         ray.get(refs)
         index = write_index(tmp, list(zip(files, plan, strict=True)), {"recipe": recipe["recipe"]})

@@ -6,10 +6,14 @@ import json
 import logging
 from pathlib import Path
 
-import ray
-
-from raysoup.orchestration.reduction import add_ingredient, shard_plan, write_soup
+from raysoup.checkpoints.ingredient import remove_stale_tmp
+from raysoup.orchestration import metrics
+from raysoup.orchestration.evaluation import EvalPool
+from raysoup.orchestration.recipes import RayKitchen, write_result
+from raysoup.orchestration.reduction import add_ingredient, shard_plan
 from raysoup.soup import Candidate, get_recipe
+from raysoup.soup.base import needs_kitchen
+from raysoup.soup.journal import DecisionJournal
 
 log = logging.getLogger(__name__)
 
@@ -19,40 +23,76 @@ class RunningSumScorer:
 
     Each candidate costs one shard-parallel add (θ_c read once) and one held-out evaluation;
     the candidate soup is sum × 1/k, bit-identical to the final reduction of the same list.
+    A window of candidates is scored at once: with A actors and M candidates, each candidate
+    gets A // M actors that score slices of the held-out split (data parallel), and the
+    candidates run side by side (speculation). Counts are summed, so the accuracy is exactly
+    that of a single whole-split evaluation.
     """
 
-    def __init__(self, actor, plan: list[list[str]], on_try=None):
-        self.actor, self.plan, self.on_try = actor, plan, on_try
+    def __init__(self, pool: EvalPool, plan: list[list[str]], on_try=None):
+        self.pool, self.plan, self.on_try = pool, plan, on_try
         self.sum_refs: list | None = None
-        self.pending: list | None = None
+        self.pending: dict[str, list] = {}
         self.k = 0
+        self.evaluations = 0
 
     def start(self, first: Candidate) -> None:
         self.sum_refs, self.k = add_ingredient(None, first.path, self.plan), 1
 
-    def try_add(self, candidate: Candidate) -> float:
-        self.pending = add_ingredient(self.sum_refs, candidate.path, self.plan)
-        correct, n = ray.get(self.actor.evaluate_sum.remote(self.pending, 1.0 / (self.k + 1),
-                                                            ["heldout"]))["heldout"]
+    def score(self, candidates: list[Candidate]) -> list[float]:
+        self.pending = {c.name: add_ingredient(self.sum_refs, c.path, self.plan)
+                        for c in candidates}
+        parts = max(1, len(self.pool) // len(candidates))
+        scale = 1.0 / (self.k + 1)
+        calls, owner = [], []
+        for j, cand in enumerate(candidates):
+            refs = self.pending[cand.name]
+            for i in range(parts):
+                calls.append(lambda a, r=refs, p=(i, parts): a.evaluate_sum.remote(
+                    r, scale, ["heldout"], p))
+                owner.append(j)
+        counts = [[0, 0] for _ in candidates]
+        for j, scores in zip(owner, self.pool.run(calls), strict=True):
+            correct, n = scores["heldout"]
+            counts[j][0] += correct
+            counts[j][1] += n
+        self.evaluations += len(candidates)
+        accs = [c / n for c, n in counts]
         if self.on_try:
-            self.on_try(candidate.name, correct / n)
-        return correct / n
+            for cand, acc in zip(candidates, accs, strict=True):
+                self.on_try(cand.name, acc)
+        return accs
 
-    def commit(self) -> None:
-        self.sum_refs, self.pending, self.k = self.pending, None, self.k + 1
+    def commit(self, candidate: Candidate) -> None:
+        refs = self.pending.pop(candidate.name, None)
+        if refs is None:  # replayed from the journal: never scored in this process
+            refs = add_ingredient(self.sum_refs, candidate.path, self.plan)
+        self.sum_refs, self.pending, self.k = refs, {}, self.k + 1
 
 
 def soup_model_name(recipe: str) -> str:
     return f"{recipe}_soup"
 
 
+def journal_path(soups_dir: Path, recipe: str) -> Path:
+    # Hidden, next to the soups: a soup directory appears only once complete.
+    return soups_dir / f".{recipe}.journal.jsonl"
+
+
 def cook_soups(recipes: list[str], candidates: list[Candidate], soups_dir: Path,
-               num_shards: int, actor) -> dict[str, Path]:
-    """Cook every recipe whose soup directory is not complete yet; returns recipe → directory."""
+               num_shards: int, pool: EvalPool, speculation: int = 1, cfg=None,
+               anchor: Candidate | None = None) -> dict[str, Path]:
+    """Cook every recipe whose soup directory is not complete yet; returns recipe → directory.
+
+    `cfg`: the `soup` config section (recipe settings); `anchor`: the zero-shot ingredient
+    (WiSE-FT and Model Stock interpolate from it)."""
     if not candidates:
         raise ValueError("no ingredients to make soups from; run the sweep first")
     plan = shard_plan(candidates[0].path, num_shards)
-    by_name = {c.name: c for c in candidates}
+    if stale := remove_stale_tmp(soups_dir):
+        log.info("soup: removed %d partial soup(s) of an interrupted run", len(stale))
+    by_name = {c.name: c for c in [*([anchor] if anchor else []), *candidates]}
+    kitchen = RayKitchen(pool, plan, anchor)
     out = {}
     for name in recipes:
         soup_dir = soups_dir / name
@@ -60,15 +100,23 @@ def cook_soups(recipes: list[str], candidates: list[Candidate], soups_dir: Path,
             log.info("soup %s: already cooked", name)
             out[name] = soup_dir
             continue
-        recipe = get_recipe(name)
-        scorer = RunningSumScorer(actor, plan, on_try=lambda c, a: log.info(
-            "  greedy: tried %s → held-out %.4f", c, a)) if recipe.needs_scorer else None
-        result = recipe.cook(candidates, scorer)
-        log.info("soup %s: %d ingredients %s", name, len(result.ingredients), result.ingredients)
-        write_soup(soup_dir, [by_name[i].path for i in result.ingredients], result.weights, plan, {
-            "recipe": name, "ingredients": result.ingredients, "weights": result.weights,
-            "trace": result.trace,
-        })
+        recipe = get_recipe(name, cfg)
+        if name == "greedy":
+            recipe.speculation = speculation
+        journal = DecisionJournal(journal_path(soups_dir, name)) if recipe.needs_scorer else None
+        scorer = RunningSumScorer(pool, plan, on_try=lambda c, a, r=name: log.info(
+            "  %s: tried %s → held-out %.4f", r, c, a)) if recipe.needs_scorer else None
+        if needs_kitchen(recipe):
+            scorer = kitchen
+        result = recipe.cook(candidates, scorer, journal=journal) if journal else \
+            recipe.cook(candidates, scorer)
+        metrics.soup_decisions(name, result.trace)
+        log.info("soup %s: %d ingredients %s %s", name, len(result.ingredients),
+                 result.ingredients, result.stats or "")
+        write_result(soup_dir, name, result, {n: c.path for n, c in by_name.items()}, plan,
+                     anchor)
+        if journal:
+            journal.path.unlink(missing_ok=True)  # the complete soup directory is the record now
         out[name] = soup_dir
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,10 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from safetensors.torch import load_file, save_file
 
 from raysoup.checkpoints import list_ingredients, load_state_dict, read_manifest, write_ingredient
+from raysoup.checkpoints.ingredient import remove_stale_tmp
 from raysoup.config import Choice, ExperimentCfg, LogUniform, RandInt, TrainHParams, Uniform
+from raysoup.faults import failpoint
+from raysoup.orchestration import metrics
 from raysoup.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -95,6 +99,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from raysoup.models.classifier import classifier_skeleton
     from raysoup.train.finetune import finetune
 
+    started = time.perf_counter()  # the trial's own wall time (raysoup bench B4)
     torch.set_num_threads(ctx.threads)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one INFO line per checkpoint
     cfg = ExperimentCfg.model_validate_json(ctx.cfg_json)
@@ -120,6 +125,8 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                 "num_classes": meta["num_classes"], "preprocess": meta["preprocess"],
                 "base_model": meta.get("base_model"), "hparams": hp.model_dump(),
                 "metrics": metrics,
+                # this process's time, start to ingredient; a resumed trial counts its last part
+                "train_seconds": time.perf_counter() - started,
             })
         with tempfile.TemporaryDirectory() as d:
             _save_state(state_fn(), Path(d))
@@ -159,6 +166,7 @@ class TrackingCallback(tune.Callback):
         run = self._run(trial)
         self.tracker.set_tags(run, {"raysoup.ingredient": f"ingredients/{trial_name(trial.trial_id)}"})
         self.tracker.end(run, ok=True)
+        failpoint("sweep.trial_complete")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.tracker.end(self._run(trial), ok=False)
@@ -171,6 +179,9 @@ class ProgressCallback(tune.Callback):
         self.num_samples, self.epochs = num_samples, epochs
         self.finished = 0
 
+    def setup(self, **info):
+        metrics.sweep_started()
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         log.info("sweep: %s epoch %s/%s  loss %.3f  %.0f img/s", trial_name(trial.trial_id),
                  result.get("epoch"), trial.config.get("epochs", self.epochs), result.get("train_loss", float("nan")),
@@ -178,10 +189,16 @@ class ProgressCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished += 1
+        metrics.trial_finished()
         log.info("sweep: %s finished (%d/%d)", trial_name(trial.trial_id), self.finished,
                  self.num_samples)
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        log.warning("sweep: %s failed (worker or node lost?); retrying from its last checkpoint",
+                    trial_name(trial.trial_id))
+
     def on_trial_error(self, iteration, trials, trial, **info):
+        metrics.trial_failed()
         log.warning("sweep: %s failed: see %s", trial_name(trial.trial_id), trial.path)
 
 
@@ -199,6 +216,8 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
     if len(done) >= cfg.sweep.num_samples:
         log.info("sweep: %d ingredients already present, skipping", len(done))
         return done
+    # Trials killed while writing their ingredient leave a hidden temp dir; no trial runs yet.
+    remove_stale_tmp(workdir / "ingredients")
 
     res = cfg.sweep.resources_per_trial
     ctx = TrialContext(cfg.model_dump_json(), str(workdir), threads=max(1, int(res.cpu)))
