@@ -9,6 +9,7 @@ usage: python tests/multinode_drill.py CONFIG WORKDIR
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +20,12 @@ from ray.cluster_utils import Cluster
 
 FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                "health_check_failure_threshold": 3}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_for(cond, what, timeout=600):
@@ -44,8 +51,11 @@ def an_eval_actor(cluster, workers):
 
 def main(cfg: str, workdir: str) -> None:
     work = Path(workdir)
+    # The dashboard serves the state API (which actor runs where); a free port, since 8265 may
+    # belong to another Ray instance on this machine.
     cluster = Cluster(initialize_head=True,
-                      head_node_args={"num_cpus": 0, "_system_config": FAST_HEALTH})
+                      head_node_args={"num_cpus": 0, "_system_config": FAST_HEALTH,
+                                      "include_dashboard": True, "dashboard_port": free_port()})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     events = []

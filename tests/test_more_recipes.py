@@ -239,7 +239,12 @@ def test_learned_single_mixture_and_recipe(tmp_path, one_thread):
 
 
 def test_peak_rss_sees_an_allocation():
+    import mmap
+
     with peak_rss() as mem:
-        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
-        del block
+        # Fresh anonymous pages, touched: a heap allocation could reuse memory a previous test
+        # freed but the allocator kept resident, and the peak would not move.
+        block = mmap.mmap(-1, 64 * 2**20)
+        block.write(b"\x01" * len(block))
+        block.close()
     assert mem["peak_rss_mib"] >= mem["rss_before_mib"] + 60 or not mem["reset"]

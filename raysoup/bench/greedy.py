@@ -153,7 +153,7 @@ def seed_greedy(candidates: list[Candidate], pt_files: dict[str, Path], source: 
 
 def _raysoup_greedy(candidates, heldout: LabeledImages, pre: dict, model_name: str,
                     num_classes: int, batch_size: int, gpus: float, num_shards: int,
-                    soups_dir: Path) -> dict:
+                    soups_dir: Path, actors: int = 1, speculation: int = 1) -> dict:
     import ray
 
     from raysoup.orchestration import souping
@@ -167,14 +167,18 @@ def _raysoup_greedy(candidates, heldout: LabeledImages, pre: dict, model_name: s
     t_pre = time.perf_counter() - t0
     cfg = SimpleNamespace(eval=EvalCfg(num_actors=1, batch_size=batch_size, cpus_per_actor=1,
                                        gpus_per_actor=gpus))
-    pool = EvalPool.start(cfg, splits_ref, model_name, num_classes, 1)
+    # Several actors share the CPUs (as the pipeline's soup stage does), leaving room for the
+    # reduction tasks.
+    pool = EvalPool.start(cfg, splits_ref, model_name, num_classes, actors,
+                          None if actors == 1 else 1 / actors)
     try:
         ray.get([a.__ray_ready__.remote() for a in pool.actors])
         # Start the reduction task workers too (process start + imports, once per Ray session).
         ray.get(add_ingredient(None, candidates[0].path, shard_plan(candidates[0].path,
                                                                     num_shards)))
         t_start = time.perf_counter() - t0 - t_pre
-        secs, dirs = timed(souping.cook_soups, ["greedy"], candidates, soups_dir, num_shards, pool)
+        secs, dirs = timed(souping.cook_soups, ["greedy"], candidates, soups_dir, num_shards, pool,
+                           speculation=speculation)
     finally:
         pool.stop()
     recipe = souping.read_recipe(dirs["greedy"])
@@ -240,6 +244,9 @@ def run(root: Path, n: int, n_images: int, batch_size: int = 500, num_shards: in
         pt_files = _save_pt_copies(paths, root)
         ours = _raysoup_greedy(candidates, heldout, pre, model_name, num_classes, batch_size,
                                gpus, num_shards, root / "soups")
+        # B6's measured part: the same greedy with 2 actors scoring 2 candidates per round.
+        spec = _raysoup_greedy(candidates, heldout, pre, model_name, num_classes, batch_size,
+                               gpus, num_shards, root / "soups-m2", actors=2, speculation=2)
         seed_s, (seed_soup, seed_accepted) = timed(
             seed_greedy, candidates, pt_files, source, pre, model_name, num_classes, batch_size)
         out = {
@@ -254,6 +261,9 @@ def run(root: Path, n: int, n_images: int, batch_size: int = 500, num_shards: in
             "raysoup_selection": ours["ingredients"], "seed_selection": seed_soup,
             "accepted": seed_accepted,
             "same_decisions": ours["accepted"] == seed_accepted,
+            "speculative_m2": {"cook_s": spec["cook_s"], "sequential_cook_s": ours["cook_s"],
+                               "speedup": ratio(ours["cook_s"], spec["cook_s"]),
+                               "same_selection": spec["ingredients"] == ours["ingredients"]},
         }
         log.info("B2: seed-style %.2fs, raysoup %.2fs (+%.2fs actor start); selections %s / %s",
                  seed_s, ours["seconds"], ours["actor_start_s"], seed_soup, ours["ingredients"])

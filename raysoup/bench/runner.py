@@ -87,12 +87,17 @@ def run(only: list[str] | None = None, quick: bool = False, workdir: Path | None
         details["B4"] = sweep.run(base / "b4", quick, cpus)
     if "B6" in only:
         details["B6"] = rounds.run(details.get("B2", {}).get("accepted"))
+        if "speculative_m2" in details.get("B2", {}):  # measured, not simulated
+            details["B6"]["measured_m2"] = details["B2"]["speculative_m2"]
     out: dict = {}
     for name, keys in HEADLINES.items():
         if name in details:
             out.update({f"{name}.{k}": details[name][k] for k in keys})
     if "B6" in details:
         out.update({f"B6.rounds.M{m}": r for m, r in details["B6"]["rounds"].items()})
+        if "measured_m2" in details["B6"]:
+            out["B6.m2_speedup"] = details["B6"]["measured_m2"]["speedup"]
+            out["B6.m2_same_selection"] = details["B6"]["measured_m2"]["same_selection"]
     out.update({"quick": quick, "device": device, "seconds": time.perf_counter() - started,
                 "machine": machine(), "details": details})
     return out
