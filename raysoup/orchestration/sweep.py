@@ -233,8 +233,10 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
             param_space=param_space(cfg.sweep.space),
             tune_config=tune.TuneConfig(
                 num_samples=cfg.sweep.num_samples,
-                max_concurrent_trials=cfg.sweep.max_concurrent,
-                search_alg=BasicVariantGenerator(random_state=cfg.sweep.seed),
+                # TuneConfig.max_concurrent_trials is ignored (with a warning) for a
+                # SearchGenerator such as BasicVariantGenerator; the generator limits it itself.
+                search_alg=BasicVariantGenerator(random_state=cfg.sweep.seed,
+                                                 max_concurrent=cfg.sweep.max_concurrent),
             ),
             run_config=tune.RunConfig(
                 name=SWEEP_NAME,
