@@ -37,9 +37,10 @@ def summarize(table: pa.Table) -> tuple[list[Row], list[str]]:
 
 
 def best_single(rows: list[Row]) -> Row | None:
-    """The ingredient a practitioner would pick: best held-out accuracy."""
+    """The ingredient a practitioner would pick: best held-out accuracy, ties to the smaller
+    name — the same order as `soup.base.by_heldout`, so greedy soup starts from this model."""
     ingredients = [r for r in rows if r.kind == "ingredient"]
-    return max(ingredients, key=lambda r: (r.acc.get("heldout", 0.0), r.model), default=None)
+    return min(ingredients, key=lambda r: (-r.acc.get("heldout", 0.0), r.model), default=None)
 
 
 def summary_rows(rows: list[Row], inference_costs: Mapping[str, int] | None = None,

@@ -51,3 +51,19 @@ def test_report_lists_every_recipe_and_the_ensemble_cost(tmp_path):
         assert f"| {name} |" in summary
     assert "| ensemble (2× inference) | 90.00 | 88.00 | 70.00 | 70.00 |" in summary
     assert (tmp_path / "figure.png").stat().st_size > 0
+
+
+def test_best_single_breaks_ties_like_greedy():
+    from raysoup.evaluate import results as res
+    from raysoup.report import best_single, summarize
+    from raysoup.soup import Candidate
+    from raysoup.soup.base import by_heldout
+
+    table = res.merge(res.empty(), [
+        res.rows("trial-004", "ingredient", {"heldout": (336, 500), "test": (90, 100)}),
+        res.rows("trial-000", "ingredient", {"heldout": (336, 500), "test": (80, 100)}),
+        res.rows("trial-001", "ingredient", {"heldout": (300, 500), "test": (99, 100)}),
+    ])
+    rows, _ = summarize(table)
+    greedy_first = by_heldout([Candidate(r.model, r.acc["heldout"], None) for r in rows])[0]
+    assert best_single(rows).model == greedy_first.name == "trial-000"
