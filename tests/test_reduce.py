@@ -266,11 +266,23 @@ def test_missing_tensor_and_integer_mismatch(ingredients, tmp_path):
     write_ingredient(missing, state, {})
     with pytest.raises(ReductionError, match=r"'head\.bias'.*missing.*" + re.escape(str(missing))):
         reduce_shard([ingredients[0], missing], [0.5, 0.5], ["head.bias"])
-    counter = _variant(tmp_path, "counter", **{"visual.num_batches_tracked": torch.tensor(8)})
+    ids_a, ids_b = tmp_path / "ids_a", tmp_path / "ids_b"
+    write_ingredient(ids_a, {"pos_ids": torch.arange(4)}, {})
+    write_ingredient(ids_b, {"pos_ids": torch.arange(4).flip(0)}, {})
     with pytest.raises(ReductionError) as err:
-        reduce_shard([ingredients[0], counter], [0.5, 0.5], ["visual.num_batches_tracked"])
-    assert "non-floating" in str(err.value) and str(counter) in str(err.value)
-    assert str(ingredients[0]) in str(err.value)
+        reduce_shard([ids_a, ids_b], [0.5, 0.5], ["pos_ids"])
+    assert "non-floating" in str(err.value) and str(ids_b) in str(err.value)
+    assert str(ids_a) in str(err.value)
+    with pytest.raises(ReductionError, match="non-floating"):
+        add_into(add_into(None, ids_a, ["pos_ids"]), ids_b, ["pos_ids"])
+    # BatchNorm's step counter differs between the zero-shot model and fine-tunes: not an
+    # error; the first ingredient's value is kept (also in the greedy running sum).
+    counter = _variant(tmp_path, "counter", **{"visual.num_batches_tracked": torch.tensor(8)})
+    mixed = reduce_shard([ingredients[0], counter], [0.5, 0.5], ["visual.num_batches_tracked"])
+    assert mixed["visual.num_batches_tracked"] == 7
+    running = add_into(add_into(None, ingredients[0], ["visual.num_batches_tracked"]), counter,
+                       ["visual.num_batches_tracked"])
+    assert running["visual.num_batches_tracked"] == 7
     # With an explicit source, integer buffers are taken from it and not compared.
     names = ["visual.num_batches_tracked", "head.bias"]
     kept = reduce_shard([ingredients[0], counter], [0.5, 0.5], names, integers_from=1)

@@ -274,8 +274,16 @@ def _check_shape(name: str, a: torch.Tensor, b: torch.Tensor, file_a, file_b) ->
         raise ReductionError(f"tensor {name!r}: floating in {file_a} but {b.dtype} in {file_b}")
 
 
+# BatchNorm's step counter: bookkeeping that fine-tuning advances and inference ignores (it
+# only matters with momentum=None), so a soup with the zero-shot model may mix values; the
+# first ingredient's is kept.
+STEP_COUNTERS = ("num_batches_tracked",)
+
+
 def _check_same(name: str, a: torch.Tensor, b: torch.Tensor, file_a, file_b) -> None:
     # Integer buffers (position ids, counters) cannot be averaged; they must agree.
+    if name.rsplit(".", 1)[-1] in STEP_COUNTERS and a.shape == b.shape and a.dtype == b.dtype:
+        return
     if a.shape != b.shape or a.dtype != b.dtype or not torch.equal(a, b):
         raise ReductionError(
             f"tensor {name!r}: non-floating tensor differs between {file_a} and {file_b} "
