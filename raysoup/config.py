@@ -46,6 +46,18 @@ class SplitSource(Strict):
     # then projects logits onto that subset (ImageNet-R/A style). Parquet shards may carry it
     # in their metadata instead.
     classes: list[str] | None = None
+    # ObjectNet style: a JSON file {"<this split's class dir>": ["<train class dir>", ...]}.
+    # Each listed class stands for that group of train classes (max logit over the group);
+    # class dirs not in the file are skipped (ObjectNet classes outside ImageNet).
+    class_map: str | None = None
+
+    @model_validator(mode="after")
+    def _one_projection(self) -> SplitSource:
+        if self.classes is not None and self.class_map is not None:
+            raise ValueError("set either classes (a subset) or class_map (groups), not both")
+        if self.class_map is not None and self.format != "imagefolder":
+            raise ValueError("class_map needs format imagefolder")
+        return self
 
 
 class DataCfg(Strict):

@@ -75,6 +75,8 @@ def _model_lines(cfg: ExperimentCfg, warnings: list[str]) -> list[str]:
 
 def _source(name: str, src: SplitSource, warnings: list[str], field: str) -> str:
     subset = f", classes: {len(src.classes)} listed" if src.classes else ""
+    if src.class_map:
+        subset = f", class groups from {src.class_map}"
     return f"  {name:<10} {src.format} {_where(src.path, warnings, field)}{subset}"
 
 

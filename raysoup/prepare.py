@@ -63,7 +63,10 @@ def eval_splits(splits: DatasetSplits, preprocess: dict) -> dict[str, EvalSplit]
     for name, data in named.items():
         images = preprocess_eval(data, preprocess["image_size"], preprocess["mean"], preprocess["std"])
         subset = tuple(data.class_subset) if data.class_subset is not None else None
-        out[name] = EvalSplit(images=images, labels=data.labels, class_subset=subset)
+        groups = (tuple(tuple(g) for g in data.class_groups)
+                  if data.class_groups is not None else None)
+        out[name] = EvalSplit(images=images, labels=data.labels, class_subset=subset,
+                              class_groups=groups)
     return out
 
 

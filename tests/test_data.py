@@ -378,3 +378,45 @@ def test_preprocess_eval_and_train_augment(tmp_path):
     shifted = random_shift_flip(noise, torch.Generator().manual_seed(0), shift=2)
     assert shifted.shape == noise.shape and shifted.dtype == torch.float32
     assert not torch.equal(shifted, noise.float())  # some sample moved
+
+
+def test_class_groups_objectnet_style(tmp_path):
+    """A shift set whose classes each stand for a group of train classes (ObjectNet): labels
+    index its own classes; unmapped dirs are skipped; a prediction counts if the chosen train
+    class is in the label's group (= max logit per group)."""
+    import json
+
+    import torch
+
+    from raysoup.evaluate.evaluator import count_correct
+
+    _folder(tmp_path / "train", ["n00", "n01", "n02", "n03"], per_dir=20)
+    _folder(tmp_path / "test", ["n00", "n01", "n02", "n03"], per_dir=1)
+    _folder(tmp_path / "objnet", ["chair", "dog", "toaster"], per_dir=2)  # toaster: unmapped
+    (tmp_path / "map.json").write_text(json.dumps({"dog": ["n01", "n03"], "chair": ["n00"]}))
+    cfg = DataCfg(
+        train=SplitSource(format="imagefolder", path=str(tmp_path / "train")),
+        test=SplitSource(format="imagefolder", path=str(tmp_path / "test")),
+        shifts={"objectnet": SplitSource(format="imagefolder", path=str(tmp_path / "objnet"),
+                                         class_map=str(tmp_path / "map.json"))},
+        heldout_fraction=0.1, templates=["a {}."])
+    data = load_splits(cfg, tmp_path).shifts["objectnet"]
+    assert data.classnames == ["chair", "dog"] and data.class_groups == [[0], [1, 3]]
+    assert data.labels.tolist() == [0, 0, 1, 1] and len(data) == 4
+
+    logits = torch.tensor([
+        [5.0, 1.0, 9.0, 0.0],   # label chair: n02 (9) is outside every group -> n00 wins: right
+        [0.0, 2.0, 0.0, 1.0],   # label chair: n01 (dog's group) wins: wrong
+        [0.0, 1.0, 0.0, 3.0],   # label dog: n03 is in dog's group: right
+        [4.0, 1.0, 0.0, 3.0],   # label dog: n00 (chair) wins: wrong
+    ])
+    groups = tuple(tuple(g) for g in data.class_groups)
+    assert count_correct(logits, torch.tensor(data.labels), None, groups) == 2
+
+    (tmp_path / "bad.json").write_text(json.dumps({"dog": ["n09"]}))
+    bad = cfg.model_copy(update={"shifts": {"o": SplitSource(
+        format="imagefolder", path=str(tmp_path / "objnet"), class_map=str(tmp_path / "bad.json"))}})
+    with pytest.raises(DataError, match=r"bad.json: 'dog' maps to \['n09'\], not train classes"):
+        load_splits(bad, tmp_path)
+    with pytest.raises(ValueError, match="either classes .* or class_map"):
+        SplitSource(format="imagefolder", path="x", classes=["a"], class_map="m.json")

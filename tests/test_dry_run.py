@@ -35,7 +35,9 @@ def test_paper_config_validates():
     assert cfg.model.name == "ViT-B-32-quickgelu" and cfg.model.pretrained == "openai"
     assert cfg.data.heldout_fraction == 0.02 and cfg.data.classnames == "imagenet"
     assert cfg.data.train.format == cfg.data.test.format == "imagefolder"
-    assert set(cfg.data.shifts) == {"imagenet_v2", "imagenet_r", "imagenet_sketch", "imagenet_a"}
+    assert set(cfg.data.shifts) == {"imagenet_v2", "imagenet_r", "imagenet_sketch", "imagenet_a",
+                                    "objectnet"}
+    assert cfg.data.shifts["objectnet"].class_map  # ObjectNet: many-to-one class groups
     assert cfg.sweep.num_samples == 72 and cfg.sweep.base.batch_size == 512
     assert cfg.sweep.resources_per_trial.gpu >= 1 and cfg.eval.gpus_per_actor >= 1
     assert cfg.sweep.space["lr"].loguniform == (1e-6, 1e-4)

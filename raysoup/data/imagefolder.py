@@ -58,3 +58,37 @@ def read_imagefolder(path: Path | str, classnames: list[str] | None = None,
     covered = sorted(index[d] for d in own)
     subset = covered if len(covered) < len(space) else None
     return LabeledImages(keys, files, np.asarray(labels, np.int64), names, None, subset)
+
+
+def read_mapped_imagefolder(path: Path | str, class_map: dict[str, list[str]],
+                            train_dirs: list[str], map_file: str = "class_map") -> LabeledImages:
+    """An ImageFolder whose classes each stand for a group of train classes (ObjectNet).
+
+    Labels index the mapped directories (sorted); `class_groups` holds each one's train class
+    indices. Directories the map does not name are skipped.
+    """
+    path = Path(path)
+    own = class_dirs_of(path)
+    index = {d: i for i, d in enumerate(train_dirs)}
+    missing = sorted(set(class_map) - set(own))
+    if missing:
+        raise DataError(f"{map_file}: class dirs {missing[:5]} are not in {path}")
+    groups = []
+    for d in sorted(class_map):
+        targets = class_map[d]
+        unknown = [t for t in targets if t not in index]
+        if unknown or not targets:
+            raise DataError(f"{map_file}: {d!r} maps to {unknown[:5] or 'nothing'}, not train "
+                            f"classes (e.g. {train_dirs[:3]})")
+        groups.append(sorted(index[t] for t in targets))
+    keys, files, labels = [], [], []
+    for label, d in enumerate(sorted(class_map)):
+        for f in sorted((path / d).iterdir()):
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                keys.append(f"{d}/{f.name}")
+                files.append(str(f))
+                labels.append(label)
+    if not files:
+        raise DataError(f"image folder {path} has no images in the mapped class dirs")
+    return LabeledImages(keys, files, np.asarray(labels, np.int64), sorted(class_map),
+                         class_groups=groups)

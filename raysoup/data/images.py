@@ -26,6 +26,9 @@ class LabeledImages:
     classnames: list[str]
     captions: list[str] | None = None
     class_subset: list[int] | None = None  # class indices a shift set covers (None = all)
+    # A split whose classes each stand for a group of model classes (ObjectNet): labels and
+    # classnames are the split's own; class_groups[i] = model class indices of class i.
+    class_groups: list[list[int]] | None = None
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)

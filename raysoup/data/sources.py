@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from raysoup.config import DataCfg, SplitSource
 from raysoup.data import world
-from raysoup.data.imagefolder import class_dirs_of, read_imagefolder
+from raysoup.data.imagefolder import class_dirs_of, read_imagefolder, read_mapped_imagefolder
 from raysoup.data.images import DataError, LabeledImages
 from raysoup.data.parquet import read_parquet_split
 from raysoup.data.split import split_heldout
@@ -48,6 +49,20 @@ def resolve_classnames(spec: str | list[str] | None) -> list[str] | None:
 
         return list(IMAGENET_CLASSNAMES)
     return None if spec is None else list(spec)
+
+
+def _class_map(path: str, name: str) -> dict[str, list[str]]:
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"data.shifts.{name}.class_map: file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"data.shifts.{name}.class_map: {path} is not valid JSON: {e}") from None
+    if not isinstance(raw, dict) or not all(
+            isinstance(v, list) and all(isinstance(t, str) for t in v) for v in raw.values()):
+        raise DataError(f"data.shifts.{name}.class_map: {path} must map each class dir to a "
+                        "list of train class dirs")
+    return raw
 
 
 def _read(source: SplitSource, classnames: list[str] | None) -> LabeledImages:
@@ -92,6 +107,9 @@ def load_splits(cfg: DataCfg, workdir: Path, progress: bool = True) -> DatasetSp
         dirs = class_dirs_of(cfg.train.path) if cfg.train.format == "imagefolder" else None
 
         def eval_split(src: SplitSource, name: str) -> LabeledImages:
+            if src.class_map is not None:
+                return read_mapped_imagefolder(src.path, _class_map(src.class_map, name),
+                                               dirs or names, src.class_map)
             # An ImageFolder next to an ImageFolder train set maps its dirs into train's dirs;
             # anything else is matched to train's classes by name.
             if dirs is not None and src.format == "imagefolder":

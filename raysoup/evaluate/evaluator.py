@@ -17,18 +17,32 @@ from torch import nn
 @dataclass(frozen=True)
 class EvalSplit:
     images: np.ndarray  # float32 [N, 3, H, W], already normalised
-    labels: np.ndarray  # int64 [N], indices into the full label space
+    labels: np.ndarray  # int64 [N], indices into the full label space (or into class_groups)
     class_subset: tuple[int, ...] | None = None  # classes this split covers (None = all)
+    # ObjectNet style: the split's own classes, each a group of model classes; labels index the
+    # groups, and a prediction is right if the chosen model class lies in the label's group.
+    class_groups: tuple[tuple[int, ...], ...] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
 
 def count_correct(
-    logits: torch.Tensor, labels: torch.Tensor, class_subset: tuple[int, ...] | None
+    logits: torch.Tensor, labels: torch.Tensor, class_subset: tuple[int, ...] | None,
+    class_groups: tuple[tuple[int, ...], ...] | None = None,
 ) -> int:
     """Correct predictions; with a class subset, logits are projected onto it first
-    (the model may only choose among the classes the split covers, as for ImageNet-R/A)."""
+    (the model may only choose among the classes the split covers, as for ImageNet-R/A).
+    With class groups (ObjectNet: one class = several ImageNet classes) the model chooses
+    among the union of the groups, and is right if its class is in the label's group — the
+    same as taking the max logit per group."""
+    if class_groups is not None:
+        group_of = torch.full((logits.shape[1],), -1, dtype=torch.long, device=logits.device)
+        for g, members in enumerate(class_groups):
+            group_of[list(members)] = g
+        union = torch.nonzero(group_of >= 0).squeeze(1)
+        preds = group_of[union[logits.index_select(1, union).argmax(dim=1)]]
+        return int((preds == labels.to(preds.device)).sum())
     if class_subset is not None:
         subset = torch.as_tensor(class_subset, dtype=torch.long, device=logits.device)
         preds = subset[logits.index_select(1, subset).argmax(dim=1)]
@@ -91,7 +105,8 @@ class Evaluator:
             data = self.splits[name]
             lo, hi = part_range(len(data), part)
             labels = torch.tensor(data.labels[lo:hi])
-            correct = count_correct(self.logits(name, part), labels, data.class_subset)
+            correct = count_correct(self.logits(name, part), labels, data.class_subset,
+                                    data.class_groups)
             result[name] = (correct, hi - lo)
         return result
 
@@ -120,7 +135,8 @@ class Evaluator:
         result = {}
         for name, logits in self.ensemble_logits(members, splits).items():
             data = self.splits[name]
-            correct = count_correct(logits, torch.tensor(data.labels), data.class_subset)
+            correct = count_correct(logits, torch.tensor(data.labels), data.class_subset,
+                                    data.class_groups)
             result[name] = (correct, len(data))
         return result
 
