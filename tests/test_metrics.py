@@ -130,10 +130,11 @@ def test_dashboard_metrics_are_exported(cli_run):
     assert seen["ray_raysoup_soup_candidates_tried_total"] >= 2  # greedy considers both
     assert seen["ray_raysoup_reduction_bytes_total"] > 0
     labels = cli_run["labels"]
-    # Values reach the endpoint at the next export (~1 s): the report stage (a second or two)
-    # may end together with the driver before its duration is exported.
+    # Values reach the endpoint at the next export (~1 s): the last stages (soup evaluation,
+    # report: a few seconds on a loaded machine) may end together with the driver before their
+    # durations are exported (seen once in CI for soup evaluation).
     finished = {v for k, v in labels["ray_raysoup_stage_seconds"] if k == "stage"}
-    assert {"prepare", "sweep", "evaluate", "soup", "soup evaluation"} <= finished
+    assert {"prepare", "sweep", "evaluate", "soup"} <= finished
     assert ("recipe", "greedy") in labels["ray_raysoup_soup_candidates_tried_total"]
     # Every series carries the SessionName label the dashboard filters on.
     for name in ours:
