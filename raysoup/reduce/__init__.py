@@ -1,7 +1,14 @@
 """Soup arithmetic: plan shards by bytes, reduce one shard (pure torch), write sharded output."""
 
 from raysoup.reduce.plan import plan_shards, tensor_nbytes
-from raysoup.reduce.reduction import ReductionError, add_into, reduce_shard, scale_, scaled
+from raysoup.reduce.reduction import (
+    ReductionError,
+    add_into,
+    open_tensors,
+    reduce_shard,
+    scale_,
+    scaled,
+)
 from raysoup.reduce.writer import (
     INDEX_FILE,
     ShardedCheckpointError,
@@ -18,6 +25,7 @@ __all__ = [
     "ReductionError",
     "ShardedCheckpointError",
     "add_into",
+    "open_tensors",
     "plan_shards",
     "read_sharded",
     "reduce_shard",

@@ -173,6 +173,14 @@ def _is_float(a: np.ndarray) -> bool:
     return False
 
 
+def open_tensors(file: Path) -> _TensorFile:
+    """Read a safetensors file tensor by tensor into fresh memory (no mmap): a context
+    manager with `keys()` / `get_tensor(name)`, like `safe_open`, but RSS holds only what the
+    caller keeps — streaming many ingredients through `safe_open` keeps every touched page of
+    every file resident."""
+    return _open(file)
+
+
 def _open(file: Path) -> _TensorFile:
     try:
         return _TensorFile(file)

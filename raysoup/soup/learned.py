@@ -8,8 +8,9 @@ is Σ α_i·θ_i, β is not part of it); AdamW with no weight decay on cross-ent
 - "Layer" = module: tensors sharing a name prefix (`conv1.weight`, `conv1.bias`, a BatchNorm's
   running statistics) share coefficients, so normalisation statistics mix like their layer.
   The reference learns one set per parameter tensor and leaves buffers out.
-- Memory: the reference keeps all N models in memory. Here ingredients stay memory-mapped
-  (safetensors `safe_open`) and each step streams them twice, one tensor at a time:
+- Memory: the reference keeps all N models in memory. Here ingredients stay on disk (read
+  with `raysoup.reduce.open_tensors`: positioned reads, no mmap, so no file page stays
+  resident) and each step streams them twice, one tensor at a time:
     1. θ_l = Σ_i α_i,l·θ_i,l                         (one model)
     2. g = ∂L/∂θ by one forward/backward through `torch.func.functional_call` (its gradient)
     3. ∂L/∂α_i,l = Σ_{tensors t of layer l} ⟨g_t, θ_i,t⟩, then the softmax chain rule
@@ -27,12 +28,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch import nn
 from torch.func import functional_call
 
 from raysoup.checkpoints.ingredient import weights_path
 from raysoup.evaluate.evaluator import EvalSplit
+from raysoup.reduce.reduction import open_tensors
 from raysoup.soup.base import Candidate, Kitchen, RecipeResult
 
 
@@ -72,7 +73,7 @@ def learn_coefficients(model: nn.Module, paths: list[Path], heldout: EvalSplit, 
     gen = torch.Generator().manual_seed(seed)
     trace = []
     with ExitStack() as stack:
-        handles = [stack.enter_context(safe_open(str(f), framework="pt")) for f in files]
+        handles = [stack.enter_context(open_tensors(f)) for f in files]
         read = _reader(handles, files)
         for step in range(steps):
             alpha = torch.softmax(raw, dim=1)
@@ -122,7 +123,7 @@ class _Adam:
 
 def _reader(handles, files):
     def read(i: int, name: str) -> torch.Tensor:
-        if name not in handles[i].keys():  # noqa: SIM118 - a safe_open handle, not a dict
+        if name not in handles[i].keys():  # noqa: SIM118 - a tensor file, not a dict
             raise ValueError(f"tensor {name!r}: missing in {files[i]}")
         return handles[i].get_tensor(name)
     return read

@@ -16,7 +16,7 @@ use the mean pairwise cosine, as mergekit's implementation does. Edge cases, dec
   fine-tuned models and diverges at cos = −1/(k − 1); the paper only considers cos > 0;
 - non-floating tensors (integer buffers) are not averaged: the reduction requires them equal.
 
-Memory: `interpolation_ratios` streams one tensor name at a time over every file (safe_open),
+Memory: `interpolation_ratios` streams one tensor name at a time over every file (no mmap),
 holding θ_0, one delta and a running sum of unit deltas — never whole models. The mean pairwise
 cosine needs no pairs: with unit deltas u_i and m of them non-zero,
 Σ_{i<j} ⟨u_i, u_j⟩ = (‖Σ u_i‖² − m) / 2.
@@ -28,9 +28,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from raysoup.checkpoints.ingredient import weights_path
+from raysoup.reduce.reduction import open_tensors
 from raysoup.soup.base import Candidate, Kitchen, RecipeResult
 
 
@@ -51,7 +51,7 @@ def interpolation_ratios(paths: list[Path], names: list[str]) -> dict[str, dict[
     files = [weights_path(p) for p in paths]
     out = {}
     with ExitStack() as stack:
-        handles = [stack.enter_context(safe_open(str(f), framework="pt")) for f in files]
+        handles = [stack.enter_context(open_tensors(f)) for f in files]
         for name in names:
             theta0 = handles[0].get_tensor(name)
             if not theta0.is_floating_point():
