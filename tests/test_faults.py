@@ -12,26 +12,19 @@ import time
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from small import small_config
 
 from raysoup.faults import ENV
 
 pytestmark = pytest.mark.slow
 
-SMALL = {
-    "name": "faults",
-    "model": {"name": "raysoup-tiny-vit", "tokenizer": "world",
-              "pretrain": {"steps": 30, "batch_size": 64, "warmup_steps": 5, "threads": 1}},
-    "data": {"world": {"num_classes": 4, "train_per_class": 150, "test_per_class": 25,
-                       "shift_per_class": 15},
-             "heldout_fraction": 0.1, "templates": "world"},
-    "sweep": {"num_samples": 4, "max_concurrent": 2,
-              "base": {"epochs": 2, "batch_size": 32, "warmup_steps": 2},
-              "space": {"lr": {"loguniform": [1e-4, 1e-3]}, "seed": {"randint": [0, 100]}}},
-    "eval": {"num_actors": 2, "batch_size": 64},
+SMALL = small_config(
+    name="faults",
+    model={"pretrain": {"threads": 1}},
+    sweep={"num_samples": 4, "base": {"epochs": 2}},
     # speculation 1: one greedy decision per round, so there is a decision to die after.
-    "soup": {"recipes": ["uniform", "greedy"], "num_shards": 2, "speculation": 1,
-             "include_zeroshot": True},
-}
+    soup={"speculation": 1, "include_zeroshot": True},
+)
 
 
 def raysoup(cfg, workdir, failpoints=None, **popen):

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from small import small_overrides
 
 from raysoup.config import load_experiment
 
@@ -22,18 +23,8 @@ pytestmark = pytest.mark.slow
 
 TINY = Path(__file__).parents[1] / "experiments" / "tiny.yaml"
 
-# experiments/tiny.yaml shrunk to a ~1-minute run (sizes as in test_pipeline.py).
-SMALL = [
-    "model.name=raysoup-tiny-vit",
-    "model.pretrain.steps=30", "model.pretrain.batch_size=64", "model.pretrain.warmup_steps=5",
-    "data.world.num_classes=4", "data.world.train_per_class=150",
-    "data.world.test_per_class=25", "data.world.shift_per_class=15",
-    "data.heldout_fraction=0.1",
-    "sweep.num_samples=2", "sweep.base.epochs=2", "sweep.base.batch_size=32",
-    "sweep.base.warmup_steps=2",
-    "eval.batch_size=64",
-    "soup.recipes=[uniform, greedy]", "soup.num_shards=2",
-]
+# experiments/tiny.yaml shrunk to a ~1-minute run (tests/small.py).
+SMALL = small_overrides(epochs=2)
 
 
 def free_port() -> int:

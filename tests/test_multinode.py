@@ -11,22 +11,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from small import small_config
 
 pytestmark = pytest.mark.slow
 
-CONFIG = {
-    "name": "multinode",
-    "model": {"name": "raysoup-tiny-vit", "tokenizer": "world",
-              "pretrain": {"steps": 30, "batch_size": 64, "warmup_steps": 5, "threads": 1}},
-    "data": {"world": {"num_classes": 4, "train_per_class": 150, "test_per_class": 25,
-                       "shift_per_class": 15},
-             "heldout_fraction": 0.1, "templates": "world"},
-    "sweep": {"num_samples": 3, "max_concurrent": 2, "max_failures": 3,
-              "base": {"epochs": 3, "batch_size": 32, "warmup_steps": 2},
-              "space": {"lr": {"loguniform": [1e-4, 1e-3]}, "seed": {"randint": [0, 100]}}},
-    "eval": {"num_actors": 2, "batch_size": 64},
-    "soup": {"recipes": ["uniform"], "num_shards": 2},
-}
+CONFIG = small_config(
+    name="multinode",
+    model={"pretrain": {"threads": 1}},
+    sweep={"max_failures": 3, "base": {"epochs": 3}},
+    soup={"recipes": ["uniform"]},
+)
 
 
 def test_node_loss_mid_sweep_and_mid_evaluation(tmp_path):

@@ -5,24 +5,13 @@ import json
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from small import small_config
 
 from raysoup.config import load_experiment
 
 pytestmark = pytest.mark.slow
 
-SMALL = {
-    "name": "e2e",
-    "model": {"name": "raysoup-tiny-vit", "tokenizer": "world",
-              "pretrain": {"steps": 30, "batch_size": 64, "warmup_steps": 5}},
-    "data": {"world": {"num_classes": 4, "train_per_class": 150, "test_per_class": 25,
-                       "shift_per_class": 15},
-             "heldout_fraction": 0.1, "templates": "world"},
-    "sweep": {"num_samples": 3, "max_concurrent": 2,
-              "base": {"epochs": 1, "batch_size": 32, "warmup_steps": 2},
-              "space": {"lr": {"loguniform": [1e-4, 1e-3]}, "seed": {"randint": [0, 100]}}},
-    "eval": {"num_actors": 2, "batch_size": 64},
-    "soup": {"recipes": ["uniform", "greedy"], "num_shards": 2},
-}
+SMALL = small_config()
 
 
 def test_pipeline_end_to_end_and_rerun(ray_session, tmp_path):

@@ -15,6 +15,8 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +150,24 @@ def list_ingredients(root: Path) -> list[Path]:
         and (p / MANIFEST_FILE).is_file()
         and (p / WEIGHTS_FILE).is_file()
     )
+
+
+@contextmanager
+def atomic_dir(out_dir: Path) -> Iterator[Path]:
+    """Yield a hidden temp sibling of `out_dir` to fill; on success it replaces `out_dir`, on
+    error it is removed — so `out_dir` is complete or absent (a killed writer leaves only a
+    `.tmp-*` that `remove_stale_tmp` clears)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def remove_stale_tmp(root: Path) -> list[str]:

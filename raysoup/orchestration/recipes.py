@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import ray
 
+from raysoup.checkpoints.ingredient import atomic_dir
 from raysoup.orchestration.reduction import _same_float_mode, reduce_to_refs, write_soup
 from raysoup.soup import Candidate, RecipeResult
 
@@ -147,15 +146,7 @@ def write_result(soup_dir: Path, recipe: str, result: RecipeResult, paths: dict[
 
 
 def _write_ensemble(out_dir: Path, meta: dict, members: list[Path]) -> Path:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_dir(out_dir) as tmp:
         meta = {**meta, "paths": [os.path.relpath(p, out_dir) for p in members]}
         (tmp / RECIPE_FILE).write_text(json.dumps(meta, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

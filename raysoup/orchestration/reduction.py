@@ -8,16 +8,14 @@ arithmetic lives in `raysoup.reduce` (pure); this module only fans it out.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
-import uuid
 from pathlib import Path
 
 import ray
 import torch
 
 from raysoup.checkpoints import read_manifest
+from raysoup.checkpoints.ingredient import atomic_dir
 from raysoup.faults import failpoint
 from raysoup.orchestration import metrics
 from raysoup.reduce import (
@@ -112,10 +110,7 @@ def write_soup(out_dir: Path, paths: list[Path], weights: list[float], plan: lis
     written into a temporary sibling directory that is renamed into place last.
     `tensor_weights`: per-tensor weights overriding `weights` (see `reduce_shard`)."""
     _check_tensor_weights(tensor_weights, plan)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_dir(out_dir) as tmp:
         k = len(plan)
         files = [shard_filename(i + 1, k) for i in range(k)]
         # The soup keeps the first ingredient's dtypes (accumulation itself is float32).
@@ -127,9 +122,4 @@ def write_soup(out_dir: Path, paths: list[Path], weights: list[float], plan: lis
         index = write_index(tmp, list(zip(files, plan, strict=True)), {"recipe": recipe["recipe"]})
         recipe = {**recipe, "num_shards": k, "shards_sha256": index["sha256"]}
         (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

@@ -1,0 +1,46 @@
+"""The small experiment the end-to-end tests run: experiments/tiny.yaml's shape at a size
+that trains in seconds (a 30-step pre-training, 4 classes, 1-epoch trials)."""
+
+import copy
+
+SMALL = {
+    "name": "e2e",
+    "model": {"name": "raysoup-tiny-vit", "tokenizer": "world",
+              "pretrain": {"steps": 30, "batch_size": 64, "warmup_steps": 5}},
+    "data": {"world": {"num_classes": 4, "train_per_class": 150, "test_per_class": 25,
+                       "shift_per_class": 15},
+             "heldout_fraction": 0.1, "templates": "world"},
+    "sweep": {"num_samples": 3, "max_concurrent": 2,
+              "base": {"epochs": 1, "batch_size": 32, "warmup_steps": 2},
+              "space": {"lr": {"loguniform": [1e-4, 1e-3]}, "seed": {"randint": [0, 100]}}},
+    "eval": {"num_actors": 2, "batch_size": 64},
+    "soup": {"recipes": ["uniform", "greedy"], "num_shards": 2},
+}
+
+
+def small_config(**changes) -> dict:
+    """SMALL with `changes` merged in: nested dicts merge, anything else replaces."""
+    def merge(base: dict, new: dict) -> dict:
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                merge(base[key], value)
+            else:
+                base[key] = value
+        return base
+
+    return merge(copy.deepcopy(SMALL), changes)
+
+
+def small_overrides(epochs: int) -> list[str]:
+    """The same shrinking as `--set` overrides of experiments/tiny.yaml (for CLI runs)."""
+    return [
+        "model.name=raysoup-tiny-vit",
+        "model.pretrain.steps=30", "model.pretrain.batch_size=64", "model.pretrain.warmup_steps=5",
+        "data.world.num_classes=4", "data.world.train_per_class=150",
+        "data.world.test_per_class=25", "data.world.shift_per_class=15",
+        "data.heldout_fraction=0.1",
+        "sweep.num_samples=2", f"sweep.base.epochs={epochs}", "sweep.base.batch_size=32",
+        "sweep.base.warmup_steps=2",
+        "eval.batch_size=64",
+        "soup.recipes=[uniform, greedy]", "soup.num_shards=2",
+    ]
