@@ -59,9 +59,11 @@ def main(cfg: str, workdir: str) -> None:
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     events = []
-    # After the first evaluated model, the driver sleeps: a window in which the other actor's
-    # node is removed while its work is in flight.
-    env = {**os.environ, "RAYSOUP_FAILPOINTS": "evaluate.model=1:sleep=8"}
+    # After the first evaluated model, the driver pauses until `resume` exists: a window in
+    # which an actor's node is removed before the remaining models are handed out. (A fixed
+    # sleep was raced by a slow state-API query on a loaded CI machine.)
+    resume = work.parent / f"{work.name}.resume"
+    env = {**os.environ, "RAYSOUP_FAILPOINTS": f"evaluate.model=1:wait={resume}"}
     driver = subprocess.Popen(
         [sys.executable, "-m", "raysoup.cli", "run", cfg, "--workdir", workdir,
          "--address", cluster.address], env=env, stdout=subprocess.PIPE,
@@ -85,8 +87,10 @@ def main(cfg: str, workdir: str) -> None:
         cluster.remove_node(node, allow_graceful=False)
         events.append("killed an eval actor and removed its node mid-evaluation")
         workers.append(cluster.add_node(num_cpus=1))
+        resume.touch()
         driver.communicate(timeout=900)
     finally:
+        resume.touch()
         if driver.poll() is None:
             driver.kill()
         reader.join(timeout=10)
