@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from raysoup.config import ConfigError, load_experiment
+from raysoup import storage
+from raysoup.config import ConfigError, load_experiment, workdir_path
 
 EXIT_CONFIG = 2
 
@@ -32,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="validate the config and print the plan; touch no data, weights, "
                             "Ray or MLflow")
     r = sub.add_parser("resume", help="continue a workdir's run (its saved experiment.yaml)")
-    r.add_argument("workdir", type=Path)
+    r.add_argument("workdir", help="a local path or an s3:// / gs:// URI")
     r.add_argument("--address", default=None)
     _metrics_port(r)
     _import_parser(sub)
@@ -125,11 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "resume":
             from raysoup.orchestration.pipeline import CONFIG_SNAPSHOT
 
-            snapshot = args.workdir / CONFIG_SNAPSHOT
-            if not snapshot.exists():
+            workdir, stages = workdir_path(args.workdir), STAGE_COMMANDS["run"]
+            snapshot = workdir / CONFIG_SNAPSHOT
+            storage.pull(snapshot)  # remote workdir: its saved config, into the local mirror
+            if not snapshot.is_file():
                 raise ConfigError(f"{args.workdir} is not a raysoup workdir (no {CONFIG_SNAPSHOT})")
             cfg = load_experiment(snapshot)
-            workdir, stages = args.workdir.absolute(), STAGE_COMMANDS["run"]
         else:
             cfg = load_experiment(args.config, args.overrides)
             workdir, stages = cfg.resolved_workdir(args.workdir), STAGE_COMMANDS[args.command]
@@ -141,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"raysoup: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    except storage.StorageError as err:
+        print(f"raysoup: error: {err}", file=sys.stderr)
+        return 1
 
     from raysoup.orchestration.pipeline import run_pipeline  # heavy imports after validation
 

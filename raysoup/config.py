@@ -271,13 +271,24 @@ class ExperimentCfg(Strict):
         return self
 
     def resolved_workdir(self, override: str | None = None) -> Path:
-        return Path(override or self.workdir or Path("runs") / self.name).absolute()
+        """The workdir as a local path: itself, or the local mirror of an s3:// / gs:// URI
+        (`raysoup.storage`)."""
+        return workdir_path(override or self.workdir or str(Path("runs") / self.name))
 
     def fingerprint(self, *parts: str) -> str:
         """Short stable hash of the named top-level sections (cache keys, e.g. the base model)."""
         payload = {p: self.model_dump(mode="json")[p] for p in parts}
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def workdir_path(text: str) -> Path:
+    from raysoup import storage
+
+    try:
+        return storage.mirror_of(text) if storage.is_uri(text) else Path(text).absolute()
+    except storage.StorageError as e:
+        raise ConfigError(f"workdir: {e}") from None
 
 
 # ---------------------------------------------------------------- loading

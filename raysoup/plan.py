@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from raysoup import storage
 from raysoup.config import Choice, ExperimentCfg, LogUniform, RandInt, SplitSource, Uniform
 
 
@@ -131,8 +132,8 @@ def _sweep_lines(cfg: ExperimentCfg) -> list[str]:
 
 
 def _workdir_line(workdir: Path) -> str:
-    if _is_remote(str(workdir)):
-        return f"workdir      {workdir}"
+    if storage.is_remote(workdir):
+        return f"workdir      {storage.display(workdir)}  (remote: not checked)"
     if not workdir.exists():
         return f"workdir      {workdir}  (new)"
     ingredients = workdir / "ingredients"
@@ -147,6 +148,8 @@ def describe(cfg: ExperimentCfg, workdir: Path, stages: tuple[str, ...],
     warnings: list[str] = []
     e, soup = cfg.eval, cfg.soup
     uri = cfg.tracking.uri or f"sqlite:///{workdir / 'mlflow.db'}"  # = tracking.default_uri
+    if storage.is_remote(workdir) and not cfg.tracking.uri:
+        uri += f" (copied to {storage.display(workdir / 'mlflow.db')})"
     if cfg.data.world is not None:
         from raysoup.data.world import SHIFTS
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from raysoup import storage
 from raysoup.checkpoints import list_ingredients, read_manifest, write_ingredient
 from raysoup.config import ExperimentCfg
 from raysoup.data.sources import DatasetSplits, load_splits
@@ -38,6 +39,7 @@ def ensure_zeroshot(cfg: ExperimentCfg, workdir: Path, splits: DatasetSplits) ->
     base = None
     if cfg.model.pretrain is not None:
         base = ensure_base_clip(cfg.model, splits, base_cache_dir(cfg, workdir))
+        storage.publish_missing(base_cache_dir(cfg, workdir))  # read back through storage
     clip = load_clip(cfg.model, base)
     # Token ids must be those the base model was pre-trained with: its manifest records them.
     tokenizer = get_tokenizer(cfg.model, base_vocab(base) if base else None)
@@ -72,6 +74,11 @@ def eval_splits(splits: DatasetSplits, preprocess: dict) -> dict[str, EvalSplit]
 
 def prepare(cfg: ExperimentCfg, workdir: Path) -> tuple[DatasetSplits, dict]:
     torch.set_flush_denormal(True)  # denormals once slowed a CPU run 15x (PLATFORM_NOTES)
+    # A remote workdir: what an earlier driver generated comes down first, so nothing is
+    # generated twice, and what this one generates goes up for trials on other nodes.
+    storage.pull(workdir / "data")
+    storage.pull(workdir / "base")
     splits = load_splits(cfg.data, workdir)
+    storage.publish_missing(workdir / "data")
     zs = ensure_zeroshot(cfg, workdir, splits)
     return splits, read_manifest(zs)

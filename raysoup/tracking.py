@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
@@ -42,6 +43,23 @@ class Tracker:
         self.artifact_root = artifact_root
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
+
+    def persist(self) -> None:
+        """Copy a local store kept in a remote workdir's mirror (SQLite file, artifacts) to
+        the remote, so a driver on another machine resumes with the same runs."""
+        from raysoup import storage
+
+        if self.uri.startswith("sqlite:///"):
+            db = Path(self.uri.removeprefix("sqlite:///"))
+            if storage.is_remote(db) and db.is_file():
+                storage.publish(db)
+        if self.artifact_root is not None and storage.is_remote(self.artifact_root) \
+                and not is_server(self.uri):
+            # The experiment's own artifact location: it may be the mirror path of the driver
+            # that created it (another machine), which still names the same remote prefix.
+            location = self.client.get_experiment(self.experiment_id).artifact_location
+            if location.startswith("file:"):
+                storage.publish_missing(Path(unquote(urlsplit(location).path)))
 
     # Picklable: Tune pickles callbacks holding a Tracker; the client is rebuilt lazily.
     def __getstate__(self) -> dict:

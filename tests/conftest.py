@@ -14,3 +14,24 @@ def ray_session():
         ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """A real moto S3 server with one bucket, for the module (tests/s3server.py)."""
+    from s3server import s3_server
+
+    with s3_server(tmp_path_factory.mktemp("s3-server")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server, tmp_path, monkeypatch):
+    """s3_server with an empty bucket, and this test's environment pointed at it: AWS_*
+    variables, RAYSOUP_CACHE=tmp_path/cache, no raysoup filesystem cached for another endpoint."""
+    from raysoup import storage
+
+    s3_server.clear()
+    s3_server.activate(monkeypatch, tmp_path / "cache")
+    yield s3_server
+    storage._filesystem.cache_clear()

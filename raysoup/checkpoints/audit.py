@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
+from raysoup import storage
 from raysoup.checkpoints.ingredient import (
     IngredientError,
     read_manifest,
@@ -42,18 +42,22 @@ class Audit:
 
 
 def count_nonfinite(path: Path) -> dict[str, int]:
+    # The reduction's reader: one tensor in memory at a time, ranged reads in a remote workdir.
+    from raysoup.reduce.reduction import ReductionError, Scratch, open_tensors
+
     file = weights_path(path)
     out = {}
+    scratch = Scratch()
     try:
-        with safe_open(str(file), framework="pt") as h:
-            for name in h.keys():  # noqa: SIM118 - a safe_open handle, not a dict
-                t = h.get_tensor(name)
+        with open_tensors(file) as h:
+            for name in h.keys():  # noqa: SIM118 - a tensor file handle, not a dict
+                t = h.get_tensor(name, scratch)
                 if t.is_floating_point():
                     bad = int(t.numel() - torch.isfinite(t).sum())
                     if bad:
                         out[name] = bad
-    except SafetensorError as e:
-        raise IngredientError(f"{file}: unreadable safetensors file: {e}") from None
+    except ReductionError as e:
+        raise IngredientError(f"unreadable safetensors file: {e}") from None
     return out
 
 
@@ -68,14 +72,16 @@ class AuditCache:
     def __init__(self, file: Path):
         self.file = Path(file)
         try:
-            self.entries = json.loads(self.file.read_text())
+            self.entries = json.loads(storage.read_text(self.file))
         except (FileNotFoundError, json.JSONDecodeError):
             self.entries = {}
 
     @staticmethod
     def _key(path: Path) -> list:
-        st = weights_path(path).stat()
-        return [st.st_size, st.st_mtime_ns, read_manifest(path)["sha256"]]
+        st = storage.stat(weights_path(path))
+        if st is None:
+            raise IngredientError(f"{storage.display(weights_path(path))}: missing tensor file")
+        return [st[0], st[1], read_manifest(path)["sha256"]]
 
     def audit(self, path: Path) -> Audit:
         path = Path(path)
@@ -94,17 +100,18 @@ class AuditCache:
         tmp = self.file.with_name(f".{self.file.name}.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
         os.replace(tmp, self.file)
+        storage.publish(self.file)
 
 
 def check_compatible(paths: list[Path]) -> None:
     """Same tensor names, shapes and dtypes in every ingredient (from manifests, no reads)."""
     if not paths:
         return
-    ref_path = weights_path(paths[0])
+    ref_path = storage.display(weights_path(paths[0]))
     ref = read_manifest(paths[0])["tensors"]
     for path in paths[1:]:
         other = read_manifest(path)["tensors"]
-        file = weights_path(path)
+        file = storage.display(weights_path(path))
         for name in sorted(set(ref) | set(other)):
             if name not in other:
                 raise IngredientError(f"tensor {name!r}: in {ref_path} but missing in {file}")

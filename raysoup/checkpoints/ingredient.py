@@ -5,7 +5,9 @@
                         tensor index
 
 A directory is complete once it exists under its final name: it is built in a hidden temp
-directory next to it and renamed into place, so readers never see half an ingredient.
+directory next to it and renamed into place, so readers never see half an ingredient. In a
+remote workdir (`raysoup.storage`) it is then uploaded with the manifest last, and reads go to
+the remote copy.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
+
+from raysoup import storage
 
 FORMAT = "raysoup.ingredient/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -38,7 +42,7 @@ class IngredientError(ValueError):
 def weights_path(path: Path | str) -> Path:
     """The tensor file of an ingredient directory (a file path is returned unchanged)."""
     path = Path(path)
-    return path / WEIGHTS_FILE if path.is_dir() else path
+    return path if path.suffix == ".safetensors" else path / WEIGHTS_FILE
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -46,9 +50,11 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+def file_sha256(path: Path, chunk: int = 1 << 22, committed: bool = False) -> str:
+    """sha256 of a local file; `committed=True`: of a workdir file as readers see it (in a
+    remote workdir, the remote object rather than this node's mirror copy)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open_input(path) if committed else open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
@@ -91,22 +97,23 @@ def write_ingredient(dir: Path, state_dict: dict[str, torch.Tensor], meta: dict)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    storage.publish(dir)
     return json.loads(text)
 
 
 def read_manifest(dir: Path) -> dict:
     path = Path(dir) / MANIFEST_FILE
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(storage.read_text(path))
     except FileNotFoundError:
         raise IngredientError(
-            f"{path}: no manifest (not an ingredient, or still being written)"
+            f"{storage.display(path)}: no manifest (not an ingredient, or still being written)"
         ) from None
     except json.JSONDecodeError as e:
-        raise IngredientError(f"{path}: invalid JSON: {e}") from None
+        raise IngredientError(f"{storage.display(path)}: invalid JSON: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise IngredientError(f"{path}: format is {got!r}, expected {FORMAT!r}")
+        raise IngredientError(f"{storage.display(path)}: format is {got!r}, expected {FORMAT!r}")
     return manifest
 
 
@@ -114,10 +121,10 @@ def verify_ingredient(dir: Path) -> dict:
     """Check size and sha256 of the tensor file against the manifest; return the manifest."""
     manifest = read_manifest(dir)
     weights = _checked_weights(Path(dir), manifest)
-    digest = file_sha256(weights)
+    digest = file_sha256(weights, committed=True)
     if digest != manifest["sha256"]:
         raise IngredientError(
-            f"{weights}: sha256 {digest} does not match manifest {manifest['sha256']} "
+            f"{storage.display(weights)}: sha256 {digest} does not match manifest {manifest['sha256']} "
             "(corrupt file)"
         )
     return manifest
@@ -128,27 +135,25 @@ def load_state_dict(dir: Path, verify: bool = False) -> dict[str, torch.Tensor]:
     manifest = verify_ingredient(dir) if verify else read_manifest(dir)
     weights = _checked_weights(dir, manifest)
     try:
-        state = load_file(str(weights))
+        state = load(storage.read_bytes(weights))
     except SafetensorError as e:
-        raise IngredientError(f"{weights}: unreadable safetensors file: {e}") from None
+        raise IngredientError(f"{storage.display(weights)}: unreadable safetensors file: {e}") from None
     if set(state) != set(manifest["tensors"]):
         diff = sorted(set(state) ^ set(manifest["tensors"]))
-        raise IngredientError(f"{weights}: tensors differ from the manifest: {diff[:5]}")
+        raise IngredientError(f"{storage.display(weights)}: tensors differ from the manifest: {diff[:5]}")
     return state
 
 
 def list_ingredients(root: Path) -> list[Path]:
     """Complete ingredient directories under `root`, sorted by name (temp dirs are hidden)."""
     root = Path(root)
-    if not root.is_dir():
-        return []
+    files = set(storage.list_files(root))  # one listing, also for a remote workdir
     return sorted(
-        p
-        for p in root.iterdir()
-        if p.is_dir()
-        and not p.name.startswith(".")
-        and (p / MANIFEST_FILE).is_file()
-        and (p / WEIGHTS_FILE).is_file()
+        root / name
+        for name in {rel.split("/", 1)[0] for rel in files}
+        if not name.startswith(".")
+        and f"{name}/{MANIFEST_FILE}" in files
+        and f"{name}/{WEIGHTS_FILE}" in files
     )
 
 
@@ -168,6 +173,7 @@ def atomic_dir(out_dir: Path) -> Iterator[Path]:
         os.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    storage.publish(out_dir)  # remote workdir: upload, completion markers last
 
 
 def remove_stale_tmp(root: Path) -> list[str]:
@@ -187,12 +193,13 @@ def remove_stale_tmp(root: Path) -> list[str]:
 def _checked_weights(dir: Path, manifest: dict) -> Path:
     # A size check is a cheap first line against truncated copies, even without verify=True.
     weights = dir / WEIGHTS_FILE
-    if not weights.is_file():
-        raise IngredientError(f"{weights}: missing tensor file")
-    size = weights.stat().st_size
+    st = storage.stat(weights)
+    if st is None:
+        raise IngredientError(f"{storage.display(weights)}: missing tensor file")
+    size = st[0]
     if size != manifest.get("bytes"):
         raise IngredientError(
-            f"{weights}: {size} bytes, manifest says {manifest.get('bytes')} "
+            f"{storage.display(weights)}: {size} bytes, manifest says {manifest.get('bytes')} "
             "(truncated or replaced)"
         )
     return weights

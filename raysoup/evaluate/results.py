@@ -8,6 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raysoup import storage
+
 SCHEMA = pa.schema([
     ("model", pa.string()),
     ("kind", pa.string()),  # zeroshot | ingredient | soup
@@ -23,7 +25,11 @@ def empty() -> pa.Table:
 
 
 def read_results(path: Path) -> pa.Table:
-    return pq.read_table(path).cast(SCHEMA) if Path(path).exists() else empty()
+    try:
+        data = storage.read_bytes(path)  # a remote workdir's copy is the current one
+    except FileNotFoundError:
+        return empty()
+    return pq.read_table(pa.BufferReader(data)).cast(SCHEMA)
 
 
 def rows(model: str, kind: str, scores: dict[str, tuple[int, int]]) -> pa.Table:
@@ -58,6 +64,7 @@ def write_results(path: Path, table: pa.Table) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
+    storage.publish(path)
 
 
 def _triples(table: pa.Table):

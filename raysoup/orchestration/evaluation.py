@@ -15,6 +15,7 @@ import numpy as np
 import ray
 import torch
 
+from raysoup import storage
 from raysoup.checkpoints import load_state_dict
 from raysoup.checkpoints.ingredient import weights_path
 from raysoup.evaluate.evaluator import EvalSplit, Evaluator
@@ -44,7 +45,7 @@ class EvalWorker:
         p = Path(path)
         if (members := ensemble_members(p)) is not None:
             return self.evaluate_ensemble([str(m) for m in members], splits)
-        weights = read_sharded(p) if (p / INDEX_FILE).exists() else load_state_dict(p)
+        weights = read_sharded(p) if storage.is_file(p / INDEX_FILE) else load_state_dict(p)
         start = time.perf_counter()
         scores = self.evaluator.score(weights, splits)
         metrics.scored(scores, time.perf_counter() - start)
@@ -76,7 +77,7 @@ class EvalWorker:
             mix = learn_coefficients(self.evaluator.model, [Path(p) for p in paths],
                                      self.evaluator.splits["heldout"], device=self.evaluator.device,
                                      **settings)
-        memory["ingredients_mib"] = sum(weights_path(p).stat().st_size
+        memory["ingredients_mib"] = sum(storage.stat(weights_path(p))[0]
                                         for p in paths) / 2**20
         return {"weights": mix.weights, "tensor_weights": mix.tensor_weights, "trace": mix.trace,
                 "info": {**mix.info, "memory": memory}}

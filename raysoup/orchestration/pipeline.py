@@ -14,6 +14,7 @@ import pyarrow as pa
 import ray
 import yaml
 
+from raysoup import storage
 from raysoup.checkpoints import list_ingredients, read_manifest
 from raysoup.checkpoints.audit import Audit, AuditCache, check_compatible
 from raysoup.config import ConfigError, ExperimentCfg
@@ -21,7 +22,12 @@ from raysoup.evaluate import results as res
 from raysoup.faults import failpoint
 from raysoup.orchestration import metrics
 from raysoup.orchestration.evaluation import EvalPool, evaluate_models
-from raysoup.orchestration.recipes import inference_costs, run_params, soup_identity
+from raysoup.orchestration.recipes import (
+    inference_costs,
+    recipe_files,
+    run_params,
+    soup_identity,
+)
 from raysoup.orchestration.souping import cook_soups, read_recipe
 from raysoup.orchestration.sweep import run_sweep
 from raysoup.prepare import eval_splits, prepare
@@ -81,6 +87,7 @@ class Run:
         metrics.stage_started(name)
         start = time.perf_counter()
         yield
+        self.tracker.persist()
         self.timings[name] = time.perf_counter() - start
         metrics.stage_finished(name, self.timings[name])
         log.info("── %s done in %.1f s", name, self.timings[name])
@@ -135,7 +142,7 @@ class Run:
         for p in list_ingredients(self.workdir / "ingredients"):
             self.audits[p.name] = audits.audit(p)
             out.append((p.name, read_manifest(p).get("kind", "ingredient"), p))
-        for recipe_file in sorted((self.workdir / "soups").glob("*/recipe.json")):
+        for recipe_file in recipe_files(self.workdir / "soups"):
             out.append((*soup_identity(recipe_file.parent), recipe_file.parent))
         return out
 
@@ -184,6 +191,7 @@ class Run:
         for recipe, soup_dir in soups.items():
             accs = res.accuracies_of_model(table, soup_identity(soup_dir)[0])
             meta = read_recipe(soup_dir)
+            storage.pull(soup_dir / "recipe.json")  # an artifact: MLflow uploads a local file
             self.tracker.soup_run(self.parent, recipe, meta["ingredients"], meta["weights"], accs,
                                   [soup_dir / "recipe.json"], params=run_params(meta))
 
@@ -192,6 +200,8 @@ class Run:
             table = res.read_results(self.results_path)
             files = write_report(table, self.workdir / "report", self.cfg.name,
                                  inference_costs(self.workdir / "soups"))
+            storage.publish(self.workdir / "report")
+            storage.pull(self.results_path)  # MLflow uploads local files
             self.tracker.log_artifacts(self.parent, files, subdir="report")
             self.tracker.log_artifacts(self.parent, [self.results_path])
 
@@ -200,13 +210,15 @@ class Run:
         rows, shifts = summarize(table)
         labelled = summary_rows(rows, inference_costs(self.workdir / "soups"))
         timing = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
-        return (f"\nraysoup: {self.cfg.name} — workdir {self.workdir}\n\n"
+        return (f"\nraysoup: {self.cfg.name} — workdir {storage.display(self.workdir)}\n\n"
                 f"{markdown_table(labelled, shifts)}\n\n"
-                f"stage times: {timing}\nreport: {self.workdir / 'report' / 'README.md'}\n")
+                f"stage times: {timing}\n"
+                f"report: {storage.display(self.workdir / 'report' / 'README.md')}\n")
 
     def close(self, ok: bool) -> None:
         self.release_actors()
         self.tracker.end(self.parent, ok=ok)
+        self.tracker.persist()
 
 
 def soup_candidates(models: list[tuple[str, str, Path]], heldout: dict[str, float],
@@ -250,28 +262,36 @@ def snapshot_config(cfg: ExperimentCfg, workdir: Path) -> None:
     adding a recipe to an existing sweep)."""
     path = workdir / CONFIG_SNAPSHOT
     new = json.loads(cfg.model_dump_json())
-    if path.exists():
-        old = yaml.safe_load(path.read_text()) or {}
+    try:
+        old_text = storage.read_text(path)  # a remote workdir's own copy
+    except FileNotFoundError:
+        old_text = None
+    shown = storage.display(workdir)
+    if old_text is not None:
+        old = yaml.safe_load(old_text) or {}
         a, b = _flatten({k: old.get(k) for k in PINNED}), _flatten({k: new[k] for k in PINNED})
         diff = sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>"))
         if diff:
-            shown = "\n".join(f"  {k}: {a.get(k, '<unset>')!r} in the workdir, now "
+            listing = "\n".join(f"  {k}: {a.get(k, '<unset>')!r} in the workdir, now "
                               f"{b.get(k, '<unset>')!r}" for k in diff[:10])
             raise WorkdirMismatch(
-                f"{workdir} was written by a different experiment config; refusing to mix "
-                f"results. Fields that differ:\n{shown}\nUse a new --workdir, or "
-                f"`raysoup resume {workdir}` to continue with the saved config.")
+                f"{shown} was written by a different experiment config; refusing to mix "
+                f"results. Fields that differ:\n{listing}\nUse a new --workdir, or "
+                f"`raysoup resume {shown}` to continue with the saved config.")
     text = yaml.safe_dump(new, sort_keys=False)
-    if not path.exists() or path.read_text() != text:
+    if old_text != text:
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
+        storage.publish(path)
 
 
 def run_pipeline(cfg: ExperimentCfg, workdir: Path, stages: tuple[str, ...] = STAGES,
                  address: str | None = None, metrics_export_port: int | None = None) -> Run:
     workdir.mkdir(parents=True, exist_ok=True)
     snapshot_config(cfg, workdir)
+    if not cfg.tracking.uri:
+        storage.pull(workdir / "mlflow.db")  # remote workdir: the runs of earlier drivers
     connect(address, metrics_export_port)
     run = Run(cfg, workdir)
     ok = False

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import ray
 
+from raysoup import storage
 from raysoup.checkpoints.ingredient import atomic_dir
 from raysoup.orchestration.reduction import _same_float_mode, reduce_to_refs, write_soup
 from raysoup.soup import Candidate, RecipeResult
@@ -92,7 +93,7 @@ def model_name(recipe: str, kind: str) -> str:
 
 def soup_identity(soup_dir: Path) -> tuple[str, str]:
     """(model name, kind) of a cooked recipe directory."""
-    meta = json.loads((soup_dir / RECIPE_FILE).read_text())
+    meta = json.loads(storage.read_text(soup_dir / RECIPE_FILE))
     kind = meta.get("kind", "soup")
     return meta.get("model") or model_name(meta.get("recipe", soup_dir.name), kind), kind
 
@@ -100,20 +101,28 @@ def soup_identity(soup_dir: Path) -> tuple[str, str]:
 def ensemble_members(soup_dir: Path) -> list[Path] | None:
     """The member ingredient directories of an ensemble directory; None for anything else."""
     file = Path(soup_dir) / RECIPE_FILE
-    if not file.is_file():
+    try:
+        meta = json.loads(storage.read_text(file))
+    except FileNotFoundError:
         return None
-    meta = json.loads(file.read_text())
     if meta.get("kind") != "ensemble":
         return None
     # Stored relative to the ensemble directory, so a moved workdir still resolves.
     return [(Path(soup_dir) / p).resolve() for p in meta["paths"]]
 
 
+def recipe_files(soups_dir: Path) -> list[Path]:
+    """`<soups_dir>/<recipe>/recipe.json` of every complete soup (local or remote workdir)."""
+    return [Path(soups_dir) / rel for rel in storage.list_files(soups_dir)
+            if rel.count("/") == 1 and rel.endswith(f"/{RECIPE_FILE}")
+            and not rel.startswith(".")]
+
+
 def inference_costs(soups_dir: Path) -> dict[str, int]:
     """model name → forward passes per input, for the models that need more than one."""
     out = {}
-    for file in sorted(Path(soups_dir).glob(f"*/{RECIPE_FILE}")):
-        meta = json.loads(file.read_text())
+    for file in recipe_files(soups_dir):
+        meta = json.loads(storage.read_text(file))
         if meta.get("inference_cost", 1) > 1:
             out[soup_identity(file.parent)[0]] = meta["inference_cost"]
     return out

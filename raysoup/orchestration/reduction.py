@@ -14,6 +14,7 @@ from pathlib import Path
 import ray
 import torch
 
+from raysoup import storage
 from raysoup.checkpoints import read_manifest
 from raysoup.checkpoints.ingredient import atomic_dir
 from raysoup.faults import failpoint
@@ -115,10 +116,20 @@ def write_soup(out_dir: Path, paths: list[Path], weights: list[float], plan: lis
         files = [shard_filename(i + 1, k) for i in range(k)]
         # The soup keeps the first ingredient's dtypes (accumulation itself is float32).
         dtypes = {n: t["dtype"] for n, t in read_manifest(paths[0])["tensors"].items()}
-        refs = [_reduce_to_file.remote([str(p) for p in paths], weights, names, str(tmp / f), dtypes,
-                                       _for_shard(tensor_weights, names), integers_from)
-                for f, names in zip(files, plan, strict=True)]
-        ray.get(refs)
+        if storage.is_remote(out_dir):
+            # A task on another node cannot write into this driver's directory: shards come
+            # back through the object store and are written here one at a time (peak memory
+            # one shard); the finished directory is uploaded by atomic_dir.
+            refs = reduce_to_refs(paths, weights, plan, tensor_weights, integers_from)
+            for i, f in enumerate(files):
+                write_shard(tmp / f, ray.get(refs[i]), dtypes)
+                refs[i] = None  # frees the shard in the object store
+        else:
+            refs = [_reduce_to_file.remote([str(p) for p in paths], weights, names, str(tmp / f),
+                                           dtypes, _for_shard(tensor_weights, names),
+                                           integers_from)
+                    for f, names in zip(files, plan, strict=True)]
+            ray.get(refs)
         index = write_index(tmp, list(zip(files, plan, strict=True)), {"recipe": recipe["recipe"]})
         recipe = {**recipe, "num_shards": k, "shards_sha256": index["sha256"]}
         (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2))

@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+from raysoup import storage
 from raysoup.checkpoints.ingredient import remove_stale_tmp
 from raysoup.orchestration import metrics
 from raysoup.orchestration.evaluation import EvalPool
@@ -96,7 +97,7 @@ def cook_soups(recipes: list[str], candidates: list[Candidate], soups_dir: Path,
     out = {}
     for name in recipes:
         soup_dir = soups_dir / name
-        if (soup_dir / "recipe.json").exists():
+        if storage.is_file(soup_dir / "recipe.json"):
             log.info("soup %s: already cooked", name)
             out[name] = soup_dir
             continue
@@ -116,10 +117,12 @@ def cook_soups(recipes: list[str], candidates: list[Candidate], soups_dir: Path,
         write_result(soup_dir, name, result, {n: c.path for n, c in by_name.items()}, plan,
                      anchor)
         if journal:
-            journal.path.unlink(missing_ok=True)  # the complete soup directory is the record now
+            # The complete soup directory is the record now.
+            journal.path.unlink(missing_ok=True)
+            storage.delete(journal.path)
         out[name] = soup_dir
     return out
 
 
 def read_recipe(soup_dir: Path) -> dict:
-    return json.loads((soup_dir / "recipe.json").read_text())
+    return json.loads(storage.read_text(soup_dir / "recipe.json"))

@@ -13,13 +13,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from safetensors.torch import load_file, save_file
 
+from raysoup import storage
 from raysoup.checkpoints import list_ingredients, load_state_dict, read_manifest, write_ingredient
 from raysoup.checkpoints.ingredient import remove_stale_tmp
 from raysoup.config import Choice, ExperimentCfg, LogUniform, RandInt, TrainHParams, Uniform
@@ -109,6 +110,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     zeroshot = workdir / "ingredients" / "zeroshot"
     meta = read_manifest(zeroshot)
+    storage.pull(workdir / "data")  # remote workdir: generated data, to this node's mirror
     model = classifier_skeleton(meta["model_name"], meta["num_classes"])
     model.load_state_dict(load_state_dict(zeroshot))
     splits = load_splits(cfg.data, workdir, progress=False)
@@ -141,11 +143,25 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
 
 class TrackingCallback(tune.Callback):
+    # `Tuner.restore` unpickles its callbacks from the sweep's saved state. They must report to
+    # this driver's tracker — after a move to another machine its store may be elsewhere (a
+    # remote workdir's mirror, another tracking URI) — so the tracker is not pickled: the
+    # restored callback takes the live one (`run_sweep` sets it).
+    live: ClassVar[tuple[Tracker, str] | None] = None
+
     def __init__(self, tracker: Tracker, parent_run: str, base: dict[str, Any]):
         self.tracker = tracker
         self.parent_run = parent_run
         self.base = base
         self._runs: dict[str, str] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "tracker": None, "parent_run": None, "_runs": {}}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if TrackingCallback.live is not None:
+            self.tracker, self.parent_run = TrackingCallback.live
 
     def _run(self, trial) -> str:
         name = trial_name(trial.trial_id)
@@ -166,6 +182,7 @@ class TrackingCallback(tune.Callback):
         run = self._run(trial)
         self.tracker.set_tags(run, {"raysoup.ingredient": f"ingredients/{trial_name(trial.trial_id)}"})
         self.tracker.end(run, ok=True)
+        self.tracker.persist()
         failpoint("sweep.trial_complete")
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -223,10 +240,12 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
     ctx = TrialContext(cfg.model_dump_json(), str(workdir), threads=max(1, int(res.cpu)))
     trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx),
                                     {"cpu": res.cpu, "gpu": res.gpu})
-    path = workdir / SWEEP_DIR / SWEEP_NAME
-    if tune.Tuner.can_restore(str(path)):
+    # Tune keeps its state next to the ingredients: a local path or the workdir's URI.
+    path = storage.display(workdir / SWEEP_DIR / SWEEP_NAME)
+    TrackingCallback.live = (tracker, parent_run)
+    if tune.Tuner.can_restore(path):
         log.info("sweep: resuming from %s", path)
-        tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -240,7 +259,7 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
             ),
             run_config=tune.RunConfig(
                 name=SWEEP_NAME,
-                storage_path=str(workdir / SWEEP_DIR),
+                storage_path=storage.display(workdir / SWEEP_DIR),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
                 callbacks=[TrackingCallback(tracker, parent_run, cfg.sweep.base.model_dump()),

@@ -32,6 +32,7 @@ from typing import Self
 import numpy as np
 import torch
 
+from raysoup import storage
 from raysoup.checkpoints.ingredient import weights_path
 
 
@@ -185,7 +186,8 @@ def _open(file: Path) -> _TensorFile:
     try:
         return _TensorFile(file)
     except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
-        raise ReductionError(f"{file}: cannot open safetensors file: {e!r}") from None
+        raise ReductionError(f"{storage.display(file)}: cannot open safetensors file: {e!r}"
+                             ) from None
 
 
 # safetensors dtype codes -> torch dtypes (the ones torch can hold).
@@ -204,13 +206,16 @@ class _TensorFile:
 
     def __init__(self, file: Path):
         self.file = file
-        self.fd = os.open(file, os.O_RDONLY)
+        # A remote workdir's file is read with ranged requests: only the bytes of the tensors
+        # asked for travel (raysoup.storage).
+        self.remote = storage.open_input(file) if storage.is_remote(file) else None
+        self.fd = os.open(file, os.O_RDONLY) if self.remote is None else -1
         try:
-            size = os.fstat(self.fd).st_size
-            (n,) = struct.unpack("<Q", os.pread(self.fd, 8, 0))
+            size = os.fstat(self.fd).st_size if self.remote is None else self.remote.size()
+            (n,) = struct.unpack("<Q", self._pread(8, 0))
             if n > size - 8:
                 raise ValueError(f"header length {n} exceeds the file size {size}")
-            header = json.loads(os.pread(self.fd, n, 8))
+            header = json.loads(self._pread(n, 8))
             header.pop("__metadata__", None)
             self.base = 8 + n
             self.entries = {}
@@ -225,14 +230,31 @@ class _TensorFile:
                                      f"{info['dtype']}{info['shape']} in a {size}-byte file")
                 self.entries[name] = (begin, end, dtype, tuple(info["shape"]))
         except BaseException:
-            os.close(self.fd)
+            self.close()
             raise
+
+    def _pread(self, n: int, offset: int) -> bytes:
+        if self.remote is not None:
+            return self.remote.read_at(n, offset)
+        return os.pread(self.fd, n, offset)
+
+    def _readinto(self, view: memoryview, offset: int) -> int:
+        if self.remote is not None:
+            self.remote.seek(offset)
+            return self.remote.readinto(view)
+        return os.preadv(self.fd, [view], offset)
+
+    def close(self) -> None:
+        if self.remote is not None:
+            self.remote.close()
+        else:
+            os.close(self.fd)
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
-        os.close(self.fd)
+        self.close()
 
     def keys(self):
         return self.entries.keys()
@@ -243,7 +265,7 @@ class _TensorFile:
         view = memoryview(raw.numpy())
         done = 0
         while done < len(view):
-            got = os.preadv(self.fd, [view[done:]], self.base + begin + done)
+            got = self._readinto(view[done:], self.base + begin + done)
             if got == 0:
                 raise ReductionError(f"tensor {name!r}: {self.file} ends early (truncated file)")
             done += got

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
+from raysoup import storage
 from raysoup.checkpoints.ingredient import dtype_name, file_sha256, fsync_path
 from raysoup.reduce.reduction import numpy_view
 
@@ -124,28 +125,33 @@ def read_sharded(dir: Path) -> dict[str, torch.Tensor]:
     dir = Path(dir)
     index_path = dir / INDEX_FILE
     try:
-        index = json.loads(index_path.read_text())
+        index = json.loads(storage.read_text(index_path))
         weight_map, sha256 = index["weight_map"], index["sha256"]
     except FileNotFoundError:
         raise ShardedCheckpointError(
-            f"{index_path}: missing (soup not written or incomplete)"
+            f"{storage.display(index_path)}: missing (soup not written or incomplete)"
         ) from None
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ShardedCheckpointError(f"{index_path}: invalid index: {e!r}") from None
+        raise ShardedCheckpointError(f"{storage.display(index_path)}: invalid index: {e!r}"
+                                     ) from None
     loaded: dict[str, torch.Tensor] = {}
     for fname in dict.fromkeys(weight_map.values()):
         path = dir / fname
-        if not path.is_file():
-            raise ShardedCheckpointError(f"{path}: missing shard file listed in {index_path}")
-        digest = file_sha256(path)
+        shown = storage.display(path)
+        try:  # one read serves the hash and the tensors (a remote shard is fetched once)
+            data = storage.read_bytes(path)
+        except FileNotFoundError:
+            raise ShardedCheckpointError(
+                f"{shown}: missing shard file listed in {storage.display(index_path)}") from None
+        digest = hashlib.sha256(data).hexdigest()
         if digest != sha256.get(fname):
             raise ShardedCheckpointError(
-                f"{path}: sha256 {digest} does not match index {sha256.get(fname)} (corrupt file)"
+                f"{shown}: sha256 {digest} does not match index {sha256.get(fname)} (corrupt file)"
             )
         try:
-            loaded.update(load_file(str(path)))
+            loaded.update(load(data))
         except SafetensorError as e:
-            raise ShardedCheckpointError(f"{path}: unreadable safetensors file: {e}") from None
+            raise ShardedCheckpointError(f"{shown}: unreadable safetensors file: {e}") from None
     missing = [n for n in weight_map if n not in loaded]
     if missing:
         raise ShardedCheckpointError(

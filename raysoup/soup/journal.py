@@ -14,6 +14,7 @@ import logging
 import os
 from pathlib import Path
 
+from raysoup import storage
 from raysoup.faults import failpoint
 from raysoup.soup.base import Candidate
 
@@ -38,9 +39,10 @@ class DecisionJournal:
         return entries
 
     def _read(self, header: dict) -> list[dict] | None:
-        if not self.path.exists():
+        try:
+            lines = storage.read_text(self.path).splitlines()  # remote workdir: its copy
+        except FileNotFoundError:
             return None
-        lines = self.path.read_text().splitlines()
         try:
             if not lines or json.loads(lines[0]) != header:
                 log.warning("%s was written for other candidates or settings; starting over",
@@ -60,8 +62,10 @@ class DecisionJournal:
                 log.warning("%s line %d does not follow the ranking; starting over", self.path, i + 2)
                 return None
             entries.append(entry)
-        if len(entries) != len(lines) - 1:
-            self._write_lines([header, *entries])  # drop the torn tail before appending
+        if len(entries) != len(lines) - 1 or storage.is_remote(self.path):
+            # Drop a torn tail before appending; a remote journal is also copied to the local
+            # mirror, which `record` appends to.
+            self._write_lines([header, *entries])
         return entries
 
     def record(self, entry: dict) -> None:
@@ -69,6 +73,7 @@ class DecisionJournal:
             f.write(json.dumps(entry) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        storage.publish(self.path)
         failpoint("greedy.decision")
 
     def _write_lines(self, items: list[dict]) -> None:
@@ -79,3 +84,4 @@ class DecisionJournal:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+        storage.publish(self.path)

@@ -1,0 +1,315 @@
+"""Workdirs on object storage (`s3://…`, `gs://…`) through `pyarrow.fs`.
+
+A remote workdir has a local *mirror*, `<cache>/raysoup-mirror/<scheme>/<bucket>/<key…>`, and
+the rest of raysoup keeps handling `Path`s: a path inside a mirror stands for the object with
+the same key.
+
+- **Reads** of a mirror path go to the remote object: the remote is the source of truth (a
+  mirror may be stale, or absent on another node). Tensor files are read ranged
+  (`open_input`), so a reduction shard fetches only its tensors' bytes.
+- **Writes** land in the mirror first, atomically as for a local workdir, and `publish`
+  uploads them. A directory is uploaded with its completion markers (manifest, index,
+  recipe) last, after the old remote copy is deleted: remote readers see it whole or not at
+  all, as locally.
+- `pull` downloads a tree for code that needs local files (image folders, the SQLite store).
+
+Every node maps a mirror path back to its URI from the path alone (the `raysoup-mirror`
+segment), so paths can be handed to Ray tasks and actors anywhere in the cluster. For a path
+outside any mirror every function is the plain local operation.
+
+S3-compatible stores: set `AWS_ENDPOINT_URL` (read by pyarrow), or write the workdir as
+`s3://bucket/prefix?endpoint_override=host:port&scheme=http`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+from urllib.parse import parse_qs, urlsplit
+
+import pyarrow.fs as pafs
+
+log = logging.getLogger(__name__)
+
+MIRROR = "raysoup-mirror"
+SCHEMES = ("s3", "gs")
+CACHE_ENV = "RAYSOUP_CACHE"
+ENDPOINT_ENV = "AWS_ENDPOINT_URL"
+# Completion markers, uploaded last and in this order: a reader that sees one sees the rest.
+MARKERS = ("model.safetensors.index.json", "manifest.json", "recipe.json")
+
+
+class StorageError(OSError):
+    """A remote workdir that cannot be reached or read; the message names the URI."""
+
+
+def is_uri(text: str | os.PathLike) -> bool:
+    return isinstance(text, str) and text.split("://", 1)[0] in SCHEMES and "://" in text
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or tempfile.gettempdir()).expanduser().absolute()
+
+
+def mirror_of(uri: str) -> Path:
+    """The local mirror path of a workdir URI. An `endpoint_override` query is applied to
+    this process's environment (`AWS_ENDPOINT_URL`), which local Ray workers inherit; nodes
+    of a cluster need it in their own environment (README: storage URIs)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in SCHEMES or not parts.netloc:
+        raise StorageError(f"{uri}: expected s3://bucket/prefix or gs://bucket/prefix")
+    query = parse_qs(parts.query)
+    unknown = set(query) - {"endpoint_override", "scheme"}
+    if unknown:
+        raise StorageError(f"{uri}: unsupported query options {sorted(unknown)} "
+                           "(known: endpoint_override, scheme)")
+    scheme = query.get("scheme", ["https"])[0]
+    if scheme not in ("http", "https"):
+        raise StorageError(f"{uri}: scheme={scheme!r}, expected http or https")
+    key = PurePosixPath(parts.path.strip("/"))
+    if ".." in key.parts:
+        raise StorageError(f"{uri}: '..' is not allowed in a workdir URI")
+    # Only a valid URI changes the environment; a filesystem cached for another endpoint
+    # (the cache key is the bucket) must not be reused.
+    if "endpoint_override" in query:
+        endpoint = f"{scheme}://{query['endpoint_override'][0]}"
+        if os.environ.get(ENDPOINT_ENV) != endpoint:
+            os.environ[ENDPOINT_ENV] = endpoint
+            _filesystem.cache_clear()
+    return cache_root() / MIRROR / parts.scheme / parts.netloc / key
+
+
+def uri_of(path: str | os.PathLike) -> str | None:
+    """`s3://bucket/key` for a mirror path, None for any other path."""
+    parts = Path(path).absolute().parts
+    for i in range(len(parts) - 3, -1, -1):
+        if parts[i] == MIRROR and parts[i + 1] in SCHEMES:
+            return f"{parts[i + 1]}://{'/'.join(parts[i + 2:])}"
+    return None
+
+
+def display(path: str | os.PathLike) -> str:
+    """How a path is shown to users: its URI when it stands for a remote object."""
+    return uri_of(path) or str(path)
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    return uri_of(path) is not None
+
+
+@functools.cache
+def _filesystem(scheme: str, bucket: str) -> pafs.FileSystem:
+    try:
+        fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}")
+    except (OSError, ValueError) as e:
+        raise StorageError(f"{scheme}://{bucket}: cannot open the store: {e}") from None
+    return fs
+
+
+def remote(path: str | os.PathLike) -> tuple[pafs.FileSystem, str] | None:
+    """(filesystem, "bucket/key") behind a mirror path, or None for a local path."""
+    uri = uri_of(path)
+    if uri is None:
+        return None
+    scheme, rest = uri.split("://", 1)
+    return _filesystem(scheme, rest.split("/", 1)[0]), rest
+
+
+def _info(fs: pafs.FileSystem, key: str, path) -> pafs.FileInfo:
+    try:
+        return fs.get_file_info(key)
+    except OSError as e:
+        raise StorageError(f"{display(path)}: {e}") from None
+
+
+# ---------------------------------------------------------------- reads
+
+
+def stat(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(size in bytes, mtime in ns) of a file, None if there is no file."""
+    rem = remote(path)
+    if rem is None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return (st.st_size, st.st_mtime_ns) if Path(path).is_file() else None
+    info = _info(*rem, path)
+    if info.type != pafs.FileType.File:
+        return None
+    return info.size, info.mtime_ns or 0
+
+
+def is_file(path: str | os.PathLike) -> bool:
+    return stat(path) is not None
+
+
+def is_dir(path: str | os.PathLike) -> bool:
+    rem = remote(path)
+    if rem is None:
+        return Path(path).is_dir()
+    return _info(*rem, path).type == pafs.FileType.Directory
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The whole file; FileNotFoundError (naming the URI) when absent."""
+    rem = remote(path)
+    if rem is None:
+        return Path(path).read_bytes()
+    fs, key = rem
+    try:
+        with fs.open_input_stream(key) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{display(path)}: no such object") from None
+    except OSError as e:
+        if "not exist" in str(e).lower() or "not found" in str(e).lower():
+            raise FileNotFoundError(f"{display(path)}: no such object") from None
+        raise StorageError(f"{display(path)}: {e}") from None
+
+
+def read_text(path: str | os.PathLike) -> str:
+    return read_bytes(path).decode()
+
+
+def open_input(path: str | os.PathLike):
+    """A random-access binary file: `seek`, `read`, `readinto`, `size()`/`seek(0, 2)`.
+    Remote objects are read with ranged requests, so only the bytes asked for travel."""
+    rem = remote(path)
+    if rem is None:
+        return open(path, "rb")
+    fs, key = rem
+    if not is_file(path):
+        raise FileNotFoundError(f"{display(path)}: no such object")
+    return fs.open_input_file(key)
+
+
+def list_files(root: str | os.PathLike) -> list[str]:
+    """Every file under `root`, as sorted relative POSIX paths ([] if `root` is absent)."""
+    rem = remote(root)
+    if rem is None:
+        root = Path(root)
+        if not root.is_dir():
+            return []
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    fs, key = rem
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(key, recursive=True, allow_not_found=True))
+    except OSError as e:
+        raise StorageError(f"{display(root)}: cannot list: {e}") from None
+    return sorted(i.path[len(key) + 1:] for i in infos if i.type == pafs.FileType.File)
+
+
+def children(root: str | os.PathLike) -> list[str]:
+    """Names of the entries directly under `root` (files and directories), sorted."""
+    return sorted({rel.split("/", 1)[0] for rel in list_files(root)})
+
+
+# ---------------------------------------------------------------- writes
+
+
+def publish(path: str | os.PathLike) -> None:
+    """Upload a mirror file or directory to its remote object(s); a no-op for local paths.
+
+    A directory replaces its remote copy: the old objects are deleted first (markers and
+    all), then files are uploaded with the completion markers last."""
+    rem = remote(path)
+    if rem is None:
+        return
+    fs, key = rem
+    path = Path(path)
+    try:
+        if path.is_dir():
+            files = sorted((p for p in path.rglob("*") if p.is_file()),
+                           key=lambda p: (MARKERS.index(p.name) if p.name in MARKERS else -1,
+                                          p.as_posix()))
+            if fs.get_file_info(key).type == pafs.FileType.Directory:
+                fs.delete_dir_contents(key)  # not delete_dir: `key` may be a bucket
+            for f in files:
+                _upload(fs, f, f"{key}/{f.relative_to(path).as_posix()}")
+        else:
+            _upload(fs, path, key)
+    except OSError as e:
+        raise StorageError(f"{display(path)}: upload failed: {e}") from None
+
+
+def publish_missing(path: str | os.PathLike) -> int:
+    """Upload the files of a mirror tree that the remote lacks (or holds at another size),
+    markers last, deleting nothing: for caches that only grow (generated data, the base
+    model, MLflow artifacts). Returns the number of files uploaded."""
+    rem = remote(path)
+    path = Path(path)
+    if rem is None or not path.is_dir():
+        return 0
+    fs, key = rem
+    have = {i.path[len(key) + 1:]: i.size
+            for i in fs.get_file_info(pafs.FileSelector(key, recursive=True,
+                                                        allow_not_found=True))
+            if i.type == pafs.FileType.File}
+    todo = sorted((p for p in path.rglob("*") if p.is_file()
+                   and have.get(p.relative_to(path).as_posix()) != p.stat().st_size),
+                  key=lambda p: (p.name in MARKERS, p.as_posix()))
+    try:
+        for f in todo:
+            _upload(fs, f, f"{key}/{f.relative_to(path).as_posix()}")
+    except OSError as e:
+        raise StorageError(f"{display(path)}: upload failed: {e}") from None
+    return len(todo)
+
+
+def _upload(fs: pafs.FileSystem, src: Path, key: str, chunk: int = 8 << 20) -> None:
+    # One PUT (multipart for large files) that becomes visible only when closed: atomic.
+    with open(src, "rb") as f, fs.open_output_stream(key) as out:
+        while block := f.read(chunk):
+            out.write(block)
+
+
+def pull(path: str | os.PathLike) -> None:
+    """Download a remote file or tree into its mirror (files whose size differs or are
+    missing); a no-op for local paths."""
+    rem = remote(path)
+    if rem is None:
+        return
+    fs, key = rem
+    path = Path(path)
+    info = _info(fs, key, path)
+    if info.type == pafs.FileType.File:
+        _download(fs, key, path, info.size)
+        return
+    if info.type == pafs.FileType.NotFound:
+        return
+    for i in fs.get_file_info(pafs.FileSelector(key, recursive=True)):
+        if i.type == pafs.FileType.File:
+            _download(fs, i.path, path / i.path[len(key) + 1:], i.size)
+
+
+def _download(fs: pafs.FileSystem, key: str, dest: Path, size: int) -> None:
+    if dest.is_file() and dest.stat().st_size == size:
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.part")
+    with fs.open_input_stream(key) as src, open(tmp, "wb") as out:
+        while block := src.read(8 << 20):
+            out.write(block)
+    os.replace(tmp, dest)
+
+
+def delete(path: str | os.PathLike) -> None:
+    """Remove the remote file or tree behind a mirror path (not the mirror copy)."""
+    rem = remote(path)
+    if rem is None:
+        return
+    fs, key = rem
+    info = _info(fs, key, path)
+    try:
+        if info.type == pafs.FileType.Directory:
+            # delete_dir of a bucket would empty it, then fail (bucket deletion is off).
+            (fs.delete_dir if "/" in key else fs.delete_dir_contents)(key)
+        elif info.type == pafs.FileType.File:
+            fs.delete_file(key)
+    except OSError as e:
+        raise StorageError(f"{display(path)}: cannot delete: {e}") from None
+
