@@ -28,11 +28,12 @@ CONFIG = small_config(
 
 
 def raysoup(cfg, workdir: str, env: dict, cache, failpoints=None):
+    """`raysoup run CFG --workdir URI`; cfg=None: `raysoup resume URI` (nothing but the URI)."""
     env = {**{k: v for k, v in os.environ.items() if k != ENV}, **env, CACHE_ENV: str(cache)}
     if failpoints:
         env[ENV] = failpoints
-    proc = subprocess.Popen([sys.executable, "-m", "raysoup.cli", "run", str(cfg), "--workdir",
-                             workdir], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    args = ["run", str(cfg), "--workdir", workdir] if cfg else ["resume", workdir]
+    proc = subprocess.Popen([sys.executable, "-m", "raysoup.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=900)
@@ -59,8 +60,9 @@ def test_s3_workdir_resumes_on_fresh_machines(s3_server, tmp_path):
     assert rc == -signal.SIGKILL, err[-3000:]
     assert f"sweep: resuming from {uri}/tune/sweep" in err
     assert "exp/soups/.greedy.journal.jsonl" in s3_server.files("exp/soups")  # in the bucket
-    # Machine C finishes: no trial or evaluation is redone, the journaled decision replayed.
-    rc, err, out = raysoup(cfg, uri, s3_server.env, tmp_path / "cache-c")
+    # Machine C finishes with `raysoup resume URI` (the config comes from the bucket): no
+    # trial or evaluation is redone, the journaled decision is replayed.
+    rc, err, out = raysoup(None, uri, s3_server.env, tmp_path / "cache-c")
     assert rc == 0, err[-3000:]
     assert "ingredients already present" in err and "'replayed': 1" in err, err[-3000:]
     assert f"workdir {uri}" in out and f"report: {uri}/report/README.md" in out
