@@ -1,5 +1,8 @@
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -233,6 +236,42 @@ def test_reduce_reads_do_not_leak_between_calls(ingredients):
     again = add_into(None, ingredients[0], names)
     assert torch.equal(torch.from_numpy(again["head.weight"]), _clip_like_state(0)["head.weight"])
     assert again["visual.num_batches_tracked"] == 7
+
+
+PEAK_PROBE = """
+import sys
+from pathlib import Path
+from raysoup.reduce import reduce_shard
+
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) * 1024
+
+paths = [Path(p) for p in sys.argv[1:]]
+base = hwm()
+out = reduce_shard(paths, [1 / len(paths)] * len(paths), ["a", "b"])
+print(hwm() - base)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM (Linux)")
+def test_streaming_many_ingredients_holds_about_one_model(tmp_path):
+    # 8 ingredients of 2 x 8 MiB. Kept mapped pages would count: 8 models (128 MiB) resident.
+    # Released views leave the accumulators (1 model) plus about one tensor in flight.
+    model = 16 << 20
+    paths = []
+    for i in range(8):
+        g = torch.Generator().manual_seed(i)
+        paths.append(tmp_path / f"ing{i}")
+        write_ingredient(paths[-1], {"a": torch.randn(2 << 20, generator=g),
+                                     "b": torch.randn(2 << 20, generator=g)}, {"kind": "x"})
+    for p in paths:  # warm page cache, as for every contender of raysoup bench B1
+        (p / "model.safetensors").read_bytes()
+    proc = subprocess.run([sys.executable, "-c", PEAK_PROBE, *map(str, paths)], check=True,
+                          capture_output=True, text=True)
+    peak = int(proc.stdout.split()[-1])
+    assert peak < 2 * model, f"peak {peak / 2**20:.0f} MiB for a {model / 2**20:.0f} MiB model"
 
 
 # --- errors -----------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ def count_nonfinite(path: Path) -> dict[str, int]:
                     bad = int(t.numel() - torch.isfinite(t).sum())
                     if bad:
                         out[name] = bad
+            scratch.release()
     except ReductionError as e:
         raise IngredientError(f"unreadable safetensors file: {e}") from None
     return out

@@ -1,11 +1,14 @@
 """Weighted averaging of one shard of tensors across ingredients (pure torch/numpy, no Ray).
 
 Memory: each ingredient is opened lazily (only its safetensors header is parsed); per tensor
-name we read one ingredient's tensor at a time (a positioned read of its byte range into a fresh
-tensor, no mmap) and add it in place into one float32 accumulator, so peak memory is the shard's
-accumulators plus one tensor read, never N models. (`safe_open` maps each file: every page
-touched stays resident in the process while the handle is open, so a shard over N ingredients
-peaked at N x the shard's bytes; `raysoup bench` B1 measured 9x one model for N=8.)
+name the first ingredient's tensor is read (positioned read) into fresh memory and becomes the
+float32 accumulator, and every later ingredient's tensor is added in place from a read-only
+view of its file mapping, whose pages are dropped from the process right after the add
+(`Scratch`). Peak memory is the shard's accumulators plus about one tensor, never N models.
+(A plain `safe_open` mapping keeps every touched page resident while the handle is open: a
+shard over N ingredients peaked at N x the shard's bytes, `raysoup bench` B1 measured 9x one
+model for N=8. Reading every ingredient into a buffer instead cost one extra memory copy, ~30%
+of B1's time.) Remote files (`raysoup.storage`) are read with ranged requests instead.
 
 Bitwise guarantee (greedy soup relies on it): for ingredients p_0..p_{k-1}
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 import warnings
@@ -99,6 +103,7 @@ def reduce_shard(
             out[name] = acc.numpy()
             if uniform:
                 scale_({name: out[name]}, w[0])  # the same float32 multiply as scale_/scaled
+        scratch.release()
     return out
 
 
@@ -175,10 +180,10 @@ def _is_float(a: np.ndarray) -> bool:
 
 
 def open_tensors(file: Path) -> _TensorFile:
-    """Read a safetensors file tensor by tensor into fresh memory (no mmap): a context
-    manager with `keys()` / `get_tensor(name)`, like `safe_open`, but RSS holds only what the
-    caller keeps — streaming many ingredients through `safe_open` keeps every touched page of
-    every file resident."""
+    """Read a safetensors file tensor by tensor: a context manager with `keys()` /
+    `get_tensor(name[, scratch])`, like `safe_open`, but RSS holds only what the caller keeps —
+    streaming many ingredients through `safe_open` keeps every touched page of every file
+    resident."""
     return _open(file)
 
 
@@ -200,8 +205,9 @@ _DTYPES = {
 
 
 class _TensorFile:
-    """A safetensors file read tensor by tensor with positioned reads (`os.preadv`) into fresh
-    tensors: nothing is mapped, so memory is only what the caller keeps. Same `keys()` /
+    """A safetensors file read tensor by tensor: positioned reads (`os.preadv`, or ranged
+    requests for a remote file) into fresh tensors, or with a `Scratch` a view of the file's
+    mapping that the next read releases; memory is only what the caller keeps. Same `keys()` /
     `get_tensor()` surface as a `safe_open` handle."""
 
     def __init__(self, file: Path):
@@ -210,6 +216,7 @@ class _TensorFile:
         # asked for travel (raysoup.storage).
         self.remote = storage.open_input(file) if storage.is_remote(file) else None
         self.fd = os.open(file, os.O_RDONLY) if self.remote is None else -1
+        self.mm: mmap.mmap | None = None
         try:
             size = os.fstat(self.fd).st_size if self.remote is None else self.remote.size()
             (n,) = struct.unpack("<Q", self._pread(8, 0))
@@ -249,6 +256,11 @@ class _TensorFile:
             self.remote.close()
         else:
             os.close(self.fd)
+        if self.mm is not None:
+            try:
+                self.mm.close()
+            except BufferError:  # a caller still holds a view; the mapping goes with it
+                pass
 
     def __enter__(self) -> Self:
         return self
@@ -260,7 +272,18 @@ class _TensorFile:
         return self.entries.keys()
 
     def get_tensor(self, name: str, scratch: Scratch | None = None) -> torch.Tensor:
+        """The tensor in fresh memory; with `scratch`, a read-only tensor valid until the next
+        read through `scratch`: for a local file a view of its mapping (no copy), for a
+        remote one the scratch buffer."""
         begin, end, dtype, shape = self.entries[name]
+        offset = self.base + begin
+        if scratch is not None and self.remote is None and offset % dtype.itemsize == 0 \
+                and end > begin:
+            if self.mm is None:
+                self.mm = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
+            scratch.hold(self.mm, offset, self.base + end)
+            view = np.frombuffer(self.mm, dtype=np.uint8, count=end - begin, offset=offset)
+            return numpy_view(view).view(dtype).reshape(shape)
         raw = scratch.take(end - begin) if scratch else torch.empty(end - begin, dtype=torch.uint8)
         view = memoryview(raw.numpy())
         done = 0
@@ -273,15 +296,36 @@ class _TensorFile:
 
 
 class Scratch:
-    """A reusable byte buffer, grown to the largest tensor read through it."""
+    """Memory for reads that live until the next read: a reusable byte buffer (grown to the
+    largest tensor), or a held range of a file mapping, which the next read releases.
+
+    A local file's tensor is a view of its page-cache pages (no copy: the copy was ~30% of
+    B1's time) and, once released, those pages leave this process (MADV_DONTNEED), so a
+    stream over N ingredients still holds about one tensor, not N files (touched mapped
+    pages count in RSS)."""
 
     def __init__(self):
         self.buf = torch.empty(0, dtype=torch.uint8)
+        self._held: tuple[mmap.mmap, int, int] | None = None
 
     def take(self, nbytes: int) -> torch.Tensor:
+        self.release()
         if self.buf.numel() < nbytes:
             self.buf = torch.empty(nbytes, dtype=torch.uint8)
         return self.buf[:nbytes]
+
+    def hold(self, mm: mmap.mmap, begin: int, end: int) -> None:
+        self.release()
+        self._held = (mm, begin, end)
+
+    def release(self) -> None:
+        if self._held is None:
+            return
+        mm, begin, end = self._held
+        self._held = None
+        start = begin - begin % mmap.PAGESIZE
+        if hasattr(mmap, "MADV_DONTNEED") and not mm.closed:
+            mm.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
 def _get(handle, name: str, file: Path, first: Path, scratch: Scratch | None = None
