@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
             workdir, stages = workdir_path(args.workdir), STAGE_COMMANDS["run"]
             snapshot = workdir / CONFIG_SNAPSHOT
-            storage.pull(snapshot)  # remote workdir: its saved config, into the local mirror
+            storage.pull(snapshot, exact=True)  # remote workdir: its saved config, to the mirror
             if not snapshot.is_file():
                 raise ConfigError(f"{args.workdir} is not a raysoup workdir (no {CONFIG_SNAPSHOT})")
             cfg = load_experiment(snapshot)

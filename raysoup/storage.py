@@ -267,9 +267,12 @@ def _upload(fs: pafs.FileSystem, src: Path, key: str, chunk: int = 8 << 20) -> N
             out.write(block)
 
 
-def pull(path: str | os.PathLike) -> None:
+def pull(path: str | os.PathLike, exact: bool = False) -> None:
     """Download a remote file or tree into its mirror (files whose size differs or are
-    missing); a no-op for local paths."""
+    missing: right for caches that only grow); a no-op for local paths.
+
+    `exact=True` for a file that changes in place (the SQLite store: a stale copy can have
+    the same size): always download, and remove the mirror copy if the remote has none."""
     rem = remote(path)
     if rem is None:
         return
@@ -277,17 +280,19 @@ def pull(path: str | os.PathLike) -> None:
     path = Path(path)
     info = _info(fs, key, path)
     if info.type == pafs.FileType.File:
-        _download(fs, key, path, info.size)
+        _download(fs, key, path, None if exact else info.size)
         return
     if info.type == pafs.FileType.NotFound:
+        if exact:
+            path.unlink(missing_ok=True)
         return
     for i in fs.get_file_info(pafs.FileSelector(key, recursive=True)):
         if i.type == pafs.FileType.File:
             _download(fs, i.path, path / i.path[len(key) + 1:], i.size)
 
 
-def _download(fs: pafs.FileSystem, key: str, dest: Path, size: int) -> None:
-    if dest.is_file() and dest.stat().st_size == size:
+def _download(fs: pafs.FileSystem, key: str, dest: Path, size: int | None) -> None:
+    if size is not None and dest.is_file() and dest.stat().st_size == size:
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.part")

@@ -18,6 +18,8 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from raysoup import storage
+
 log = logging.getLogger(__name__)
 
 ROLE = "raysoup.role"
@@ -47,8 +49,6 @@ class Tracker:
     def persist(self) -> None:
         """Copy a local store kept in a remote workdir's mirror (SQLite file, artifacts) to
         the remote, so a driver on another machine resumes with the same runs."""
-        from raysoup import storage
-
         if self.uri.startswith("sqlite:///"):
             db = Path(self.uri.removeprefix("sqlite:///"))
             if storage.is_remote(db) and db.is_file():

@@ -264,6 +264,21 @@ def test_pull_downloads_a_tree_and_refreshes_changed_files(s3):
     assert not (root / "nope").exists()
 
 
+def test_exact_pull_replaces_a_stale_copy_of_the_same_size(s3):
+    # The SQLite store changes in place and in whole pages: size says nothing about staleness.
+    db = storage.mirror_of(s3.uri("w")) / "mlflow.db"
+    db.parent.mkdir(parents=True)
+    db.write_bytes(b"old!")
+    s3.put("w/mlflow.db", b"new!")
+    storage.pull(db)
+    assert db.read_bytes() == b"old!"  # the cache rule: same size, kept
+    storage.pull(db, exact=True)
+    assert db.read_bytes() == b"new!"
+    s3.fs.delete_file(s3.key("w/mlflow.db"))
+    storage.pull(db, exact=True)  # the bucket has none: neither has the mirror
+    assert not db.exists()
+
+
 def test_open_input_reads_ranges(s3, tmp_path):
     blob = os.urandom(3 << 20)
     s3.put("w/model.safetensors", blob)

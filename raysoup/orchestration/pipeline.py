@@ -291,7 +291,8 @@ def run_pipeline(cfg: ExperimentCfg, workdir: Path, stages: tuple[str, ...] = ST
     workdir.mkdir(parents=True, exist_ok=True)
     snapshot_config(cfg, workdir)
     if not cfg.tracking.uri:
-        storage.pull(workdir / "mlflow.db")  # remote workdir: the runs of earlier drivers
+        # Remote workdir: the runs of earlier drivers (the bucket's copy, never a stale one).
+        storage.pull(workdir / "mlflow.db", exact=True)
     connect(address, metrics_export_port)
     run = Run(cfg, workdir)
     ok = False
