@@ -169,6 +169,10 @@ class SweepCfg(Strict):
     base: TrainHParams = TrainHParams()
     space: dict[str, Distribution] = Field(default_factory=dict)
     max_failures: int = Field(2, ge=0)
+    # A finished trial's worker runs the next trial (no process start and torch import per
+    # trial: B4 2.85 -> 1.80 on tiny trials). Off by default: one of five node-loss drills hung
+    # with it on, undiagnosed (BENCHMARKS.md, B4).
+    reuse_actors: bool = False
 
     @field_validator("space")
     @classmethod

@@ -66,7 +66,7 @@ def main(cfg: str, workdir: str) -> None:
     env = {**os.environ, "RAYSOUP_FAILPOINTS": f"evaluate.model=1:wait={resume}"}
     driver = subprocess.Popen(
         [sys.executable, "-m", "raysoup.cli", "run", cfg, "--workdir", workdir,
-         "--address", cluster.address], env=env, stdout=subprocess.PIPE,
+         "--address", cluster.address], env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True)
     err_lines: list[str] = []
     reader = threading.Thread(target=lambda: err_lines.extend(driver.stderr), daemon=True)
@@ -88,7 +88,9 @@ def main(cfg: str, workdir: str) -> None:
         events.append("killed an eval actor and removed its node mid-evaluation")
         workers.append(cluster.add_node(num_cpus=1))
         resume.touch()
-        driver.communicate(timeout=900)
+        driver.wait(timeout=900)
+    except Exception as e:  # noqa: BLE001 - reported with the driver's output, not a bare traceback
+        events.append(f"drill failed: {e!r}")
     finally:
         resume.touch()
         if driver.poll() is None:

@@ -41,8 +41,10 @@ log = logging.getLogger("raysoup")
 STAGES = ("sweep", "evaluate", "soup", "report")
 CONFIG_SNAPSHOT = "experiment.yaml"
 AUDIT_FILE = ".audit.json"
-# Config sections the workdir's ingredients and results depend on.
+# Config sections the workdir's ingredients and results depend on, less the fields that only
+# say how the sweep is executed (a resumed sweep may change them).
 PINNED = ("model", "data", "sweep")
+EXECUTION_ONLY = ("sweep.max_concurrent", "sweep.max_failures", "sweep.reuse_actors")
 
 
 def connect(address: str | None, metrics_export_port: int | None = None) -> None:
@@ -270,7 +272,8 @@ def snapshot_config(cfg: ExperimentCfg, workdir: Path) -> None:
     if old_text is not None:
         old = yaml.safe_load(old_text) or {}
         a, b = _flatten({k: old.get(k) for k in PINNED}), _flatten({k: new[k] for k in PINNED})
-        diff = sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>"))
+        diff = sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>")
+                      and k not in EXECUTION_ONLY)
         if diff:
             listing = "\n".join(f"  {k}: {a.get(k, '<unset>')!r} in the workdir, now "
                               f"{b.get(k, '<unset>')!r}" for k in diff[:10])

@@ -256,9 +256,7 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
                 # SearchGenerator such as BasicVariantGenerator; the generator limits it itself.
                 search_alg=BasicVariantGenerator(random_state=cfg.sweep.seed,
                                                  max_concurrent=cfg.sweep.max_concurrent),
-                # A finished trial's worker process runs the next trial: no process start and
-                # torch/open_clip import per trial (raysoup bench B4).
-                reuse_actors=True,
+                reuse_actors=cfg.sweep.reuse_actors,  # see SweepCfg
             ),
             run_config=tune.RunConfig(
                 name=SWEEP_NAME,
