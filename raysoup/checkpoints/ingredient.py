@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load, save_file
+from safetensors.torch import load, load_file, save_file
 
 from raysoup import storage
 
@@ -135,7 +135,9 @@ def load_state_dict(dir: Path, verify: bool = False) -> dict[str, torch.Tensor]:
     manifest = verify_ingredient(dir) if verify else read_manifest(dir)
     weights = _checked_weights(dir, manifest)
     try:
-        state = load(storage.read_bytes(weights))
+        # Local: safetensors maps the file; remote: one GET of the whole object.
+        state = load(storage.read_bytes(weights)) if storage.is_remote(weights) \
+            else load_file(str(weights))
     except SafetensorError as e:
         raise IngredientError(f"{storage.display(weights)}: unreadable safetensors file: {e}") from None
     if set(state) != set(manifest["tensors"]):
