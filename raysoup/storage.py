@@ -203,11 +203,6 @@ def list_files(root: str | os.PathLike) -> list[str]:
     return sorted(i.path[len(key) + 1:] for i in infos if i.type == pafs.FileType.File)
 
 
-def children(root: str | os.PathLike) -> list[str]:
-    """Names of the entries directly under `root` (files and directories), sorted."""
-    return sorted({rel.split("/", 1)[0] for rel in list_files(root)})
-
-
 # ---------------------------------------------------------------- writes
 
 

@@ -94,7 +94,6 @@ def test_reads_of_local_paths(tmp_path):
     assert storage.read_text(str(tmp_path / "a.json")) == '{"x": 1}'
     assert storage.read_bytes(tmp_path / "sub" / "b.bin") == b"\x00\x01\x02"
     assert storage.list_files(tmp_path) == ["a.json", "sub/b.bin"]
-    assert storage.children(tmp_path) == ["a.json", "sub"]
     assert storage.list_files(tmp_path / "nope") == []
     # The remote-only operations leave local paths alone.
     storage.publish(tmp_path)
@@ -117,7 +116,7 @@ def test_missing_object_errors_name_the_uri(s3):
         storage.read_bytes(path.parent)
 
 
-def test_list_files_and_children(s3):
+def test_list_files(s3):
     for key in ("run1/ingredients/t1/manifest.json", "run1/ingredients/t1/model.safetensors",
                 "run1/ingredients/t2/manifest.json", "run1/plan.json",
                 "run10/plan.json", "run1.json"):  # siblings sharing the prefix "run1"
@@ -126,10 +125,10 @@ def test_list_files_and_children(s3):
     assert storage.list_files(root) == [
         "ingredients/t1/manifest.json", "ingredients/t1/model.safetensors",
         "ingredients/t2/manifest.json", "plan.json"]
-    assert storage.children(root) == ["ingredients", "plan.json"]
-    assert storage.children(root / "ingredients") == ["t1", "t2"]
     assert storage.list_files(root / "ingredients" / "t3") == []
-    assert storage.children(storage.mirror_of(s3.uri())) == ["run1", "run1.json", "run10"]
+    assert storage.list_files(storage.mirror_of(s3.uri())) == [
+        "run1.json", "run1/ingredients/t1/manifest.json", "run1/ingredients/t1/model.safetensors",
+        "run1/ingredients/t2/manifest.json", "run1/plan.json", "run10/plan.json"]
 
 
 def test_publish_file(s3):
@@ -308,4 +307,4 @@ def test_delete(s3):
     assert not storage.is_dir(root / "ingredients" / "t1")
     assert s3.files() == ["w/ingredients/t2/manifest.json"]
     storage.delete(root / "ingredients" / "t9")  # absent: nothing to do
-    assert storage.children(root) == ["ingredients"]
+    assert storage.list_files(root) == ["ingredients/t2/manifest.json"]
