@@ -4,9 +4,9 @@
 named point crash there on its Nth hit — SIGKILL, so no `finally`, atexit or flush runs, as
 when a node is preempted. `name=N:sleep=S` sleeps S seconds instead (a window in which a test
 can kill a node while work is in flight); `name=N:wait=PATH` pauses until PATH exists (a
-window the test closes itself, so a slow machine cannot make it miss). `:once=PATH` fires only if PATH does not exist yet
-and creates it first: a Ray task retried in a fresh worker process then runs through. Unset
-(the normal case), a failpoint costs one environment lookup.
+window the test closes itself, so a slow machine cannot make it miss). `:once=PATH` fires only
+if PATH does not exist yet and creates it first: a Ray task retried in a fresh worker process
+then runs through. Unset (the normal case), a failpoint costs one environment lookup.
 """
 
 from __future__ import annotations

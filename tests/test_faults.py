@@ -12,6 +12,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from driver import finish
 from small import small_config
 
 from raysoup.faults import ENV
@@ -34,19 +35,6 @@ def raysoup(cfg, workdir, failpoints=None, **popen):
     return subprocess.Popen([sys.executable, "-m", "raysoup.cli", "run", str(cfg), "--workdir",
                              str(workdir)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True, **popen)
-
-
-def finish(proc, timeout=600):
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        # Whatever the driver started in its session (a local Ray head) goes with it, as when
-        # the whole machine is preempted.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return proc.returncode, out, err
 
 
 def soup_files(workdir):

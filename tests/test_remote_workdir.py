@@ -12,6 +12,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from driver import finish
 from small import small_config
 
 from raysoup.faults import ENV
@@ -33,17 +34,11 @@ def raysoup(cfg, workdir: str, env: dict, cache, failpoints=None):
     if failpoints:
         env[ENV] = failpoints
     args = ["run", str(cfg), "--workdir", workdir] if cfg else ["resume", workdir]
-    proc = subprocess.Popen([sys.executable, "-m", "raysoup.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=900)
-    finally:
-        # The local Ray head the driver started goes with it, as when a machine is lost.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return proc.returncode, err, out
+    proc = subprocess.Popen([sys.executable, "-m", "raysoup.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    rc, out, err = finish(proc, timeout=900)
+    return rc, err, out
 
 
 def test_s3_workdir_resumes_on_fresh_machines(s3_server, tmp_path):

@@ -193,7 +193,8 @@ class Run:
         for recipe, soup_dir in soups.items():
             accs = res.accuracies_of_model(table, soup_identity(soup_dir)[0])
             meta = read_recipe(soup_dir)
-            storage.pull(soup_dir / "recipe.json")  # an artifact: MLflow uploads a local file
+            # An artifact: MLflow uploads a local file, which must be the bucket's copy.
+            storage.pull(soup_dir / "recipe.json", exact=True)
             self.tracker.soup_run(self.parent, recipe, meta["ingredients"], meta["weights"], accs,
                                   [soup_dir / "recipe.json"], params=run_params(meta))
 
@@ -203,7 +204,7 @@ class Run:
             files = write_report(table, self.workdir / "report", self.cfg.name,
                                  inference_costs(self.workdir / "soups"))
             storage.publish(self.workdir / "report")
-            storage.pull(self.results_path)  # MLflow uploads local files
+            storage.pull(self.results_path, exact=True)  # MLflow uploads local files
             self.tracker.log_artifacts(self.parent, files, subdir="report")
             self.tracker.log_artifacts(self.parent, [self.results_path])
 

@@ -71,8 +71,8 @@ def reduce_shard(
     out: dict[str, np.ndarray] = {}
     with ExitStack() as stack:
         handles = [stack.enter_context(_open(f)) for f in files]
-        # Ingredients after the first are read into one reused buffer: a fresh allocation per
-        # read costs a page fault per 4 KiB (and allocator churn), more than the add itself.
+        # Ingredients after the first are read through one Scratch (a mapped view, or a reused
+        # buffer for remote files): a fresh allocation per read costs a page fault per 4 KiB.
         scratch = Scratch()
         for name in names:
             w = per_tensor.get(name, weights)
