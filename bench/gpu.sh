@@ -1,21 +1,42 @@
 #!/usr/bin/env bash
-# raysoup bench on one CUDA GPU: B1 (uniform soup of 8 ViT-B-32-size ingredients; the
-# accumulation and the seed-style loop on the GPU) and B3 (one eval actor on the GPU vs a bare
-# loop on the GPU, bf16 autocast, ViT-B-32 at 224 px). One call, under 5 minutes on an H200.
-# Installs nothing from the internet: it uses the carried/pre-built venv (.venv, else $PYTHON,
-# else python3) and at most `pip install -e .` without dependencies.
-# Prints the figures; writes $OUT/bench-gpu.json when $OUT is set.
-set -euo pipefail
+# raysoup's CUDA path on one GPU, as one call (under 8 minutes on an H200):
+#   1. the sweep's fine-tuning loop (train/finetune.py, bf16 autocast), ViT-B-32 at 224 px:
+#      images/s, peak GPU memory, finite loss, bf16-vs-fp32 logits on one batch;
+#   2. B1: uniform soup of 8 ViT-B-32-size ingredients, the accumulation on the GPU, vs the
+#      seed-style loop on the GPU and the raw-read floor;
+#   3. B3: one Ray eval actor on the GPU (EvalPool, bf16 autocast) vs a bare loop on the GPU.
+# Python: .venv if present, else $PYTHON, else python3. Packages the machine lacks can come as
+# wheels in .whl/ (installed to /tmp/site with --no-index; nothing is downloaded).
+# Prints the figures; writes $OUT/{finetune,b1,b3}.json and $OUT/gpu.log when $OUT is set.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
-"$PY" -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 \
-  || echo "gpu.sh: 'pip install -e .' failed; running from the source tree" >&2
-"$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "gpu.sh: no CUDA device")'
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-args=(bench --device cuda --only B1,B3)
-if [ -n "${OUT:-}" ]; then
-  mkdir -p "$OUT"
-  args+=(--json "$OUT/bench-gpu.json")
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || { echo "gpu.sh: wheel install failed" >&2; exit 1; }
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-exec timeout 290 "$PY" -m raysoup.cli "${args[@]}"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+"$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "gpu.sh: no CUDA device")' \
+  || exit 1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+"$PY" -c 'import torch, ray, open_clip; print("torch", torch.__version__, "ray", ray.__version__,
+"open_clip", open_clip.__version__)'
+out=${OUT:-/tmp/raysoup-gpu}
+mkdir -p "$out"
+rc=0
+step() {  # name, seconds, command...: run one check; a failure is reported, the rest still run
+  local name=$1 limit=$2; shift 2
+  echo "=== $name"
+  local t0=$SECONDS
+  timeout "$limit" "$@" 2>&1 | tee -a "$out/gpu.log"
+  local r=${PIPESTATUS[0]}
+  echo "=== $name: rc $r in $((SECONDS - t0)) s"
+  [ "$r" = 0 ] || rc=1
+}
+step finetune 150 "$PY" -m raysoup.bench.finetune_step --device cuda --model ViT-B-32 \
+  --images 4096 --batch-size 256 --json "$out/finetune.json"
+step B1 170 "$PY" -m raysoup.cli bench --device cuda --only B1 --json "$out/b1.json"
+step B3 150 "$PY" -m raysoup.cli bench --device cuda --only B3 --json "$out/b3.json"
+exit $rc

@@ -128,12 +128,18 @@ def finetune(
         order = torch.randperm(len(train), generator=gen)
         batches = order.split(hp.batch_size)[:steps_per_epoch]
         t0 = time.perf_counter()
-        loss_sum = correct = seen = 0.0
+        # Sums stay on the device: a per-step .item() would make the CPU wait for every step
+        # and keep it from preparing the next batch while the GPU computes.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
         for i, idx in enumerate(batches):
             x = pixels[idx]
             if ra is not None:
                 x = ra(x)
-            x = normalize(random_shift_flip(x, gen, shift).to(device))
+            # uint8 crosses to the device (4x fewer bytes than float32); shift/flip/normalise
+            # run there. The draws come from `gen` on the CPU, so the pixels are the same.
+            x = normalize(random_shift_flip(x.to(device), gen, shift))
             y = labels[idx].to(device)
             step = (epoch - 1) * steps_per_epoch + i
             lr = lr_at(step, hp.lr, hp.warmup_steps, total_steps)
@@ -149,9 +155,10 @@ def finetune(
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
             optimizer.step()
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(-1) == y).sum().item()
+            loss_sum += loss.detach().double() * len(y)
+            correct += (logits.argmax(-1) == y).sum()
             seen += len(y)
+        loss_sum, correct = loss_sum.item(), correct.item()  # waits for the epoch's last step
         seconds = time.perf_counter() - t0
         if not np.isfinite(loss_sum):
             raise TrainError(f"finetune: loss became {loss_sum} in epoch {epoch} (lr {hp.lr})")

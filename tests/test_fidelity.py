@@ -1,0 +1,62 @@
+"""raysoup.fidelity: paired soup - best single differences over runs, on hand-made results."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from raysoup import fidelity
+from raysoup.evaluate import results as res
+
+
+def _workdir(tmp_path, name: str, models: dict[str, tuple[str, dict[str, int]]]):
+    """models: name -> (kind, {split: correct out of 100})."""
+    wd = tmp_path / name
+    wd.mkdir()
+    table = res.merge(res.empty(), [res.rows(m, kind, {s: (c, 100) for s, c in acc.items()})
+                                    for m, (kind, acc) in models.items()])
+    res.write_results(wd / "results.parquet", table)
+    return wd
+
+
+def test_paired_differences_and_criteria(tmp_path, capsys):
+    # Run a: trial-b wins held-out (ties broken by the smaller name would pick trial-a only at
+    # equal held-out). greedy +1 test over trial-b; uniform below on test, above on shift.
+    a = _workdir(tmp_path, "a", {
+        "trial-a": ("ingredient", {"heldout": 70, "test": 60, "s1": 40, "s2": 50}),
+        "trial-b": ("ingredient", {"heldout": 72, "test": 62, "s1": 42, "s2": 44}),
+        "greedy_soup": ("soup", {"heldout": 73, "test": 63, "s1": 42, "s2": 44}),
+        "uniform_soup": ("soup", {"heldout": 71, "test": 61, "s1": 45, "s2": 47}),
+    })
+    # Run b: a held-out tie (trial-a, smaller name, is the best single); greedy loses on test.
+    b = _workdir(tmp_path, "b", {
+        "trial-a": ("ingredient", {"heldout": 70, "test": 65, "s1": 40, "s2": 40}),
+        "trial-b": ("ingredient", {"heldout": 70, "test": 66, "s1": 41, "s2": 41}),
+        "greedy_soup": ("soup", {"heldout": 71, "test": 64, "s1": 39, "s2": 39}),
+        "uniform_soup": ("soup", {"heldout": 70, "test": 66, "s1": 39, "s2": 39}),
+    })
+    runs = [fidelity.summarize_run(a), fidelity.summarize_run(b)]
+    assert [r.best.model for r in runs] == ["trial-b", "trial-a"]
+    assert runs[0].shifts == ["s1", "s2"]
+
+    # greedy - best on test: a: 63-62 = +1, b: 64-65 = -1 -> mean 0, sd sqrt(2), se 1.
+    mean, se = fidelity.paired([1.0, -1.0])
+    assert mean == 0.0 and se == pytest.approx(1.0)
+    assert math.isnan(fidelity.paired([2.0])[1])
+
+    text = fidelity.report(runs)
+    assert "| greedy_soup |" in text and "+0.00 ± 1.00 [+1.00, -1.00]" in text
+    # uniform mean shift: a: 46-43 = +3, b: 39-40 = -1 -> +1.00 ± 2.00.
+    assert "+1.00 ± 2.00 [+3.00, -1.00]" in text
+    assert "greedy >= best single on test: 1/2 runs" in text
+    assert "uniform or greedy >= best single on mean shift: 1/2 runs" in text
+
+    assert fidelity.main([str(a), str(b)]) == 0
+    assert "best single (trial-b)" in capsys.readouterr().out
+
+
+def test_run_without_ingredients_is_named(tmp_path):
+    wd = _workdir(tmp_path, "empty", {"greedy_soup": ("soup", {"heldout": 1, "test": 1})})
+    with pytest.raises(ValueError, match="empty: results.parquet has no ingredient rows"):
+        fidelity.summarize_run(wd)
