@@ -17,6 +17,18 @@ def test_tiny_config_loads_with_overrides():
     assert cfg.data.world is not None and cfg.model.pretrain is not None
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_experiment_validates(path):
+    assert load_experiment(path).name == path.stem
+
+
+def test_fidelity_config_differs_from_the_default_only_where_it_says():
+    tiny, fid = load_experiment(TINY), load_experiment(ROOT / "experiments" / "tiny_fidelity.yaml")
+    assert fid.data == tiny.data  # the same world: a default run's data/ can be reused
+    assert fid.model.pretrain.steps == 4 * tiny.model.pretrain.steps
+    assert fid.model.model_copy(update={"pretrain": tiny.model.pretrain}) == tiny.model
+
+
 @pytest.mark.parametrize(("override", "path", "words"), [
     ("sweep.num_smples=4", "sweep.num_smples", "Extra inputs"),
     ("soup.num_shards=0", "soup.num_shards", "greater than or equal to 1"),
