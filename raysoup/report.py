@@ -82,13 +82,19 @@ def plot(rows: list[Row], shifts: list[str], path: Path) -> None:
     styles = {"zeroshot": ("*", "#2b6cb0", 160), "soup": ("D", None, 70),
               "ensemble": ("s", "#1a202c", 70)}
     palette = itertools.cycle(["#c53030", "#2f855a", "#b7791f", "#6b46c1", "#00838f", "#d53f8c"])
+    drawn: list[tuple[float, float]] = []
     for r in rows:
         if r.kind not in styles:
             continue
         marker, color, size = styles[r.kind]
-        ax.scatter([100 * r.acc.get("test", float("nan"))], [100 * r.mean_shift(shifts)],
-                   marker=marker, s=size, c=color or next(palette), label=r.model.replace("_", " "),
-                   edgecolors="black", linewidths=0.6, zorder=3)
+        x, y = 100 * r.acc.get("test", float("nan")), 100 * r.mean_shift(shifts)
+        # Recipes often land on the same point (greedy = WiSE-FT α=1 = the best model): each
+        # later marker there is smaller and on top, so every earlier one shows as a ring.
+        same = sum(abs(x - a) < 0.05 and abs(y - b) < 0.05 for a, b in drawn)
+        drawn.append((x, y))
+        ax.scatter([x], [y], marker=marker, s=size * 0.45**same, c=color or next(palette),
+                   label=r.model.replace("_", " "), edgecolors="black", linewidths=0.6,
+                   zorder=3 + same)
     ax.set_xlabel("test accuracy (%)")
     ax.set_ylabel(f"mean accuracy over {len(shifts)} shifts (%)")
     ax.set_title("Model soups: in-distribution vs. distribution shift")
