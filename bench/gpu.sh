@@ -5,9 +5,15 @@
 #   2. B1: uniform soup of 8 ViT-B-32-size ingredients, the accumulation on the GPU, vs the
 #      seed-style loop on the GPU and the raw-read floor;
 #   3. B3: one Ray eval actor on the GPU (EvalPool, bf16 autocast) vs a bare loop on the GPU.
-# Python: .venv if present, else $PYTHON, else python3. Packages the machine lacks can come as
-# wheels in .whl/ (installed to /tmp/site with --no-index; nothing is downloaded).
-# Prints the figures; writes $OUT/{finetune,b1,b3}.json and $OUT/gpu.log when $OUT is set.
+# Python: $PYTHON, else .venv/bin/python, else python3. Packages the machine lacks come as
+# wheels in .whl/, installed to /tmp/site with --no-index (nothing is downloaded). On 2026-11-30
+# that was `pip download --no-deps --only-binary=:all: --python-version 3.12 --platform
+# manylinux2014_x86_64 -d .whl` of ray==2.60.0 open_clip_torch==3.3.0 ftfy wcwidth pydantic
+# pydantic-core annotated-types typing-inspection typing_extensions jsonschema
+# jsonschema-specifications referencing rpds-py, with ray/jars/ and the dashboard's
+# client/build/ deleted from the ray wheel (and from its RECORD) to fit 64 MiB.
+# Prints the figures and writes finetune.json, b1.json, b3.json and gpu.log to $OUT
+# (default /tmp/raysoup-gpu). Exit status 1 if any check failed; the others still run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}

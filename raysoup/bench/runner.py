@@ -80,7 +80,7 @@ def run(only: list[str] | None = None, quick: bool = False, workdir: Path | None
     if "B1" in only:
         args = dict(SIZES["B1"][size])
         if device == "cuda":
-            args["repeats"] = min(args["repeats"], 2)  # gpu.sh must stay under 5 minutes
+            args["repeats"] = min(args["repeats"], 2)  # bench/gpu.sh gives B1 170 s
         details["B1"] = reduction.run(base / "b1", device=device, **args)
     if "B2" in only:
         details["B2"] = greedy.run(base / "b2", workdir=workdir, gpus=gpus, **SIZES["B2"][size])
