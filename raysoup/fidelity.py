@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def summarize_run(workdir: Path) -> RunSummary:
     rows, shifts = summarize(read_results(workdir / "results.parquet"))
     best = best_single(rows)
     if best is None:
-        raise ValueError(f"{workdir}: results.parquet has no ingredient rows")
+        raise ValueError(f"{workdir}: results.parquet is missing or has no ingredient rows "
+                         "(run `raysoup run` or `raysoup evaluate` there first)")
     soups = {r.model: r for r in rows if r.kind in ("soup", "ensemble")}
     return RunSummary(str(workdir), best, soups, shifts)
 
@@ -88,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("workdirs", nargs="+", type=Path)
     a = p.parse_args(argv)
-    print(report([summarize_run(w) for w in a.workdirs]))
+    try:
+        runs = [summarize_run(w) for w in a.workdirs]
+    except ValueError as exc:
+        print(f"raysoup.fidelity: {exc}", file=sys.stderr)
+        return 2
+    print(report(runs))
     return 0
 
 

@@ -56,7 +56,10 @@ def test_paired_differences_and_criteria(tmp_path, capsys):
     assert "best single (trial-b)" in capsys.readouterr().out
 
 
-def test_run_without_ingredients_is_named(tmp_path):
+def test_run_without_ingredients_is_named(tmp_path, capsys):
     wd = _workdir(tmp_path, "empty", {"greedy_soup": ("soup", {"heldout": 1, "test": 1})})
-    with pytest.raises(ValueError, match="empty: results.parquet has no ingredient rows"):
+    with pytest.raises(ValueError, match="empty: results.parquet is missing or has no ingredient"):
         fidelity.summarize_run(wd)
+    # The CLI names the workdir without a traceback, also for one that was never run.
+    assert fidelity.main([str(tmp_path / "never-run")]) == 2
+    assert "never-run: results.parquet is missing" in capsys.readouterr().err

@@ -24,7 +24,7 @@ from PIL import Image
 from raysoup.config import TrainHParams
 from raysoup.data.images import LabeledImages
 from raysoup.models.classifier import classifier_skeleton
-from raysoup.models.factory import build_clip, image_stats, register_configs
+from raysoup.models.factory import image_stats, register_configs
 from raysoup.train.finetune import finetune
 
 log = logging.getLogger(__name__)
@@ -58,12 +58,12 @@ def autocast_parity(model: torch.nn.Module, x: torch.Tensor) -> dict:
 
 def run(model_name: str, device: str, n_images: int, batch_size: int, classes: int) -> dict:
     register_configs()
-    size, mean, std = image_stats(build_clip(model_name))
+    model = classifier_skeleton(model_name, classes)
+    size, mean, std = image_stats(model)  # read from model.visual, as for a full CLIP
     t0 = time.perf_counter()
     data = synthetic_images(n_images, size, classes)
     log.info("finetune_step: %d synthetic %dpx images in %.1f s", n_images, size,
              time.perf_counter() - t0)
-    model = classifier_skeleton(model_name, classes)
     hp = TrainHParams(lr=1e-5, weight_decay=0.1, epochs=2, batch_size=batch_size,
                       warmup_steps=2, seed=0)
     epochs: list[dict] = []
