@@ -28,6 +28,10 @@ class TrainError(ValueError):
     """Training cannot run with these inputs (empty data, odd mixup batch, bad resume state)."""
 
 
+class Diverged(TrainError):
+    """The loss became NaN/Inf: training is deterministic, so a retry diverges again."""
+
+
 def _seed_epoch(seed: int, epoch: int) -> torch.Generator:
     # torchvision transforms draw from torch's global RNG, timm RandAugment from `random`,
     # timm Mixup from numpy's: seed all three so an epoch depends only on (seed, epoch).
@@ -161,7 +165,7 @@ def finetune(
         loss_sum, correct = loss_sum.item(), correct.item()  # waits for the epoch's last step
         seconds = time.perf_counter() - t0
         if not np.isfinite(loss_sum):
-            raise TrainError(f"finetune: loss became {loss_sum} in epoch {epoch} (lr {hp.lr})")
+            raise Diverged(f"finetune: loss became {loss_sum} in epoch {epoch} (lr {hp.lr})")
         metrics = {
             "epoch": epoch,
             "train_loss": loss_sum / seen,
