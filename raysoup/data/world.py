@@ -19,6 +19,8 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image, ImageFilter
 
 from raysoup.config import WorldCfg
@@ -62,6 +64,7 @@ SIZES = ("small", "large")
 SPLITS = ("train", "test")
 SHIFTS = ("background", "inverted", "blur_noise", "geometric", "sketch")
 _SPLIT_CODE = {name: i for i, name in enumerate(SPLITS + SHIFTS)}  # part of every sample's seed
+COMPLETE = "_COMPLETE"  # a split's completion marker: cfg, and rows per shard
 
 # Training ranges, in units of the image size; "geometric" samples outside them.
 _RADIUS = (0.22, 0.40)
@@ -214,26 +217,28 @@ def build_split(cfg: WorldCfg, split: str) -> LabeledImages:
 def generate_world(cfg: WorldCfg, root: Path, progress: bool = True) -> dict[str, Path]:
     """Write every split as Parquet under root/<split>/ and return {split: dir}.
 
-    A split is complete when root/<split>/_COMPLETE exists and records the same cfg; it is
-    built in a temp dir next to it and renamed into place, so a crash never leaves a partial
-    split that looks complete. A split written for a different cfg is rebuilt.
+    A split is complete when root/<split>/_COMPLETE records the same cfg and every shard it
+    lists holds the rows it records (`split_complete`); it is built in a temp dir next to it
+    and renamed into place, so a crash never leaves a partial split that looks complete. A
+    split written for a different cfg, or missing rows (a copy cut short), is rebuilt.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    stamp = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    stamp = cfg.model_dump(mode="json")
     out: dict[str, Path] = {}
     for split in SPLITS + SHIFTS:
         final = root / split
         out[split] = final
-        done = final / "_COMPLETE"
-        if done.exists() and done.read_text() == stamp:
+        if split_complete(final, stamp):
             continue
         t0 = time.perf_counter()
         data = build_split(cfg, split)
         tmp = root / f".tmp-{split}-{uuid.uuid4().hex[:8]}"
-        write_parquet_split(tmp, data)
-        (tmp / "_COMPLETE").write_text(stamp)
-        if done.exists() and done.read_text() == stamp:
+        files = write_parquet_split(tmp, data)
+        rows = {f.name: pq.read_metadata(f).num_rows for f in files}
+        marker = {"cfg": stamp, "rows": sum(rows.values()), "files": rows}
+        (tmp / COMPLETE).write_text(json.dumps(marker, sort_keys=True))
+        if split_complete(final, stamp):
             shutil.rmtree(tmp)  # another process finished it meanwhile (same bytes)
         else:
             shutil.rmtree(final, ignore_errors=True)  # stale: other cfg or interrupted
@@ -242,3 +247,25 @@ def generate_world(cfg: WorldCfg, root: Path, progress: bool = True) -> dict[str
             print(f"world: {split:<10} {len(data):>6} images in {time.perf_counter() - t0:.1f}s"
                   f" -> {final}", file=sys.stderr)
     return out
+
+
+def split_complete(split_dir: Path, stamp: dict) -> bool:
+    """True when split_dir/_COMPLETE records `stamp` (the cfg) and each shard it lists is
+    there with the number of rows it records (read from the Parquet footer). A marker that
+    outlived some of its shards (an upload or download cut short) is not complete."""
+    try:
+        marker = json.loads((Path(split_dir) / COMPLETE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    if not isinstance(marker, dict) or marker.get("cfg") != stamp:
+        return False
+    files = marker.get("files")
+    if not isinstance(files, dict) or not files or sum(files.values()) != marker.get("rows"):
+        return False
+    for name, rows in files.items():
+        try:
+            if pq.read_metadata(Path(split_dir) / name).num_rows != rows:
+                return False
+        except (OSError, pa.ArrowInvalid):  # missing, or cut short (no footer)
+            return False
+    return True
