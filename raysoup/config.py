@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class ConfigError(ValueError):
@@ -182,13 +183,55 @@ class SweepCfg(Strict):
             raise ValueError(
                 f"unknown hyper-parameter(s) {unknown}; valid: {sorted(TrainHParams.model_fields)}"
             )
+        errors = []
         for name, dist in space.items():
-            lo_hi = getattr(dist, "loguniform", None) or getattr(dist, "uniform", None)
-            if lo_hi is not None and not lo_hi[0] < lo_hi[1]:
-                raise ValueError(f"{name}: low must be below high, got {list(lo_hi)}")
-            if isinstance(dist, LogUniform) and dist.loguniform[0] <= 0:
-                raise ValueError(f"{name}: loguniform bounds must be positive")
+            problem = _space_problem(name, dist)
+            if problem is not None:
+                errors.append({"type": PydanticCustomError("sweep_space", "{problem}",
+                                                           {"problem": problem}),
+                               "loc": (name,), "input": _plain(dist)})
+        if errors:
+            # Raised as a ValidationError so each error's path is sweep.space.<name>.
+            raise ValidationError.from_exception_data("space", errors)
         return space
+
+
+def _plain(dist: Any) -> Any:
+    return dist.model_dump() if isinstance(dist, BaseModel) else dist
+
+
+def _space_problem(name: str, dist: Any) -> str | None:
+    """Why `dist` may draw a value TrainHParams refuses for `name`, or None.
+
+    Tune draws loguniform/uniform from [low, high), randint from [low, high) and choice from
+    its list; every value a trial could get is checked (both bounds of a range: the
+    hyper-parameters' constraints are intervals)."""
+    is_int = TrainHParams.model_fields[name].annotation is int
+    if isinstance(dist, LogUniform | Uniform):
+        kind = "loguniform" if isinstance(dist, LogUniform) else "uniform"
+        low, high = getattr(dist, kind)
+        if not low < high:
+            return f"{kind}: low must be below high, got {[low, high]}"
+        if kind == "loguniform" and low <= 0:
+            return "loguniform bounds must be positive"
+        if is_int:
+            return f"{kind} draws fractional values, but {name} is an integer; use randint or choice"
+        values = [low, high]
+    elif isinstance(dist, RandInt):
+        low, high = dist.randint
+        if not low < high:
+            return f"randint [low, high) draws nothing from {[low, high]}; high must exceed low"
+        values = [low, high - 1]
+    elif isinstance(dist, Choice):
+        values = dist.choice
+    else:
+        values = [dist]
+    for value in values:
+        try:
+            TrainHParams.model_validate({name: value})
+        except ValidationError as err:
+            return f"can draw {value!r}: {err.errors()[0]['msg']}"
+    return None
 
 
 class EvalCfg(Strict):
@@ -262,6 +305,15 @@ class ExperimentCfg(Strict):
     eval: EvalCfg = EvalCfg()
     soup: SoupCfg = SoupCfg()
     tracking: TrackingCfg = TrackingCfg()
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_relative_dir(cls, name: str) -> str:
+        # The default workdir is runs/<name>: "." or ".." would be runs/ itself or its parent.
+        if set(name) == {"."}:
+            raise ValueError(f"{name!r} is not a usable name (it names a directory, not an "
+                             "experiment: the default workdir is runs/<name>)")
+        return name
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentCfg:
