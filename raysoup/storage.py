@@ -7,10 +7,13 @@ the same key.
 - **Reads** of a mirror path go to the remote object: the remote is the source of truth (a
   mirror may be stale, or absent on another node). Tensor files are read ranged
   (`open_input`), so a reduction shard fetches only its tensors' bytes.
-- **Writes** land in the mirror first, atomically as for a local workdir, and `publish`
-  uploads them. A directory is uploaded with its completion markers (manifest, index,
-  recipe) last, after the old remote copy is deleted: remote readers see it whole or not at
-  all, as locally.
+- **Writes** land in the mirror first, atomically as for a local workdir (`write_file`,
+  `atomic_dir`), and `publish` uploads them. Each object is uploaded under a temp key and
+  moved into place, so an interrupted upload never leaves a truncated object under its final
+  key. A directory is uploaded with its completion markers (manifest, index, recipe,
+  `_COMPLETE`) last, after the old remote copy is deleted: remote readers see it whole or not
+  at all, as locally. Temp names (`raysoup.atomic.is_temp_name`) are never listed, uploaded
+  or downloaded.
 - `pull` downloads a tree for code that needs local files (image folders, the SQLite store).
 
 Every node maps a mirror path back to its URI from the path alone (the `raysoup-mirror`
@@ -23,14 +26,22 @@ S3-compatible stores: set `AWS_ENDPOINT_URL` (read by pyarrow), or write the wor
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from urllib.parse import parse_qs, urlsplit
 
 import pyarrow.fs as pafs
+
+from raysoup.atomic import TMP_PREFIX, is_temp_name, write_atomic
+from raysoup.atomic import atomic_dir as _atomic_dir
+from raysoup.faults import failpoint
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +50,11 @@ SCHEMES = ("s3", "gs")
 CACHE_ENV = "RAYSOUP_CACHE"
 ENDPOINT_ENV = "AWS_ENDPOINT_URL"
 # Completion markers, uploaded last and in this order: a reader that sees one sees the rest.
-MARKERS = ("model.safetensors.index.json", "manifest.json", "recipe.json")
+MARKERS = ("model.safetensors.index.json", "manifest.json", "recipe.json", "_COMPLETE")
+UPLOAD_CHUNK = 8 << 20
+# S3's CopyObject (the server-side half of moving a temp object into place) takes at most
+# 5 GiB; a larger file is uploaded under its final key and deleted if the upload fails.
+MAX_MOVE_BYTES = 5 << 30
 
 
 class StorageError(OSError):
@@ -194,13 +209,25 @@ def list_files(root: str | os.PathLike) -> list[str]:
         root = Path(root)
         if not root.is_dir():
             return []
-        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        return sorted(rel for rel in (p.relative_to(root).as_posix() for p in root.rglob("*")
+                                      if p.is_file()) if not _is_temp(rel))
     fs, key = rem
     try:
         infos = fs.get_file_info(pafs.FileSelector(key, recursive=True, allow_not_found=True))
     except OSError as e:
         raise StorageError(f"{display(root)}: cannot list: {e}") from None
-    return sorted(i.path[len(key) + 1:] for i in infos if i.type == pafs.FileType.File)
+    return sorted(rel for rel in (i.path[len(key) + 1:] for i in infos
+                                  if i.type == pafs.FileType.File) if not _is_temp(rel))
+
+
+def _is_temp(rel: str) -> bool:
+    """A relative path inside a writer's temp file or directory (local or remote)."""
+    return any(is_temp_name(part) for part in rel.split("/"))
+
+
+def _local_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*")
+            if p.is_file() and not _is_temp(p.relative_to(root).as_posix())]
 
 
 # ---------------------------------------------------------------- writes
@@ -218,7 +245,7 @@ def publish(path: str | os.PathLike) -> None:
     path = Path(path)
     try:
         if path.is_dir():
-            files = sorted((p for p in path.rglob("*") if p.is_file()),
+            files = sorted(_local_files(path),
                            key=lambda p: (MARKERS.index(p.name) if p.name in MARKERS else -1,
                                           p.as_posix()))
             if fs.get_file_info(key).type == pafs.FileType.Directory:
@@ -244,8 +271,8 @@ def publish_missing(path: str | os.PathLike) -> int:
             for i in fs.get_file_info(pafs.FileSelector(key, recursive=True,
                                                         allow_not_found=True))
             if i.type == pafs.FileType.File}
-    todo = sorted((p for p in path.rglob("*") if p.is_file()
-                   and have.get(p.relative_to(path).as_posix()) != p.stat().st_size),
+    todo = sorted((p for p in _local_files(path)
+                   if have.get(p.relative_to(path).as_posix()) != p.stat().st_size),
                   key=lambda p: (p.name in MARKERS, p.as_posix()))
     try:
         for f in todo:
@@ -255,11 +282,27 @@ def publish_missing(path: str | os.PathLike) -> int:
     return len(todo)
 
 
-def _upload(fs: pafs.FileSystem, src: Path, key: str, chunk: int = 8 << 20) -> None:
-    # One PUT (multipart for large files) that becomes visible only when closed: atomic.
-    with open(src, "rb") as f, fs.open_output_stream(key) as out:
-        while block := f.read(chunk):
-            out.write(block)
+def _upload(fs: pafs.FileSystem, src: Path, key: str) -> None:
+    # pyarrow commits an output stream when it is closed, also when an exception unwinds the
+    # `with`: the bytes go to a temp key next to `key` and are moved into place only once
+    # complete, so `key` holds its old object or the whole new one, never a truncated one.
+    size = src.stat().st_size
+    direct = size > MAX_MOVE_BYTES
+    parent, _, name = key.rpartition("/")
+    target = key if direct else f"{parent}/{TMP_PREFIX}{name}-{uuid.uuid4().hex[:12]}"
+    try:
+        with open(src, "rb") as f, fs.open_output_stream(target) as out:
+            while block := f.read(UPLOAD_CHUNK):
+                out.write(block)
+                failpoint("storage.upload")
+        if not direct:
+            fs.move(target, key)
+    except BaseException:
+        # Best effort: a truncated `target` must not stay behind (it may be the final key).
+        with contextlib.suppress(OSError):
+            if fs.get_file_info(target).type == pafs.FileType.File:
+                fs.delete_file(target)
+        raise
 
 
 def pull(path: str | os.PathLike, exact: bool = False) -> None:
@@ -282,19 +325,20 @@ def pull(path: str | os.PathLike, exact: bool = False) -> None:
             path.unlink(missing_ok=True)
         return
     for i in fs.get_file_info(pafs.FileSelector(key, recursive=True)):
-        if i.type == pafs.FileType.File:
+        if i.type == pafs.FileType.File and not _is_temp(i.path[len(key) + 1:]):
             _download(fs, i.path, path / i.path[len(key) + 1:], i.size)
 
 
 def _download(fs: pafs.FileSystem, key: str, dest: Path, size: int | None) -> None:
     if size is not None and dest.is_file() and dest.stat().st_size == size:
         return
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.part")
-    with fs.open_input_stream(key) as src, open(tmp, "wb") as out:
-        while block := src.read(8 << 20):
-            out.write(block)
-    os.replace(tmp, dest)
+
+    def fetch(tmp: Path) -> None:
+        with fs.open_input_stream(key) as src, open(tmp, "wb") as out:
+            while block := src.read(8 << 20):
+                out.write(block)
+
+    write_atomic(dest, fetch)
 
 
 def delete(path: str | os.PathLike) -> None:
@@ -313,3 +357,24 @@ def delete(path: str | os.PathLike) -> None:
     except OSError as e:
         raise StorageError(f"{display(path)}: cannot delete: {e}") from None
 
+
+
+# ---------------------------------------------------------------- atomic writes + publish
+
+
+def write_file(path: str | os.PathLike, data: bytes | str | Callable[[Path], None]) -> Path:
+    """Write a workdir file atomically and durably (`raysoup.atomic.write_atomic`), then
+    upload it when it stands for a remote object. `data`: bytes, text, or a function that
+    writes the file at the path it is given."""
+    path = write_atomic(Path(path), data)
+    publish(path)
+    return path
+
+
+@contextmanager
+def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """`raysoup.atomic.atomic_dir`, then the finished directory is uploaded (a remote
+    workdir), completion markers last."""
+    with _atomic_dir(Path(out_dir)) as tmp:
+        yield tmp
+    publish(out_dir)

@@ -8,11 +8,13 @@ the order of uploads.
 """
 
 import os
+import signal
+import threading
 import time
 
 import pytest
 
-from raysoup import storage
+from raysoup import faults, storage
 from raysoup.storage import MARKERS, StorageError
 
 
@@ -308,3 +310,67 @@ def test_delete(s3):
     assert s3.files() == ["w/ingredients/t2/manifest.json"]
     storage.delete(root / "ingredients" / "t9")  # absent: nothing to do
     assert storage.list_files(root) == ["ingredients/t2/manifest.json"]
+
+
+def test_publish_missing_uploads_the_world_marker_last(s3, upload_log):
+    split = storage.mirror_of(s3.uri("w/data/world/train"))
+    split.mkdir(parents=True)
+    for name in ("part-00000.parquet", "part-00001.parquet", "_COMPLETE"):
+        (split / name).write_text(name)
+    assert storage.publish_missing(split.parent.parent) == 3
+    keys = [key.rsplit("/", 1)[1] for key, _ in upload_log]
+    assert keys == ["part-00000.parquet", "part-00001.parquet", "_COMPLETE"]
+    # No shard went up while the split's marker was already there.
+    assert all("_COMPLETE" not in present for _, present in upload_log)
+
+
+def _interrupt_after(seconds: float) -> threading.Thread:
+    """Ctrl-C (SIGINT) to this process's main thread in `seconds`."""
+    def fire():
+        time.sleep(seconds)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    thread = threading.Thread(target=fire, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_interrupted_upload_never_leaves_a_truncated_object(s3, tmp_path, monkeypatch):
+    """Ctrl-C mid-upload (an exception unwinding the output stream, which pyarrow then
+    commits): the final key keeps its old object whole and no temp object is left."""
+    path = storage.mirror_of(s3.uri("w/results.parquet"))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"old" * 1000)
+    storage.publish(path)
+    path.write_bytes(os.urandom(3 * 1024 * 1024))
+    # The upload stops after its first 1 MiB chunk until the interrupt arrives.
+    monkeypatch.setattr(storage, "UPLOAD_CHUNK", 1 << 20)
+    monkeypatch.setenv(faults.ENV, f"storage.upload=1:wait={tmp_path / 'never'}")
+    faults._hits.pop("storage.upload", None)
+    thread = _interrupt_after(1.0)
+    with pytest.raises(KeyboardInterrupt):
+        storage.publish(path)
+    thread.join()
+    assert s3.get("w/results.parquet") == b"old" * 1000
+    assert s3.files("w") == ["w/results.parquet"]
+    monkeypatch.delenv(faults.ENV)
+    storage.publish(path)
+    assert s3.get("w/results.parquet") == path.read_bytes()
+    assert s3.files("w") == ["w/results.parquet"]
+
+
+def test_temp_names_are_never_listed_uploaded_or_downloaded(s3):
+    """What a killed writer leaves (a temp object between upload and move, a local temp dir)
+    is invisible to listings, uploads and downloads."""
+    s3.put("w/data/part-0.parquet", "p")
+    s3.put("w/data/.tmp-part-1.parquet-0123abcd", "half")
+    root = storage.mirror_of(s3.uri("w/data"))
+    assert storage.list_files(root) == ["part-0.parquet"]
+    storage.pull(root)
+    assert sorted(p.name for p in root.iterdir()) == ["part-0.parquet"]
+    (root / ".tmp-train-00ff").mkdir()
+    (root / ".tmp-train-00ff" / "part-00000.parquet").write_text("partial")
+    (root / "new.bin").write_text("n")
+    assert storage.publish_missing(root) == 1
+    assert s3.files("w/data") == ["w/data/.tmp-part-1.parquet-0123abcd", "w/data/new.bin",
+                                  "w/data/part-0.parquet"]
