@@ -92,3 +92,18 @@ def read_mapped_imagefolder(path: Path | str, class_map: dict[str, list[str]],
         raise DataError(f"image folder {path} has no images in the mapped class dirs")
     return LabeledImages(keys, files, np.asarray(labels, np.int64), sorted(class_map),
                          class_groups=groups)
+
+
+def numeric_dir_map(own: list[str], space: list[str]) -> dict[str, str] | None:
+    """{"0": space[0], ...} when a folder's dirs are class indices (ImageNetV2 names its dirs
+    0..999 after the sorted ImageNet wnids), else None.
+
+    Only when every dir is a plain decimal integer below len(space) and none is itself a name
+    in `space`: a label space of numeric names ("0", "1", ...) is then matched by name as usual.
+    """
+    if not own or any(d in space for d in own):
+        return None
+    # str.isdecimal also accepts other scripts' digits; the release uses ASCII "0".."999".
+    if not all(d.isascii() and d.isdecimal() and int(d) < len(space) for d in own):
+        return None
+    return {d: space[int(d)] for d in own}
