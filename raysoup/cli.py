@@ -84,12 +84,19 @@ def _import(args: argparse.Namespace) -> int:
     cfg = load_experiment(args.config, args.overrides)
     if not args.sources and args.zeroshot is None:
         raise ConfigError("raysoup import: give checkpoint files/directories or --zeroshot FILE")
-    from raysoup.checkpoints.importer import experiment_target, import_checkpoints
+    from raysoup.checkpoints.importer import (
+        CheckpointImportError,
+        experiment_target,
+        import_checkpoints,
+    )
 
     root = cfg.resolved_workdir(args.workdir) / "ingredients"
     try:
         done = import_checkpoints(args.sources, root, experiment_target(cfg, root),
                                   args.format, args.prefix, args.zeroshot)
+    except CheckpointImportError as err:  # bad input: the message names the file or option
+        print(f"raysoup: error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
     except (ValueError, OSError) as err:
         print(f"raysoup: error: {err}", file=sys.stderr)
         return 1

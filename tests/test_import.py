@@ -129,7 +129,7 @@ def test_cli_refuses_malicious_pickle(tmp_path, capsys):
     torch.save({"w": Evil()}, src)
     rc = main(["import", str(src), "--config", "experiments/tiny.yaml",
                "--workdir", str(tmp_path / "w")])
-    assert rc == 1 and not marker.exists()
+    assert rc == 2 and not marker.exists()  # bad input: exit 2, as for a bad config
     assert str(src.absolute()) in capsys.readouterr().err
 
 
@@ -238,7 +238,7 @@ def test_cli_import_state_dict_into_the_tiny_experiment(tmp_path, capsys):
     # A head for another class count does not fit the experiment.
     torch.save(classifier_skeleton("raysoup-tiny-rn", 3).state_dict(), tmp_path / "c3.pt")
     assert main(["import", str(tmp_path / "c3.pt"), "--config", "experiments/tiny.yaml",
-                 "--workdir", str(tmp_path / "w")]) == 1
+                 "--workdir", str(tmp_path / "w")]) == 2
     assert "3 classes, the experiment has 10" in capsys.readouterr().err
 
 

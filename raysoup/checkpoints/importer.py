@@ -102,6 +102,9 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not obj:
         raise CheckpointImportError(f"{path}: expected a state dict (a dict of tensors), "
                                     f"got {type(obj).__name__}")
+    odd = [k for k in obj if not isinstance(k, str)]
+    if odd:
+        raise CheckpointImportError(f"{path}: keys {odd[:5]!r} are not tensor names (strings)")
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointImportError(f"{path}: entries {bad[:5]} are not tensors")
@@ -195,7 +198,29 @@ def check_and_cast(state: dict[str, torch.Tensor], reference: dict[str, torch.Te
             cast[name] = cast.get(name, 0) + 1
             t = t.float()
         out[key] = t
+    _check_no_shared_memory(out, path)
     return out, cast
+
+
+def _check_no_shared_memory(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Two names over the same bytes are tied weights; the target model has no tied tensors
+    (and safetensors cannot store aliases), so which value each should get is ambiguous."""
+    spans: dict[int, list[tuple[int, int, str]]] = {}
+    for key, t in state.items():
+        if t.numel() == 0:
+            continue
+        start = t.storage_offset() * t.element_size()
+        extent = sum((n - 1) * s for n, s in zip(t.shape, t.stride())) + 1
+        spans.setdefault(t.untyped_storage().data_ptr(), []).append(
+            (start, start + extent * t.element_size(), key))
+    for group in spans.values():
+        group.sort()
+        for (_, end, a), (begin, _, b) in zip(group, group[1:]):
+            if begin < end:
+                raise CheckpointImportError(
+                    f"{path}: tensors {a} and {b} share memory (tied weights); the target "
+                    "model keeps them separate. Re-save the file with a copy of each "
+                    "(e.g. {k: v.clone() for k, v in state.items()})")
 
 
 def _more(names: list[str]) -> str:
@@ -222,8 +247,17 @@ def source_files(sources: list[Path]) -> list[Path]:
     return [seen.setdefault(f.resolve(), f) for f in files if f.resolve() not in seen]
 
 
+# A prefix becomes part of a directory name directly under ingredients/: no separators, no
+# leading dot (hidden names are temp dirs), nothing that could climb out ("..").
+PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
 def ingredient_name(path: Path, prefix: str | None = None) -> str:
     """`model_7.pt` → `model_7` (or `<prefix>-model_7`): the file stem, made directory-safe."""
+    if prefix is not None and (not PREFIX.fullmatch(prefix) or ".." in prefix):
+        raise CheckpointImportError(
+            f"--prefix {prefix!r}: use letters, digits, '_', '-' and '.' only (not first, no "
+            "'..'): an ingredient is a directory directly under ingredients/")
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(path).stem).strip(".-") or "checkpoint"
     return f"{prefix}-{stem}" if prefix else stem
 
