@@ -10,20 +10,47 @@ from pathlib import Path
 
 import numpy as np
 
+import pyarrow.fs as pafs
+
+from raysoup.data import fs as data_fs
 from raysoup.data.images import DataError, LabeledImages
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def class_dirs_of(path: Path | str) -> list[str]:
-    """Sorted class directory names under an ImageFolder root."""
-    path = Path(path)
-    if not path.is_dir():
+def _listing(path: str) -> dict[str, list[str]]:
+    """{class dir: sorted image file paths} from one recursive listing (one LIST walk on S3)."""
+    root = data_fs.info(path)
+    if root.type != pafs.FileType.Directory:
         raise DataError(f"image folder not found: {path}")
-    dirs = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    fsys, key = data_fs.resolve(path)
+    prefix = key.rstrip("/") + "/"
+    dirs: dict[str, list[str]] = {}
+    for e in data_fs.listdir(path, recursive=True):
+        rel = e.path[len(prefix):] if e.path.startswith(prefix) else e.path
+        parts = rel.split("/")
+        if parts[0].startswith("."):
+            continue
+        if e.type == pafs.FileType.Directory and len(parts) == 1:
+            dirs.setdefault(parts[0], [])
+        elif (e.type == pafs.FileType.File and len(parts) == 2
+              and Path(parts[1]).suffix.lower() in IMAGE_SUFFIXES):
+            dirs.setdefault(parts[0], []).append(data_fs.join(path, *parts))
     if not dirs:
         raise DataError(f"image folder {path} has no class directories")
-    return dirs
+    return {d: sorted(files) for d, files in sorted(dirs.items())}
+
+
+def class_dirs_of(path: Path | str) -> list[str]:
+    """Sorted class directory names under an ImageFolder root."""
+    return list(_listing(str(path)))
+
+
+def _check_nonempty(path: str, listing: dict[str, list[str]], dirs) -> None:
+    empty = [d for d in dirs if not listing[d]]
+    if empty:
+        raise DataError(f"image folder {path}: {len(empty)} class folder(s) without images "
+                        f"({sorted(IMAGE_SUFFIXES)}): {empty[:5]}")
 
 
 def read_imagefolder(path: Path | str, classnames: list[str] | None = None,
@@ -35,9 +62,15 @@ def read_imagefolder(path: Path | str, classnames: list[str] | None = None,
     index the full space and class_subset lists the covered classes.
     classnames: human-readable names for that label space; default = the directory names.
     """
-    path = Path(path)
-    own = class_dirs_of(path)
+    path = str(path)
+    listing = _listing(path)
+    own = list(listing)
     space = list(class_dirs) if class_dirs is not None else own
+    if class_dirs is not None and (numeric := numeric_dir_map(own, space)) is not None:
+        # ImageNetV2 names its dirs by class index: 0..999 → the reference dirs in sorted order.
+        listing = {numeric[d]: files for d, files in listing.items()}
+        own = sorted(listing)
+    _check_nonempty(path, listing, own)
     unknown = sorted(set(own) - set(space))
     if unknown:
         raise DataError(f"{path}: class directories {unknown} are not in the reference class "
@@ -48,11 +81,10 @@ def read_imagefolder(path: Path | str, classnames: list[str] | None = None,
     index = {d: i for i, d in enumerate(space)}
     keys, files, labels = [], [], []
     for d in own:
-        for f in sorted((path / d).iterdir()):
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                keys.append(f"{d}/{f.name}")
-                files.append(str(f))
-                labels.append(index[d])
+        for f in listing[d]:
+            keys.append(f"{d}/{f.rsplit('/', 1)[-1]}")
+            files.append(f)
+            labels.append(index[d])
     if not files:
         raise DataError(f"image folder {path} contains no images ({sorted(IMAGE_SUFFIXES)})")
     covered = sorted(index[d] for d in own)
@@ -67,8 +99,9 @@ def read_mapped_imagefolder(path: Path | str, class_map: dict[str, list[str]],
     Labels index the mapped directories (sorted); `class_groups` holds each one's train class
     indices. Directories the map does not name are skipped.
     """
-    path = Path(path)
-    own = class_dirs_of(path)
+    path = str(path)
+    listing = _listing(path)
+    own = list(listing)
     index = {d: i for i, d in enumerate(train_dirs)}
     missing = sorted(set(class_map) - set(own))
     if missing:
@@ -81,13 +114,13 @@ def read_mapped_imagefolder(path: Path | str, class_map: dict[str, list[str]],
             raise DataError(f"{map_file}: {d!r} maps to {unknown[:5] or 'nothing'}, not train "
                             f"classes (e.g. {train_dirs[:3]})")
         groups.append(sorted(index[t] for t in targets))
+    _check_nonempty(path, listing, sorted(class_map))
     keys, files, labels = [], [], []
     for label, d in enumerate(sorted(class_map)):
-        for f in sorted((path / d).iterdir()):
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                keys.append(f"{d}/{f.name}")
-                files.append(str(f))
-                labels.append(label)
+        for f in listing[d]:
+            keys.append(f"{d}/{f.rsplit('/', 1)[-1]}")
+            files.append(f)
+            labels.append(label)
     if not files:
         raise DataError(f"image folder {path} has no images in the mapped class dirs")
     return LabeledImages(keys, files, np.asarray(labels, np.int64), sorted(class_map),

@@ -1,27 +1,144 @@
-"""LabeledImages: the one in-memory form every data source is read into.
+"""LabeledImages: the one form every data source is read into — an index, not the pixels.
 
-Images stay encoded (PNG/JPEG bytes from Parquet, or file paths from an ImageFolder) until a
-consumer decodes them, so a split of a real dataset costs its compressed size, not N*H*W*3.
+A split holds keys, labels and an *image column*: a handle that reads encoded images (PNG/JPEG
+bytes) on demand — from files of an ImageFolder, from row groups of Parquet shards (local or on
+object storage), or from memory for generated data. So a split of ImageNet costs its index
+(keys and labels), not its images; consumers decode what they need, when they need it.
 """
 
 from __future__ import annotations
 
 import io
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+# When set, every decode appends one byte to this file (any process: driver, trial, actor,
+# task), so a benchmark can count decodes across a whole pipeline run.
+DECODE_LOG_ENV = "RAYSOUP_DECODE_LOG"
 
 
 class DataError(ValueError):
     """A dataset on disk or in memory is malformed; the message names the path or field."""
 
 
+class ImageColumn:
+    """Encoded images by position. Subclasses read from memory, files or Parquet row groups.
+
+    `units()` groups items that are cheap to read together (one Parquet row group, one file):
+    the training order shuffles units and then samples within a window, so a worker reads each
+    unit once per epoch.
+    """
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def take(self, idx: np.ndarray) -> ImageColumn:
+        raise NotImplementedError
+
+    def read(self, idx: Sequence[int]) -> list[bytes]:
+        raise NotImplementedError
+
+    def units(self) -> np.ndarray:
+        return np.arange(len(self), dtype=np.int64)
+
+    def where(self, i: int) -> str | None:
+        """The item's origin for error messages (None: name it by its sample key)."""
+        return None
+
+    def __getitem__(self, i: int) -> bytes:
+        return self.read([i])[0]
+
+
+class EncodedBytes(ImageColumn):
+    """Encoded images held in memory (generated data before it is written)."""
+
+    def __init__(self, items: Sequence[bytes]):
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def take(self, idx: np.ndarray) -> EncodedBytes:
+        return EncodedBytes([self.items[i] for i in idx])
+
+    def read(self, idx: Sequence[int]) -> list[bytes]:
+        return [bytes(self.items[i]) for i in idx]
+
+
+class FileImages(ImageColumn):
+    """One image file per item: local paths or s3:// / gs:// URIs (an ImageFolder)."""
+
+    def __init__(self, paths: Sequence[str]):
+        self.paths = [str(p) for p in paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def take(self, idx: np.ndarray) -> FileImages:
+        return FileImages([self.paths[i] for i in idx])
+
+    def read(self, idx: Sequence[int]) -> list[bytes]:
+        from raysoup.data import fs
+
+        out = []
+        for i in idx:
+            path = self.paths[i]
+            if fs.is_uri(path):
+                out.append(fs.read_bytes(path))
+                continue
+            try:
+                with open(path, "rb") as f:
+                    out.append(f.read())
+            except OSError as e:
+                raise DataError(f"cannot read image {path}: {e}") from None
+        return out
+
+    def where(self, i: int) -> str:
+        return self.paths[i]
+
+
+def as_column(images) -> ImageColumn:
+    """A column as given, or one made from a list of encoded bytes / file paths."""
+    if isinstance(images, ImageColumn):
+        return images
+    items = list(images)
+    if items and isinstance(items[0], (str, os.PathLike)):
+        return FileImages(items)
+    return EncodedBytes(items)
+
+
+def count_decode(n: int = 1) -> None:
+    path = os.environ.get(DECODE_LOG_ENV)
+    if path:
+        with open(path, "ab") as f:  # O_APPEND: concurrent processes do not clobber each other
+            f.write(b"." * n)
+
+
+def decode_image(data: bytes, where: str) -> Image.Image:
+    """Encoded bytes → RGB PIL image; a corrupt or truncated image is a DataError naming it."""
+    count_decode()
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()  # a truncated file fails here, not later inside a transform
+        return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot decode image {where}: {exc}") from None
+
+
+def image_size_of(data: bytes) -> tuple[int, int]:
+    """(width, height) from the header alone (no pixels decoded)."""
+    with Image.open(io.BytesIO(data)) as img:
+        return img.size
+
+
 @dataclass
 class LabeledImages:
     keys: list[str]  # stable unique sample keys, e.g. "train/000123"
-    images: list  # list[bytes] (encoded images) or list[str] (file paths)
+    images: ImageColumn  # (a list of encoded bytes or file paths is wrapped into one)
     labels: np.ndarray  # int64 indices into classnames (the full label space)
     classnames: list[str]
     captions: list[str] | None = None
@@ -32,6 +149,7 @@ class LabeledImages:
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.images = as_column(self.images)
         n = len(self.keys)
         if len(self.images) != n or len(self.labels) != n:
             raise DataError(
@@ -60,22 +178,21 @@ class LabeledImages:
         return replace(
             self,
             keys=[self.keys[i] for i in idx],
-            images=[self.images[i] for i in idx],
+            images=self.images.take(idx),
             labels=self.labels[idx],
             captions=None if self.captions is None else [self.captions[i] for i in idx],
         )
 
     def decode(self, i: int) -> Image.Image:
-        item = self.images[i]
-        try:
-            if isinstance(item, (bytes, bytearray, memoryview)):
-                img = Image.open(io.BytesIO(item))
-            else:
-                img = Image.open(Path(item))
-            return img.convert("RGB")
-        except (OSError, Image.DecompressionBombError) as exc:
-            where = item if isinstance(item, str) else self.keys[i]
-            raise DataError(f"cannot decode image {where}: {exc}") from None
+        return decode_image(self.images.read([i])[0], self._where(i))
+
+    def decode_many(self, idx: Sequence[int]) -> list[Image.Image]:
+        """Several images, read together (a Parquet row group once for all its items)."""
+        return [decode_image(b, self._where(i))
+                for i, b in zip(idx, self.images.read(idx), strict=True)]
+
+    def _where(self, i: int) -> str:
+        return self.images.where(i) or self.keys[i]
 
     def decode_all(self) -> np.ndarray:
         """uint8 [N,H,W,3]; every image must have the same size (true for the synthetic world)."""
@@ -84,13 +201,15 @@ class LabeledImages:
         first = np.asarray(self.decode(0))
         out = np.empty((len(self),) + first.shape, np.uint8)
         out[0] = first
-        for i in range(1, len(self)):
-            arr = np.asarray(self.decode(i))
-            if arr.shape != first.shape:
-                raise DataError(
-                    f"decode_all: image {self.keys[i]} is {arr.shape[:2]}, expected "
-                    f"{first.shape[:2]}; use data.transforms.preprocess_eval or "
-                    "train.augment.uint8_images, which resize"
-                )
-            out[i] = arr
+        for lo in range(1, len(self), 256):
+            idx = list(range(lo, min(len(self), lo + 256)))
+            for i, img in zip(idx, self.decode_many(idx), strict=True):
+                arr = np.asarray(img)
+                if arr.shape != first.shape:
+                    raise DataError(
+                        f"decode_all: image {self.keys[i]} is {arr.shape[:2]}, expected "
+                        f"{first.shape[:2]}; use data.transforms.preprocess_eval or "
+                        "train.augment.uint8_images, which resize"
+                    )
+                out[i] = arr
         return out

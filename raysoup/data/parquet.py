@@ -17,10 +17,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raysoup.data.images import DataError, LabeledImages
+import pyarrow.fs as pafs
+
+from raysoup.data import fs as data_fs
+from raysoup.data.images import DataError, FileImages, ImageColumn, LabeledImages
 
 CLASSNAMES_KEY = b"raysoup.classnames"
 SUBSET_KEY = b"raysoup.class_subset"
+ROWS_PER_GROUP = 256
 _SCHEMA = pa.schema([("key", pa.string()), ("image", pa.binary()), ("label", pa.int64()),
                      ("caption", pa.string())])
 
@@ -28,8 +32,6 @@ _SCHEMA = pa.schema([("key", pa.string()), ("image", pa.binary()), ("label", pa.
 def write_parquet_split(dir: Path, data: LabeledImages, rows_per_shard: int = 5000) -> list[Path]:
     """Write data as dir/part-NNNNN.parquet; the dir is built aside and renamed into place."""
     dir = Path(dir)
-    if data.images and not isinstance(data.images[0], (bytes, bytearray)):
-        raise DataError(f"write_parquet_split({dir}): images must be encoded bytes, not paths")
     meta = {CLASSNAMES_KEY: json.dumps(data.classnames).encode(),
             SUBSET_KEY: json.dumps(data.class_subset).encode()}
     schema = _SCHEMA.with_metadata(meta)
@@ -41,43 +43,104 @@ def write_parquet_split(dir: Path, data: LabeledImages, rows_per_shard: int = 50
         lo, hi = s * rows_per_shard, min(len(data), (s + 1) * rows_per_shard)
         captions = (pa.nulls(hi - lo, pa.string()) if data.captions is None
                     else data.captions[lo:hi])
-        table = pa.table({"key": data.keys[lo:hi], "image": data.images[lo:hi],
+        table = pa.table({"key": data.keys[lo:hi], "image": data.images.read(range(lo, hi)),
                           "label": data.labels[lo:hi], "caption": captions}, schema=schema)
-        pq.write_table(table, tmp / f"part-{s:05d}.parquet")
+        # Small row groups: a training batch reads only the groups its samples lie in.
+        pq.write_table(table, tmp / f"part-{s:05d}.parquet", row_group_size=ROWS_PER_GROUP,
+                       compression="none")
     if dir.exists():
         shutil.rmtree(dir)
     os.replace(tmp, dir)
     return sorted(dir.glob("part-*.parquet"))
 
 
-def _files(path: Path) -> list[Path]:
-    if not path.exists():
+class ParquetImages(ImageColumn):
+    """The `image` column of Parquet shards, read one row group at a time.
+
+    Items are (file, row group, row) positions; only the row groups a read touches are
+    fetched, and the last few are kept (bounded by `cache_groups`), so reading a batch whose
+    samples share row groups costs one read per group. File handles are opened lazily per
+    process (they do not pickle to DataLoader workers or Ray actors).
+    """
+
+    def __init__(self, files: list[str], file_idx: np.ndarray, group: np.ndarray, row: np.ndarray,
+                 cache_groups: int = 4):
+        self.files, self.cache_groups = list(files), cache_groups
+        self.file_idx = np.asarray(file_idx, np.int32)
+        self.group = np.asarray(group, np.int32)
+        self.row = np.asarray(row, np.int32)
+        self._handles: dict[int, pq.ParquetFile] = {}
+        self._cache: dict[tuple[int, int], pa.Array] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_handles": {}, "_cache": {}}
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def take(self, idx: np.ndarray) -> ParquetImages:
+        return ParquetImages(self.files, self.file_idx[idx], self.group[idx], self.row[idx],
+                             self.cache_groups)
+
+    def units(self) -> np.ndarray:
+        return self.file_idx.astype(np.int64) << 32 | self.group.astype(np.int64)
+
+    def where(self, i: int) -> str:
+        return f"{self.files[self.file_idx[i]]} (row group {self.group[i]}, row {self.row[i]})"
+
+    def _group(self, f: int, g: int) -> pa.Array:
+        key = (f, g)
+        if key in self._cache:
+            self._cache[key] = self._cache.pop(key)  # most recently used last
+            return self._cache[key]
+        try:
+            if f not in self._handles:
+                fsys, path = data_fs.resolve(self.files[f])
+                self._handles[f] = pq.ParquetFile(fsys.open_input_file(path))
+            column = self._handles[f].read_row_group(g, columns=["image"]).column(0).combine_chunks()
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"cannot read {self.files[f]} row group {g}: {exc}") from None
+        self._cache[key] = column
+        while len(self._cache) > self.cache_groups:
+            self._cache.pop(next(iter(self._cache)))
+        return column
+
+    def read(self, idx) -> list[bytes]:
+        out = []
+        for i in idx:
+            item = self._group(int(self.file_idx[i]), int(self.group[i]))[int(self.row[i])].as_py()
+            if isinstance(item, dict):  # Hugging Face style struct{bytes, path}
+                if item.get("bytes") is not None:
+                    item = item["bytes"]
+                elif item.get("path"):
+                    base = str(Path(self.files[self.file_idx[i]]).parent)
+                    p = item["path"]
+                    item = FileImages([p if Path(p).is_absolute() or data_fs.is_uri(p)
+                                       else data_fs.join(base, p)]).read([0])[0]
+                else:
+                    raise DataError(f"{self.where(i)}: neither image bytes nor a path")
+            out.append(item)
+        return out
+
+
+def _files(path: str) -> list[str]:
+    meta = data_fs.info(path)
+    if meta.type == pafs.FileType.NotFound:
         raise DataError(f"parquet split not found: {path}")
-    if path.is_file():
+    if meta.type == pafs.FileType.File:
         return [path]
-    files = sorted(path.glob("*.parquet"))
+    files = [data_fs.join(path, e.base_name) for e in data_fs.listdir(path)
+             if e.type == pafs.FileType.File and e.base_name.endswith(".parquet")]
     if not files:
         raise DataError(f"no *.parquet files in {path}")
     return files
 
 
-def _images(column: pa.ChunkedArray, path: Path, base: Path) -> list:
-    """Binary column -> bytes; HF-style struct{bytes, path} -> bytes, or the file path."""
-    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
-        return column.to_pylist()
-    if pa.types.is_struct(column.type) and column.type.get_field_index("bytes") >= 0:
-        out = []
-        for i, item in enumerate(column.to_pylist()):
-            if item and item.get("bytes") is not None:
-                out.append(item["bytes"])
-            elif item and item.get("path"):
-                p = Path(item["path"])
-                out.append(str(p if p.is_absolute() else base / p))
-            else:
-                raise DataError(f"{path}: row {i} has neither image bytes nor a path")
-        return out
-    raise DataError(f"{path}: column 'image' must be binary or struct{{bytes, path}}, "
-                    f"got {column.type}")
+def _check_image_type(t: pa.DataType, path: str) -> None:
+    ok = (pa.types.is_binary(t) or pa.types.is_large_binary(t)
+          or (pa.types.is_struct(t) and t.get_field_index("bytes") >= 0))
+    if not ok:
+        raise DataError(f"{path}: column 'image' must be binary or struct{{bytes, path}}, got {t}")
 
 
 def _hf_classnames(meta: dict) -> list[str] | None:
@@ -90,21 +153,44 @@ def _hf_classnames(meta: dict) -> list[str] | None:
 
 
 def read_parquet_split(path: Path | str, classnames: list[str] | None = None) -> LabeledImages:
-    """Read one .parquet file or a directory of them (sorted) into LabeledImages.
+    """Index one .parquet file or a directory of them (sorted; local or s3:// / gs://).
 
-    Class names: the `classnames` argument, else raysoup's schema metadata, else a Hugging Face
-    ClassLabel in the schema. Without a key column, keys are "<dirname>/<row index>".
+    Reads the footers and the key/label/caption columns only: images stay in the files and are
+    read by row group on demand (`ParquetImages`). Class names: the `classnames` argument, else
+    raysoup's schema metadata, else a Hugging Face ClassLabel in the schema. Without a key
+    column, keys are "<dirname>/<row index>".
     """
-    path = Path(path)
+    path = str(path)
     files = _files(path)
-    try:
-        table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"cannot read parquet split {path}: {exc}") from None
-    missing = [c for c in ("image", "label") if c not in table.column_names]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; found {table.column_names}")
-    meta = pq.read_schema(files[0]).metadata or {}
+    keys, labels, captions = [], [], []
+    file_idx, groups, rows = [], [], []
+    meta: dict = {}
+    prefix = Path(path).stem if files == [path] else Path(path).name
+    for f, file in enumerate(files):
+        try:
+            fsys, key = data_fs.resolve(file)
+            pf = pq.ParquetFile(fsys.open_input_file(key))
+            names = pf.schema_arrow.names
+            missing = [c for c in ("image", "label") if c not in names]
+            if missing:
+                raise DataError(f"{file}: missing column(s) {missing}; found {names}")
+            _check_image_type(pf.schema_arrow.field("image").type, file)
+            if f == 0:
+                meta = pf.schema_arrow.metadata or {}
+            cols = [c for c in ("key", "label", "caption") if c in names]
+            table = pf.read(columns=cols)
+            n = table.num_rows
+            for g in range(pf.metadata.num_row_groups):
+                m = pf.metadata.row_group(g).num_rows
+                groups.append(np.full(m, g, np.int32))
+                rows.append(np.arange(m, dtype=np.int32))
+            file_idx.append(np.full(n, f, np.int32))
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"cannot read parquet split {file}: {exc}") from None
+        keys += (table.column("key").to_pylist() if "key" in cols
+                 else [f"{prefix}/{len(keys) + i}" for i in range(n)])
+        labels.append(np.asarray(table.column("label").to_numpy(), dtype=np.int64))
+        captions += (table.column("caption").to_pylist() if "caption" in cols else [None] * n)
     names = classnames
     if names is None and CLASSNAMES_KEY in meta:
         names = json.loads(meta[CLASSNAMES_KEY])
@@ -114,16 +200,11 @@ def read_parquet_split(path: Path | str, classnames: list[str] | None = None) ->
                         "(data.classnames in the experiment config)")
     # Indices into the label space; `classnames` only renames it, so the subset still holds.
     subset = json.loads(meta[SUBSET_KEY]) if SUBSET_KEY in meta else None
-    base = files[0].parent
-    prefix = path.name if path.is_dir() else path.stem
-    keys = (table.column("key").to_pylist() if "key" in table.column_names
-            else [f"{prefix}/{i}" for i in range(table.num_rows)])
-    captions = (table.column("caption").to_pylist() if "caption" in table.column_names else None)
-    if captions is not None and any(c is None for c in captions):
+    images = ParquetImages(files, np.concatenate(file_idx), np.concatenate(groups),
+                           np.concatenate(rows))
+    if any(c is None for c in captions):
         captions = None
-    labels = np.asarray(table.column("label").to_numpy(), dtype=np.int64)
     try:
-        return LabeledImages(keys, _images(table.column("image"), path, base), labels,
-                             list(names), captions, subset)
+        return LabeledImages(keys, images, np.concatenate(labels), list(names), captions, subset)
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from None
