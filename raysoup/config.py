@@ -74,6 +74,21 @@ class DataCfg(Strict):
     # Zero-shot prompt templates: "openai_imagenet" (open_clip's), "world", or explicit strings
     # containing "{}".
     templates: Literal["openai_imagenet", "world"] | list[str] = "openai_imagenet"
+    # Training input (train/batches.py). A train split whose decoded images fit the budget is
+    # decoded once per trial into memory; a larger one streams through DataLoader workers.
+    # None: 10% of the node's memory.
+    memory_budget_mb: float | None = Field(None, ge=0)
+    # DataLoader workers of a streamed trial (None: the trial's CPUs less one, at least 1).
+    # Part of the batch order, like the seed: a resumed trial must keep it.
+    loader_workers: int | None = Field(None, ge=1)
+    shuffle_window: int = Field(1024, ge=1)  # samples shuffled together within a worker
+    # "auto": shift_flip for data.world (its images are at the model's size), otherwise
+    # open_clip's training crop (RandomResizedCrop of the source image, scale 0.9..1).
+    train_crop: Literal["auto", "shift_flip", "random_resized_crop"] = "auto"
+    # Eval splits are decoded once into uint8 shards of this many images (the eval cache).
+    eval_cache_shard: int = Field(1024, ge=1)
+    # A corrupt image: an error naming it (false), or skipped and counted (true).
+    skip_corrupt: bool = False
 
     @model_validator(mode="after")
     def _one_source(self) -> DataCfg:

@@ -1,9 +1,10 @@
 """Fine-tune an ImageClassifier on LabeledImages: the pure-torch loop one sweep trial runs.
 
 AdamW + linear warm-up/cosine (per step), gradient clipping, label smoothing, mixup/cutmix
-(timm) and RandAugment (timm, per sample; crops/flips batched: train/augment.py). Reproducible: every
-epoch reseeds torch, numpy and `random` from (hp.seed, epoch), so a run resumed from its
-epoch-e state computes the same epochs e+1.. as an uninterrupted one.
+(timm), RandAugment (timm, per sample) and crops (train/batches.py: cached or streamed input).
+Reproducible: batches and their augmentation draws are functions of (hp.seed, epoch, step), and
+every epoch reseeds torch and numpy, so a run resumed from its epoch-e state computes the same
+epochs e+1.. as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from torch import nn
 
 from raysoup.config import TrainHParams
 from raysoup.data.images import LabeledImages
-from raysoup.train.augment import Normalize, randaugment, random_shift_flip, uint8_images
+from raysoup.train.augment import Normalize, random_shift_flip
+from raysoup.train.batches import Augment, LoaderCfg, TrainInput, step_seed
 from raysoup.train.schedule import lr_at
 
 OnEpoch = Callable[[int, dict, Callable[[], dict]], None]
@@ -66,6 +68,7 @@ def finetune(
     threads: int | None = None,
     resume: dict | None = None,
     on_epoch: OnEpoch | None = None,
+    loader: LoaderCfg | None = None,
 ) -> dict:
     """Train `model` in place for hp.epochs; returns the last epoch's metrics.
 
@@ -85,16 +88,18 @@ def finetune(
     if use_mix and hp.batch_size % 2:
         raise TrainError(f"finetune: mixup/cutmix need an even batch_size, got {hp.batch_size}")
 
-    pixels = uint8_images(train, image_size)  # decoded once; augmented per batch
-    labels = torch.from_numpy(np.asarray(train.labels, dtype=np.int64))
-    ra = randaugment(hp.randaug_n, hp.randaug_m, image_size, mean) if hp.randaug_n > 0 else None
+    loader = loader or LoaderCfg()
+    aug = Augment(image_size, loader.crop, hp.randaug_n, hp.randaug_m, tuple(mean))
+    batches = TrainInput(train, aug, loader, hp.seed, hp.batch_size)
     normalize = Normalize(mean, std, device)
     shift = max(1, image_size // 8)  # random translation of up to 1/8 of the image
     # Full batches only (mixup pairs samples; equal batches keep steps comparable).
-    drop_last = len(train) >= hp.batch_size
-    if use_mix and not drop_last:
+    if use_mix and len(train) < hp.batch_size:
         raise TrainError(f"finetune: {len(train)} images < batch_size {hp.batch_size} with mixup")
-    steps_per_epoch = len(train) // hp.batch_size if drop_last else 1
+    steps_per_epoch = batches.steps_per_epoch()
+    if steps_per_epoch == 0:
+        raise TrainError(f"finetune: no full batch of {hp.batch_size} per loader lane "
+                         f"({len(train)} images, {loader.lanes} lanes); lower data.loader_workers")
     total_steps = steps_per_epoch * hp.epochs
 
     model.to(device).train()
@@ -128,23 +133,22 @@ def finetune(
     metrics: dict = {"epoch": start_epoch - 1}
     autocast = device.type == "cuda"
     for epoch in range(start_epoch, hp.epochs + 1):
-        gen = _seed_epoch(hp.seed, epoch)
-        order = torch.randperm(len(train), generator=gen)
-        batches = order.split(hp.batch_size)[:steps_per_epoch]
+        _seed_epoch(hp.seed, epoch)
         t0 = time.perf_counter()
         # Sums stay on the device: a per-step .item() would make the CPU wait for every step
         # and keep it from preparing the next batch while the GPU computes.
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         seen = 0
-        for i, idx in enumerate(batches):
-            x = pixels[idx]
-            if ra is not None:
-                x = ra(x)
+        for i, (x, y) in enumerate(batches.epoch(epoch)):
             # uint8 crosses to the device (4x fewer bytes than float32); shift/flip/normalise
-            # run there. The draws come from `gen` on the CPU, so the pixels are the same.
-            x = normalize(random_shift_flip(x.to(device), gen, shift))
-            y = labels[idx].to(device)
+            # run there. The draws come from a CPU generator, so the pixels are the same.
+            x = x.to(device, non_blocking=True)
+            if loader.crop == "shift_flip":
+                gen = torch.Generator().manual_seed(step_seed(hp.seed, epoch, i) ^ 0x5F3759DF)
+                x = random_shift_flip(x, gen, shift)
+            x = normalize(x.float())
+            y = y.to(device)
             step = (epoch - 1) * steps_per_epoch + i
             lr = lr_at(step, hp.lr, hp.warmup_steps, total_steps)
             for group in optimizer.param_groups:

@@ -1,0 +1,244 @@
+"""Training input: which samples form each step's batch, and how they become uint8 tensors.
+
+The *epoch plan* is a pure function of (seed, epoch, the split's units, batch size, lanes,
+window): units (Parquet row groups, or single files) are shuffled and dealt to `lanes`; each
+lane's samples are shuffled within windows of `window` samples and cut into full batches; the
+steps interleave the lanes round robin. Augmentation draws come from a generator seeded per
+step. So a resumed trial sees the same batches, and so do the two ways pixels arrive:
+
+- **cached**: the split's decoded images fit `memory_budget_mb`, and are decoded once per
+  trial into memory (the 32-px world);
+- **streamed**: one DataLoader worker per lane reads its lane's units, decodes and augments
+  its batches; memory is bounded by the window, the prefetch depth and the batch size, never
+  by the number of images.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from raysoup.data.images import LabeledImages, image_size_of
+from raysoup.data.transforms import resize_center_crop
+
+CROPS = ("shift_flip", "random_resized_crop")
+# open_clip's training preprocess: RandomResizedCrop(scale=(0.9, 1.0)), ratio as torchvision.
+RRC_SCALE = (0.9, 1.0)
+RRC_RATIO = (3 / 4, 4 / 3)
+
+
+@dataclass(frozen=True)
+class LoaderCfg:
+    """How a trial's training batches are produced (from DataCfg and the trial's resources)."""
+
+    lanes: int = 1  # streamed: DataLoader workers; part of the plan, so fixed per trial
+    window: int = 1024  # samples shuffled together within a lane
+    memory_budget_mb: float = 2048  # decoded split above this: streamed
+    crop: str = "shift_flip"  # "shift_flip" (batched, after decode) or "random_resized_crop"
+    prefetch: int = 2  # batches in flight per worker
+
+
+@dataclass(frozen=True)
+class Augment:
+    image_size: int
+    crop: str
+    randaug_n: int = 0
+    randaug_m: int = 9
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+
+def step_seed(seed: int, epoch: int, step: int) -> int:
+    return (seed * 1_000_003 + epoch * 10_007 + step) % (2**31)
+
+
+def plan_epoch(units: np.ndarray, seed: int, epoch: int, batch_size: int, lanes: int,
+               window: int) -> list[tuple[int, np.ndarray]]:
+    """[(lane, sample indices)] in step order; every batch full (a split smaller than one
+    batch is one batch of everything)."""
+    n = len(units)
+    rng = np.random.default_rng([seed, epoch])
+    if n < batch_size:
+        return [(0, rng.permutation(n))]
+    uniq, inverse = np.unique(units, return_inverse=True)
+    by_unit = np.argsort(inverse, kind="stable")
+    members = np.split(by_unit, np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1])
+    perm = rng.permutation(len(uniq))
+    per_lane = []
+    for lane in range(lanes):
+        mine = perm[lane::lanes]
+        samples = np.concatenate([members[u] for u in mine]) if len(mine) else np.zeros(0, int)
+        lane_rng = np.random.default_rng([seed, epoch, lane + 1])
+        for lo in range(0, len(samples), window):
+            samples[lo:lo + window] = lane_rng.permutation(samples[lo:lo + window])
+        per_lane.append([samples[i * batch_size:(i + 1) * batch_size]
+                         for i in range(len(samples) // batch_size)])
+    plan = []
+    for i in range(max(map(len, per_lane))):
+        plan += [(lane, batches[i]) for lane, batches in enumerate(per_lane) if i < len(batches)]
+    return plan
+
+
+def _rrc_box(w: int, h: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop.get_params, drawing from `rng`: (left, top, right, bottom)."""
+    area = w * h
+    log_ratio = np.log(RRC_RATIO)
+    for _ in range(10):
+        target = area * rng.uniform(*RRC_SCALE)
+        aspect = float(np.exp(rng.uniform(*log_ratio)))
+        cw, ch = int(round((target * aspect) ** 0.5)), int(round((target / aspect) ** 0.5))
+        if 0 < cw <= w and 0 < ch <= h:
+            top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            return left, top, left + cw, top + ch
+    in_ratio = w / h  # fallback: centre crop at the nearest allowed ratio
+    cw, ch = ((w, int(round(w / RRC_RATIO[0]))) if in_ratio < RRC_RATIO[0] else
+              (int(round(h * RRC_RATIO[1])), h) if in_ratio > RRC_RATIO[1] else (w, h))
+    cw, ch = min(cw, w), min(ch, h)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return left, top, left + cw, top + ch
+
+
+_randaug_cache: dict = {}
+
+
+def _randaugment(aug: Augment):
+    key = (aug.randaug_n, aug.randaug_m, aug.image_size, aug.mean)
+    if key not in _randaug_cache:
+        from timm.data.auto_augment import rand_augment_transform
+
+        _randaug_cache[key] = rand_augment_transform(f"rand-m{aug.randaug_m}-n{aug.randaug_n}", {
+            "translate_const": int(aug.image_size * 0.45),
+            "img_mean": tuple(round(255 * v) for v in aug.mean)})
+    return _randaug_cache[key]
+
+
+def make_batch(images: Sequence, aug: Augment, seed: int) -> torch.Tensor:
+    """Decoded images (PIL or uint8 HWC arrays, any size) → uint8 [B, 3, S, S].
+
+    shift_flip: brought to S (shorter side + centre crop); the shift and flip are drawn
+    later, on the whole batch (`augment.random_shift_flip`). random_resized_crop: open_clip's
+    crop of the source image. RandAugment (timm) draws from Python's `random`, reseeded here.
+    """
+    size = aug.image_size
+    rng = np.random.default_rng(seed)
+    random.seed(seed)
+    ra = _randaugment(aug) if aug.randaug_n > 0 else None
+    out = np.empty((len(images), size, size, 3), np.uint8)
+    for i, img in enumerate(images):
+        is_array = isinstance(img, np.ndarray)
+        if ra is None and is_array and aug.crop == "shift_flip" and img.shape[:2] == (size, size):
+            out[i] = img
+            continue
+        pil = Image.fromarray(img) if is_array else img
+        if aug.crop == "random_resized_crop":
+            pil = pil.resize((size, size), Image.Resampling.BICUBIC,
+                             box=_rrc_box(*pil.size, rng))
+        elif pil.size != (size, size):
+            pil = resize_center_crop(pil, size)
+        if ra is not None:
+            pil = ra(pil)
+        out[i] = np.asarray(pil)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def estimated_decoded_bytes(data: LabeledImages, probe: int = 32) -> float:
+    """Decoded size of the whole split from the first images' headers (no pixels decoded)."""
+    if not len(data):
+        return 0.0
+    idx = list(range(min(probe, len(data))))
+    sizes = [image_size_of(b) for b in data.images.read(idx)]
+    return float(np.mean([w * h * 3 for w, h in sizes])) * len(data)
+
+
+class TrainInput:
+    """The batches of one trial's epochs: (uint8 [B,3,S,S], int64 labels [B]) in plan order."""
+
+    def __init__(self, data: LabeledImages, aug: Augment, cfg: LoaderCfg, seed: int,
+                 batch_size: int):
+        self.data, self.aug, self.cfg = data, aug, cfg
+        self.seed, self.batch_size = seed, batch_size
+        self.labels = torch.from_numpy(np.asarray(data.labels, np.int64))
+        self.units = data.images.units()
+        self.cached = estimated_decoded_bytes(data) <= cfg.memory_budget_mb * 2**20
+        self._pixels = None
+
+    def steps(self, epoch: int) -> list[tuple[int, np.ndarray]]:
+        return plan_epoch(self.units, self.seed, epoch, self.batch_size, self.cfg.lanes,
+                          self.cfg.window)
+
+    def steps_per_epoch(self) -> int:
+        return len(self.steps(1))  # the same for every epoch: only the order changes
+
+    def pixels(self):
+        """The cached split: uint8 [N,H,W,3] when all images share a size, else a list."""
+        if self._pixels is None:
+            try:
+                self._pixels = self.data.decode_all()
+            except ValueError:  # images of different sizes
+                self._pixels = [np.asarray(img) for lo in range(0, len(self.data), 256)
+                                for img in self.data.decode_many(
+                                    range(lo, min(len(self.data), lo + 256)))]
+        return self._pixels
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        plan = self.steps(epoch)
+        if self.cached:
+            pixels = self.pixels()
+            for step, (_, idx) in enumerate(plan):
+                if (isinstance(pixels, np.ndarray) and self.aug.randaug_n == 0
+                        and self.aug.crop == "shift_flip"
+                        and pixels.shape[1:3] == (self.aug.image_size,) * 2):
+                    x = torch.from_numpy(pixels[idx]).permute(0, 3, 1, 2).contiguous()
+                else:
+                    x = make_batch([pixels[i] for i in idx], self.aug,
+                                   step_seed(self.seed, epoch, step))
+                yield x, self.labels[idx]
+            return
+        yield from self._streamed(epoch, plan)
+
+    def _streamed(self, epoch: int, plan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from torch.utils.data import DataLoader
+
+        lanes = LaneBatches(self.data, plan, self.aug, self.seed, epoch, self.cfg.window)
+        loader = DataLoader(lanes, batch_size=None, num_workers=self.cfg.lanes,
+                            prefetch_factor=self.cfg.prefetch,
+                            pin_memory=torch.cuda.is_available())
+        # Workers interleave round robin, which is the plan's order; a small reorder buffer
+        # makes that an invariant of this code rather than of DataLoader's internals.
+        pending: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
+        want = 0
+        for step, x, idx in loader:
+            pending[int(step)] = (x, idx)
+            while want in pending:
+                x, idx = pending.pop(want)
+                yield x, self.labels[idx]
+                want += 1
+        if want != len(plan):
+            raise RuntimeError(f"training input: {want} of {len(plan)} batches arrived")
+
+
+class LaneBatches(torch.utils.data.IterableDataset):
+    """DataLoader worker w decodes and augments the batches of lane w, in step order."""
+
+    def __init__(self, data: LabeledImages, plan, aug: Augment, seed: int, epoch: int,
+                 window: int):
+        self.data, self.plan, self.aug = data, plan, aug
+        self.seed, self.epoch = seed, epoch
+        # Enough row groups stay cached for one window (plus its neighbours at the edges).
+        if hasattr(data.images, "cache_groups"):
+            sizes = np.bincount(np.unique(data.images.units(), return_inverse=True)[1])
+            data.images.cache_groups = int(np.ceil(window / max(1, sizes.min()))) + 2
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        lane = info.id if info is not None else 0
+        for step, (owner, idx) in enumerate(self.plan):
+            if owner != lane:
+                continue
+            images = self.data.decode_many(idx)
+            x = make_batch(images, self.aug, step_seed(self.seed, self.epoch, step))
+            yield step, x, idx
