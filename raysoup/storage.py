@@ -49,6 +49,9 @@ MIRROR = "raysoup-mirror"
 SCHEMES = ("s3", "gs")
 CACHE_ENV = "RAYSOUP_CACHE"
 ENDPOINT_ENV = "AWS_ENDPOINT_URL"
+# A workdir URI's `region` for S3 (pyarrow reads no region variable: without one it asks the
+# network for the bucket's region); set like ENDPOINT_ENV so local Ray workers inherit it.
+REGION_ENV = "RAYSOUP_S3_REGION"
 # Completion markers, uploaded last and in this order: a reader that sees one sees the rest.
 MARKERS = ("model.safetensors.index.json", "manifest.json", "recipe.json", "_COMPLETE")
 UPLOAD_CHUNK = 8 << 20
@@ -70,20 +73,26 @@ def cache_root() -> Path:
 
 
 def mirror_of(uri: str) -> Path:
-    """The local mirror path of a workdir URI. An `endpoint_override` query is applied to
-    this process's environment (`AWS_ENDPOINT_URL`), which local Ray workers inherit; nodes
-    of a cluster need it in their own environment (README: storage URIs)."""
+    """The local mirror path of a workdir URI. `endpoint_override` and `region` queries are
+    applied to this process's environment (`AWS_ENDPOINT_URL`, `RAYSOUP_S3_REGION`), which
+    local Ray workers inherit; nodes of a cluster need them in their own environment
+    (README: storage URIs)."""
     parts = urlsplit(uri)
     if parts.scheme not in SCHEMES or not parts.netloc:
         raise StorageError(f"{uri}: expected s3://bucket/prefix or gs://bucket/prefix")
     query = parse_qs(parts.query)
-    unknown = set(query) - {"endpoint_override", "scheme"}
+    unknown = set(query) - {"endpoint_override", "scheme", "region"}
     if unknown:
         raise StorageError(f"{uri}: unsupported query options {sorted(unknown)} "
-                           "(known: endpoint_override, scheme)")
+                           "(known: endpoint_override, scheme, region)")
     scheme = query.get("scheme", ["https"])[0]
     if scheme not in ("http", "https"):
         raise StorageError(f"{uri}: scheme={scheme!r}, expected http or https")
+    region = query.get("region", [None])[0]
+    if region is not None and parts.scheme != "s3":
+        raise StorageError(f"{uri}: region applies to s3:// only")
+    if region is not None and not all(c.isascii() and (c.isalnum() or c == "-") for c in region):
+        raise StorageError(f"{uri}: region={region!r}, expected a name like us-west-2")
     key = PurePosixPath(parts.path.strip("/"))
     if ".." in key.parts:
         raise StorageError(f"{uri}: '..' is not allowed in a workdir URI")
@@ -94,6 +103,9 @@ def mirror_of(uri: str) -> Path:
         if os.environ.get(ENDPOINT_ENV) != endpoint:
             os.environ[ENDPOINT_ENV] = endpoint
             _filesystem.cache_clear()
+    if region is not None and os.environ.get(REGION_ENV) != region:
+        os.environ[REGION_ENV] = region
+        _filesystem.cache_clear()
     return cache_root() / MIRROR / parts.scheme / parts.netloc / key
 
 
@@ -117,8 +129,10 @@ def is_remote(path: str | os.PathLike) -> bool:
 
 @functools.cache
 def _filesystem(scheme: str, bucket: str) -> pafs.FileSystem:
+    region = os.environ.get(REGION_ENV) if scheme == "s3" else None
+    query = f"?region={region}" if region else ""
     try:
-        fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}")
+        fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}{query}")
     except (OSError, ValueError) as e:
         raise StorageError(f"{scheme}://{bucket}: cannot open the store: {e}") from None
     return fs

@@ -52,7 +52,9 @@ def test_endpoint_override_query_reaches_the_server(s3, monkeypatch):
 
 @pytest.mark.parametrize(("uri", "message"), [
     ("s3://b/p?endpoint=127.0.0.1:9000", "unsupported query options ['endpoint']"),
-    ("s3://b/p?endpoint_override=127.0.0.1:9000&region=x", "unsupported query options"),
+    ("s3://b/p?endpoint_override=127.0.0.1:9000&regoin=x", "unsupported query options"),
+    ("s3://b/p?region=us/west", "expected a name like us-west-2"),
+    ("gs://b/p?region=us-west-2", "region applies to s3:// only"),
     ("s3://b/p?endpoint_override=127.0.0.1:9000&scheme=ftp", "scheme"),
     ("file:///tmp/p", "expected s3://bucket/prefix"),
     ("https://b/p", "expected s3://bucket/prefix"),
