@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+
+from raysoup.atomic import write_atomic
 
 FIXED_SPLITS = ("heldout", "test")
 
@@ -101,10 +102,9 @@ def plot(rows: list[Row], shifts: list[str], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp)
+    # An explicit format: the temp name's suffix is not the figure's.
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_report(table: pa.Table, out_dir: Path, title: str,
@@ -121,8 +121,5 @@ def write_report(table: pa.Table, out_dir: Path, title: str,
         "![test vs. shift accuracy](figure.png)",
         "## Every model\n\n" + markdown_table([(r.model, r) for r in rows], shifts),
     ]) + "\n"
-    readme = out_dir / "README.md"
-    tmp = readme.with_name(".README.md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, readme)
+    readme = write_atomic(out_dir / "README.md", text)
     return [figure, readme]

@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import subprocess
 import sys
@@ -377,3 +378,24 @@ def test_tensor_digest_is_layout_independent_and_sensitive():
     assert tensor_digest(changed) != tensor_digest(state)
     recast = dict(state, **{"head.bias": state["head.bias"].double()})
     assert tensor_digest(recast) != tensor_digest(state)
+
+
+def test_shard_writer_killed_mid_write_leaves_no_temp_file_in_the_soup(ingredients, tmp_path):
+    """A shard task SIGKILLed after writing its temp file (then retried, as Ray does): the
+    finished soup directory holds only its shards and index."""
+    from raysoup.faults import ENV
+
+    plan = plan_shards(_names_and_bytes(ingredients[0]), 2)
+    script = ("import sys; from pathlib import Path\n"
+              "from raysoup.reduce import reduce_shard, write_shard\n"
+              f"paths = [Path(p) for p in {[str(p) for p in ingredients]!r}]\n"
+              f"write_shard(Path(sys.argv[1]), reduce_shard(paths, [1 / {K}] * {K}, {plan[0]!r}))\n")
+    out = tmp_path / shard_filename(1, 2)
+    killed = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
+                            text=True, env={**os.environ, ENV: "reduce.shard_file=1"})
+    assert killed.returncode == -9, killed.stderr
+    assert [p.name for p in tmp_path.iterdir()][0].startswith(f".tmp-{out.name}")
+    shards = [reduce_shard(ingredients, [1 / K] * K, names) for names in plan]
+    write_sharded(tmp_path, shards)  # the retry, then the index
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([
+        INDEX_FILE, shard_filename(1, 2), shard_filename(2, 2)])

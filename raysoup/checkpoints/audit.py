@@ -14,7 +14,6 @@ the file's size and mtime: a changed file is checked again.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,11 +96,7 @@ class AuditCache:
         return result
 
     def _save(self) -> None:
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.file.with_name(f".{self.file.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
-        os.replace(tmp, self.file)
-        storage.publish(self.file)
+        storage.write_file(self.file, json.dumps(self.entries, indent=1, sort_keys=True))
 
 
 def check_compatible(paths: list[Path]) -> None:

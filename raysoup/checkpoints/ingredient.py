@@ -15,10 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +22,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, load_file, save_file
 
-from raysoup import storage
+from raysoup import atomic, storage
+from raysoup.atomic import fsync_path  # noqa: F401 - re-exported for writers of tensor files
 
 FORMAT = "raysoup.ingredient/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -68,13 +65,9 @@ def write_ingredient(dir: Path, state_dict: dict[str, torch.Tensor], meta: dict)
         raise IngredientError(f"{dir}: meta may not set computed manifest fields {clash}")
     tensors = {name: t.detach().cpu().contiguous() for name, t in state_dict.items()}
 
-    dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dir.parent / f".tmp-{dir.name}-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
+    with storage.atomic_dir(dir) as tmp:
         weights = tmp / WEIGHTS_FILE
         save_file(tensors, str(weights), metadata={"format": "pt"})
-        fsync_path(weights)
         manifest = {
             "format": FORMAT,
             "name": dir.name,
@@ -91,13 +84,6 @@ def write_ingredient(dir: Path, state_dict: dict[str, torch.Tensor], meta: dict)
         except (TypeError, ValueError) as e:
             raise IngredientError(f"{dir}: meta is not JSON-serialisable: {e}") from None
         (tmp / MANIFEST_FILE).write_text(text + "\n")
-        fsync_path(tmp / MANIFEST_FILE)
-        fsync_path(tmp)
-        _swap_into_place(tmp, dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    storage.publish(dir)
     return json.loads(text)
 
 
@@ -159,37 +145,12 @@ def list_ingredients(root: Path) -> list[Path]:
     )
 
 
-@contextmanager
-def atomic_dir(out_dir: Path) -> Iterator[Path]:
-    """Yield a hidden temp sibling of `out_dir` to fill; on success it replaces `out_dir`, on
-    error it is removed — so `out_dir` is complete or absent (a killed writer leaves only a
-    `.tmp-*` that `remove_stale_tmp` clears)."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    storage.publish(out_dir)  # remote workdir: upload, completion markers last
-
-
 def remove_stale_tmp(root: Path) -> list[str]:
     """Delete the hidden temp/old directories a killed writer left in `root`.
 
     Only call this when no writer is active in `root` (the start of a stage: one driver owns
     a workdir)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    stale = [p for p in root.iterdir() if p.is_dir() and p.name.startswith((".tmp-", ".old-"))]
-    for p in stale:
-        shutil.rmtree(p, ignore_errors=True)
-    return sorted(p.name for p in stale)
+    return atomic.remove_temp(root, files=False)
 
 
 def _checked_weights(dir: Path, manifest: dict) -> Path:
@@ -205,27 +166,6 @@ def _checked_weights(dir: Path, manifest: dict) -> Path:
             "(truncated or replaced)"
         )
     return weights
-
-
-def _swap_into_place(tmp: Path, dir: Path) -> None:
-    # rename() cannot replace a non-empty directory, so move the old one aside first; a reader
-    # racing with this sees either the old or the new ingredient, or briefly none.
-    old = None
-    if dir.exists():
-        old = dir.parent / f".old-{dir.name}-{uuid.uuid4().hex}"
-        os.rename(dir, old)
-    os.rename(tmp, dir)
-    fsync_path(dir.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _json_default(obj: Any) -> Any:

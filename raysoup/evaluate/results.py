@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -60,11 +59,7 @@ def merge(table: pa.Table, new: list[pa.Table]) -> pa.Table:
 
 
 def write_results(path: Path, table: pa.Table) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    storage.publish(path)
+    storage.write_file(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _triples(table: pa.Table):

@@ -284,10 +284,7 @@ def snapshot_config(cfg: ExperimentCfg, workdir: Path) -> None:
                 f"`raysoup resume {shown}` to continue with the saved config.")
     text = yaml.safe_dump(new, sort_keys=False)
     if old_text != text:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-        storage.publish(path)
+        storage.write_file(path, text)
 
 
 def run_pipeline(cfg: ExperimentCfg, workdir: Path, stages: tuple[str, ...] = STAGES,

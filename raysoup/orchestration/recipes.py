@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 import ray
 
 from raysoup import storage
-from raysoup.checkpoints.ingredient import atomic_dir
 from raysoup.orchestration.reduction import _same_float_mode, reduce_to_refs, write_soup
 from raysoup.soup import Candidate, RecipeResult
 
@@ -155,7 +154,7 @@ def write_result(soup_dir: Path, recipe: str, result: RecipeResult, paths: dict[
 
 
 def _write_ensemble(out_dir: Path, meta: dict, members: list[Path]) -> Path:
-    with atomic_dir(out_dir) as tmp:
+    with storage.atomic_dir(out_dir) as tmp:
         meta = {**meta, "paths": [os.path.relpath(p, out_dir) for p in members]}
         (tmp / RECIPE_FILE).write_text(json.dumps(meta, indent=2))
     return out_dir

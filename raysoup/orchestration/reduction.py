@@ -16,7 +16,6 @@ import torch
 
 from raysoup import storage
 from raysoup.checkpoints import read_manifest
-from raysoup.checkpoints.ingredient import atomic_dir
 from raysoup.faults import failpoint
 from raysoup.orchestration import metrics
 from raysoup.reduce import (
@@ -111,7 +110,7 @@ def write_soup(out_dir: Path, paths: list[Path], weights: list[float], plan: lis
     written into a temporary sibling directory that is renamed into place last.
     `tensor_weights`: per-tensor weights overriding `weights` (see `reduce_shard`)."""
     _check_tensor_weights(tensor_weights, plan)
-    with atomic_dir(out_dir) as tmp:
+    with storage.atomic_dir(out_dir) as tmp:
         k = len(plan)
         files = [shard_filename(i + 1, k) for i in range(k)]
         # The soup keeps the first ingredient's dtypes (accumulation itself is float32).

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import struct
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 
 from raysoup import storage
-from raysoup.checkpoints.ingredient import dtype_name, file_sha256, fsync_path
+from raysoup.atomic import is_temp_name, write_atomic
+from raysoup.checkpoints.ingredient import dtype_name, file_sha256
+from raysoup.faults import failpoint
 from raysoup.reduce.reduction import numpy_view
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -56,13 +56,11 @@ def write_shard(
         if dtypes and name in dtypes:
             t = t.to(_torch_dtype(name, dtypes[name]))
         out[name] = t.contiguous()
-    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex}"
-    try:
+    def save(tmp: Path) -> None:
         save_file(out, str(tmp), metadata={"format": "pt"})
-        fsync_path(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        failpoint("reduce.shard_file")  # killed here, a task leaves its temp file behind
+
+    write_atomic(path, save)
     return file_sha256(path)
 
 
@@ -93,10 +91,12 @@ def write_index(out_dir: Path, files: list[tuple[str, list[str]]], metadata: dic
         "weight_map": weight_map,
         "sha256": sha256,
     }
-    _write_text_atomic(out_dir / INDEX_FILE, json.dumps(index, indent=2) + "\n")
-    # A re-run with another shard count leaves differently named files behind; drop them.
+    write_atomic(out_dir / INDEX_FILE, json.dumps(index, indent=2) + "\n")
+    # A re-run with another shard count leaves differently named files behind, and a shard
+    # task killed mid-write (then retried by Ray) its temp file: drop both. Every shard task
+    # has finished when the index is written, so no temp file here is still being written.
     for p in out_dir.iterdir():
-        if _SHARD_RE.fullmatch(p.name) and p.name not in sha256:
+        if (_SHARD_RE.fullmatch(p.name) and p.name not in sha256) or is_temp_name(p.name):
             p.unlink(missing_ok=True)
     return index
 
@@ -197,12 +197,3 @@ def _read_header(path: Path) -> dict:
     header.pop("__metadata__", None)
     return header
 
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex}"
-    try:
-        tmp.write_text(text)
-        fsync_path(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -77,11 +77,4 @@ class DecisionJournal:
         failpoint("greedy.decision")
 
     def _write_lines(self, items: list[dict]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(x) + "\n" for x in items)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        storage.publish(self.path)
+        storage.write_file(self.path, "".join(json.dumps(x) + "\n" for x in items))
