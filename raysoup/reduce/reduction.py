@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from raysoup import storage
-from raysoup.checkpoints.ingredient import weights_path
+from raysoup.checkpoints.ingredient import MANIFEST_FILE, WEIGHTS_FILE, weights_path
 
 
 class ReductionError(ValueError):
@@ -219,6 +219,9 @@ class _TensorFile:
         self.mm: mmap.mmap | None = None
         try:
             size = os.fstat(self.fd).st_size if self.remote is None else self.remote.size()
+            if self.remote is None:
+                _check_manifest_size(file, size)
+            self.size = size
             (n,) = struct.unpack("<Q", self._pread(8, 0))
             if n > size - 8:
                 raise ValueError(f"header length {n} exceeds the file size {size}")
@@ -246,10 +249,25 @@ class _TensorFile:
         return os.pread(self.fd, n, offset)
 
     def _readinto(self, view: memoryview, offset: int) -> int:
-        if self.remote is not None:
-            self.remote.seek(offset)
-            return self.remote.readinto(view)
-        return os.preadv(self.fd, [view], offset)
+        try:
+            if self.remote is not None:
+                self.remote.seek(offset)
+                return self.remote.readinto(view)
+            return os.preadv(self.fd, [view], offset)
+        except OSError as e:  # EIO, ESTALE (a file replaced under an NFS client), ...
+            raise ReductionError(f"{storage.display(self.file)}: read failed: {e!r}") from None
+
+    def _check_unchanged(self, end: int) -> None:
+        # A mapped page past the file's current end raises SIGBUS, which kills the process
+        # (Ray then retries the task until it gives up) without naming the file: a file that
+        # shrank since it was opened is an error before its mapping is touched.
+        try:
+            now = os.fstat(self.fd).st_size
+        except OSError as e:
+            raise ReductionError(f"{self.file}: cannot stat: {e!r}") from None
+        if now != self.size or now < end:
+            raise ReductionError(f"{self.file}: changed from {self.size} to {now} bytes while "
+                                 "being read (truncated or replaced in place)")
 
     def close(self) -> None:
         if self.remote is not None:
@@ -279,6 +297,7 @@ class _TensorFile:
         offset = self.base + begin
         if scratch is not None and self.remote is None and offset % dtype.itemsize == 0 \
                 and end > begin:
+            self._check_unchanged(self.base + end)
             if self.mm is None:
                 self.mm = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
             scratch.hold(self.mm, offset, self.base + end)
@@ -293,6 +312,21 @@ class _TensorFile:
                 raise ReductionError(f"tensor {name!r}: {self.file} ends early (truncated file)")
             done += got
         return raw.view(dtype).reshape(shape)
+
+
+def _check_manifest_size(file: Path, size: int) -> None:
+    """An ingredient's tensor file must have the size its manifest records: a truncated copy
+    or a stale file (another write's) is refused, naming the file, before anything is mapped."""
+    file = Path(file)
+    manifest = file.with_name(MANIFEST_FILE)
+    if file.name != WEIGHTS_FILE or not manifest.is_file():
+        return  # a soup shard or a bare file: its header is checked against its size below
+    try:
+        expected = json.loads(manifest.read_text()).get("bytes")
+    except (OSError, ValueError):
+        return  # an unreadable manifest is the audit's to report; the header check still runs
+    if expected is not None and expected != size:
+        raise ValueError(f"{size} bytes, but {manifest} says {expected} (truncated or stale)")
 
 
 class Scratch:
