@@ -1,12 +1,15 @@
 """The only MLflow code in raysoup.
 
 Runs are addressed by explicit ids through `MlflowClient` (no global "active run"), and every
-run carries a raysoup tag (sweep / trial name / soup recipe) so that a resumed stage finds and
-reuses its run instead of creating a duplicate.
+run carries a raysoup tag (sweep / trial name / soup recipe and identity) so that a resumed
+stage finds and reuses its run instead of creating a duplicate. Runs are also tagged with
+their workdir's id: workdirs that share a tracking store (a server, one SQLite file) and an
+experiment name never find, reuse or append to each other's runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -25,10 +28,20 @@ log = logging.getLogger(__name__)
 ROLE = "raysoup.role"
 TRIAL = "raysoup.trial"
 RECIPE = "raysoup.recipe"
+SOUP_ID = "raysoup.soup_id"
+WORKDIR = "raysoup.workdir"  # where the run's files are (shown in the UI)
+WORKDIR_ID = "raysoup.workdir_id"  # what runs are found by (a tag value safe in a filter)
 
 
 def default_uri(workdir: Path) -> str:
     return f"sqlite:///{Path(workdir).absolute() / 'mlflow.db'}"
+
+
+def workdir_id(workdir: Path) -> str:
+    """A stable id of a workdir's location: its URI for a remote workdir (the same on every
+    machine), its absolute path otherwise."""
+    where = storage.display(Path(workdir).absolute())
+    return hashlib.sha256(where.encode()).hexdigest()[:16]
 
 
 def is_server(uri: str) -> bool:
@@ -39,10 +52,19 @@ def is_server(uri: str) -> bool:
 class Tracker:
     """Sweep parent run, one child run per trial, one run per soup, report artifacts."""
 
-    def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None):
+    def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None,
+                 workdir: Path | None = None):
+        """`workdir`: the runs are this workdir's (found by its id); None: every run of the
+        experiment counts (a store nothing else writes to)."""
         self.uri = uri
         self.experiment_name = experiment
         self.artifact_root = artifact_root
+        self.scope = {} if workdir is None else {WORKDIR_ID: workdir_id(workdir)}
+        self.labels = {} if workdir is None else {
+            WORKDIR: storage.display(Path(workdir).absolute())}
+        # The workdir's own SQLite store: runs it holds from before runs carried a workdir id
+        # can only be this workdir's, so they are adopted rather than duplicated.
+        self.adopt_untagged = workdir is not None and uri == default_uri(workdir)
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
 
@@ -88,16 +110,27 @@ class Tracker:
                 )
         return self._experiment_id
 
-    def _find(self, key: str, value: str) -> str | None:
-        runs = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{key}` = '{value}'", max_results=2
-        )
-        return runs[0].info.run_id if runs else None
+    def _search(self, tags: Mapping[str, str], max_results: int) -> list:
+        where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        return self.client.search_runs([self.experiment_id], filter_string=where,
+                                       max_results=max_results)
 
-    def _get_or_create(self, key: str, value: str, name: str, parent: str | None) -> str:
-        run_id = self._find(key, value)
+    def _find(self, tags: Mapping[str, str]) -> str | None:
+        runs = self._search({**tags, **self.scope}, 1)
+        if runs:
+            return runs[0].info.run_id
+        if self.adopt_untagged:
+            untagged = [r for r in self._search(tags, 100) if WORKDIR_ID not in r.data.tags]
+            if untagged:
+                run_id = untagged[0].info.run_id
+                self.set_tags(run_id, {**self.scope, **self.labels})
+                return run_id
+        return None
+
+    def _get_or_create(self, tags: Mapping[str, str], name: str, parent: str | None) -> str:
+        run_id = self._find(tags)
         if run_id is None:
-            tags = {key: value, MLFLOW_RUN_NAME: name}
+            tags = {**tags, **self.scope, **self.labels, MLFLOW_RUN_NAME: name}
             if parent:
                 tags[MLFLOW_PARENT_RUN_ID] = parent
             run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
@@ -109,13 +142,13 @@ class Tracker:
     # ------------------------------------------------------------------ sweep and trials
 
     def sweep_run(self, params: Mapping[str, Any] | None = None) -> str:
-        run_id = self._get_or_create(ROLE, "sweep", "sweep", None)
+        run_id = self._get_or_create({ROLE: "sweep"}, "sweep", None)
         if params and not self.client.get_run(run_id).data.params:
             self.log_params(run_id, params)
         return run_id
 
     def trial_run(self, parent: str, trial: str, params: Mapping[str, Any]) -> str:
-        run_id = self._get_or_create(TRIAL, trial, trial, parent)
+        run_id = self._get_or_create({TRIAL: trial}, trial, parent)
         if not self.client.get_run(run_id).data.params:
             self.log_params(run_id, params)
         return run_id
@@ -145,11 +178,14 @@ class Tracker:
 
     def soup_run(self, parent: str, recipe: str, ingredients: list[str], weights: list[float],
                  accuracies: Mapping[str, float], artifacts: list[Path],
-                 params: Mapping[str, Any] | None = None) -> str:
-        existing = self._find(RECIPE, recipe)
+                 params: Mapping[str, Any] | None = None, identity: str = "") -> str:
+        """One run per cooked soup: `identity` (the soup's candidate set) tells a soup cooked
+        again from other ingredients from a re-run of the same one."""
+        key = {RECIPE: recipe, SOUP_ID: identity} if identity else {RECIPE: recipe}
+        existing = self._find(key)
         if existing and self.client.get_run(existing).info.status == "FINISHED":
             return existing  # a re-run of a cooked soup logs nothing twice
-        run_id = self._get_or_create(RECIPE, recipe, f"soup-{recipe}", parent)
+        run_id = self._get_or_create(key, f"soup-{recipe}", parent)
         self.log_params(run_id, {"recipe": recipe, "num_ingredients": len(ingredients),
                                  "ingredients": ",".join(ingredients)[:6000], **(params or {})})
         self.log_metrics(run_id, {f"acc_{k}": v for k, v in accuracies.items()})

@@ -26,3 +26,51 @@ def test_runs_are_reused_not_duplicated(tmp_path):
     assert "flag" not in child.data.metrics
     assert again.client.get_run(soup).data.metrics["acc_test"] == 0.5
     assert [a.path for a in again.client.list_artifacts(soup)] == ["recipe.json"]
+
+
+def test_workdirs_sharing_a_store_keep_their_own_runs(tmp_path):
+    """Two workdirs, one tracking store and experiment name (a shared server): each has its
+    own sweep, trial and soup runs, and a resumed driver finds its own."""
+    from raysoup.tracking import ROLE, TRIAL
+
+    uri = default_uri(tmp_path / "store")
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text("{}")
+    ids = {}
+    for name, seed, acc in (("a", 1, 0.5), ("b", 2, 0.7)):
+        tracker = Tracker(uri, "exp", workdir=tmp_path / name)
+        parent = tracker.sweep_run({"seed": seed})
+        trial = tracker.trial_run(parent, "trial-000", {"lr": seed * 1e-4})
+        tracker.log_metrics(trial, {"train_loss": float(seed)}, step=1)
+        tracker.end(trial)
+        soup = tracker.soup_run(parent, "uniform", ["trial-000"], [1.0], {"test": acc}, [recipe],
+                                identity="same-candidates")
+        tracker.end(parent)
+        ids[name] = (parent, trial, soup)
+    runs = Tracker(uri, "exp").runs()
+    assert sum(r.data.tags.get(ROLE) == "sweep" for r in runs) == 2
+    assert sum(r.data.tags.get(TRIAL) == "trial-000" for r in runs) == 2
+    assert sum(r.data.tags.get("mlflow.runName") == "soup-uniform" for r in runs) == 2
+    client = Tracker(uri, "exp").client
+    for name, seed, acc in (("a", 1, 0.5), ("b", 2, 0.7)):
+        parent, trial, soup = ids[name]
+        assert client.get_run(parent).data.params == {"seed": str(seed)}
+        assert client.get_run(trial).data.params == {"lr": str(seed * 1e-4)}
+        assert [m.value for m in client.get_metric_history(trial, "train_loss")] == [seed]
+        assert client.get_run(soup).data.metrics == {"acc_test": acc}
+        assert client.get_run(parent).data.tags["raysoup.workdir"] == str(tmp_path / name)
+        again = Tracker(uri, "exp", workdir=tmp_path / name)  # a resumed driver
+        assert again.sweep_run() == parent
+        assert again.trial_run(parent, "trial-000", {}) == trial
+
+
+def test_runs_from_before_workdir_ids_are_adopted_in_the_workdirs_own_store(tmp_path):
+    old = Tracker(default_uri(tmp_path), "exp")  # runs written without a workdir id
+    parent = old.sweep_run({"experiment": "exp"})
+    trial = old.trial_run(parent, "trial-000", {"lr": 1e-4})
+    new = Tracker(default_uri(tmp_path), "exp", workdir=tmp_path)
+    assert new.sweep_run() == parent and new.trial_run(parent, "trial-000", {}) == trial
+    assert len(new.runs()) == 2
+    # Another workdir's tracker on that store adopts nothing.
+    other = Tracker(default_uri(tmp_path), "exp", workdir=tmp_path / "other")
+    assert other.sweep_run() != parent and len(other.runs()) == 3

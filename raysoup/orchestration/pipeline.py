@@ -76,7 +76,7 @@ class Run:
         quiet()
         self.tracker = Tracker(cfg.tracking.uri or default_uri(workdir),
                                cfg.tracking.experiment or cfg.name,
-                               artifact_root=workdir / "mlartifacts")
+                               artifact_root=workdir / "mlartifacts", workdir=workdir)
         self.parent = self.tracker.sweep_run({"experiment": cfg.name, "workdir": str(workdir)})
         self._pool: EvalPool | None = None
         self._pool_cpus: float | None = None
