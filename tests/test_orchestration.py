@@ -138,3 +138,59 @@ def test_reduction_task_killed_mid_flight_is_retried(ray_session, ingredients, t
     a, b = load_file(tmp_path / "killed.safetensors"), load_file(tmp_path / "clean.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_soups_are_cooked_again_when_their_candidate_set_changes(ray_session, ingredients,
+                                                                 tmp_path):
+    """Two more ingredients (an import): every soup is cooked again from all of them, the old
+    soup's result rows no longer count, and the new soup gets its own MLflow run."""
+    from raysoup.evaluate import results as res
+    from raysoup.orchestration.recipes import candidate_set, cooked_soup_id, soup_identity
+    from raysoup.orchestration.souping import cook_soups, read_recipe
+    from raysoup.soup import Candidate
+    from raysoup.tracking import Tracker, default_uri
+
+    soups, recipes = tmp_path / "soups", ["uniform", "ensemble"]
+    cands = [Candidate(p.name, 0.5, p) for p in ingredients]
+    out = cook_soups(recipes, cands[:2], soups, 2, pool=None)
+    old = {r: cooked_soup_id(d) for r, d in out.items()}
+    table = res.merge(res.empty(), [res.rows(soup_identity(d)[0], "soup", {"test": (1, 2)}, old[r])
+                                    for r, d in out.items()])
+    stamp = (soups / "uniform" / "recipe.json").stat().st_mtime_ns
+    cook_soups(recipes, cands[:2], soups, 2, pool=None)  # the same set: nothing to do
+    assert (soups / "uniform" / "recipe.json").stat().st_mtime_ns == stamp
+
+    out = cook_soups(recipes, cands, soups, 2, pool=None)
+    names = sorted(c.name for c in cands)
+    new = {}
+    for recipe, soup_dir in out.items():
+        meta = read_recipe(soup_dir)
+        assert sorted(meta["ingredients"]) == names and sorted(meta["candidates"]) == names
+        assert meta["soup_id"] != old[recipe]
+        new[soup_identity(soup_dir)[0]] = meta["soup_id"]
+    assert res.done_pairs(table, new) == set()
+    assert res.done_pairs(table, {"uniform_soup": old["uniform"], "ensemble": old["ensemble"]}) \
+        == {("uniform_soup", "test"), ("ensemble", "test")}
+
+    tracker = Tracker(default_uri(tmp_path), "exp", workdir=tmp_path)
+    parent = tracker.sweep_run()
+    runs = {tracker.soup_run(parent, "uniform", [], [], {}, [], identity=i)
+            for i in (old["uniform"], new["uniform_soup"], old["uniform"])}
+    assert len(runs) == 2
+
+    # An ingredient replaced under the same name is another candidate set too.
+    replaced = tmp_path / ingredients[0].name
+    state = {k: v + 1 if v.is_floating_point() else v
+             for k, v in __import__("safetensors.torch").torch.load_file(
+                 ingredients[0] / "model.safetensors").items()}
+    write_ingredient(replaced, state, read_manifest_meta(ingredients[0]))
+    swapped = [Candidate(replaced.name, 0.5, replaced), *cands[1:2]]
+    assert candidate_set(swapped, None)["soup_id"] != old["uniform"]
+    assert candidate_set(cands[:2], None)["soup_id"] == old["uniform"]
+
+
+def read_manifest_meta(path):
+    from raysoup.checkpoints import read_manifest
+
+    meta = read_manifest(path)
+    return {k: v for k, v in meta.items() if k not in ("format", "sha256", "tensors", "bytes")}

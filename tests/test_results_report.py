@@ -67,3 +67,17 @@ def test_best_single_breaks_ties_like_greedy():
     rows, _ = summarize(table)
     greedy_first = by_heldout([Candidate(r.model, r.acc["heldout"], None) for r in rows])[0]
     assert best_single(rows).model == greedy_first.name == "trial-000"
+
+
+def test_results_written_before_soup_ids_read_with_null_ids(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    old = pa.table({"model": ["uniform_soup"], "kind": ["soup"], "split": ["test"],
+                    "accuracy": [0.5], "correct": [1], "n": [2]})
+    pq.write_table(old, tmp_path / "results.parquet")
+    back = res.read_results(tmp_path / "results.parquet")
+    assert back.schema == res.SCHEMA and back["soup_id"].to_pylist() == [None]
+    # A cooked soup with an id: the old row measured some other soup.
+    assert res.done_pairs(back, {"uniform_soup": "abc"}) == set()
+    assert res.done_pairs(back) == {("uniform_soup", "test")}

@@ -16,6 +16,9 @@ SCHEMA = pa.schema([
     ("accuracy", pa.float64()),
     ("correct", pa.int64()),
     ("n", pa.int64()),
+    # A soup's id (its candidate set, recipe.json "soup_id"); null for ingredients. A row
+    # measured another soup than the one now under that name when the ids differ.
+    ("soup_id", pa.string()),
 ])
 
 
@@ -28,10 +31,14 @@ def read_results(path: Path) -> pa.Table:
         data = storage.read_bytes(path)  # a remote workdir's copy is the current one
     except FileNotFoundError:
         return empty()
-    return pq.read_table(pa.BufferReader(data)).cast(SCHEMA)
+    table = pq.read_table(pa.BufferReader(data))
+    if "soup_id" not in table.column_names:  # written before rows carried it
+        table = table.append_column("soup_id", pa.nulls(table.num_rows, pa.string()))
+    return table.select(SCHEMA.names).cast(SCHEMA)
 
 
-def rows(model: str, kind: str, scores: dict[str, tuple[int, int]]) -> pa.Table:
+def rows(model: str, kind: str, scores: dict[str, tuple[int, int]],
+         soup_id: str | None = None) -> pa.Table:
     items = sorted(scores.items())
     return pa.table({
         "model": [model] * len(items),
@@ -40,11 +47,16 @@ def rows(model: str, kind: str, scores: dict[str, tuple[int, int]]) -> pa.Table:
         "accuracy": [c / n if n else float("nan") for _, (c, n) in items],
         "correct": [c for _, (c, _) in items],
         "n": [n for _, (_, n) in items],
+        "soup_id": [soup_id] * len(items),
     }, schema=SCHEMA)
 
 
-def done_pairs(table: pa.Table) -> set[tuple[str, str]]:
-    return set(zip(table["model"].to_pylist(), table["split"].to_pylist(), strict=True))
+def done_pairs(table: pa.Table, soup_ids: dict[str, str] | None = None) -> set[tuple[str, str]]:
+    """(model, split) pairs already measured; with `soup_ids` (soup model → its current id),
+    a soup's rows count only if they were measured for that id."""
+    triples = zip(table["model"].to_pylist(), table["split"].to_pylist(),
+                  table["soup_id"].to_pylist(), strict=True)
+    return {(m, s) for m, s, i in triples if soup_ids is None or soup_ids.get(m) == i}
 
 
 def merge(table: pa.Table, new: list[pa.Table]) -> pa.Table:

@@ -23,6 +23,7 @@ from raysoup.faults import failpoint
 from raysoup.orchestration import metrics
 from raysoup.orchestration.evaluation import EvalPool, evaluate_models
 from raysoup.orchestration.recipes import (
+    cooked_soup_id,
     inference_costs,
     recipe_files,
     run_params,
@@ -138,22 +139,27 @@ class Run:
 
     def models(self) -> list[tuple[str, str, Path]]:
         """Every model on disk: (name, kind, path). Ingredients are audited first (sha256 vs
-        manifest, NaN/Inf count; cached), so a corrupt file stops the run with its path."""
+        manifest, NaN/Inf count; cached), so a corrupt file stops the run with its path.
+        `self.soup_ids` gets each soup's id: its result rows count only for that id."""
         audits = AuditCache(self.workdir / AUDIT_FILE)
         out = []
         for p in list_ingredients(self.workdir / "ingredients"):
             self.audits[p.name] = audits.audit(p)
             out.append((p.name, read_manifest(p).get("kind", "ingredient"), p))
+        self.soup_ids: dict[str, str | None] = {}
         for recipe_file in recipe_files(self.workdir / "soups"):
-            out.append((*soup_identity(recipe_file.parent), recipe_file.parent))
+            name, kind = soup_identity(recipe_file.parent)
+            self.soup_ids[name] = cooked_soup_id(recipe_file.parent)
+            out.append((name, kind, recipe_file.parent))
         return out
 
     def evaluate(self, stage: str = "evaluate") -> pa.Table:
         with self.stage(stage):
             table = res.read_results(self.results_path)
-            done = res.done_pairs(table)
+            models = self.models()
+            done = res.done_pairs(table, self.soup_ids)
             jobs = []
-            for name, kind, path in self.models():
+            for name, kind, path in models:
                 missing = [s for s in self.split_names() if (name, s) not in done]
                 if missing:
                     jobs.append((name, kind, path, missing))
@@ -165,7 +171,8 @@ class Run:
             def landed(model: str, kind: str, scores: dict) -> None:
                 nonlocal table
                 # Written after every model, atomically: an interrupted stage keeps its rows.
-                table = res.merge(table, [res.rows(model, kind, scores)])
+                table = res.merge(table, [res.rows(model, kind, scores,
+                                                   self.soup_ids.get(model))])
                 res.write_results(self.results_path, table)
                 failpoint(f"{stage.replace(' ', '_')}.model")
                 bar.update(1, f"{model}: test {scores['test'][0] / scores['test'][1]:.3f}"
@@ -196,7 +203,8 @@ class Run:
             # An artifact: MLflow uploads a local file, which must be the bucket's copy.
             storage.pull(soup_dir / "recipe.json", exact=True)
             self.tracker.soup_run(self.parent, recipe, meta["ingredients"], meta["weights"], accs,
-                                  [soup_dir / "recipe.json"], params=run_params(meta))
+                                  [soup_dir / "recipe.json"], params=run_params(meta),
+                                  identity=meta.get("soup_id", ""))
 
     def report(self) -> None:
         with self.stage("report"):

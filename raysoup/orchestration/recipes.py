@@ -10,6 +10,7 @@ the preprocessed held-out split.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 import ray
 
 from raysoup import storage
+from raysoup.checkpoints import read_manifest
 from raysoup.orchestration.reduction import _same_float_mode, reduce_to_refs, write_soup
 from raysoup.soup import Candidate, RecipeResult
 
@@ -90,6 +92,28 @@ def model_name(recipe: str, kind: str) -> str:
     return "ensemble" if kind == "ensemble" else f"{recipe}_soup"
 
 
+def candidate_set(candidates: list[Candidate], anchor: Candidate | None) -> dict:
+    """What every soup of a soup stage is cooked from, with its soup id: the candidates and
+    the zero-shot anchor by name and tensor-file sha256 (from their manifests). A soup whose
+    recorded id differs (ingredients added, removed or replaced) is stale."""
+    def digests(cands: list[Candidate]) -> dict[str, str]:
+        return {c.name: read_manifest(c.path)["sha256"] for c in sorted(cands, key=lambda c: c.name)}
+
+    members = {"candidates": digests(candidates),
+               "anchor": digests([anchor]) if anchor is not None else None}
+    text = json.dumps(members, sort_keys=True)
+    return {**members, "soup_id": hashlib.sha256(text.encode()).hexdigest()[:16]}
+
+
+def cooked_soup_id(soup_dir: Path) -> str | None:
+    """The soup id recorded in a cooked recipe directory (None: not cooked, or cooked before
+    soups recorded their candidate set)."""
+    try:
+        return json.loads(storage.read_text(Path(soup_dir) / RECIPE_FILE)).get("soup_id")
+    except FileNotFoundError:
+        return None
+
+
 def soup_identity(soup_dir: Path) -> tuple[str, str]:
     """(model name, kind) of a cooked recipe directory."""
     meta = json.loads(storage.read_text(soup_dir / RECIPE_FILE))
@@ -137,11 +161,13 @@ def run_params(meta: dict) -> dict:
 
 
 def write_result(soup_dir: Path, recipe: str, result: RecipeResult, paths: dict[str, Path],
-                 plan: list[list[str]], anchor: Candidate | None = None) -> Path:
-    """A weight soup (shards + index + recipe.json) or an ensemble listing (recipe.json only)."""
+                 plan: list[list[str]], anchor: Candidate | None = None,
+                 cooked_from: dict | None = None) -> Path:
+    """A weight soup (shards + index + recipe.json) or an ensemble listing (recipe.json only).
+    `cooked_from`: the `candidate_set` it was cooked from, recorded in recipe.json."""
     meta = {"recipe": recipe, "model": model_name(recipe, result.kind), "kind": result.kind,
             "ingredients": result.ingredients, "weights": result.weights,
-            "trace": result.trace, **result.info}
+            "trace": result.trace, **result.info, **(cooked_from or {})}
     members = [paths[name] for name in result.ingredients]
     if result.kind == "ensemble":
         return _write_ensemble(soup_dir, meta, members)

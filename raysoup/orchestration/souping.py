@@ -10,7 +10,12 @@ from raysoup import storage
 from raysoup.checkpoints.ingredient import remove_stale_tmp
 from raysoup.orchestration import metrics
 from raysoup.orchestration.evaluation import EvalPool
-from raysoup.orchestration.recipes import RayKitchen, write_result
+from raysoup.orchestration.recipes import (
+    RayKitchen,
+    candidate_set,
+    cooked_soup_id,
+    write_result,
+)
 from raysoup.orchestration.reduction import add_ingredient, shard_plan
 from raysoup.soup import Candidate, get_recipe
 from raysoup.soup.base import needs_kitchen
@@ -83,7 +88,8 @@ def journal_path(soups_dir: Path, recipe: str) -> Path:
 def cook_soups(recipes: list[str], candidates: list[Candidate], soups_dir: Path,
                num_shards: int, pool: EvalPool, speculation: int = 1, cfg=None,
                anchor: Candidate | None = None) -> dict[str, Path]:
-    """Cook every recipe whose soup directory is not complete yet; returns recipe → directory.
+    """Cook every recipe whose soup directory is not complete yet, or was cooked from another
+    candidate set (`candidate_set`: names and sha256); returns recipe → directory.
 
     `cfg`: the `soup` config section (recipe settings); `anchor`: the zero-shot ingredient
     (WiSE-FT and Model Stock interpolate from it)."""
@@ -94,13 +100,18 @@ def cook_soups(recipes: list[str], candidates: list[Candidate], soups_dir: Path,
         log.info("soup: removed %d partial soup(s) of an interrupted run", len(stale))
     by_name = {c.name: c for c in [*([anchor] if anchor else []), *candidates]}
     kitchen = RayKitchen(pool, plan, anchor)
+    cooked_from = candidate_set(candidates, anchor)
     out = {}
     for name in recipes:
         soup_dir = soups_dir / name
-        if storage.is_file(soup_dir / "recipe.json"):
+        cooked = cooked_soup_id(soup_dir)
+        if cooked == cooked_from["soup_id"]:
             log.info("soup %s: already cooked", name)
             out[name] = soup_dir
             continue
+        if cooked is not None or storage.is_file(soup_dir / "recipe.json"):
+            log.info("soup %s: cooked from other ingredients; cooking again from %d", name,
+                     len(candidates))
         recipe = get_recipe(name, cfg)
         if name == "greedy":
             recipe.speculation = speculation
@@ -115,7 +126,7 @@ def cook_soups(recipes: list[str], candidates: list[Candidate], soups_dir: Path,
         log.info("soup %s: %d ingredients %s %s", name, len(result.ingredients),
                  result.ingredients, result.stats or "")
         write_result(soup_dir, name, result, {n: c.path for n, c in by_name.items()}, plan,
-                     anchor)
+                     anchor, cooked_from)
         if journal:
             # The complete soup directory is the record now.
             journal.path.unlink(missing_ok=True)
