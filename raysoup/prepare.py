@@ -14,8 +14,6 @@ from raysoup import storage
 from raysoup.checkpoints import list_ingredients, read_manifest, write_ingredient
 from raysoup.config import ExperimentCfg
 from raysoup.data.sources import DatasetSplits, load_splits
-from raysoup.data.transforms import preprocess_eval
-from raysoup.evaluate.evaluator import EvalSplit
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +53,6 @@ def ensure_zeroshot(cfg: ExperimentCfg, workdir: Path, splits: DatasetSplits) ->
         "base_model": str(base) if base else cfg.model.pretrained,
     })
     log.info("zero-shot ingredient written: %s", out)
-    return out
-
-
-def eval_splits(splits: DatasetSplits, preprocess: dict) -> dict[str, EvalSplit]:
-    """held-out, test and every shift set, decoded and preprocessed once."""
-    named = {"heldout": splits.heldout, "test": splits.test, **splits.shifts}
-    out = {}
-    for name, data in named.items():
-        images = preprocess_eval(data, preprocess["image_size"], preprocess["mean"], preprocess["std"])
-        subset = tuple(data.class_subset) if data.class_subset is not None else None
-        groups = (tuple(tuple(g) for g in data.class_groups)
-                  if data.class_groups is not None else None)
-        out[name] = EvalSplit(images=images, labels=data.labels, class_subset=subset,
-                              class_groups=groups)
     return out
 
 

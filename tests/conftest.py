@@ -11,7 +11,9 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        # "local": a fresh cluster, never one another process started on this machine.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
+                 log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -35,3 +37,13 @@ def s3(s3_server, tmp_path, monkeypatch):
     s3_server.activate(monkeypatch, tmp_path / "cache")
     yield s3_server
     storage._filesystem.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def imagenet_fixture(tmp_path_factory):
+    """The ImageNet-shaped fixture (raysoup/data/fixture.py), generated once per session:
+    {role: path}, with the root as "root"."""
+    from raysoup.data.fixture import write_imagenet_fixture
+
+    root = tmp_path_factory.mktemp("imagenet-fixture")
+    return {**write_imagenet_fixture(root), "root": str(root)}

@@ -25,10 +25,7 @@ def splits():
     ("raysoup-tiny-vit", 64),
     ("raysoup-tiny-vit", 500),
     ("raysoup-tiny-rn", 500),  # every slice fits one batch of >= 16 rows
-    pytest.param("raysoup-tiny-rn", 64, marks=pytest.mark.xfail(strict=True, reason=(
-        "CPU convolutions take another kernel for batches under 16 rows, and a slice's last "
-        "batch can be that small (203 rows in 2 slices: 64+37 | 64+38): slice boundaries must "
-        "fall on batch boundaries (evaluator.part_range) for the logits to be the same bits"))),
+    ("raysoup-tiny-rn", 64),  # CPU convolutions take another kernel under 16 rows
 ])
 def test_logits_and_counts_do_not_depend_on_slicing(model_name, batch_size):
     torch.manual_seed(0)

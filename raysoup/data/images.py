@@ -184,14 +184,15 @@ class LabeledImages:
         )
 
     def decode(self, i: int) -> Image.Image:
-        return decode_image(self.images.read([i])[0], self._where(i))
+        return decode_image(self.images.read([i])[0], self.where(i))
 
     def decode_many(self, idx: Sequence[int]) -> list[Image.Image]:
         """Several images, read together (a Parquet row group once for all its items)."""
-        return [decode_image(b, self._where(i))
+        return [decode_image(b, self.where(i))
                 for i, b in zip(idx, self.images.read(idx), strict=True)]
 
-    def _where(self, i: int) -> str:
+    def where(self, i: int) -> str:
+        """Where sample i comes from (file, row group), or its key: for error messages."""
         return self.images.where(i) or self.keys[i]
 
     def decode_all(self) -> np.ndarray:

@@ -29,7 +29,8 @@ _SCHEMA = pa.schema([("key", pa.string()), ("image", pa.binary()), ("label", pa.
                      ("caption", pa.string())])
 
 
-def write_parquet_split(dir: Path, data: LabeledImages, rows_per_shard: int = 5000) -> list[Path]:
+def write_parquet_split(dir: Path, data: LabeledImages, rows_per_shard: int = 5000,
+                        rows_per_group: int = ROWS_PER_GROUP) -> list[Path]:
     """Write data as dir/part-NNNNN.parquet; the dir is built aside and renamed into place."""
     dir = Path(dir)
     meta = {CLASSNAMES_KEY: json.dumps(data.classnames).encode(),
@@ -46,7 +47,7 @@ def write_parquet_split(dir: Path, data: LabeledImages, rows_per_shard: int = 50
         table = pa.table({"key": data.keys[lo:hi], "image": data.images.read(range(lo, hi)),
                           "label": data.labels[lo:hi], "caption": captions}, schema=schema)
         # Small row groups: a training batch reads only the groups its samples lie in.
-        pq.write_table(table, tmp / f"part-{s:05d}.parquet", row_group_size=ROWS_PER_GROUP,
+        pq.write_table(table, tmp / f"part-{s:05d}.parquet", row_group_size=rows_per_group,
                        compression="none")
     if dir.exists():
         shutil.rmtree(dir)

@@ -1,7 +1,8 @@
 """Pure evaluation core: weights in, per-split accuracy out.
 
 The model skeleton is built once; evaluating a candidate is `param.copy_` plus a forward pass
-over tensors that were decoded and preprocessed once (see DESIGN.md, "Evaluation pool").
+over the split's eval cache, decoded and preprocessed once (evaluate/cache.py) and streamed a
+shard at a time.
 """
 
 from __future__ import annotations
@@ -13,15 +14,23 @@ import numpy as np
 import torch
 from torch import nn
 
+from raysoup.evaluate.cache import ArrayImages, CachedImages
+
 
 @dataclass(frozen=True)
 class EvalSplit:
-    images: np.ndarray  # float32 [N, 3, H, W], already normalised
+    # The split's images as an eval cache (evaluate/cache.py: uint8 shards read one at a time)
+    # or, for tests and benchmarks, a float32 [N, 3, H, W] array already normalised.
+    images: CachedImages | ArrayImages
     labels: np.ndarray  # int64 [N], indices into the full label space (or into class_groups)
     class_subset: tuple[int, ...] | None = None  # classes this split covers (None = all)
     # ObjectNet style: the split's own classes, each a group of model classes; labels index the
     # groups, and a prediction is right if the chosen model class lies in the label's group.
     class_groups: tuple[tuple[int, ...], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.images, np.ndarray):
+            object.__setattr__(self, "images", ArrayImages(self.images))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -80,12 +89,11 @@ class Evaluator:
     @torch.no_grad()
     def logits(self, split: str, part: tuple[int, int] | None = None) -> torch.Tensor:
         data = self.splits[split]
-        lo, hi = part_range(len(data), part)
+        lo, hi = part_range(len(data), part, self.batch_size)
         out = []
-        for start in range(lo, hi, self.batch_size):
+        for batch in data.images.batches(lo, hi, self.batch_size):
             # A copy: arrays from Ray's object store are read-only views (torch warns on them).
-            x = torch.tensor(data.images[start : min(hi, start + self.batch_size)],
-                             device=self.device)
+            x = torch.tensor(batch, device=self.device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 out.append(self.model(x).float().cpu())
         return torch.cat(out) if out else torch.empty(0)
@@ -103,7 +111,10 @@ class Evaluator:
         result = {}
         for name in splits or list(self.splits):
             data = self.splits[name]
-            lo, hi = part_range(len(data), part)
+            lo, hi = part_range(len(data), part, self.batch_size)
+            if lo == hi:  # more slices than batches: this one is empty
+                result[name] = (0, 0)
+                continue
             labels = torch.tensor(data.labels[lo:hi])
             correct = count_correct(self.logits(name, part), labels, data.class_subset,
                                     data.class_groups)
@@ -141,10 +152,13 @@ class Evaluator:
         return result
 
 
-def part_range(n: int, part: tuple[int, int] | None) -> tuple[int, int]:
+def part_range(n: int, part: tuple[int, int] | None, batch_size: int = 1) -> tuple[int, int]:
+    """Rows of slice i of k: whole batches of the split's batch grid, so a sliced evaluation
+    forms exactly the batches of a whole one (the same bits, whatever the kernels)."""
     if part is None:
         return 0, n
     i, k = part
     if not 0 <= i < k:
         raise ValueError(f"part must be (i, k) with 0 <= i < k, got {part}")
-    return n * i // k, n * (i + 1) // k
+    batches = -(-n // batch_size)
+    return min(n, batches * i // k * batch_size), min(n, batches * (i + 1) // k * batch_size)

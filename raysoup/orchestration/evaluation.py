@@ -1,7 +1,8 @@
-"""Evaluation pool: Ray actors that each hold one model skeleton and the preprocessed splits.
+"""Evaluation pool: Ray actors that each hold one model skeleton and stream the eval cache.
 
-The splits are decoded and preprocessed once on the driver and put in the object store once;
-numpy arrays reach every actor zero-copy. Evaluating a model = copy its weights in + forward.
+Each eval split is decoded and preprocessed once, by Ray tasks in parallel on any node, into
+the eval cache (evaluate/cache.py); the driver only schedules them and never holds pixels.
+Evaluating a model = copy its weights in + stream the cache's shards through a forward pass.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ import torch
 from raysoup import storage
 from raysoup.checkpoints import load_state_dict
 from raysoup.checkpoints.ingredient import weights_path
+from raysoup.data.images import LabeledImages
+from raysoup.evaluate import cache
 from raysoup.evaluate.evaluator import EvalSplit, Evaluator
 from raysoup.orchestration import metrics
 from raysoup.orchestration.recipes import ensemble_members
+from raysoup.progress import Progress
 from raysoup.reduce import INDEX_FILE, read_sharded, scaled
 
 log = logging.getLogger(__name__)
@@ -81,6 +85,67 @@ class EvalWorker:
                                         for p in paths) / 2**20
         return {"weights": mix.weights, "tensor_weights": mix.tensor_weights, "trace": mix.trace,
                 "info": {**mix.info, "memory": memory}}
+
+
+def _build_shard(data: LabeledImages, image_size: int, out: str, skip_corrupt: bool) -> dict:
+    torch.set_num_threads(1)
+    return cache.build_shard(data, image_size, Path(out), skip_corrupt)
+
+
+def build_eval_cache(named: dict[str, LabeledImages], workdir: Path, preprocess: dict,
+                     shard_images: int, skip_corrupt: bool = False) -> dict[str, EvalSplit]:
+    """Each split's eval cache (built once, by Ray tasks in parallel; reused when present),
+    as the EvalSplits the eval actors stream. Shards an interrupted build finished are kept."""
+    size = preprocess["image_size"]
+    task = ray.remote(num_cpus=1, max_retries=3)(_build_shard)
+    todo: dict = {}  # ref -> (split, shard index)
+    plans: dict[str, tuple[Path, list]] = {}
+    for name, data in named.items():
+        directory = cache.cache_dir(workdir, name, data, preprocess)
+        ranges = cache.shard_ranges(len(data), shard_images)
+        infos: list = [None] * len(ranges)
+        manifest = cache.read_manifest(directory)
+        if manifest is not None:
+            infos = manifest["shards"]
+        else:
+            for i, (lo, hi) in enumerate(ranges):
+                out = directory / cache.shard_name(i)
+                infos[i] = cache.built_shard(out)
+                if infos[i] is None:
+                    todo[task.remote(data.select(np.arange(lo, hi)), size, str(out),
+                                     skip_corrupt)] = (name, i)
+        plans[name] = (directory, infos)
+    if todo:
+        bar = Progress(total=len(todo), desc="eval cache", unit="shards")
+        pending = list(todo)
+        while pending:
+            [ref], pending = ray.wait(pending, num_returns=1)
+            name, i = todo[ref]
+            plans[name][1][i] = ray.get(ref)  # a decode error names the image
+            bar.update(1, name)
+        bar.close()
+    out = {}
+    for name, data in named.items():
+        directory, infos = plans[name]
+        ranges = cache.shard_ranges(len(data), shard_images)
+        skipped = [lo + j for (lo, _), info in zip(ranges, infos, strict=True)
+                   for j in info["skipped"]]
+        if cache.read_manifest(directory) is None:
+            cache.write_manifest(directory, {"split": name, "images": len(data) - len(skipped),
+                                             "skipped": len(skipped), "image_size": size,
+                                             "shards": infos})
+        if skipped:
+            log.warning("eval cache: %s: %d corrupt image(s) skipped (data.skip_corrupt), "
+                        "e.g. %s", name, len(skipped), data.where(skipped[0]))
+        keep = np.setdiff1d(np.arange(len(data)), skipped)
+        images = cache.CachedImages(str(directory), [info["n"] for info in infos],
+                                    tuple(preprocess["mean"]), tuple(preprocess["std"]))
+        subset = tuple(data.class_subset) if data.class_subset is not None else None
+        groups = (tuple(tuple(g) for g in data.class_groups)
+                  if data.class_groups is not None else None)
+        out[name] = EvalSplit(images=images, labels=data.labels[keep], class_subset=subset,
+                              class_groups=groups)
+    return out
 
 
 def actor_class(cfg, num_cpus: float | None = None):

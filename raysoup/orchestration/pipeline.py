@@ -21,7 +21,7 @@ from raysoup.config import ConfigError, ExperimentCfg
 from raysoup.evaluate import results as res
 from raysoup.faults import failpoint
 from raysoup.orchestration import metrics
-from raysoup.orchestration.evaluation import EvalPool, evaluate_models
+from raysoup.orchestration.evaluation import EvalPool, build_eval_cache, evaluate_models
 from raysoup.orchestration.recipes import (
     cooked_soup_id,
     inference_costs,
@@ -31,7 +31,7 @@ from raysoup.orchestration.recipes import (
 )
 from raysoup.orchestration.souping import cook_soups, read_recipe
 from raysoup.orchestration.sweep import run_sweep
-from raysoup.prepare import eval_splits, prepare
+from raysoup.prepare import prepare
 from raysoup.progress import Progress
 from raysoup.report import markdown_table, summarize, summary_rows, write_report
 from raysoup.soup import Candidate
@@ -112,7 +112,10 @@ class Run:
     def pool(self, count: int, num_cpus: float | None = None) -> EvalPool:
         """Eval actors; the preprocessed splits are put in the object store once per run."""
         if self._splits_ref is None:
-            self._splits_ref = ray.put(eval_splits(self.data, self.zeroshot["preprocess"]))
+            named = {"heldout": self.data.heldout, "test": self.data.test, **self.data.shifts}
+            self._splits_ref = ray.put(build_eval_cache(
+                named, self.workdir, self.zeroshot["preprocess"], self.cfg.data.eval_cache_shard,
+                self.cfg.data.skip_corrupt))
         if self._pool is None or (len(self._pool), self._pool_cpus) != (count, num_cpus):
             self.release_actors()
             self._pool = EvalPool.start(self.cfg, self._splits_ref, self.zeroshot["model_name"],

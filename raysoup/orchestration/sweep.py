@@ -23,7 +23,15 @@ from safetensors.torch import load_file, save_file
 from raysoup import storage
 from raysoup.checkpoints import list_ingredients, load_state_dict, read_manifest, write_ingredient
 from raysoup.checkpoints.ingredient import remove_stale_tmp
-from raysoup.config import Choice, ExperimentCfg, LogUniform, RandInt, TrainHParams, Uniform
+from raysoup.config import (
+    Choice,
+    ConfigError,
+    ExperimentCfg,
+    LogUniform,
+    RandInt,
+    TrainHParams,
+    Uniform,
+)
 from raysoup.faults import failpoint
 from raysoup.orchestration import metrics
 from raysoup.tracking import Tracker
@@ -32,10 +40,18 @@ log = logging.getLogger(__name__)
 
 SWEEP_DIR = "tune"
 SWEEP_NAME = "sweep"
+# A diverged trial leaves ingredients/<name>/manifest.json with this kind and no tensor file:
+# it is a finished trial, but not an ingredient (list_ingredients needs the tensor file), so
+# evaluation and soups never see it.
+DIVERGED = "diverged"
 
 
 class SweepError(RuntimeError):
     pass
+
+
+class SweepSettingsChanged(ConfigError):
+    """A resumed sweep would silently keep settings the config now changes."""
 
 
 def trial_name(trial_id: str) -> str:
@@ -96,8 +112,31 @@ def _load_state(directory: Path) -> dict:
 
 
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Tune's trainable (its name is saved with the sweep; a restore checks it)."""
+    from raysoup.train.finetune import Diverged
+
+    try:
+        _train(config, ctx)
+    except Diverged as err:
+        # Training is deterministic: a retry diverges again. The trial ends (not errors) with
+        # a record, so the sweep can finish with its other trials.
+        _record_diverged(config, ctx, err)
+
+
+def _record_diverged(config: dict[str, Any], ctx: TrialContext, err: Exception) -> None:
+    cfg = ExperimentCfg.model_validate_json(ctx.cfg_json)
+    name = trial_name(tune.get_context().get_trial_id())
+    record = {"kind": DIVERGED, "status": DIVERGED, "trial": name, "error": str(err),
+              "hparams": hparams_for(cfg, config).model_dump()}
+    storage.write_file(Path(ctx.workdir) / "ingredients" / name / "manifest.json",
+                       json.dumps(record, indent=1, sort_keys=True))
+    tune.report({DIVERGED: 1})  # tells the driver's callbacks how the trial ended
+
+
+def _train(config: dict[str, Any], ctx: TrialContext) -> None:
     from raysoup.data.sources import load_splits
     from raysoup.models.classifier import classifier_skeleton
+    from raysoup.train.batches import loader_for
     from raysoup.train.finetune import finetune
 
     started = time.perf_counter()  # the trial's own wall time (raysoup bench B4)
@@ -136,7 +175,8 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     pre = meta["preprocess"]
     finetune(model, splits.train, hp, image_size=pre["image_size"], mean=pre["mean"],
-             std=pre["std"], threads=ctx.threads, resume=resume, on_epoch=on_epoch)
+             std=pre["std"], threads=ctx.threads, resume=resume, on_epoch=on_epoch,
+             loader=loader_for(cfg.data, cfg.sweep.resources_per_trial.cpu))
 
 
 # ---------------------------------------------------------------- tracking (runs on the driver)
@@ -180,8 +220,13 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run = self._run(trial)
-        self.tracker.set_tags(run, {"raysoup.ingredient": f"ingredients/{trial_name(trial.trial_id)}"})
-        self.tracker.end(run, ok=True)
+        if _diverged(trial):
+            self.tracker.set_tags(run, {"raysoup.status": DIVERGED})
+            self.tracker.end(run, ok=False)
+        else:
+            self.tracker.set_tags(run, {"raysoup.ingredient":
+                                        f"ingredients/{trial_name(trial.trial_id)}"})
+            self.tracker.end(run, ok=True)
         self.tracker.persist()
         failpoint("sweep.trial_complete")
 
@@ -189,8 +234,18 @@ class TrackingCallback(tune.Callback):
         self.tracker.end(self._run(trial), ok=False)
 
 
+def _diverged(trial) -> bool:
+    return bool((trial.last_result or {}).get(DIVERGED))
+
+
 class ProgressCallback(tune.Callback):
-    """One line per trial epoch on the console (Tune's own tables are off: verbose=0)."""
+    """One line per trial epoch on the console (Tune's own tables are off: verbose=0).
+
+    Also applies this run's `sweep.max_failures` (`run_sweep` sets `max_failures`): a restored
+    sweep's trials, and those its restored search algorithm creates, carry the value the sweep
+    started with."""
+
+    max_failures: ClassVar[int | None] = None
 
     def __init__(self, num_samples: int, epochs: int):
         self.num_samples, self.epochs = num_samples, epochs
@@ -199,7 +254,14 @@ class ProgressCallback(tune.Callback):
     def setup(self, **info):
         metrics.sweep_started()
 
+    def on_step_begin(self, iteration, trials, **info):
+        if ProgressCallback.max_failures is not None:
+            for trial in trials:
+                trial.max_failures = ProgressCallback.max_failures
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if DIVERGED in result:
+            return
         log.info("sweep: %s epoch %s/%s  loss %.3f  %.0f img/s", trial_name(trial.trial_id),
                  result.get("epoch"), trial.config.get("epochs", self.epochs), result.get("train_loss", float("nan")),
                  result.get("images_per_s", 0.0))
@@ -207,7 +269,8 @@ class ProgressCallback(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished += 1
         metrics.trial_finished()
-        log.info("sweep: %s finished (%d/%d)", trial_name(trial.trial_id), self.finished,
+        how = "diverged (non-finite loss; no ingredient)" if _diverged(trial) else "finished"
+        log.info("sweep: %s %s (%d/%d)", trial_name(trial.trial_id), how, self.finished,
                  self.num_samples)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -223,14 +286,46 @@ class ProgressCallback(tune.Callback):
 
 
 def finished_trials(workdir: Path) -> list[str]:
+    """Trials that produced an ingredient."""
     return [p.name for p in list_ingredients(workdir / "ingredients")
             if read_manifest(p).get("kind") == "ingredient"]
 
 
+def diverged_trials(workdir: Path) -> list[str]:
+    """Trials that ended with a non-finite loss: finished, but without an ingredient."""
+    root = workdir / "ingredients"
+    files = set(storage.list_files(root))
+    names = sorted({rel.split("/", 1)[0] for rel in files if rel.endswith("/manifest.json")}
+                   - {rel.split("/", 1)[0] for rel in files if rel.endswith("/model.safetensors")})
+    return [n for n in names if not n.startswith(".")
+            and json.loads(storage.read_text(root / n / "manifest.json")).get("kind") == DIVERGED]
+
+
+def _check_restorable(tuner, cfg: ExperimentCfg) -> None:
+    """Tune restores the pickled TuneConfig, the search algorithm's state (max_concurrent)
+    and its controller's (reuse_actors): a changed value would be ignored, so it is refused.
+    (max_failures is applied to every trial by ProgressCallback.)"""
+    saved = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+    if saved is None:
+        return  # Ray client mode: the restored config lives in the client server
+    started = {"max_concurrent": getattr(saved.search_alg, "max_concurrent", None),
+               "reuse_actors": getattr(saved, "reuse_actors", None)}
+    changed = {k: v for k, v in started.items() if v is not None and v != getattr(cfg.sweep, k)}
+    if changed:
+        lines = "\n".join(f"  sweep.{k}: {v!r} when the sweep started, now "
+                           f"{getattr(cfg.sweep, k)!r}" for k, v in changed.items())
+        sets = " ".join(f"--set sweep.{k}={str(v).lower()}" for k, v in changed.items())
+        raise SweepSettingsChanged(
+            f"the unfinished sweep cannot change these settings (Ray Tune restores them from "
+            f"its saved state):\n{lines}\nRe-run with {sets} to finish it; sweep.max_failures "
+            "may change.")
+
+
 def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: str) -> list[str]:
-    """Fine-tune `sweep.num_samples` ingredients; resumes an interrupted sweep from its state."""
+    """Fine-tune `sweep.num_samples` trials; resumes an interrupted sweep from its state.
+    Returns the ingredients (a diverged trial counts towards num_samples but is none)."""
     done = finished_trials(workdir)
-    if len(done) >= cfg.sweep.num_samples:
+    if len(done) + len(diverged_trials(workdir)) >= cfg.sweep.num_samples:
         log.info("sweep: %d ingredients already present, skipping", len(done))
         return done
     # Trials killed while writing their ingredient leave a hidden temp dir; no trial runs yet.
@@ -243,9 +338,11 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
     # Tune keeps its state next to the ingredients: a local path or the workdir's URI.
     path = storage.display(workdir / SWEEP_DIR / SWEEP_NAME)
     TrackingCallback.live = (tracker, parent_run)
+    ProgressCallback.max_failures = cfg.sweep.max_failures
     if tune.Tuner.can_restore(path):
         log.info("sweep: resuming from %s", path)
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
+        _check_restorable(tuner, cfg)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -270,9 +367,14 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
         )
     grid = tuner.fit()
     failed = [r.path for r in grid if r.error is not None]
-    done = finished_trials(workdir)
-    if failed or len(done) < cfg.sweep.num_samples:
+    done, diverged = finished_trials(workdir), diverged_trials(workdir)
+    if diverged:
+        tracker.set_tags(parent_run, {"raysoup.diverged": ",".join(diverged)})
+        log.warning("sweep: %d trial(s) diverged, left out of evaluation and soups: %s",
+                    len(diverged), ", ".join(diverged))
+    if failed or len(done) + len(diverged) < cfg.sweep.num_samples:
         # fit() also returns (without raising) after SIGINT: an interrupted sweep is not finished.
-        raise SweepError(f"sweep incomplete: {len(done)}/{cfg.sweep.num_samples} ingredients, "
-                         f"failed trials: {failed or 'none'}; re-run the same command to resume")
+        raise SweepError(f"sweep incomplete: {len(done)}/{cfg.sweep.num_samples} ingredients "
+                         f"({len(diverged)} diverged), failed trials: {failed or 'none'}; "
+                         "re-run the same command to resume")
     return done

@@ -81,7 +81,7 @@ def learn_coefficients(model: nn.Module, paths: list[Path], heldout: EvalSplit, 
             for n in trainable:
                 mixed[n].requires_grad_(True)
             idx = torch.randperm(len(heldout), generator=gen)[:batch_size].numpy()
-            x = torch.tensor(heldout.images[idx], device=device)
+            x = torch.tensor(heldout.images.take(idx), device=device)
             y = torch.as_tensor(heldout.labels[idx], device=device)
             loss = F.cross_entropy(beta * functional_call(model, mixed, (x,)), y)
             grads = torch.autograd.grad(loss, [mixed[n] for n in trainable] + [beta])

@@ -52,6 +52,20 @@ class Augment:
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
 
 
+def loader_for(data, trial_cpus: float) -> LoaderCfg:
+    """LoaderCfg from a DataCfg and the CPUs a trial holds (the defaults the config documents)."""
+    import os
+
+    budget = data.memory_budget_mb
+    if budget is None:
+        budget = 0.1 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    crop = data.train_crop
+    if crop == "auto":
+        crop = "shift_flip" if data.world is not None else "random_resized_crop"
+    lanes = data.loader_workers or max(1, int(trial_cpus) - 1)
+    return LoaderCfg(lanes=lanes, window=data.shuffle_window, memory_budget_mb=budget, crop=crop)
+
+
 def step_seed(seed: int, epoch: int, step: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + step) % (2**31)
 
@@ -123,9 +137,21 @@ def make_batch(images: Sequence, aug: Augment, seed: int) -> torch.Tensor:
     later, on the whole batch (`augment.random_shift_flip`). random_resized_crop: open_clip's
     crop of the source image. RandAugment (timm) draws from Python's `random`, reseeded here.
     """
-    size = aug.image_size
-    rng = np.random.default_rng(seed)
+    # timm's RandAugment draws from `random` and numpy's global RNG: seed both for this batch
+    # and restore them after, so the caller's draws (mixup) do not depend on where the batch
+    # was made (this process or a DataLoader worker).
+    saved = random.getstate(), np.random.get_state()
     random.seed(seed)
+    np.random.seed(seed)
+    try:
+        return _make_batch(images, aug, np.random.default_rng(seed))
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+
+
+def _make_batch(images: Sequence, aug: Augment, rng: np.random.Generator) -> torch.Tensor:
+    size = aug.image_size
     ra = _randaugment(aug) if aug.randaug_n > 0 else None
     out = np.empty((len(images), size, size, 3), np.uint8)
     for i, img in enumerate(images):

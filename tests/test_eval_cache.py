@@ -1,0 +1,109 @@
+"""The eval cache: decoded once (Ray tasks), streamed by evaluators, reused, resumable; corrupt
+images named or skipped. Real JPEG/PNG files, a real local Ray cluster."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raysoup.data.images import DataError, LabeledImages
+from raysoup.data.transforms import preprocess_eval
+from raysoup.evaluate import cache
+from raysoup.evaluate.evaluator import EvalSplit, Evaluator
+
+PRE = {"image_size": 32, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
+
+
+def _split(n: int, seed: int = 0, corrupt: tuple[int, ...] = ()) -> LabeledImages:
+    rng = np.random.default_rng(seed)
+    images = []
+    for i in range(n):
+        w, h = int(rng.integers(10, 40)), int(rng.integers(10, 40))
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)).save(buf, "PNG")
+        images.append(buf.getvalue()[:20] if i in corrupt else buf.getvalue())
+    return LabeledImages([f"t/{i:03d}" for i in range(n)], images, np.arange(n) % 4,
+                         ["a", "b", "c", "d"])
+
+
+def _build(tmp_path, data, shard=7, skip=False) -> cache.CachedImages:
+    d = tmp_path / "c"
+    infos = [cache.build_shard(data.select(np.arange(lo, hi)), 32, d / cache.shard_name(i), skip)
+             for i, (lo, hi) in enumerate(cache.shard_ranges(len(data), shard))]
+    return cache.CachedImages(str(d), [i["n"] for i in infos], tuple(PRE["mean"]),
+                              tuple(PRE["std"]))
+
+
+def test_cached_images_stream_what_preprocess_eval_computes(tmp_path):
+    data = _split(30)
+    images = _build(tmp_path, data)
+    want = preprocess_eval(data, 32, PRE["mean"], PRE["std"])
+    assert len(images) == 30 and len(images.counts) == 5
+    got = np.concatenate(list(images.batches(0, 30, 4)))
+    assert np.array_equal(got, want)
+    # A slice that starts and ends inside shards reads only those shards' rows.
+    assert np.array_equal(np.concatenate(list(images.batches(9, 23, 5))), want[9:23])
+    idx = np.array([29, 0, 13, 13, 6])
+    assert np.array_equal(images.take(idx), want[idx])
+
+
+def test_evaluator_scores_from_the_cache_as_from_memory(tmp_path):
+    from raysoup.models.classifier import classifier_skeleton
+
+    data = _split(30)
+    model = classifier_skeleton("raysoup-tiny-vit", 4)
+    torch.manual_seed(0)
+    cached = EvalSplit(_build(tmp_path, data), data.labels)
+    memory = EvalSplit(preprocess_eval(data, 32, PRE["mean"], PRE["std"]), data.labels)
+    ev = Evaluator(model, {"a": cached, "b": memory}, batch_size=8)
+    assert torch.equal(ev.logits("a"), ev.logits("b"))
+    assert ev.score(None, ["a"])["a"] == ev.score(None, ["b"])["b"]
+    parts = [ev.score(None, ["a"], part=(i, 3))["a"] for i in range(3)]
+    assert sum(c for c, _ in parts) == ev.score(None, ["a"])["a"][0]
+
+
+def test_corrupt_image_is_named_or_skipped(tmp_path):
+    data = _split(10, corrupt=(3,))
+    with pytest.raises(DataError, match="cannot decode image t/003"):
+        cache.build_shard(data, 32, tmp_path / "x" / "part-00000.npy")
+    assert not (tmp_path / "x" / "part-00000.npy").exists()
+    info = cache.build_shard(data, 32, tmp_path / "y" / "part-00000.npy", skip_corrupt=True)
+    assert info == {"n": 9, "skipped": [3]}
+    assert cache.built_shard(tmp_path / "y" / "part-00000.npy") == info
+
+
+def _mtimes(d) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in sorted(d.glob("part-*.npy"))}
+
+
+def test_build_eval_cache_is_built_once_reused_and_resumed(tmp_path, ray_session):
+    from raysoup.orchestration.evaluation import build_eval_cache
+
+    named = {"heldout": _split(20, 1), "test": _split(9, 2, corrupt=(4,))}
+    with pytest.raises(DataError, match="t/004"):
+        build_eval_cache(named, tmp_path, PRE, shard_images=8)
+    splits = build_eval_cache(named, tmp_path, PRE, shard_images=8, skip_corrupt=True)
+    assert len(splits["heldout"]) == 20 and len(splits["heldout"].images) == 20
+    assert len(splits["test"]) == 8 and list(splits["test"].labels) == [0, 1, 2, 3, 1, 2, 3, 0]
+    d = cache.cache_dir(tmp_path, "heldout", named["heldout"], PRE)
+    assert cache.read_manifest(d)["images"] == 20 and len(_mtimes(d)) == 3
+    built = _mtimes(d)
+    # Reused: a second build (a later stage, run or resume) writes nothing.
+    again = build_eval_cache(named, tmp_path, PRE, shard_images=8, skip_corrupt=True)
+    assert _mtimes(d) == built
+    assert np.array_equal(np.concatenate(list(again["heldout"].images.batches(0, 20, 6))),
+                          np.concatenate(list(splits["heldout"].images.batches(0, 20, 6))))
+    # Interrupted build: no manifest, one shard without its sidecar; only that one is rebuilt.
+    (d / cache.MANIFEST).unlink()
+    cache.sidecar(d / cache.shard_name(1)).unlink()
+    build_eval_cache(named, tmp_path, PRE, shard_images=8, skip_corrupt=True)
+    rebuilt = _mtimes(d)
+    assert [k for k in built if rebuilt[k] != built[k]] == [cache.shard_name(1)]
+    assert cache.read_manifest(d)["images"] == 20
+    # Another model size is another cache.
+    other = {**PRE, "image_size": 24}
+    assert cache.cache_dir(tmp_path, "heldout", named["heldout"], other) != d
