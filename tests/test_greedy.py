@@ -96,3 +96,15 @@ def test_journal_for_other_candidates_is_not_replayed(tmp_path):
     scorer = RandomSoupScorer(2)
     result = GreedySoup().cook(other, scorer, journal)
     assert result.stats["replayed"] == 0 and scorer.evaluations == 4
+
+
+def test_journal_for_a_replaced_ingredient_is_not_replayed(tmp_path):
+    """Same names and held-out accuracies, other weights (another soup id): start over."""
+    cands = population(3, 6)
+    GreedySoup().cook(cands, RandomSoupScorer(3), DecisionJournal(tmp_path / "j", "id-1"))
+    again = RandomSoupScorer(3)
+    result = GreedySoup().cook(cands, again, DecisionJournal(tmp_path / "j", "id-2"))
+    assert result.stats["replayed"] == 0 and again.evaluations == 5
+    same = RandomSoupScorer(3)
+    result = GreedySoup().cook(cands, same, DecisionJournal(tmp_path / "j", "id-2"))
+    assert result.stats["replayed"] == 5 and same.evaluations == 0

@@ -115,7 +115,8 @@ def cook_soups(recipes: list[str], candidates: list[Candidate], soups_dir: Path,
         recipe = get_recipe(name, cfg)
         if name == "greedy":
             recipe.speculation = speculation
-        journal = DecisionJournal(journal_path(soups_dir, name)) if recipe.needs_scorer else None
+        journal = DecisionJournal(journal_path(soups_dir, name), cooked_from["soup_id"]) \
+            if recipe.needs_scorer else None
         scorer = RunningSumScorer(pool, plan, on_try=lambda c, a, r=name: log.info(
             "  %s: tried %s → held-out %.4f", r, c, a)) if recipe.needs_scorer else None
         if needs_kitchen(recipe):

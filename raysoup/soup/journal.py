@@ -22,12 +22,15 @@ log = logging.getLogger(__name__)
 
 
 class DecisionJournal:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, soup_id: str | None = None):
+        """`soup_id`: the candidate set's id (names and sha256); names and accuracies alone
+        would match an ingredient replaced under its name."""
         self.path = Path(path)
+        self.soup_id = soup_id
 
-    @staticmethod
-    def _header(ranked: list[Candidate], settings: dict) -> dict:
-        return {"ranking": [[c.name, c.heldout] for c in ranked], "settings": settings}
+    def _header(self, ranked: list[Candidate], settings: dict) -> dict:
+        header = {"ranking": [[c.name, c.heldout] for c in ranked], "settings": settings}
+        return {**header, "soup_id": self.soup_id} if self.soup_id else header
 
     def open(self, ranked: list[Candidate], settings: dict) -> list[dict]:
         """Decisions already journaled for `ranked` (in order); starts a new journal otherwise."""
