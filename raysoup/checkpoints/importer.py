@@ -35,6 +35,7 @@ file with the same sha256 is skipped; one with other contents is an error (never
 
 from __future__ import annotations
 
+import itertools
 import logging
 import pickle
 import re
@@ -215,7 +216,7 @@ def _check_no_shared_memory(state: dict[str, torch.Tensor], path: Path) -> None:
             (start, start + extent * t.element_size(), key))
     for group in spans.values():
         group.sort()
-        for (_, end, a), (begin, _, b) in zip(group, group[1:]):
+        for (_, end, a), (begin, _, b) in itertools.pairwise(group):
             if begin < end:
                 raise CheckpointImportError(
                     f"{path}: tensors {a} and {b} share memory (tied weights); the target "
