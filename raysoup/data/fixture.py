@@ -20,6 +20,7 @@ keeps the class's pattern and changes its rendering.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -144,6 +145,11 @@ def write_imagenet_fixture(root: Path, *, classes: int = 1000, train_per_class: 
     root = Path(root)
     params = {"classes": classes, "train_per_class": train_per_class,
               "eval_per_class": eval_per_class, "seed": seed, "weights": weights}
+    if weights:  # weights of another version of the tiny config would not load
+        from raysoup.models.factory import CONFIG_DIR
+
+        config = (CONFIG_DIR / f"{TINY_MODEL}.json").read_bytes()
+        params["model_config"] = hashlib.sha256(config).hexdigest()[:16]
     paths = {"train": root / "train", "val": root / "val", "imagenet_v2": root / "imagenetv2",
              "imagenet_r": root / "imagenet-r", "imagenet_a": root / "imagenet-a",
              "imagenet_sketch": root / "sketch", "objectnet": root / "objectnet",
