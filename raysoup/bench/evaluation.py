@@ -57,7 +57,7 @@ def _bare(paths: list[Path], split: EvalSplit, model_name: str, classes: int, ba
             correct = 0
             with torch.no_grad():
                 for s in range(0, len(split), batch_size):
-                    x = torch.from_numpy(split.images[s:s + batch_size]).to(device)
+                    x = torch.from_numpy(split.images.take(np.arange(s, min(len(split), s + batch_size)))).to(device)
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
                         logits = model(x).float().cpu()
                     correct += count_correct(logits, labels[s:s + batch_size], None)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-ALL = ("B1", "B2", "B3", "B4", "B6")
+ALL = ("B1", "B2", "B3", "B4", "B6", "S")
 
 # name -> (quick, full) sizes
 SIZES = {
@@ -33,6 +33,8 @@ HEADLINES = {
     "B2": ("seed_speedup", "same_selection"),
     "B3": ("pool_vs_bare",),
     "B4": ("overhead_ratio",),
+    "S": ("train_rss_ratio", "eval_rss_ratio", "input_vs_step", "decodes_per_image",
+          "input_vs_step_world", "dataloader_vs_raydata_224", "dataloader_vs_raydata_world"),
 }
 
 
@@ -62,7 +64,7 @@ def run(only: list[str] | None = None, quick: bool = False, workdir: Path | None
         device: str = "cpu", tmp: Path | None = None) -> dict:
     import torch
 
-    from raysoup.bench import evaluation, greedy, reduction, rounds, sweep
+    from raysoup.bench import evaluation, greedy, reduction, rounds, streaming, sweep
 
     only = list(only or ALL)
     unknown = sorted(set(only) - set(ALL))
@@ -90,6 +92,8 @@ def run(only: list[str] | None = None, quick: bool = False, workdir: Path | None
                                        device=device, **args)
     if "B4" in only:
         details["B4"] = sweep.run(base / "b4", quick, cpus)
+    if "S" in only:
+        details["S"] = streaming.run(base / "s", quick)
     if "B6" in only:
         details["B6"] = rounds.run(details.get("B2", {}).get("accepted"))
         if "speculative_m2" in details.get("B2", {}):  # measured, not simulated
@@ -141,6 +145,18 @@ def report(result: dict) -> str:
         lines.append(f"  B4: sweep {b['sweep_wall_s']:.1f}s, {b['trials']} trials Σ"
                      f" {b['sum_trial_s']:.1f}s / {b['concurrency']}; excluding Tune start-up"
                      f" {b['overhead_ratio_excl_startup']:.3f}")
+    if "S" in d:
+        b = d["S"]
+        lines.append(
+            f"  S: train peak PSS {b['train']['peak_pss_1x'] / 2**20:.0f} -> "
+            f"{b['train']['peak_pss_8x'] / 2**20:.0f} MiB ({b['images_1x']} -> {b['images_8x']} "
+            f"images); eval {b['eval_1x']['peak_pss'] / 2**20:.0f} -> "
+            f"{b['eval_8x']['peak_pss'] / 2**20:.0f} MiB; input {b['input_224']['input_img_s']:.0f}"
+            f" vs step {b['input_224']['step_img_s']:.0f} img/s (224 px), Ray Data "
+            f"{b['raydata_224']['img_s']:.0f} img/s; world input {b['input_world']['input_img_s']:.0f}"
+            f" vs step {b['input_world']['step_img_s']:.0f}, Ray Data "
+            f"{b['raydata_world']['img_s']:.0f}; decoded {b['decodes']['decoded']} for "
+            f"{b['decodes']['eval_images']} eval images, {b['decodes']['models']} models")
     if "B6" in d:
         lines.append(f"  B6 (simulated): {json.dumps({k: v for k, v in d['B6'].items() if k != 'note'})}")
     return "\n".join(lines)

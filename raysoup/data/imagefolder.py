@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 import pyarrow.fs as pafs
 
 from raysoup.data import fs as data_fs
@@ -23,11 +22,11 @@ def _listing(path: str) -> dict[str, list[str]]:
     root = data_fs.info(path)
     if root.type != pafs.FileType.Directory:
         raise DataError(f"image folder not found: {path}")
-    fsys, key = data_fs.resolve(path)
+    _fsys, key = data_fs.resolve(path)
     prefix = key.rstrip("/") + "/"
     dirs: dict[str, list[str]] = {}
     for e in data_fs.listdir(path, recursive=True):
-        rel = e.path[len(prefix):] if e.path.startswith(prefix) else e.path
+        rel = e.path.removeprefix(prefix)
         parts = rel.split("/")
         if parts[0].startswith("."):
             continue

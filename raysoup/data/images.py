@@ -124,7 +124,7 @@ def decode_image(data: bytes, where: str) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
         img.load()  # a truncated file fails here, not later inside a transform
-        return img.convert("RGB")
+        return img if img.mode == "RGB" else img.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot decode image {where}: {exc}") from None
 

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from raysoup.data import fs as data_fs
 from raysoup.data.images import DataError, FileImages, ImageColumn, LabeledImages

@@ -104,13 +104,13 @@ def _rrc_box(w: int, h: int, rng: np.random.Generator) -> tuple[int, int, int, i
     for _ in range(10):
         target = area * rng.uniform(*RRC_SCALE)
         aspect = float(np.exp(rng.uniform(*log_ratio)))
-        cw, ch = int(round((target * aspect) ** 0.5)), int(round((target / aspect) ** 0.5))
+        cw, ch = round((target * aspect) ** 0.5), round((target / aspect) ** 0.5)
         if 0 < cw <= w and 0 < ch <= h:
             top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
             return left, top, left + cw, top + ch
     in_ratio = w / h  # fallback: centre crop at the nearest allowed ratio
-    cw, ch = ((w, int(round(w / RRC_RATIO[0]))) if in_ratio < RRC_RATIO[0] else
-              (int(round(h * RRC_RATIO[1])), h) if in_ratio > RRC_RATIO[1] else (w, h))
+    cw, ch = ((w, round(w / RRC_RATIO[0])) if in_ratio < RRC_RATIO[0] else
+              (round(h * RRC_RATIO[1]), h) if in_ratio > RRC_RATIO[1] else (w, h))
     cw, ch = min(cw, w), min(ch, h)
     left, top = (w - cw) // 2, (h - ch) // 2
     return left, top, left + cw, top + ch
