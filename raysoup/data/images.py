@@ -49,6 +49,10 @@ class ImageColumn:
         """The item's origin for error messages (None: name it by its sample key)."""
         return None
 
+    def is_remote(self) -> bool:
+        """Read from object storage (whose clients do not survive a fork)."""
+        return False
+
     def __getitem__(self, i: int) -> bytes:
         return self.read([i])[0]
 
@@ -99,6 +103,11 @@ class FileImages(ImageColumn):
 
     def where(self, i: int) -> str:
         return self.paths[i]
+
+    def is_remote(self) -> bool:
+        from raysoup.data import fs
+
+        return any(fs.is_uri(p) for p in self.paths[:1])
 
 
 def as_column(images) -> ImageColumn:

@@ -82,6 +82,9 @@ class ParquetImages(ImageColumn):
         return ParquetImages(self.files, self.file_idx[idx], self.group[idx], self.row[idx],
                              self.cache_groups)
 
+    def is_remote(self) -> bool:
+        return any(data_fs.is_uri(f) for f in self.files)
+
     def units(self) -> np.ndarray:
         return self.file_idx.astype(np.int64) << 32 | self.group.astype(np.int64)
 

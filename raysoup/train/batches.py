@@ -230,8 +230,11 @@ class TrainInput:
         from torch.utils.data import DataLoader
 
         lanes = LaneBatches(self.data, plan, self.aug, self.seed, epoch, self.cfg.window)
+        # Object-store clients (pyarrow's S3/GCS) do not survive a fork: workers reading remote
+        # data start from a fork server and open their own.
+        context = "forkserver" if self.data.images.is_remote() else None
         loader = DataLoader(lanes, batch_size=None, num_workers=self.cfg.lanes,
-                            prefetch_factor=self.cfg.prefetch,
+                            prefetch_factor=self.cfg.prefetch, multiprocessing_context=context,
                             pin_memory=torch.cuda.is_available())
         # Workers interleave round robin, which is the plan's order; a small reorder buffer
         # makes that an invariant of this code rather than of DataLoader's internals.
