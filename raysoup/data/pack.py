@@ -204,11 +204,15 @@ class _Shards:
             pass
 
 
-def _rows(src: str, dirs: list[str], counts: dict[str, int], labels: dict[str, int]
-          ) -> Iterator[tuple[str, str, int]]:
-    """(key, path, label) in class-dir then file order, listing one class at a time."""
-    for d in dirs:
-        files = _images_in(src, d)
+def _rows(src: str, dirs: list[str], counts: dict[str, int], labels: dict[str, int],
+          pool: ThreadPoolExecutor) -> Iterator[tuple[str, str, int]]:
+    """(key, path, label) in class-dir then file order, listing one class at a time (the
+    next class's listing is fetched while this one's files are read)."""
+    ahead = pool.submit(_images_in, src, dirs[0])
+    for i, d in enumerate(dirs):
+        files = ahead.result()
+        if i + 1 < len(dirs):
+            ahead = pool.submit(_images_in, src, dirs[i + 1])
         if len(files) != counts[d]:
             raise DataError(f"{data_fs.join(src, d)} changed while packing: {counts[d]} images "
                             f"listed first, {len(files)} now")
@@ -248,8 +252,10 @@ def pack_imagefolder(src: str, out: str, *, rows_per_group: int = 256,
     labels, space = _label_space(src, dirs, classes_from)
     names = _classnames(classnames, space)
     # A first listing pass: empty class folders fail before anything is written, and the
-    # progress has a total. Only counts are kept (a class's listing at a time).
-    counts = {d: len(_images_in(src, d)) for d in dirs}
+    # progress has a total. Only counts are kept; classes are listed in parallel (on object
+    # storage each listing is a round trip).
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        counts = dict(zip(dirs, pool.map(lambda d: len(_images_in(src, d)), dirs)))
     empty = [d for d in dirs if not counts[d]]
     if empty:
         raise DataError(f"image folder {src}: {len(empty)} class folder(s) without images "
@@ -263,7 +269,6 @@ def pack_imagefolder(src: str, out: str, *, rows_per_group: int = 256,
     shards = _Shards(out, overwrite)
     result = PackResult(out, 0, {})
     bar = Progress(total, "pack", "img") if progress else None
-    rows = _rows(src, dirs, counts, labels)
 
     def load(row):
         key, path, label = row
@@ -273,6 +278,7 @@ def pack_imagefolder(src: str, out: str, *, rows_per_group: int = 256,
     writer = stream = tmp = None
     try:
         with ThreadPoolExecutor(max(1, threads)) as pool:
+            rows = _rows(src, dirs, counts, labels, pool)
             while True:
                 name = f"part-{len(result.files):05d}.parquet"
                 in_file = 0
