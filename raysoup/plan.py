@@ -429,17 +429,17 @@ def _gpu_hours(cfg: ExperimentCfg, sizes: Sizes) -> list[str]:
     arch = cfg.model.name.removesuffix("-quickgelu")  # same compute with either activation
     rate = THROUGHPUT.get(arch)
     if rate is None:
-        return [f"  GPU-hours  not estimated: no measured throughput for {cfg.model.name} "
-                f"(measured: {', '.join(THROUGHPUT)})"]
+        return [(f"  GPU-hours  not estimated: no measured throughput for {cfg.model.name} "
+                 f"(measured: {', '.join(THROUGHPUT)})")]
     if sizes.train is None:
         return ["  GPU-hours  not estimated: the train split's size is unknown"]
     s = cfg.sweep
     epochs = _mean(s.space.get("epochs"), s.base.epochs)
     trained = sizes.train - (sizes.evals["heldout"] or 0)
     sweep_h = s.num_samples * epochs * trained / rate["train"] / 3600
-    lines = [f"  GPU-hours  sweep ~{sweep_h:,.1f}: {s.num_samples} trials x {epochs:g} epochs "
-             f"(mean) x {trained:,} images / {rate['train']:,} img/s ({arch} fine-tuning, bf16, "
-             f"one {rate['gpu']})"]
+    lines = [(f"  GPU-hours  sweep ~{sweep_h:,.1f}: {s.num_samples} trials x {epochs:g} epochs "
+              f"(mean) x {trained:,} images / {rate['train']:,} img/s ({arch} fine-tuning, bf16, "
+              f"one {rate['gpu']})")]
     known = sum(v for v in sizes.evals.values() if v is not None)
     models = s.num_samples + 1  # + the zero-shot ingredient
     eval_h = models * known / rate["eval"] / 3600

@@ -9,8 +9,14 @@ import yaml
 
 from raysoup.config import load_experiment
 from raysoup.data.fixture import fixture_overrides
-from raysoup.plan import (RUNTIME_BYTES, Sizes, _gpu_hours, count_imagefolder, count_parquet,
-                          describe)
+from raysoup.plan import (
+    RUNTIME_BYTES,
+    Sizes,
+    _gpu_hours,
+    count_imagefolder,
+    count_parquet,
+    describe,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "experiments" / "clip_vit_b32_imagenet.yaml"

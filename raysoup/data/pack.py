@@ -14,6 +14,7 @@ replaces OUT at the end; on S3/GCS each shard goes to a temp key and is moved in
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -331,11 +332,10 @@ def pack_imagefolder(src: str, out: str, *, rows_per_group: int = 256,
     except BaseException:
         # Close first: a remote stream commits its object on close, also a late one (GC).
         for handle in (writer, stream):
-            try:
+            # The original error is the one to report.
+            with contextlib.suppress(Exception):
                 if handle is not None:
                     handle.close()
-            except Exception:  # noqa: BLE001 - the original error is the one to report
-                pass
         shards.abort(tmp)
         raise
     finally:
