@@ -69,7 +69,9 @@ def test_diverged_trial_finishes_the_sweep_without_an_ingredient(ray_session, pr
 
 
 def test_resume_applies_max_failures_and_refuses_kept_settings(ray_session, prepared, tmp_path,
-                                                               caplog):
+                                                               caplog, capsys):
+    from raysoup.cli import main
+    from raysoup.orchestration.pipeline import CONFIG_SNAPSHOT, snapshot_config
     from raysoup.orchestration.sweep import SweepError, SweepSettingsChanged
 
     workdir = tmp_path / "work"
@@ -78,6 +80,12 @@ def test_resume_applies_max_failures_and_refuses_kept_settings(ray_session, prep
     cfg = small_config(sweep={"num_samples": 1, "max_failures": 0,
                               "base": {"mixup": 0.2, "batch_size": 31}})
     cfg["sweep"]["space"] = {}
+    snapshot = workdir / CONFIG_SNAPSHOT
+    # No sweep state yet: every execution setting may still change.
+    snapshot_config(ExperimentCfg.model_validate(
+        {**cfg, "sweep": {**cfg["sweep"], "max_concurrent": 1}}), workdir)
+    snapshot_config(ExperimentCfg.model_validate(cfg), workdir)  # as run_pipeline does
+    saved = snapshot.read_text()
     retries = "failed (worker or node lost?); retrying"
     with caplog.at_level(logging.WARNING, logger="raysoup.orchestration.sweep"):
         with pytest.raises(SweepError, match="0/1 ingredients"):
@@ -87,10 +95,29 @@ def test_resume_applies_max_failures_and_refuses_kept_settings(ray_session, prep
 
         for field, value in (("max_concurrent", 1), ("reuse_actors", True)):
             changed = {**cfg, "sweep": {**cfg["sweep"], field: value}}
-            with pytest.raises(SweepSettingsChanged, match=rf"sweep\.{field}: .* when the sweep"):
+            refused = rf"sweep\.{field}: .* when the sweep started"
+            # Refused before the snapshot is written (before: the new value was saved, so
+            # `raysoup resume` refused forever) ...
+            with pytest.raises(SweepSettingsChanged, match=refused):
+                snapshot_config(ExperimentCfg.model_validate(changed), workdir)
+            assert snapshot.read_text() == saved
+            # ... and by the restored Tuner itself, for callers that skip the snapshot.
+            with pytest.raises(SweepSettingsChanged, match=refused):
                 sweep(changed, workdir)
 
-        cfg["sweep"]["max_failures"] = 2
+        # `raysoup resume` after the refusals: the saved settings pass the check and the sweep
+        # runs again (its trial still fails: exit 1, not the settings refusal's 2).
+        capsys.readouterr()
+        assert main(["resume", str(workdir)]) == 1
+        err = capsys.readouterr().err
+        assert "0/1 ingredients" in err and "cannot change" not in err, err
+        assert snapshot.read_text() == saved
+
+        # The trial has failed twice (run, resume); Tune counts failures across resumes.
+        cfg["sweep"]["max_failures"] = 3
+        caplog.clear()
+        snapshot_config(ExperimentCfg.model_validate(cfg), workdir)  # applied: saved
+        assert "max_failures: 3" in snapshot.read_text()
         with pytest.raises(SweepError, match="0/1 ingredients"):
             sweep(cfg, workdir)
     # The restored trial is retried under the new limit (before: the old 0, no retry).

@@ -30,7 +30,12 @@ from raysoup.orchestration.recipes import (
     soup_identity,
 )
 from raysoup.orchestration.souping import cook_soups, read_recipe
-from raysoup.orchestration.sweep import run_sweep
+from raysoup.orchestration.sweep import (
+    KEPT_ON_RESUME,
+    refuse_kept_changes,
+    run_sweep,
+    unfinished_sweep,
+)
 from raysoup.prepare import prepare
 from raysoup.progress import Progress
 from raysoup.report import markdown_table, summarize, summary_rows, write_report
@@ -43,9 +48,11 @@ STAGES = ("sweep", "evaluate", "soup", "report")
 CONFIG_SNAPSHOT = "experiment.yaml"
 AUDIT_FILE = ".audit.json"
 # Config sections the workdir's ingredients and results depend on, less the fields that only
-# say how the sweep is executed (a resumed sweep may change them).
+# say how the sweep is executed: a resumed sweep applies a changed max_failures; the others
+# Tune restores from its state, so they may change only while no sweep is unfinished
+# (snapshot_config refuses them otherwise, before writing anything).
 PINNED = ("model", "data", "sweep")
-EXECUTION_ONLY = ("sweep.max_concurrent", "sweep.max_failures", "sweep.reuse_actors")
+EXECUTION_ONLY = ("sweep.max_failures", *(f"sweep.{k}" for k in KEPT_ON_RESUME))
 
 
 def connect(address: str | None, metrics_export_port: int | None = None) -> None:
@@ -273,7 +280,10 @@ def snapshot_config(cfg: ExperimentCfg, workdir: Path) -> None:
 
     A workdir is never shared by configs that differ in model, data or sweep: their
     ingredients and results would mix. Eval, soup, tracking and the name may change (e.g.
-    adding a recipe to an existing sweep)."""
+    adding a recipe to an existing sweep), and so may sweep.max_failures; sweep.max_concurrent
+    and sweep.reuse_actors only when no unfinished sweep would be resumed (Tune keeps the values
+    it started with). A refused config leaves the saved one in place, so `raysoup resume
+    WORKDIR` continues."""
     path = workdir / CONFIG_SNAPSHOT
     new = json.loads(cfg.model_dump_json())
     try:
@@ -293,6 +303,10 @@ def snapshot_config(cfg: ExperimentCfg, workdir: Path) -> None:
                 f"{shown} was written by a different experiment config; refusing to mix "
                 f"results. Fields that differ:\n{listing}\nUse a new --workdir, or "
                 f"`raysoup resume {shown}` to continue with the saved config.")
+        started = {k: (old.get("sweep") or {}).get(k) for k in KEPT_ON_RESUME}
+        if any(v != getattr(cfg.sweep, k) for k, v in started.items() if v is not None) \
+                and unfinished_sweep(cfg, workdir):
+            refuse_kept_changes(started, cfg, shown)
     text = yaml.safe_dump(new, sort_keys=False)
     if old_text != text:
         storage.write_file(path, text)

@@ -301,24 +301,46 @@ def diverged_trials(workdir: Path) -> list[str]:
             and json.loads(storage.read_text(root / n / "manifest.json")).get("kind") == DIVERGED]
 
 
-def _check_restorable(tuner, cfg: ExperimentCfg) -> None:
-    """Tune restores the pickled TuneConfig, the search algorithm's state (max_concurrent)
-    and its controller's (reuse_actors): a changed value would be ignored, so it is refused.
-    (max_failures is applied to every trial by ProgressCallback.)"""
-    saved = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
-    if saved is None:
-        return  # Ray client mode: the restored config lives in the client server
-    started = {"max_concurrent": getattr(saved.search_alg, "max_concurrent", None),
-               "reuse_actors": getattr(saved, "reuse_actors", None)}
-    changed = {k: v for k, v in started.items() if v is not None and v != getattr(cfg.sweep, k)}
+# Tune restores these from its saved state (the pickled TuneConfig: the search algorithm's
+# max_concurrent, the controller's reuse_actors), so an unfinished sweep cannot change them.
+# sweep.max_failures is applied on resume (ProgressCallback).
+KEPT_ON_RESUME = ("max_concurrent", "reuse_actors")
+
+
+def sweep_path(workdir: Path) -> str:
+    """Tune's experiment directory: a local path or the workdir's URI."""
+    return storage.display(workdir / SWEEP_DIR / SWEEP_NAME)
+
+
+def unfinished_sweep(cfg: ExperimentCfg, workdir: Path) -> bool:
+    """A sweep that a run would resume from Tune's saved state (needs no Ray session)."""
+    done = len(finished_trials(workdir)) + len(diverged_trials(workdir))
+    return done < cfg.sweep.num_samples and tune.Tuner.can_restore(sweep_path(workdir))
+
+
+def refuse_kept_changes(started: dict[str, Any], cfg: ExperimentCfg,
+                        workdir: str = "WORKDIR") -> None:
+    """Raise SweepSettingsChanged if `cfg` changes a setting the unfinished sweep keeps."""
+    changed = {k: v for k, v in started.items()
+               if k in KEPT_ON_RESUME and v is not None and v != getattr(cfg.sweep, k)}
     if changed:
         lines = "\n".join(f"  sweep.{k}: {v!r} when the sweep started, now "
                            f"{getattr(cfg.sweep, k)!r}" for k, v in changed.items())
         sets = " ".join(f"--set sweep.{k}={str(v).lower()}" for k, v in changed.items())
         raise SweepSettingsChanged(
             f"the unfinished sweep cannot change these settings (Ray Tune restores them from "
-            f"its saved state):\n{lines}\nRe-run with {sets} to finish it; sweep.max_failures "
-            "may change.")
+            f"its saved state):\n{lines}\nRe-run with {sets} (or `raysoup resume {workdir}`) to "
+            "finish it; sweep.max_failures may change.")
+
+
+def _check_restorable(tuner, cfg: ExperimentCfg) -> None:
+    """The restored Tuner's own settings, in case the workdir's experiment.yaml was not
+    checked first (run_pipeline checks it in snapshot_config, before writing it)."""
+    saved = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+    if saved is None:
+        return  # Ray client mode: the restored config lives in the client server
+    refuse_kept_changes({"max_concurrent": getattr(saved.search_alg, "max_concurrent", None),
+                         "reuse_actors": getattr(saved, "reuse_actors", None)}, cfg)
 
 
 def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: str) -> list[str]:
@@ -336,7 +358,7 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
     trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx),
                                     {"cpu": res.cpu, "gpu": res.gpu})
     # Tune keeps its state next to the ingredients: a local path or the workdir's URI.
-    path = storage.display(workdir / SWEEP_DIR / SWEEP_NAME)
+    path = sweep_path(workdir)
     TrackingCallback.live = (tracker, parent_run)
     ProgressCallback.max_failures = cfg.sweep.max_failures
     if tune.Tuner.can_restore(path):
