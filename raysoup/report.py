@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -58,6 +59,27 @@ def summary_rows(rows: list[Row], inference_costs: Mapping[str, int] | None = No
     return out
 
 
+def _value(v: Any) -> str:
+    """1e4, 0.001, 3: short and exact enough to find the trial's draw."""
+    if isinstance(v, float):
+        text = f"{v:.3g}"
+        if "e" in text:
+            mant, exp = text.split("e")
+            text = f"{mant}e{int(exp)}"
+        return text
+    return str(v)
+
+
+def diverged_line(diverged: Mapping[str, Mapping[str, Any]] | None) -> str:
+    """`diverged (excluded from soups): trial-001 (lr 1e4)`; "" when none diverged.
+    `diverged` maps a trial to the hyper-parameters worth showing (its sampled ones)."""
+    if not diverged:
+        return ""
+    items = [f"{name} ({', '.join(f'{k} {_value(v)}' for k, v in hp.items())})" if hp else name
+             for name, hp in sorted(diverged.items())]
+    return "diverged (excluded from soups): " + ", ".join(items)
+
+
 def markdown_table(labelled: list[tuple[str, Row]], shifts: list[str]) -> str:
     cols = ["heldout", "test", *shifts]
     head = "| model | " + " | ".join(cols) + " | mean shift |"
@@ -108,16 +130,22 @@ def plot(rows: list[Row], shifts: list[str], path: Path) -> None:
 
 
 def write_report(table: pa.Table, out_dir: Path, title: str,
-                 inference_costs: Mapping[str, int] | None = None) -> list[Path]:
+                 inference_costs: Mapping[str, int] | None = None,
+                 diverged: Mapping[str, Mapping[str, Any]] | None = None) -> list[Path]:
+    """`diverged`: trials that ended with a non-finite loss (no ingredient), see
+    `diverged_line`; listed under the summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, shifts = summarize(table)
     figure = out_dir / "figure.png"
     plot(rows, shifts, figure)
+    line = diverged_line(diverged)
     text = "\n\n".join([
         f"# {title}: results",
         "Accuracy in %. *Best single* is the ingredient with the best held-out accuracy; "
         "*mean shift* averages the distribution-shift splits: " + ", ".join(shifts) + ".",
         "## Summary\n\n" + markdown_table(summary_rows(rows, inference_costs), shifts),
+        *([(f"{line[0].upper()}{line[1:]} — a non-finite training loss; counted in "
+            "`sweep.num_samples`, no ingredient.")] if line else []),
         "![test vs. shift accuracy](figure.png)",
         "## Every model\n\n" + markdown_table([(r.model, r) for r in rows], shifts),
     ]) + "\n"

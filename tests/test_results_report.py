@@ -81,3 +81,42 @@ def test_results_written_before_soup_ids_read_with_null_ids(tmp_path):
     # A cooked soup with an id: the old row measured some other soup.
     assert res.done_pairs(back, {"uniform_soup": "abc"}) == set()
     assert res.done_pairs(back) == {("uniform_soup", "test")}
+
+
+def test_report_and_summary_list_diverged_trials(tmp_path):
+    """A diverged trial (manifest kind diverged, no tensor file) is named with its sampled
+    hyper-parameters in report/README.md and in the console summary; ingredients are not."""
+    import json
+
+    from small import small_config
+
+    from raysoup.config import ExperimentCfg
+    from raysoup.orchestration.pipeline import Run, diverged_hparams
+    from raysoup.report import diverged_line
+
+    work = tmp_path / "work"
+    for name, kind in (("trial-000", "ingredient"), ("trial-001", "diverged")):
+        (work / "ingredients" / name).mkdir(parents=True)
+        hp = {"lr": 1.0e4 if kind == "diverged" else 1e-3, "seed": 7, "epochs": 1}
+        (work / "ingredients" / name / "manifest.json").write_text(
+            json.dumps({"kind": kind, "status": kind, "hparams": hp}))
+    (work / "ingredients" / "trial-000" / "model.safetensors").write_bytes(b"")
+    cfg = ExperimentCfg.model_validate(small_config())  # space: lr, seed
+
+    diverged = diverged_hparams(work, cfg.sweep.space)
+    assert diverged == {"trial-001": {"lr": 1.0e4, "seed": 7}}
+    line = "diverged (excluded from soups): trial-001 (lr 1e4, seed 7)"
+    assert diverged_line(diverged) == line
+    assert diverged_line({}) == ""
+
+    write_report(table(), work / "report", "demo", diverged=diverged)
+    text = (work / "report" / "README.md").read_text()
+    assert "Diverged (excluded from soups): trial-001 (lr 1e4, seed 7)" in text
+    assert "trial-000 (" not in text
+    write_report(table(), tmp_path / "clean", "demo")
+    assert "iverged" not in (tmp_path / "clean" / "README.md").read_text()
+
+    res.write_results(work / "results.parquet", table())
+    run = Run.__new__(Run)  # the summary reads only the workdir and the config
+    run.cfg, run.workdir, run.timings = cfg, work, {}
+    assert f"\n{line}\n" in run.summary()

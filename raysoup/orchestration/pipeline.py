@@ -32,13 +32,14 @@ from raysoup.orchestration.recipes import (
 from raysoup.orchestration.souping import cook_soups, read_recipe
 from raysoup.orchestration.sweep import (
     KEPT_ON_RESUME,
+    diverged_trials,
     refuse_kept_changes,
     run_sweep,
     unfinished_sweep,
 )
 from raysoup.prepare import prepare
 from raysoup.progress import Progress
-from raysoup.report import markdown_table, summarize, summary_rows, write_report
+from raysoup.report import diverged_line, markdown_table, summarize, summary_rows, write_report
 from raysoup.soup import Candidate
 from raysoup.tracking import Tracker, default_uri, quiet
 
@@ -220,7 +221,8 @@ class Run:
         with self.stage("report"):
             table = res.read_results(self.results_path)
             files = write_report(table, self.workdir / "report", self.cfg.name,
-                                 inference_costs(self.workdir / "soups"))
+                                 inference_costs(self.workdir / "soups"),
+                                 diverged_hparams(self.workdir, self.cfg.sweep.space))
             storage.publish(self.workdir / "report")
             storage.pull(self.results_path, exact=True)  # MLflow uploads local files
             self.tracker.log_artifacts(self.parent, files, subdir="report")
@@ -231,15 +233,28 @@ class Run:
         rows, shifts = summarize(table)
         labelled = summary_rows(rows, inference_costs(self.workdir / "soups"))
         timing = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
+        diverged = diverged_line(diverged_hparams(self.workdir, self.cfg.sweep.space))
         return (f"\nraysoup: {self.cfg.name} — workdir {storage.display(self.workdir)}\n\n"
                 f"{markdown_table(labelled, shifts)}\n\n"
-                f"stage times: {timing}\n"
+                + (f"{diverged}\n" if diverged else "")
+                + f"stage times: {timing}\n"
                 f"report: {storage.display(self.workdir / 'report' / 'README.md')}\n")
 
     def close(self, ok: bool) -> None:
         self.release_actors()
         self.tracker.end(self.parent, ok=ok)
         self.tracker.persist()
+
+
+def diverged_hparams(workdir: Path, keys) -> dict[str, dict]:
+    """Each diverged trial's values of `keys` (the sweep's sampled hyper-parameters), from
+    its manifest: what the report shows for it."""
+    out = {}
+    for name in diverged_trials(workdir):
+        record = json.loads(storage.read_text(workdir / "ingredients" / name / "manifest.json"))
+        hp = record.get("hparams", {})
+        out[name] = {k: hp[k] for k in keys if k in hp}
+    return out
 
 
 def soup_candidates(models: list[tuple[str, str, Path]], heldout: dict[str, float],
