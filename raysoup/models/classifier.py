@@ -46,8 +46,10 @@ def zero_shot_head(
 ) -> torch.Tensor:
     """[C, D] head weight: normalised mean text embedding per class, times logit_scale.exp()."""
     clip = clip.to(device)
+    # 50 classes × all templates per text-tower batch: ImageNet's 1000 × 80 prompts in one
+    # batch peaked at ~8 GB even for a tiny text tower.
     weights = open_clip.build_zero_shot_classifier(
-        clip, tokenizer, list(classnames), list(templates), num_classes_per_batch=None,
+        clip, tokenizer, list(classnames), list(templates), num_classes_per_batch=50,
         device=device,
     )  # [D, C], columns unit-norm
     return (clip.logit_scale.exp() * weights.T).float().contiguous()
