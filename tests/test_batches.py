@@ -105,3 +105,29 @@ def test_streamed_input_reads_each_row_group_once_per_worker(shards, monkeypatch
     list(LaneBatches(shards, source.steps(1), source.aug, 5, 1, 16))
     groups = set(zip(shards.images.file_idx.tolist(), shards.images.group.tolist()))
     assert sorted(set(reads)) == sorted(groups) and len(reads) == len(groups)
+
+
+def test_corrupt_image_is_named_or_left_out_of_its_batch(tmp_path):
+    from raysoup.data.images import DataError
+
+    images = _jpegs(24)
+    images[5] = images[5][:40]  # cut short, as an interrupted download
+    data = LabeledImages([f"c/{i:02d}" for i in range(24)], images, np.arange(24) % 3,
+                         ["a", "b", "c"])
+    write_parquet_split(tmp_path / "s", data, rows_per_group=8)
+    split = read_parquet_split(tmp_path / "s")
+    aug = Augment(16, "random_resized_crop")
+    for budget in (1e6, 0):
+        with pytest.raises(DataError, match=r"part-00000.parquet \(row group 0, row 5\)"):
+            list(TrainInput(split, aug, LoaderCfg(lanes=2, memory_budget_mb=budget), 0,
+                            8).epoch(1))
+    got = []
+    for budget in (1e6, 0):
+        source = TrainInput(split, aug, LoaderCfg(lanes=2, memory_budget_mb=budget,
+                                                  skip_corrupt=True), 0, 8, even=True)
+        batches = list(source.epoch(1))
+        assert source.skipped == {5}
+        assert sum(len(y) for _, y in batches) == 24 - 2  # the corrupt one, and one to stay even
+        assert all(len(x) == len(y) and len(y) % 2 == 0 for x, y in batches)
+        got.append(batches)
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(*got, strict=True))

@@ -214,7 +214,7 @@ class TrackingCallback(tune.Callback):
         self._run(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        keys = ("train_loss", "train_acc", "lr", "images_per_s")
+        keys = ("train_loss", "train_acc", "lr", "images_per_s", "skipped_images")
         self.tracker.log_metrics(self._run(trial), {k: result[k] for k in keys if k in result},
                                  step=int(result.get("epoch", 0)))
 
@@ -262,9 +262,11 @@ class ProgressCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if DIVERGED in result:
             return
-        log.info("sweep: %s epoch %s/%s  loss %.3f  %.0f img/s", trial_name(trial.trial_id),
-                 result.get("epoch"), trial.config.get("epochs", self.epochs), result.get("train_loss", float("nan")),
-                 result.get("images_per_s", 0.0))
+        skipped = result.get("skipped_images") or 0
+        log.info("sweep: %s epoch %s/%s  loss %.3f  %.0f img/s%s", trial_name(trial.trial_id),
+                 result.get("epoch"), trial.config.get("epochs", self.epochs),
+                 result.get("train_loss", float("nan")), result.get("images_per_s", 0.0),
+                 f"  ({skipped} corrupt images skipped)" if skipped else "")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished += 1

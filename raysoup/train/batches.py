@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from raysoup.data.images import LabeledImages, image_size_of
+from raysoup.data.images import DataError, LabeledImages, decode_image, image_size_of
 from raysoup.data.transforms import resize_center_crop
 
 CROPS = ("shift_flip", "random_resized_crop")
@@ -41,6 +41,7 @@ class LoaderCfg:
     memory_budget_mb: float = 2048  # decoded split above this: streamed
     crop: str = "shift_flip"  # "shift_flip" (batched, after decode) or "random_resized_crop"
     prefetch: int = 2  # batches in flight per worker
+    skip_corrupt: bool = False  # drop an undecodable image from its batch (else: an error)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,22 @@ def loader_for(data, trial_cpus: float) -> LoaderCfg:
     if crop == "auto":
         crop = "shift_flip" if data.world is not None else "random_resized_crop"
     lanes = data.loader_workers or max(1, int(trial_cpus) - 1)
-    return LoaderCfg(lanes=lanes, window=data.shuffle_window, memory_budget_mb=budget, crop=crop)
+    return LoaderCfg(lanes=lanes, window=data.shuffle_window, memory_budget_mb=budget, crop=crop,
+                     skip_corrupt=data.skip_corrupt)
+
+
+def decode_batch(data: LabeledImages, idx, skip_corrupt: bool) -> tuple[list, np.ndarray]:
+    """(decoded images, the positions of `idx` they are); corrupt ones raise, or are left out."""
+    if not skip_corrupt:
+        return data.decode_many(idx), np.asarray(idx)
+    images, kept = [], []
+    for i, encoded in zip(idx, data.images.read(idx), strict=True):
+        try:
+            images.append(decode_image(encoded, data.where(i)))
+            kept.append(i)
+        except DataError:
+            continue
+    return images, np.asarray(kept, dtype=np.int64)
 
 
 def step_seed(seed: int, epoch: int, step: int) -> int:
@@ -176,7 +192,14 @@ def estimated_decoded_bytes(data: LabeledImages, probe: int = 32) -> float:
     if not len(data):
         return 0.0
     idx = list(range(min(probe, len(data))))
-    sizes = [image_size_of(b) for b in data.images.read(idx)]
+    sizes = []
+    for b in data.images.read(idx):
+        try:
+            sizes.append(image_size_of(b))
+        except (OSError, SyntaxError, ValueError):
+            continue  # a corrupt image: named (or skipped) when it is decoded
+    if not sizes:
+        return float("inf")  # nothing to go by: stream
     return float(np.mean([w * h * 3 for w, h in sizes])) * len(data)
 
 
@@ -184,9 +207,11 @@ class TrainInput:
     """The batches of one trial's epochs: (uint8 [B,3,S,S], int64 labels [B]) in plan order."""
 
     def __init__(self, data: LabeledImages, aug: Augment, cfg: LoaderCfg, seed: int,
-                 batch_size: int):
+                 batch_size: int, even: bool = False):
         self.data, self.aug, self.cfg = data, aug, cfg
         self.seed, self.batch_size = seed, batch_size
+        self.even = even  # mixup pairs samples: a batch short of a skipped image drops one more
+        self.skipped: set[int] = set()  # corrupt images left out (skip_corrupt)
         self.labels = torch.from_numpy(np.asarray(data.labels, np.int64))
         self.units = data.images.units()
         self.cached = estimated_decoded_bytes(data) <= cfg.memory_budget_mb * 2**20
@@ -200,15 +225,28 @@ class TrainInput:
         return len(self.steps(1))  # the same for every epoch: only the order changes
 
     def pixels(self):
-        """The cached split: uint8 [N,H,W,3] when all images share a size, else a list."""
+        """The cached split: uint8 [N,H,W,3] when all images share a size, else a list (None
+        for a corrupt image under skip_corrupt)."""
         if self._pixels is None:
             try:
+                if self.cfg.skip_corrupt:
+                    raise ValueError  # decoded one by one below
                 self._pixels = self.data.decode_all()
-            except ValueError:  # images of different sizes
-                self._pixels = [np.asarray(img) for lo in range(0, len(self.data), 256)
-                                for img in self.data.decode_many(
-                                    range(lo, min(len(self.data), lo + 256)))]
+            except ValueError:  # images of different sizes, or some may be corrupt
+                self._pixels = [None] * len(self.data)
+                for lo in range(0, len(self.data), 256):
+                    idx = list(range(lo, min(len(self.data), lo + 256)))
+                    images, kept = decode_batch(self.data, idx, self.cfg.skip_corrupt)
+                    for i, img in zip(kept, images, strict=True):
+                        self._pixels[i] = np.asarray(img)
         return self._pixels
+
+    def _kept(self, planned: np.ndarray, kept: np.ndarray) -> np.ndarray:
+        if len(kept) < len(planned):
+            self.skipped |= set(planned.tolist()) - set(kept.tolist())
+            if self.even and len(kept) % 2:
+                kept = kept[:-1]
+        return kept
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         plan = self.steps(epoch)
@@ -220,8 +258,11 @@ class TrainInput:
                         and pixels.shape[1:3] == (self.aug.image_size,) * 2):
                     x = torch.from_numpy(pixels[idx]).permute(0, 3, 1, 2).contiguous()
                 else:
-                    x = make_batch([pixels[i] for i in idx], self.aug,
+                    kept = self._kept(idx, np.asarray([i for i in idx if pixels[i] is not None],
+                                                      np.int64))
+                    x = make_batch([pixels[i] for i in kept], self.aug,
                                    step_seed(self.seed, epoch, step))
+                    idx = kept
                 yield x, self.labels[idx]
             return
         yield from self._streamed(epoch, plan)
@@ -229,7 +270,8 @@ class TrainInput:
     def _streamed(self, epoch: int, plan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         from torch.utils.data import DataLoader
 
-        lanes = LaneBatches(self.data, plan, self.aug, self.seed, epoch, self.cfg.window)
+        lanes = LaneBatches(self.data, plan, self.aug, self.seed, epoch, self.cfg.window,
+                            self.cfg.skip_corrupt)
         # Object-store clients (pyarrow's S3/GCS) do not survive a fork: workers reading remote
         # data start from a fork server and open their own.
         context = "forkserver" if self.data.images.is_remote() else None
@@ -244,7 +286,8 @@ class TrainInput:
             pending[int(step)] = (x, idx)
             while want in pending:
                 x, idx = pending.pop(want)
-                yield x, self.labels[idx]
+                kept = self._kept(plan[want][1], np.asarray(idx))
+                yield x[:len(kept)], self.labels[kept]
                 want += 1
         if want != len(plan):
             raise RuntimeError(f"training input: {want} of {len(plan)} batches arrived")
@@ -254,9 +297,9 @@ class LaneBatches(torch.utils.data.IterableDataset):
     """DataLoader worker w decodes and augments the batches of lane w, in step order."""
 
     def __init__(self, data: LabeledImages, plan, aug: Augment, seed: int, epoch: int,
-                 window: int):
+                 window: int, skip_corrupt: bool = False):
         self.data, self.plan, self.aug = data, plan, aug
-        self.seed, self.epoch = seed, epoch
+        self.seed, self.epoch, self.skip_corrupt = seed, epoch, skip_corrupt
         # Enough row groups stay cached for one window (plus its neighbours at the edges).
         if hasattr(data.images, "cache_groups"):
             sizes = np.bincount(np.unique(data.images.units(), return_inverse=True)[1])
@@ -268,6 +311,6 @@ class LaneBatches(torch.utils.data.IterableDataset):
         for step, (owner, idx) in enumerate(self.plan):
             if owner != lane:
                 continue
-            images = self.data.decode_many(idx)
+            images, kept = decode_batch(self.data, idx, self.skip_corrupt)
             x = make_batch(images, self.aug, step_seed(self.seed, self.epoch, step))
-            yield step, x, idx
+            yield step, x, kept

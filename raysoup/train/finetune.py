@@ -9,6 +9,7 @@ epochs e+1.. as an uninterrupted one.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from raysoup.data.images import LabeledImages
 from raysoup.train.augment import Normalize, random_shift_flip
 from raysoup.train.batches import Augment, LoaderCfg, TrainInput, step_seed
 from raysoup.train.schedule import lr_at
+
+log = logging.getLogger(__name__)
 
 OnEpoch = Callable[[int, dict, Callable[[], dict]], None]
 
@@ -90,7 +93,7 @@ def finetune(
 
     loader = loader or LoaderCfg()
     aug = Augment(image_size, loader.crop, hp.randaug_n, hp.randaug_m, tuple(mean))
-    batches = TrainInput(train, aug, loader, hp.seed, hp.batch_size)
+    batches = TrainInput(train, aug, loader, hp.seed, hp.batch_size, even=use_mix)
     normalize = Normalize(mean, std, device)
     shift = max(1, image_size // 8)  # random translation of up to 1/8 of the image
     # Full batches only (mixup pairs samples; equal batches keep steps comparable).
@@ -143,6 +146,8 @@ def finetune(
         for i, (x, y) in enumerate(batches.epoch(epoch)):
             # uint8 crosses to the device (4x fewer bytes than float32); shift/flip/normalise
             # run there. The draws come from a CPU generator, so the pixels are the same.
+            if not len(y):  # every image of the batch was corrupt (skip_corrupt)
+                continue
             x = x.to(device, non_blocking=True)
             if loader.crop == "shift_flip":
                 gen = torch.Generator().manual_seed(step_seed(hp.seed, epoch, i) ^ 0x5F3759DF)
@@ -168,6 +173,9 @@ def finetune(
             seen += len(y)
         loss_sum, correct = loss_sum.item(), correct.item()  # waits for the epoch's last step
         seconds = time.perf_counter() - t0
+        if batches.skipped:
+            log.warning("finetune: %d corrupt image(s) left out (data.skip_corrupt)",
+                        len(batches.skipped))
         if not np.isfinite(loss_sum):
             raise Diverged(f"finetune: loss became {loss_sum} in epoch {epoch} (lr {hp.lr})")
         metrics = {
@@ -176,6 +184,7 @@ def finetune(
             "train_acc": correct / seen,
             "lr": lr,
             "images_per_s": seen / seconds,
+            "skipped_images": len(batches.skipped),  # corrupt, left out (data.skip_corrupt)
         }
         if on_epoch is not None:
             on_epoch(epoch, dict(metrics), state_fn(epoch))
