@@ -38,7 +38,8 @@ def test_workdirs_sharing_a_store_keep_their_own_runs(tmp_path):
     recipe.write_text("{}")
     ids = {}
     for name, seed, acc in (("a", 1, 0.5), ("b", 2, 0.7)):
-        tracker = Tracker(uri, "exp", workdir=tmp_path / name)
+        # An artifact root in tmp_path: without one MLflow puts artifacts in ./mlruns.
+        tracker = Tracker(uri, "exp", artifact_root=tmp_path / "art", workdir=tmp_path / name)
         parent = tracker.sweep_run({"seed": seed})
         trial = tracker.trial_run(parent, "trial-000", {"lr": seed * 1e-4})
         tracker.log_metrics(trial, {"train_loss": float(seed)}, step=1)
@@ -51,6 +52,7 @@ def test_workdirs_sharing_a_store_keep_their_own_runs(tmp_path):
     assert sum(r.data.tags.get(ROLE) == "sweep" for r in runs) == 2
     assert sum(r.data.tags.get(TRIAL) == "trial-000" for r in runs) == 2
     assert sum(r.data.tags.get("mlflow.runName") == "soup-uniform" for r in runs) == 2
+    assert len(list((tmp_path / "art").rglob("recipe.json"))) == 2
     client = Tracker(uri, "exp").client
     for name, seed, acc in (("a", 1, 0.5), ("b", 2, 0.7)):
         parent, trial, soup = ids[name]
