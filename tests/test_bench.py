@@ -35,7 +35,7 @@ def test_probe_measures_in_a_fresh_interpreter(tmp_path):
 def test_quick_bench_writes_every_figure(tmp_path):
     path = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "raysoup.cli", "bench", "--quick", "--json",
-                           str(path)], capture_output=True, text=True, timeout=1800, check=False)
+                           str(path), "--only", "B1,B2,B3,B4,B6"], capture_output=True, text=True, timeout=1800, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(path.read_text())
     for key in ("B1.floor_ratio", "B1.seed_speedup", "B1.rss_ratio", "B1.seed_rss_ratio",
@@ -50,3 +50,14 @@ def test_quick_bench_writes_every_figure(tmp_path):
             assert b6[label]["rounds"][str(m)] <= math.ceil((n - 1) / m) + acc
     assert set(result["details"]["B1"]["pure_by_shards"]) == {"1", "2", "4"}
     assert "B1.floor_ratio" in proc.stdout  # the figures are printed too
+
+
+def test_tree_pss_counts_a_child_process(tmp_path):
+    """bench S's memory figure: a child holding 200 MiB shows up in its parent's tree."""
+    from raysoup.bench.streaming import peak_pss_of
+
+    code = "import time; b = bytearray(200 << 20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1)"
+    small, _ = peak_pss_of([sys.executable, "-c", "import time; time.sleep(1)"])
+    big, _ = peak_pss_of([sys.executable, "-c",
+                          f"import subprocess, sys; subprocess.run([sys.executable, '-c', {code!r}])"])
+    assert big - small > 150 << 20

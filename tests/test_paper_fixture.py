@@ -5,6 +5,7 @@ map), with `--set` overrides only: the tiny 224-px CLIP, the fixture's paths, 2 
 memory budget of 0, so the trials stream their input through DataLoader workers."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from driver import finish
 
 from raysoup.data.fixture import fixture_overrides
+from raysoup.data.images import DECODE_LOG_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -24,13 +26,15 @@ SPLITS = {"heldout", "test", "imagenet_v2", "imagenet_r", "imagenet_sketch", "im
 
 def test_paper_config_runs_on_the_imagenet_shaped_fixture(imagenet_fixture, tmp_path):
     work = tmp_path / "run"
+    decodes = tmp_path / "decodes.log"  # every process appends the image it decodes
     sets = [*fixture_overrides(imagenet_fixture), "data.memory_budget_mb=0",
             "soup.recipes=[uniform,greedy]"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "raysoup.cli", "run",
          str(REPO / "experiments" / "clip_vit_b32_imagenet.yaml"), "--workdir", str(work),
          *[a for s in sets for a in ("--set", s)]],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, DECODE_LOG_ENV: str(decodes)})
     rc, out, err = finish(proc, timeout=900)
     assert rc == 0, err[-4000:]
     rows = pq.read_table(work / "results.parquet").to_pylist()
@@ -55,3 +59,13 @@ def test_paper_config_runs_on_the_imagenet_shaped_fixture(imagenet_fixture, tmp_
     assert sorted(m["split"] for m in manifests) == sorted(SPLITS)
     assert all(m["image_size"] == 224 for m in manifests)
     assert "zero-shot" in out and "greedy_soup" in out
+    # No eval image was decoded twice: evaluation of 5 ingredients and soups streams the cache.
+    seen: dict[str, int] = {}
+    for line in decodes.read_text().splitlines():
+        seen[line] = seen.get(line, 0) + 1
+    eval_files = [str(p) for key in ("val", "imagenet_v2", "imagenet_r", "imagenet_a",
+                                     "imagenet_sketch", "objectnet")
+                  for p in Path(fx[key]).rglob("*") if p.is_file()]
+    decoded = [f for f in eval_files if f in seen]
+    assert len(decoded) == sum(n[s] for s in SPLITS - {"heldout"})
+    assert all(seen[f] == 1 for f in decoded)

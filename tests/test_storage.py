@@ -326,10 +326,13 @@ def test_publish_missing_uploads_the_world_marker_last(s3, upload_log):
     assert all("_COMPLETE" not in present for _, present in upload_log)
 
 
-def _interrupt_after(seconds: float) -> threading.Thread:
-    """Ctrl-C (SIGINT) to this process's main thread in `seconds`."""
+def _interrupt_when(marker) -> threading.Thread:
+    """Ctrl-C (SIGINT) to this process's main thread once `marker` exists (the failpoint
+    creates it when hit): on a loaded machine a fixed delay may fire before the upload starts."""
     def fire():
-        time.sleep(seconds)
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     thread = threading.Thread(target=fire, daemon=True)
@@ -347,9 +350,10 @@ def test_interrupted_upload_never_leaves_a_truncated_object(s3, tmp_path, monkey
     path.write_bytes(os.urandom(3 * 1024 * 1024))
     # The upload stops after its first 1 MiB chunk until the interrupt arrives.
     monkeypatch.setattr(storage, "UPLOAD_CHUNK", 1 << 20)
-    monkeypatch.setenv(faults.ENV, f"storage.upload=1:wait={tmp_path / 'never'}")
+    monkeypatch.setenv(faults.ENV,
+                       f"storage.upload=1:once={tmp_path / 'hit'}:wait={tmp_path / 'never'}")
     faults._hits.pop("storage.upload", None)
-    thread = _interrupt_after(1.0)
+    thread = _interrupt_when(tmp_path / "hit")
     with pytest.raises(KeyboardInterrupt):
         storage.publish(path)
     thread.join()

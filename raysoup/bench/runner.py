@@ -56,7 +56,8 @@ def _ray(cpus: int, gpus: int = 0) -> None:
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         # GPUs are given, not auto-detected: an actor asking for one never starts if Ray's
         # detection misses the device.
-        ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, configure_logging=False,
+        ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False,
+                 configure_logging=False,
                  log_to_driver=False)
 
 

@@ -337,7 +337,7 @@ def decodes(base: Path, quick: bool) -> dict:
     cfg = WorldCfg(num_classes=4, train_per_class=100, test_per_class=25, shift_per_class=15)
     heldout = sum(1 for _ in _heldout_keys(base / "work", cfg))
     eval_images = heldout + sum(world.split_size(cfg, s) for s in ("test", *world.SHIFTS))
-    decoded = log.stat().st_size if log.exists() else 0
+    decoded = len(log.read_text().splitlines()) if log.exists() else 0
     models = len(list((base / "work" / "ingredients").iterdir()))
     return {"decoded": decoded, "eval_images": eval_images, "models": models,
             "per_image": decoded / eval_images}

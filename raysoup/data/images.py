@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-# When set, every decode appends one byte to this file (any process: driver, trial, actor,
-# task), so a benchmark can count decodes across a whole pipeline run.
+# When set, every decode appends a line naming the image to this file (any process: driver,
+# trial, actor, task), so decodes can be counted across a whole pipeline run.
 DECODE_LOG_ENV = "RAYSOUP_DECODE_LOG"
 
 
@@ -120,16 +120,17 @@ def as_column(images) -> ImageColumn:
     return EncodedBytes(items)
 
 
-def count_decode(n: int = 1) -> None:
+def count_decode(where: str) -> None:
     path = os.environ.get(DECODE_LOG_ENV)
     if path:
-        with open(path, "ab") as f:  # O_APPEND: concurrent processes do not clobber each other
-            f.write(b"." * n)
+        # One line per decode, naming the image; O_APPEND keeps concurrent processes' lines whole.
+        with open(path, "a") as f:
+            f.write(where.replace("\n", " ") + "\n")
 
 
 def decode_image(data: bytes, where: str) -> Image.Image:
     """Encoded bytes → RGB PIL image; a corrupt or truncated image is a DataError naming it."""
-    count_decode()
+    count_decode(where)
     try:
         img = Image.open(io.BytesIO(data))
         img.load()  # a truncated file fails here, not later inside a transform
