@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from raysoup.data import fs as data_fs
-from raysoup.data.images import DataError, LabeledImages
 from raysoup.data.imagefolder import read_imagefolder
+from raysoup.data.images import DataError, LabeledImages
 from raysoup.data.parquet import read_parquet_split, write_parquet_split
 from raysoup.evaluate import cache
 from raysoup.train.batches import Augment, LoaderCfg, TrainInput
