@@ -134,3 +134,23 @@ def test_cli_refuses_mixed_workdir_with_exit_2(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "model.pretrain.steps: 500 in the workdir, now 7" in proc.stderr
     assert sorted(p.name for p in work.iterdir()) == ["experiment.yaml"]  # nothing else started
+
+
+def test_workdir_from_before_new_fields_resumes_but_a_set_new_field_is_refused(tmp_path):
+    """A snapshot written before a field existed lacks it: it counts as the field's default."""
+    from raysoup.orchestration.pipeline import CONFIG_SNAPSHOT, WorkdirMismatch, snapshot_config
+
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = load_experiment(write_cfg(tmp_path, "a.yaml"))
+    snapshot_config(cfg, work)
+    raw = yaml.safe_load((work / CONFIG_SNAPSHOT).read_text())
+    for field in ("memory_budget_mb", "loader_workers", "shuffle_window", "train_crop"):
+        del raw["data"][field]  # as an older raysoup wrote it
+    (work / CONFIG_SNAPSHOT).write_text(yaml.safe_dump(raw))
+    snapshot_config(cfg, work)
+    assert "shuffle_window" in (work / CONFIG_SNAPSHOT).read_text()
+    (work / CONFIG_SNAPSHOT).write_text(yaml.safe_dump(raw))
+    other = load_experiment(write_cfg(tmp_path, "b.yaml", data__shuffle_window=64))
+    with pytest.raises(WorkdirMismatch, match="data.shuffle_window: 1024 in the workdir, now 64"):
+        snapshot_config(other, work)

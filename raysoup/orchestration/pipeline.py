@@ -309,6 +309,14 @@ def snapshot_config(cfg: ExperimentCfg, workdir: Path) -> None:
     if old_text is not None:
         old = yaml.safe_load(old_text) or {}
         a, b = _flatten({k: old.get(k) for k in PINNED}), _flatten({k: new[k] for k in PINNED})
+        # A field added since the snapshot was written is absent from it: it stands for the
+        # field's default (what the older code did), so a workdir from before an upgrade resumes.
+        try:
+            filled = _flatten({k: v for k, v in json.loads(
+                ExperimentCfg.model_validate(old).model_dump_json()).items() if k in PINNED})
+        except ValueError:
+            filled = {}
+        a.update({k: filled[k] for k in set(filled) - set(a)})
         diff = sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>")
                       and k not in EXECUTION_ONLY)
         if diff:
