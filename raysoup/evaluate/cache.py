@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,17 +50,6 @@ def shard_name(i: int) -> str:
     return f"part-{i:05d}.npy"
 
 
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    storage.publish(path)
-
-
 def build_shard(data: LabeledImages, image_size: int, out: Path,
                 skip_corrupt: bool = False) -> dict:
     """Decode `data` (one shard's samples) once into uint8 [n, 3, S, S] at `out`.
@@ -86,8 +73,13 @@ def build_shard(data: LabeledImages, image_size: int, out: Path,
             pixels[kept] = np.asarray(img, np.uint8).transpose(2, 0, 1)
             kept += 1
     info = {"n": kept, "skipped": skipped}
-    _write_atomic(out, lambda f: np.save(f, pixels[:kept]))
-    _write_atomic(sidecar(out), lambda f: f.write(json.dumps(info).encode()))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a temp name
+            np.save(f, pixels[:kept])
+
+    storage.write_file(out, save)
+    storage.write_file(sidecar(out), json.dumps(info))
     return info
 
 
@@ -112,7 +104,7 @@ def read_manifest(directory: Path) -> dict | None:
 
 def write_manifest(directory: Path, manifest: dict) -> None:
     """The completion marker: written after every shard is in place."""
-    _write_atomic(directory / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+    storage.write_file(directory / MANIFEST, json.dumps(manifest, indent=1))
 
 
 def _load(path: Path) -> np.ndarray:
