@@ -4,7 +4,9 @@
 #      images/s, peak GPU memory, finite loss, bf16-vs-fp32 logits on one batch;
 #   2. B1: uniform soup of 8 ViT-B-32-size ingredients, the accumulation on the GPU, vs the
 #      seed-style loop on the GPU and the raw-read floor;
-#   3. B3: one Ray eval actor on the GPU (EvalPool, bf16 autocast) vs a bare loop on the GPU.
+#   3. B3: one Ray eval actor on the GPU (EvalPool, bf16 autocast) vs a bare loop on the GPU;
+#   4. S-feed: the streamed input pipeline (JPEGs of ImageNet sizes, nproc-1 workers) vs
+#      ViT-B-32's bf16 training step.
 # Python: $PYTHON, else .venv/bin/python, else python3. Packages the machine lacks come as
 # wheels in .whl/, installed to /tmp/site with --no-index (nothing is downloaded). On 2026-11-30
 # that was `pip download --no-deps --only-binary=:all: --python-version 3.12 --platform
@@ -12,7 +14,7 @@
 # pydantic-core annotated-types typing-inspection typing_extensions jsonschema
 # jsonschema-specifications referencing rpds-py, with ray/jars/ and the dashboard's
 # client/build/ deleted from the ray wheel (and from its RECORD) to fit 64 MiB.
-# Prints the figures and writes finetune.json, b1.json, b3.json and gpu.log to $OUT
+# Prints the figures and writes finetune.json, b1.json, b3.json, s_feed.json and gpu.log to $OUT
 # (default /tmp/raysoup-gpu). Exit status 1 if any check failed; the others still run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,4 +47,10 @@ step finetune 150 "$PY" -m raysoup.bench.finetune_step --device cuda --model ViT
   --images 4096 --batch-size 256 --json "$out/finetune.json"
 step B1 170 "$PY" -m raysoup.cli bench --device cuda --only B1 --json "$out/b1.json"
 step B3 150 "$PY" -m raysoup.cli bench --device cuda --only B3 --json "$out/b3.json"
+# S on the GPU: the streamed input pipeline (JPEG decode + RandomResizedCrop, one DataLoader
+# worker per core but one) next to ViT-B-32's bf16 training step on the same machine.
+lanes=$(( $(nproc) > 1 ? $(nproc) - 1 : 1 ))
+step S-feed 150 "$PY" -m raysoup.bench.streaming feed \
+  "{\"out\": \"$out/s\", \"model\": \"ViT-B-32\", \"lanes\": $lanes, \"images\": 4096, \"device\": \"cuda\"}"
+tail -n 1 "$out/gpu.log" > "$out/s_feed.json"  # the feed's JSON line
 exit $rc

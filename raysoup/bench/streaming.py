@@ -188,8 +188,9 @@ def _child_eval(splits: str, workdir: str, n_models: int) -> dict:
 
 
 def _child_input(split: str, model: str, image_size: int, batch_size: int, crop: str,
-                 steps: int) -> dict:
-    """Input pipeline alone (streamed, 1 worker) vs the training step alone, in one process."""
+                 steps: int, lanes: int = 1, device: str = "cpu") -> dict:
+    """Input pipeline alone (streamed, `lanes` workers) vs the training step alone (bf16
+    autocast on CUDA), in one process."""
     import torch
     from torch import nn
 
@@ -200,26 +201,32 @@ def _child_input(split: str, model: str, image_size: int, batch_size: int, crop:
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     data = read_parquet_split(split)
-    source = TrainInput(data, Augment(image_size, crop), LoaderCfg(lanes=1, memory_budget_mb=0,
+    source = TrainInput(data, Augment(image_size, crop), LoaderCfg(lanes=lanes, memory_budget_mb=0,
                                                                    crop=crop), 0, batch_size)
     started, n = time.perf_counter(), 0
     for x, _ in source.epoch(1):
         n += len(x)
     input_s = n / (time.perf_counter() - started)
-    net = classifier_skeleton(model, CLASSES).train()
+    net = classifier_skeleton(model, CLASSES).to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    x = torch.randn(batch_size, 3, image_size, image_size)
-    y = torch.randint(0, CLASSES, (batch_size,))
+    x = torch.randn(batch_size, 3, image_size, image_size, device=device)
+    y = torch.randint(0, CLASSES, (batch_size,), device=device)
     for i in range(steps + 2):
         if i == 2:  # two warm-up steps
+            if device == "cuda":
+                torch.cuda.synchronize()
             started = time.perf_counter()
-        loss = nn.functional.cross_entropy(net(x), y)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            loss = nn.functional.cross_entropy(net(x).float(), y)
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
     step_s = steps * batch_size / (time.perf_counter() - started)
-    return {"input_img_s": input_s, "step_img_s": step_s, "images": n}
+    return {"input_img_s": input_s, "step_img_s": step_s, "images": n, "lanes": lanes,
+            "model": model, "device": device}
 
 
 def _child_raydata(split: str, image_size: int, batch_size: int) -> dict:
@@ -351,6 +358,21 @@ def _heldout_keys(workdir: Path, cfg) -> list[str]:
     return [k for k, m in zip(train.keys, heldout_mask(train.keys, 0.2), strict=True) if m]
 
 
+def feed(out: Path, model: str, lanes: int, images: int, device: str, steps: int = 20) -> dict:
+    """The input pipeline feeding `model` with `lanes` workers, on ImageNet-sized JPEGs
+    (bench/gpu.sh: ViT-B-32 on the GPU, the machine's cores)."""
+    split = write_split(out / "feed", jpegs(images, seed=7, lo=300, hi=500))
+    result = _child_input(str(split), model, 224, 256, "random_resized_crop", steps, lanes,
+                          device)
+    result["input_vs_step"] = ratio(result["input_img_s"], result["step_img_s"])
+    return result
+
+
+CHILDREN["feed"] = feed
+
 if __name__ == "__main__":
-    result = CHILDREN[sys.argv[1]](**json.loads(sys.argv[2]))
+    kwargs = json.loads(sys.argv[2])
+    if sys.argv[1] == "feed":
+        kwargs["out"] = Path(kwargs["out"])
+    result = CHILDREN[sys.argv[1]](**kwargs)
     print(json.dumps(result))

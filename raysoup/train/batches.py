@@ -272,11 +272,9 @@ class TrainInput:
 
         lanes = LaneBatches(self.data, plan, self.aug, self.seed, epoch, self.cfg.window,
                             self.cfg.skip_corrupt)
-        # Object-store clients (pyarrow's S3/GCS) do not survive a fork: workers reading remote
-        # data start from a fork server and open their own.
-        context = "forkserver" if self.data.images.is_remote() else None
         loader = DataLoader(lanes, batch_size=None, num_workers=self.cfg.lanes,
-                            prefetch_factor=self.cfg.prefetch, multiprocessing_context=context,
+                            prefetch_factor=self.cfg.prefetch,
+                            multiprocessing_context=_worker_context(self.data),
                             pin_memory=torch.cuda.is_available())
         # Workers interleave round robin, which is the plan's order; a small reorder buffer
         # makes that an invariant of this code rather than of DataLoader's internals.
@@ -291,6 +289,33 @@ class TrainInput:
                 want += 1
         if want != len(plan):
             raise RuntimeError(f"training input: {want} of {len(plan)} batches arrived")
+
+
+def _release_free_memory() -> None:
+    """Hand freed heap back to the OS after each batch: decoded images of varied sizes leave
+    glibc's and pyarrow's allocators holding freed memory that grows with the batches made."""
+    import ctypes
+
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
+
+
+def _worker_context(data: LabeledImages):
+    """How DataLoader workers start. Forked from the trainer for local data (cheapest: they
+    share its imported modules). Object-store clients (pyarrow's S3/GCS) do not survive a
+    fork, so for remote data they start from a fork server that imported this module once."""
+    if not data.images.is_remote():
+        return None
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["raysoup.train.loader_server"])
+    return context
 
 
 class LaneBatches(torch.utils.data.IterableDataset):
@@ -313,4 +338,6 @@ class LaneBatches(torch.utils.data.IterableDataset):
                 continue
             images, kept = decode_batch(self.data, idx, self.skip_corrupt)
             x = make_batch(images, self.aug, step_seed(self.seed, self.epoch, step))
+            del images
+            _release_free_memory()
             yield step, x, kept
