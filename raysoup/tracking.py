@@ -103,8 +103,13 @@ class Tracker:
                 # A tracking server places artifacts itself (its --default-artifact-root, or
                 # proxied `mlflow-artifacts:/` uploads): a driver-local path would be a file
                 # the server and its UI cannot read.
-                local = self.artifact_root and not is_server(self.uri)
-                location = self.artifact_root.absolute().as_uri() if local else None
+                root = self.artifact_root
+                if root is None and self.uri.startswith("sqlite:///"):
+                    # MLflow's default is ./mlruns of the current directory: keep a store's
+                    # artifacts next to its database instead.
+                    root = Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+                local = root is not None and not is_server(self.uri)
+                location = root.absolute().as_uri() if local else None
                 self._experiment_id = self.client.create_experiment(
                     self.experiment_name, artifact_location=location
                 )

@@ -76,3 +76,18 @@ def test_runs_from_before_workdir_ids_are_adopted_in_the_workdirs_own_store(tmp_
     # Another workdir's tracker on that store adopts nothing.
     other = Tracker(default_uri(tmp_path), "exp", workdir=tmp_path / "other")
     assert other.sweep_run() != parent and len(other.runs()) == 3
+
+
+def test_artifacts_without_an_artifact_root_stay_next_to_the_store(tmp_path, monkeypatch):
+    """MLflow's default artifact location is ./mlruns of the current directory (a test once
+    wrote into the repository root): a SQLite store keeps them beside its database."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    tracker = Tracker(default_uri(tmp_path / "store"), "exp")
+    parent = tracker.sweep_run()
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text("{}")
+    tracker.soup_run(parent, "uniform", [], [], {}, [recipe])
+    assert list(cwd.iterdir()) == []
+    assert len(list((tmp_path / "store" / "mlartifacts").rglob("recipe.json"))) == 1
