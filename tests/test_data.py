@@ -425,3 +425,17 @@ def test_class_groups_objectnet_style(tmp_path):
         load_splits(bad, tmp_path)
     with pytest.raises(ValueError, match="either classes .* or class_map"):
         SplitSource(format="imagefolder", path="x", classes=["a"], class_map="m.json")
+
+
+def test_overlapping_class_map_groups_are_refused(tmp_path):
+    from raysoup.data.imagefolder import read_mapped_imagefolder
+
+    for d in ("cup", "mug"):
+        (tmp_path / "on" / d).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / "on" / d / "x.png")
+    ok = read_mapped_imagefolder(tmp_path / "on", {"cup": ["n1"], "mug": ["n2", "n3"]},
+                                 ["n1", "n2", "n3"])
+    assert ok.class_groups == [[0], [1, 2]]
+    with pytest.raises(DataError, match="'n2' is in the groups of both 'cup' and 'mug'"):
+        read_mapped_imagefolder(tmp_path / "on", {"cup": ["n1", "n2"], "mug": ["n2", "n3"]},
+                                ["n1", "n2", "n3"])

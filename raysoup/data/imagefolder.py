@@ -113,6 +113,14 @@ def read_mapped_imagefolder(path: Path | str, class_map: dict[str, list[str]],
             raise DataError(f"{map_file}: {d!r} maps to {unknown[:5] or 'nothing'}, not train "
                             f"classes (e.g. {train_dirs[:3]})")
         groups.append(sorted(index[t] for t in targets))
+    owner: dict[str, str] = {}
+    for d in sorted(class_map):
+        for t in class_map[d]:
+            if t in owner and owner[t] != d:
+                # A class in two groups would count for whichever group comes last.
+                raise DataError(f"{map_file}: {t!r} is in the groups of both {owner[t]!r} and "
+                                f"{d!r}; each train class may stand for one class only")
+            owner[t] = d
     _check_nonempty(path, listing, sorted(class_map))
     keys, files, labels = [], [], []
     for label, d in enumerate(sorted(class_map)):
