@@ -350,12 +350,19 @@ def test_interrupted_upload_never_leaves_a_truncated_object(s3, tmp_path, monkey
     path.write_bytes(os.urandom(3 * 1024 * 1024))
     # The upload stops after its first 1 MiB chunk until the interrupt arrives.
     monkeypatch.setattr(storage, "UPLOAD_CHUNK", 1 << 20)
+    # Python's own Ctrl-C handler: a Ray session started earlier in the test run installs
+    # its own, and a bounded failpoint wait, so a missed interrupt fails instead of hanging.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    monkeypatch.setattr(faults, "WAIT_LIMIT_S", 30)
     monkeypatch.setenv(faults.ENV,
                        f"storage.upload=1:once={tmp_path / 'hit'}:wait={tmp_path / 'never'}")
     faults._hits.pop("storage.upload", None)
     thread = _interrupt_when(tmp_path / "hit")
-    with pytest.raises(KeyboardInterrupt):
-        storage.publish(path)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            storage.publish(path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     thread.join()
     assert s3.get("w/results.parquet") == b"old" * 1000
     assert s3.files("w") == ["w/results.parquet"]
