@@ -371,13 +371,15 @@ def test_preprocess_eval_and_train_augment(tmp_path):
     assert preprocess_eval(read_imagefolder(root), 8, mean, std).shape == (1, 3, 8, 8)
     import torch
 
-    from raysoup.train.augment import randaugment, random_shift_flip, uint8_images
+    from raysoup.train.augment import random_shift_flip, uint8_images
+    from raysoup.train.batches import Augment, make_batch
 
     pixels = uint8_images(data, 8)
     assert pixels.shape == (3, 3, 8, 8) and pixels.dtype == torch.uint8
     assert torch.equal(pixels[1], torch.from_numpy(data.decode_all()[1]).permute(2, 0, 1))
     assert uint8_images(read_imagefolder(root), 8).shape == (1, 3, 8, 8)  # resized on decode
-    aug = randaugment(2, 9, 8, mean)(pixels)
+    aug = make_batch(list(pixels.permute(0, 2, 3, 1).numpy()),
+                     Augment(8, "shift_flip", randaug_n=2, randaug_m=9, mean=tuple(mean)), seed=0)
     assert aug.shape == pixels.shape and aug.dtype == torch.uint8
     noise = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
     shifted = random_shift_flip(noise, torch.Generator().manual_seed(0), shift=2)

@@ -1,18 +1,17 @@
 """Training-time augmentation on whole uint8 batches.
 
 On tiny images the fixed cost of a PIL/torchvision call per sample (~100 µs) outweighs the
-pixels, so crops, flips and normalisation run on whole batches as tensor ops; only timm's
-RandAugment (PIL-based) runs per sample, and only when a trial asks for it.
+pixels, so shifts, flips and normalisation run on whole batches as tensor ops; per-sample work
+(crops of real images, timm's RandAugment) is in train/batches.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from raysoup.data.images import LabeledImages
 from raysoup.data.transforms import resize_center_crop
@@ -43,21 +42,6 @@ def random_shift_flip(x: torch.Tensor, gen: torch.Generator, shift: int) -> torc
     flip = torch.rand(n, generator=gen) < 0.5
     out[flip] = out[flip].flip(-1)
     return out
-
-
-def randaugment(n: int, m: int, image_size: int, mean: Sequence[float]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """timm RandAugment over a uint8 batch, per sample (draws from Python's `random`)."""
-    from timm.data.auto_augment import rand_augment_transform
-
-    op = rand_augment_transform(f"rand-m{m}-n{n}", {
-        "translate_const": int(image_size * 0.45), "img_mean": tuple(round(255 * v) for v in mean)})
-
-    def apply(x: torch.Tensor) -> torch.Tensor:
-        hwc = x.permute(0, 2, 3, 1).numpy()
-        return torch.stack([torch.from_numpy(np.array(op(Image.fromarray(img)))) for img in hwc]
-                           ).permute(0, 3, 1, 2)
-
-    return apply
 
 
 class Normalize:
