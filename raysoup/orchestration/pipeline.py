@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,7 +20,7 @@ from raysoup.checkpoints.audit import Audit, AuditCache, check_compatible
 from raysoup.config import ConfigError, ExperimentCfg
 from raysoup.evaluate import results as res
 from raysoup.faults import failpoint
-from raysoup.orchestration import metrics
+from raysoup.orchestration import metrics, reduction
 from raysoup.orchestration.evaluation import EvalPool, build_eval_cache, evaluate_models
 from raysoup.orchestration.recipes import (
     cooked_soup_id,
@@ -131,13 +131,25 @@ class Run:
             self._pool_cpus = num_cpus
         return self._pool
 
-    def soup_pool(self) -> EvalPool:
-        """Actors that score greedy candidates, leaving one CPU to the reduction tasks (which
-        would otherwise wait forever for a CPU the actors hold)."""
-        count = self.cfg.eval.num_actors
-        free = ray.cluster_resources().get("CPU", 1) - 1
-        cpus = min(self.cfg.eval.cpus_per_actor, max(free, 0.1) / count)
-        return self.pool(count, None if cpus == self.cfg.eval.cpus_per_actor else cpus)
+    @contextmanager
+    def soup_kitchen(self) -> Iterator[EvalPool]:
+        """Eval actors that score greedy candidates, beside CPUs reserved for the reduction
+        tasks (`reduction.reserved_cpus`), for as long as the block runs."""
+        count, per_actor = self.cfg.eval.num_actors, self.cfg.eval.cpus_per_actor
+        reserve, cpus = reduction.soup_cpus(ray.cluster_resources().get("CPU", 1), count,
+                                            per_actor, self.cfg.soup.num_shards)
+        if self._pool is not None and (len(self._pool), self._pool_cpus) != (count, cpus):
+            self.release_actors()
+        with ExitStack() as stack:
+            try:
+                # The evaluate stage's actors may sit where the reservation must go: give them
+                # a moment, then free their CPUs and start fresh ones after the reservation.
+                stack.enter_context(reduction.reserved_cpus(reserve,
+                                                            wait_s=10 if self._pool else None))
+            except TimeoutError:
+                self.release_actors()
+                stack.enter_context(reduction.reserved_cpus(reserve))
+            yield self.pool(count, cpus)
 
     def release_actors(self) -> None:
         # Actors hold their CPUs while alive; free them for the reduction tasks.
@@ -202,9 +214,9 @@ class Run:
         # WiSE-FT and Model Stock interpolate from the zero-shot initialisation.
         anchor = next((Candidate(n, heldout.get(n, float("nan")), p)
                        for n, k, p in self.models() if k == "zeroshot"), None)
-        with self.stage("soup"):
+        with self.stage("soup"), self.soup_kitchen() as pool:
             soups = cook_soups(self.cfg.soup.recipes, candidates, self.workdir / "soups",
-                               self.cfg.soup.num_shards, self.soup_pool(),
+                               self.cfg.soup.num_shards, pool,
                                speculation=self.cfg.soup.speculation, cfg=self.cfg.soup,
                                anchor=anchor)
         table = self.evaluate("soup evaluation")

@@ -21,7 +21,7 @@ import ray
 
 from raysoup import storage
 from raysoup.checkpoints import read_manifest
-from raysoup.orchestration.reduction import _same_float_mode, reduce_to_refs, write_soup
+from raysoup.orchestration.reduction import _same_float_mode, placed, reduce_to_refs, write_soup
 from raysoup.soup import Candidate, RecipeResult
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class RayKitchen:
 
     def per_tensor(self, fn, paths: list[Path]) -> dict:
         merged: dict = {}
-        for part in ray.get([_per_tensor.remote(fn, [str(p) for p in paths], names)
+        for part in ray.get([placed(_per_tensor).remote(fn, [str(p) for p in paths], names)
                              for names in self.plan]):
             merged.update(part)
         return merged

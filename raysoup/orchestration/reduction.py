@@ -8,11 +8,16 @@ arithmetic lives in `raysoup.reduce` (pure); this module only fans it out.
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import ray
 import torch
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from raysoup import storage
 from raysoup.checkpoints import read_manifest
@@ -27,6 +32,59 @@ from raysoup.reduce import (
     write_index,
     write_shard,
 )
+
+# Where reduction tasks run: Ray's default placement, or CPUs the soup stage reserved for them
+# (`reserved_cpus`). Module state because the recipes reach the tasks through several layers.
+_placement: dict = {}
+RESERVE_WAIT_S = 600
+
+
+def placed(fn):
+    """Remote function `fn` with the reduction placement in force."""
+    return fn.options(**_placement) if _placement else fn
+
+
+def soup_cpus(total: float, actors: int, per_actor: float, shards: int) -> tuple[int, float | None]:
+    """(whole CPUs to reserve for reduction tasks, CPUs per scoring actor or None = as
+    configured) while the soup stage keeps `actors` eval actors alive beside its reductions.
+
+    Actors that must shrink get whole CPUs, or 1/k of one, so that they fill whole CPUs
+    exactly wherever Ray puts them; with no CPU left beside the reservation they hold none
+    (a 1-CPU cluster: scoring and reducing then take turns)."""
+    reserve = int(max(1, min(shards, math.floor(total - actors * per_actor))))
+    left = math.floor(total - reserve)
+    if actors * per_actor <= left:
+        return reserve, None
+    if left < 1:
+        return reserve, 0.0
+    share = left // actors if left >= actors else 1 / math.ceil(actors / left)
+    return reserve, min(per_actor, share)
+
+
+@contextmanager
+def reserved_cpus(count: int, wait_s: float | None = None) -> Iterator[None]:
+    """Run this module's reduction tasks in `count` reserved 1-CPU bundles while the block runs.
+
+    The soup stage's eval actors stay alive during reductions. Without a reservation Ray may
+    spread them so that no node keeps a whole CPU free, and every reduction task waits forever
+    (the B4 drill hang, BENCHMARKS.md). Raises TimeoutError if the bundles cannot be placed
+    within `wait_s` (default RESERVE_WAIT_S), naming what was asked and what is free."""
+    pg = placement_group([{"CPU": 1}] * count, strategy="PACK")
+    limit = RESERVE_WAIT_S if wait_s is None else wait_s
+    ready, _ = ray.wait([pg.ready()], timeout=limit)
+    if not ready:
+        remove_placement_group(pg)
+        raise TimeoutError(
+            f"could not reserve {count} CPU(s) for the soup's reduction tasks within {limit:.0f} s "
+            f"(cluster CPUs {ray.cluster_resources().get('CPU', 0)}, available "
+            f"{ray.available_resources().get('CPU', 0)}): lower eval.num_actors or "
+            f"eval.cpus_per_actor, or add CPUs")
+    _placement["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=pg)
+    try:
+        yield
+    finally:
+        _placement.clear()
+        remove_placement_group(pg)
 
 
 def shard_plan(ingredient_dir: Path, num_shards: int) -> list[list[str]]:
@@ -72,8 +130,9 @@ def reduce_to_refs(paths: list[Path], weights: list[float], plan: list[list[str]
                    tensor_weights: dict[str, list[float]] | None = None,
                    integers_from: int | None = None) -> list:
     """Σ w_i·θ_i shard-parallel into the object store (bit-identical to `write_soup`'s shards)."""
-    return [_reduce.remote([str(p) for p in paths], weights, names,
-                           _for_shard(tensor_weights, names), integers_from) for names in plan]
+    task = placed(_reduce)
+    return [task.remote([str(p) for p in paths], weights, names,
+                        _for_shard(tensor_weights, names), integers_from) for names in plan]
 
 
 def _for_shard(tensor_weights: dict | None, names: list[str]) -> dict | None:
@@ -100,7 +159,8 @@ def _add(acc, path: str, names: list[str]):
 def add_ingredient(sum_refs: list | None, path: Path, plan: list[list[str]]) -> list:
     """Running sum + θ(path), shard-parallel; returns new per-shard object refs."""
     accs = sum_refs or [None] * len(plan)
-    return [_add.remote(acc, str(path), names) for acc, names in zip(accs, plan, strict=True)]
+    return [placed(_add).remote(acc, str(path), names)
+            for acc, names in zip(accs, plan, strict=True)]
 
 
 def write_soup(out_dir: Path, paths: list[Path], weights: list[float], plan: list[list[str]],
@@ -124,9 +184,9 @@ def write_soup(out_dir: Path, paths: list[Path], weights: list[float], plan: lis
                 write_shard(tmp / f, ray.get(refs[i]), dtypes)
                 refs[i] = None  # frees the shard in the object store
         else:
-            refs = [_reduce_to_file.remote([str(p) for p in paths], weights, names, str(tmp / f),
-                                           dtypes, _for_shard(tensor_weights, names),
-                                           integers_from)
+            task = placed(_reduce_to_file)
+            refs = [task.remote([str(p) for p in paths], weights, names, str(tmp / f), dtypes,
+                                _for_shard(tensor_weights, names), integers_from)
                     for f, names in zip(files, plan, strict=True)]
             ray.get(refs)
         index = write_index(tmp, list(zip(files, plan, strict=True)), {"recipe": recipe["recipe"]})
