@@ -233,17 +233,20 @@ def _child_raydata(split: str, image_size: int, batch_size: int) -> dict:
     """The Ray Data contender: read_parquet → map_batches(decode + crop) → iter_torch_batches."""
     import ray
 
-    from raysoup.data.images import decode_image
-    from raysoup.data.transforms import resize_center_crop
+    from raysoup.data.images import decode_pixels
+    from raysoup.train.batches import _resized_crop
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
              log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
     def decode(batch: dict) -> dict:
+        # The per-image work of the DataLoader path (decode + resized crop), so the two
+        # contenders differ only in how they move batches.
         out = np.empty((len(batch["image"]), image_size, image_size, 3), np.uint8)
+        rng = np.random.default_rng(len(batch["image"]))
         for i, b in enumerate(batch["image"]):
-            out[i] = np.asarray(resize_center_crop(decode_image(b, "raydata"), image_size))
+            out[i] = _resized_crop(decode_pixels(b, "raydata"), image_size, rng).permute(1, 2, 0)
         return {"image": out, "label": batch["label"]}
 
     started = time.perf_counter()
