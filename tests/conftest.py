@@ -1,6 +1,17 @@
 import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).parents[1]
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
 
@@ -47,3 +58,113 @@ def imagenet_fixture(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("imagenet-fixture")
     return {**write_imagenet_fixture(root), "root": str(root)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)")
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def scrape(port: int) -> list[tuple[str, dict[str, str], float]]:
+    """Ray's Prometheus endpoint, parsed: [(metric, labels, value)]."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = []
+    for line in text.splitlines():
+        if line and not line.startswith("#") and (m := SAMPLE.match(line)):
+            labels = dict(LABEL.findall(m["labels"] or ""))
+            out.append((m["name"], labels, float(m["value"])))
+    return out
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = (root / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # own process group
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
+            time.sleep(0.5)
+        yield url, root
+    finally:
+        # The server forks workers: stop the whole group; they take 5-10 s to exit.
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def served_run(tmp_path_factory, mlflow_server):
+    """One `raysoup run` (a subprocess, stderr a pipe as in CI) shared by the metrics, console
+    and MLflow-server tests: experiments/tiny.yaml shrunk by tests/small.py, logging to a real
+    `mlflow server`, with --metrics-export-port, scraped every second while it runs.
+
+    Scraping: Ray's metrics agent keeps counters for the life of the node, but a gauge
+    disappears ~2 export intervals after its process stops reporting it, and the endpoint
+    goes away when the driver shuts Ray down; so the union of every scrape is kept."""
+    from small import small_overrides
+
+    url, server_root = mlflow_server
+    tmp = tmp_path_factory.mktemp("metrics-run")
+    port = free_port()
+    env = {**os.environ, "RAY_metrics_report_interval_ms": "1000"}
+    cmd = [sys.executable, "-m", "raysoup.cli", "run", str(ROOT / "experiments" / "tiny.yaml"),
+           "--workdir", str(tmp / "work"), "--metrics-export-port", str(port)]
+    overrides = [*small_overrides(epochs=2), f"tracking.uri={url}",
+                 "tracking.experiment=server-e2e"]
+    for override in overrides:
+        cmd += ["--set", override]
+    seen: dict[str, float] = {}  # metric name -> largest sum over its series in one scrape
+    labels: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    with open(tmp / "stdout", "w") as out, open(tmp / "stderr", "w") as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=ROOT,
+                                env=env, start_new_session=True)
+        deadline = time.monotonic() + 900
+        try:
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("raysoup run did not finish in 900 s")
+                try:
+                    samples = scrape(port)
+                except OSError:
+                    samples = []  # Ray not up yet, or already shut down
+                sums: dict[str, float] = defaultdict(float)
+                for name, lab, value in samples:
+                    sums[name] += value
+                    labels[name].update(lab.items())
+                for name, total in sums.items():
+                    seen[name] = max(seen.get(name, total), total)
+                time.sleep(1)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return {"rc": proc.returncode, "seen": seen, "labels": labels, "workdir": tmp / "work",
+            "url": url, "server_root": server_root,
+            "stdout": (tmp / "stdout").read_text(), "stderr": (tmp / "stderr").read_text()}

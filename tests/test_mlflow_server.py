@@ -2,84 +2,19 @@
 
 The server runs like the one cluster.yaml starts on the head node: SQLite backend, proxied
 artifacts (`--artifacts-destination`), so the driver uploads artifacts through the server and
-never needs the server's disk.
+never needs the server's disk. The run is the session's `served_run` (tests/conftest.py).
 """
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-
 import pytest
-from small import small_overrides
-
-from raysoup.config import load_experiment
 
 pytestmark = pytest.mark.slow
 
-TINY = Path(__file__).parents[1] / "experiments" / "tiny.yaml"
 
-# experiments/tiny.yaml shrunk to a ~1-minute run (tests/small.py).
-SMALL = small_overrides(epochs=2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = (root / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # own process group
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
-            time.sleep(0.5)
-        yield url, root
-    finally:
-        # The server forks workers: stop the whole group; they take 5-10 s to exit.
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-
-
-def test_pipeline_logs_to_mlflow_server(ray_session, mlflow_server, tmp_path):
+def test_pipeline_logs_to_mlflow_server(served_run, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from raysoup.orchestration.pipeline import run_pipeline
-
-    url, server_root = mlflow_server
-    cfg = load_experiment(TINY,
-                          [*SMALL, f"tracking.uri={url}", "tracking.experiment=server-e2e"])
-    workdir = tmp_path / "work"
-    run_pipeline(cfg, workdir)
+    assert served_run["rc"] == 0, served_run["stderr"][-3000:]
+    url, server_root, workdir = served_run["url"], served_run["server_root"], served_run["workdir"]
 
     client = MlflowClient(tracking_uri=url)
     exp = client.get_experiment_by_name("server-e2e")

@@ -157,7 +157,9 @@ def report(result: dict) -> str:
             f"{b['raydata_224']['img_s']:.0f} img/s; world input {b['input_world']['input_img_s']:.0f}"
             f" vs step {b['input_world']['step_img_s']:.0f}, Ray Data "
             f"{b['raydata_world']['img_s']:.0f}; decoded {b['decodes']['decoded']} for "
-            f"{b['decodes']['eval_images']} eval images, {b['decodes']['models']} models")
+            f"{b['decodes']['eval_images']} eval images, {b['decodes']['models']} models; "
+            f"500x375 JPEG decode + crop {b['per_image_500px']['raysoup_ms']:.2f} ms/img (PIL "
+            f"{b['per_image_500px']['pil_ms']:.2f})")
     if "B6" in d:
         lines.append(f"  B6 (simulated): {json.dumps({k: v for k, v in d['B6'].items() if k != 'note'})}")
     return "\n".join(lines)

@@ -7,8 +7,9 @@ making the server's pages the worker's own, so its memory would creep up batch b
 
 import gc
 
-import raysoup.train.batches  # noqa: F401  (torch, PIL, pyarrow, timm's RandAugment)
 import torchvision.io  # noqa: F401  (the JPEG decoder: 1.7 s to import, once here)
+
+import raysoup.train.batches  # noqa: F401  (torch, PIL, pyarrow, timm's RandAugment)
 
 gc.collect()
 gc.freeze()
