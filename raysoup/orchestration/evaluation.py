@@ -148,6 +148,11 @@ def build_eval_cache(named: dict[str, LabeledImages], workdir: Path, preprocess:
     return out
 
 
+def actor_threads(num_cpus: float) -> int:
+    """torch threads of an eval actor holding `num_cpus` CPUs."""
+    return max(1, int(num_cpus))
+
+
 def actor_class(cfg, num_cpus: float | None = None):
     return ray.remote(num_cpus=cfg.eval.cpus_per_actor if num_cpus is None else num_cpus,
                       num_gpus=cfg.eval.gpus_per_actor)(EvalWorker)
@@ -180,7 +185,7 @@ class EvalPool:
     def start(cls, cfg, splits_ref, model_name: str, num_classes: int, count: int,
               num_cpus: float | None = None) -> EvalPool:
         actor_cls = actor_class(cfg, num_cpus)
-        threads = max(1, int(cfg.eval.cpus_per_actor if num_cpus is None else num_cpus))
+        threads = actor_threads(cfg.eval.cpus_per_actor if num_cpus is None else num_cpus)
         return cls(lambda: actor_cls.remote(model_name, num_classes, splits_ref,
                                             cfg.eval.batch_size, threads), count)
 

@@ -21,7 +21,12 @@ from raysoup.config import ConfigError, ExperimentCfg
 from raysoup.evaluate import results as res
 from raysoup.faults import failpoint
 from raysoup.orchestration import metrics, reduction
-from raysoup.orchestration.evaluation import EvalPool, build_eval_cache, evaluate_models
+from raysoup.orchestration.evaluation import (
+    EvalPool,
+    actor_threads,
+    build_eval_cache,
+    evaluate_models,
+)
 from raysoup.orchestration.recipes import (
     cooked_soup_id,
     inference_costs,
@@ -131,13 +136,27 @@ class Run:
             self._pool_cpus = num_cpus
         return self._pool
 
+    def soup_sizes(self) -> tuple[int, float | None]:
+        """(CPUs reserved for reductions, CPUs per eval actor) in the soup stage."""
+        return reduction.soup_cpus(ray.cluster_resources().get("CPU", 1),
+                                   self.cfg.eval.num_actors, self.cfg.eval.cpus_per_actor,
+                                   self.cfg.soup.num_shards)
+
+    def eval_cpus(self) -> float | None:
+        """CPUs per eval actor in the evaluation stages: the soup stage's size when that gives
+        the actors as many threads as the configured one, so that one pool of actors serves
+        evaluate, soup and soup evaluation (each start costs a process, imports and a model)."""
+        _, cpus = self.soup_sizes()
+        if cpus is not None and actor_threads(cpus) == actor_threads(self.cfg.eval.cpus_per_actor):
+            return cpus
+        return None
+
     @contextmanager
     def soup_kitchen(self) -> Iterator[EvalPool]:
         """Eval actors that score greedy candidates, beside CPUs reserved for the reduction
         tasks (`reduction.reserved_cpus`), for as long as the block runs."""
-        count, per_actor = self.cfg.eval.num_actors, self.cfg.eval.cpus_per_actor
-        reserve, cpus = reduction.soup_cpus(ray.cluster_resources().get("CPU", 1), count,
-                                            per_actor, self.cfg.soup.num_shards)
+        count = self.cfg.eval.num_actors
+        reserve, cpus = self.soup_sizes()
         if self._pool is not None and (len(self._pool), self._pool_cpus) != (count, cpus):
             self.release_actors()
         with ExitStack() as stack:
@@ -201,7 +220,8 @@ class Run:
                 bar.update(1, f"{model}: test {scores['test'][0] / scores['test'][1]:.3f}"
                            if "test" in scores else model)
 
-            evaluate_models(self.pool(self.cfg.eval.num_actors), jobs, progress=landed)
+            evaluate_models(self.pool(self.cfg.eval.num_actors, self.eval_cpus()), jobs,
+                            progress=landed)
             bar.close()
             return table
 
