@@ -158,6 +158,24 @@ class Tracker:
             self.log_params(run_id, params)
         return run_id
 
+    def close_trial_runs(self, finished: list[str], diverged: list[str]) -> list[str]:
+        """End the runs of trials whose outcome is on disk (an ingredient, or a diverged
+        marker) but whose run is still RUNNING: a driver killed while a trial wrote its
+        ingredient never saw it complete, and a resumed sweep that finds every ingredient
+        present does not run Tune again. Returns the trials closed."""
+        closed = []
+        for names, ok in ((finished, True), (diverged, False)):
+            for name in names:
+                run_id = self._find({TRIAL: name})
+                if run_id is None or self.client.get_run(run_id).info.status != "RUNNING":
+                    continue
+                tags = {"raysoup.ingredient": f"ingredients/{name}"} if ok else \
+                    {"raysoup.status": "diverged"}
+                self.set_tags(run_id, tags)
+                self.end(run_id, ok=ok)
+                closed.append(name)
+        return closed
+
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         batch = [Param(k, str(v)) for k, v in sorted(params.items())]
         self.client.log_batch(run_id, params=batch)

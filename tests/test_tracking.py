@@ -91,3 +91,29 @@ def test_artifacts_without_an_artifact_root_stay_next_to_the_store(tmp_path, mon
     tracker.soup_run(parent, "uniform", [], [], {}, [recipe])
     assert list(cwd.iterdir()) == []
     assert len(list((tmp_path / "store" / "mlartifacts").rglob("recipe.json"))) == 1
+
+
+def test_resumed_sweep_closes_runs_a_killed_driver_left_running(tmp_path):
+    """A trial wrote its ingredient, but the driver was killed before it saw the trial
+    complete: its run stays RUNNING. The next run finds every ingredient present and skips
+    Tune; the run must still end (FINISHED, with its ingredient tag), not stay RUNNING."""
+    import torch
+    from small import small_config
+
+    from raysoup.checkpoints import write_ingredient
+    from raysoup.config import ExperimentCfg
+    from raysoup.orchestration.sweep import run_sweep
+
+    cfg = ExperimentCfg.model_validate(small_config(sweep={"num_samples": 2}))
+    tracker = Tracker(default_uri(tmp_path), "e2e")
+    parent = tracker.sweep_run()
+    runs = {name: tracker.trial_run(parent, name, {"lr": 1e-4}) for name in ("trial-000",
+                                                                               "trial-001")}
+    tracker.end(runs["trial-000"])  # seen to complete
+    for name in runs:
+        write_ingredient(tmp_path / "ingredients" / name, {"w": torch.ones(2)},
+                         {"kind": "ingredient", "name": name})
+    assert run_sweep(cfg, tmp_path, tracker, parent) == ["trial-000", "trial-001"]
+    late = tracker.client.get_run(runs["trial-001"])
+    assert late.info.status == "FINISHED"
+    assert late.data.tags["raysoup.ingredient"] == "ingredients/trial-001"

@@ -345,12 +345,20 @@ def _check_restorable(tuner, cfg: ExperimentCfg) -> None:
                          "reuse_actors": getattr(saved, "reuse_actors", None)}, cfg)
 
 
+def _close_runs(tracker: Tracker, workdir: Path) -> None:
+    closed = tracker.close_trial_runs(finished_trials(workdir), diverged_trials(workdir))
+    if closed:
+        log.info("sweep: closed the MLflow runs of %s (their outcome landed after an "
+                 "interrupted driver last saw them)", ", ".join(closed))
+
+
 def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: str) -> list[str]:
     """Fine-tune `sweep.num_samples` trials; resumes an interrupted sweep from its state.
     Returns the ingredients (a diverged trial counts towards num_samples but is none)."""
     done = finished_trials(workdir)
     if len(done) + len(diverged_trials(workdir)) >= cfg.sweep.num_samples:
         log.info("sweep: %d ingredients already present, skipping", len(done))
+        _close_runs(tracker, workdir)
         return done
     # Trials killed while writing their ingredient leave a hidden temp dir; no trial runs yet.
     remove_stale_tmp(workdir / "ingredients")
@@ -391,6 +399,7 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
         )
     grid = tuner.fit()
     failed = [r.path for r in grid if r.error is not None]
+    _close_runs(tracker, workdir)
     done, diverged = finished_trials(workdir), diverged_trials(workdir)
     if diverged:
         tracker.set_tags(parent_run, {"raysoup.diverged": ",".join(diverged)})
