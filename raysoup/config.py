@@ -186,9 +186,9 @@ class SweepCfg(Strict):
     space: dict[str, Distribution] = Field(default_factory=dict)
     max_failures: int = Field(2, ge=0)
     # A finished trial's worker runs the next trial (no process start and torch import per
-    # trial: B4 2.85 -> 1.80 on tiny trials). Off by default: 1 of 12 node-loss drills hung with
-    # it on — diagnosed as soup-stage CPU placement (BENCHMARKS.md, B4), not yet fixed.
-    reuse_actors: bool = False
+    # trial: B4 2.85 -> 1.80 on tiny trials; ingredients bit-identical either way). On since
+    # the soup stage's placement fix: 12 of 12 node-loss drills passed with it (BENCHMARKS B4).
+    reuse_actors: bool = True
 
     @field_validator("space")
     @classmethod

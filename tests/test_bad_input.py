@@ -118,8 +118,8 @@ def test_workdir_of_another_config_is_refused(tmp_path):
     # So may how the sweep executes (not what it computes).
     snapshot_config(load_experiment(write_cfg(tmp_path, "d.yaml", soup__num_shards=3,
                                               sweep__max_concurrent=5,
-                                              sweep__reuse_actors=True)), work)
-    assert "reuse_actors: true" in (work / CONFIG_SNAPSHOT).read_text()
+                                              sweep__reuse_actors=False)), work)
+    assert "reuse_actors: false" in (work / CONFIG_SNAPSHOT).read_text()
 
 
 def test_cli_refuses_mixed_workdir_with_exit_2(tmp_path):

@@ -93,7 +93,7 @@ def test_resume_applies_max_failures_and_refuses_kept_settings(ray_session, prep
         assert caplog.text.count(retries) == 0
         caplog.clear()
 
-        for field, value in (("max_concurrent", 1), ("reuse_actors", True)):
+        for field, value in (("max_concurrent", 1), ("reuse_actors", False)):
             changed = {**cfg, "sweep": {**cfg["sweep"], field: value}}
             refused = rf"sweep\.{field}: .* when the sweep started"
             # Refused before the snapshot is written (before: the new value was saved, so
