@@ -37,9 +37,89 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--address", default=None)
     _metrics_port(r)
     _import_parser(sub)
+    _pretrain_parser(sub)
+    _fidelity_parser(sub)
     _bench_parser(sub)
     _data_parser(sub)
     return p
+
+
+def _pretrain_parser(sub) -> None:
+    t = sub.add_parser("pretrain", help="contrastively pre-train a base CLIP on the config's "
+                                        "world (model.pretrain) and write it to a directory")
+    t.add_argument("config", type=Path, help="experiment YAML with a model.pretrain section, "
+                                             "e.g. experiments/tiny_base.yaml")
+    t.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="writes DIR/clip.safetensors and DIR/manifest.json (recipe, vocabulary, "
+                        "metrics, sha256); use it as model.pretrained: DIR/clip.safetensors")
+    t.add_argument("--workdir", default=None,
+                   help="where the world is generated (default: the config's workdir)")
+    t.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY.PATH=VALUE", help="override a config field (repeatable)")
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    import json
+    import shlex
+
+    from raysoup.data.sources import load_splits
+    from raysoup.models.base import BaseModelError, ensure_base_clip, read_base_manifest
+
+    cfg = load_experiment(args.config, args.overrides)
+    if cfg.model.pretrain is None:
+        raise ConfigError(f"{args.config}: model.pretrain is not set (it says how to pre-train)")
+    workdir = cfg.resolved_workdir(args.workdir)
+    if storage.is_remote(workdir):
+        raise ConfigError("raysoup pretrain: --workdir must be a local directory")
+    splits = load_splits(cfg.data, workdir)
+    command = ["raysoup", "pretrain", str(args.config), "--out", str(args.out),
+               *[a for o in args.overrides for a in ("--set", o)]]
+    recipe = {"command": shlex.join(command), "model": cfg.model.model_dump(mode="json"),
+              "data": cfg.data.model_dump(mode="json")}
+    try:
+        weights = ensure_base_clip(cfg.model, splits, args.out, recipe=recipe)
+    except BaseModelError as err:
+        print(f"raysoup: error: {err}", file=sys.stderr)
+        return 1
+    manifest = read_base_manifest(weights)
+    print(json.dumps({"weights": str(weights), "sha256": manifest["sha256"],
+                      "metrics": manifest["metrics"]}, indent=2))
+    return 0
+
+
+def _fidelity_parser(sub) -> None:
+    f = sub.add_parser("fidelity", help="run the config once per sweep seed (data and base "
+                                        "shared) and print the paired soup - best single table")
+    f.add_argument("config", type=Path, help="experiment YAML, e.g. experiments/tiny.yaml")
+    f.add_argument("--seeds", type=int, default=5, help="sweep seeds 0..N-1 (default 5)")
+    f.add_argument("--workdir", default=None,
+                   help="root of the seed workdirs (default: runs/<name>-fidelity)")
+    f.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY.PATH=VALUE", help="override a config field (repeatable)")
+    f.add_argument("--address", default=None, help="join an existing Ray cluster")
+
+
+def _fidelity(args: argparse.Namespace) -> int:
+    from raysoup import fidelity
+
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    cfg = load_experiment(args.config, args.overrides)
+    root = workdir_path(args.workdir or str(Path("runs") / f"{cfg.name}-fidelity"))
+    if storage.is_remote(root):
+        raise ConfigError("raysoup fidelity: --workdir must be a local directory")
+    try:
+        workdirs = fidelity.run_seeds(cfg, root, args.seeds, args.address)
+        text = fidelity.write([fidelity.summarize_run(w) for w in workdirs], root)
+    except KeyboardInterrupt:
+        print("raysoup: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError) as err:
+        print(f"raysoup: error: {err}", file=sys.stderr)
+        return 1
+    print(text)
+    print(f"written: {root / 'fidelity.md'}, fidelity.json, fidelity.png")
+    return 0
 
 
 def _bench_parser(sub) -> None:
@@ -196,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
             return _bench(args)
         if args.command == "data":
             return _data(args)
+        if args.command == "pretrain":
+            return _pretrain(args)
+        if args.command == "fidelity":
+            return _fidelity(args)
         if args.command == "resume":
             from raysoup.orchestration.pipeline import CONFIG_SNAPSHOT
 

@@ -81,6 +81,19 @@ def _model_lines(cfg: ExperimentCfg, warnings: list[str]) -> list[str]:
         lines.append(f"  weights    contrastive pre-training on the data's captions: "
                      f"{m.pretrain.steps} steps, batch {m.pretrain.batch_size} "
                      "(cached under WORKDIR/base/)")
+    elif m.pretrained.startswith("raysoup:"):
+        from raysoup.models.base import BaseModelError, read_base_manifest, shipped_base
+
+        try:
+            manifest = read_base_manifest(shipped_base(m.pretrained))
+            lines.append(f"  weights    base CLIP shipped with raysoup ({m.pretrained}): "
+                         f"{manifest['pretrain']['steps']} contrastive pre-training steps of "
+                         f"{manifest['model_name']}, sha256 {manifest['sha256'][:12]}…")
+            if manifest["model_name"] != m.name:
+                warnings.append(f"model.pretrained: {m.pretrained} was pre-trained for "
+                                f"{manifest['model_name']!r}, model.name is {m.name!r}")
+        except BaseModelError as e:
+            warnings.append(str(e))
     elif m.pretrained in open_clip.list_pretrained_tags_by_model(m.name):
         lines.append(f"  weights    open_clip tag {m.pretrained!r} (downloaded and cached by "
                      "open_clip on first use)")

@@ -30,14 +30,25 @@ def ensure_zeroshot(cfg: ExperimentCfg, workdir: Path, splits: DatasetSplits) ->
     out = workdir / "ingredients" / ZEROSHOT
     if out in list_ingredients(workdir / "ingredients"):
         return out
-    from raysoup.models.base import base_vocab, ensure_base_clip
+    from raysoup.models.base import (
+        base_vocab,
+        ensure_base_clip,
+        head_words,
+        is_base_checkpoint,
+        verify_base,
+    )
     from raysoup.models.classifier import classifier_from_clip, zero_shot_head
-    from raysoup.models.factory import get_tokenizer, image_stats, load_clip
+    from raysoup.models.factory import get_tokenizer, image_stats, load_clip, resolve_weights
 
     base = None
     if cfg.model.pretrain is not None:
         base = ensure_base_clip(cfg.model, splits, base_cache_dir(cfg, workdir))
         storage.publish_missing(base_cache_dir(cfg, workdir))  # read back through storage
+    elif cfg.model.tokenizer == "world":
+        # A raysoup base as model.pretrained (the shipped one): its manifest has the vocabulary.
+        path = resolve_weights(cfg.model).path
+        if path is not None and is_base_checkpoint(path):
+            base = verify_base(path, cfg.model, head_words(splits.classnames, splits.templates))
     clip = load_clip(cfg.model, base)
     # Token ids must be those the base model was pre-trained with: its manifest records them.
     tokenizer = get_tokenizer(cfg.model, base_vocab(base) if base else None)

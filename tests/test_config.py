@@ -14,7 +14,7 @@ def test_tiny_config_loads_with_overrides():
     cfg = load_experiment(TINY, ["sweep.num_samples=4", "soup.num_shards=3"])
     assert cfg.sweep.num_samples == 4
     assert cfg.soup.num_shards == 3
-    assert cfg.data.world is not None and cfg.model.pretrain is not None
+    assert cfg.data.world is not None and cfg.model.pretrained == "raysoup:tiny-rn-world"
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda p: p.name)
@@ -22,11 +22,11 @@ def test_every_shipped_experiment_validates(path):
     assert load_experiment(path).name == path.stem
 
 
-def test_fidelity_config_differs_from_the_default_only_where_it_says():
-    tiny, fid = load_experiment(TINY), load_experiment(ROOT / "experiments" / "tiny_fidelity.yaml")
-    assert fid.data == tiny.data  # the same world: a default run's data/ can be reused
-    assert fid.model.pretrain.steps == 4 * tiny.model.pretrain.steps
-    assert fid.model.model_copy(update={"pretrain": tiny.model.pretrain}) == tiny.model
+def test_base_recipe_pretrains_on_the_default_world():
+    tiny, base = load_experiment(TINY), load_experiment(ROOT / "experiments" / "tiny_base.yaml")
+    assert base.data.world == tiny.data.world and base.model.name == tiny.model.name
+    # The same held-out carve-out: the base never trains on the default's held-out split.
+    assert base.data.heldout_fraction == tiny.data.heldout_fraction
 
 
 @pytest.mark.parametrize(("override", "path", "words"), [

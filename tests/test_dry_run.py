@@ -90,7 +90,7 @@ def test_dry_run_tiny_and_single_stage(tmp_path):
                    "--set", "sweep.num_samples=4")
     assert proc.returncode == 0, proc.stderr
     assert "raysoup dry run: tiny" in proc.stdout and "4 trials" in proc.stdout
-    assert "-> soup\n" in proc.stdout and "contrastive pre-training" in proc.stdout
+    assert "-> soup\n" in proc.stdout and "base CLIP shipped with raysoup" in proc.stdout
     assert "warnings" not in proc.stdout and "LOADED []" in proc.stdout
     assert not (tmp_path / "w").exists()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -49,8 +50,12 @@ def test_paired_differences_and_criteria(tmp_path, capsys):
     assert "| greedy_soup |" in text and "+0.00 ± 1.00 [+1.00, -1.00]" in text
     # uniform mean shift: a: 46-43 = +3, b: 39-40 = -1 -> +1.00 ± 2.00.
     assert "+1.00 ± 2.00 [+3.00, -1.00]" in text
-    assert "greedy >= best single on test: 1/2 runs" in text
-    assert "uniform or greedy >= best single on mean shift: 1/2 runs" in text
+    # The paper's claims, per run: greedy - best test [+1, -1] (mean 0: not > 0);
+    # uniform - best mean shift [+3, -1] (1 of 2 > 0); greedy - uniform test [+2, -2].
+    assert "✗ greedy − best single, test: ≥ 0 in ≥ 80 % of runs, mean > 0: [+1.00, -1.00]" in text
+    assert "✗ uniform − best single, mean shift: > 0 in ≥ 80 % of runs: [+3.00, -1.00]" in text
+    assert "✗ greedy − uniform, test: ≥ 0 in ≥ 80 % of runs: [+2.00, -2.00]" in text
+    assert "zero-shot → best single, test: ≥ +10 points in every run: n/a" in text  # no zero-shot
 
     assert fidelity.main([str(a), str(b)]) == 0
     assert "best single (trial-b)" in capsys.readouterr().out
@@ -63,3 +68,41 @@ def test_run_without_ingredients_is_named(tmp_path, capsys):
     # The CLI names the workdir without a traceback, also for one that was never run.
     assert fidelity.main([str(tmp_path / "never-run")]) == 2
     assert "never-run: results.parquet is missing" in capsys.readouterr().err
+
+
+def test_criteria_hold_and_results_are_written(tmp_path):
+    runs = []
+    for i in range(5):  # greedy +1 over best on test in 4 runs, 0 (a fallback) in one
+        gain = 0 if i == 2 else 1
+        runs.append(fidelity.summarize_run(_workdir(tmp_path, f"seed-{i}", {
+            "zeroshot": ("zeroshot", {"heldout": 40, "test": 45, "s1": 30}),
+            "trial-a": ("ingredient", {"heldout": 70, "test": 60, "s1": 40}),
+            "greedy_soup": ("soup", {"heldout": 71, "test": 60 + gain, "s1": 41}),
+            "uniform_soup": ("soup", {"heldout": 69, "test": 60, "s1": 42}),
+        })))
+    checks = {c["criterion"].split(":")[0]: c for c in fidelity.evaluate_criteria(runs)}
+    assert all(c["holds"] for c in checks.values()), checks
+    assert checks["zero-shot → best single, test"]["diffs"] == pytest.approx([15.0] * 5)
+    text = fidelity.write(runs, tmp_path / "out")
+    assert (tmp_path / "out" / "fidelity.md").read_text() == text + "\n"
+    payload = json.loads((tmp_path / "out" / "fidelity.json").read_text())
+    assert len(payload["runs"]) == 5 and all(c["holds"] for c in payload["criteria"])
+    assert (tmp_path / "out" / "fidelity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_seed_workdirs_share_data_by_hard_links(tmp_path):
+    first, other = tmp_path / "seed-0", tmp_path / "seed-1"
+    (first / "data" / "world").mkdir(parents=True)
+    (first / "data" / "world" / "part-0.parquet").write_bytes(b"rows")
+    fidelity.share_prepared(first, other)
+    copy = other / "data" / "world" / "part-0.parquet"
+    assert copy.read_bytes() == b"rows"
+    assert copy.stat().st_ino == (first / "data" / "world" / "part-0.parquet").stat().st_ino
+    fidelity.share_prepared(first, other)  # already there: left alone
+
+
+def test_cli_refuses_zero_seeds(capsys):
+    from raysoup.cli import main
+
+    assert main(["fidelity", "experiments/tiny.yaml", "--seeds", "0"]) == 2
+    assert "--seeds must be >= 1" in capsys.readouterr().err

@@ -372,9 +372,7 @@ def decodes(base: Path, quick: bool) -> dict:
     from raysoup.data import world
 
     repo = Path(__file__).resolve().parents[2]
-    overrides = ["model.name=raysoup-tiny-vit", "model.pretrain.steps=20",
-                 "model.pretrain.batch_size=64", "model.pretrain.warmup_steps=5",
-                 "data.world.num_classes=4", "data.world.train_per_class=100",
+    overrides = ["data.world.num_classes=4", "data.world.train_per_class=100",
                  "data.world.test_per_class=25", "data.world.shift_per_class=15",
                  "data.heldout_fraction=0.2", "sweep.num_samples=5", "sweep.base.epochs=1",
                  "sweep.base.batch_size=32", "sweep.base.warmup_steps=2",

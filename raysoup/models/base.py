@@ -1,8 +1,12 @@
-"""The project's own base model: a tiny CLIP pre-trained on the world's captions, cached.
+"""The project's own base model: a tiny CLIP pre-trained on the world's captions.
 
-cache_dir/clip.safetensors holds the CLIP weights; cache_dir/manifest.json records what
-produced them (model name, pretrain config, the tokenizer vocabulary, metrics, sha256). The
-manifest is written last, so its presence marks a complete cache entry.
+DIR/clip.safetensors holds the CLIP weights; DIR/manifest.json records what produced them
+(model name, pretrain config, the tokenizer vocabulary, metrics, sha256, and for `raysoup
+pretrain` the recipe). The manifest is written last, so its presence marks a complete entry.
+
+A base is either cached in a workdir (`model.pretrain`: pre-trained on first use) or shipped in
+this package under `bases/<name>/` and named `model.pretrained: raysoup:<name>` — the
+miniature's CLIP, which `experiments/tiny.yaml` starts from as the paper starts from OpenAI's.
 """
 
 from __future__ import annotations
@@ -22,19 +26,29 @@ from raysoup.data.world import normalize_words
 from raysoup.models.factory import build_clip, get_tokenizer, image_stats
 
 FORMAT = "raysoup.base_clip/1"
+SHIPPED = Path(__file__).parent / "bases"
+SHIPPED_PREFIX = "raysoup:"
 
 
 class BaseModelError(ValueError):
     """The base-model cache is unusable or the config cannot produce a base model."""
 
 
+def head_words(classnames, templates) -> set[str]:
+    """Words of the class names and templates: what the zero-shot head tokenises."""
+    words: set[str] = set()
+    for text in classnames:
+        words.update(normalize_words(text))
+    for template in templates:
+        text = template.replace("{}", " ") if isinstance(template, str) else template("")
+        words.update(normalize_words(text))
+    return words
+
+
 def splits_vocabulary(splits) -> list[str]:
     """Sorted words of the train captions, class names and (string) templates."""
-    words: set[str] = set()
-    for text in list(splits.train.captions or []) + list(splits.classnames):
-        words.update(normalize_words(text))
-    for template in splits.templates:
-        text = template.replace("{}", " ") if isinstance(template, str) else template("")
+    words = head_words(splits.classnames, splits.templates)
+    for text in splits.train.captions or []:
         words.update(normalize_words(text))
     return sorted(words)
 
@@ -49,6 +63,49 @@ def read_base_manifest(path: Path) -> dict:
         raise BaseModelError(f"base model manifest not found: {manifest}") from None
     except json.JSONDecodeError as exc:
         raise BaseModelError(f"{manifest}: not valid JSON ({exc})") from None
+
+
+def shipped_bases() -> list[str]:
+    return sorted(p.name for p in SHIPPED.iterdir() if (p / "manifest.json").is_file()) \
+        if SHIPPED.is_dir() else []
+
+
+def shipped_base(spec: str) -> Path:
+    """clip.safetensors of the base a `raysoup:<name>` spec names."""
+    name = spec.removeprefix(SHIPPED_PREFIX)
+    weights = SHIPPED / name / "clip.safetensors"
+    if not (weights.is_file() and (weights.parent / "manifest.json").is_file()):
+        raise BaseModelError(f"model.pretrained {spec!r}: no such base shipped with raysoup; "
+                             f"shipped: {[SHIPPED_PREFIX + n for n in shipped_bases()]}")
+    return weights
+
+
+def is_base_checkpoint(path: Path) -> bool:
+    """A weights file with a raysoup base manifest beside it (it carries its vocabulary)."""
+    manifest = Path(path).parent / "manifest.json"
+    try:
+        return json.loads(manifest.read_text()).get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+def verify_base(path: Path, model_cfg: ModelCfg, words: set[str]) -> Path:
+    """Check a base checkpoint before use: its sha256, the architecture it was trained for,
+    and that its vocabulary has every word of the class names and templates (`words`)."""
+    path = Path(path)
+    m = read_base_manifest(path)
+    if m.get("model_name") != model_cfg.name:
+        raise BaseModelError(f"{path}: pre-trained for model {m.get('model_name')!r}, but "
+                             f"model.name is {model_cfg.name!r}")
+    if m.get("sha256") != file_sha256(path):
+        raise BaseModelError(f"{path}: sha256 does not match its manifest "
+                             f"({path.parent / 'manifest.json'}): the file is corrupt or replaced")
+    unknown = sorted(set(words) - set(m.get("vocab", [])))
+    if unknown:
+        raise BaseModelError(f"{path}: its vocabulary lacks {unknown[:10]} (class names or "
+                             "templates of this config): pre-train a base on this data with "
+                             "`raysoup pretrain`")
+    return path
 
 
 def base_vocab(path: Path) -> list[str]:
@@ -91,11 +148,13 @@ def ensure_base_clip(
     progress: bool = True,
     *,
     vocab: list[str] | None = None,
+    recipe: dict | None = None,
 ) -> Path:
     """Path of the cached base CLIP for model_cfg, pre-training it on splits.train if needed.
 
     `vocab` is the word tokenizer's vocabulary (default: the words of splits' train captions,
     class names and templates). Later tokenizers must use the same list: `base_vocab(path)`.
+    `recipe` (what produced it: command, config) is recorded in the manifest.
     """
     from raysoup.train.pretrain import pretrain_clip  # train/ imports models/, not vice versa
 
@@ -130,6 +189,7 @@ def ensure_base_clip(
         "vocab": vocab,
         "metrics": metrics,
         "sha256": file_sha256(weights),
+        **({"recipe": recipe} if recipe else {}),
     }
     _write_atomic(cache_dir / "manifest.json",
                   lambda p: p.write_text(json.dumps(manifest, indent=2)))

@@ -65,6 +65,13 @@ def resolve_weights(cfg: ModelCfg, base_checkpoint: Path | None = None) -> Weigh
         if not path.is_file():
             raise ModelLoadError(f"base checkpoint not found: {path}")
         return WeightSource(kind="base", path=path)
+    if cfg.pretrained.startswith("raysoup:"):  # a base shipped in this package
+        from raysoup.models.base import BaseModelError, shipped_base
+
+        try:
+            return WeightSource(kind="file", path=shipped_base(cfg.pretrained))
+        except BaseModelError as exc:
+            raise ModelLoadError(str(exc)) from None
     tags = open_clip.list_pretrained_tags_by_model(cfg.name)
     if cfg.pretrained in tags:
         return WeightSource(kind="open_clip_tag", tag=cfg.pretrained)
