@@ -106,10 +106,10 @@ def test_workdir_of_another_config_is_refused(tmp_path):
     work.mkdir()
     snapshot_config(load_experiment(write_cfg(tmp_path, "a.yaml")), work)
     before = (work / CONFIG_SNAPSHOT).read_text()
-    other = load_experiment(write_cfg(tmp_path, "b.yaml", sweep__base__epochs=9, data__heldout_fraction=0.2))
+    other = load_experiment(write_cfg(tmp_path, "b.yaml", sweep__base__epochs=9, data__heldout_fraction=0.1))
     with pytest.raises(WorkdirMismatch) as err:
         snapshot_config(other, work)
-    assert "sweep.base.epochs: 2 in the workdir, now 9" in str(err.value)
+    assert "sweep.base.epochs: 8 in the workdir, now 9" in str(err.value)
     assert "data.heldout_fraction" in str(err.value)
     assert (work / CONFIG_SNAPSHOT).read_text() == before  # nothing overwritten
     # Soup/eval settings may change on an existing sweep (e.g. adding a recipe).
@@ -128,11 +128,11 @@ def test_cli_refuses_mixed_workdir_with_exit_2(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     snapshot_config(load_experiment(write_cfg(tmp_path, "a.yaml")), work)
-    cfg = write_cfg(tmp_path, "b.yaml", model__pretrain__steps=7)
+    cfg = write_cfg(tmp_path, "b.yaml", sweep__base__warmup_steps=7)
     proc = subprocess.run([sys.executable, "-m", "raysoup.cli", "run", str(cfg), "--workdir", str(work)],
                           check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
-    assert "model.pretrain.steps: 500 in the workdir, now 7" in proc.stderr
+    assert "sweep.base.warmup_steps: 50 in the workdir, now 7" in proc.stderr
     assert sorted(p.name for p in work.iterdir()) == ["experiment.yaml"]  # nothing else started
 
 
