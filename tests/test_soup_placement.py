@@ -64,7 +64,7 @@ DRILL = textwrap.dedent('''
     # 1-CPU reduction task waits.
     actors, out["nodes_without"] = scorers()
     ref = reduction._reduce.remote([str(p) for p in paths], [0.5, 0.5], plan[0])
-    out["pending_without"] = not ray.wait([ref], timeout=8)[0]
+    out["pending_without"] = not ray.wait([ref], timeout=5)[0]
     ray.cancel(ref, force=True)
     for a in actors:
         ray.kill(a)
