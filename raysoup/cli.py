@@ -63,7 +63,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     import shlex
 
     from raysoup.data.sources import load_splits
-    from raysoup.models.base import BaseModelError, ensure_base_clip, read_base_manifest
+    from raysoup.models.base import ensure_base_clip, read_base_manifest
 
     cfg = load_experiment(args.config, args.overrides)
     if cfg.model.pretrain is None:
@@ -71,14 +71,14 @@ def _pretrain(args: argparse.Namespace) -> int:
     workdir = cfg.resolved_workdir(args.workdir)
     if storage.is_remote(workdir):
         raise ConfigError("raysoup pretrain: --workdir must be a local directory")
-    splits = load_splits(cfg.data, workdir)
     command = ["raysoup", "pretrain", str(args.config), "--out", str(args.out),
                *[a for o in args.overrides for a in ("--set", o)]]
     recipe = {"command": shlex.join(command), "model": cfg.model.model_dump(mode="json"),
               "data": cfg.data.model_dump(mode="json")}
     try:
+        splits = load_splits(cfg.data, workdir)
         weights = ensure_base_clip(cfg.model, splits, args.out, recipe=recipe)
-    except BaseModelError as err:
+    except (ValueError, RuntimeError, OSError) as err:  # BaseModelError, DataError included
         print(f"raysoup: error: {err}", file=sys.stderr)
         return 1
     manifest = read_base_manifest(weights)

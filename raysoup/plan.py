@@ -65,6 +65,12 @@ def _where(path: str, warnings: list[str], field: str) -> str:
 def _model_lines(cfg: ExperimentCfg, warnings: list[str]) -> list[str]:
     import open_clip  # the registry only: no weights are read or downloaded
 
+    from raysoup.models.base import (
+        SHIPPED_PREFIX,
+        BaseModelError,
+        read_base_manifest,
+        shipped_base,
+    )
     from raysoup.models.factory import ModelLoadError, model_config
 
     m = cfg.model
@@ -81,9 +87,7 @@ def _model_lines(cfg: ExperimentCfg, warnings: list[str]) -> list[str]:
         lines.append(f"  weights    contrastive pre-training on the data's captions: "
                      f"{m.pretrain.steps} steps, batch {m.pretrain.batch_size} "
                      "(cached under WORKDIR/base/)")
-    elif m.pretrained.startswith("raysoup:"):
-        from raysoup.models.base import BaseModelError, read_base_manifest, shipped_base
-
+    elif m.pretrained.startswith(SHIPPED_PREFIX):
         try:
             manifest = read_base_manifest(shipped_base(m.pretrained))
             lines.append(f"  weights    base CLIP shipped with raysoup ({m.pretrained}): "

@@ -158,21 +158,24 @@ class Tracker:
             self.log_params(run_id, params)
         return run_id
 
+    def end_trial(self, run_id: str, trial: str, diverged: bool) -> None:
+        """A trial's outcome on its run: the ingredient it wrote, or that it diverged."""
+        self.set_tags(run_id, {"raysoup.status": "diverged"} if diverged else
+                      {"raysoup.ingredient": f"ingredients/{trial}"})
+        self.end(run_id, ok=not diverged)
+
     def close_trial_runs(self, finished: list[str], diverged: list[str]) -> list[str]:
         """End the runs of trials whose outcome is on disk (an ingredient, or a diverged
         marker) but whose run is still RUNNING: a driver killed while a trial wrote its
         ingredient never saw it complete, and a resumed sweep that finds every ingredient
         present does not run Tune again. Returns the trials closed."""
         closed = []
-        for names, ok in ((finished, True), (diverged, False)):
+        for names, is_diverged in ((finished, False), (diverged, True)):
             for name in names:
                 run_id = self._find({TRIAL: name})
                 if run_id is None or self.client.get_run(run_id).info.status != "RUNNING":
                     continue
-                tags = {"raysoup.ingredient": f"ingredients/{name}"} if ok else \
-                    {"raysoup.status": "diverged"}
-                self.set_tags(run_id, tags)
-                self.end(run_id, ok=ok)
+                self.end_trial(run_id, name, is_diverged)
                 closed.append(name)
         return closed
 

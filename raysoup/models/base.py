@@ -89,6 +89,13 @@ def is_base_checkpoint(path: Path) -> bool:
         return False
 
 
+def _check_sha256(weights: Path, manifest: dict) -> None:
+    if manifest.get("sha256") != file_sha256(weights):
+        raise BaseModelError(f"{weights}: sha256 does not match its manifest "
+                             f"({weights.parent / 'manifest.json'}): the file is corrupt or "
+                             "replaced")
+
+
 def verify_base(path: Path, model_cfg: ModelCfg, words: set[str]) -> Path:
     """Check a base checkpoint before use: its sha256, the architecture it was trained for,
     and that its vocabulary has every word of the class names and templates (`words`)."""
@@ -97,9 +104,7 @@ def verify_base(path: Path, model_cfg: ModelCfg, words: set[str]) -> Path:
     if m.get("model_name") != model_cfg.name:
         raise BaseModelError(f"{path}: pre-trained for model {m.get('model_name')!r}, but "
                              f"model.name is {model_cfg.name!r}")
-    if m.get("sha256") != file_sha256(path):
-        raise BaseModelError(f"{path}: sha256 does not match its manifest "
-                             f"({path.parent / 'manifest.json'}): the file is corrupt or replaced")
+    _check_sha256(path, m)
     unknown = sorted(set(words) - set(m.get("vocab", [])))
     if unknown:
         raise BaseModelError(f"{path}: its vocabulary lacks {unknown[:10]} (class names or "
@@ -126,8 +131,7 @@ def _cached(cache_dir: Path, model_cfg: ModelCfg, vocab: list[str]) -> Path | No
     )
     if not same:
         return None
-    if m.get("sha256") != file_sha256(weights):
-        raise BaseModelError(f"{weights}: sha256 does not match {cache_dir / 'manifest.json'}")
+    _check_sha256(weights, m)
     return weights
 
 

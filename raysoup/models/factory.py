@@ -65,8 +65,9 @@ def resolve_weights(cfg: ModelCfg, base_checkpoint: Path | None = None) -> Weigh
         if not path.is_file():
             raise ModelLoadError(f"base checkpoint not found: {path}")
         return WeightSource(kind="base", path=path)
-    if cfg.pretrained.startswith("raysoup:"):  # a base shipped in this package
-        from raysoup.models.base import BaseModelError, shipped_base
+    from raysoup.models.base import SHIPPED_PREFIX, BaseModelError, shipped_base
+
+    if cfg.pretrained.startswith(SHIPPED_PREFIX):  # a base shipped in this package
 
         try:
             return WeightSource(kind="file", path=shipped_base(cfg.pretrained))

@@ -219,14 +219,7 @@ class TrackingCallback(tune.Callback):
                                  step=int(result.get("epoch", 0)))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run = self._run(trial)
-        if _diverged(trial):
-            self.tracker.set_tags(run, {"raysoup.status": DIVERGED})
-            self.tracker.end(run, ok=False)
-        else:
-            self.tracker.set_tags(run, {"raysoup.ingredient":
-                                        f"ingredients/{trial_name(trial.trial_id)}"})
-            self.tracker.end(run, ok=True)
+        self.tracker.end_trial(self._run(trial), trial_name(trial.trial_id), _diverged(trial))
         self.tracker.persist()
         failpoint("sweep.trial_complete")
 
@@ -345,8 +338,8 @@ def _check_restorable(tuner, cfg: ExperimentCfg) -> None:
                          "reuse_actors": getattr(saved, "reuse_actors", None)}, cfg)
 
 
-def _close_runs(tracker: Tracker, workdir: Path) -> None:
-    closed = tracker.close_trial_runs(finished_trials(workdir), diverged_trials(workdir))
+def _close_runs(tracker: Tracker, done: list[str], diverged: list[str]) -> None:
+    closed = tracker.close_trial_runs(done, diverged)
     if closed:
         log.info("sweep: closed the MLflow runs of %s (their outcome landed after an "
                  "interrupted driver last saw them)", ", ".join(closed))
@@ -355,10 +348,10 @@ def _close_runs(tracker: Tracker, workdir: Path) -> None:
 def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: str) -> list[str]:
     """Fine-tune `sweep.num_samples` trials; resumes an interrupted sweep from its state.
     Returns the ingredients (a diverged trial counts towards num_samples but is none)."""
-    done = finished_trials(workdir)
-    if len(done) + len(diverged_trials(workdir)) >= cfg.sweep.num_samples:
+    done, diverged = finished_trials(workdir), diverged_trials(workdir)
+    if len(done) + len(diverged) >= cfg.sweep.num_samples:
         log.info("sweep: %d ingredients already present, skipping", len(done))
-        _close_runs(tracker, workdir)
+        _close_runs(tracker, done, diverged)
         return done
     # Trials killed while writing their ingredient leave a hidden temp dir; no trial runs yet.
     remove_stale_tmp(workdir / "ingredients")
@@ -399,8 +392,8 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
         )
     grid = tuner.fit()
     failed = [r.path for r in grid if r.error is not None]
-    _close_runs(tracker, workdir)
     done, diverged = finished_trials(workdir), diverged_trials(workdir)
+    _close_runs(tracker, done, diverged)
     if diverged:
         tracker.set_tags(parent_run, {"raysoup.diverged": ",".join(diverged)})
         log.warning("sweep: %d trial(s) diverged, left out of evaluation and soups: %s",
