@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from raysoup.checkpoints import write_ingredient
+from raysoup.checkpoints.tensorfile import TensorFileError
 from raysoup.reduce import reduce_shard
-from raysoup.reduce.reduction import ReductionError
 
 STATE = {"a": torch.arange(4096, dtype=torch.float32), "b": torch.ones(64, 1024)}
 
@@ -25,7 +25,7 @@ def test_file_shrinking_under_the_mapping_is_an_error_not_sigbus(tmp_path):
     ing = make(tmp_path / "trial-000")
     script = textwrap.dedent(f"""
         import os
-        from raysoup.reduce.reduction import ReductionError, Scratch, open_tensors
+        from raysoup.checkpoints.tensorfile import Scratch, TensorFileError, open_tensors
         f = {str(ing / "model.safetensors")!r}
         with open_tensors(f) as h:
             scratch = Scratch()
@@ -33,7 +33,7 @@ def test_file_shrinking_under_the_mapping_is_an_error_not_sigbus(tmp_path):
             os.truncate(f, 4096)  # e.g. a copy over the file, or an NFS client's stale view
             try:
                 print(float(h.get_tensor("b", scratch).sum()))
-            except ReductionError as e:
+            except TensorFileError as e:
                 print("ERROR", e)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -50,7 +50,7 @@ def test_stale_file_of_another_size_is_refused_against_the_manifest(tmp_path):
     torch_file = stale / "model.safetensors"
     from safetensors.torch import save_file
     save_file({"a": STATE["a"], "b": STATE["b"], "extra": torch.zeros(8)}, torch_file)
-    with pytest.raises(ReductionError, match=r"trial-001/model.safetensors.*manifest.*says"):
+    with pytest.raises(TensorFileError, match=r"trial-001/model.safetensors.*manifest.*says"):
         reduce_shard([good, stale], [0.5, 0.5], ["a", "b"])
 
 
@@ -58,7 +58,7 @@ def test_truncated_ingredient_is_refused_naming_the_file(tmp_path):
     good, bad = make(tmp_path / "trial-000"), make(tmp_path / "trial-001", 2.0)
     f = bad / "model.safetensors"
     f.write_bytes(f.read_bytes()[:-100])
-    with pytest.raises(ReductionError, match=r"trial-001/model.safetensors"):
+    with pytest.raises(TensorFileError, match=r"trial-001/model.safetensors"):
         reduce_shard([good, bad], [0.5, 0.5], ["a", "b"])
     # The intact pair still reduces.
     out = reduce_shard([good, good], [0.5, 0.5], ["a", "b"])

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from raysoup.checkpoints import read_manifest, write_ingredient
+from raysoup.checkpoints.tensorfile import TensorFileError
 from raysoup.reduce import (
     INDEX_FILE,
     ReductionError,
@@ -331,7 +332,7 @@ def test_missing_tensor_and_integer_mismatch(ingredients, tmp_path):
                reduce_shard([ingredients[0], counter], [0.5, 0.5], ["head.bias"]))
     with pytest.raises(ReductionError, match="one weight per ingredient"):
         reduce_shard(ingredients, [1.0], ["head.bias"])
-    with pytest.raises(ReductionError, match=re.escape(str(tmp_path / "nope"))):
+    with pytest.raises(TensorFileError, match=re.escape(str(tmp_path / "nope"))):
         reduce_shard([tmp_path / "nope.safetensors"], [1.0], ["head.bias"])
 
 

@@ -42,7 +42,7 @@ class Audit:
 
 def count_nonfinite(path: Path) -> dict[str, int]:
     # The reduction's reader: one tensor in memory at a time, ranged reads in a remote workdir.
-    from raysoup.reduce.reduction import ReductionError, Scratch, open_tensors
+    from raysoup.checkpoints.tensorfile import Scratch, TensorFileError, open_tensors
 
     file = weights_path(path)
     out = {}
@@ -56,7 +56,7 @@ def count_nonfinite(path: Path) -> dict[str, int]:
                     if bad:
                         out[name] = bad
             scratch.release()
-    except ReductionError as e:
+    except TensorFileError as e:
         raise IngredientError(f"unreadable safetensors file: {e}") from None
     return out
 

@@ -32,8 +32,8 @@ from torch import nn
 from torch.func import functional_call
 
 from raysoup.checkpoints.ingredient import weights_path
+from raysoup.checkpoints.tensorfile import open_tensors
 from raysoup.evaluate.evaluator import EvalSplit
-from raysoup.reduce.reduction import open_tensors
 from raysoup.soup.base import Candidate, Kitchen, RecipeResult
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from raysoup.checkpoints.ingredient import weights_path
-from raysoup.reduce.reduction import open_tensors
+from raysoup.checkpoints.tensorfile import open_tensors
 from raysoup.soup.base import Candidate, Kitchen, RecipeResult
 
 
