@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 
@@ -256,53 +264,48 @@ class EvalCfg(Strict):
     gpus_per_actor: float = Field(0, ge=0)
 
 
-class LearnedSoupCfg(Strict):
-    """Learned soup: mixing coefficients fitted on the held-out split (see soup/learned.py)."""
-
-    per_layer: bool = True  # one coefficient per ingredient per layer (else per ingredient)
-    steps: int = Field(20, ge=0)  # the paper's code: 5 epochs over ImageNet's 2% held-out
-    lr: float = Field(0.05, gt=0)  # AdamW, as the paper's code
-    batch_size: int = Field(128, ge=1)
-    seed: int = 0
+# Settings that moved into a method's own section (`soup.<method>`).
+_MOVED = {"greedy_accept_ties": "soup.greedy.accept_ties", "speculation": "soup.greedy.speculation"}
 
 
-class WiseFTCfg(Strict):
-    # α grid of θ(α) = (1−α)·θ_zeroshot + α·θ_best; the best on held-out wins (ties: smaller α).
-    alphas: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)],
-                                min_length=1)
+class SoupBase(Strict):
+    """The soup stage's own settings; each merge method's section (`soup.learned`,
+    `soup.ties`, ...) is added from the method registry below, with the method's defaults."""
 
-    @field_validator("alphas")
-    @classmethod
-    def _unit_interval(cls, alphas: list[float]) -> list[float]:
-        bad = [a for a in alphas if not 0.0 <= a <= 1.0]
-        if bad:
-            raise ValueError(f"alphas must lie in [0, 1], got {bad}")
-        return alphas
-
-
-class SoupCfg(Strict):
     recipes: list[str] = Field(default_factory=lambda: ["uniform", "greedy"], min_length=1)
     num_shards: int = Field(2, ge=1)
     include_zeroshot: bool = False
-    # Greedy keeps a candidate whose soup does not drop held-out accuracy (>=, the issue's
-    # rule); false: only if it improves (>, the paper's reference code).
-    greedy_accept_ties: bool = True
-    learned: LearnedSoupCfg = LearnedSoupCfg()
-    wiseft: WiseFTCfg = WiseFTCfg()
-    # Greedy: candidates scored side by side per round (selection is the same for any value).
-    speculation: int = Field(2, ge=1)
     # An ingredient with NaN/Inf weights: excluded from soups with a warning, or (strict) an error.
     strict: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data):
+        if isinstance(data, dict):
+            for old, new in _MOVED.items():
+                if old in data:
+                    raise ValueError(f"soup.{old} is now {new}")
+        return data
 
     @field_validator("recipes")
     @classmethod
     def _known_recipes(cls, recipes: list[str]) -> list[str]:
-        from raysoup.soup.registry import RECIPES
+        from raysoup.soup.registry import METHODS
 
-        unknown = [r for r in recipes if r not in RECIPES]
+        unknown = [r for r in recipes if r not in METHODS]
         if unknown:
-            raise ValueError(f"unknown recipe(s) {unknown}; valid: {sorted(RECIPES)}")
+            raise ValueError(f"unknown recipe(s) {unknown}; valid: {sorted(METHODS)}")
         return recipes
+
+
+def _soup_cfg() -> type[SoupBase]:
+    from raysoup.soup.registry import METHODS
+
+    sections = {name: (m.Settings, m.Settings()) for name, m in METHODS.items()}
+    return create_model("SoupCfg", __base__=SoupBase, __module__=__name__, **sections)
+
+
+SoupCfg = _soup_cfg()
 
 
 class TrackingCfg(Strict):

@@ -25,7 +25,7 @@ SMALL = small_config(
     # 3 trials + zero-shot: 3 greedy decisions, enough to die after the second.
     sweep={"num_samples": 3, "base": {"epochs": 2}},
     # speculation 1: one greedy decision per round, so there is a decision to die after.
-    soup={"speculation": 1, "include_zeroshot": True},
+    soup={"greedy": {"speculation": 1}, "include_zeroshot": True},
 )
 
 

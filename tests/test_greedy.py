@@ -48,8 +48,8 @@ def population(seed, n):
 def test_speculative_equals_sequential(seed, m):
     cands = population(seed, 1 + seed % 13)
     ties = seed % 2 == 0
-    seq = GreedySoup(accept_ties=ties).cook(cands, RandomSoupScorer(seed))
-    spec = GreedySoup(accept_ties=ties, speculation=m).cook(cands, RandomSoupScorer(seed))
+    seq = GreedySoup(accept_ties=ties).select(cands, RandomSoupScorer(seed))
+    spec = GreedySoup(accept_ties=ties, speculation=m).select(cands, RandomSoupScorer(seed))
     assert spec.ingredients == seq.ingredients
     assert spec.trace == seq.trace
     accepted = [t["accepted"] for t in seq.trace[1:]]
@@ -72,17 +72,17 @@ def test_critical_path_rounds_by_hand():
 
 def test_journal_resumes_after_a_crash(tmp_path):
     cands = population(7, 12)
-    reference = GreedySoup().cook(cands, RandomSoupScorer(7))
+    reference = GreedySoup().select(cands, RandomSoupScorer(7))
     journal = DecisionJournal(tmp_path / "greedy.journal")
     with pytest.raises(RuntimeError, match="driver killed"):
-        GreedySoup(speculation=2).cook(cands, RandomSoupScorer(7, fail_after=6), journal)
+        GreedySoup(speculation=2).select(cands, RandomSoupScorer(7, fail_after=6), journal)
     decided = len(journal.path.read_text().splitlines()) - 1
     assert 0 < decided <= 6
     # A torn last line (crash mid-write) is dropped, not fatal.
     with open(journal.path, "a") as f:
         f.write('{"candidate": "t0')
     resumed_scorer = RandomSoupScorer(7)
-    resumed = GreedySoup(speculation=2).cook(cands, resumed_scorer, journal)
+    resumed = GreedySoup(speculation=2).select(cands, resumed_scorer, journal)
     assert resumed.ingredients == reference.ingredients
     assert resumed.trace == reference.trace
     assert resumed.stats["replayed"] == decided
@@ -91,20 +91,20 @@ def test_journal_resumes_after_a_crash(tmp_path):
 
 def test_journal_for_other_candidates_is_not_replayed(tmp_path):
     journal = DecisionJournal(tmp_path / "greedy.journal")
-    GreedySoup().cook(population(1, 5), RandomSoupScorer(1), journal)
+    GreedySoup().select(population(1, 5), RandomSoupScorer(1), journal)
     other = population(2, 5)
     scorer = RandomSoupScorer(2)
-    result = GreedySoup().cook(other, scorer, journal)
+    result = GreedySoup().select(other, scorer, journal)
     assert result.stats["replayed"] == 0 and scorer.evaluations == 4
 
 
 def test_journal_for_a_replaced_ingredient_is_not_replayed(tmp_path):
     """Same names and held-out accuracies, other weights (another soup id): start over."""
     cands = population(3, 6)
-    GreedySoup().cook(cands, RandomSoupScorer(3), DecisionJournal(tmp_path / "j", "id-1"))
+    GreedySoup().select(cands, RandomSoupScorer(3), DecisionJournal(tmp_path / "j", "id-1"))
     again = RandomSoupScorer(3)
-    result = GreedySoup().cook(cands, again, DecisionJournal(tmp_path / "j", "id-2"))
+    result = GreedySoup().select(cands, again, DecisionJournal(tmp_path / "j", "id-2"))
     assert result.stats["replayed"] == 0 and again.evaluations == 5
     same = RandomSoupScorer(3)
-    result = GreedySoup().cook(cands, same, DecisionJournal(tmp_path / "j", "id-2"))
+    result = GreedySoup().select(cands, same, DecisionJournal(tmp_path / "j", "id-2"))
     assert result.stats["replayed"] == 5 and same.evaluations == 0

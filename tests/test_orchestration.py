@@ -59,8 +59,8 @@ def test_greedy_running_sum_scores_the_soup_it_writes(ray_session, ingredients, 
     import ray
 
     from raysoup.orchestration.evaluation import EvalPool, EvalWorker
+    from raysoup.orchestration.kitchen import RunningSumScorer
     from raysoup.orchestration.reduction import shard_plan, write_soup
-    from raysoup.orchestration.souping import RunningSumScorer
     from raysoup.reduce import scaled
     from raysoup.soup import Candidate
 
@@ -145,7 +145,7 @@ def test_soups_are_cooked_again_when_their_candidate_set_changes(ray_session, in
     """Two more ingredients (an import): every soup is cooked again from all of them, the old
     soup's result rows no longer count, and the new soup gets its own MLflow run."""
     from raysoup.evaluate import results as res
-    from raysoup.orchestration.recipes import candidate_set, cooked_soup_id, soup_identity
+    from raysoup.orchestration.soup_files import candidate_set, cooked_soup_id, soup_identity
     from raysoup.orchestration.souping import cook_soups, read_recipe
     from raysoup.soup import Candidate
     from raysoup.tracking import Tracker, default_uri

@@ -42,7 +42,7 @@ def test_new_recipes_cooked_on_ray(ray_session, kitchen_setup):
     import ray
 
     from raysoup.orchestration.evaluation import EvalPool, EvalWorker
-    from raysoup.orchestration.recipes import soup_identity
+    from raysoup.orchestration.soup_files import soup_identity
     from raysoup.orchestration.souping import cook_soups
 
     root, splits = kitchen_setup

@@ -24,7 +24,7 @@ CONFIG = small_config(
     name="remote",
     model={"pretrain": {"threads": 1}},
     # speculation 1: one greedy decision per round, so there is a decision to die after.
-    soup={"speculation": 1},
+    soup={"greedy": {"speculation": 1}},
 )
 
 

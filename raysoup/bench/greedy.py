@@ -23,7 +23,7 @@ import torch
 
 from raysoup.bench.common import ratio, timed
 from raysoup.checkpoints import list_ingredients, read_manifest, write_ingredient
-from raysoup.config import EvalCfg
+from raysoup.config import EvalCfg, SoupCfg
 from raysoup.data.images import LabeledImages
 from raysoup.data.parquet import read_parquet_split, write_parquet_split
 from raysoup.data.render import encode_png
@@ -178,7 +178,7 @@ def _raysoup_greedy(candidates, heldout: LabeledImages, pre: dict, model_name: s
                                                                     num_shards)))
         t_start = time.perf_counter() - t0 - t_pre
         secs, dirs = timed(souping.cook_soups, ["greedy"], candidates, soups_dir, num_shards, pool,
-                           speculation=speculation)
+                           cfg=SoupCfg(greedy={"speculation": speculation}))
     finally:
         pool.stop()
     recipe = souping.read_recipe(dirs["greedy"])

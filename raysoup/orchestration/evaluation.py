@@ -23,7 +23,7 @@ from raysoup.data.images import LabeledImages
 from raysoup.evaluate import cache
 from raysoup.evaluate.evaluator import EvalSplit, Evaluator
 from raysoup.orchestration import metrics
-from raysoup.orchestration.recipes import ensemble_members
+from raysoup.orchestration.soup_files import ensemble_members
 from raysoup.progress import Progress
 from raysoup.reduce import INDEX_FILE, read_sharded, scaled
 
@@ -156,12 +156,6 @@ def actor_threads(num_cpus: float) -> int:
 def actor_class(cfg, num_cpus: float | None = None):
     return ray.remote(num_cpus=cfg.eval.cpus_per_actor if num_cpus is None else num_cpus,
                       num_gpus=cfg.eval.gpus_per_actor)(EvalWorker)
-
-
-def start_actors(cfg, splits_ref, model_name: str, num_classes: int, count: int,
-                 num_cpus: float | None = None) -> list:
-    """`count` eval actors sharing one object-store copy of the preprocessed splits."""
-    return EvalPool.start(cfg, splits_ref, model_name, num_classes, count, num_cpus).actors
 
 
 def stop_actors(actors: list) -> None:

@@ -27,7 +27,7 @@ from raysoup.orchestration.evaluation import (
     build_eval_cache,
     evaluate_models,
 )
-from raysoup.orchestration.recipes import (
+from raysoup.orchestration.soup_files import (
     cooked_soup_id,
     inference_costs,
     recipe_files,
@@ -231,13 +231,12 @@ class Run:
         kinds = {"ingredient", "zeroshot"} if self.cfg.soup.include_zeroshot else {"ingredient"}
         models = [m for m in self.models() if m[1] in kinds]
         candidates = soup_candidates(models, heldout, self.audits, self.cfg.soup.strict)
-        # WiSE-FT and Model Stock interpolate from the zero-shot initialisation.
+        # WiSE-FT, Model Stock and the task-vector methods start from the zero-shot model.
         anchor = next((Candidate(n, heldout.get(n, float("nan")), p)
                        for n, k, p in self.models() if k == "zeroshot"), None)
         with self.stage("soup"), self.soup_kitchen() as pool:
             soups = cook_soups(self.cfg.soup.recipes, candidates, self.workdir / "soups",
-                               self.cfg.soup.num_shards, pool,
-                               speculation=self.cfg.soup.speculation, cfg=self.cfg.soup,
+                               self.cfg.soup.num_shards, pool, cfg=self.cfg.soup,
                                anchor=anchor)
         table = self.evaluate("soup evaluation")
         for recipe, soup_dir in soups.items():

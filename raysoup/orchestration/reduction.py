@@ -24,14 +24,17 @@ from raysoup.checkpoints import read_manifest
 from raysoup.faults import failpoint
 from raysoup.orchestration import metrics
 from raysoup.reduce import (
+    Blend,
     add_into,
+    apply_task_vector,
     plan_shards,
-    reduce_shard,
     shard_filename,
+    task_vectors,
     tensor_nbytes,
     write_index,
     write_shard,
 )
+from raysoup.reduce.merge import TensorMerge
 
 # Where reduction tasks run: Ray's default placement, or CPUs the soup stage reserved for them
 # (`reserved_cpus`). Module state because the recipes reach the tasks through several layers.
@@ -105,48 +108,69 @@ def _measured(shard: dict, ingredients: int, start: float) -> dict:
     return shard
 
 
+def as_blend(weights: list[float] | Blend, tensor_weights: dict | None = None,
+             integers_from: int | None = None) -> Blend:
+    """A `Blend` as given, or the weighted average that `weights` (+ per-tensor ones) describe."""
+    if isinstance(weights, Blend):
+        return weights
+    return Blend(tuple(weights), tensor_weights, integers_from=integers_from)
+
+
 @ray.remote(max_retries=2)
-def _reduce_to_file(paths: list[str], weights: list[float], names: list[str], out: str,
-                    dtypes: dict[str, str], tensor_weights: dict | None = None,
-                    integers_from: int | None = None) -> str:
+def _reduce_to_file(paths: list[str], blend: Blend, names: list[str], out: str,
+                    dtypes: dict[str, str]) -> str:
     _same_float_mode()
     start = time.perf_counter()
-    shard = reduce_shard([Path(p) for p in paths], weights, names, tensor_weights, integers_from)
+    shard = blend.shard([Path(p) for p in paths], names)
     _measured(shard, len(paths), start)
     failpoint("reduce.shard")  # a worker lost mid-task: Ray retries it (max_retries)
     return write_shard(Path(out), shard, dtypes)
 
 
 @ray.remote(max_retries=2)
-def _reduce(paths: list[str], weights: list[float], names: list[str],
-            tensor_weights: dict | None = None, integers_from: int | None = None):
+def _reduce(paths: list[str], blend: Blend, names: list[str]):
     _same_float_mode()
     start = time.perf_counter()
-    shard = reduce_shard([Path(p) for p in paths], weights, names, tensor_weights, integers_from)
-    return _measured(shard, len(paths), start)
+    return _measured(blend.shard([Path(p) for p in paths], names), len(paths), start)
 
 
-def reduce_to_refs(paths: list[Path], weights: list[float], plan: list[list[str]],
+def reduce_to_refs(paths: list[Path], blend: list[float] | Blend, plan: list[list[str]],
                    tensor_weights: dict[str, list[float]] | None = None,
                    integers_from: int | None = None) -> list:
-    """Σ w_i·θ_i shard-parallel into the object store (bit-identical to `write_soup`'s shards)."""
+    """The blend of `paths` shard-parallel into the object store (bit-identical to
+    `write_soup`'s shards); `blend` may be plain weights (+ `tensor_weights`)."""
+    blend = as_blend(blend, tensor_weights, integers_from)
     task = placed(_reduce)
-    return [task.remote([str(p) for p in paths], weights, names,
-                        _for_shard(tensor_weights, names), integers_from) for names in plan]
+    return [task.remote([str(p) for p in paths], blend.for_shard(names), names) for names in plan]
 
 
-def _for_shard(tensor_weights: dict | None, names: list[str]) -> dict | None:
-    # Each task gets only its shard's per-tensor weights.
-    if not tensor_weights:
-        return None
-    return {n: tensor_weights[n] for n in names if n in tensor_weights}
+@ray.remote(max_retries=2)
+def _task_vectors(paths: list[str], base: str, names: list[str], merge: TensorMerge,
+                  integers_from: int):
+    _same_float_mode()
+    start = time.perf_counter()
+    return _measured(task_vectors([Path(p) for p in paths], Path(base), names, merge,
+                                  integers_from), len(paths) + 1, start)
 
 
-def _check_tensor_weights(tensor_weights: dict | None, plan: list[list[str]]) -> None:
-    known = {n for names in plan for n in names}
-    unknown = sorted(set(tensor_weights or {}) - known)
-    if unknown:
-        raise ValueError(f"tensor_weights name tensors the model does not have: {unknown[:5]}")
+@ray.remote(max_retries=2)
+def _apply(base: str, taus: dict, scale: float, names: list[str]):
+    _same_float_mode()
+    return apply_task_vector(Path(base), taus, scale, names)
+
+
+def task_vector_refs(base: Path, paths: list[Path], merge: TensorMerge,
+                     plan: list[list[str]]) -> list:
+    """merge(τ_1..τ_N) per shard into the object store (integers from the first ingredient)."""
+    task = placed(_task_vectors)
+    return [task.remote([str(p) for p in paths], str(base), names, merge, 0) for names in plan]
+
+
+def apply_refs(base: Path, tau_refs: list, scale: float, plan: list[list[str]]) -> list:
+    """θ_0 + scale·τ per shard from `task_vector_refs`: the same bits `Blend(merge=...)` writes."""
+    task = placed(_apply)
+    return [task.remote(str(base), ref, scale, names)
+            for ref, names in zip(tau_refs, plan, strict=True)]
 
 
 @ray.remote(max_retries=2)
@@ -163,13 +187,15 @@ def add_ingredient(sum_refs: list | None, path: Path, plan: list[list[str]]) -> 
             for acc, names in zip(accs, plan, strict=True)]
 
 
-def write_soup(out_dir: Path, paths: list[Path], weights: list[float], plan: list[list[str]],
-               recipe: dict, tensor_weights: dict[str, list[float]] | None = None,
+def write_soup(out_dir: Path, paths: list[Path], blend: list[float] | Blend,
+               plan: list[list[str]], recipe: dict,
+               tensor_weights: dict[str, list[float]] | None = None,
                integers_from: int | None = None) -> Path:
     """Reduce into `out_dir` (shards + index + recipe.json), complete or absent: everything is
     written into a temporary sibling directory that is renamed into place last.
-    `tensor_weights`: per-tensor weights overriding `weights` (see `reduce_shard`)."""
-    _check_tensor_weights(tensor_weights, plan)
+    `blend`: a `Blend`, or plain weights (+ per-tensor `tensor_weights`, see `reduce_shard`)."""
+    blend = as_blend(blend, tensor_weights, integers_from)
+    blend.check({n for names in plan for n in names})
     with storage.atomic_dir(out_dir) as tmp:
         k = len(plan)
         files = [shard_filename(i + 1, k) for i in range(k)]
@@ -179,14 +205,14 @@ def write_soup(out_dir: Path, paths: list[Path], weights: list[float], plan: lis
             # A task on another node cannot write into this driver's directory: shards come
             # back through the object store and are written here one at a time (peak memory
             # one shard); the finished directory is uploaded by atomic_dir.
-            refs = reduce_to_refs(paths, weights, plan, tensor_weights, integers_from)
+            refs = reduce_to_refs(paths, blend, plan)
             for i, f in enumerate(files):
                 write_shard(tmp / f, ray.get(refs[i]), dtypes)
                 refs[i] = None  # frees the shard in the object store
         else:
             task = placed(_reduce_to_file)
-            refs = [task.remote([str(p) for p in paths], weights, names, str(tmp / f), dtypes,
-                                _for_shard(tensor_weights, names), integers_from)
+            refs = [task.remote([str(p) for p in paths], blend.for_shard(names), names,
+                                str(tmp / f), dtypes)
                     for f, names in zip(files, plan, strict=True)]
             ray.get(refs)
         index = write_index(tmp, list(zip(files, plan, strict=True)), {"recipe": recipe["recipe"]})

@@ -1,5 +1,8 @@
-"""Soup arithmetic: plan shards by bytes, reduce one shard (pure torch), write sharded output."""
+"""Soup arithmetic: plan shards by bytes, reduce or merge one shard (pure torch), write sharded
+output."""
 
+from raysoup.reduce.blend import Blend
+from raysoup.reduce.merge import TensorMerge, apply_task_vector, merge_shard, task_vectors
 from raysoup.reduce.plan import plan_shards, tensor_nbytes
 from raysoup.reduce.reduction import (
     ReductionError,
@@ -22,9 +25,13 @@ from raysoup.reduce.writer import (
 
 __all__ = [
     "INDEX_FILE",
+    "Blend",
     "ReductionError",
     "ShardedCheckpointError",
+    "TensorMerge",
     "add_into",
+    "apply_task_vector",
+    "merge_shard",
     "open_tensors",
     "plan_shards",
     "read_sharded",
@@ -32,6 +39,7 @@ __all__ = [
     "scale_",
     "scaled",
     "shard_filename",
+    "task_vectors",
     "tensor_digest",
     "tensor_nbytes",
     "write_index",

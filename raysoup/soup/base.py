@@ -1,16 +1,36 @@
-"""What every soup recipe sees and returns.
+"""The merge-method contract: what every soup recipe sees and returns.
 
-A recipe is pure selection logic: it ranks candidates and decides weights. Anything that
-touches weights (averaging, evaluating a candidate soup) goes through a `SoupScorer`, which
-the orchestration layer implements with a sharded running sum on Ray and tests implement
-with hand-made scores.
+A merge method is one class in its own module, listed once in `raysoup.soup.registry`:
+
+    class Ties:
+        name = "ties"                      # the recipe name in `soup.recipes`
+        Settings = TiesSettings            # its config section, `soup.ties: {...}` (validated)
+        def __init__(self, **settings): ...
+        def cook(self, candidates, kitchen) -> RecipeResult: ...
+
+A method is pure selection logic: it ranks candidates and decides weights (or an element-wise
+merge). Everything that touches weights goes through the `Kitchen`: the orchestration layer
+implements it on Ray (sharded reductions, held-out evaluation in eval actors), tests implement
+it in-process or with hand-made scores.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from raysoup.reduce.merge import TensorMerge
+    from raysoup.soup.journal import DecisionJournal
+
+
+class Settings(BaseModel):
+    """A method's settings: its `soup.<name>` config section (unknown fields are errors)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
@@ -37,9 +57,15 @@ class RecipeResult:
     # "soup": a weight average is written; "ensemble": no weights, outputs are averaged at
     # inference (N forward passes).
     kind: str = "soup"
+    # An element-wise task-vector merge: the soup is θ_0 + scale·merge(τ) per tensor with
+    # ingredients[0] = θ_0 (`raysoup.reduce.merge`); `weights` then only documents the mix.
+    merge: TensorMerge | None = None
+    scale: float = 1.0
 
 
 class SoupScorer(Protocol):
+    """Greedy's incremental scorer: a running sum, so a candidate costs one add + one eval."""
+
     def start(self, first: Candidate) -> None:
         """Begin a running soup that holds `first` alone."""
 
@@ -54,13 +80,22 @@ class SoupScorer(Protocol):
 
 
 class Kitchen(Protocol):
-    """What the recipes beyond uniform/greedy need: the zero-shot anchor, any weighting scored
-    on held-out, per-tensor statistics streamed shard-parallel, and learned mixing."""
+    """Everything a method may do with weights, on held-out data, wherever they live."""
 
     anchor: Candidate | None  # the zero-shot initialisation θ_0 (ingredient "zeroshot")
 
     def score(self, paths: list[Path], weightings: list[list[float]]) -> list[float]:
         """Held-out accuracy of Σ w_i·θ_i for each weighting (one weight per path)."""
+
+    def score_merge(self, base: Path, paths: list[Path], merge: TensorMerge,
+                    scales: list[float]) -> list[float]:
+        """Held-out accuracy of θ_0 + s·merge(τ) for each scale s (τ merged once)."""
+
+    def running_sum(self, label: str) -> SoupScorer:
+        """A fresh incremental scorer (greedy); `label` names the recipe in progress logs."""
+
+    def journal(self, label: str) -> DecisionJournal | None:
+        """Where recipe `label` journals its decisions, so a killed soup stage resumes them."""
 
     def per_tensor(self, fn, paths: list[Path]) -> dict:
         """Merged `fn(paths, names)` over the shards of tensor names (fn streams tensors)."""
@@ -69,18 +104,19 @@ class Kitchen(Protocol):
         """`learn_coefficients` on the held-out split, where the split lives (an eval actor)."""
 
 
-def needs_kitchen(recipe) -> bool:
-    # An attribute only the recipes beyond uniform/greedy declare.
-    return getattr(recipe, "needs_kitchen", False)
-
-
-class Recipe(Protocol):
-    name: str
-    needs_scorer: bool  # False: pure arithmetic on the candidate list (no evaluation)
-
-    def cook(self, candidates: list[Candidate], scorer: SoupScorer | None) -> RecipeResult: ...
-
-
 def by_heldout(candidates: list[Candidate]) -> list[Candidate]:
     """Best held-out accuracy first; ties broken by name so the order is deterministic."""
     return sorted(candidates, key=lambda c: (-c.heldout, c.name))
+
+
+def anchored(kitchen: Kitchen | None, candidates: list[Candidate], method: str,
+             at_least: int = 1) -> tuple[Candidate, list[Candidate]]:
+    """(θ_0, the fine-tuned candidates by name) for the methods that start from the zero-shot
+    model; a clear error if there is no anchor or too few fine-tuned ingredients."""
+    if kitchen is None or kitchen.anchor is None:
+        raise ValueError(f"{method} needs the zero-shot ingredient 'zeroshot' as its anchor")
+    tuned = sorted((c for c in candidates if c.name != kitchen.anchor.name), key=lambda c: c.name)
+    if len(tuned) < at_least:
+        raise ValueError(f"{method} needs at least {at_least} fine-tuned ingredient(s), "
+                         f"got {len(tuned)}")
+    return kitchen.anchor, tuned

@@ -7,14 +7,14 @@ members; evaluation (`Evaluator.ensemble_score`) loads them one at a time.
 
 from __future__ import annotations
 
-from raysoup.soup.base import Candidate, RecipeResult
+from raysoup.soup.base import Candidate, Kitchen, RecipeResult, Settings
 
 
 class Ensemble:
     name = "ensemble"
-    needs_scorer = False
+    Settings = Settings
 
-    def cook(self, candidates: list[Candidate], scorer=None) -> RecipeResult:
+    def cook(self, candidates: list[Candidate], kitchen: Kitchen | None = None) -> RecipeResult:
         if not candidates:
             raise ValueError("an ensemble needs at least one ingredient")
         names = sorted(c.name for c in candidates)

@@ -16,13 +16,23 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from raysoup.soup.base import Candidate, RecipeResult, SoupScorer, by_heldout
+from pydantic import Field
+
+from raysoup.soup.base import Candidate, Kitchen, RecipeResult, Settings, SoupScorer, by_heldout
 from raysoup.soup.journal import DecisionJournal
+
+
+class GreedySettings(Settings):
+    # Keep a candidate whose soup does not drop held-out accuracy (>=, the issue's rule);
+    # false: only if it improves (>, the paper's reference code).
+    accept_ties: bool = True
+    # Candidates scored side by side per round (the selection is the same for any value).
+    speculation: int = Field(2, ge=1)
 
 
 class GreedySoup:
     name = "greedy"
-    needs_scorer = True
+    Settings = GreedySettings
 
     def __init__(self, accept_ties: bool = True, speculation: int = 1):
         # The issue's rule is "does not drop" (>=); the paper's reference code uses ">".
@@ -34,8 +44,14 @@ class GreedySoup:
     def accepts(self, acc: float, best: float) -> bool:
         return acc >= best if self.accept_ties else acc > best
 
-    def cook(self, candidates: list[Candidate], scorer: SoupScorer | None,
-             journal: DecisionJournal | None = None) -> RecipeResult:
+    def cook(self, candidates: list[Candidate], kitchen: Kitchen | None) -> RecipeResult:
+        if kitchen is None:
+            raise ValueError("greedy soup needs a kitchen to evaluate candidate soups")
+        return self.select(candidates, kitchen.running_sum(self.name), kitchen.journal(self.name))
+
+    def select(self, candidates: list[Candidate], scorer: SoupScorer | None,
+               journal: DecisionJournal | None = None) -> RecipeResult:
+        """The greedy loop over an incremental `scorer`; journaled decisions are replayed."""
         if not candidates:
             raise ValueError("greedy soup needs at least one ingredient")
         if scorer is None:

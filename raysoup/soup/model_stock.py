@@ -31,7 +31,7 @@ import torch
 
 from raysoup.checkpoints.ingredient import weights_path
 from raysoup.checkpoints.tensorfile import open_tensors
-from raysoup.soup.base import Candidate, Kitchen, RecipeResult
+from raysoup.soup.base import Candidate, Kitchen, RecipeResult, Settings, anchored
 
 
 def stock_ratio(cos: float, k: int) -> float:
@@ -78,17 +78,11 @@ def interpolation_ratios(paths: list[Path], names: list[str]) -> dict[str, dict[
 
 class ModelStock:
     name = "model_stock"
-    needs_scorer = False
-    needs_kitchen = True
+    Settings = Settings
 
     def cook(self, candidates: list[Candidate], kitchen: Kitchen | None) -> RecipeResult:
-        if kitchen is None or kitchen.anchor is None:
-            raise ValueError("model_stock needs the zero-shot ingredient 'zeroshot' as its anchor")
-        anchor = kitchen.anchor
-        tuned = sorted((c for c in candidates if c.name != anchor.name), key=lambda c: c.name)
+        anchor, tuned = anchored(kitchen, candidates, self.name, at_least=2)
         k = len(tuned)
-        if k < 2:
-            raise ValueError(f"model_stock needs at least 2 fine-tuned ingredients, got {k}")
         ratios = kitchen.per_tensor(interpolation_ratios, [anchor.path, *(c.path for c in tuned)])
         tensor_weights = {n: [1.0 - r["t"]] + [r["t"] / k] * k for n, r in ratios.items()}
         # `weights` only reaches tensors without their own (integer buffers, not averaged);

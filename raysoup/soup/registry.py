@@ -1,35 +1,36 @@
-"""Name → recipe. An unknown name errors with the list of valid names.
+"""Name → merge method: the one place a method is listed (see `raysoup.soup.base`).
 
-Each entry builds its recipe from the `soup` section of the config (`SoupCfg`), so recipe
-settings live in the experiment YAML.
+Each method owns its settings (`Method.Settings`, a pydantic model): the experiment's
+`soup.<name>` section is validated against it (`raysoup.config.SoupCfg` is built from this
+table), and `get_recipe` builds the method from it. An unknown name errors with the valid ones.
 """
 
 from __future__ import annotations
 
+from raysoup.soup.dare import Dare
 from raysoup.soup.ensemble import Ensemble
 from raysoup.soup.greedy import GreedySoup
 from raysoup.soup.learned import LearnedSoup
 from raysoup.soup.model_stock import ModelStock
+from raysoup.soup.task_arithmetic import TaskArithmetic
+from raysoup.soup.ties import Ties
 from raysoup.soup.uniform import UniformSoup
 from raysoup.soup.wiseft import WiseFT
 
-RECIPES = {
-    "uniform": lambda cfg: UniformSoup(),
-    # Speculation is set by the soup driver (it depends on the eval pool, not on the recipe).
-    "greedy": lambda cfg: GreedySoup(accept_ties=cfg.greedy_accept_ties),
-    "learned": lambda cfg: LearnedSoup(**cfg.learned.model_dump()),
-    "ensemble": lambda cfg: Ensemble(),
-    "wiseft": lambda cfg: WiseFT(alphas=cfg.wiseft.alphas),
-    "model_stock": lambda cfg: ModelStock(),
-}
+METHODS = {m.name: m for m in (
+    UniformSoup, GreedySoup, LearnedSoup, ModelStock, WiseFT, Ensemble,
+    TaskArithmetic, Ties, Dare,
+)}
+RECIPES = METHODS  # the recipe names users write in `soup.recipes`
 
 
 def get_recipe(name: str, cfg=None):
-    """The recipe `name` with settings from `cfg` (a `SoupCfg`; None = the defaults)."""
-    if name not in RECIPES:
-        raise ValueError(f"unknown soup recipe {name!r}; valid: {sorted(RECIPES)}")
-    if cfg is None:
-        from raysoup.config import SoupCfg
-
-        cfg = SoupCfg()
-    return RECIPES[name](cfg)
+    """Method `name` with its settings from `cfg` (a `SoupCfg`, its `Settings`, or None = the
+    method's defaults)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown soup recipe {name!r}; valid: {sorted(METHODS)}")
+    method = METHODS[name]
+    settings = getattr(cfg, name, cfg) if cfg is not None else None
+    if not isinstance(settings, method.Settings):
+        settings = method.Settings()
+    return method(**settings.model_dump())

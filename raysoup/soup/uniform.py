@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from raysoup.soup.base import Candidate, RecipeResult, SoupScorer
+from raysoup.soup.base import Candidate, Kitchen, RecipeResult, Settings
 
 
 class UniformSoup:
     name = "uniform"
-    needs_scorer = False
+    Settings = Settings
 
-    def cook(self, candidates: list[Candidate], scorer: SoupScorer | None = None) -> RecipeResult:
+    def cook(self, candidates: list[Candidate], kitchen: Kitchen | None = None) -> RecipeResult:
         if not candidates:
             raise ValueError("uniform soup needs at least one ingredient")
         names = sorted(c.name for c in candidates)

@@ -10,9 +10,24 @@ the zero-shot model is the one WiSE-FT found more robust under distribution shif
 
 from __future__ import annotations
 
-from raysoup.soup.base import Candidate, Kitchen, RecipeResult, by_heldout
+from pydantic import Field, field_validator
+
+from raysoup.soup.base import Candidate, Kitchen, RecipeResult, Settings, anchored, by_heldout
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+class WiseFTSettings(Settings):
+    # α grid of θ(α) = (1−α)·θ_zeroshot + α·θ_best; the best on held-out wins (ties: smaller α).
+    alphas: list[float] = Field(default_factory=lambda: list(DEFAULT_ALPHAS), min_length=1)
+
+    @field_validator("alphas")
+    @classmethod
+    def _unit_interval(cls, alphas: list[float]) -> list[float]:
+        bad = [a for a in alphas if not 0.0 <= a <= 1.0]
+        if bad:
+            raise ValueError(f"alphas must lie in [0, 1], got {bad}")
+        return alphas
 
 
 def pick_alpha(scores: dict[float, float]) -> float:
@@ -24,8 +39,7 @@ def pick_alpha(scores: dict[float, float]) -> float:
 
 class WiseFT:
     name = "wiseft"
-    needs_scorer = False
-    needs_kitchen = True
+    Settings = WiseFTSettings
 
     def __init__(self, alphas=DEFAULT_ALPHAS):
         alphas = sorted({float(a) for a in alphas})
@@ -34,12 +48,7 @@ class WiseFT:
         self.alphas = alphas
 
     def cook(self, candidates: list[Candidate], kitchen: Kitchen | None) -> RecipeResult:
-        if kitchen is None or kitchen.anchor is None:
-            raise ValueError("wiseft needs the zero-shot ingredient 'zeroshot' as its anchor")
-        anchor = kitchen.anchor
-        tuned = [c for c in candidates if c.name != anchor.name]
-        if not tuned:
-            raise ValueError("wiseft needs at least one fine-tuned ingredient")
+        anchor, tuned = anchored(kitchen, candidates, self.name)
         best = by_heldout(tuned)[0]
         weightings = [[1.0 - a, a] for a in self.alphas]
         accs = kitchen.score([anchor.path, best.path], weightings)

@@ -1,81 +1,21 @@
-"""Soup-stage support for the recipes beyond uniform/greedy (WiSE-FT, Model Stock, learned,
-ensemble): the Ray `Kitchen` they cook with, and writing any recipe's result to disk.
-
-Kitchen on Ray: a weighting is scored by reducing it shard-parallel into the object store
-(`reduce_to_refs`, the same `reduce_shard` the writer runs, so a scored weighting and its
-written soup are bit-identical) and evaluating it on held-out in an eval actor; per-tensor
-statistics run one Ray task per shard; learning runs inside an eval actor, which already holds
-the preprocessed held-out split.
-"""
+"""A cooked soup on disk: `soups/<recipe>/` with its `recipe.json` (what it was made of, how,
+and from which candidate set), the shards of a weight soup, or an ensemble's member list.
+Writing a method's result, reading it back for evaluation, the report and MLflow."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import ray
 
 from raysoup import storage
 from raysoup.checkpoints import read_manifest
-from raysoup.orchestration.reduction import _same_float_mode, placed, reduce_to_refs, write_soup
+from raysoup.orchestration.reduction import write_soup
+from raysoup.reduce import Blend
 from raysoup.soup import Candidate, RecipeResult
 
-if TYPE_CHECKING:
-    from raysoup.orchestration.evaluation import EvalPool
-
-log = logging.getLogger(__name__)
-
 RECIPE_FILE = "recipe.json"
-
-
-@ray.remote(max_retries=2)
-def _per_tensor(fn, paths: list[str], names: list[str]) -> dict:
-    _same_float_mode()
-    return fn([Path(p) for p in paths], names)
-
-
-class RayKitchen:
-    """`raysoup.soup.base.Kitchen` over an eval pool and a shard plan."""
-
-    def __init__(self, pool: EvalPool, plan: list[list[str]], anchor: Candidate | None):
-        self.pool, self.plan, self.anchor = pool, plan, anchor
-
-    def score(self, paths: list[Path], weightings: list[list[float]]) -> list[float]:
-        accs: list[float] = []
-        # At most one soup per actor in the object store at a time.
-        step = max(1, len(self.pool))
-        for start in range(0, len(weightings), step):
-            refs = [reduce_to_refs(paths, w, self.plan,
-                                   integers_from=integers_source(paths, self.anchor))
-                    for w in weightings[start : start + step]]
-            calls = [lambda a, r=r: a.evaluate_sum.remote(r, 1.0, ["heldout"]) for r in refs]
-            for scores in self.pool.run(calls):
-                correct, n = scores["heldout"]
-                accs.append(correct / n)
-        return accs
-
-    def per_tensor(self, fn, paths: list[Path]) -> dict:
-        merged: dict = {}
-        for part in ray.get([placed(_per_tensor).remote(fn, [str(p) for p in paths], names)
-                             for names in self.plan]):
-            merged.update(part)
-        return merged
-
-    def learn(self, paths: list[Path], **settings) -> dict:
-        [mix] = self.pool.run([lambda a: a.learn_coefficients.remote([str(p) for p in paths],
-                                                                   settings)])
-        mem = mix["info"].get("memory", {})
-        log.info("  learned: %d steps, loss %.4f → %.4f, peak RSS %.0f MiB (%.0f MiB before; "
-                 "ingredients %.1f MiB on disk)", len(mix["trace"]),
-                 mix["trace"][0]["loss"] if mix["trace"] else float("nan"),
-                 mix["trace"][-1]["loss"] if mix["trace"] else float("nan"),
-                 mem.get("peak_rss_mib", float("nan")), mem.get("rss_before_mib", float("nan")),
-                 mem.get("ingredients_mib", float("nan")))
-        return mix
 
 
 def integers_source(paths: list[Path], anchor: Candidate | None) -> int | None:
@@ -175,8 +115,11 @@ def write_result(soup_dir: Path, recipe: str, result: RecipeResult, paths: dict[
         raise ValueError(f"recipe {recipe}: unknown result kind {result.kind!r}")
     if result.tensor_weights:
         meta["tensor_weights"] = result.tensor_weights
-    return write_soup(soup_dir, members, result.weights, plan, meta, result.tensor_weights,
-                      integers_source(members, anchor))
+    blend = Blend(tuple(result.weights), result.tensor_weights, result.merge, result.scale,
+                  integers_source(members, anchor))
+    if result.merge is not None:
+        meta["merge"] = {"scale": result.scale, "base": result.ingredients[0]}
+    return write_soup(soup_dir, members, blend, plan, meta)
 
 
 def _write_ensemble(out_dir: Path, meta: dict, members: list[Path]) -> Path:

@@ -1,0 +1,162 @@
+"""The Ray kitchen: what merge methods cook with during the soup stage (`soup.base.Kitchen`).
+
+- A weighting is scored by reducing it shard-parallel into the object store (`reduce_to_refs`,
+  the same shard function the writer runs, so a scored soup and its written soup are the same
+  bits) and evaluating it on held-out in an eval actor.
+- A task-vector merge is computed once per soup, shard-parallel into the object store
+  (`task_vector_refs`); each scale λ is then θ_0 + λ·τ per shard and one held-out evaluation.
+- Greedy's running sum (`RunningSumScorer`) and its decision journal (one per recipe, next to
+  the soups, so a killed soup stage resumes the decisions).
+- Per-tensor statistics run one Ray task per shard; learning runs inside an eval actor, which
+  already holds the preprocessed held-out split.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import ray
+
+from raysoup.orchestration.evaluation import EvalPool
+from raysoup.orchestration.reduction import (
+    _same_float_mode,
+    add_ingredient,
+    apply_refs,
+    placed,
+    reduce_to_refs,
+    task_vector_refs,
+)
+from raysoup.orchestration.soup_files import integers_source
+from raysoup.reduce.merge import TensorMerge
+from raysoup.soup import Candidate
+from raysoup.soup.journal import DecisionJournal
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(max_retries=2)
+def _per_tensor(fn, paths: list[str], names: list[str]) -> dict:
+    _same_float_mode()
+    return fn([Path(p) for p in paths], names)
+
+
+def journal_path(soups_dir: Path, recipe: str) -> Path:
+    # Hidden, next to the soups: a soup directory appears only once complete.
+    return Path(soups_dir) / f".{recipe}.journal.jsonl"
+
+
+class RayKitchen:
+    """`raysoup.soup.base.Kitchen` over an eval pool and a shard plan. `soups_dir` and
+    `soup_id` (the candidate set) place and key the decision journals."""
+
+    def __init__(self, pool: EvalPool, plan: list[list[str]], anchor: Candidate | None,
+                 soups_dir: Path | None = None, soup_id: str | None = None):
+        self.pool, self.plan, self.anchor = pool, plan, anchor
+        self.soups_dir, self.soup_id = soups_dir, soup_id
+
+    def _heldout(self, shard_refs: list[list]) -> list[float]:
+        """Held-out accuracy of each soup given as its shard refs (at most one per actor)."""
+        calls = [lambda a, r=r: a.evaluate_sum.remote(r, 1.0, ["heldout"]) for r in shard_refs]
+        return [correct / n for correct, n in (s["heldout"] for s in self.pool.run(calls))]
+
+    def score(self, paths: list[Path], weightings: list[list[float]]) -> list[float]:
+        accs: list[float] = []
+        # At most one soup per actor in the object store at a time.
+        step = max(1, len(self.pool))
+        for start in range(0, len(weightings), step):
+            accs += self._heldout([
+                reduce_to_refs(paths, w, self.plan,
+                               integers_from=integers_source(paths, self.anchor))
+                for w in weightings[start : start + step]])
+        return accs
+
+    def score_merge(self, base: Path, paths: list[Path], merge: TensorMerge,
+                    scales: list[float]) -> list[float]:
+        taus = task_vector_refs(base, paths, merge, self.plan)
+        accs: list[float] = []
+        step = max(1, len(self.pool))
+        for start in range(0, len(scales), step):
+            accs += self._heldout([apply_refs(base, taus, s, self.plan)
+                                   for s in scales[start : start + step]])
+        return accs
+
+    def running_sum(self, label: str) -> RunningSumScorer:
+        return RunningSumScorer(self.pool, self.plan, on_try=lambda c, a: log.info(
+            "  %s: tried %s → held-out %.4f", label, c, a))
+
+    def journal(self, label: str) -> DecisionJournal | None:
+        if self.soups_dir is None:
+            return None
+        return DecisionJournal(journal_path(self.soups_dir, label), self.soup_id)
+
+    def per_tensor(self, fn, paths: list[Path]) -> dict:
+        merged: dict = {}
+        for part in ray.get([placed(_per_tensor).remote(fn, [str(p) for p in paths], names)
+                             for names in self.plan]):
+            merged.update(part)
+        return merged
+
+    def learn(self, paths: list[Path], **settings) -> dict:
+        [mix] = self.pool.run([lambda a: a.learn_coefficients.remote([str(p) for p in paths],
+                                                                   settings)])
+        mem = mix["info"].get("memory", {})
+        log.info("  learned: %d steps, loss %.4f → %.4f, peak RSS %.0f MiB (%.0f MiB before; "
+                 "ingredients %.1f MiB on disk)", len(mix["trace"]),
+                 mix["trace"][0]["loss"] if mix["trace"] else float("nan"),
+                 mix["trace"][-1]["loss"] if mix["trace"] else float("nan"),
+                 mem.get("peak_rss_mib", float("nan")), mem.get("rss_before_mib", float("nan")),
+                 mem.get("ingredients_mib", float("nan")))
+        return mix
+
+
+class RunningSumScorer:
+    """`SoupScorer` over a shard-parallel running sum held in Ray's object store.
+
+    Each candidate costs one shard-parallel add (θ_c read once) and one held-out evaluation;
+    the candidate soup is sum × 1/k, bit-identical to the final reduction of the same list.
+    A window of candidates is scored at once: with A actors and M candidates, each candidate
+    gets A // M actors that score slices of the held-out split (data parallel), and the
+    candidates run side by side (speculation). Counts are summed, so the accuracy is exactly
+    that of a single whole-split evaluation.
+    """
+
+    def __init__(self, pool: EvalPool, plan: list[list[str]], on_try=None):
+        self.pool, self.plan, self.on_try = pool, plan, on_try
+        self.sum_refs: list | None = None
+        self.pending: dict[str, list] = {}
+        self.k = 0
+        self.evaluations = 0
+
+    def start(self, first: Candidate) -> None:
+        self.sum_refs, self.k = add_ingredient(None, first.path, self.plan), 1
+
+    def score(self, candidates: list[Candidate]) -> list[float]:
+        self.pending = {c.name: add_ingredient(self.sum_refs, c.path, self.plan)
+                        for c in candidates}
+        parts = max(1, len(self.pool) // len(candidates))
+        scale = 1.0 / (self.k + 1)
+        calls, owner = [], []
+        for j, cand in enumerate(candidates):
+            refs = self.pending[cand.name]
+            for i in range(parts):
+                calls.append(lambda a, r=refs, p=(i, parts): a.evaluate_sum.remote(
+                    r, scale, ["heldout"], p))
+                owner.append(j)
+        counts = [[0, 0] for _ in candidates]
+        for j, scores in zip(owner, self.pool.run(calls), strict=True):
+            correct, n = scores["heldout"]
+            counts[j][0] += correct
+            counts[j][1] += n
+        self.evaluations += len(candidates)
+        accs = [c / n for c, n in counts]
+        if self.on_try:
+            for cand, acc in zip(candidates, accs, strict=True):
+                self.on_try(cand.name, acc)
+        return accs
+
+    def commit(self, candidate: Candidate) -> None:
+        refs = self.pending.pop(candidate.name, None)
+        if refs is None:  # replayed from the journal: never scored in this process
+            refs = add_ingredient(self.sum_refs, candidate.path, self.plan)
+        self.sum_refs, self.pending, self.k = refs, {}, self.k + 1

@@ -1,0 +1,44 @@
+"""Task arithmetic (Ilharco et al., ICLR 2023, "Editing models with task arithmetic"):
+θ = θ_0 + λ·Σ_i τ_i with τ_i = θ_i − θ_0 and λ picked on held-out from a grid.
+
+With N fine-tunes of one task, λ = 1/N is the uniform soup of the fine-tunes; smaller λ moves
+towards the zero-shot model (like WiSE-FT with every ingredient), larger λ extrapolates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from pydantic import Field
+
+from raysoup.reduce.merge import Stream
+from raysoup.soup.base import Candidate, Kitchen, RecipeResult, Settings
+from raysoup.soup.task_vectors import cook_task_vectors, sum_of
+
+# The paper's grid: λ ∈ {0.05, 0.10, ..., 1.0}, chosen on held-out validation data.
+DEFAULT_LAMBDAS = [round(0.05 * i, 2) for i in range(1, 21)]
+
+
+class TaskArithmeticSettings(Settings):
+    lambdas: list[float] = Field(default_factory=lambda: list(DEFAULT_LAMBDAS), min_length=1)
+
+
+@dataclass(frozen=True)
+class SumOfTaskVectors:
+    """m(τ) = Σ τ_i."""
+
+    def __call__(self, name: str, base: torch.Tensor, stream: Stream) -> torch.Tensor:
+        return sum_of(stream, base)
+
+
+class TaskArithmetic:
+    name = "task_arithmetic"
+    Settings = TaskArithmeticSettings
+
+    def __init__(self, lambdas=DEFAULT_LAMBDAS):
+        self.lambdas = list(lambdas)
+
+    def cook(self, candidates: list[Candidate], kitchen: Kitchen | None) -> RecipeResult:
+        return cook_task_vectors(self.name, kitchen, candidates, SumOfTaskVectors(),
+                                 self.lambdas, {}, linear=True)

@@ -1,0 +1,178 @@
+"""Task arithmetic, TIES and DARE: the element-wise merges against dense references that hold
+every task vector at once, by-hand cases, shard-layout invariance, and λ picked on held-out by
+a real evaluator over real safetensors files (no Ray: the Ray kitchen is in
+test_recipes_on_ray.py)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from raysoup.evaluate.evaluator import EvalSplit, Evaluator
+from raysoup.reduce import Blend, apply_task_vector, merge_shard, reduce_shard, task_vectors
+from raysoup.reduce.merge import tensor_generator
+from raysoup.soup import Candidate, get_recipe
+from raysoup.soup.dare import DareMerge, drop_
+from raysoup.soup.task_arithmetic import SumOfTaskVectors
+from raysoup.soup.task_vectors import pick_scale
+from raysoup.soup.ties import TiesMerge, trim_
+
+
+def _write(path: Path, tensors: dict) -> Path:
+    path.mkdir(parents=True)
+    save_file({k: torch.as_tensor(v).contiguous() for k, v in tensors.items()},
+              str(path / "model.safetensors"))
+    return path
+
+
+def dense_ties(taus: list[torch.Tensor], density: float) -> torch.Tensor:
+    """TIES with every trimmed task vector in memory (the paper's formulation)."""
+    trimmed = []
+    for t in taus:
+        k = int(np.ceil(density * t.numel()))
+        keep = torch.zeros(t.numel(), dtype=torch.bool)
+        keep[t.abs().flatten().argsort(descending=True, stable=True)[:k]] = True
+        trimmed.append(t * keep.reshape(t.shape))
+    stack = torch.stack(trimmed)
+    sign = torch.sign(stack.sum(0))
+    agree = (torch.sign(stack) == sign) & (sign != 0)
+    return (stack * agree).sum(0) / agree.sum(0).clamp(min=1)
+
+
+@pytest.fixture
+def population(tmp_path):
+    torch.manual_seed(0)
+    base = {"w": torch.randn(6, 5), "b": torch.randn(7), "steps": torch.tensor([3])}
+    paths = [_write(tmp_path / "base", base)]
+    for i in range(4):
+        paths.append(_write(tmp_path / f"m{i}", {
+            "w": base["w"] + 0.1 * torch.randn(6, 5), "b": base["b"] + 0.1 * torch.randn(7),
+            "steps": torch.tensor([10 + i])}))
+    return base, paths
+
+
+def load(path: Path) -> dict:
+    from safetensors.torch import load_file
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_ties_by_hand_and_against_the_dense_reference(population):
+    # By hand: τ1 = [3, -1, 0.5], τ2 = [-2, -2, 1]; density 2/3 keeps [3, -1, .] and [-2, -2, .]
+    # sum [1, -3, 0] -> signs [+, -, 0]: entry 0 keeps τ1's 3, entry 1 averages -1, -2.
+    tau = TiesMerge(2 / 3)("x", torch.zeros(3),
+                           lambda: iter([torch.tensor([3.0, -1.0, 0.5]),
+                                         torch.tensor([-2.0, -2.0, 1.0])]))
+    torch.testing.assert_close(tau, torch.tensor([3.0, -1.5, 0.0]))
+
+    base, paths = population
+    got = task_vectors(paths[1:], paths[0], ["w", "b", "steps"], TiesMerge(0.3))
+    states = [load(p) for p in paths[1:]]
+    for name in ("w", "b"):
+        ref = dense_ties([s[name] - base[name] for s in states], 0.3)
+        torch.testing.assert_close(torch.from_numpy(got[name]), ref, rtol=1e-6, atol=1e-7)
+    assert got["steps"].tolist() == [10]  # integer buffers: the first fine-tuned ingredient's
+
+
+def test_trim_keeps_the_top_fraction():
+    t = torch.tensor([0.1, -5.0, 2.0, 0.0, -0.3])
+    assert trim_(t.clone(), 0.4).tolist() == [0.0, -5.0, 2.0, 0.0, 0.0]
+    assert trim_(t.clone(), 1.0).tolist() == t.tolist()
+
+
+def test_task_arithmetic_at_one_over_n_is_the_uniform_soup(population):
+    _, paths = population
+    names = ["w", "b", "steps"]
+    soup = merge_shard(paths[1:], paths[0], names, SumOfTaskVectors(), 0.25)
+    uniform = reduce_shard(paths[1:], [0.25] * 4, names[:2])
+    for n in ("w", "b"):
+        np.testing.assert_allclose(soup[n], uniform[n], rtol=1e-5, atol=1e-6)
+    # The blend the writer runs is exactly the merge (paths[0] is the base).
+    blend = Blend(merge=SumOfTaskVectors(), scale=0.25, integers_from=1).shard(paths, names)
+    for n in names:
+        assert np.array_equal(blend[n], soup[n])
+
+
+def test_dare_masks_are_seeded_per_tensor_and_keep_the_expectation():
+    tau = torch.ones(200_000)
+    a = drop_(tau.clone(), 0.5, tensor_generator(7, "w", 0))
+    b = drop_(tau.clone(), 0.5, tensor_generator(7, "w", 0))
+    c = drop_(tau.clone(), 0.5, tensor_generator(7, "w", 1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert set(a.unique().tolist()) == {0.0, 2.0}
+    assert a.mean().item() == pytest.approx(1.0, abs=0.01)  # rescaled by 1/(1 - p)
+    assert torch.equal(drop_(tau.clone(), 0.0, tensor_generator(7, "w", 0)), tau)
+
+
+def test_dare_linear_and_ties_against_references(population):
+    base, paths = population
+    states = [load(p) for p in paths[1:]]
+    for combine in ("linear", "ties"):
+        merge = DareMerge(0.3, combine, seed=5)
+        got = task_vectors(paths[1:], paths[0], ["w"], merge)["w"]
+        dropped = [drop_(s["w"] - base["w"], 0.3, tensor_generator(5, "w", i))
+                   for i, s in enumerate(states)]
+        ref = sum(dropped) if combine == "linear" else dense_ties(dropped, 1.0)
+        torch.testing.assert_close(torch.from_numpy(got), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("merge", [SumOfTaskVectors(), TiesMerge(0.2), DareMerge(0.5, "ties", 1)],
+                         ids=["task_arithmetic", "ties", "dare"])
+def test_merge_is_the_same_bits_for_any_shard_layout(population, merge):
+    _, paths = population
+    whole = merge_shard(paths[1:], paths[0], ["w", "b", "steps"], merge, 0.7)
+    parts = {**merge_shard(paths[1:], paths[0], ["b"], merge, 0.7),
+             **merge_shard(paths[1:], paths[0], ["steps", "w"], merge, 0.7)}
+    for name, value in whole.items():
+        assert np.array_equal(value, parts[name]), name
+    # Scored from cached task vectors (the Ray kitchen) == written from scratch.
+    taus = task_vectors(paths[1:], paths[0], ["w", "b", "steps"], merge)
+    cached = apply_task_vector(paths[0], taus, 0.7, ["w", "b", "steps"])
+    for name, value in whole.items():
+        assert np.array_equal(value, cached[name]), name
+
+
+class MergeKitchen:
+    """The Kitchen's task-vector part in-process: real files, a real evaluator."""
+
+    def __init__(self, anchor, model, heldout, names):
+        self.anchor, self.model, self.heldout, self.names = anchor, model, heldout, names
+        self.scored = {}
+
+    def score_merge(self, base, paths, merge, scales):
+        evaluator = Evaluator(self.model, {"heldout": self.heldout})
+        taus = task_vectors(paths, base, self.names, merge)
+        out = []
+        for s in scales:
+            correct, n = evaluator.score(apply_task_vector(base, taus, s, self.names),
+                                         ["heldout"])["heldout"]
+            self.scored[s] = correct / n
+            out.append(correct / n)
+        return out
+
+
+def test_recipes_pick_lambda_on_heldout_ties_to_smaller(tmp_path):
+    assert pick_scale({0.5: 0.8, 0.25: 0.8, 1.0: 0.7}) == 0.25
+    # A linear model whose zero-shot weights are wrong and whose fine-tunes are right: the
+    # held-out accuracy rises with λ until the merged model classifies every sample.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2, 2))
+    zs = _write(tmp_path / "zeroshot", {"1.weight": -torch.eye(2), "1.bias": torch.zeros(2)})
+    tuned = [_write(tmp_path / f"t{i}", {"1.weight": torch.eye(2) * (1 + i), "1.bias": torch.zeros(2)})
+             for i in range(2)]
+    images = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32).reshape(2, 1, 1, 2)
+    heldout = EvalSplit(images, np.array([0, 1]))
+    cands = [Candidate("t0", 0.9, tuned[0]), Candidate("t1", 0.8, tuned[1])]
+    for name in ("task_arithmetic", "ties", "dare"):
+        kitchen = MergeKitchen(Candidate("zeroshot", 0.0, zs), model, heldout,
+                               ["1.weight", "1.bias"])
+        result = get_recipe(name).cook(cands, kitchen)
+        assert result.ingredients == ["zeroshot", "t0", "t1"] and result.merge is not None
+        best = max(kitchen.scored.values())
+        assert best == 1.0 and result.scale == min(s for s, a in kitchen.scored.items()
+                                                   if a == best)
+        assert [t["lambda"] for t in result.trace] == sorted(kitchen.scored)
+        assert result.info["lambda"] == result.scale
+    with pytest.raises(ValueError, match="ties needs the zero-shot ingredient"):
+        get_recipe("ties").cook(cands, None)
