@@ -24,8 +24,10 @@ SMALL = small_config(
     model={"pretrain": {"threads": 1}},
     # 3 trials + zero-shot: 3 greedy decisions, enough to die after the second.
     sweep={"num_samples": 3, "base": {"epochs": 2}},
-    # speculation 1: one greedy decision per round, so there is a decision to die after.
-    soup={"greedy": {"speculation": 1}, "include_zeroshot": True},
+    # speculation 1: one greedy decision per round, so there is a decision to die after; TIES
+    # (an element-wise merge, after greedy) is cooked only by the resumed run.
+    soup={"recipes": ["uniform", "greedy", "ties"], "greedy": {"speculation": 1},
+          "include_zeroshot": True},
 )
 
 
@@ -95,6 +97,7 @@ def test_killed_anywhere_resumes_to_the_same_result(tmp_path):
     runs = mlflow_runs(work)
     names = sorted(r.info.run_name for r in runs)
     assert names == sorted(r.info.run_name for r in mlflow_runs(ref))
-    assert names == ["soup-greedy", "soup-uniform", "sweep", "trial-000", "trial-001", "trial-002"]
+    assert names == ["soup-greedy", "soup-ties", "soup-uniform", "sweep", "trial-000",
+                     "trial-001", "trial-002"]
     assert {r.info.status for r in runs} == {"FINISHED"}, [(r.info.run_name, r.info.status) for r in runs]
     print(json.dumps(log))

@@ -176,3 +176,23 @@ def test_recipes_pick_lambda_on_heldout_ties_to_smaller(tmp_path):
         assert result.info["lambda"] == result.scale
     with pytest.raises(ValueError, match="ties needs the zero-shot ingredient"):
         get_recipe("ties").cook(cands, None)
+
+
+def test_chunked_merges_match_the_dense_reference_across_chunk_boundaries():
+    from raysoup.soup.task_vectors import CHUNK, elect_and_average, sum_of
+    from raysoup.soup.ties import SAMPLE, threshold, trimmer
+
+    g = torch.Generator().manual_seed(3)
+    n = 2 * CHUNK + 12_345  # three chunks, the last one short
+    base = torch.randn(n, generator=g)
+    thetas = [base + torch.randn(n, generator=g) for _ in range(3)]
+    def stream():
+        return iter(thetas)
+    torch.testing.assert_close(sum_of(stream, base), sum(t - base for t in thetas),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(elect_and_average(stream, base, trimmer(0.2)),
+                               dense_ties([t - base for t in thetas], 0.2), rtol=1e-6, atol=1e-6)
+    # Past SAMPLE entries the threshold comes from a strided sample: close to the density.
+    big = torch.randn(3 * SAMPLE, generator=g)
+    kept = (big.abs() >= threshold(big, torch.zeros_like(big), 0.2)).float().mean().item()
+    assert kept == pytest.approx(0.2, abs=0.002)

@@ -3,6 +3,8 @@
 - `raw_read`: the floor — read every byte of the safetensors files, no arithmetic.
 - `raysoup_reduce`: the real pure reduction (`raysoup.reduce.reduce_shard`) over a shard plan,
   shards one after another in this process; optionally writes each shard (`write_shard`).
+- `raysoup_ties`: TIES (an element-wise merge, two passes per tensor) through the same shard
+  function.
 - `seed_uniform`: the paper's uniform soup loop — `torch.load` each ingredient's .pt file and
   `soup = {k: v / N + soup.get(k, 0)}`.
 """
@@ -45,6 +47,21 @@ def raysoup_reduce(paths: list[str], plan: list[list[str]], out_dir: str | None 
     if device != "cpu":
         torch.cuda.synchronize()
     return {"tensors": len(soup) or sum(len(n) for n in plan)}
+
+
+def raysoup_ties(paths: list[str], plan: list[list[str]], density: float = 0.2) -> dict:
+    """TIES over the same ingredients through the real shard function (`raysoup.reduce.Blend`,
+    as the Ray shard tasks run it): θ_0 = the first file, every file an ingredient (its own τ is
+    0), λ = 1; the soup stays in memory like `raysoup_reduce`'s."""
+    from raysoup.reduce import Blend
+    from raysoup.soup.ties import TiesMerge
+
+    blend = Blend(merge=TiesMerge(density), scale=1.0, integers_from=1)
+    files = [Path(paths[0]), *(Path(p) for p in paths)]
+    soup = {}
+    for names in plan:
+        soup.update(blend.shard(files, names))
+    return {"tensors": len(soup)}
 
 
 def _stream_on_device(paths, weights, names, device):

@@ -19,6 +19,8 @@ import numpy as np  # noqa: F401
 import safetensors.torch  # noqa: F401
 import torch
 
+import raysoup.reduce
+import raysoup.soup.ties  # noqa: F401
 from raysoup.bench import contenders
 
 

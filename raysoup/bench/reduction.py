@@ -71,6 +71,8 @@ def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repe
             ours[k] = probe("raysoup_reduce", st_files, {
                 "paths": [str(p) for p in paths], "plan": plan_shards(nbytes, k), "device": device})
         base = ours[min(shard_counts)]
+        ties = probe("raysoup_ties", st_files, {"paths": [str(p) for p in paths],
+                                               "plan": plan_shards(nbytes, min(shard_counts))})
         out = {
             "model": model_name, "ingredients": n, "model_bytes": model_bytes,
             "params": sum(math.prod(t["shape"]) for t in manifest["tensors"].values()),
@@ -83,6 +85,9 @@ def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repe
             "seed_speedup": ratio(seed["seconds"], base["seconds"]),
             "rss_ratio": ratio(base["peak_rss_delta"], model_bytes),
             "seed_rss_ratio": ratio(seed["peak_rss_delta"], model_bytes),
+            "ties_s": ties["seconds"],
+            "ties_floor_ratio": ratio(ties["seconds"], floor["seconds"]),
+            "ties_rss_ratio": ratio(ties["peak_rss_delta"], model_bytes),
             "floor_rss_ratio": ratio(floor["peak_rss_delta"], model_bytes),
             "pure_by_shards": {str(k): {"seconds": r["seconds"], "runs": r["runs"],
                                         "rss_ratio": ratio(r["peak_rss_delta"], model_bytes)}

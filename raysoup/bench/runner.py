@@ -29,7 +29,8 @@ CUDA_B3 = {"model_name": "ViT-B-32", "classes": 1000, "n_models": 4, "n_images":
            "image_size": 224, "batch_size": 256}
 
 HEADLINES = {
-    "B1": ("floor_ratio", "seed_speedup", "rss_ratio", "seed_rss_ratio"),
+    "B1": ("floor_ratio", "seed_speedup", "rss_ratio", "seed_rss_ratio", "ties_floor_ratio",
+           "ties_rss_ratio"),
     "B2": ("seed_speedup", "same_selection"),
     "B3": ("pool_vs_bare",),
     "B4": ("overhead_ratio",),

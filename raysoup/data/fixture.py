@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -119,15 +118,14 @@ def write_tiny_weights(path: Path, seed: int = 0) -> Path:
     import torch
     from safetensors.torch import save_file
 
+    from raysoup.atomic import write_atomic
     from raysoup.models.factory import build_clip
 
     torch.manual_seed(seed)
     state = build_clip(TINY_MODEL).state_dict()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda tmp: save_file({k: v.contiguous() for k, v in state.items()},
+                                                    str(tmp)))
 
 
 def write_imagenet_fixture(root: Path, *, classes: int = 1000, train_per_class: int = 2,

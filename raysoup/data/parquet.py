@@ -8,9 +8,6 @@ still knows the full class list and which classes it covers.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +15,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from raysoup.atomic import atomic_dir
 from raysoup.data import fs as data_fs
 from raysoup.data.images import DataError, FileImages, ImageColumn, LabeledImages
 
@@ -31,13 +29,17 @@ _SCHEMA = pa.schema([("key", pa.string()), ("image", pa.binary()), ("label", pa.
 def write_parquet_split(dir: Path, data: LabeledImages, rows_per_shard: int = 5000,
                         rows_per_group: int = ROWS_PER_GROUP) -> list[Path]:
     """Write data as dir/part-NNNNN.parquet; the dir is built aside and renamed into place."""
-    dir = Path(dir)
+    with atomic_dir(Path(dir)) as tmp:
+        write_parquet_parts(tmp, data, rows_per_shard, rows_per_group)
+    return sorted(Path(dir).glob("part-*.parquet"))
+
+
+def write_parquet_parts(dir: Path, data: LabeledImages, rows_per_shard: int = 5000,
+                        rows_per_group: int = ROWS_PER_GROUP) -> list[Path]:
+    """Write data as dir/part-NNNNN.parquet into the existing directory `dir`."""
     meta = {CLASSNAMES_KEY: json.dumps(data.classnames).encode(),
             SUBSET_KEY: json.dumps(data.class_subset).encode()}
     schema = _SCHEMA.with_metadata(meta)
-    dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dir.parent / f".tmp-{dir.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     n_shards = max(1, -(-len(data) // rows_per_shard))
     for s in range(n_shards):
         lo, hi = s * rows_per_shard, min(len(data), (s + 1) * rows_per_shard)
@@ -46,11 +48,8 @@ def write_parquet_split(dir: Path, data: LabeledImages, rows_per_shard: int = 50
         table = pa.table({"key": data.keys[lo:hi], "image": data.images.read(range(lo, hi)),
                           "label": data.labels[lo:hi], "caption": captions}, schema=schema)
         # Small row groups: a training batch reads only the groups its samples lie in.
-        pq.write_table(table, tmp / f"part-{s:05d}.parquet", row_group_size=rows_per_group,
+        pq.write_table(table, dir / f"part-{s:05d}.parquet", row_group_size=rows_per_group,
                        compression="none")
-    if dir.exists():
-        shutil.rmtree(dir)
-    os.replace(tmp, dir)
     return sorted(dir.glob("part-*.parquet"))
 
 

@@ -12,10 +12,8 @@ numpy's PCG64 and Pillow's integer polygon/box code; the PNG bytes additionally 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageFilter
 
+from raysoup.atomic import atomic_dir
 from raysoup.config import WorldCfg
 from raysoup.data.images import LabeledImages
-from raysoup.data.parquet import write_parquet_split
+from raysoup.data.parquet import write_parquet_parts
 from raysoup.data.render import (
     COLORS,
     SHAPES,
@@ -233,16 +232,13 @@ def generate_world(cfg: WorldCfg, root: Path, progress: bool = True) -> dict[str
             continue
         t0 = time.perf_counter()
         data = build_split(cfg, split)
-        tmp = root / f".tmp-{split}-{uuid.uuid4().hex[:8]}"
-        files = write_parquet_split(tmp, data)
-        rows = {f.name: pq.read_metadata(f).num_rows for f in files}
-        marker = {"cfg": stamp, "rows": sum(rows.values()), "files": rows}
-        (tmp / COMPLETE).write_text(json.dumps(marker, sort_keys=True))
-        if split_complete(final, stamp):
-            shutil.rmtree(tmp)  # another process finished it meanwhile (same bytes)
-        else:
-            shutil.rmtree(final, ignore_errors=True)  # stale: other cfg or interrupted
-            tmp.rename(final)
+        # Replaces a stale split (other config, interrupted); a split another process finished
+        # meanwhile is replaced by the same bytes.
+        with atomic_dir(final) as tmp:
+            files = write_parquet_parts(tmp, data)
+            rows = {f.name: pq.read_metadata(f).num_rows for f in files}
+            marker = {"cfg": stamp, "rows": sum(rows.values()), "files": rows}
+            (tmp / COMPLETE).write_text(json.dumps(marker, sort_keys=True))
         if progress:
             print(f"world: {split:<10} {len(data):>6} images in {time.perf_counter() - t0:.1f}s"
                   f" -> {final}", file=sys.stderr)

@@ -12,15 +12,14 @@ miniature's CLIP, which `experiments/tiny.yaml` starts from as the paper starts 
 from __future__ import annotations
 
 import json
-import os
 import sys
-import uuid
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from raysoup.checkpoints.ingredient import file_sha256, fsync_path
+from raysoup.atomic import write_atomic
+from raysoup.checkpoints.ingredient import file_sha256
 from raysoup.config import ModelCfg
 from raysoup.data.world import normalize_words
 from raysoup.models.factory import build_clip, get_tokenizer, image_stats
@@ -135,16 +134,6 @@ def _cached(cache_dir: Path, model_cfg: ModelCfg, vocab: list[str]) -> Path | No
     return weights
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
-    try:
-        write(tmp)
-        fsync_path(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def ensure_base_clip(
     model_cfg: ModelCfg,
     splits,
@@ -185,7 +174,7 @@ def ensure_base_clip(
                             mean=mean, std=std, progress=progress)
     weights = cache_dir / "clip.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}
-    _write_atomic(weights, lambda p: save_file(state, str(p)))
+    write_atomic(weights, lambda p: save_file(state, str(p)))
     manifest = {
         "format": FORMAT,
         "model_name": model_cfg.name,
@@ -195,6 +184,6 @@ def ensure_base_clip(
         "sha256": file_sha256(weights),
         **({"recipe": recipe} if recipe else {}),
     }
-    _write_atomic(cache_dir / "manifest.json",
+    write_atomic(cache_dir / "manifest.json",
                   lambda p: p.write_text(json.dumps(manifest, indent=2)))
     return weights

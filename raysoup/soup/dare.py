@@ -44,12 +44,14 @@ class DareMerge:
     seed: int
 
     def __call__(self, name: str, base: torch.Tensor, stream: Stream) -> torch.Tensor:
-        def sparsify(i: int, tau: torch.Tensor) -> torch.Tensor:
-            return drop_(tau, self.drop, tensor_generator(self.seed, name, i))
+        def dropper(i: int, theta: torch.Tensor, b: torch.Tensor):
+            # A fresh generator per pass: both passes of the TIES combine draw the same masks.
+            generator = tensor_generator(self.seed, name, i)
+            return lambda tau: drop_(tau, self.drop, generator)
 
         if self.combine == "ties":
-            return elect_and_average(stream, base, sparsify)
-        return sum_of(stream, base, sparsify)
+            return elect_and_average(stream, base, dropper)
+        return sum_of(stream, base, dropper)
 
 
 class Dare:

@@ -5,7 +5,8 @@ entries that agree with it (disjoint mean); the soup is θ_0 + λ·merge, λ on 
 
 Trimming is per tensor, as in mergekit (the paper trims each whole task vector; per tensor
 keeps the streaming bound: one tensor name at a time). An entry at the threshold is kept, so
-ties at the k-th magnitude may keep a few more than k%.
+ties at the k-th magnitude may keep a few more than k%; tensors above `SAMPLE` entries take
+their threshold from a strided sample.
 """
 
 from __future__ import annotations
@@ -29,15 +30,40 @@ class TiesSettings(Settings):
     lambdas: list[float] = Field(default_factory=lambda: list(DEFAULT_LAMBDAS), min_length=1)
 
 
+# Tensors with more entries estimate the trim threshold from an evenly strided sample of about
+# this many τ entries (deterministic; the kept fraction is then density within ~0.1 %):
+# an exact k-th largest of every ingredient's largest tensors cost more than reading them.
+SAMPLE = 1 << 20
+
+
+def threshold(theta: torch.Tensor, base: torch.Tensor, density: float) -> float | None:
+    """The magnitude at or above which an entry of τ = θ − θ_0 is among the top `density`
+    fraction (None: everything is kept). θ and θ_0 are flat."""
+    n = base.numel()
+    if n == 0 or math.ceil(density * n) >= n:
+        return None
+    stride = max(1, math.ceil(n / SAMPLE))
+    magnitude = torch.sub(theta[::stride], base[::stride]).abs_().numpy()
+    m = magnitude.size
+    kth = m - math.ceil(density * m)  # index of the k-th largest in ascending order
+    magnitude.partition(kth)  # introselect in place: ~7x faster than torch.kthvalue
+    return float(magnitude[kth])
+
+
+def trimmer(density: float):
+    """TIES' trim as a `Sparsifier`: per ingredient, zero the entries below its threshold."""
+    def for_ingredient(i: int, theta: torch.Tensor, base: torch.Tensor):
+        thr = threshold(theta, base, density)
+        if thr is None:
+            return lambda tau: tau
+        return lambda tau: tau.mul_(tau.abs() >= thr)
+    return for_ingredient
+
+
 def trim_(tau: torch.Tensor, density: float) -> torch.Tensor:
-    """Zero all but the ⌈density·n⌉ largest-magnitude entries of `tau`, in place."""
-    n = tau.numel()
-    k = math.ceil(density * n)
-    if k >= n or n == 0:
-        return tau
-    magnitude = tau.abs().reshape(-1)
-    threshold = torch.kthvalue(magnitude, n - k + 1).values  # the k-th largest
-    return tau.mul_(magnitude.reshape(tau.shape) >= threshold)
+    """`tau` trimmed in place to its top-`density` entries by magnitude (exact up to SAMPLE)."""
+    flat = tau.reshape(-1)
+    return trimmer(density)(0, flat, torch.zeros_like(flat))(flat).reshape(tau.shape)
 
 
 @dataclass(frozen=True)
@@ -45,7 +71,7 @@ class TiesMerge:
     density: float
 
     def __call__(self, name: str, base: torch.Tensor, stream: Stream) -> torch.Tensor:
-        return elect_and_average(stream, base, lambda i, tau: trim_(tau, self.density))
+        return elect_and_average(stream, base, trimmer(self.density))
 
 
 class Ties:
