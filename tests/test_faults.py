@@ -27,6 +27,7 @@ SMALL = small_config(
     # speculation 1: one greedy decision per round, so there is a decision to die after; TIES
     # (an element-wise merge, after greedy) is cooked only by the resumed run.
     soup={"recipes": ["uniform", "greedy", "ties"], "greedy": {"speculation": 1},
+          "ties": {"lambdas": [1.0]},
           "include_zeroshot": True},
 )
 

@@ -127,7 +127,9 @@ def test_reduction_task_killed_mid_flight_is_retried(ray_session, ingredients, t
 
     names = shard_plan(ingredients[0], 1)[0]
     dtypes = {n: t["dtype"] for n, t in read_manifest(ingredients[0])["tensors"].items()}
-    paths, weights = [str(p) for p in ingredients], [0.25] * 4
+    from raysoup.reduce import Blend
+
+    paths, weights = [str(p) for p in ingredients], Blend((0.25,) * 4)
     marker = tmp_path / "killed-once"
     env = {"env_vars": {ENV: f"reduce.shard=1:once={marker}"}}
     killed = _reduce_to_file.options(runtime_env=env).remote(
