@@ -90,7 +90,7 @@ def test_task_arithmetic_at_one_over_n_is_the_uniform_soup(population):
     for n in ("w", "b"):
         np.testing.assert_allclose(soup[n], uniform[n], rtol=1e-5, atol=1e-6)
     # The blend the writer runs is exactly the merge (paths[0] is the base).
-    blend = Blend(merge=SumOfTaskVectors(), scale=0.25, integers_from=1).shard(paths, names)
+    blend = Blend(merge=SumOfTaskVectors(), scale=0.25).shard(paths, names)
     for n in names:
         assert np.array_equal(blend[n], soup[n])
 

@@ -56,7 +56,7 @@ def raysoup_ties(paths: list[str], plan: list[list[str]], density: float = 0.2) 
     from raysoup.reduce import Blend
     from raysoup.soup.ties import TiesMerge
 
-    blend = Blend(merge=TiesMerge(density), scale=1.0, integers_from=1)
+    blend = Blend(merge=TiesMerge(density), scale=1.0)
     files = [Path(paths[0]), *(Path(p) for p in paths)]
     soup = {}
     for names in plan:

@@ -145,12 +145,11 @@ def reduce_to_refs(paths: list[Path], blend: list[float] | Blend, plan: list[lis
 
 
 @ray.remote(max_retries=2)
-def _task_vectors(paths: list[str], base: str, names: list[str], merge: TensorMerge,
-                  integers_from: int):
+def _task_vectors(paths: list[str], base: str, names: list[str], merge: TensorMerge):
     _same_float_mode()
     start = time.perf_counter()
-    return _measured(task_vectors([Path(p) for p in paths], Path(base), names, merge,
-                                  integers_from), len(paths) + 1, start)
+    return _measured(task_vectors([Path(p) for p in paths], Path(base), names, merge),
+                     len(paths) + 1, start)
 
 
 @ray.remote(max_retries=2)
@@ -163,7 +162,7 @@ def task_vector_refs(base: Path, paths: list[Path], merge: TensorMerge,
                      plan: list[list[str]]) -> list:
     """merge(τ_1..τ_N) per shard into the object store (integers from the first ingredient)."""
     task = placed(_task_vectors)
-    return [task.remote([str(p) for p in paths], str(base), names, merge, 0) for names in plan]
+    return [task.remote([str(p) for p in paths], str(base), names, merge) for names in plan]
 
 
 def apply_refs(base: Path, tau_refs: list, scale: float, plan: list[list[str]]) -> list:

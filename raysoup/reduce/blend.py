@@ -15,7 +15,8 @@ from raysoup.reduce.reduction import ReductionError, reduce_shard
 class Blend:
     """Σ w_i·θ_i over the paths (with per-tensor `tensor_weights` where given), or, with a
     `merge`, θ_0 + scale·merge(θ_1 − θ_0, ...) where paths[0] is θ_0 (`raysoup.reduce.merge`).
-    `integers_from`: the path whose integer buffers the soup keeps (None: all must match)."""
+    `integers_from`: the path whose integer buffers a weighted average keeps (None: all must
+    match); a merge always keeps the first fine-tuned ingredient's (paths[1])."""
 
     weights: tuple[float, ...] = ()
     tensor_weights: dict[str, list[float]] | None = None
@@ -41,6 +42,4 @@ class Blend:
                                 self.integers_from)
         if len(paths) < 2:
             raise ReductionError("a task-vector merge needs the base and at least one ingredient")
-        # Integer buffers come from a fine-tuned ingredient (index into paths[1:]).
-        integers = max(0, (self.integers_from or 1) - 1)
-        return merge_shard(paths[1:], paths[0], names, self.merge, self.scale, integers)
+        return merge_shard(paths[1:], paths[0], names, self.merge, self.scale)

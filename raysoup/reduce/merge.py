@@ -48,11 +48,11 @@ def tensor_generator(seed: int, name: str, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
-def task_vectors(paths: list[Path], base: Path, names: list[str], merge: TensorMerge,
-                 integers_from: int = 0) -> dict[str, np.ndarray]:
+def task_vectors(paths: list[Path], base: Path, names: list[str], merge: TensorMerge
+                 ) -> dict[str, np.ndarray]:
     """{name: m(τ) as float32} for the floating tensors of `names` (paths: the ingredients θ_i,
-    `base`: θ_0); non-floating tensors (integer buffers) are taken from ingredient
-    `integers_from` (fine-tuning advanced BatchNorm's step counter, so the base's differs)."""
+    `base`: θ_0); non-floating tensors (integer buffers) are the first ingredient's
+    (fine-tuning advanced BatchNorm's step counter, so the base's differs)."""
     if not paths:
         raise ReductionError("a task-vector merge needs at least one ingredient")
     files = [weights_path(p) for p in paths]
@@ -65,8 +65,7 @@ def task_vectors(paths: list[Path], base: Path, names: list[str], merge: TensorM
         for name in names:
             theta0 = _get(base_h, name, base_file, files[0])
             if not theta0.is_floating_point():
-                first = _get(handles[integers_from], name, files[integers_from], base_file)
-                out[name] = _owned(first)
+                out[name] = _owned(_get(handles[0], name, files[0], base_file))
                 continue
             theta0 = theta0.to(torch.float32, copy=True)
 
@@ -106,9 +105,8 @@ def apply_task_vector(base: Path, taus: dict[str, np.ndarray], scale: float,
 
 
 def merge_shard(paths: list[Path], base: Path, names: list[str], merge: TensorMerge,
-                scale: float, integers_from: int = 0) -> dict[str, np.ndarray]:
+                scale: float) -> dict[str, np.ndarray]:
     """θ_0 + scale·m(τ) for `names`: exactly `apply_task_vector(task_vectors(...))`, so a soup
     scored from cached task vectors and the one written from scratch are the same bits."""
-    return apply_task_vector(base, task_vectors(paths, base, names, merge, integers_from),
-                             scale, names)
+    return apply_task_vector(base, task_vectors(paths, base, names, merge), scale, names)
 

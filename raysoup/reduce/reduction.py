@@ -4,7 +4,8 @@ Memory: each ingredient is opened lazily (only its safetensors header is parsed)
 name the first ingredient's tensor is read (positioned read) into fresh memory and becomes the
 float32 accumulator, and every later ingredient's tensor is added in place from a read-only
 view of its file mapping, whose pages are dropped from the process right after the add
-(`checkpoints.tensorfile.Scratch`). Peak memory is the shard's accumulators plus about one tensor, never N models.
+(`checkpoints.tensorfile.Scratch`). Peak memory is the shard's accumulators plus about one
+tensor, never N models.
 (A plain `safe_open` mapping keeps every touched page resident while the handle is open: a
 shard over N ingredients peaked at N x the shard's bytes, `raysoup bench` B1 measured 9x one
 model for N=8. Reading every ingredient into a buffer instead cost one extra memory copy, ~30%

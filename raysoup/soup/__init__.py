@@ -1,4 +1,4 @@
 from raysoup.soup.base import Candidate, RecipeResult, SoupScorer
-from raysoup.soup.registry import RECIPES, get_recipe
+from raysoup.soup.registry import METHODS, get_recipe
 
-__all__ = ["RECIPES", "Candidate", "RecipeResult", "SoupScorer", "get_recipe"]
+__all__ = ["METHODS", "Candidate", "RecipeResult", "SoupScorer", "get_recipe"]

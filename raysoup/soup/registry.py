@@ -21,7 +21,6 @@ METHODS = {m.name: m for m in (
     UniformSoup, GreedySoup, LearnedSoup, ModelStock, WiseFT, Ensemble,
     TaskArithmetic, Ties, Dare,
 )}
-RECIPES = METHODS  # the recipe names users write in `soup.recipes`
 
 
 def get_recipe(name: str, cfg=None):
