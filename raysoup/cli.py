@@ -259,6 +259,9 @@ def _common(s: argparse.ArgumentParser) -> None:
 
 
 def _metrics_port(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--dashboard", action="store_true",
+                   help="start Ray's dashboard (http://127.0.0.1:8265) with the local cluster; "
+                        "on by default only with --metrics-export-port")
     s.add_argument("--metrics-export-port", type=int, default=None, metavar="PORT",
                    help="serve Prometheus metrics of the local Ray node on PORT (a cluster "
                         "sets it in `ray start`, see cluster.yaml)")
@@ -308,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run = run_pipeline(cfg, workdir, stages, address=args.address,
-                           metrics_export_port=args.metrics_export_port)
+                           metrics_export_port=args.metrics_export_port,
+                           dashboard=args.dashboard)
     except KeyboardInterrupt:
         print("raysoup: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

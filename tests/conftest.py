@@ -168,3 +168,22 @@ def served_run(tmp_path_factory, mlflow_server):
     return {"rc": proc.returncode, "seen": seen, "labels": labels, "workdir": tmp / "work",
             "url": url, "server_root": server_root,
             "stdout": (tmp / "stdout").read_text(), "stderr": (tmp / "stderr").read_text()}
+
+
+# Under pytest-xdist (`-n 2 --dist loadgroup`, pyproject's addopts), the tests of a group run
+# on one worker, one after another: those sharing an expensive session fixture build it once,
+# and the cluster drills (health checks, placement waits, kills at failpoints) never compete
+# with each other for the CPUs.
+XDIST_GROUPS = {
+    "test_metrics": "served-run", "test_mlflow_server": "served-run",
+    "test_fixture_pack": "imagenet-fixture", "test_paper_fixture": "imagenet-fixture",
+    "test_plan_sizing": "imagenet-fixture",
+    "test_multinode": "drills", "test_soup_placement": "drills", "test_faults": "drills",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        group = XDIST_GROUPS.get(item.module.__name__)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))

@@ -61,7 +61,8 @@ PINNED = ("model", "data", "sweep")
 EXECUTION_ONLY = ("sweep.max_failures", *(f"sweep.{k}" for k in KEPT_ON_RESUME))
 
 
-def connect(address: str | None, metrics_export_port: int | None = None) -> None:
+def connect(address: str | None, metrics_export_port: int | None = None,
+            dashboard: bool = False) -> None:
     if ray.is_initialized():
         return
     extra = {}
@@ -78,6 +79,11 @@ def connect(address: str | None, metrics_export_port: int | None = None) -> None
     # to run on this machine (ray.init's default would silently join it). Inside `ray job
     # submit`, RAY_ADDRESS names the job's cluster.
     address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if address == "local":
+        # Ray's dashboard on a local cluster is ~10 more processes (and ~5 CPU-seconds at
+        # start on 2 cores) that a run does not need: started when asked, or with a metrics
+        # port (it writes Ray's Grafana dashboards next to which ours sits).
+        extra["include_dashboard"] = dashboard or bool(metrics_export_port)
     ray.init(address=address, log_to_driver=True, configure_logging=False, **extra)
 
 
@@ -367,13 +373,14 @@ def snapshot_config(cfg: ExperimentCfg, workdir: Path) -> None:
 
 
 def run_pipeline(cfg: ExperimentCfg, workdir: Path, stages: tuple[str, ...] = STAGES,
-                 address: str | None = None, metrics_export_port: int | None = None) -> Run:
+                 address: str | None = None, metrics_export_port: int | None = None,
+                 dashboard: bool = False) -> Run:
     workdir.mkdir(parents=True, exist_ok=True)
     snapshot_config(cfg, workdir)
     if not cfg.tracking.uri:
         # Remote workdir: the runs of earlier drivers (the bucket's copy, never a stale one).
         storage.pull(workdir / "mlflow.db", exact=True)
-    connect(address, metrics_export_port)
+    connect(address, metrics_export_port, dashboard)
     run = Run(cfg, workdir)
     ok = False
     try:

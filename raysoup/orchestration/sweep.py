@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from ray import tune
@@ -34,7 +34,9 @@ from raysoup.config import (
 )
 from raysoup.faults import failpoint
 from raysoup.orchestration import metrics
-from raysoup.tracking import Tracker
+
+if TYPE_CHECKING:  # mlflow costs a trial process ~1 s to import; only the driver tracks
+    from raysoup.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
