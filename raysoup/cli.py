@@ -64,6 +64,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     from raysoup.data.sources import load_splits
     from raysoup.models.base import ensure_base_clip, read_base_manifest
+    from raysoup.prepare import pretrain_corpus
 
     cfg = load_experiment(args.config, args.overrides)
     if cfg.model.pretrain is None:
@@ -77,7 +78,8 @@ def _pretrain(args: argparse.Namespace) -> int:
               "data": cfg.data.model_dump(mode="json")}
     try:
         splits = load_splits(cfg.data, workdir)
-        weights = ensure_base_clip(cfg.model, splits, args.out, recipe=recipe)
+        weights = ensure_base_clip(cfg.model, splits, args.out, recipe=recipe,
+                                   corpus=pretrain_corpus(cfg, splits))
     except (ValueError, RuntimeError, OSError) as err:  # BaseModelError, DataError included
         print(f"raysoup: error: {err}", file=sys.stderr)
         return 1

@@ -124,6 +124,13 @@ class PretrainCfg(Strict):
     warmup_steps: int = Field(100, ge=0)
     seed: int = 0
     threads: int = Field(2, ge=1)
+    # What the base learns from: "train" (the task's own train captions, held-out excluded) or
+    # "web" (data.world's broad corpus: photos plus every shift's style in fresh samples, as
+    # CLIP's web data is broader than ImageNet; data/world.py `web_corpus`), of
+    # web_per_class image-caption pairs per class.
+    corpus: Literal["train", "web"] = "train"
+    web_per_class: int = Field(1000, ge=1)
+    web_photo_share: float = Field(0.5, ge=0, le=1)  # the rest: the shift styles, evenly
 
 
 class ModelCfg(Strict):

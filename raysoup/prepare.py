@@ -25,6 +25,18 @@ def base_cache_dir(cfg: ExperimentCfg, workdir: Path) -> Path:
     return workdir / "base" / cfg.fingerprint("model", "data")
 
 
+def pretrain_corpus(cfg: ExperimentCfg, splits: DatasetSplits):
+    """The image-caption pairs a base is pre-trained on (model.pretrain.corpus): the train split
+    (held-out excluded) or the world's broad web corpus, generated in memory (a miniature-only
+    path: it exists to make the tiny base, never at dataset scale)."""
+    if cfg.model.pretrain is not None and cfg.model.pretrain.corpus == "web":
+        from raysoup.data.world import web_corpus
+
+        pre = cfg.model.pretrain
+        return web_corpus(cfg.data.world, pre.web_per_class, pre.web_photo_share)
+    return splits.train
+
+
 def ensure_zeroshot(cfg: ExperimentCfg, workdir: Path, splits: DatasetSplits) -> Path:
     """Ingredient 0: image encoder + zero-shot head (class names × templates)."""
     out = workdir / "ingredients" / ZEROSHOT
@@ -42,7 +54,8 @@ def ensure_zeroshot(cfg: ExperimentCfg, workdir: Path, splits: DatasetSplits) ->
 
     base = None
     if cfg.model.pretrain is not None:
-        base = ensure_base_clip(cfg.model, splits, base_cache_dir(cfg, workdir))
+        base = ensure_base_clip(cfg.model, splits, base_cache_dir(cfg, workdir),
+                                corpus=pretrain_corpus(cfg, splits))
         storage.publish_missing(base_cache_dir(cfg, workdir))  # read back through storage
     elif cfg.model.tokenizer == "world":
         # A raysoup base as model.pretrained (the shipped one): its manifest has the vocabulary.

@@ -15,7 +15,7 @@ def test_tiny_config_loads_with_overrides():
     cfg = load_experiment(TINY, ["sweep.num_samples=4", "soup.num_shards=3"])
     assert cfg.sweep.num_samples == 4
     assert cfg.soup.num_shards == 3
-    assert cfg.data.world is not None and cfg.model.pretrained == "raysoup:tiny-rn-world"
+    assert cfg.data.world is not None and cfg.model.pretrained == "raysoup:tiny-rn-web"
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda p: p.name)

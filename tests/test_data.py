@@ -93,6 +93,38 @@ def test_world_splits_sizes_labels_and_subset(small_world):
         assert data.class_subset is None and len(data) == 4 * 5
 
 
+def test_web_corpus_mixes_every_style_in_samples_of_its_own():
+    """The pre-training corpus (model.pretrain.corpus: web): photos and every shift's style,
+    each caption naming its shape in the vocabulary, no image shared with a task split."""
+    cfg = SMALL
+    web = world.web_corpus(cfg, per_class=40)
+    assert len(web) == 4 * 40 and np.bincount(web.labels).tolist() == [40] * 4
+    words = [set(normalize_words(c)) for c in web.captions]
+    vocab = set(vocabulary(cfg))
+    for caption, w, label in zip(web.captions, words, web.labels):
+        assert web.classnames[label] in w and w <= vocab, caption
+    # the styles the task's train split never shows, named in the captions
+    for styles in ({"sketch"}, {"inverted"}, {"greyscale"}, {"blurry", "noisy"},
+                   set(world.SHIFT_TEXTURES)):
+        assert any(styles & w for w in words), styles
+    # the mixture's share of photos of the train kind (0.5), within sampling noise
+    photos = sum(not ({"sketch", "drawing", "inverted", "greyscale", "blurry", "noisy"} & w)
+                 for w in words)
+    assert 0.3 < photos / len(web) < 0.75
+    task = set()
+    for split in ("train", "test", *world.SHIFTS):
+        data = world.build_split(cfg, split)
+        task.update(data.images.read(range(len(data))))
+    assert not task & set(web.images.read(range(len(web))))
+    # the same corpus for any size of the task's splits; the photo share is a knob
+    again = world.web_corpus(cfg.model_copy(update={"train_per_class": 99}), per_class=40)
+    assert again.captions == web.captions
+    assert again.images.read(range(len(again))) == web.images.read(range(len(web)))
+    photos_only = world.web_corpus(cfg, per_class=40, photo_share=1.0)
+    assert not any({"sketch", "inverted", "greyscale", "blurry"} & set(normalize_words(c))
+                   for c in photos_only.captions)
+
+
 def test_world_captions_name_the_shape_and_use_the_vocabulary(small_world):
     _, paths = small_world
     vocab = set(vocabulary(SMALL))

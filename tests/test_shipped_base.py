@@ -15,7 +15,8 @@ ROOT = Path(__file__).parents[1]
 SMALL_WORLD = ["data.world.num_classes=4", "data.world.train_per_class=40",
                "data.world.test_per_class=5", "data.world.shift_per_class=5",
                "model.pretrain.steps=4", "model.pretrain.batch_size=32",
-               "model.pretrain.warmup_steps=1", "model.pretrain.threads=1"]
+               "model.pretrain.warmup_steps=1", "model.pretrain.threads=1",
+               "model.pretrain.web_per_class=40"]
 
 
 def test_tiny_yaml_starts_from_the_shipped_base_and_its_manifest_holds():
@@ -32,11 +33,14 @@ def test_tiny_yaml_starts_from_the_shipped_base_and_its_manifest_holds():
     assert manifest["recipe"]["model"] == recipe.model.model_dump(mode="json")
     assert manifest["pretrain"] == recipe.model.pretrain.model_dump(mode="json")
     assert manifest["recipe"]["data"]["world"] == cfg.data.world.model_dump(mode="json")
+    # Pre-trained on the broad web corpus: its vocabulary names the shift sets' styles too.
+    assert manifest["pretrain"]["corpus"] == "web"
+    assert {"sketch", "inverted", "greyscale", "blurry"} <= set(manifest["vocab"])
 
 
 def test_a_base_is_checked_before_use(tmp_path):
-    weights = shipped_base("raysoup:tiny-rn-world")
-    model = ModelCfg(name="raysoup-tiny-rn", tokenizer="world", pretrained="raysoup:tiny-rn-world")
+    weights = shipped_base("raysoup:tiny-rn-web")
+    model = ModelCfg(name="raysoup-tiny-rn", tokenizer="world", pretrained="raysoup:tiny-rn-web")
     verify_base(weights, model, {"square", "a"})
     with pytest.raises(BaseModelError, match="lacks \\['zebra'\\]"):
         verify_base(weights, model, {"square", "zebra"})
@@ -49,7 +53,7 @@ def test_a_base_is_checked_before_use(tmp_path):
     (tmp_path / "manifest.json").write_text((weights.parent / "manifest.json").read_text())
     with pytest.raises(BaseModelError, match="sha256 does not match"):
         verify_base(copy, model, set())
-    with pytest.raises(BaseModelError, match="no such base shipped.*raysoup:tiny-rn-world"):
+    with pytest.raises(BaseModelError, match="no such base shipped.*raysoup:tiny-rn-web"):
         shipped_base("raysoup:nope")
 
 

@@ -58,11 +58,29 @@ _CAPTIONS = [
 _SKETCH_CAPTIONS = ["a sketch of a {size} {shape}.", "a drawing of a {shape}."]
 _STYLED_CAPTIONS = ["a {style} photo of a {size} {shape}."]  # inverted / greyscale images
 _STYLES = ["inverted", "greyscale"]
+_BLURRY_CAPTIONS = ["a blurry photo of a {size} {shape}.", "a noisy photo of a {color} {shape}."]
 SIZES = ("small", "large")
 
 SPLITS = ("train", "test")
 SHIFTS = ("background", "inverted", "blur_noise", "geometric", "sketch")
-_SPLIT_CODE = {name: i for i, name in enumerate(SPLITS + SHIFTS)}  # part of every sample's seed
+# The pre-training corpus ("web"), never a split of the fine-tuning task. CLIP's web data holds
+# far more than ImageNet-like photos (sketches, renditions, odd backgrounds, blur), and that
+# breadth is where its robustness under shift comes from (Fang et al., ICML 2022). The web
+# split mixes photos of the train kind with every shift's style, in samples of its own seed
+# stream (never an image of a shift set), so the zero-shot model has that breadth and
+# fine-tuning on photos alone can erode it, as fine-tuning CLIP on ImageNet does.
+WEB = "web"
+
+
+def web_mix(photo_share: float = 0.5) -> dict[str, float]:
+    """The web corpus's kinds and their shares: photos of the train kind, the rest split evenly
+    over the shift styles."""
+    other = (1.0 - photo_share) / len(SHIFTS)
+    return {"train": photo_share, **{kind: other for kind in SHIFTS}}
+
+
+# Part of every sample's seed; new kinds are appended so existing splits keep their pixels.
+_SPLIT_CODE = {name: i for i, name in enumerate(SPLITS + SHIFTS + (WEB,))}
 COMPLETE = "_COMPLETE"  # a split's completion marker: cfg, and rows per shard
 
 # Training ranges, in units of the image size; "geometric" samples outside them.
@@ -83,7 +101,7 @@ def vocabulary(cfg: WorldCfg) -> list[str]:
         "texture": list(TRAIN_TEXTURES) + list(SHIFT_TEXTURES), "style": _STYLES,
     }
     words = {"a", "an"}
-    for form in _CAPTIONS + _SKETCH_CAPTIONS + _STYLED_CAPTIONS + TEMPLATES:
+    for form in _CAPTIONS + _SKETCH_CAPTIONS + _STYLED_CAPTIONS + _BLURRY_CAPTIONS + TEMPLATES:
         words.update(w for w in normalize_words(form.replace("{}", " ")) if "{" not in w)
     for values in fills.values():
         for v in values:
@@ -179,20 +197,33 @@ def _postprocess(kind: str, img: np.ndarray, rng: np.random.Generator, words: di
     return img
 
 
-def render_sample(cfg: WorldCfg, split: str, index: int) -> tuple[np.ndarray, int, str]:
-    """(uint8 image [S,S,3], label, caption) of one sample; a pure function of its arguments."""
+def render_sample(cfg: WorldCfg, split: str, index: int, mix: dict[str, float] | None = None
+                  ) -> tuple[np.ndarray, int, str]:
+    """(uint8 image [S,S,3], label, caption) of one sample; a pure function of its arguments
+    (`mix`: the web corpus's shares of kinds, default `web_mix()`)."""
     rng = np.random.Generator(np.random.PCG64([cfg.seed, _SPLIT_CODE[split], index]))
-    classes = sketch_classes(cfg) if split == "sketch" else range(cfg.num_classes)
-    label = classes[index % len(classes)]
-    scene, words = _scene(split, label, cfg.image_size, rng)
-    img = _postprocess(split, render(scene, cfg.image_size, rng), rng, words)
-    if split == "sketch":
-        forms = _SKETCH_CAPTIONS
-    elif split == "inverted":
-        forms = _STYLED_CAPTIONS
+    kind = split
+    if split == WEB:  # a kind per sample, drawn from the mixture; every class in every kind
+        kind = _web_kind(rng.random(), mix or web_mix())
+        label = index % cfg.num_classes
     else:
-        forms = _CAPTIONS
+        classes = sketch_classes(cfg) if split == "sketch" else range(cfg.num_classes)
+        label = classes[index % len(classes)]
+    scene, words = _scene(kind, label, cfg.image_size, rng)
+    img = _postprocess(kind, render(scene, cfg.image_size, rng), rng, words)
+    forms = {"sketch": _SKETCH_CAPTIONS, "inverted": _STYLED_CAPTIONS}.get(kind, _CAPTIONS)
+    if split == WEB and kind == "blur_noise":  # the web names what it shows; test sets do not
+        forms = _BLURRY_CAPTIONS
     return img, label, _caption(rng, forms, **words)
+
+
+def _web_kind(u: float, mix: dict[str, float]) -> str:
+    total = 0.0
+    for kind, weight in mix.items():
+        total += weight
+        if u < total:
+            return kind
+    return kind
 
 
 def split_size(cfg: WorldCfg, split: str) -> int:
@@ -202,10 +233,21 @@ def split_size(cfg: WorldCfg, split: str) -> int:
 
 
 def build_split(cfg: WorldCfg, split: str) -> LabeledImages:
-    n = split_size(cfg, split)
+    return _build(cfg, split, split_size(cfg, split))
+
+
+def web_corpus(cfg: WorldCfg, per_class: int, photo_share: float = 0.5) -> LabeledImages:
+    """The web corpus of `per_class` image-caption pairs per class (see WEB): what a base is
+    pre-trained on with `model.pretrain.corpus: web`. Its samples depend on the world's seed,
+    classes and image size only, not on the sizes of the task's splits."""
+    return _build(cfg, WEB, cfg.num_classes * per_class, web_mix(photo_share))
+
+
+def _build(cfg: WorldCfg, split: str, n: int, mix: dict[str, float] | None = None
+           ) -> LabeledImages:
     keys, images, labels, captions = [], [], np.empty(n, np.int64), []
     for i in range(n):
-        img, labels[i], caption = render_sample(cfg, split, i)
+        img, labels[i], caption = render_sample(cfg, split, i, mix)
         keys.append(f"{split}/{i:06d}")
         images.append(encode_png(img))
         captions.append(caption)

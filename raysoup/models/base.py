@@ -44,10 +44,11 @@ def head_words(classnames, templates) -> set[str]:
     return words
 
 
-def splits_vocabulary(splits) -> list[str]:
-    """Sorted words of the train captions, class names and (string) templates."""
+def splits_vocabulary(splits, corpus=None) -> list[str]:
+    """Sorted words of the pre-training captions (`corpus`, default the train split), class
+    names and (string) templates."""
     words = head_words(splits.classnames, splits.templates)
-    for text in splits.train.captions or []:
+    for text in (corpus if corpus is not None else splits.train).captions or []:
         words.update(normalize_words(text))
     return sorted(words)
 
@@ -142,8 +143,10 @@ def ensure_base_clip(
     *,
     vocab: list[str] | None = None,
     recipe: dict | None = None,
+    corpus=None,
 ) -> Path:
-    """Path of the cached base CLIP for model_cfg, pre-training it on splits.train if needed.
+    """Path of the cached base CLIP for model_cfg, pre-training it on `corpus` (LabeledImages
+    with captions; default splits.train) if needed.
 
     `vocab` is the word tokenizer's vocabulary (default: the words of splits' train captions,
     class names and templates). Later tokenizers must use the same list: `base_vocab(path)`.
@@ -156,7 +159,8 @@ def ensure_base_clip(
     if model_cfg.tokenizer != "world":
         raise BaseModelError("model.pretrain needs model.tokenizer: world (captions' vocabulary)")
     cache_dir = Path(cache_dir)
-    vocab = sorted(vocab) if vocab is not None else splits_vocabulary(splits)
+    corpus = corpus if corpus is not None else splits.train
+    vocab = sorted(vocab) if vocab is not None else splits_vocabulary(splits, corpus)
     hit = _cached(cache_dir, model_cfg, vocab)
     if hit is not None:
         return hit
@@ -169,8 +173,8 @@ def ensure_base_clip(
     size, mean, std = image_stats(clip)
     if progress:
         print(f"base model: pre-training {model_cfg.name} for {model_cfg.pretrain.steps} steps "
-              f"on {len(splits.train)} image-caption pairs", file=sys.stderr)
-    metrics = pretrain_clip(clip, splits.train, tokenizer, model_cfg.pretrain, image_size=size,
+              f"on {len(corpus)} image-caption pairs", file=sys.stderr)
+    metrics = pretrain_clip(clip, corpus, tokenizer, model_cfg.pretrain, image_size=size,
                             mean=mean, std=std, progress=progress)
     weights = cache_dir / "clip.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}
