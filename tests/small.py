@@ -33,13 +33,16 @@ def small_config(**changes) -> dict:
 
 def small_overrides(epochs: int) -> list[str]:
     """experiments/tiny.yaml shrunk by `--set` overrides (for CLI runs): its shipped base,
-    a 4-class world, 2 one- or two-epoch trials."""
+    a 4-class world, 2 one- or two-epoch trials over lr and seed."""
     return [
         "data.world.num_classes=4", "data.world.train_per_class=150",
         "data.world.test_per_class=25", "data.world.shift_per_class=15",
         "data.heldout_fraction=0.1",
         "sweep.num_samples=2", f"sweep.base.epochs={epochs}", "sweep.base.batch_size=32",
         "sweep.base.warmup_steps=2",
+        # lr and seed only: the default's augmentation search is the README run's and
+        # FIDELITY.md's business; these runs check the plumbing
+        "sweep.space={lr: {loguniform: [1.0e-4, 1.0e-3]}, seed: {randint: [0, 100]}}",
         "eval.batch_size=64",
         "soup.recipes=[uniform, greedy]", "soup.num_shards=2",
     ]

@@ -1,4 +1,4 @@
-"""The project's own base model: a tiny CLIP pre-trained on the world's captions.
+"""The project's own base model: a tiny CLIP pre-trained on the world's captioned images.
 
 DIR/clip.safetensors holds the CLIP weights; DIR/manifest.json records what produced them
 (model name, pretrain config, the tokenizer vocabulary, metrics, sha256, and for `raysoup
@@ -148,8 +148,8 @@ def ensure_base_clip(
     """Path of the cached base CLIP for model_cfg, pre-training it on `corpus` (LabeledImages
     with captions; default splits.train) if needed.
 
-    `vocab` is the word tokenizer's vocabulary (default: the words of splits' train captions,
-    class names and templates). Later tokenizers must use the same list: `base_vocab(path)`.
+    `vocab` is the word tokenizer's vocabulary (default: the words of the corpus's captions and
+    of splits' class names and templates). Later tokenizers must use the same list: `base_vocab(path)`.
     `recipe` (what produced it: command, config) is recorded in the manifest.
     """
     from raysoup.train.pretrain import pretrain_clip  # train/ imports models/, not vice versa
