@@ -104,20 +104,22 @@ def test_workdir_of_another_config_is_refused(tmp_path):
 
     work = tmp_path / "work"
     work.mkdir()
-    snapshot_config(load_experiment(write_cfg(tmp_path, "a.yaml")), work)
+    snapshot_config(load_experiment(write_cfg(tmp_path, "a.yaml", sweep__base__epochs=8)), work)
     before = (work / CONFIG_SNAPSHOT).read_text()
-    other = load_experiment(write_cfg(tmp_path, "b.yaml", sweep__base__epochs=9, data__heldout_fraction=0.1))
+    other = load_experiment(write_cfg(tmp_path, "b.yaml", sweep__base__epochs=9,
+                                      data__heldout_fraction=0.1))
     with pytest.raises(WorkdirMismatch) as err:
         snapshot_config(other, work)
     assert "sweep.base.epochs: 8 in the workdir, now 9" in str(err.value)
     assert "data.heldout_fraction" in str(err.value)
     assert (work / CONFIG_SNAPSHOT).read_text() == before  # nothing overwritten
     # Soup/eval settings may change on an existing sweep (e.g. adding a recipe).
-    snapshot_config(load_experiment(write_cfg(tmp_path, "c.yaml", soup__num_shards=3)), work)
+    snapshot_config(load_experiment(write_cfg(tmp_path, "c.yaml", sweep__base__epochs=8,
+                                              soup__num_shards=3)), work)
     assert (work / CONFIG_SNAPSHOT).read_text() != before
     # So may how the sweep executes (not what it computes).
-    snapshot_config(load_experiment(write_cfg(tmp_path, "d.yaml", soup__num_shards=3,
-                                              sweep__max_concurrent=5,
+    snapshot_config(load_experiment(write_cfg(tmp_path, "d.yaml", sweep__base__epochs=8,
+                                              soup__num_shards=3, sweep__max_concurrent=5,
                                               sweep__reuse_actors=False)), work)
     assert "reuse_actors: false" in (work / CONFIG_SNAPSHOT).read_text()
 
@@ -127,7 +129,8 @@ def test_cli_refuses_mixed_workdir_with_exit_2(tmp_path):
 
     work = tmp_path / "work"
     work.mkdir()
-    snapshot_config(load_experiment(write_cfg(tmp_path, "a.yaml")), work)
+    snapshot_config(load_experiment(write_cfg(tmp_path, "a.yaml", sweep__base__warmup_steps=50)),
+                    work)
     cfg = write_cfg(tmp_path, "b.yaml", sweep__base__warmup_steps=7)
     proc = subprocess.run([sys.executable, "-m", "raysoup.cli", "run", str(cfg), "--workdir", str(work)],
                           check=False, capture_output=True, text=True, timeout=120)
