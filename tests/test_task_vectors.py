@@ -28,10 +28,14 @@ def _write(path: Path, tensors: dict) -> Path:
     return path
 
 
-def dense_ties(taus: list[torch.Tensor], density: float) -> torch.Tensor:
-    """TIES with every trimmed task vector in memory (the paper's formulation)."""
+def dense_ties(taus: list[torch.Tensor], density: float, thresholds=None) -> torch.Tensor:
+    """TIES with every trimmed task vector in memory (the paper's formulation); `thresholds`:
+    trim each τ at its given magnitude instead of at its exact top-k."""
     trimmed = []
-    for t in taus:
+    for i, t in enumerate(taus):
+        if thresholds is not None:
+            trimmed.append(t * (t.abs() >= thresholds[i]))
+            continue
         k = int(np.ceil(density * t.numel()))
         keep = torch.zeros(t.numel(), dtype=torch.bool)
         keep[t.abs().flatten().argsort(descending=True, stable=True)[:k]] = True
@@ -190,8 +194,13 @@ def test_chunked_merges_match_the_dense_reference_across_chunk_boundaries():
         return iter(thetas)
     torch.testing.assert_close(sum_of(stream, base), sum(t - base for t in thetas),
                                rtol=1e-5, atol=1e-5)
+    # n > SAMPLE: the thresholds come from a strided sample (checked below); the election and
+    # the disjoint mean must match the dense formulation at those thresholds exactly.
+    assert n > SAMPLE
+    thresholds = [threshold(t, base, 0.2) for t in thetas]
     torch.testing.assert_close(elect_and_average(stream, base, trimmer(0.2)),
-                               dense_ties([t - base for t in thetas], 0.2), rtol=1e-6, atol=1e-6)
+                               dense_ties([t - base for t in thetas], 0.2, thresholds),
+                               rtol=1e-6, atol=1e-6)
     # Past SAMPLE entries the threshold comes from a strided sample: close to the density.
     big = torch.randn(3 * SAMPLE, generator=g)
     kept = (big.abs() >= threshold(big, torch.zeros_like(big), 0.2)).float().mean().item()

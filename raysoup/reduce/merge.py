@@ -53,11 +53,18 @@ def task_vectors(paths: list[Path], base: Path, names: list[str], merge: TensorM
     """{name: m(τ) as float32} for the floating tensors of `names` (paths: the ingredients θ_i,
     `base`: θ_0); non-floating tensors (integer buffers) are the first ingredient's
     (fine-tuning advanced BatchNorm's step counter, so the base's differs)."""
+    return {name: (tau if tau is not None else theta0).numpy()
+            for name, theta0, tau in _merged(paths, base, names, merge)}
+
+
+def _merged(paths: list[Path], base: Path, names: list[str], merge: TensorMerge
+            ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor | None]]:
+    """Per name: (name, θ_0 as a float32 copy the caller may overwrite, m(τ)), or for a
+    non-floating tensor (name, the first ingredient's tensor, None); one name at a time."""
     if not paths:
         raise ReductionError("a task-vector merge needs at least one ingredient")
     files = [weights_path(p) for p in paths]
     base_file = weights_path(base)
-    out: dict[str, np.ndarray] = {}
     with ExitStack() as stack:
         handles = [stack.enter_context(open_tensors(f)) for f in files]
         base_h = stack.enter_context(open_tensors(base_file))
@@ -65,7 +72,7 @@ def task_vectors(paths: list[Path], base: Path, names: list[str], merge: TensorM
         for name in names:
             theta0 = _get(base_h, name, base_file, files[0])
             if not theta0.is_floating_point():
-                out[name] = _owned(_get(handles[0], name, files[0], base_file))
+                yield name, numpy_view(_owned(_get(handles[0], name, files[0], base_file))), None
                 continue
             theta0 = theta0.to(torch.float32, copy=True)
 
@@ -79,9 +86,8 @@ def task_vectors(paths: list[Path], base: Path, names: list[str], merge: TensorM
             if tau.shape != theta0.shape or tau.dtype != torch.float32:
                 raise ReductionError(f"tensor {name!r}: the merge returned {tau.dtype}"
                                      f"{list(tau.shape)}, expected float32{list(theta0.shape)}")
-            out[name] = tau.numpy()
+            yield name, theta0, tau
         scratch.release()
-    return out
 
 
 def apply_task_vector(base: Path, taus: dict[str, np.ndarray], scale: float,
@@ -106,7 +112,14 @@ def apply_task_vector(base: Path, taus: dict[str, np.ndarray], scale: float,
 
 def merge_shard(paths: list[Path], base: Path, names: list[str], merge: TensorMerge,
                 scale: float) -> dict[str, np.ndarray]:
-    """θ_0 + scale·m(τ) for `names`: exactly `apply_task_vector(task_vectors(...))`, so a soup
-    scored from cached task vectors and the one written from scratch are the same bits."""
-    return apply_task_vector(base, task_vectors(paths, base, names, merge), scale, names)
+    """θ_0 + scale·m(τ) for `names`: the same float32 operations as
+    `apply_task_vector(task_vectors(...))`, so a soup scored from cached task vectors and the
+    one written from scratch are the same bits; each m(τ) is dropped once applied (memory: the
+    shard's output and one tensor's merge, not a second copy of the shard)."""
+    s32 = float(np.float32(scale))
+    out: dict[str, np.ndarray] = {}
+    for name, theta0, tau in _merged(paths, base, names, merge):
+        out[name] = (theta0 if tau is None else theta0.add_(tau, alpha=s32)).numpy()
+        del tau
+    return out
 

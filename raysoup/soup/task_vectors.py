@@ -10,7 +10,7 @@ WiSE-FT.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -82,10 +82,21 @@ def elect_and_average(stream: Stream, base: torch.Tensor, sparsifier: Sparsifier
     per entry, the mean of the τ̂_i whose sign is γ (0 where γ = 0). Two passes over the stream
     (the sparsifier must give the same τ̂_i both times), holding the base, γ, the running sum,
     the count and one chunk of τ."""
-    elected = sum_of(stream, base, sparsifier).sign_().reshape(-1)
+    ingredients = 0
+
+    def counted() -> Iterator[torch.Tensor]:
+        nonlocal ingredients
+        for theta in stream():
+            ingredients += 1
+            yield theta
+
+    elected = sum_of(counted, base, sparsifier).sign_().reshape(-1)
     b = base.reshape(-1)
     n = b.numel()
-    total, count = torch.zeros_like(b), torch.zeros_like(b)
+    # The count of agreeing ingredients per entry fits a byte for < 256 ingredients: 3 bytes
+    # an entry less to hold (the division converts it exactly, so the result is the same).
+    total = torch.zeros_like(b)
+    count = torch.zeros(n, dtype=torch.uint8 if ingredients < 256 else torch.int32)
     tmp, agree = torch.empty(min(CHUNK, n)), torch.empty(min(CHUNK, n), dtype=torch.bool)
     for i, theta in enumerate(stream()):
         t = theta.reshape(-1)
@@ -97,4 +108,6 @@ def elect_and_average(stream: Stream, base: torch.Tensor, sparsifier: Sparsifier
             a = torch.gt(tau * elected[s:e], 0, out=agree[: e - s])
             total[s:e].add_(tau.mul_(a))
             count[s:e].add_(a)
-    return total.div_(count.clamp_(min=1)).reshape(base.shape)
+    for s in _chunks(n):  # by chunks: the byte counts' float copy stays one chunk
+        total[s:s + CHUNK].div_(count[s:s + CHUNK].clamp_(min=1))
+    return total.reshape(base.shape)

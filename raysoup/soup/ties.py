@@ -31,9 +31,9 @@ class TiesSettings(Settings):
 
 
 # Tensors with more entries estimate the trim threshold from an evenly strided sample of about
-# this many τ entries (deterministic; the kept fraction is then density within ~0.1 %):
-# an exact k-th largest of every ingredient's largest tensors cost more than reading them.
-SAMPLE = 1 << 20
+# this many τ entries (deterministic; the kept fraction is then density within ~0.2 %):
+# the k-th largest of 2^20 entries per ingredient and tensor was a third of TIES' time.
+SAMPLE = 1 << 18
 
 
 def threshold(theta: torch.Tensor, base: torch.Tensor, density: float) -> float | None:
@@ -51,9 +51,14 @@ def threshold(theta: torch.Tensor, base: torch.Tensor, density: float) -> float 
 
 
 def trimmer(density: float):
-    """TIES' trim as a `Sparsifier`: per ingredient, zero the entries below its threshold."""
+    """TIES' trim as a `Sparsifier` for one tensor: per ingredient, zero the entries below its
+    threshold, computed on the first pass over the ingredients and kept for the second."""
+    thresholds: dict[int, float | None] = {}
+
     def for_ingredient(i: int, theta: torch.Tensor, base: torch.Tensor):
-        thr = threshold(theta, base, density)
+        if i not in thresholds:
+            thresholds[i] = threshold(theta, base, density)
+        thr = thresholds[i]
         if thr is None:
             return lambda tau: tau
         return lambda tau: tau.mul_(tau.abs() >= thr)
