@@ -37,11 +37,37 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--address", default=None)
     _metrics_port(r)
     _import_parser(sub)
+    _export_parser(sub)
     _pretrain_parser(sub)
     _fidelity_parser(sub)
     _bench_parser(sub)
     _data_parser(sub)
     return p
+
+
+def _export_parser(sub) -> None:
+    e = sub.add_parser("export", help="a soup or ingredient as files plain open_clip (or any "
+                                      "safetensors reader) loads, with a model card")
+    e.add_argument("model", type=Path, metavar="MODEL",
+                   help="WORKDIR/soups/<recipe> or WORKDIR/ingredients/<name>")
+    e.add_argument("--format", default="open_clip", choices=("open_clip", "safetensors"),
+                   help="open_clip: a full CLIP in open_clip's local-dir: layout (the soup's "
+                        "image tower, the base text tower) + head; safetensors: the classifier")
+    e.add_argument("--out", type=Path, required=True, metavar="DIR")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from raysoup.export.command import export_model
+
+    try:
+        out = export_model(args.model, args.format, args.out)
+    except (ValueError, OSError) as err:  # ExportError, a corrupt shard: named in the message
+        print(f"raysoup: error: {err}", file=sys.stderr)
+        return 1
+    print(f"exported {args.model} ({args.format}) to {out}")
+    if args.format == "open_clip":
+        print(f'load: open_clip.create_model_and_transforms("local-dir:{out}")')
+    return 0
 
 
 def _pretrain_parser(sub) -> None:
@@ -279,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             return _import(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "data":
             return _data(args)
         if args.command == "pretrain":

@@ -319,6 +319,25 @@ class TrackingCfg(Strict):
     # None: SQLite database in the workdir (sqlite:///WORKDIR/mlflow.db).
     uri: str | None = None
     experiment: str | None = None  # default: the experiment name
+    # Each weight soup and the best single model as an MLflow Model (pyfunc: images -> logits,
+    # over an open_clip export) on its run; `raysoup export` writes the same files.
+    log_models: bool = True
+    # Each soup a version of one registered model (alias `champion`: the best by held-out
+    # accuracy). On for every store: a SQLite store has MLflow's registry too.
+    # (Spelled `register` in YAML; the attribute name would shadow BaseModel.register.)
+    register_soups: bool = Field(default=True, alias="register")
+    # default: the MLflow experiment's name
+    registered_model: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              serialize_by_alias=True)
+
+    @model_validator(mode="after")
+    def _register_needs_models(self) -> TrackingCfg:
+        if self.register_soups and not self.log_models:
+            raise ValueError("tracking.register needs tracking.log_models (a registered version "
+                             "is a logged model); set register: false too")
+        return self
 
 
 class ExperimentCfg(Strict):

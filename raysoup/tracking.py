@@ -10,9 +10,11 @@ experiment name never find, reuse or append to each other's runs.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -31,6 +33,8 @@ RECIPE = "raysoup.recipe"
 SOUP_ID = "raysoup.soup_id"
 WORKDIR = "raysoup.workdir"  # where the run's files are (shown in the UI)
 WORKDIR_ID = "raysoup.workdir_id"  # what runs are found by (a tag value safe in a filter)
+MODEL_ID = "raysoup.model_id"  # the run's logged MLflow Model
+CHAMPION = "champion"  # registered-model alias: the best soup by held-out accuracy
 
 
 def default_uri(workdir: Path) -> str:
@@ -67,6 +71,8 @@ class Tracker:
         self.adopt_untagged = workdir is not None and uri == default_uri(workdir)
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
+        # Dataset records (data/lineage.py) every trial and soup run gets as MLflow inputs.
+        self.datasets: list[dict] = []
 
     def persist(self) -> None:
         """Copy a local store kept in a remote workdir's mirror (SQLite file, artifacts) to
@@ -156,7 +162,11 @@ class Tracker:
         run_id = self._get_or_create({TRIAL: trial}, trial, parent)
         if not self.client.get_run(run_id).data.params:
             self.log_params(run_id, params)
+            self.log_datasets(run_id)
         return run_id
+
+    def trial_run_id(self, trial: str) -> str | None:
+        return self._find({TRIAL: trial})
 
     def end_trial(self, run_id: str, trial: str, diverged: bool) -> None:
         """A trial's outcome on its run: the ingredient it wrote, or that it diverged."""
@@ -204,21 +214,111 @@ class Tracker:
 
     def soup_run(self, parent: str, recipe: str, ingredients: list[str], weights: list[float],
                  accuracies: Mapping[str, float], artifacts: list[Path],
-                 params: Mapping[str, Any] | None = None, identity: str = "") -> str:
+                 params: Mapping[str, Any] | None = None, identity: str = "",
+                 before_end: Callable[[str], None] | None = None) -> str:
         """One run per cooked soup: `identity` (the soup's candidate set) tells a soup cooked
-        again from other ingredients from a re-run of the same one."""
+        again from other ingredients from a re-run of the same one. `before_end(run_id)`
+        (logging the soup's model) runs before the run is FINISHED: a finished run has it."""
         key = {RECIPE: recipe, SOUP_ID: identity} if identity else {RECIPE: recipe}
         existing = self._find(key)
         if existing and self.client.get_run(existing).info.status == "FINISHED":
             return existing  # a re-run of a cooked soup logs nothing twice
         run_id = self._get_or_create(key, f"soup-{recipe}", parent)
-        self.log_params(run_id, {"recipe": recipe, "num_ingredients": len(ingredients),
-                                 "ingredients": ",".join(ingredients)[:6000], **(params or {})})
+        if not self.client.get_run(run_id).data.params:
+            self.log_params(run_id, {"recipe": recipe, "num_ingredients": len(ingredients),
+                                     "ingredients": ",".join(ingredients)[:6000],
+                                     **(params or {})})
+            self.log_datasets(run_id)
         self.log_metrics(run_id, {f"acc_{k}": v for k, v in accuracies.items()})
         for path in artifacts:
             self.client.log_artifact(run_id, str(path))
+        if before_end is not None:
+            before_end(run_id)
         self.end(run_id)
         return run_id
+
+    # ------------------------------------------------------------------ models and lineage
+
+    def log_datasets(self, run_id: str, records: list[dict] | None = None) -> None:
+        """Dataset records (`data.lineage.split_records`) as the run's MLflow inputs, each
+        tagged with its role (mlflow.data.context: train, heldout, test, shift)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        records = self.datasets if records is None else records
+        if not records:
+            return
+        inputs = [DatasetInput(
+            Dataset(name=r["name"], digest=r["digest"], source_type=r["source_type"],
+                    source=json.dumps({"uri": r["uri"]}),
+                    profile=json.dumps({"num_rows": r["rows"], **r.get("profile", {})})),
+            tags=[InputTag("mlflow.data.context", r["context"])]) for r in records]
+        self.client.log_inputs(run_id, datasets=inputs)
+
+    def model_of(self, run_id: str) -> str | None:
+        """The id of the run's READY logged model (None: none logged, or not completed)."""
+        from mlflow.exceptions import MlflowException
+
+        model_id = self.client.get_run(run_id).data.tags.get(MODEL_ID)
+        if not model_id:
+            return None
+        try:
+            model = self.client.get_logged_model(model_id)
+        except MlflowException:
+            return None
+        return model_id if str(model.status).endswith("READY") else None
+
+    def log_model(self, run_id: str, name: str, model_dir: Path,
+                  params: Mapping[str, Any] | None = None) -> str:
+        """An MLflow Model directory as the run's logged model (MLflow 3: `models:/<id>`);
+        once per run: a resumed run's READY model is reused. Returns the model id."""
+        from mlflow.entities import LoggedModelOutput
+
+        if known := self.model_of(run_id):
+            return known
+        model = self.client.create_logged_model(
+            self.experiment_id, name=name, source_run_id=run_id,
+            params={k: str(v) for k, v in (params or {}).items()},
+            tags={**self.scope}, model_type="raysoup-classifier")
+        self.client.log_model_artifacts(model.model_id, str(model_dir))
+        self.client.finalize_logged_model(model.model_id, "READY")
+        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+        self.set_tags(run_id, {MODEL_ID: model.model_id})
+        return model.model_id
+
+    def register(self, name: str, model_id: str, run_id: str, tags: Mapping[str, Any]) -> str:
+        """A version of registered model `name` for the run's logged model, made once: a
+        re-run or resumed run finds the version by its run id. Returns the version."""
+        from mlflow.exceptions import MlflowException
+
+        for version in self.client.search_model_versions(f"run_id = '{run_id}'"):
+            if version.name == name:
+                return version.version
+        try:
+            self.client.create_registered_model(
+                name, description="Soups cooked by raysoup; alias `champion`: the best by "
+                                  "held-out accuracy.")
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        # The model's artifact location, not `models:/<id>`: MLflow resolves that URI with
+        # the process-wide tracking URI, not this client's.
+        location = self.client.get_logged_model(model_id).artifact_location
+        version = self.client.create_model_version(
+            name, source=location, run_id=run_id, model_id=model_id,
+            tags={k: str(v) for k, v in {**tags, **self.scope}.items()})
+        return version.version
+
+    def crown(self, name: str, metric: str = "heldout") -> str | None:
+        """Point alias `champion` of registered model `name` at this workdir's version with
+        the highest `metric` tag (held-out accuracy: never test); returns that version."""
+        scope = self.scope.get(WORKDIR_ID)
+        versions = [v for v in self.client.search_model_versions(f"name = '{name}'")
+                    if metric in v.tags and (scope is None or v.tags.get(WORKDIR_ID) == scope)]
+        if not versions:
+            return None
+        best = max(versions, key=lambda v: (float(v.tags[metric]), -int(v.version)))
+        self.client.set_registered_model_alias(name, CHAMPION, best.version)
+        return best.version
 
     def log_artifacts(self, run_id: str, paths: list[Path], subdir: str | None = None) -> None:
         for path in paths:
@@ -230,6 +330,8 @@ class Tracker:
 
 
 def quiet() -> None:
-    """MLflow logs alembic migrations at INFO on first use of a SQLite store."""
+    """MLflow logs alembic migrations at INFO on first use of a SQLite store, and draws a
+    progress bar for every model directory it copies (each logged model, twice)."""
     for name in ("alembic", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

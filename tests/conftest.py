@@ -176,6 +176,7 @@ def served_run(tmp_path_factory, mlflow_server):
 # with each other for the CPUs.
 XDIST_GROUPS = {
     "test_metrics": "served-run", "test_mlflow_server": "served-run",
+    "test_published_models": "served-run",
     "test_fixture_pack": "imagenet-fixture", "test_paper_fixture": "imagenet-fixture",
     "test_plan_sizing": "imagenet-fixture",
     "test_multinode": "drills", "test_soup_placement": "drills", "test_faults": "drills",

@@ -58,6 +58,19 @@ def mlflow_runs(workdir):
     return Tracker(default_uri(workdir), "faults").runs()
 
 
+def registry(workdir):
+    """(recipe of each registered version, the champion's recipe) of the workdir's store."""
+    from mlflow.tracking import MlflowClient
+
+    from raysoup.tracking import CHAMPION, default_uri
+
+    client = MlflowClient(default_uri(workdir))
+    versions = client.search_model_versions("name = 'faults'")
+    champion = client.get_model_version_by_alias("faults", CHAMPION)
+    return (sorted(v.tags["raysoup.recipe"] for v in versions),
+            champion.tags["raysoup.recipe"])
+
+
 def test_killed_anywhere_resumes_to_the_same_result(tmp_path):
     cfg = tmp_path / "faults.yaml"
     cfg.write_text(yaml.safe_dump(SMALL))
@@ -93,9 +106,14 @@ def test_killed_anywhere_resumes_to_the_same_result(tmp_path):
     assert not (work / "soups" / "greedy").exists()  # killed mid-greedy: no half soup
     assert (work / "soups" / ".greedy.journal.jsonl").exists()
 
+    # 4. SIGKILL between logging a soup's MLflow Model and registering it (the second soup).
+    rc, _, err = finish(raysoup(cfg, work, failpoints="publish.logged=2"))
+    log.append(("publish.logged=2", rc))
+    assert rc == -signal.SIGKILL, err[-3000:]
+    assert "'replayed': 2" in err  # the two journaled greedy decisions were not recomputed
+
     rc, _, err = finish(raysoup(cfg, work))
     assert rc == 0, err[-3000:]
-    assert "'replayed': 2" in err  # the two journaled greedy decisions were not recomputed
 
     rc, _, _ = finish(ref_proc)
     ref_log.seek(0)
@@ -111,4 +129,9 @@ def test_killed_anywhere_resumes_to_the_same_result(tmp_path):
     assert names == ["soup-greedy", "soup-ties", "soup-uniform", "sweep", "trial-000",
                      "trial-001", "trial-002"]
     assert {r.info.status for r in runs} == {"FINISHED"}, [(r.info.run_name, r.info.status) for r in runs]
+    # One registered version per weight soup, none twice (killed between logging the model
+    # and registering it), and the same champion as the uninterrupted run.
+    assert registry(work) == registry(ref)
+    versions, _ = registry(work)
+    assert sorted(versions) == ["greedy", "ties", "uniform"], versions
     print(json.dumps(log))

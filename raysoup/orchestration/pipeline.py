@@ -18,7 +18,9 @@ from raysoup import storage
 from raysoup.checkpoints import list_ingredients, read_manifest
 from raysoup.checkpoints.audit import Audit, AuditCache, check_compatible
 from raysoup.config import ConfigError, ExperimentCfg
+from raysoup.data.lineage import split_records
 from raysoup.evaluate import results as res
+from raysoup.export import base_clip_state, model_info
 from raysoup.faults import failpoint
 from raysoup.orchestration import metrics, reduction
 from raysoup.orchestration.evaluation import (
@@ -27,6 +29,7 @@ from raysoup.orchestration.evaluation import (
     build_eval_cache,
     evaluate_models,
 )
+from raysoup.orchestration.published import Publisher, example_images
 from raysoup.orchestration.soup_files import (
     cooked_soup_id,
     inference_costs,
@@ -42,10 +45,11 @@ from raysoup.orchestration.sweep import (
     run_sweep,
     unfinished_sweep,
 )
-from raysoup.prepare import prepare
+from raysoup.prepare import ZEROSHOT, prepare
 from raysoup.progress import Progress
 from raysoup.report import diverged_line, markdown_table, summarize, summary_rows, write_report
 from raysoup.soup import Candidate
+from raysoup.soup.base import by_heldout
 from raysoup.tracking import Tracker, default_uri, quiet
 
 log = logging.getLogger("raysoup")
@@ -123,6 +127,9 @@ class Run:
     def prepare(self) -> None:
         with self.stage("prepare"):
             self.data, self.zeroshot = prepare(self.cfg, self.workdir)
+            # Every trial and soup run records the splits it was made and measured with.
+            self.tracker.datasets = split_records(self.data, self.cfg.data, self.workdir,
+                                                  self.tracker.experiment_name)
 
     def sweep(self) -> None:
         with self.stage("sweep"):
@@ -245,14 +252,53 @@ class Run:
                                self.cfg.soup.num_shards, pool, cfg=self.cfg.soup,
                                anchor=anchor)
         table = self.evaluate("soup evaluation")
+        with self.stage("publish"):
+            self.publish(soups, candidates, table)
+
+    def publish(self, soups: dict[str, Path], candidates: list[Candidate], table: pa.Table
+                ) -> None:
+        """A run per soup in MLflow; with tracking.log_models, each weight soup and the best
+        single model as MLflow Models, the soups registered and the champion crowned."""
+        publisher = self.publisher() if self.cfg.tracking.log_models else None
         for recipe, soup_dir in soups.items():
             accs = res.accuracies_of_model(table, soup_identity(soup_dir)[0])
             meta = read_recipe(soup_dir)
             # An artifact: MLflow uploads a local file, which must be the bucket's copy.
             storage.pull(soup_dir / "recipe.json", exact=True)
+            publish = None
+            if publisher is not None and meta.get("kind", "soup") == "soup":
+                def publish(run_id, soup_dir=soup_dir, meta=meta, accs=accs):
+                    publisher.soup(run_id, soup_dir, meta, accs)
             self.tracker.soup_run(self.parent, recipe, meta["ingredients"], meta["weights"], accs,
                                   [soup_dir / "recipe.json"], params=run_params(meta),
-                                  identity=meta.get("soup_id", ""))
+                                  identity=meta.get("soup_id", ""), before_end=publish)
+        if publisher is not None:
+            self.publish_best_single(publisher, candidates, table)
+            publisher.crown()
+
+    def publisher(self) -> Publisher:
+        """What logs this run's models: the base CLIP (its text tower completes each export)
+        and a few test images as the input example."""
+        info = model_info(self.workdir / "ingredients" / ZEROSHOT)
+        name = self.cfg.tracking.registered_model or self.tracker.experiment_name
+        return Publisher(self.tracker, info, lambda: base_clip_state(self.cfg.model, info),
+                         example_images(self.data.test, info.image_size),
+                         name if self.cfg.tracking.register_soups else None)
+
+    def publish_best_single(self, publisher: Publisher, candidates: list[Candidate],
+                            table: pa.Table) -> None:
+        """The best single model by held-out accuracy, as an MLflow Model on its trial run."""
+        trials = by_heldout([c for c in candidates if c.name != ZEROSHOT])
+        if not trials:
+            return
+        best = trials[0]  # the report's "best single" (same order)
+        run_id = self.tracker.trial_run_id(best.name)
+        if run_id is None:  # an imported ingredient: no trial run to log it on
+            return
+        accs = res.accuracies_of_model(table, best.name)
+        publisher.log(run_id, best.path, best.name,
+                      {"model": best.name, "recipe": "best single", "ingredients": [best.name],
+                       "accuracy": accs})
 
     def report(self) -> None:
         with self.stage("report"):

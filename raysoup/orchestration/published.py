@@ -1,0 +1,99 @@
+"""Soups that leave the run: each weight soup (and the best single model) logged as an MLflow
+Model on its run, every soup a version of one registered model per experiment, tagged with
+its lineage and accuracies, and the alias `champion` on the best soup by held-out accuracy.
+
+Everything here is once per run and resumable: a run's logged model is found by its tag, a
+version by its run id (tracking.py)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raysoup.data.images import LabeledImages
+from raysoup.data.transforms import resize_center_crop
+from raysoup.export import ModelInfo, export_open_clip
+from raysoup.export.mlflow_model import save_pyfunc
+from raysoup.faults import failpoint
+from raysoup.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+EXAMPLE_IMAGES = 2
+
+
+def example_images(data: LabeledImages, size: int, n: int = EXAMPLE_IMAGES) -> np.ndarray:
+    """uint8 [n, size, size, 3]: the input example an MLflow Model records."""
+    images = []
+    for i in range(min(n, len(data))):
+        img = data.decode(i).convert("RGB")
+        if img.size != (size, size):
+            img = resize_center_crop(img, size)
+        images.append(np.asarray(img, np.uint8))
+    return np.stack(images)
+
+
+def mean_shift(accuracies: dict[str, float]) -> float | None:
+    shifts = [v for k, v in accuracies.items() if k not in ("heldout", "test")]
+    return float(np.mean(shifts)) if shifts else None
+
+
+class Publisher:
+    """Logs and registers models for one run of the pipeline (one base model, one tracker)."""
+
+    def __init__(self, tracker: Tracker, info: ModelInfo,
+                 load_base: Callable[[], dict[str, torch.Tensor]], example: np.ndarray,
+                 registered_model: str | None):
+        """`load_base`: the base CLIP's state dict, loaded once if a model is logged at all
+        (a resumed run whose soups are all logged never loads it)."""
+        self.tracker, self.info, self._load_base = tracker, info, load_base
+        self.example, self.registered_model = example, registered_model
+
+    @functools.cached_property
+    def base_state(self) -> dict[str, torch.Tensor]:
+        return self._load_base()
+
+    def log(self, run_id: str, model_dir: Path, name: str, extra: dict) -> str:
+        """`model_dir` (a soup or an ingredient) as the run's MLflow Model; its model id."""
+        if known := self.tracker.model_of(run_id):
+            return known
+        info = ModelInfo(**{**self.info.__dict__, "extra": {**self.info.extra, **extra}})
+        with tempfile.TemporaryDirectory(prefix="raysoup-model-") as tmp:
+            export = export_open_clip(model_dir, info, self.base_state, Path(tmp) / "open_clip")
+            saved = save_pyfunc(export, info, Path(tmp) / "model", self.example)
+            params = {k: v for k, v in extra.items() if isinstance(v, str | int | float)}
+            model_id = self.tracker.log_model(run_id, name, saved, params)
+        log.info("mlflow: %s logged as models:/%s", name, model_id)
+        return model_id
+
+    def soup(self, run_id: str, soup_dir: Path, meta: dict, accuracies: dict[str, float]) -> None:
+        """Log a weight soup's model and register it (with its lineage) as a version."""
+        name = meta.get("model") or f"{meta['recipe']}_soup"
+        extra = {"model": name, "recipe": meta["recipe"], "ingredients": meta["ingredients"],
+                 "weights": meta.get("weights"), "accuracy": accuracies}
+        model_id = self.log(run_id, soup_dir, name, extra)
+        failpoint("publish.logged")  # killed here, a resumed run registers the version once
+        if not self.registered_model:
+            return
+        runs = {n: self.tracker.trial_run_id(n) for n in meta["ingredients"]}
+        tags = {"raysoup.recipe": meta["recipe"], "raysoup.soup_id": meta.get("soup_id", ""),
+                "raysoup.ingredients": ",".join(meta["ingredients"])[:4000],
+                # Lineage: the trial runs whose ingredients are in the soup.
+                "raysoup.ingredient_runs": ",".join(r for r in runs.values() if r)[:4000],
+                **{k: f"{v:.6f}" for k, v in accuracies.items() if k in ("heldout", "test")}}
+        if (shift := mean_shift(accuracies)) is not None:
+            tags["mean_shift"] = f"{shift:.6f}"
+        version = self.tracker.register(self.registered_model, model_id, run_id, tags)
+        log.info("mlflow: %s registered as %s version %s", name, self.registered_model, version)
+
+    def crown(self) -> None:
+        if self.registered_model:
+            version = self.tracker.crown(self.registered_model)
+            log.info("mlflow: %s@champion is version %s (best held-out accuracy)",
+                     self.registered_model, version)

@@ -1,0 +1,103 @@
+"""raysoup/export and data/lineage without Ray or MLflow: a real tiny open_clip model, real
+safetensors files. (A soup of a real run, loaded by plain open_clip and MLflow:
+test_published_models.py.)"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from raysoup.checkpoints import write_ingredient
+from raysoup.config import TrackingCfg
+from raysoup.data.images import LabeledImages
+from raysoup.data.lineage import samples_digest
+from raysoup.export import ExportError, ModelInfo, export_open_clip, export_safetensors
+from raysoup.models import build_clip, classifier_from_clip
+from raysoup.models.factory import model_config
+
+NAME = "raysoup-tiny-rn"
+
+
+@pytest.fixture(scope="module")
+def base():
+    torch.manual_seed(0)
+    return build_clip(NAME)
+
+
+@pytest.fixture
+def ingredient(tmp_path, base):
+    dim = base.visual.output_dim
+    model = classifier_from_clip(base, torch.randn(3, dim))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["visual.conv1.weight"] += 1.0  # "fine-tuned": differs from the base's image tower
+    write_ingredient(tmp_path / "ingredients" / "trial-000", state, {"kind": "ingredient"})
+    return tmp_path / "ingredients" / "trial-000", state
+
+
+def _info():
+    return ModelInfo(NAME, model_config(NAME), ["a", "b", "c"], 32, [0.5] * 3, [0.25] * 3,
+                     "base.safetensors", {"model": "trial-000", "recipe": "single model",
+                                          "ingredients": ["trial-000"],
+                                          "accuracy": {"heldout": 0.5, "test": 0.75,
+                                                       "sketch": 0.25, "inverted": 0.5}})
+
+
+def test_open_clip_export_is_the_soups_image_tower_on_the_base(tmp_path, base, ingredient):
+    path, state = ingredient
+    out = export_open_clip(path, _info(), base.state_dict(), tmp_path / "out")
+    clip = load_file(str(out / "open_clip_model.safetensors"))
+    assert clip.keys() == base.state_dict().keys()
+    for name, tensor in clip.items():
+        expected = state[name] if name.startswith("visual.") else base.state_dict()[name]
+        assert torch.equal(tensor, expected), name
+    head = load_file(str(out / "head.safetensors"))
+    assert torch.equal(head["weight"], state["head.weight"])
+    config = json.loads((out / "open_clip_config.json").read_text())
+    assert config["model_cfg"] == model_config(NAME) and config["classnames"] == ["a", "b", "c"]
+    assert config["preprocess_cfg"]["resize_mode"] == "shortest"
+    card = (out / "README.md").read_text()
+    assert "| test | 75.00 |" in card and "| mean shift | 37.50 |" in card
+
+
+def test_export_errors_name_the_problem(tmp_path, base, ingredient):
+    path, _ = ingredient
+    other = build_clip("raysoup-tiny-vit").state_dict()
+    with pytest.raises(ExportError, match="image-tower tensors differ"):
+        export_open_clip(path, _info(), other, tmp_path / "out")
+    wrong = dict(base.state_dict())
+    wrong["visual.conv1.weight"] = torch.zeros(1, 1)
+    with pytest.raises(ExportError, match=r"tensor visual\.conv1\.weight has shape"):
+        export_open_clip(path, _info(), wrong, tmp_path / "out")
+    ensemble = tmp_path / "soups" / "ensemble"
+    ensemble.mkdir(parents=True)
+    (ensemble / "recipe.json").write_text('{"kind": "ensemble"}')
+    with pytest.raises(ExportError, match="an ensemble has no single set of weights"):
+        export_safetensors(ensemble, _info(), tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_safetensors_export_is_the_classifier(tmp_path, ingredient):
+    path, state = ingredient
+    out = export_safetensors(path, _info(), tmp_path / "flat")
+    got = load_file(str(out / "model.safetensors"))
+    assert got.keys() == state.keys()
+    assert all(torch.equal(got[k], state[k]) for k in state)
+
+
+def test_samples_digest_depends_on_keys_and_labels_only():
+    def split(keys, labels, images):
+        return LabeledImages(keys, [bytes([i]) for i in images], np.asarray(labels), ["x", "y"])
+
+    a = samples_digest(split(["k0", "k1"], [0, 1], [1, 2]))
+    assert a == samples_digest(split(["k0", "k1"], [0, 1], [7, 8]))  # same samples, any bytes
+    assert a != samples_digest(split(["k0", "k1"], [1, 1], [1, 2]))
+    assert a != samples_digest(split(["k0", "k2"], [0, 1], [1, 2]))
+
+
+def test_tracking_register_is_spelled_register():
+    assert TrackingCfg.model_validate({"register": False}).register_soups is False
+    assert json.loads(TrackingCfg().model_dump_json())["register"] is True
+    with pytest.raises(ValueError, match="tracking.register needs tracking.log_models"):
+        TrackingCfg.model_validate({"log_models": False})
