@@ -204,6 +204,32 @@ class SweepCfg(Strict):
     # trial: B4 2.85 -> 1.80 on tiny trials; ingredients bit-identical either way). On since
     # the soup stage's placement fix: 12 of 12 node-loss drills passed with it (BENCHMARKS B4).
     reuse_actors: bool = True
+    # Data-parallel trials: each trial runs Ray Train's TorchTrainer with this many workers
+    # (DDP: NCCL on GPUs, gloo on CPUs) from its Tune trial, each with resources_per_worker;
+    # the global batch (base.batch_size) is split evenly between them. 1: the single-process
+    # trial with resources_per_trial (nothing else changes, the ingredients' bytes included).
+    workers_per_trial: int = Field(1, ge=1)
+    resources_per_worker: ResourcesCfg = ResourcesCfg()
+
+    @model_validator(mode="after")
+    def _batches_split_evenly(self) -> SweepCfg:
+        if self.workers_per_trial == 1:
+            return self
+        sizes = {self.base.batch_size}
+        dist = self.space.get("batch_size")
+        if isinstance(dist, Choice):
+            sizes |= set(dist.choice)
+        elif dist is not None and not isinstance(dist, int | float):
+            raise ValueError("sweep.space.batch_size: with sweep.workers_per_trial > 1, use a "
+                             "constant or {choice: [...]} of multiples of the worker count")
+        elif dist is not None:
+            sizes = {dist}
+        uneven = sorted(int(b) for b in sizes if int(b) % self.workers_per_trial)
+        if uneven:
+            raise ValueError(f"sweep.workers_per_trial={self.workers_per_trial}: batch size(s) "
+                             f"{uneven} do not split evenly between the workers (the global "
+                             "batch must equal the single-worker trial's)")
+        return self
 
     @field_validator("space")
     @classmethod

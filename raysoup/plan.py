@@ -159,9 +159,23 @@ def _sweep_lines(cfg: ExperimentCfg) -> list[str]:
     concurrent = min(s.max_concurrent, s.num_samples)
     lines = [(f"sweep        {s.num_samples} trials, random search (seed {s.seed}), at most "
              f"{s.max_concurrent} concurrent, {s.max_failures} retries per trial")]
-    lines.append(f"  resources  per trial {r.cpu:g} CPU + {r.gpu:g} GPU; at full concurrency "
-                 f"{concurrent * r.cpu:g} CPU + {concurrent * r.gpu:g} GPU; in all "
-                 f"{s.num_samples} trials x {r.gpu:g} GPU (run time depends on sampled epochs)")
+    if s.workers_per_trial > 1:
+        from raysoup.orchestration.sweep import DRIVER_CPU
+
+        w, n = s.resources_per_worker, s.workers_per_trial
+        cpu, gpu = n * w.cpu + DRIVER_CPU, n * w.gpu
+        lines.append(f"  resources  per trial {n} data-parallel workers (Ray Train, DDP over "
+                     f"{'NCCL' if w.gpu else 'gloo'}) x ({w.cpu:g} CPU + {w.gpu:g} GPU) + "
+                     f"{DRIVER_CPU:g} CPU for the trial's own process = {cpu:g} CPU + {gpu:g} "
+                     f"GPU; global batch {s.base.batch_size} = {n} x "
+                     f"{s.base.batch_size // n} per worker")
+        lines.append(f"             at full concurrency {concurrent * cpu:g} CPU + "
+                     f"{concurrent * gpu:g} GPU ({concurrent} trials x {n} workers)")
+    else:
+        lines.append(f"  resources  per trial {r.cpu:g} CPU + {r.gpu:g} GPU; at full "
+                     f"concurrency {concurrent * r.cpu:g} CPU + {concurrent * r.gpu:g} GPU; in "
+                     f"all {s.num_samples} trials x {r.gpu:g} GPU (run time depends on sampled "
+                     "epochs)")
     sampled = set(s.space)
     fixed = {k: v for k, v in s.base.model_dump().items() if k not in sampled}
     lines.append("  fixed      " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
@@ -495,13 +509,18 @@ def _cluster_lines(cfg: ExperimentCfg, needs: Needs, path: Path | None,
                       else 0.1 * mem * GiB)
             if needs.train_decoded <= budget:  # the trial holds the decoded split
                 trial += needs.train_decoded
-        for what, need_cpu, need_gpu, need in (("trial", r.cpu, r.gpu, trial),
+        workers = cfg.sweep.workers_per_trial
+        # A data-parallel trial's unit of placement is one worker (Train may spread them
+        # over nodes); its memory need is a worker's.
+        unit = ("trial worker", cfg.sweep.resources_per_worker) if workers > 1 else ("trial", r)
+        for what, need_cpu, need_gpu, need in ((unit[0], unit[1].cpu, unit[1].gpu, trial),
                                                ("eval actor", e.cpus_per_actor,
                                                 e.gpus_per_actor, needs.actor)):
             fit = int(cpu // need_cpu) if need_cpu else 10**9
             if need_gpu:
                 fit = min(fit, int(gpu // need_gpu))
-            parts.append(f"{fit} {what}(s)")
+            parts.append(f"{fit} {what}(s)" + (f" = {fit // workers} whole {workers}-worker "
+                                               "trial(s)" if what == "trial worker" else ""))
             if fit == 0:
                 warnings.append(f"cluster node type {name} ({itype}: {cpu:g} CPU, {gpu:g} GPU) "
                                 f"cannot run {'an' if what[0] == 'e' else 'a'} {what}: it needs {need_cpu:g} CPU + {need_gpu:g} "

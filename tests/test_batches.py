@@ -84,6 +84,37 @@ def test_streamed_batches_equal_cached_batches(shards, crop):
     assert all(torch.equal(x, y) for (x, _), (y, _) in zip(b[1], again[1], strict=True))
 
 
+@pytest.mark.parametrize("world", [2, 4])
+def test_data_parallel_workers_see_the_single_workers_samples(shards, world):
+    """sweep.workers_per_trial: per step, the workers' slices are the single-worker batch
+    (same samples, same order, equal sizes), in the streamed and the cached input alike."""
+    data = read_parquet_split(shards)
+    aug = Augment(image_size=24, crop="shift_flip", randaug_n=0, randaug_m=9)
+
+    def source(shard, budget=0.0):
+        cfg = LoaderCfg(lanes=2, window=16, memory_budget_mb=budget)
+        return TrainInput(data, aug, cfg, seed=5, batch_size=8, shard=shard)
+
+    single = source((0, 1))
+    workers = [source((rank, world)) for rank in range(world)]
+    for epoch in (1, 2):
+        whole = single.steps(epoch)
+        parts = [w.steps(epoch) for w in workers]
+        assert all(len(p) == len(whole) for p in parts)
+        for step, (_, idx) in enumerate(whole):
+            slices = [p[step][1] for p in parts]
+            assert {len(s) for s in slices} == {8 // world}
+            assert np.array_equal(np.concatenate(slices), idx)
+    # The labels each worker trains on (streamed, decoded by DataLoader workers; and cached)
+    # add up to the single worker's, step by step.
+    ys = [[y for _, y in w.epoch(2)] for w in workers]
+    cached = [[y for _, y in source((r, world), budget=1e6).epoch(2)] for r in range(world)]
+    assert all(torch.equal(a, b) for ra, rb in zip(ys, cached, strict=True)
+               for a, b in zip(ra, rb, strict=True))
+    for step, (_, y) in enumerate(single.epoch(2)):
+        assert torch.equal(torch.cat([w[step] for w in ys]), y)
+
+
 def test_streamed_input_reads_each_row_group_once_per_worker(shards, monkeypatch):
     """A lane reads only its own units, so row groups are fetched about once an epoch."""
     from raysoup.data import parquet

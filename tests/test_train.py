@@ -101,7 +101,7 @@ def test_resume_continues_exactly(train):
 def test_finetune_errors(train):
     clip, model = _classifier()
     size, mean, std = image_stats(clip)
-    with pytest.raises(TrainError, match="even batch_size"):
+    with pytest.raises(TrainError, match="even batch per worker"):
         finetune(model, train, TrainHParams(batch_size=15, mixup=0.2), image_size=size,
                  mean=mean, std=std)
     with pytest.raises(TrainError, match="resume state"):

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 SWEEP_DIR = "tune"
 SWEEP_NAME = "sweep"
+DRIVER_CPU = 0.01  # a data-parallel trial's Tune process (its workers hold the resources)
+TRAIN_DIR = "train"  # WORKDIR/tune/train/<trial>: the Ray Train run of a data-parallel trial
 # A diverged trial leaves ingredients/<name>/manifest.json with this kind and no tensor file:
 # it is a finished trial, but not an ingredient (list_ingredients needs the tensor file), so
 # evaluation and soups never see it.
@@ -89,6 +91,7 @@ class TrialContext:
     cfg_json: str
     workdir: str
     threads: int
+    workers: int = 1  # sweep.workers_per_trial: > 1 runs a TorchTrainer in the trial
 
 
 # ---------------------------------------------------------------- trainable (runs on workers)
@@ -113,29 +116,110 @@ def _load_state(directory: Path) -> dict:
     }
 
 
+@dataclass
+class TrialSession:
+    """Where a training process reports to: Tune (a single-process trial) or Ray Train (one
+    data-parallel worker of a trial, which Tune hears of through rank 0)."""
+
+    name: str  # the trial's ingredient name
+    rank: int = 0
+    world: int = 1
+    in_train: bool = False
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
+        if self.in_train:
+            import ray.train
+
+            ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+            ray.train.report(metrics, checkpoint=ckpt)
+        else:
+            ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+            tune.report(metrics, checkpoint=ckpt)
+
+    def checkpoint(self):
+        if self.in_train:
+            import ray.train
+
+            return ray.train.get_checkpoint()
+        return tune.get_checkpoint()
+
+
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Tune's trainable (its name is saved with the sweep; a restore checks it)."""
+    name = trial_name(tune.get_context().get_trial_id())
+    if ctx.workers > 1:
+        _train_data_parallel(config, ctx, name)
+    else:
+        _train_guarded(config, ctx, TrialSession(name))
+
+
+def _train_guarded(config: dict[str, Any], ctx: TrialContext, session: TrialSession) -> None:
     from raysoup.train.finetune import Diverged
 
     try:
-        _train(config, ctx)
+        _train(config, ctx, session)
     except Diverged as err:
         # Training is deterministic: a retry diverges again. The trial ends (not errors) with
         # a record, so the sweep can finish with its other trials.
-        _record_diverged(config, ctx, err)
+        if session.rank == 0:
+            _record_diverged(config, ctx, session.name, err)
+        session.report({DIVERGED: 1})  # tells the driver's callbacks how the trial ended
 
 
-def _record_diverged(config: dict[str, Any], ctx: TrialContext, err: Exception) -> None:
+def _train_worker(loop: dict[str, Any]) -> None:
+    """One Ray Train worker of a data-parallel trial (sweep.workers_per_trial > 1)."""
+    import ray.train
+
+    # Ray Train sends every worker's INFO lines (each report; open_clip's model building) to
+    # the driver's console; they stay in the session's logs/train files.
+    for logger in (logging.getLogger(), logging.getLogger("ray.train")):
+        for handler in logger.handlers:
+            if type(handler).__name__ != "SessionFileHandler":  # the console, not the files
+                handler.setLevel(logging.WARNING)
+    context = ray.train.get_context()
+    _train_guarded(loop["config"], loop["ctx"],
+                   TrialSession(loop["name"], context.get_world_rank(),
+                                context.get_world_size(), in_train=True))
+
+
+def _train_data_parallel(config: dict[str, Any], ctx: TrialContext, name: str) -> None:
+    """Ray Train's TorchTrainer inside the Tune trial: sweep.workers_per_trial DDP workers.
+    Its run lives in WORKDIR/tune/train/<trial>: a restarted trial (driver or node lost)
+    continues from the run's last epoch checkpoint, and Train restarts a lost worker group
+    from it too (sweep.max_failures)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
     cfg = ExperimentCfg.model_validate_json(ctx.cfg_json)
-    name = trial_name(tune.get_context().get_trial_id())
+    res = cfg.sweep.resources_per_worker
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"config": config, "ctx": ctx, "name": name},
+        torch_config=TorchConfig(backend="nccl" if res.gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=ctx.workers, use_gpu=res.gpu > 0,
+            resources_per_worker={"CPU": res.cpu, **({"GPU": res.gpu} if res.gpu else {})}),
+        run_config=RunConfig(
+            name=name, storage_path=storage.display(Path(ctx.workdir) / SWEEP_DIR / TRAIN_DIR),
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            failure_config=FailureConfig(max_failures=cfg.sweep.max_failures)),
+    )
+    trainer.fit()
+
+
+def _record_diverged(config: dict[str, Any], ctx: TrialContext, name: str,
+                     err: Exception) -> None:
+    cfg = ExperimentCfg.model_validate_json(ctx.cfg_json)
     record = {"kind": DIVERGED, "status": DIVERGED, "trial": name, "error": str(err),
               "hparams": hparams_for(cfg, config).model_dump()}
     storage.write_file(Path(ctx.workdir) / "ingredients" / name / "manifest.json",
                        json.dumps(record, indent=1, sort_keys=True))
-    tune.report({DIVERGED: 1})  # tells the driver's callbacks how the trial ended
 
 
-def _train(config: dict[str, Any], ctx: TrialContext) -> None:
+def _train(config: dict[str, Any], ctx: TrialContext, session: TrialSession) -> None:
     from raysoup.data.sources import load_splits
     from raysoup.models.classifier import classifier_skeleton
     from raysoup.train.batches import loader_for
@@ -147,7 +231,7 @@ def _train(config: dict[str, Any], ctx: TrialContext) -> None:
     cfg = ExperimentCfg.model_validate_json(ctx.cfg_json)
     workdir = Path(ctx.workdir)
     hp = hparams_for(cfg, config)
-    name = trial_name(tune.get_context().get_trial_id())
+    name = session.name
 
     zeroshot = workdir / "ingredients" / "zeroshot"
     meta = read_manifest(zeroshot)
@@ -157,11 +241,14 @@ def _train(config: dict[str, Any], ctx: TrialContext) -> None:
     splits = load_splits(cfg.data, workdir, progress=False)
 
     resume = None
-    if (ckpt := tune.get_checkpoint()) is not None:
+    if (ckpt := session.checkpoint()) is not None:
         with ckpt.as_directory() as d:
             resume = _load_state(Path(d))
 
     def on_epoch(epoch: int, metrics: dict, state_fn) -> None:
+        if session.rank != 0:  # rank 0 writes; every rank reports (Train waits for all)
+            session.report({**metrics, "epoch": epoch})
+            return
         if epoch == hp.epochs:  # the ingredient lands before Tune marks the trial finished
             write_ingredient(workdir / "ingredients" / name, _cpu(model.state_dict()), {
                 "kind": "ingredient", "model_name": meta["model_name"],
@@ -170,15 +257,17 @@ def _train(config: dict[str, Any], ctx: TrialContext) -> None:
                 "metrics": metrics,
                 # this process's time, start to ingredient; a resumed trial counts its last part
                 "train_seconds": time.perf_counter() - started,
+                **({"workers": session.world} if session.world > 1 else {}),
             })
         with tempfile.TemporaryDirectory() as d:
             _save_state(state_fn(), Path(d))
-            tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(d))
+            session.report({**metrics, "epoch": epoch}, Path(d))
 
     pre = meta["preprocess"]
+    res = cfg.sweep.resources_per_worker if session.world > 1 else cfg.sweep.resources_per_trial
     finetune(model, splits.train, hp, image_size=pre["image_size"], mean=pre["mean"],
              std=pre["std"], threads=ctx.threads, resume=resume, on_epoch=on_epoch,
-             loader=loader_for(cfg.data, cfg.sweep.resources_per_trial.cpu))
+             loader=loader_for(cfg.data, res.cpu), shard=(session.rank, session.world))
 
 
 # ---------------------------------------------------------------- tracking (runs on the driver)
@@ -358,10 +447,15 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
     # Trials killed while writing their ingredient leave a hidden temp dir; no trial runs yet.
     remove_stale_tmp(workdir / "ingredients")
 
-    res = cfg.sweep.resources_per_trial
-    ctx = TrialContext(cfg.model_dump_json(), str(workdir), threads=max(1, int(res.cpu)))
-    trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx),
-                                    {"cpu": res.cpu, "gpu": res.gpu})
+    workers = cfg.sweep.workers_per_trial
+    res = cfg.sweep.resources_per_worker if workers > 1 else cfg.sweep.resources_per_trial
+    ctx = TrialContext(cfg.model_dump_json(), str(workdir), threads=max(1, int(res.cpu)),
+                       workers=workers)
+    # A data-parallel trial's own process only drives its TorchTrainer, whose workers hold
+    # the resources: it asks for a sliver of a CPU (non-zero: Tune places it somewhere).
+    trial_res = {"cpu": DRIVER_CPU, "gpu": 0} if workers > 1 else {"cpu": res.cpu,
+                                                                    "gpu": res.gpu}
+    trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), trial_res)
     # Tune keeps its state next to the ingredients: a local path or the workdir's URI.
     path = sweep_path(workdir)
     TrackingCallback.live = (tracker, parent_run)

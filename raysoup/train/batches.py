@@ -224,9 +224,11 @@ class TrainInput:
     """The batches of one trial's epochs: (uint8 [B,3,S,S], int64 labels [B]) in plan order."""
 
     def __init__(self, data: LabeledImages, aug: Augment, cfg: LoaderCfg, seed: int,
-                 batch_size: int, even: bool = False):
+                 batch_size: int, even: bool = False, shard: tuple[int, int] = (0, 1)):
+        """`shard=(rank, world)`: this data-parallel worker's part of every global batch."""
         self.data, self.aug, self.cfg = data, aug, cfg
         self.seed, self.batch_size = seed, batch_size
+        self.rank, self.world = shard
         self.even = even  # mixup pairs samples: a batch short of a skipped image drops one more
         self.skipped: set[int] = set()  # corrupt images left out (skip_corrupt)
         self.labels = torch.from_numpy(np.asarray(data.labels, np.int64))
@@ -235,8 +237,13 @@ class TrainInput:
         self._pixels = None
 
     def steps(self, epoch: int) -> list[tuple[int, np.ndarray]]:
-        return plan_epoch(self.units, self.seed, epoch, self.batch_size, self.cfg.lanes,
+        plan = plan_epoch(self.units, self.seed, epoch, self.batch_size, self.cfg.lanes,
                           self.cfg.window)
+        if self.world == 1:
+            return plan
+        # Every worker plans the same global batches (same seed) and takes its contiguous
+        # slice of each: together they see exactly the single-worker trial's samples per step.
+        return [(lane, np.array_split(idx, self.world)[self.rank]) for lane, idx in plan]
 
     def steps_per_epoch(self) -> int:
         return len(self.steps(1))  # the same for every epoch: only the order changes

@@ -20,6 +20,7 @@ from torch import nn
 
 from raysoup.config import TrainHParams
 from raysoup.data.images import LabeledImages
+from raysoup.faults import failpoint
 from raysoup.train.augment import Normalize, random_shift_flip
 from raysoup.train.batches import Augment, LoaderCfg, TrainInput, step_seed
 from raysoup.train.schedule import lr_at
@@ -72,12 +73,18 @@ def finetune(
     resume: dict | None = None,
     on_epoch: OnEpoch | None = None,
     loader: LoaderCfg | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict:
     """Train `model` in place for hp.epochs; returns the last epoch's metrics.
 
     on_epoch(epoch, metrics, state_fn) runs after each (1-based) epoch; state_fn() returns
     {"model", "optimizer", "epoch"} (live state dicts: save them before training continues),
     which `resume` accepts to continue at epoch+1.
+
+    `shard=(rank, world)` with world > 1: one of `world` data-parallel workers in an
+    initialised torch.distributed group (DDP). Each takes its slice of every global batch of
+    hp.batch_size (the same samples per step as one worker); gradients are averaged, and the
+    metrics are the whole batch's, on every rank.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if threads:
@@ -88,12 +95,15 @@ def finetune(
         raise TrainError("finetune: the training split is empty")
     num_classes = len(train.classnames)
     use_mix = hp.mixup > 0 or hp.cutmix > 0
-    if use_mix and hp.batch_size % 2:
-        raise TrainError(f"finetune: mixup/cutmix need an even batch_size, got {hp.batch_size}")
+    world = shard[1]
+    if use_mix and (hp.batch_size // world) % 2:
+        raise TrainError(f"finetune: mixup/cutmix need an even batch per worker, got "
+                         f"{hp.batch_size} over {world} worker(s)")
 
     loader = loader or LoaderCfg()
     aug = Augment(image_size, loader.crop, hp.randaug_n, hp.randaug_m, tuple(mean))
-    batches = TrainInput(train, aug, loader, hp.seed, hp.batch_size, even=use_mix)
+    batches = TrainInput(train, aug, loader, hp.seed, hp.batch_size, even=use_mix,
+                         shard=shard)
     normalize = Normalize(mean, std, device)
     shift = max(1, image_size // 8)  # random translation of up to 1/8 of the image
     # Full batches only (mixup pairs samples; equal batches keep steps comparable).
@@ -106,6 +116,12 @@ def finetune(
     total_steps = steps_per_epoch * hp.epochs
 
     model.to(device).train()
+    net: nn.Module = model
+    if world > 1:
+        # DDP averages gradients over the workers in backward; `model` (unwrapped) keeps the
+        # state-dict keys of a single-process trial.
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(_param_groups(model, hp.weight_decay), lr=hp.lr)
     start_epoch = 1
     if resume is not None:
@@ -148,6 +164,7 @@ def finetune(
             # run there. The draws come from a CPU generator, so the pixels are the same.
             if not len(y):  # every image of the batch was corrupt (skip_corrupt)
                 continue
+            failpoint("train.step")  # drills: a worker killed mid-epoch
             x = x.to(device, non_blocking=True)
             if loader.crop == "shift_flip":
                 gen = torch.Generator().manual_seed(step_seed(hp.seed, epoch, i) ^ 0x5F3759DF)
@@ -162,7 +179,7 @@ def finetune(
             if mixer is not None:
                 x, target = mixer(x, y)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = model(x)
+                logits = net(x)
                 loss = criterion(logits.float(), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -171,6 +188,11 @@ def finetune(
             loss_sum += loss.detach().double() * len(y)
             correct += (logits.argmax(-1) == y).sum()
             seen += len(y)
+        if world > 1:  # the whole batch's metrics, identical on every rank
+            totals = torch.stack([loss_sum, correct.double(),
+                                  torch.tensor(float(seen), dtype=torch.float64, device=device)])
+            torch.distributed.all_reduce(totals)
+            loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())
         loss_sum, correct = loss_sum.item(), correct.item()  # waits for the epoch's last step
         seconds = time.perf_counter() - t0
         if batches.skipped:
