@@ -201,7 +201,40 @@ def test_chunked_merges_match_the_dense_reference_across_chunk_boundaries():
     torch.testing.assert_close(elect_and_average(stream, base, trimmer(0.2)),
                                dense_ties([t - base for t in thetas], 0.2, thresholds),
                                rtol=1e-6, atol=1e-6)
-    # Past SAMPLE entries the threshold comes from a strided sample: close to the density.
+    # TIES' fused one-pass kernel (soup/ties_kernel.py): the same merge at those thresholds.
+    from raysoup.soup.ties_kernel import ties_merge
+    fused = ties_merge(stream, base, lambda i, theta, b: thresholds[i])
+    torch.testing.assert_close(fused, dense_ties([t - base for t in thetas], 0.2, thresholds),
+                               rtol=1e-6, atol=1e-6)
+    # The kernel's own chunks (each a re-drawn stream): boundaries do not change the result.
+    from raysoup.soup import ties_kernel
+    chunk, ties_kernel.CHUNK = ties_kernel.CHUNK, 4096 + 7
+    try:
+        assert torch.equal(ties_merge(stream, base, lambda i, theta, b: thresholds[i]), fused)
+    finally:
+        ties_kernel.CHUNK = chunk
+    # bf16 ingredients are read as float32, as the torch path does.
+    half = [t.to(torch.bfloat16) for t in thetas]
+    torch.testing.assert_close(
+        ties_merge(lambda: iter(half), base, lambda i, theta, b: thresholds[i]),
+        dense_ties([t.float() - base for t in half], 0.2, thresholds), rtol=1e-6, atol=1e-6)
+    # Past SAMPLE entries the threshold comes from a sample of 64 runs: close to the density.
     big = torch.randn(3 * SAMPLE, generator=g)
     kept = (big.abs() >= threshold(big, torch.zeros_like(big), 0.2)).float().mean().item()
     assert kept == pytest.approx(0.2, abs=0.002)
+
+
+def test_fused_ties_counts_past_255_ingredients():
+    """The kernel's per-entry counts start as bytes and widen at the 256th ingredient."""
+    from raysoup.soup.ties_kernel import ties_merge
+
+    g = torch.Generator().manual_seed(5)
+    base = torch.zeros(40)
+    # Entry 0 is positive in all 300 ingredients: its mean needs a count of 300.
+    thetas = [torch.randn(40, generator=g).abs() * (1 if j % 3 else -1) for j in range(300)]
+    for t in thetas:
+        t[0] = 1.0
+    got = ties_merge(lambda: iter(thetas), base, lambda i, theta, b: None)
+    ref = dense_ties(thetas, 1.0, [float("-inf")] * 300)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    assert got[0].item() == 1.0

@@ -278,11 +278,13 @@ class Run:
 
     def publisher(self) -> Publisher:
         """What logs this run's models: the base CLIP (its text tower completes each export)
-        and a few test images as the input example."""
+        and a few test images (from the eval cache) as the input example."""
         info = model_info(self.workdir / "ingredients" / ZEROSHOT)
         name = self.cfg.tracking.registered_model or self.tracker.experiment_name
+        # The eval cache's splits: put in the object store by the soup stage's kitchen.
+        test = ray.get(self._splits_ref)["test"].images
         return Publisher(self.tracker, info, lambda: base_clip_state(self.cfg.model, info),
-                         example_images(self.data.test, info.image_size),
+                         example_images(test),
                          name if self.cfg.tracking.register_soups else None)
 
     def publish_best_single(self, publisher: Publisher, candidates: list[Candidate],

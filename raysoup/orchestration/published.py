@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raysoup.data.images import LabeledImages
-from raysoup.data.transforms import resize_center_crop
+from raysoup.evaluate.cache import CachedImages
 from raysoup.export import ModelInfo, export_open_clip
 from raysoup.export.mlflow_model import save_pyfunc
 from raysoup.faults import failpoint
@@ -28,15 +27,10 @@ log = logging.getLogger(__name__)
 EXAMPLE_IMAGES = 2
 
 
-def example_images(data: LabeledImages, size: int, n: int = EXAMPLE_IMAGES) -> np.ndarray:
-    """uint8 [n, size, size, 3]: the input example an MLflow Model records."""
-    images = []
-    for i in range(min(n, len(data))):
-        img = data.decode(i).convert("RGB")
-        if img.size != (size, size):
-            img = resize_center_crop(img, size)
-        images.append(np.asarray(img, np.uint8))
-    return np.stack(images)
+def example_images(cached: CachedImages, n: int = EXAMPLE_IMAGES) -> np.ndarray:
+    """uint8 [n, S, S, 3]: the input example an MLflow Model records, from a split's eval
+    cache (decoded and resized once already: no image is decoded again)."""
+    return np.ascontiguousarray(cached.shard(0)[:n].transpose(0, 2, 3, 1))
 
 
 def mean_shift(accuracies: dict[str, float]) -> float | None:
