@@ -170,21 +170,25 @@ def served_run(tmp_path_factory, mlflow_server):
             "stdout": (tmp / "stdout").read_text(), "stderr": (tmp / "stderr").read_text()}
 
 
-# Under pytest-xdist (`-n 2 --dist loadgroup`, pyproject's addopts), the tests of a group run
-# on one worker, one after another: those sharing an expensive session fixture build it once,
-# and the cluster drills (health checks, placement waits, kills at failpoints) never compete
-# with each other for the CPUs.
+# Under pytest-xdist (pyproject's addopts: -n auto, at most 4) the tests of a group run on one
+# worker, one after another, so that those sharing an expensive session fixture build it
+# once. (xdist 3.8's `--dist loadgroup` grouped nothing under pytest 9.2 here — checked: two
+# `xdist_group`-marked modules ran on two workers —, so its scope scheduler gets our scopes.)
 XDIST_GROUPS = {
     "test_metrics": "served-run", "test_mlflow_server": "served-run",
     "test_published_models": "served-run",
     "test_fixture_pack": "imagenet-fixture", "test_paper_fixture": "imagenet-fixture",
     "test_plan_sizing": "imagenet-fixture",
-    "test_multinode": "drills", "test_soup_placement": "drills", "test_faults": "drills",
 }
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        group = XDIST_GROUPS.get(item.module.__name__)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = Path(nodeid.split("::", 1)[0]).stem
+            return XDIST_GROUPS.get(module, nodeid)  # ungrouped: each test its own scope
+
+    return GroupScheduling(config, log)
+

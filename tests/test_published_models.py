@@ -191,15 +191,16 @@ def test_export_loads_in_plain_open_clip(served_run, tmp_path):
             assert torch.equal(clip[name], tensor), name
     assert any(k.startswith("transformer.") for k in clip)  # the text tower came along
 
-    flat = tmp_path / "greedy-safetensors"
-    done = _raysoup("export", workdir / "soups" / "greedy", "--format", "safetensors",
-                    "--out", flat)
-    assert done.returncode == 0, done.stderr
+    # The other format and a bad path, in-process (the CLI wiring is checked above).
+    from raysoup.export import ExportError
+    from raysoup.export.command import export_model
+
+    flat = export_model(workdir / "soups" / "greedy", "safetensors",
+                        tmp_path / "greedy-safetensors")
     state = load_file(str(flat / "model.safetensors"))
     assert state.keys() == soup.keys()
     assert all(torch.equal(state[k], soup[k]) for k in soup)
-
     # Not a model of a workdir: a clear error naming the path, nothing written.
-    bad = _raysoup("export", workdir / "report", "--out", tmp_path / "bad")
-    assert bad.returncode == 1 and "not a soup or ingredient" in bad.stderr
+    with pytest.raises(ExportError, match="not a soup or ingredient"):
+        export_model(workdir / "report", "open_clip", tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
