@@ -182,6 +182,18 @@ XDIST_GROUPS = {
 }
 
 
+# The longest tests (about a minute or more each on 2 cores) start first, so that no worker
+# picks one up when the other is nearly done (the suite's wall time is the later worker's).
+LONGEST_FIRST = ("test_faults", "test_paper_fixture", "test_remote_workdir", "test_multinode",
+                 "test_data_parallel", "test_bench", "test_metrics", "test_mlflow_server",
+                 "test_published_models")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))  # stable
+
+
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
