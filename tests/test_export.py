@@ -101,3 +101,17 @@ def test_tracking_register_is_spelled_register():
     assert json.loads(TrackingCfg().model_dump_json())["register"] is True
     with pytest.raises(ValueError, match="tracking.register needs tracking.log_models"):
         TrackingCfg.model_validate({"log_models": False})
+
+
+def test_pyfunc_resizes_as_raysoup_evaluates():
+    """The MLflow model's file restates raysoup's eval resize (it loads without raysoup)."""
+    from PIL import Image
+
+    from raysoup.data.transforms import resize_center_crop
+    from raysoup.export.pyfunc_model import _resize_center_crop
+
+    rng = np.random.default_rng(0)
+    for shape in ((37, 50, 3), (64, 20, 3), (32, 32, 3)):
+        img = Image.fromarray(rng.integers(0, 255, shape, np.uint8))
+        assert np.array_equal(np.asarray(_resize_center_crop(img, 32)),
+                              np.asarray(resize_center_crop(img, 32)))

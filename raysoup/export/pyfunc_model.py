@@ -23,6 +23,8 @@ from PIL import Image
 BATCH = 256
 
 
+# raysoup.data.transforms.resize_center_crop, restated: this file must load without raysoup
+# (tests/test_export.py checks the two give the same pixels).
 def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     w, h = img.size
     scale = size / min(w, h)
