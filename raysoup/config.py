@@ -192,6 +192,11 @@ class ResourcesCfg(Strict):
     gpu: float = Field(0, ge=0)
 
 
+# A data-parallel trial's own Tune process only drives its TorchTrainer (the workers hold the
+# resources): it asks for this sliver of a CPU (non-zero, so that Tune places it).
+DATA_PARALLEL_DRIVER_CPU = 0.01
+
+
 class SweepCfg(Strict):
     num_samples: int = Field(8, ge=1)
     seed: int = 0

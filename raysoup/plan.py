@@ -18,7 +18,15 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from raysoup import storage
-from raysoup.config import Choice, ExperimentCfg, LogUniform, RandInt, SplitSource, Uniform
+from raysoup.config import (
+    DATA_PARALLEL_DRIVER_CPU,
+    Choice,
+    ExperimentCfg,
+    LogUniform,
+    RandInt,
+    SplitSource,
+    Uniform,
+)
 from raysoup.data.images import DataError
 
 GiB, MiB = 2**30, 2**20
@@ -160,14 +168,12 @@ def _sweep_lines(cfg: ExperimentCfg) -> list[str]:
     lines = [(f"sweep        {s.num_samples} trials, random search (seed {s.seed}), at most "
              f"{s.max_concurrent} concurrent, {s.max_failures} retries per trial")]
     if s.workers_per_trial > 1:
-        from raysoup.orchestration.sweep import DRIVER_CPU
-
         w, n = s.resources_per_worker, s.workers_per_trial
-        cpu, gpu = n * w.cpu + DRIVER_CPU, n * w.gpu
+        cpu, gpu = n * w.cpu + DATA_PARALLEL_DRIVER_CPU, n * w.gpu
         lines.append(f"  resources  per trial {n} data-parallel workers (Ray Train, DDP over "
                      f"{'NCCL' if w.gpu else 'gloo'}) x ({w.cpu:g} CPU + {w.gpu:g} GPU) + "
-                     f"{DRIVER_CPU:g} CPU for the trial's own process = {cpu:g} CPU + {gpu:g} "
-                     f"GPU; global batch {s.base.batch_size} = {n} x "
+                     f"{DATA_PARALLEL_DRIVER_CPU:g} CPU for the trial's own process = "
+                     f"{cpu:g} CPU + {gpu:g} GPU; global batch {s.base.batch_size} = {n} x "
                      f"{s.base.batch_size // n} per worker")
         lines.append(f"             at full concurrency {concurrent * cpu:g} CPU + "
                      f"{concurrent * gpu:g} GPU ({concurrent} trials x {n} workers)")

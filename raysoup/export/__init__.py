@@ -11,4 +11,5 @@ from raysoup.export.open_clip_dir import (
     model_info,
 )
 
-__all__ = ["ExportError", "ModelInfo", "base_clip_state", "export_open_clip", "export_safetensors", "model_info"]
+__all__ = ["ExportError", "ModelInfo", "base_clip_state", "export_open_clip",
+           "export_safetensors", "model_info"]

@@ -1,6 +1,6 @@
 """A raysoup model as an MLflow Model: the pyfunc flavour over an open_clip export, with a
-signature (uint8 images [N, H, W, 3], any H and W -> float32 logits [N, C]), an input example, the class
-names and preprocessing (in the export's config) and pinned requirements."""
+signature (uint8 images [N, H, W, 3], any H and W -> float32 logits [N, C]), an input example,
+the class names and preprocessing (in the export's config) and pinned requirements."""
 
 from __future__ import annotations
 

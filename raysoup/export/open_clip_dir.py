@@ -8,7 +8,8 @@ layout, so architectures open_clip does not ship (raysoup's tiny configs) load t
 
     model, _, preprocess = open_clip.create_model_and_transforms("local-dir:DIR")
     model.eval()
-    logits = model.encode_image(preprocess(img)[None], normalize=True) @ head["weight"].T + head["bias"]
+    features = model.encode_image(preprocess(img)[None], normalize=True)
+    logits = features @ head["weight"].T + head["bias"]
 
 The weights are read and written as safetensors; nothing is unpickled.
 """

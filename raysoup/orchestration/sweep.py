@@ -24,6 +24,7 @@ from raysoup import storage
 from raysoup.checkpoints import list_ingredients, load_state_dict, read_manifest, write_ingredient
 from raysoup.checkpoints.ingredient import remove_stale_tmp
 from raysoup.config import (
+    DATA_PARALLEL_DRIVER_CPU,
     Choice,
     ConfigError,
     ExperimentCfg,
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 
 SWEEP_DIR = "tune"
 SWEEP_NAME = "sweep"
-DRIVER_CPU = 0.01  # a data-parallel trial's Tune process (its workers hold the resources)
 TRAIN_DIR = "train"  # WORKDIR/tune/train/<trial>: the Ray Train run of a data-parallel trial
 # A diverged trial leaves ingredients/<name>/manifest.json with this kind and no tensor file:
 # it is a finished trial, but not an ingredient (list_ingredients needs the tensor file), so
@@ -451,10 +451,8 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
     res = cfg.sweep.resources_per_worker if workers > 1 else cfg.sweep.resources_per_trial
     ctx = TrialContext(cfg.model_dump_json(), str(workdir), threads=max(1, int(res.cpu)),
                        workers=workers)
-    # A data-parallel trial's own process only drives its TorchTrainer, whose workers hold
-    # the resources: it asks for a sliver of a CPU (non-zero: Tune places it somewhere).
-    trial_res = {"cpu": DRIVER_CPU, "gpu": 0} if workers > 1 else {"cpu": res.cpu,
-                                                                    "gpu": res.gpu}
+    trial_res = ({"cpu": DATA_PARALLEL_DRIVER_CPU, "gpu": 0} if workers > 1
+                 else {"cpu": res.cpu, "gpu": res.gpu})
     trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), trial_res)
     # Tune keeps its state next to the ingredients: a local path or the workdir's URI.
     path = sweep_path(workdir)
