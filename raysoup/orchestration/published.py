@@ -7,6 +7,7 @@ version by its run id (tracking.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import tempfile
@@ -57,7 +58,7 @@ class Publisher:
         """`model_dir` (a soup or an ingredient) as the run's MLflow Model; its model id."""
         if known := self.tracker.model_of(run_id):
             return known
-        info = ModelInfo(**{**self.info.__dict__, "extra": {**self.info.extra, **extra}})
+        info = dataclasses.replace(self.info, extra={**self.info.extra, **extra})
         with tempfile.TemporaryDirectory(prefix="raysoup-model-") as tmp:
             export = export_open_clip(model_dir, info, self.base_state, Path(tmp) / "open_clip")
             saved = save_pyfunc(export, info, Path(tmp) / "model", self.example)
