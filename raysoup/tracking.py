@@ -308,12 +308,16 @@ class Tracker:
             tags={k: str(v) for k, v in {**tags, **self.scope}.items()})
         return version.version
 
-    def crown(self, name: str, metric: str = "heldout") -> str | None:
+    def crown(self, name: str, soup_id: str | None = None, metric: str = "heldout"
+              ) -> str | None:
         """Point alias `champion` of registered model `name` at this workdir's version with
-        the highest `metric` tag (held-out accuracy: never test); returns that version."""
+        the highest `metric` tag (held-out accuracy: never test) among the soups cooked from
+        candidate set `soup_id` (the current one: soups of a replaced set do not compete);
+        returns that version."""
         scope = self.scope.get(WORKDIR_ID)
         versions = [v for v in self.client.search_model_versions(f"name = '{name}'")
-                    if metric in v.tags and (scope is None or v.tags.get(WORKDIR_ID) == scope)]
+                    if metric in v.tags and (scope is None or v.tags.get(WORKDIR_ID) == scope)
+                    and (soup_id is None or v.tags.get("raysoup.soup_id") == soup_id)]
         if not versions:
             return None
         best = max(versions, key=lambda v: (float(v.tags[metric]), -int(v.version)))

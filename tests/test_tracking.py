@@ -117,3 +117,31 @@ def test_resumed_sweep_closes_runs_a_killed_driver_left_running(tmp_path):
     late = tracker.client.get_run(runs["trial-001"])
     assert late.info.status == "FINISHED"
     assert late.data.tags["raysoup.ingredient"] == "ingredients/trial-001"
+
+
+def test_champion_is_the_best_heldout_soup_of_the_current_candidate_set(tmp_path):
+    """Versions are made once per run; `champion` goes to the best held-out version among the
+    soups of the candidate set given (a replaced set's soups do not compete), never by test."""
+    from raysoup.tracking import CHAMPION
+
+    tracker = Tracker(default_uri(tmp_path), "exp", artifact_root=tmp_path / "art",
+                      workdir=tmp_path)
+    parent = tracker.sweep_run()
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "MLmodel").write_text("flavors: {}\n")
+    versions = {}
+    for recipe, soup_id, heldout, test in (("old", "set-1", 0.99, 0.99),
+                                           ("uniform", "set-2", 0.90, 0.95),
+                                           ("greedy", "set-2", 0.93, 0.91)):
+        run = tracker.soup_run(parent, recipe, ["t"], [1.0], {}, [], identity=soup_id)
+        model_id = tracker.log_model(run, recipe, model_dir)
+        assert tracker.log_model(run, recipe, model_dir) == model_id  # once per run
+        tags = {"raysoup.soup_id": soup_id, "heldout": heldout, "test": test}
+        versions[recipe] = tracker.register("exp", model_id, run, tags)
+        assert tracker.register("exp", model_id, run, tags) == versions[recipe]
+    assert tracker.crown("exp", "set-2") == versions["greedy"]
+    assert tracker.client.get_model_version_by_alias("exp", CHAMPION).version == \
+        versions["greedy"]
+    assert tracker.crown("exp") == versions["old"]  # without a set: every soup competes
+    assert len(tracker.client.search_model_versions("name = 'exp'")) == 3

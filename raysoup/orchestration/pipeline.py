@@ -260,9 +260,11 @@ class Run:
         """A run per soup in MLflow; with tracking.log_models, each weight soup and the best
         single model as MLflow Models, the soups registered and the champion crowned."""
         publisher = self.publisher() if self.cfg.tracking.log_models else None
+        soup_id = None
         for recipe, soup_dir in soups.items():
             accs = res.accuracies_of_model(table, soup_identity(soup_dir)[0])
             meta = read_recipe(soup_dir)
+            soup_id = meta.get("soup_id") or soup_id  # one candidate set per soup stage
             # An artifact: MLflow uploads a local file, which must be the bucket's copy.
             storage.pull(soup_dir / "recipe.json", exact=True)
             publish = None
@@ -274,7 +276,7 @@ class Run:
                                   identity=meta.get("soup_id", ""), before_end=publish)
         if publisher is not None:
             self.publish_best_single(publisher, candidates, table)
-            publisher.crown()
+            publisher.crown(soup_id)
 
     def publisher(self) -> Publisher:
         """What logs this run's models: the base CLIP (its text tower completes each export)

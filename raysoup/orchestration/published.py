@@ -87,8 +87,9 @@ class Publisher:
         version = self.tracker.register(self.registered_model, model_id, run_id, tags)
         log.info("mlflow: %s registered as %s version %s", name, self.registered_model, version)
 
-    def crown(self) -> None:
+    def crown(self, soup_id: str | None = None) -> None:
+        """The champion among this workdir's soups of candidate set `soup_id`."""
         if self.registered_model:
-            version = self.tracker.crown(self.registered_model)
+            version = self.tracker.crown(self.registered_model, soup_id)
             log.info("mlflow: %s@champion is version %s (best held-out accuracy)",
                      self.registered_model, version)
