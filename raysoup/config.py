@@ -360,8 +360,7 @@ class TrackingCfg(Strict):
     # default: the MLflow experiment's name
     registered_model: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
-                              serialize_by_alias=True)
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)  # + Strict's
 
     @model_validator(mode="after")
     def _register_needs_models(self) -> TrackingCfg:

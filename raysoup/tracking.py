@@ -333,6 +333,40 @@ class Tracker:
         return self.client.search_runs([self.experiment_id], max_results=10_000)
 
 
+# ------------------------------------------------------------------ MLflow Models
+
+# A raysoup model as an MLflow Model: the pyfunc flavour over an open_clip export
+# (raysoup/export/), as a "model from code" (export/pyfunc_model.py, which imports only what
+# PYFUNC_REQUIREMENTS pins: mlflow itself is added by MLflow).
+PYFUNC_CODE = Path(__file__).parent / "export" / "pyfunc_model.py"
+PYFUNC_REQUIREMENTS = ("torch", "open_clip_torch", "safetensors", "numpy", "pillow")
+
+
+def save_pyfunc(export_dir: Path, info, out: Path, example=None) -> Path:
+    """An MLflow Model directory at `out` (must not exist) serving the open_clip export at
+    `export_dir` (`info`: its `raysoup.export.ModelInfo`): signature uint8 images
+    [N, H, W, 3], any H and W (the model resizes as raysoup evaluates) -> float32 logits
+    [N, C]; `example` (uint8 images) as the input example; class names, preprocessing and
+    recipe as metadata; requirements pinned to this install's versions."""
+    from importlib import metadata
+
+    import mlflow
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(info.classnames)))]))
+    mlflow.pyfunc.save_model(
+        path=str(out), python_model=str(PYFUNC_CODE), artifacts={"open_clip": str(export_dir)},
+        signature=signature, input_example=example,
+        pip_requirements=[f"{n}=={metadata.version(n)}" for n in PYFUNC_REQUIREMENTS],
+        metadata={"classnames": info.classnames, "preprocess": info.preprocess_cfg,
+                  **{k: v for k, v in info.extra.items() if k in ("recipe", "model")}})
+    return out
+
+
 def quiet() -> None:
     """MLflow logs alembic migrations at INFO on first use of a SQLite store, and draws a
     progress bar for every model directory it copies (each logged model, twice)."""

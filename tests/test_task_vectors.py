@@ -18,7 +18,7 @@ from raysoup.soup import Candidate, get_recipe
 from raysoup.soup.dare import DareMerge, drop_
 from raysoup.soup.task_arithmetic import SumOfTaskVectors
 from raysoup.soup.task_vectors import pick_scale
-from raysoup.soup.ties import TiesMerge, trim_
+from raysoup.soup.ties import TiesMerge, threshold
 
 
 def _write(path: Path, tensors: dict) -> Path:
@@ -82,8 +82,9 @@ def test_ties_by_hand_and_against_the_dense_reference(population):
 
 def test_trim_keeps_the_top_fraction():
     t = torch.tensor([0.1, -5.0, 2.0, 0.0, -0.3])
-    assert trim_(t.clone(), 0.4).tolist() == [0.0, -5.0, 2.0, 0.0, 0.0]
-    assert trim_(t.clone(), 1.0).tolist() == t.tolist()
+    thr = threshold(t, torch.zeros(5), 0.4)
+    assert (t * (t.abs() >= thr)).tolist() == [0.0, -5.0, 2.0, 0.0, 0.0]
+    assert threshold(t, torch.zeros(5), 1.0) is None  # density 1 keeps everything
 
 
 def test_task_arithmetic_at_one_over_n_is_the_uniform_soup(population):
@@ -184,7 +185,7 @@ def test_recipes_pick_lambda_on_heldout_ties_to_smaller(tmp_path):
 
 def test_chunked_merges_match_the_dense_reference_across_chunk_boundaries():
     from raysoup.soup.task_vectors import CHUNK, elect_and_average, sum_of
-    from raysoup.soup.ties import SAMPLE, threshold, trimmer
+    from raysoup.soup.ties import SAMPLE
 
     g = torch.Generator().manual_seed(3)
     n = 2 * CHUNK + 12_345  # three chunks, the last one short
@@ -198,7 +199,9 @@ def test_chunked_merges_match_the_dense_reference_across_chunk_boundaries():
     # the disjoint mean must match the dense formulation at those thresholds exactly.
     assert n > SAMPLE
     thresholds = [threshold(t, base, 0.2) for t in thetas]
-    torch.testing.assert_close(elect_and_average(stream, base, trimmer(0.2)),
+    def trim(i, theta, b):  # a Sparsifier trimming at the i-th threshold
+        return lambda tau: tau.mul_(tau.abs() >= thresholds[i])
+    torch.testing.assert_close(elect_and_average(stream, base, trim),
                                dense_ties([t - base for t in thetas], 0.2, thresholds),
                                rtol=1e-6, atol=1e-6)
     # TIES' fused one-pass kernel (soup/ties_kernel.py): the same merge at those thresholds.

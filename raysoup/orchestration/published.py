@@ -19,9 +19,8 @@ import torch
 
 from raysoup.evaluate.cache import CachedImages
 from raysoup.export import ModelInfo, export_open_clip
-from raysoup.export.mlflow_model import save_pyfunc
 from raysoup.faults import failpoint
-from raysoup.tracking import Tracker
+from raysoup.tracking import Tracker, save_pyfunc
 
 log = logging.getLogger(__name__)
 

@@ -51,27 +51,6 @@ def threshold(theta: torch.Tensor, base: torch.Tensor, density: float) -> float 
     return kth_magnitude(theta, base, m - math.ceil(density * m), runs)  # the k-th largest
 
 
-def trimmer(density: float):
-    """TIES' trim as a `Sparsifier` for one tensor: per ingredient, zero the entries below its
-    threshold, computed on the first pass over the ingredients and kept for the second."""
-    thresholds: dict[int, float | None] = {}
-
-    def for_ingredient(i: int, theta: torch.Tensor, base: torch.Tensor):
-        if i not in thresholds:
-            thresholds[i] = threshold(theta, base, density)
-        thr = thresholds[i]
-        if thr is None:
-            return lambda tau: tau
-        return lambda tau: tau.mul_(tau.abs() >= thr)
-    return for_ingredient
-
-
-def trim_(tau: torch.Tensor, density: float) -> torch.Tensor:
-    """`tau` trimmed in place to its top-`density` entries by magnitude (exact up to SAMPLE)."""
-    flat = tau.reshape(-1)
-    return trimmer(density)(0, flat, torch.zeros_like(flat))(flat).reshape(tau.shape)
-
-
 @dataclass(frozen=True)
 class TiesMerge:
     density: float
