@@ -125,6 +125,9 @@ def _fidelity_parser(sub) -> None:
     f.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY.PATH=VALUE", help="override a config field (repeatable)")
     f.add_argument("--address", default=None, help="join an existing Ray cluster")
+    f.add_argument("--searches", default=None, metavar="random,soup",
+                   help="run the seeds once per sweep.search (ROOT/<search>/seed-<s>) and "
+                        "compare the soup-aware search with the random one, paired by seed")
 
 
 def _fidelity(args: argparse.Namespace) -> int:
@@ -136,9 +139,16 @@ def _fidelity(args: argparse.Namespace) -> int:
     root = workdir_path(args.workdir or str(Path("runs") / f"{cfg.name}-fidelity"))
     if storage.is_remote(root):
         raise ConfigError("raysoup fidelity: --workdir must be a local directory")
+    searches = [s.strip() for s in args.searches.split(",") if s.strip()] \
+        if args.searches else []
     try:
-        workdirs = fidelity.run_seeds(cfg, root, args.seeds, args.address)
-        text = fidelity.write([fidelity.summarize_run(w) for w in workdirs], root)
+        if searches:
+            runs = fidelity.run_searches(cfg, root, args.seeds, searches, args.address)
+            text = fidelity.write_searches(
+                {s: [fidelity.summarize_run(w) for w in ws] for s, ws in runs.items()}, root)
+        else:
+            workdirs = fidelity.run_seeds(cfg, root, args.seeds, args.address)
+            text = fidelity.write([fidelity.summarize_run(w) for w in workdirs], root)
     except KeyboardInterrupt:
         print("raysoup: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
@@ -146,7 +156,9 @@ def _fidelity(args: argparse.Namespace) -> int:
         print(f"raysoup: error: {err}", file=sys.stderr)
         return 1
     print(text)
-    print(f"written: {root / 'fidelity.md'}, fidelity.json, fidelity.png")
+    print(f"written: {root / 'searches.md'}, searches.json, anytime.png and each search's "
+          "fidelity.md" if searches else
+          f"written: {root / 'fidelity.md'}, fidelity.json, fidelity.png")
     return 0
 
 

@@ -197,6 +197,30 @@ class ResourcesCfg(Strict):
 DATA_PARALLEL_DRIVER_CPU = 0.01
 
 
+class SoupSearchCfg(Strict):
+    """sweep.search: soup. The first `initial` trials are drawn at random; each later one
+    perturbs a trial that joined the anytime soup, away from those it rejected."""
+
+    initial: int = Field(4, ge=1)
+    explore: float = Field(0.2, ge=0.0, le=1.0)  # share of fresh random draws among candidates
+    step: float = Field(0.15, gt=0.0, le=1.0)  # perturbation sd, as a fraction of each range
+
+
+class AshaCfg(Strict):
+    """sweep.scheduler: asha (Tune's AsyncHyperBandScheduler on per-epoch held-out accuracy)."""
+
+    grace_period: int = Field(2, ge=1)  # epochs every trial gets
+    reduction_factor: int = Field(3, ge=2)
+
+
+class AnytimeCfg(Strict):
+    enabled: bool = True
+    # The anytime soup's eval actor. 0 CPUs: it rides along beside trials that take every CPU
+    # (its evaluations are short); on a cluster give it a CPU or a GPU of its own.
+    cpus: float = Field(0.0, ge=0)
+    gpus: float = Field(0.0, ge=0)
+
+
 class SweepCfg(Strict):
     num_samples: int = Field(8, ge=1)
     seed: int = 0
@@ -215,6 +239,25 @@ class SweepCfg(Strict):
     # trial with resources_per_trial (nothing else changes, the ingredients' bytes included).
     workers_per_trial: int = Field(1, ge=1)
     resources_per_worker: ResourcesCfg = ResourcesCfg()
+    # How trials are proposed: random (Tune's random/grid variant generator over `space`),
+    # optuna (TPE through Tune's integration; `pip install raysoup[optuna]`) or soup (the
+    # soup-aware search: a trial's objective is its marginal gain to the anytime soup).
+    search: Literal["random", "optuna", "soup"] = "random"
+    soup_search: SoupSearchCfg = SoupSearchCfg()
+    # fifo runs every trial to the end; asha stops trials whose held-out accuracy at a rung
+    # trails (Tune's ASHA). A stopped trial is no ingredient (README, "Search and scheduling").
+    scheduler: Literal["fifo", "asha"] = "fifo"
+    asha: AshaCfg = AshaCfg()
+    # Each finished trial is scored on held-out at once and offered to a running greedy soup
+    # (the sweep's MLflow run carries soup/heldout per finished trial; report: anytime curve).
+    anytime: AnytimeCfg = AnytimeCfg()
+
+    @model_validator(mode="after")
+    def _soup_search_needs_anytime(self) -> SweepCfg:
+        if self.search == "soup" and not self.anytime.enabled:
+            raise ValueError("sweep.search: soup needs the anytime soup "
+                             "(sweep.anytime.enabled: true): it scores trials by their gain to it")
+        return self
 
     @model_validator(mode="after")
     def _batches_split_evenly(self) -> SweepCfg:

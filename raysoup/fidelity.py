@@ -176,23 +176,156 @@ def share_prepared(src: Path, dst: Path) -> None:
             shutil.copytree(src / shared, dst / shared, copy_function=os.link)
 
 
-def run_seeds(cfg, root: Path, seeds: int, address: str | None = None) -> list[Path]:
+def run_seeds(cfg, root: Path, seeds: int, address: str | None = None,
+              share_from: Path | None = None) -> list[Path]:
     """The config's pipeline once per sweep seed 0..seeds-1 under root/seed-<s>; what does
     not depend on the sweep seed (generated data, a pre-trained base) is built in the first
-    workdir and hard-linked into the others. A finished seed is skipped, an unfinished one
-    resumed (the pipeline's own resume)."""
+    workdir (or taken from `share_from`) and hard-linked into the others. A finished seed is
+    skipped, an unfinished one resumed (the pipeline's own resume)."""
     from raysoup.orchestration.pipeline import run_pipeline
 
     workdirs = []
     for seed in range(seeds):
         workdir = root / f"seed-{seed}"
-        if workdirs:
-            share_prepared(workdirs[0], workdir)
+        if workdirs or share_from is not None:
+            share_prepared(workdirs[0] if workdirs else share_from, workdir)
         print(f"raysoup fidelity: sweep seed {seed} of {seeds} → {workdir}", file=sys.stderr)
         run_pipeline(cfg.model_copy(update={"sweep": cfg.sweep.model_copy(update={"seed": seed})}),
                      workdir, address=address)
         workdirs.append(workdir)
     return workdirs
+
+
+# ---------------------------------------------------------------- searches side by side
+
+
+def with_search(cfg, search: str):
+    """`cfg` with sweep.search set (validated: the soup search needs the anytime soup)."""
+    data = json.loads(cfg.model_dump_json())
+    data["sweep"]["search"] = search
+    return type(cfg).model_validate(data)
+
+
+def run_searches(cfg, root: Path, seeds: int, searches: list[str],
+                 address: str | None = None) -> dict[str, list[Path]]:
+    """`run_seeds` once per sweep search under root/<search>/seed-<s>: the same seeds, data
+    and base, so the runs pair by seed with equal compute (trial-epochs)."""
+    out: dict[str, list[Path]] = {}
+    for search in searches:
+        first = next(iter(out.values()))[0] if out else None
+        out[search] = run_seeds(with_search(cfg, search), root / search, seeds, address,
+                                share_from=first)
+    return out
+
+
+def anytime_offers(workdir: Path) -> list:
+    from raysoup.orchestration.anytime import read_offers
+
+    return read_offers(Path(workdir))
+
+
+def trials_to_reach(offers: list, target: float) -> int | None:
+    """Trials finished when the anytime soup's held-out first reaches `target` (None: never)."""
+    for n, offer in enumerate(offers, start=1):
+        if offer.soup_heldout is not None and offer.soup_heldout >= target - 1e-12:
+            return n
+    return None
+
+
+TARGET_POINTS, TARGET_BUDGET = 0.5, 0.6  # issue 17: +0.5 points, or <= 60 % of the trials
+
+
+def compare_searches(runs: dict[str, list[RunSummary]], base: str = "random",
+                     challenger: str = "soup", soup: str = "greedy_soup") -> tuple[str, dict]:
+    """The challenger search against the base one, paired by seed: d = greedy soup (and best
+    single) of the challenger − of the base per split, and how many trials the challenger's
+    anytime soup needs to reach the base's final greedy-soup held-out accuracy."""
+    a, b = runs[challenger], runs[base]
+    title = (f"## {challenger} search vs {base} search, paired by sweep seed (equal compute: "
+             "the same trials x epochs)")
+    lines = [title, "", f"| d = {challenger} − {base} (points) | " + " | ".join(COLUMNS) + " |",
+             "|---|" + "---|" * len(COLUMNS)]
+    payload: dict = {"base": base, "challenger": challenger}
+    for label, pick in ((soup.replace("_", " "), lambda r: r.soups.get(soup)),
+                        ("best single", lambda r: r.best)):
+        cells = []
+        for column in COLUMNS:
+            d = [100 * (ra.value(pick(ra), column) - rb.value(pick(rb), column))
+                 for ra, rb in zip(a, b, strict=True)]
+            mean, se = paired(d)
+            payload[f"{label}/{column}"] = d
+            cells.append(f"{mean:+.2f} ± {se:.2f} [{', '.join(f'{x:+.2f}' for x in d)}]")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    fractions = []
+    for ra, rb in zip(a, b, strict=True):
+        offers = anytime_offers(Path(ra.workdir))
+        n = trials_to_reach(offers, rb.soups[soup].acc["heldout"]) if offers else None
+        fractions.append(None if n is None else n / len(offers))
+    payload["budget_fraction"] = fractions
+    name = soup.replace("_", " ")
+    shown = ", ".join("never" if f is None else f"{100 * f:.0f}%" for f in fractions)
+    reach = (f"Trials the {challenger} search's anytime soup needs to reach the {base} "
+             f"search's final {name} held-out accuracy, per seed: {shown}.")
+    d_test, d_shift = payload[f"{name}/test"], payload[f"{name}/mean shift"]
+    points = (statistics.fmean(d_test) >= TARGET_POINTS
+              and statistics.fmean(d_shift) >= TARGET_POINTS)
+    reached = [f for f in fractions if f is not None]
+    budget = len(reached) == len(fractions) and statistics.median(reached) <= TARGET_BUDGET
+    payload["holds"] = {"points": points, "budget": budget}
+    on_points = (f"{'✓' if points else '✗'} {name}: ≥ +{TARGET_POINTS} points mean on test "
+                 f"({statistics.fmean(d_test):+.2f}) and on mean shift "
+                 f"({statistics.fmean(d_shift):+.2f})")
+    on_budget = (f"{'✓' if budget else '✗'} or the {base} search's final accuracy reached "
+                 f"with ≤ {100 * TARGET_BUDGET:.0f}% of the trials (median over seeds)")
+    lines += ["", reach, "", on_points, on_budget]
+    return "\n".join(lines), payload
+
+
+def anytime_figure(runs: dict[str, list[RunSummary]], path: Path) -> None:
+    """Mean over seeds of each search's anytime soup (solid) and best single so far (dashed),
+    held-out accuracy against the trials finished."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for (search, summaries), color in zip(runs.items(), ["#2b6cb0", "#c53030", "#2f855a"],
+                                          strict=False):
+        curves = [anytime_offers(Path(r.workdir)) for r in summaries]
+        n = min((len(c) for c in curves), default=0)
+        if not n:
+            continue
+        xs = list(range(1, n + 1))
+        for attr, style, label in (("soup_heldout", "-o", "anytime soup"),
+                                   ("best_single", "--", "best single so far")):
+            ys = [100 * statistics.fmean(getattr(c[i], attr) or math.nan for c in curves)
+                  for i in range(n)]
+            ax.plot(xs, ys, style, c=color, ms=3, label=f"{label} ({search} search)")
+    ax.set_xlabel("trials finished")
+    ax.set_ylabel(f"held-out accuracy (%), mean of {len(next(iter(runs.values())))} seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
+
+
+def write_searches(runs: dict[str, list[RunSummary]], root: Path) -> str:
+    """Each search's fidelity report under root/<search>/, and the comparison of the soup
+    search with the random one (root/searches.md, .json, anytime.png)."""
+    from raysoup.atomic import write_atomic
+
+    parts = []
+    for search, summaries in runs.items():
+        parts.append(f"# sweep.search: {search}\n\n" + write(summaries, root / search))
+    if "random" in runs and "soup" in runs:
+        text, payload = compare_searches(runs)
+        write_atomic(root / "searches.md", text + "\n")
+        write_atomic(root / "searches.json", json.dumps(payload, indent=2))
+        write_atomic(root / "anytime.png", lambda tmp: anytime_figure(runs, tmp))
+        parts.append(text)
+    return "\n\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -165,8 +165,20 @@ def _sweep_lines(cfg: ExperimentCfg) -> list[str]:
     s = cfg.sweep
     r = s.resources_per_trial
     concurrent = min(s.max_concurrent, s.num_samples)
-    lines = [(f"sweep        {s.num_samples} trials, random search (seed {s.seed}), at most "
-             f"{s.max_concurrent} concurrent, {s.max_failures} retries per trial")]
+    search = {"random": "random search",
+              "optuna": "Optuna TPE search on held-out accuracy",
+              "soup": (f"soup-aware search ({s.soup_search.initial} random draws, then "
+                       "proposals steered by the anytime soup)")}[s.search]
+    lines = [(f"sweep        {s.num_samples} trials, {search} (seed {s.seed}), at most "
+              f"{s.max_concurrent} concurrent, {s.max_failures} retries per trial")]
+    if s.scheduler == "asha":
+        lines.append(f"  scheduler  ASHA on held-out accuracy per epoch: every trial gets "
+                     f"{s.asha.grace_period} epoch(s), then 1/{s.asha.reduction_factor} go on "
+                     "at each rung; a stopped trial is no ingredient")
+    if s.anytime.enabled:
+        a = s.anytime
+        lines.append(f"  anytime    each finished trial is offered to a running soup on held-out "
+                     f"(one eval actor: {a.cpus:g} CPU + {a.gpus:g} GPU)")
     if s.workers_per_trial > 1:
         w, n = s.resources_per_worker, s.workers_per_trial
         cpu, gpu = n * w.cpu + DATA_PARALLEL_DRIVER_CPU, n * w.gpu

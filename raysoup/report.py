@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 
 from raysoup.atomic import write_atomic
+from raysoup.soup.anytime import Offer
 
 FIXED_SPLITS = ("heldout", "test")
 
@@ -129,15 +130,72 @@ def plot(rows: list[Row], shifts: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_anytime(curves: Mapping[str, Sequence[Offer]], path: Path) -> None:
+    """Held-out accuracy of the anytime soup (solid) and of the best finished trial (dashed)
+    against the trials finished, one colour per curve (e.g. per sweep search)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    palette = itertools.cycle(["#c53030", "#2b6cb0", "#2f855a", "#b7791f", "#6b46c1"])
+    for label, offers in curves.items():
+        color = next(palette)
+        xs = list(range(1, len(offers) + 1))
+        nan = float("nan")
+        ax.plot(xs, [100 * o.soup_heldout if o.soup_heldout is not None else nan
+                     for o in offers], "-o", c=color, ms=3, label=f"anytime soup{label}")
+        ax.plot(xs, [100 * o.best_single if o.best_single is not None else nan
+                     for o in offers], "--", c=color, alpha=0.7,
+                label=f"best single so far{label}")
+    ax.set_xlabel("trials finished")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title("Anytime soup during the sweep")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+def anytime_table(offers: Sequence[Offer]) -> str:
+    lines = ["| trial | outcome | held-out | soup + trial | gain | soup size | soup held-out |",
+             "|---|---|---|---|---|---|---|"]
+
+    def pct(v: float | None, sign: str = "") -> str:
+        return "–" if v is None else f"{100 * v:{sign}.2f}"
+
+    for o in offers:
+        outcome = f"{o.outcome} ({o.reason})" if o.reason else o.outcome
+        lines.append(f"| {o.trial} | {outcome} | {pct(o.heldout)} | {pct(o.with_soup)} | "
+                     f"{pct(o.gain, '+')} | {len(o.soup)} | {pct(o.soup_heldout)} |")
+    return "\n".join(lines)
+
+
 def write_report(table: pa.Table, out_dir: Path, title: str,
                  inference_costs: Mapping[str, int] | None = None,
-                 diverged: Mapping[str, Mapping[str, Any]] | None = None) -> list[Path]:
+                 diverged: Mapping[str, Mapping[str, Any]] | None = None,
+                 anytime: Sequence[Offer] = ()) -> list[Path]:
     """`diverged`: trials that ended with a non-finite loss (no ingredient), see
-    `diverged_line`; listed under the summary."""
+    `diverged_line`; listed under the summary. `anytime`: the sweep's anytime-soup offers
+    (a curve and a table)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, shifts = summarize(table)
     figure = out_dir / "figure.png"
     plot(rows, shifts, figure)
+    files = [figure]
+    anytime_part = []
+    if anytime:
+        curve = out_dir / "anytime.png"
+        plot_anytime({"": anytime}, curve)
+        files.append(curve)
+        anytime_part = [
+            ("## Anytime soup\n\nDuring the sweep each finished trial was offered, in trial "
+             "order, to a running soup (kept if the soup's held-out accuracy does not drop; a "
+             "trial better alone restarts it). The final soups above are the standard recipes "
+             "over all trials."),
+            "![anytime soup](anytime.png)", anytime_table(anytime)]
     line = diverged_line(diverged)
     text = "\n\n".join([
         f"# {title}: results",
@@ -148,6 +206,7 @@ def write_report(table: pa.Table, out_dir: Path, title: str,
             "`sweep.num_samples`, no ingredient.")] if line else []),
         "![test vs. shift accuracy](figure.png)",
         "## Every model\n\n" + markdown_table([(r.model, r) for r in rows], shifts),
+        *anytime_part,
     ]) + "\n"
     readme = write_atomic(out_dir / "README.md", text)
-    return [figure, readme]
+    return [*files, readme]

@@ -22,8 +22,11 @@ pytestmark = pytest.mark.slow
 SMALL = small_config(
     name="faults",
     model={"pretrain": {"threads": 1}},
-    # 3 trials + zero-shot: 3 greedy decisions, enough to die after the second.
-    sweep={"num_samples": 3, "base": {"epochs": 2}},
+    # 3 trials + zero-shot: 3 greedy decisions, enough to die after the second. The
+    # soup-aware search: trial-002 is proposed from the anytime soup's offer of trial-000, so
+    # an interrupted sweep must resume its proposals exactly to match the reference.
+    sweep={"num_samples": 3, "base": {"epochs": 2}, "search": "soup",
+           "soup_search": {"initial": 1}},
     # speculation 1: one greedy decision per round, so there is a decision to die after; TIES
     # (an element-wise merge, after greedy) is cooked only by the resumed run.
     soup={"recipes": ["uniform", "greedy", "ties"], "greedy": {"speculation": 1},
@@ -96,9 +99,10 @@ def test_killed_anywhere_resumes_to_the_same_result(tmp_path):
     assert rc != 0 and not (work / "results.parquet").exists(), err[-3000:]
     assert "interrupted" in err or "sweep incomplete" in err
 
-    # 2.-3. SIGKILL inside the evaluation (the first resumes the interrupted sweep) and the
-    # greedy soup. (A kill right after a finished trial: test_remote_workdir.py.)
-    for point in ("evaluate.model=3", "greedy.decision=2"):
+    # 2.-4. SIGKILL in the resumed sweep, right after its first anytime-soup decision is
+    # journaled; inside the evaluation (which resumes the sweep again) and the greedy soup.
+    # (A kill right after a finished trial: test_remote_workdir.py.)
+    for point in ("anytime.offer=1", "evaluate.model=3", "greedy.decision=2"):
         rc, _, err = finish(raysoup(cfg, work, failpoints=point))
         log.append((point, rc))
         assert rc == -signal.SIGKILL, (point, rc, err[-3000:])
@@ -106,7 +110,7 @@ def test_killed_anywhere_resumes_to_the_same_result(tmp_path):
     assert not (work / "soups" / "greedy").exists()  # killed mid-greedy: no half soup
     assert (work / "soups" / ".greedy.journal.jsonl").exists()
 
-    # 4. SIGKILL between logging a soup's MLflow Model and registering it (the second soup).
+    # 5. SIGKILL between logging a soup's MLflow Model and registering it (the second soup).
     rc, _, err = finish(raysoup(cfg, work, failpoints="publish.logged=2"))
     log.append(("publish.logged=2", rc))
     assert rc == -signal.SIGKILL, err[-3000:]
@@ -122,6 +126,8 @@ def test_killed_anywhere_resumes_to_the_same_result(tmp_path):
     # Same rows, same accuracies, same soup bytes as the uninterrupted run.
     assert pq.read_table(work / "results.parquet").equals(pq.read_table(ref / "results.parquet"))
     assert soup_files(work) == soup_files(ref)
+    # The same anytime soup, decision by decision, and so the same proposals.
+    assert (work / "anytime.jsonl").read_text() == (ref / "anytime.jsonl").read_text()
     # Exactly one MLflow run per trial and per soup (plus the sweep), none left RUNNING.
     runs = mlflow_runs(work)
     names = sorted(r.info.run_name for r in runs)

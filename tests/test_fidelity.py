@@ -106,3 +106,42 @@ def test_cli_refuses_zero_seeds(capsys):
 
     assert main(["fidelity", "experiments/tiny.yaml", "--seeds", "0"]) == 2
     assert "--seeds must be >= 1" in capsys.readouterr().err
+
+
+def _offers(workdir, curve):
+    """An anytime journal whose soup reaches the given held-out accuracies in turn."""
+    from raysoup.soup.anytime import JOINED, Offer
+
+    lines = [json.dumps(Offer(i, f"trial-{i:03d}", JOINED, {}, heldout=h, soup_heldout=h,
+                              best_single=h, soup=(f"trial-{i:03d}",)).to_json())
+             for i, h in enumerate(curve)]
+    (workdir / "anytime.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_soup_search_against_random_search_paired_by_seed(tmp_path):
+    def run(name, greedy, best, curve):
+        wd = _workdir(tmp_path, name, {
+            "trial-a": ("ingredient", {"heldout": best, "test": best, "s1": best}),
+            "greedy_soup": ("soup", {"heldout": greedy, "test": greedy, "s1": greedy - 1}),
+        })
+        _offers(wd, [c / 100 for c in curve])
+        return fidelity.summarize_run(wd)
+
+    runs = {"random": [run("r0", 70, 68, [60, 65, 70, 70]), run("r1", 72, 70, [60, 72, 72, 72])],
+            "soup": [run("s0", 71, 68, [60, 70, 71, 71]), run("s1", 73, 71, [60, 61, 62, 73])]}
+    assert fidelity.trials_to_reach(fidelity.anytime_offers(tmp_path / "s0"), 0.70) == 2
+    assert fidelity.trials_to_reach(fidelity.anytime_offers(tmp_path / "s1"), 0.99) is None
+    text, payload = fidelity.compare_searches(runs)
+    # greedy soup: +1 and +1 on test and on shift; best single 0 and +1.
+    assert payload["greedy soup/test"] == pytest.approx([1.0, 1.0])
+    assert payload["greedy soup/mean shift"] == pytest.approx([1.0, 1.0])
+    assert payload["best single/test"] == pytest.approx([0.0, 1.0])
+    # s0 reaches r0's final greedy held-out (70) at trial 2 of 4, s1 reaches 72 at trial 4.
+    assert payload["budget_fraction"] == [0.5, 1.0]
+    assert payload["holds"] == {"points": True, "budget": False}
+    assert "per seed: 50%, 100%" in text and "✓ greedy soup: ≥ +0.5 points" in text
+    out = fidelity.write_searches(runs, tmp_path / "out")
+    assert "# sweep.search: soup" in out
+    assert (tmp_path / "out" / "anytime.png").stat().st_size > 0
+    assert json.loads((tmp_path / "out" / "searches.json").read_text())["budget_fraction"] == [
+        0.5, 1.0]

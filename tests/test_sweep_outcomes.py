@@ -122,3 +122,63 @@ def test_resume_applies_max_failures_and_refuses_kept_settings(ray_session, prep
             sweep(cfg, workdir)
     # The restored trial is retried under the new limit (before: the old 0, no retry).
     assert caplog.text.count(retries) >= 1, caplog.text
+
+
+def test_asha_stops_a_trial_and_the_anytime_soup_takes_every_trial_in_order(
+        ray_session, prepared, tmp_path):
+    """sweep.scheduler: asha on the held-out accuracy trials report each epoch. A stopped
+    trial is a finished trial without an ingredient (a record, counted in num_samples, not in
+    any soup); the anytime soup offers every trial in trial order, the stopped one as
+    "no ingredient", and logs its curve to the sweep's MLflow run."""
+    from raysoup.orchestration.anytime import read_offers
+    from raysoup.orchestration.evaluation import build_eval_cache
+    from raysoup.orchestration.sweep import ended_without_ingredient, finished_trials
+    from raysoup.prepare import prepare
+
+    workdir = tmp_path / "work"
+    shutil.copytree(prepared, workdir)
+    # One trial at a time, so ASHA's rung sees trial-000 (lr 1e-8: the 30-step base, held-out
+    # 0.30) before trial-001 (lr 1e-3: this tiny ViT first gets worse, 0.18 after an epoch,
+    # below the rung's median: stopped). trial-002 (1e-3 again) ties the rung's median of
+    # three and runs on.
+    cfg = small_config(sweep={"num_samples": 3, "seed": 1, "max_concurrent": 1,
+                              "base": {"epochs": 2}, "scheduler": "asha",
+                              "asha": {"grace_period": 1, "reduction_factor": 2}})
+    cfg["sweep"]["space"] = {"lr": {"choice": [1.0e-8, 1.0e-3]}}
+    experiment = ExperimentCfg.model_validate(cfg)
+    data, zeroshot = prepare(experiment, workdir)
+    heldout = build_eval_cache({"heldout": data.heldout}, workdir, zeroshot["preprocess"],
+                               experiment.data.eval_cache_shard)["heldout"]
+    with pytest.raises(ValueError, match="needs the held-out split"):
+        sweep(cfg, workdir)
+    from raysoup.orchestration.sweep import run_sweep
+    from raysoup.tracking import Tracker, default_uri
+
+    tracker = Tracker(default_uri(workdir), experiment.name)
+    parent = tracker.sweep_run()
+    done = run_sweep(experiment, workdir, tracker, parent, heldout)
+
+    stopped = ended_without_ingredient(workdir)
+    assert stopped and all(how == "stopped at epoch 1" for how in stopped.values()), stopped
+    assert len(done) + len(stopped) == 3 and done == finished_trials(workdir)
+    for name in stopped:
+        record = json.loads((workdir / "ingredients" / name / "manifest.json").read_text())
+        assert record["kind"] == "stopped" and record["hparams"]["lr"] == 1.0e-3
+        assert record["epoch"] == 1 and 0 <= record["heldout_acc"] <= 1
+    assert sorted(p.name for p in list_ingredients(workdir / "ingredients")) == sorted(
+        [*done, "zeroshot"])
+
+    offers = read_offers(workdir)
+    assert [o.trial for o in offers] == ["trial-000", "trial-001", "trial-002"]
+    for o in offers:
+        if o.trial in stopped:
+            assert o.outcome == "no ingredient" and o.reason == "stopped at epoch 1"
+        else:
+            assert o.outcome in ("joined", "restarted", "rejected") and o.heldout is not None
+    assert offers[0].outcome == "restarted" and offers[-1].soup  # the soup holds a trial
+    history = tracker.client.get_metric_history(parent, "soup/heldout")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert [m.value for m in history] == [o.soup_heldout for o in offers]
+    # A re-run counts the stopped trial: nothing is retrained, nothing is offered twice.
+    assert run_sweep(experiment, workdir, tracker, parent, heldout) == done
+    assert read_offers(workdir) == offers

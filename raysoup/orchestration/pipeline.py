@@ -23,6 +23,7 @@ from raysoup.evaluate import results as res
 from raysoup.export import base_clip_state, model_info
 from raysoup.faults import failpoint
 from raysoup.orchestration import metrics, reduction
+from raysoup.orchestration.anytime import read_offers
 from raysoup.orchestration.evaluation import (
     EvalPool,
     actor_threads,
@@ -30,6 +31,7 @@ from raysoup.orchestration.evaluation import (
     evaluate_models,
 )
 from raysoup.orchestration.published import Publisher, example_images
+from raysoup.orchestration.search import reports_heldout
 from raysoup.orchestration.soup_files import (
     cooked_soup_id,
     inference_costs,
@@ -43,6 +45,7 @@ from raysoup.orchestration.sweep import (
     diverged_trials,
     refuse_kept_changes,
     run_sweep,
+    sweep_to_run,
     unfinished_sweep,
 )
 from raysoup.prepare import ZEROSHOT, prepare
@@ -62,7 +65,9 @@ AUDIT_FILE = ".audit.json"
 # Tune restores from its state, so they may change only while no sweep is unfinished
 # (snapshot_config refuses them otherwise, before writing anything).
 PINNED = ("model", "data", "sweep")
-EXECUTION_ONLY = ("sweep.max_failures", *(f"sweep.{k}" for k in KEPT_ON_RESUME))
+EXECUTION_ONLY = ("sweep.max_failures", *(f"sweep.{k}" for k in KEPT_ON_RESUME),
+                  # the anytime soup only watches (search: soup, which it steers, is pinned)
+                  "sweep.anytime.enabled", "sweep.anytime.cpus", "sweep.anytime.gpus")
 
 
 def connect(address: str | None, metrics_export_port: int | None = None,
@@ -133,7 +138,15 @@ class Run:
 
     def sweep(self) -> None:
         with self.stage("sweep"):
-            run_sweep(self.cfg, self.workdir, self.tracker, self.parent)
+            heldout = None
+            wanted = self.cfg.sweep.anytime.enabled or reports_heldout(self.cfg)
+            if wanted and sweep_to_run(self.cfg, self.workdir):
+                # Decoded once, now: the anytime soup and the trials score it during the
+                # sweep, and the evaluate stage reuses the same cache.
+                heldout = build_eval_cache(
+                    {"heldout": self.data.heldout}, self.workdir, self.zeroshot["preprocess"],
+                    self.cfg.data.eval_cache_shard, self.cfg.data.skip_corrupt)["heldout"]
+            run_sweep(self.cfg, self.workdir, self.tracker, self.parent, heldout)
 
     def pool(self, count: int, num_cpus: float | None = None) -> EvalPool:
         """Eval actors; the preprocessed splits are put in the object store once per run."""
@@ -309,7 +322,8 @@ class Run:
             table = res.read_results(self.results_path)
             files = write_report(table, self.workdir / "report", self.cfg.name,
                                  inference_costs(self.workdir / "soups"),
-                                 diverged_hparams(self.workdir, self.cfg.sweep.space))
+                                 diverged_hparams(self.workdir, self.cfg.sweep.space),
+                                 read_offers(self.workdir))
             storage.publish(self.workdir / "report")
             storage.pull(self.results_path, exact=True)  # MLflow uploads local files
             self.tracker.log_artifacts(self.parent, files, subdir="report")

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from ray import tune
-from ray.tune.search.basic_variant import BasicVariantGenerator
 from safetensors.torch import load_file, save_file
 
 from raysoup import storage
@@ -34,7 +33,8 @@ from raysoup.config import (
     Uniform,
 )
 from raysoup.faults import failpoint
-from raysoup.orchestration import metrics
+from raysoup.orchestration import metrics, search
+from raysoup.orchestration.anytime import AnytimeCallback, AnytimeSoup
 
 if TYPE_CHECKING:  # mlflow costs a trial process ~1 s to import; only the driver tracks
     from raysoup.tracking import Tracker
@@ -48,6 +48,9 @@ TRAIN_DIR = "train"  # WORKDIR/tune/train/<trial>: the Ray Train run of a data-p
 # it is a finished trial, but not an ingredient (list_ingredients needs the tensor file), so
 # evaluation and soups never see it.
 DIVERGED = "diverged"
+# A trial the scheduler (sweep.scheduler: asha) stopped early likewise leaves a record of this
+# kind: its last checkpoint is an under-trained model, not an ingredient of any soup.
+STOPPED = "stopped"
 
 
 class SweepError(RuntimeError):
@@ -92,6 +95,9 @@ class TrialContext:
     workdir: str
     threads: int
     workers: int = 1  # sweep.workers_per_trial: > 1 runs a TorchTrainer in the trial
+    # The held-out split's eval cache (EvalSplit) when trials report held-out accuracy each
+    # epoch (sweep.scheduler: asha, sweep.search: optuna); None otherwise.
+    heldout: Any = None
 
 
 # ---------------------------------------------------------------- trainable (runs on workers)
@@ -246,6 +252,8 @@ def _train(config: dict[str, Any], ctx: TrialContext, session: TrialSession) -> 
             resume = _load_state(Path(d))
 
     def on_epoch(epoch: int, metrics: dict, state_fn) -> None:
+        if ctx.heldout is not None and session.rank == 0:
+            metrics["heldout_acc"] = _heldout_accuracy(model, ctx.heldout, cfg.eval.batch_size)
         if session.rank != 0:  # rank 0 writes; every rank reports (Train waits for all)
             session.report({**metrics, "epoch": epoch})
             return
@@ -268,6 +276,19 @@ def _train(config: dict[str, Any], ctx: TrialContext, session: TrialSession) -> 
     finetune(model, splits.train, hp, image_size=pre["image_size"], mean=pre["mean"],
              std=pre["std"], threads=ctx.threads, resume=resume, on_epoch=on_epoch,
              loader=loader_for(cfg.data, res.cpu), shard=(session.rank, session.world))
+
+
+def _heldout_accuracy(model, split, batch_size: int) -> float:
+    """The trial's model on the held-out eval cache (decoded once, before the sweep)."""
+    from raysoup.evaluate.evaluator import Evaluator
+
+    was_training = model.training
+    try:
+        correct, n = Evaluator(model, {"heldout": split}, batch_size).score(
+            None, ["heldout"])["heldout"]
+    finally:
+        model.train(was_training)
+    return correct / n
 
 
 # ---------------------------------------------------------------- tracking (runs on the driver)
@@ -322,6 +343,36 @@ def _diverged(trial) -> bool:
     return bool((trial.last_result or {}).get(DIVERGED))
 
 
+def trial_end_reason(trial, epochs: int) -> str:
+    """How a completed trial ended without an ingredient ("" if it has one); `epochs`: the
+    sweep's base, for trials that do not sample theirs."""
+    if _diverged(trial):
+        return DIVERGED
+    epochs = int(trial.config.get("epochs", epochs))
+    last = int((trial.last_result or {}).get("epoch", 0) or 0)
+    if epochs and last < epochs:
+        return f"{STOPPED} at epoch {last}"
+    return ""
+
+
+class EndingsCallback(tune.Callback):
+    """Writes the record of a trial the scheduler stopped early (it cannot: Tune ended it)."""
+
+    def __init__(self, workdir: str, base: dict[str, Any]):
+        self.workdir, self.base = workdir, base
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        reason = trial_end_reason(trial, self.base["epochs"])
+        if reason.startswith(STOPPED):
+            name = trial_name(trial.trial_id)
+            record = {"kind": STOPPED, "status": STOPPED, "trial": name, "reason": reason,
+                      "epoch": int(trial.last_result.get("epoch", 0)),
+                      "heldout_acc": trial.last_result.get("heldout_acc"),
+                      "hparams": {**self.base, **trial.config}}
+            storage.write_file(Path(self.workdir) / "ingredients" / name / "manifest.json",
+                               json.dumps(record, indent=1, sort_keys=True, default=str))
+
+
 class ProgressCallback(tune.Callback):
     """One line per trial epoch on the console (Tune's own tables are off: verbose=0).
 
@@ -355,7 +406,9 @@ class ProgressCallback(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished += 1
         metrics.trial_finished()
-        how = "diverged (non-finite loss; no ingredient)" if _diverged(trial) else "finished"
+        reason = trial_end_reason(trial, self.epochs)
+        how = ("diverged (non-finite loss; no ingredient)" if reason == DIVERGED
+               else f"{reason} by the scheduler (no ingredient)" if reason else "finished")
         log.info("sweep: %s %s (%d/%d)", trial_name(trial.trial_id), how, self.finished,
                  self.num_samples)
 
@@ -377,14 +430,25 @@ def finished_trials(workdir: Path) -> list[str]:
             if read_manifest(p).get("kind") == "ingredient"]
 
 
-def diverged_trials(workdir: Path) -> list[str]:
-    """Trials that ended with a non-finite loss: finished, but without an ingredient."""
+def ended_without_ingredient(workdir: Path) -> dict[str, str]:
+    """Finished trials without an ingredient -> how they ended (DIVERGED, "stopped at ...")."""
     root = workdir / "ingredients"
     files = set(storage.list_files(root))
     names = sorted({rel.split("/", 1)[0] for rel in files if rel.endswith("/manifest.json")}
                    - {rel.split("/", 1)[0] for rel in files if rel.endswith("/model.safetensors")})
-    return [n for n in names if not n.startswith(".")
-            and json.loads(storage.read_text(root / n / "manifest.json")).get("kind") == DIVERGED]
+    out = {}
+    for name in names:
+        if name.startswith("."):
+            continue
+        record = json.loads(storage.read_text(root / name / "manifest.json"))
+        if record.get("kind") in (DIVERGED, STOPPED):
+            out[name] = record.get("reason", record["kind"])
+    return out
+
+
+def diverged_trials(workdir: Path) -> list[str]:
+    """Trials that ended with a non-finite loss: finished, but without an ingredient."""
+    return [n for n, how in ended_without_ingredient(workdir).items() if how == DIVERGED]
 
 
 # Tune restores these from its saved state (the pickled TuneConfig: the search algorithm's
@@ -398,9 +462,15 @@ def sweep_path(workdir: Path) -> str:
     return storage.display(workdir / SWEEP_DIR / SWEEP_NAME)
 
 
+def sweep_to_run(cfg: ExperimentCfg, workdir: Path) -> bool:
+    """Trials are still to run (a new or an unfinished sweep)."""
+    done = len(finished_trials(workdir)) + len(ended_without_ingredient(workdir))
+    return done < cfg.sweep.num_samples
+
+
 def unfinished_sweep(cfg: ExperimentCfg, workdir: Path) -> bool:
     """A sweep that a run would resume from Tune's saved state (needs no Ray session)."""
-    done = len(finished_trials(workdir)) + len(diverged_trials(workdir))
+    done = len(finished_trials(workdir)) + len(ended_without_ingredient(workdir))
     return done < cfg.sweep.num_samples and tune.Tuner.can_restore(sweep_path(workdir))
 
 
@@ -436,21 +506,28 @@ def _close_runs(tracker: Tracker, done: list[str], diverged: list[str]) -> None:
                  "interrupted driver last saw them)", ", ".join(closed))
 
 
-def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: str) -> list[str]:
+def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: str,
+              heldout=None) -> list[str]:
     """Fine-tune `sweep.num_samples` trials; resumes an interrupted sweep from its state.
-    Returns the ingredients (a diverged trial counts towards num_samples but is none)."""
-    done, diverged = finished_trials(workdir), diverged_trials(workdir)
-    if len(done) + len(diverged) >= cfg.sweep.num_samples:
+    Returns the ingredients (a diverged or stopped trial counts towards num_samples but is
+    none). `heldout`: the held-out split's eval cache, for the anytime soup and for trials
+    that report held-out accuracy."""
+    done, ended = finished_trials(workdir), ended_without_ingredient(workdir)
+    if len(done) + len(ended) >= cfg.sweep.num_samples:
         log.info("sweep: %d ingredients already present, skipping", len(done))
-        _close_runs(tracker, done, diverged)
+        _close_runs(tracker, done, diverged_trials(workdir))
         return done
     # Trials killed while writing their ingredient leave a hidden temp dir; no trial runs yet.
     remove_stale_tmp(workdir / "ingredients")
 
+    if search.reports_heldout(cfg) and heldout is None:
+        raise ValueError(f"sweep.scheduler: {cfg.sweep.scheduler} / sweep.search: "
+                         f"{cfg.sweep.search} score trials on held-out: run_sweep needs the "
+                         "held-out split's eval cache")
     workers = cfg.sweep.workers_per_trial
     res = cfg.sweep.resources_per_worker if workers > 1 else cfg.sweep.resources_per_trial
     ctx = TrialContext(cfg.model_dump_json(), str(workdir), threads=max(1, int(res.cpu)),
-                       workers=workers)
+                       workers=workers, heldout=heldout if search.reports_heldout(cfg) else None)
     trial_res = ({"cpu": DATA_PARALLEL_DRIVER_CPU, "gpu": 0} if workers > 1
                  else {"cpu": res.cpu, "gpu": res.gpu})
     trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), trial_res)
@@ -458,43 +535,71 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
     path = sweep_path(workdir)
     TrackingCallback.live = (tracker, parent_run)
     ProgressCallback.max_failures = cfg.sweep.max_failures
-    if tune.Tuner.can_restore(path):
-        log.info("sweep: resuming from %s", path)
-        tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
-        _check_restorable(tuner, cfg)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space(cfg.sweep.space),
-            tune_config=tune.TuneConfig(
-                num_samples=cfg.sweep.num_samples,
-                # TuneConfig.max_concurrent_trials is ignored (with a warning) for a
-                # SearchGenerator such as BasicVariantGenerator; the generator limits it itself.
-                search_alg=BasicVariantGenerator(random_state=cfg.sweep.seed,
-                                                 max_concurrent=cfg.sweep.max_concurrent),
-                reuse_actors=cfg.sweep.reuse_actors,  # see SweepCfg
-            ),
-            run_config=tune.RunConfig(
-                name=SWEEP_NAME,
-                storage_path=storage.display(workdir / SWEEP_DIR),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
-                callbacks=[TrackingCallback(tracker, parent_run, cfg.sweep.base.model_dump()),
-                           ProgressCallback(cfg.sweep.num_samples, cfg.sweep.base.epochs)],
-                verbose=0,
-            ),
-        )
-    grid = tuner.fit()
-    failed = [r.path for r in grid if r.error is not None]
-    done, diverged = finished_trials(workdir), diverged_trials(workdir)
+    anytime = _start_anytime(cfg, workdir, tracker, parent_run, heldout)
+    try:
+        if tune.Tuner.can_restore(path):
+            log.info("sweep: resuming from %s", path)
+            tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
+            _check_restorable(tuner, cfg)
+        else:
+            base = cfg.sweep.base.model_dump()
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space(cfg.sweep.space),
+                tune_config=tune.TuneConfig(
+                    num_samples=cfg.sweep.num_samples,
+                    search_alg=search.search_alg(cfg),
+                    scheduler=search.scheduler(cfg),
+                    reuse_actors=cfg.sweep.reuse_actors,  # see SweepCfg
+                ),
+                run_config=tune.RunConfig(
+                    name=SWEEP_NAME,
+                    storage_path=storage.display(workdir / SWEEP_DIR),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
+                    callbacks=[TrackingCallback(tracker, parent_run, base),
+                               EndingsCallback(str(workdir), base),
+                               ProgressCallback(cfg.sweep.num_samples, cfg.sweep.base.epochs),
+                               AnytimeCallback()],
+                    verbose=0,
+                ),
+            )
+        grid = tuner.fit()
+        failed = [r.path for r in grid if r.error is not None]
+        done, ended = finished_trials(workdir), ended_without_ingredient(workdir)
+        if anytime is not None:
+            anytime.scan(done, ended)
+            anytime.pump(wait=True)  # the trials that ended last are offered too
+    finally:
+        if anytime is not None:
+            anytime.stop()
+            AnytimeSoup.live = None
+    diverged = diverged_trials(workdir)
     _close_runs(tracker, done, diverged)
     if diverged:
         tracker.set_tags(parent_run, {"raysoup.diverged": ",".join(diverged)})
         log.warning("sweep: %d trial(s) diverged, left out of evaluation and soups: %s",
                     len(diverged), ", ".join(diverged))
-    if failed or len(done) + len(diverged) < cfg.sweep.num_samples:
+    if stopped := sorted(set(ended) - set(diverged)):
+        log.info("sweep: %d trial(s) stopped early by the scheduler (no ingredients): %s",
+                 len(stopped), ", ".join(stopped))
+    if failed or len(done) + len(ended) < cfg.sweep.num_samples:
         # fit() also returns (without raising) after SIGINT: an interrupted sweep is not finished.
         raise SweepError(f"sweep incomplete: {len(done)}/{cfg.sweep.num_samples} ingredients "
-                         f"({len(diverged)} diverged), failed trials: {failed or 'none'}; "
-                         "re-run the same command to resume")
+                         f"({len(ended)} diverged or stopped), failed trials: "
+                         f"{failed or 'none'}; re-run the same command to resume")
     return done
+
+
+def _start_anytime(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: str,
+                   heldout) -> AnytimeSoup | None:
+    """The live anytime soup (None when off or without a held-out split), with the trials
+    that ended before this driver started (a resumed sweep) queued for their offers."""
+    if not cfg.sweep.anytime.enabled or heldout is None:
+        return None
+    meta = read_manifest(workdir / "ingredients" / "zeroshot")
+    soup = AnytimeSoup(cfg, workdir, tracker, parent_run, heldout, meta["model_name"],
+                       meta["num_classes"])
+    soup.scan(finished_trials(workdir), ended_without_ingredient(workdir))
+    AnytimeSoup.live = soup
+    return soup

@@ -1,0 +1,134 @@
+"""How the sweep proposes and stops trials: `sweep.search` and `sweep.scheduler` as Tune objects.
+
+- random: Tune's BasicVariantGenerator over the space (grid_search values expand as in Tune).
+- optuna: Tune's OptunaSearch (TPE) on the trials' final held-out accuracy.
+- soup: `SoupSearcher`, whose objective is the trial's effect on the anytime soup.
+- asha: Tune's AsyncHyperBandScheduler on the held-out accuracy trials report each epoch.
+
+Searchers other than random run under `IndexedSearchGenerator`, which numbers trials like the
+random generator does (`<prefix>_00007`), so their ingredients are trial-007 too and the
+anytime soup can take them in order.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter, Searcher
+from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.search.search_generator import SearchGenerator
+
+from raysoup.config import ConfigError, ExperimentCfg
+from raysoup.sweep_search import propose
+
+HELDOUT_METRIC = "heldout_acc"  # reported each epoch by trials under asha and optuna
+
+
+class IndexedSearchGenerator(SearchGenerator):
+    """SearchGenerator whose trial ids end in a counter, as BasicVariantGenerator's do."""
+
+    def __init__(self, searcher: Searcher):
+        super().__init__(searcher)
+        self._prefix = uuid.uuid4().hex[:5]
+
+    def create_trial_if_possible(self, experiment_spec):
+        # Tune draws a trial's id (a random hex) inside this method, before the searcher's
+        # suggest(trial_id); the counter suffix is swapped in for that one call.
+        counter = self._counter
+        original = Trial.generate_id
+        Trial.generate_id = classmethod(lambda cls: f"{self._prefix}_{counter:05d}")
+        try:
+            return super().create_trial_if_possible(experiment_spec)
+        finally:
+            Trial.generate_id = original
+
+    def get_state(self):
+        return {**super().get_state(), "prefix": self._prefix}
+
+    def set_state(self, state):
+        self._prefix = state.pop("prefix", self._prefix)
+        super().set_state(state)
+
+    @property
+    def max_concurrent(self) -> int | None:  # what a resumed sweep checks (sweep.py)
+        return getattr(self.searcher, "max_concurrent", None)
+
+
+class SoupSearcher(Searcher):
+    """Proposes trial i from the anytime soup's offers of trials 0..i-L (`sweep_search`).
+
+    Stateless beyond its settings: the offers live in the anytime journal, so a restored
+    sweep's searcher proposes exactly what the interrupted one would have. While an offer it
+    needs is not decided yet, `suggest` returns None (Tune asks again next step)."""
+
+    def __init__(self, cfg: ExperimentCfg):
+        super().__init__()  # no Tune metric: its objective is the anytime soup's
+        self.space = dict(cfg.sweep.space)
+        self.seed, self.settings = cfg.sweep.seed, cfg.sweep.soup_search
+        self.lag = cfg.sweep.max_concurrent
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the space is the config's (`self.space`), drawn by `propose`
+
+    def suggest(self, trial_id: str) -> dict | None:
+        from raysoup.orchestration.anytime import AnytimeSoup
+
+        index = int(trial_id.rsplit("_", 1)[-1])
+        need = index - self.lag + 1 if index >= self.settings.initial else 0
+        live = AnytimeSoup.live
+        if live is not None:
+            # With no trial running, Tune's loop waits in here (asking each second) without
+            # calling the callbacks that pump the anytime soup otherwise.
+            live.pump()
+        offers = live.offers if live is not None else []
+        if need > 0 and len(offers) < need:
+            return None
+        return propose(self.space, self.seed, index, offers[: max(need, 0)], self.settings)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        pass  # outcomes reach the search through the anytime soup, in trial order
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps({"seed": self.seed}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass  # nothing beyond the settings the trainable's config restores
+
+
+def search_alg(cfg: ExperimentCfg):
+    s = cfg.sweep
+    if s.search == "random":
+        # TuneConfig.max_concurrent_trials is ignored (with a warning) for a SearchGenerator
+        # such as BasicVariantGenerator; the generator limits it itself.
+        return BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent)
+    if s.search == "soup":
+        searcher = SoupSearcher(cfg)
+    else:
+        try:
+            import optuna
+            from ray.tune.search.optuna import OptunaSearch
+        except ImportError as err:
+            raise ConfigError("sweep.search: optuna needs the optuna package: "
+                              "pip install 'raysoup[optuna]'") from err
+        searcher = OptunaSearch(metric=HELDOUT_METRIC, mode="max",
+                                sampler=optuna.samplers.TPESampler(seed=s.seed))
+    return IndexedSearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent))
+
+
+def scheduler(cfg: ExperimentCfg):
+    s = cfg.sweep
+    if s.scheduler == "fifo":
+        return FIFOScheduler()
+    return AsyncHyperBandScheduler(time_attr="epoch", metric=HELDOUT_METRIC, mode="max",
+                                   max_t=s.base.epochs, grace_period=s.asha.grace_period,
+                                   reduction_factor=s.asha.reduction_factor)
+
+
+def reports_heldout(cfg: ExperimentCfg) -> bool:
+    """Trials measure held-out accuracy each epoch (for the scheduler or Optuna)."""
+    return cfg.sweep.scheduler == "asha" or cfg.sweep.search == "optuna"
