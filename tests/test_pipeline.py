@@ -56,9 +56,29 @@ def test_pipeline_end_to_end_and_rerun(ray_session, tmp_path):
     trial = next(r for r in runs if r.info.run_name == "trial-001")
     assert "lr" in trial.data.params and "train_loss" in trial.data.metrics
 
-    # Re-running the finished run redoes nothing: same results, no new MLflow runs.
+    # The anytime soup took every trial in order, scored on the same eval cache as the
+    # evaluate stage (the same held-out accuracies), and its curve is in MLflow and the report.
+    from raysoup.orchestration.anytime import read_offers
+
+    offers = read_offers(workdir)
+    assert [o.trial for o in offers] == ["trial-000", "trial-001", "trial-002"]
+    assert offers[0].outcome == "restarted"
+    assert all(o.heldout == heldout[o.trial] for o in offers)
+    assert offers[-1].soup_heldout >= max(heldout[o.trial] for o in offers)
+    sweep_run = next(r for r in runs if r.info.run_name == "sweep")
+    curve = tracker.client.get_metric_history(sweep_run.info.run_id, "soup/heldout")
+    assert [(m.step, m.value) for m in curve] == [(i + 1, o.soup_heldout)
+                                                  for i, o in enumerate(offers)]
+    assert "## Anytime soup" in (workdir / "report" / "README.md").read_text()
+    assert (workdir / "report" / "anytime.png").stat().st_size > 10_000
+
+    # Re-running the finished run redoes nothing: same results, no new MLflow runs. (A driver
+    # that died after the last trial, before its anytime offers: the re-run catches up.)
+    journal = workdir / "anytime.jsonl"
+    journal.write_text(journal.read_text().splitlines(keepends=True)[0])
     before = (workdir / "results.parquet").read_bytes()
     run2 = run_pipeline(cfg, workdir)
     assert (workdir / "results.parquet").read_bytes() == before
+    assert read_offers(workdir) == offers
     assert len(Tracker(default_uri(workdir), "e2e").runs()) == len(runs)
     assert run2.timings["sweep"] < run.timings["sweep"]

@@ -34,7 +34,12 @@ from raysoup.config import (
 )
 from raysoup.faults import failpoint
 from raysoup.orchestration import metrics, search
-from raysoup.orchestration.anytime import AnytimeCallback, AnytimeSoup
+from raysoup.orchestration.anytime import (
+    AnytimeCallback,
+    AnytimeSoup,
+    read_offers,
+    trial_index,
+)
 
 if TYPE_CHECKING:  # mlflow costs a trial process ~1 s to import; only the driver tracks
     from raysoup.tracking import Tracker
@@ -463,9 +468,17 @@ def sweep_path(workdir: Path) -> str:
 
 
 def sweep_to_run(cfg: ExperimentCfg, workdir: Path) -> bool:
-    """Trials are still to run (a new or an unfinished sweep)."""
+    """Trials are still to run (a new or an unfinished sweep), or the anytime soup has not
+    been offered every finished one."""
     done = len(finished_trials(workdir)) + len(ended_without_ingredient(workdir))
-    return done < cfg.sweep.num_samples
+    return done < cfg.sweep.num_samples or anytime_behind(cfg, workdir)
+
+
+def anytime_behind(cfg: ExperimentCfg, workdir: Path) -> bool:
+    if not cfg.sweep.anytime.enabled:
+        return False
+    ended = [*finished_trials(workdir), *ended_without_ingredient(workdir)]
+    return len(read_offers(workdir)) < sum(trial_index(n) is not None for n in ended)
 
 
 def unfinished_sweep(cfg: ExperimentCfg, workdir: Path) -> bool:
@@ -516,6 +529,14 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
     if len(done) + len(ended) >= cfg.sweep.num_samples:
         log.info("sweep: %d ingredients already present, skipping", len(done))
         _close_runs(tracker, done, diverged_trials(workdir))
+        if anytime_behind(cfg, workdir) and heldout is not None:
+            # The driver died after the last trial, before its offer: catch up.
+            anytime = _start_anytime(cfg, workdir, tracker, parent_run, heldout)
+            try:
+                anytime.pump(wait=True)
+            finally:
+                anytime.stop()
+                AnytimeSoup.live = None
         return done
     # Trials killed while writing their ingredient leave a hidden temp dir; no trial runs yet.
     remove_stale_tmp(workdir / "ingredients")
