@@ -1,13 +1,15 @@
 """How a sweep ends, on a real local Ray Tune sweep with real MLflow (SQLite): a diverging
 trial is a finished trial with status diverged (recorded, no ingredient, counted in
-num_samples), and a resumed sweep applies a changed max_failures and refuses the execution
-settings Tune would silently keep."""
+num_samples), and so is a trial ASHA stops; a resumed sweep applies a changed max_failures and
+refuses the execution settings Tune would silently keep; the anytime soup takes every trial in
+order and survives its actor and its driver."""
 
 import json
 import logging
 import shutil
 
 import pytest
+import ray
 from small import small_config
 
 from raysoup.checkpoints import list_ingredients
@@ -182,3 +184,66 @@ def test_asha_stops_a_trial_and_the_anytime_soup_takes_every_trial_in_order(
     # A re-run counts the stopped trial: nothing is retrained, nothing is offered twice.
     assert run_sweep(experiment, workdir, tracker, parent, heldout) == done
     assert read_offers(workdir) == offers
+
+
+def test_anytime_soup_survives_its_actor_and_resumes_from_its_journal(ray_session, prepared,
+                                                                      tmp_path):
+    """The anytime soup's actor holds the running soup in memory: a killed actor is replaced
+    and rebuilt from the journal (adds only), and so is a new driver's; either way the
+    decisions equal those of an undisturbed soup."""
+    import torch
+
+    from raysoup.checkpoints import load_state_dict, read_manifest, write_ingredient
+    from raysoup.orchestration.anytime import AnytimeSoup, read_offers
+    from raysoup.orchestration.evaluation import build_eval_cache
+    from raysoup.prepare import prepare
+
+    cfg = ExperimentCfg.model_validate(small_config())
+    workdirs = [tmp_path / "calm", tmp_path / "killed"]
+    for workdir in workdirs:
+        shutil.copytree(prepared, workdir)
+    data, zeroshot = prepare(cfg, workdirs[0])
+    zs = load_state_dict(workdirs[0] / "ingredients" / "zeroshot")
+    meta = read_manifest(workdirs[0] / "ingredients" / "zeroshot")
+    for workdir in workdirs:  # three ingredients: the zero-shot weights, perturbed
+        for i in range(3):
+            g = torch.Generator().manual_seed(i)
+            state = {k: v + 0.02 * torch.randn(v.shape, generator=g)
+                     if v.is_floating_point() else v for k, v in zs.items()}
+            write_ingredient(workdir / "ingredients" / f"trial-{i:03d}", state,
+                             {"kind": "ingredient", "model_name": meta["model_name"],
+                              "num_classes": meta["num_classes"], "hparams": {"lr": 0.1 * i}})
+
+    def soup_of(workdir):
+        heldout = build_eval_cache({"heldout": data.heldout}, workdir, zeroshot["preprocess"],
+                                   cfg.data.eval_cache_shard)["heldout"]
+        return AnytimeSoup(cfg, workdir, None, None, heldout, meta["model_name"],
+                           meta["num_classes"])
+
+    calm = soup_of(workdirs[0])
+    for i in range(3):
+        calm.trial_ended(f"trial-{i:03d}")
+    calm.pump(wait=True)
+    calm.stop()
+    expected = read_offers(workdirs[0])
+    assert [o.trial for o in expected] == ["trial-000", "trial-001", "trial-002"]
+
+    killed = soup_of(workdirs[1])
+    killed.trial_ended("trial-000")
+    killed.trial_ended("trial-001")
+    killed.pump(wait=True)
+    ray.kill(killed.actor)  # mid-sweep: the next offer goes to a replacement
+    killed.trial_ended("trial-002")
+    killed.pump(wait=True)
+    assert killed.restarts == 1
+    killed.stop()
+    assert read_offers(workdirs[1]) == expected
+
+    # A new driver (a resumed sweep): the journal is replayed, a missing offer is made again.
+    journal = workdirs[1] / "anytime.jsonl"
+    journal.write_text("".join(journal.read_text().splitlines(keepends=True)[:2]))
+    resumed = soup_of(workdirs[1])
+    resumed.scan([f"trial-{i:03d}" for i in range(3)], {})
+    resumed.pump(wait=True)
+    resumed.stop()
+    assert read_offers(workdirs[1]) == expected

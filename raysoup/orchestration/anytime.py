@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JOURNAL = "anytime.jsonl"
+MAX_RESTARTS = 3
 
 
 def trial_index(name: str) -> int | None:
@@ -107,18 +108,37 @@ class AnytimeSoup:
         self.ended: dict[int, tuple[str, str]] = {}  # index -> (trial, reason or "")
         a = cfg.sweep.anytime
         actor = ray.remote(num_cpus=a.cpus, num_gpus=a.gpus)(SoupActor)
-        self.actor = actor.remote(model_name, num_classes, heldout_split,
-                                  cfg.eval.batch_size, max(1, int(a.cpus)))
+        self._start = lambda: actor.remote(model_name, num_classes, heldout_split,
+                                           cfg.eval.batch_size, max(1, int(a.cpus)))
         self._inflight: tuple[int, ray.ObjectRef] | None = None
-        members = self.offers[-1].soup if self.offers else ()
-        self._replayed = (self.actor.replay.remote(
-            [str(self.ingredient(m)) for m in members]) if members else None)
+        self.restarts = 0
+        self._start_actor()
         # The first trial's gain is over the zero-shot model; measured while trials start.
         self._zeroshot = self.actor.accuracy_of.remote(
             str(self.workdir / "ingredients" / "zeroshot"))
         if self.offers:
             log.info("anytime soup: resumed after %d trials (soup of %d, held-out %.4f)",
-                     len(self.offers), len(members), self.offers[-1].soup_heldout or 0.0)
+                     len(self.offers), len(self.offers[-1].soup), self.offers[-1].soup_heldout or 0.0)
+
+    def _start_actor(self) -> None:
+        """A fresh actor holding the journal's soup (rebuilt by adds: no evaluation)."""
+        self.actor = self._start()
+        members = self.offers[-1].soup if self.offers else ()
+        if members:
+            self.actor.replay.remote([str(self.ingredient(m)) for m in members])
+
+    def _actor_lost(self, err: Exception) -> None:
+        # The actor's soup lives in its memory: a replacement rebuilds it from the journal.
+        self.restarts += 1
+        if self.restarts > MAX_RESTARTS:
+            raise RuntimeError(f"the anytime soup's actor keeps dying ({self.restarts} "
+                               f"times); last error: {err}") from err
+        log.warning("anytime soup: its actor died (%s); starting another from the journal",
+                    type(err).__name__)
+        ray.kill(self.actor)
+        self._start_actor()
+        self._zeroshot = self.actor.accuracy_of.remote(
+            str(self.workdir / "ingredients" / "zeroshot"))
 
     def ingredient(self, name: str) -> Path:
         return self.workdir / "ingredients" / name
@@ -154,7 +174,10 @@ class AnytimeSoup:
                 if not ready:
                     return
                 self._inflight = None
-                self._decide(index, ray.get(ref))
+                try:
+                    self._decide(index, ray.get(ref))
+                except ray.exceptions.RayActorError as err:
+                    self._actor_lost(err)  # the offer is made again, to the new actor
                 continue
             index = len(self.offers)
             if index not in self.ended:
