@@ -221,14 +221,14 @@ class Run:
             out.append((name, kind, recipe_file.parent))
         return out
 
-    def evaluate(self, stage: str = "evaluate") -> pa.Table:
+    def evaluate(self, stage: str = "evaluate", splits: list[str] | None = None) -> pa.Table:
         with self.stage(stage):
             table = res.read_results(self.results_path)
             models = self.models()
             done = res.done_pairs(table, self.soup_ids)
             jobs = []
             for name, kind, path in models:
-                missing = [s for s in self.split_names() if (name, s) not in done]
+                missing = [s for s in splits or self.split_names() if (name, s) not in done]
                 if missing:
                     jobs.append((name, kind, path, missing))
             if not jobs:
@@ -252,14 +252,22 @@ class Run:
             return table
 
     def soup(self) -> None:
+        # The soups cook from the models on disk now: a sweep still running (`raysoup soup`
+        # from another shell) may finish trials meanwhile; they join the next soup stage.
+        on_disk = self.models()
         table = res.read_results(self.results_path)
         heldout = res.accuracy_of(table, "heldout")
+        if any(name not in heldout for name, kind, _ in on_disk
+               if kind in ("ingredient", "zeroshot")):
+            # Trials finished since the last evaluation are scored on held-out first.
+            table = self.evaluate("held-out evaluation", splits=["heldout"])
+            heldout = res.accuracy_of(table, "heldout")
         kinds = {"ingredient", "zeroshot"} if self.cfg.soup.include_zeroshot else {"ingredient"}
-        models = [m for m in self.models() if m[1] in kinds]
+        models = [m for m in on_disk if m[1] in kinds]
         candidates = soup_candidates(models, heldout, self.audits, self.cfg.soup.strict)
         # WiSE-FT, Model Stock and the task-vector methods start from the zero-shot model.
         anchor = next((Candidate(n, heldout.get(n, float("nan")), p)
-                       for n, k, p in self.models() if k == "zeroshot"), None)
+                       for n, k, p in on_disk if k == "zeroshot"), None)
         with self.stage("soup"), self.soup_kitchen() as pool:
             soups = cook_soups(self.cfg.soup.recipes, candidates, self.workdir / "soups",
                                self.cfg.soup.num_shards, pool, cfg=self.cfg.soup,
