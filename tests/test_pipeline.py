@@ -82,3 +82,13 @@ def test_pipeline_end_to_end_and_rerun(ray_session, tmp_path):
     assert read_offers(workdir) == offers
     assert len(Tracker(default_uri(workdir), "e2e").runs()) == len(runs)
     assert run2.timings["sweep"] < run.timings["sweep"]
+
+    # `raysoup soup` at any moment (here: a trial that finished after the last evaluation):
+    # the soup stage scores its held-out first and cooks from every model on disk.
+    import shutil
+
+    shutil.copytree(workdir / "ingredients" / "trial-002", workdir / "ingredients" / "trial-003")
+    run3 = run_pipeline(cfg, workdir, stages=("soup",))
+    assert "held-out evaluation" in run3.timings
+    uniform = json.loads((workdir / "soups" / "uniform" / "recipe.json").read_text())
+    assert uniform["ingredients"] == ["trial-000", "trial-001", "trial-002", "trial-003"]
