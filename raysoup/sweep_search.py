@@ -6,12 +6,12 @@ sweep's max_concurrent, the trials that may still be running), each drawn with i
 generator seeded by (seed, i), so the proposals are the same for a given seed whatever the
 timing, and a resumed sweep proposes what the first one would have.
 
-After `initial` random draws, a proposal is the best of a few candidates: perturbations of
-trials that joined the soup (continuous hyper-parameters moved by `step` of their range, in
-log space for loguniform; choices redrawn half the time; integers redrawn, so seeds stay
-diverse) and a share `explore` of fresh draws, scored by closeness to joined trials minus
-closeness to rejected ones: the search moves toward regions whose ingredients joined and stops
-proposing where they are rejected.
+After `initial` random draws, a share `explore` of the proposals are fresh draws; the others
+perturb the strongest member of the current soup (continuous hyper-parameters moved by `step` of their
+range, in log space for loguniform; choices redrawn half the time; integers redrawn, so seeds
+stay diverse), keeping of a few perturbations the one farthest from the trials the soup
+rejected: the search stays in the region whose ingredients join and stops proposing where they
+are rejected.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from raysoup.config import Choice, LogUniform, RandInt, SoupSearchCfg, Uniform
-from raysoup.soup.anytime import NO_INGREDIENT, Offer
+from raysoup.soup.anytime import REJECTED, Offer
 
 CANDIDATES = 16
 
@@ -102,19 +102,19 @@ def propose(space: Mapping[str, Any], seed: int, index: int, history: Sequence[O
             settings: SoupSearchCfg) -> dict[str, Any]:
     """Trial `index`'s configuration from the offers of the trials before it (`history`)."""
     rng = np.random.default_rng([seed, index])
-    kept = [o.hparams for o in history if o.kept]
-    rejected = [o.hparams for o in history if not o.kept and o.outcome != NO_INGREDIENT]
-    if index < settings.initial or not kept:
-        return draw(space, rng)
+    members = set(history[-1].soup) if history else set()
+    kept = [o for o in history if o.trial in members]  # the soup's current members
+    rejected = [o.hparams for o in history if o.outcome == REJECTED]
+    if index < settings.initial or not kept or rng.random() < settings.explore:
+        return draw(space, rng)  # explore: a fresh draw, never scored against the others
+    # Exploit: perturb the soup's strongest member (its own held-out accuracy), and of a few
+    # perturbations keep the one farthest from the rejected trials. Not the one nearest the
+    # members: that pulls every proposal onto the first trials' choices (FIDELITY.md, F7).
+    parent = max(kept, key=lambda o: (o.heldout or 0.0, -o.index)).hparams
     best, best_score = None, -math.inf
     for _ in range(CANDIDATES):
-        if rng.random() < settings.explore:
-            cand = draw(space, rng)
-        else:
-            cand = perturb(space, kept[int(rng.integers(len(kept)))], rng, settings.step)
-        near_kept = min(distance(space, cand, k) for k in kept)
-        near_rejected = min((distance(space, cand, r) for r in rejected), default=math.inf)
-        score = min(near_rejected, 1.0) - near_kept
+        cand = perturb(space, parent, rng, settings.step)
+        score = min((distance(space, cand, r) for r in rejected), default=0.0)
         if score > best_score:
             best, best_score = cand, score
     return best

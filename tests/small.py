@@ -10,7 +10,9 @@ SMALL = {
     "data": {"world": {"num_classes": 4, "train_per_class": 150, "test_per_class": 25,
                        "shift_per_class": 15},
              "heldout_fraction": 0.1, "templates": "world"},
-    "sweep": {"num_samples": 3, "max_concurrent": 2,
+    # The anytime soup (on by default) is tested where it is checked (test_pipeline,
+    # test_faults, test_sweep_outcomes); elsewhere its actor would only cost the suite time.
+    "sweep": {"num_samples": 3, "max_concurrent": 2, "anytime": {"enabled": False},
               "base": {"epochs": 1, "batch_size": 32, "warmup_steps": 2},
               "space": {"lr": {"loguniform": [1e-4, 1e-3]}, "seed": {"randint": [0, 100]}}},
     "eval": {"num_actors": 2, "batch_size": 64},
@@ -44,5 +46,5 @@ def small_overrides(epochs: int) -> list[str]:
         # FIDELITY.md's business; these runs check the plumbing
         "sweep.space={lr: {loguniform: [1.0e-4, 1.0e-3]}, seed: {randint: [0, 100]}}",
         "eval.batch_size=64",
-        "soup.recipes=[uniform, greedy]", "soup.num_shards=2",
+        "soup.recipes=[uniform, greedy]", "soup.num_shards=2", "sweep.anytime.enabled=false",
     ]

@@ -85,14 +85,14 @@ SPACE = {"lr": LogUniform(loguniform=(1e-5, 1e-3)), "mixup": Choice(choice=[0.0,
          "seed": RandInt(randint=(0, 1000)), "epochs": 3}
 
 
-def offer(i, outcome, **hp):
-    return Offer(i, f"trial-{i:03d}", outcome, hp)
+def offer(i, outcome, soup=(), heldout=0.9, **hp):
+    return Offer(i, f"trial-{i:03d}", outcome, hp, heldout=heldout, soup=soup)
 
 
 def test_proposals_are_fixed_by_seed_and_index_and_stay_in_the_space():
     settings = SoupSearchCfg(initial=2)
-    history = [offer(0, RESTARTED, lr=1e-4, mixup=0.0, seed=1, epochs=3),
-               offer(1, REJECTED, lr=1e-3 * 0.99, mixup=0.2, seed=2, epochs=3)]
+    history = [offer(0, RESTARTED, ("trial-000",), lr=1e-4, mixup=0.0, seed=1, epochs=3),
+               offer(1, REJECTED, ("trial-000",), lr=1e-3 * 0.99, mixup=0.2, seed=2, epochs=3)]
     a = [propose(SPACE, 7, i, history, settings) for i in range(2, 12)]
     assert a == [propose(SPACE, 7, i, history, settings) for i in range(2, 12)]
     assert a != [propose(SPACE, 8, i, history, settings) for i in range(2, 12)]
@@ -103,24 +103,33 @@ def test_proposals_are_fixed_by_seed_and_index_and_stay_in_the_space():
     assert len({c["seed"] for c in a}) >= 8
 
 
-def test_proposals_move_toward_joined_trials_and_away_from_rejected_ones():
+def test_proposals_stay_near_the_soups_best_member_and_away_from_rejected_ones():
     settings = SoupSearchCfg(initial=2, explore=0.2)
-    joined = {"lr": 2e-5, "mixup": 0.0, "seed": 1, "epochs": 3}
+    best = {"lr": 2e-5, "mixup": 0.0, "seed": 1, "epochs": 3}
     rejected = {"lr": 8e-4, "mixup": 0.2, "seed": 2, "epochs": 3}
-    history = [offer(0, JOINED, **joined), offer(1, REJECTED, **rejected),
-               offer(2, NO_INGREDIENT, lr=5e-5, mixup=0.0, seed=3, epochs=3)]
-    proposals = [propose(SPACE, 0, i, history, settings) for i in range(3, 43)]
-    randoms = [draw(SPACE, np.random.default_rng([0, i])) for i in range(3, 43)]
+    soup = ("trial-000", "trial-003")
+    history = [offer(0, RESTARTED, soup[:1], heldout=0.92, **best),
+               offer(1, REJECTED, soup[:1], **rejected),
+               offer(2, NO_INGREDIENT, soup[:1], heldout=None, lr=5e-5, mixup=0.0, seed=3,
+                     epochs=3),
+               offer(3, JOINED, soup, heldout=0.90, lr=3e-4, mixup=0.2, seed=4, epochs=3),
+               # strong alone, but the soup rejected it: no parent
+               offer(4, REJECTED, soup, heldout=0.99, lr=1e-5, mixup=0.2, seed=5, epochs=3)]
+    proposals = [propose(SPACE, 0, i, history, settings) for i in range(5, 45)]
+    randoms = [draw(SPACE, np.random.default_rng([0, i])) for i in range(5, 45)]
 
     def mean_dist(cfgs, point):
         return sum(distance(SPACE, c, point) for c in cfgs) / len(cfgs)
 
-    assert mean_dist(proposals, joined) < 0.5 * mean_dist(randoms, joined)
+    # Perturbations of the strongest member (trial-000), not of trial-003 or trial-004.
+    assert mean_dist(proposals, best) < 0.7 * mean_dist(randoms, best)
     assert mean_dist(proposals, rejected) > mean_dist(randoms, rejected)
-    # Before `initial` trials, or with nothing kept yet, a proposal is a plain random draw.
+    # Augmentation stays diverse: the member's choice is redrawn, not always copied.
+    assert 0 < sum(p["mixup"] == 0.2 for p in proposals) < len(proposals) / 2
+    # Before `initial` trials, or with an empty soup, a proposal is a plain random draw.
     assert propose(SPACE, 0, 1, history, settings) == draw(SPACE, np.random.default_rng([0, 1]))
-    assert propose(SPACE, 0, 5, history[1:], settings) == draw(
-        SPACE, np.random.default_rng([0, 5]))
+    empty = [offer(0, REJECTED, (), **rejected)]
+    assert propose(SPACE, 0, 5, empty, settings) == draw(SPACE, np.random.default_rng([0, 5]))
 
 
 def test_distance_ignores_integers_and_weighs_ranges():

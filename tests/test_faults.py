@@ -25,7 +25,7 @@ SMALL = small_config(
     # 3 trials + zero-shot: 3 greedy decisions, enough to die after the second. The
     # soup-aware search: trial-002 is proposed from the anytime soup's offer of trial-000, so
     # an interrupted sweep must resume its proposals exactly to match the reference.
-    sweep={"num_samples": 3, "base": {"epochs": 2}, "search": "soup",
+    sweep={"num_samples": 3, "base": {"epochs": 2}, "search": "soup", "anytime": {"enabled": True},
            "soup_search": {"initial": 1}},
     # speculation 1: one greedy decision per round, so there is a decision to die after; TIES
     # (an element-wise merge, after greedy) is cooked only by the resumed run.

@@ -28,7 +28,7 @@ def test_paper_config_runs_on_the_imagenet_shaped_fixture(imagenet_fixture, tmp_
     work = tmp_path / "run"
     decodes = tmp_path / "decodes.log"  # every process appends the image it decodes
     sets = [*fixture_overrides(imagenet_fixture), "data.memory_budget_mb=0",
-            "soup.recipes=[uniform,greedy]"]
+            "soup.recipes=[uniform,greedy]", "sweep.anytime.enabled=false"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "raysoup.cli", "run",
          str(REPO / "experiments" / "clip_vit_b32_imagenet.yaml"), "--workdir", str(work),

@@ -11,7 +11,7 @@ from raysoup.config import load_experiment
 
 pytestmark = pytest.mark.slow
 
-SMALL = small_config()
+SMALL = small_config(sweep={"anytime": {"enabled": True}})
 
 
 def test_pipeline_end_to_end_and_rerun(ray_session, tmp_path):

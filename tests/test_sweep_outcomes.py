@@ -145,6 +145,7 @@ def test_asha_stops_a_trial_and_the_anytime_soup_takes_every_trial_in_order(
     # three and runs on.
     cfg = small_config(sweep={"num_samples": 3, "seed": 1, "max_concurrent": 1,
                               "base": {"epochs": 2}, "scheduler": "asha",
+                              "anytime": {"enabled": True},
                               "asha": {"grace_period": 1, "reduction_factor": 2}})
     cfg["sweep"]["space"] = {"lr": {"choice": [1.0e-8, 1.0e-3]}}
     experiment = ExperimentCfg.model_validate(cfg)
