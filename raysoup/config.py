@@ -198,11 +198,12 @@ DATA_PARALLEL_DRIVER_CPU = 0.01
 
 
 class SoupSearchCfg(Strict):
-    """sweep.search: soup. The first `initial` trials are drawn at random; each later one
-    perturbs a trial that joined the anytime soup, away from those it rejected."""
+    """sweep.search: soup. The first `initial` trials are drawn at random; later ones are a
+    fresh draw (share `explore`) or perturb the anytime soup's strongest member, away from the
+    trials it rejected (raysoup/sweep_search.py)."""
 
     initial: int = Field(4, ge=1)
-    explore: float = Field(0.2, ge=0.0, le=1.0)  # share of fresh random draws among candidates
+    explore: float = Field(0.2, ge=0.0, le=1.0)  # share of proposals that are fresh draws
     step: float = Field(0.15, gt=0.0, le=1.0)  # perturbation sd, as a fraction of each range
 
 
