@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -240,10 +241,12 @@ class SweepCfg(Strict):
     # trial with resources_per_trial (nothing else changes, the ingredients' bytes included).
     workers_per_trial: int = Field(1, ge=1)
     resources_per_worker: ResourcesCfg = ResourcesCfg()
-    # How trials are proposed: random (Tune's random/grid variant generator over `space`),
-    # optuna (TPE through Tune's integration; `pip install raysoup[optuna]`) or soup (the
-    # soup-aware search: a trial's objective is its marginal gain to the anytime soup).
-    search: Literal["random", "optuna", "soup"] = "random"
+    # How trials are proposed: random (Tune's random search over `space`), grid (every
+    # combination of the `choice` values, num_samples random draws of the rest each: Tune's
+    # grid_search), optuna (TPE through Tune's integration; `pip install raysoup[optuna]`)
+    # or soup (the soup-aware search: a trial's objective is its marginal gain to the anytime
+    # soup).
+    search: Literal["random", "grid", "optuna", "soup"] = "random"
     soup_search: SoupSearchCfg = SoupSearchCfg()
     # fifo runs every trial to the end; asha stops trials whose held-out accuracy at a rung
     # trails (Tune's ASHA). A stopped trial is no ingredient (README, "Search and scheduling").
@@ -252,6 +255,14 @@ class SweepCfg(Strict):
     # Each finished trial is scored on held-out at once and offered to a running greedy soup
     # (the sweep's MLflow run carries soup/heldout per finished trial; report: anytime curve).
     anytime: AnytimeCfg = AnytimeCfg()
+
+    @property
+    def trials(self) -> int:
+        """How many trials the sweep runs: num_samples, times the grid under search: grid."""
+        if self.search != "grid":
+            return self.num_samples
+        return self.num_samples * math.prod(
+            len(d.choice) for d in self.space.values() if isinstance(d, Choice))
 
     @model_validator(mode="after")
     def _soup_search_needs_anytime(self) -> SweepCfg:

@@ -164,12 +164,13 @@ def _data_lines(cfg: ExperimentCfg, sizes: Sizes) -> list[str]:
 def _sweep_lines(cfg: ExperimentCfg) -> list[str]:
     s = cfg.sweep
     r = s.resources_per_trial
-    concurrent = min(s.max_concurrent, s.num_samples)
+    concurrent = min(s.max_concurrent, s.trials)
     search = {"random": "random search",
+              "grid": f"grid search ({s.num_samples} per combination of the choices)",
               "optuna": "Optuna TPE search on held-out accuracy",
               "soup": (f"soup-aware search ({s.soup_search.initial} random draws, then "
                        "proposals steered by the anytime soup)")}[s.search]
-    lines = [(f"sweep        {s.num_samples} trials, {search} (seed {s.seed}), at most "
+    lines = [(f"sweep        {s.trials} trials, {search} (seed {s.seed}), at most "
               f"{s.max_concurrent} concurrent, {s.max_failures} retries per trial")]
     if s.scheduler == "asha":
         lines.append(f"  scheduler  ASHA on held-out accuracy per epoch: every trial gets "
@@ -192,7 +193,7 @@ def _sweep_lines(cfg: ExperimentCfg) -> list[str]:
     else:
         lines.append(f"  resources  per trial {r.cpu:g} CPU + {r.gpu:g} GPU; at full "
                      f"concurrency {concurrent * r.cpu:g} CPU + {concurrent * r.gpu:g} GPU; in "
-                     f"all {s.num_samples} trials x {r.gpu:g} GPU (run time depends on sampled "
+                     f"all {s.trials} trials x {r.gpu:g} GPU (run time depends on sampled "
                      "epochs)")
     sampled = set(s.space)
     fixed = {k: v for k, v in s.base.model_dump().items() if k not in sampled}
@@ -485,12 +486,12 @@ def _gpu_hours(cfg: ExperimentCfg, sizes: Sizes) -> list[str]:
     s = cfg.sweep
     epochs = _mean(s.space.get("epochs"), s.base.epochs)
     trained = sizes.train - (sizes.evals["heldout"] or 0)
-    sweep_h = s.num_samples * epochs * trained / rate["train"] / 3600
-    lines = [(f"  GPU-hours  sweep ~{sweep_h:,.1f}: {s.num_samples} trials x {epochs:g} epochs "
+    sweep_h = s.trials * epochs * trained / rate["train"] / 3600
+    lines = [(f"  GPU-hours  sweep ~{sweep_h:,.1f}: {s.trials} trials x {epochs:g} epochs "
               f"(mean) x {trained:,} images / {rate['train']:,} img/s ({arch} fine-tuning, bf16, "
               f"one {rate['gpu']})")]
     known = sum(v for v in sizes.evals.values() if v is not None)
-    models = s.num_samples + 1  # + the zero-shot ingredient
+    models = s.trials + 1  # + the zero-shot ingredient
     eval_h = models * known / rate["eval"] / 3600
     lines.append(f"             evaluation ~{eval_h:,.2f}: {models} ingredients x {known:,} eval "
                  f"images / {rate['eval']:,} img/s; soups add one pass per candidate")

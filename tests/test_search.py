@@ -20,13 +20,13 @@ def experiment(**sweep):
 
 def proposals(cfg, path):
     from raysoup.orchestration.search import scheduler, search_alg
-    from raysoup.orchestration.sweep import param_space, trial_name
+    from raysoup.orchestration.sweep import trial_name, tune_space
 
     def objective(config):  # nested: pickled by value (workers cannot import this module)
         tune.report({"heldout_acc": -abs(math.log10(config["lr"]) + 3.5), "epoch": 1})
 
     grid = tune.Tuner(
-        objective, param_space=param_space(cfg.sweep.space),
+        objective, param_space=tune_space(cfg),
         tune_config=tune.TuneConfig(num_samples=cfg.sweep.num_samples,
                                     search_alg=search_alg(cfg), scheduler=scheduler(cfg)),
         run_config=tune.RunConfig(name="s", storage_path=str(path), verbose=0)).fit()
@@ -44,6 +44,16 @@ def test_optuna_search_is_seeded_and_numbers_its_trials(ray_session, tmp_path):
     assert all(1e-5 <= lr < 1e-2 and mixup in (0.0, 0.2) for _, lr, mixup in first)
     assert proposals(cfg, tmp_path / "b") == first  # same seed, same proposals
     assert proposals(experiment(search="optuna", seed=4), tmp_path / "c") != first
+
+
+@pytest.mark.slow
+def test_grid_search_runs_every_choice(ray_session, tmp_path):
+    cfg = experiment(search="grid", num_samples=2)
+    assert cfg.sweep.trials == 4  # 2 draws of lr for each of the 2 mixup values
+    trials = proposals(cfg, tmp_path / "g")
+    assert [name for name, _, _ in trials] == ["trial-000", "trial-001", "trial-002", "trial-003"]
+    assert sorted(mixup for _, _, mixup in trials) == [0.0, 0.0, 0.2, 0.2]
+    assert len({lr for _, lr, _ in trials}) == 4
 
 
 def test_config_names_what_is_wrong():

@@ -1,6 +1,7 @@
 """How the sweep proposes and stops trials: `sweep.search` and `sweep.scheduler` as Tune objects.
 
-- random: Tune's BasicVariantGenerator over the space (grid_search values expand as in Tune).
+- random, grid: Tune's BasicVariantGenerator over the space (grid: each `choice` a grid_search
+  dimension, num_samples draws of the rest per grid point).
 - optuna: Tune's OptunaSearch (TPE) on the trials' final held-out accuracy.
 - soup: `SoupSearcher`, whose objective is the trial's effect on the anytime soup.
 - asha: Tune's AsyncHyperBandScheduler on the held-out accuracy trials report each epoch.
@@ -102,7 +103,7 @@ class SoupSearcher(Searcher):
 
 def search_alg(cfg: ExperimentCfg):
     s = cfg.sweep
-    if s.search == "random":
+    if s.search in ("random", "grid"):  # grid: the param space's grid_search dimensions
         # TuneConfig.max_concurrent_trials is ignored (with a warning) for a SearchGenerator
         # such as BasicVariantGenerator; the generator limits it itself.
         return BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent)

@@ -72,7 +72,8 @@ def trial_name(trial_id: str) -> str:
     return f"trial-{int(suffix):03d}" if suffix.isdigit() else f"trial-{trial_id}"
 
 
-def param_space(space: dict[str, Any]) -> dict[str, Any]:
+def param_space(space: dict[str, Any], grid: bool = False) -> dict[str, Any]:
+    """Tune's search space; `grid`: every `choice` becomes a grid dimension."""
     out: dict[str, Any] = {}
     for name, dist in space.items():
         if isinstance(dist, LogUniform):
@@ -82,10 +83,15 @@ def param_space(space: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(dist, RandInt):
             out[name] = tune.randint(*dist.randint)
         elif isinstance(dist, Choice):
-            out[name] = tune.choice(dist.choice)
+            out[name] = tune.grid_search(dist.choice) if grid else tune.choice(dist.choice)
         else:
             out[name] = dist
     return out
+
+
+def tune_space(cfg: ExperimentCfg) -> dict[str, Any]:
+    """The sweep's Tune param space (under search: grid, the choices are grid dimensions)."""
+    return param_space(cfg.sweep.space, grid=cfg.sweep.search == "grid")
 
 
 def hparams_for(cfg: ExperimentCfg, sampled: dict[str, Any]) -> TrainHParams:
@@ -471,7 +477,7 @@ def sweep_to_run(cfg: ExperimentCfg, workdir: Path) -> bool:
     """Trials are still to run (a new or an unfinished sweep), or the anytime soup has not
     been offered every finished one."""
     done = len(finished_trials(workdir)) + len(ended_without_ingredient(workdir))
-    return done < cfg.sweep.num_samples or anytime_behind(cfg, workdir)
+    return done < cfg.sweep.trials or anytime_behind(cfg, workdir)
 
 
 def anytime_behind(cfg: ExperimentCfg, workdir: Path) -> bool:
@@ -484,7 +490,7 @@ def anytime_behind(cfg: ExperimentCfg, workdir: Path) -> bool:
 def unfinished_sweep(cfg: ExperimentCfg, workdir: Path) -> bool:
     """A sweep that a run would resume from Tune's saved state (needs no Ray session)."""
     done = len(finished_trials(workdir)) + len(ended_without_ingredient(workdir))
-    return done < cfg.sweep.num_samples and tune.Tuner.can_restore(sweep_path(workdir))
+    return done < cfg.sweep.trials and tune.Tuner.can_restore(sweep_path(workdir))
 
 
 def refuse_kept_changes(started: dict[str, Any], cfg: ExperimentCfg,
@@ -526,7 +532,7 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
     none). `heldout`: the held-out split's eval cache, for the anytime soup and for trials
     that report held-out accuracy."""
     done, ended = finished_trials(workdir), ended_without_ingredient(workdir)
-    if len(done) + len(ended) >= cfg.sweep.num_samples:
+    if len(done) + len(ended) >= cfg.sweep.trials:
         log.info("sweep: %d ingredients already present, skipping", len(done))
         _close_runs(tracker, done, diverged_trials(workdir))
         if anytime_behind(cfg, workdir) and heldout is not None:
@@ -566,7 +572,7 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
             base = cfg.sweep.base.model_dump()
             tuner = tune.Tuner(
                 trainable,
-                param_space=param_space(cfg.sweep.space),
+                param_space=tune_space(cfg),
                 tune_config=tune.TuneConfig(
                     num_samples=cfg.sweep.num_samples,
                     search_alg=search.search_alg(cfg),
@@ -580,7 +586,7 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
                     failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
                     callbacks=[TrackingCallback(tracker, parent_run, base),
                                EndingsCallback(str(workdir), base),
-                               ProgressCallback(cfg.sweep.num_samples, cfg.sweep.base.epochs),
+                               ProgressCallback(cfg.sweep.trials, cfg.sweep.base.epochs),
                                AnytimeCallback()],
                     verbose=0,
                 ),
@@ -604,9 +610,9 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
     if stopped := sorted(set(ended) - set(diverged)):
         log.info("sweep: %d trial(s) stopped early by the scheduler (no ingredients): %s",
                  len(stopped), ", ".join(stopped))
-    if failed or len(done) + len(ended) < cfg.sweep.num_samples:
+    if failed or len(done) + len(ended) < cfg.sweep.trials:
         # fit() also returns (without raising) after SIGINT: an interrupted sweep is not finished.
-        raise SweepError(f"sweep incomplete: {len(done)}/{cfg.sweep.num_samples} ingredients "
+        raise SweepError(f"sweep incomplete: {len(done)}/{cfg.sweep.trials} ingredients "
                          f"({len(ended)} diverged or stopped), failed trials: "
                          f"{failed or 'none'}; re-run the same command to resume")
     return done
