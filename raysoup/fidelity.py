@@ -219,7 +219,7 @@ def run_searches(cfg, root: Path, seeds: int, searches: list[str],
 
 
 def anytime_offers(workdir: Path) -> list:
-    from raysoup.orchestration.anytime import read_offers
+    from raysoup.soup.anytime import read_offers
 
     return read_offers(Path(workdir))
 

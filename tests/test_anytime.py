@@ -62,7 +62,7 @@ def test_running_soup_scores_the_uniform_average(world):
     second = soup.offer(paths[1])
     soup.commit()
     third = soup.offer(paths[2])
-    soup.pending = None  # rejected
+    soup.reject()
 
     from raysoup.checkpoints import load_state_dict
 

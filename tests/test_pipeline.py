@@ -58,7 +58,7 @@ def test_pipeline_end_to_end_and_rerun(ray_session, tmp_path):
 
     # The anytime soup took every trial in order, scored on the same eval cache as the
     # evaluate stage (the same held-out accuracies), and its curve is in MLflow and the report.
-    from raysoup.orchestration.anytime import read_offers
+    from raysoup.soup.anytime import read_offers
 
     offers = read_offers(workdir)
     assert [o.trial for o in offers] == ["trial-000", "trial-001", "trial-002"]

@@ -132,10 +132,10 @@ def test_asha_stops_a_trial_and_the_anytime_soup_takes_every_trial_in_order(
     trial is a finished trial without an ingredient (a record, counted in num_samples, not in
     any soup); the anytime soup offers every trial in trial order, the stopped one as
     "no ingredient", and logs its curve to the sweep's MLflow run."""
-    from raysoup.orchestration.anytime import read_offers
     from raysoup.orchestration.evaluation import build_eval_cache
     from raysoup.orchestration.sweep import ended_without_ingredient, finished_trials
     from raysoup.prepare import prepare
+    from raysoup.soup.anytime import read_offers
 
     workdir = tmp_path / "work"
     shutil.copytree(prepared, workdir)
@@ -195,9 +195,10 @@ def test_anytime_soup_survives_its_actor_and_resumes_from_its_journal(ray_sessio
     import torch
 
     from raysoup.checkpoints import load_state_dict, read_manifest, write_ingredient
-    from raysoup.orchestration.anytime import AnytimeSoup, read_offers
+    from raysoup.orchestration.anytime import AnytimeSoup
     from raysoup.orchestration.evaluation import build_eval_cache
     from raysoup.prepare import prepare
+    from raysoup.soup.anytime import read_offers
 
     cfg = ExperimentCfg.model_validate(small_config())
     workdirs = [tmp_path / "calm", tmp_path / "killed"]

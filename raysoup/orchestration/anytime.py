@@ -22,29 +22,25 @@ from ray import tune
 from raysoup import storage
 from raysoup.config import ExperimentCfg
 from raysoup.faults import failpoint
-from raysoup.soup.anytime import NO_INGREDIENT, REJECTED, RESTARTED, Offer, RunningSoup, decide
+from raysoup.soup.anytime import (
+    JOINED,
+    JOURNAL,
+    NO_INGREDIENT,
+    REJECTED,
+    RESTARTED,
+    Offer,
+    RunningSoup,
+    decide,
+    read_offers,
+    trial_index,
+)
 
 if TYPE_CHECKING:
     from raysoup.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-JOURNAL = "anytime.jsonl"
 MAX_RESTARTS = 3
-
-
-def trial_index(name: str) -> int | None:
-    """trial-007 -> 7 (imported or hand-named ingredients have no index)."""
-    suffix = name.removeprefix("trial-")
-    return int(suffix) if suffix != name and suffix.isdigit() else None
-
-
-def read_offers(workdir: Path) -> list[Offer]:
-    try:
-        text = storage.read_text(Path(workdir) / JOURNAL)
-    except FileNotFoundError:
-        return []
-    return [Offer.from_json(json.loads(line)) for line in text.splitlines() if line.strip()]
 
 
 class SoupActor:
@@ -75,12 +71,8 @@ class SoupActor:
         return self.soup.offer(Path(path))
 
     def apply(self, outcome: str) -> int:
-        if outcome == RESTARTED:
-            self.soup.restart()
-        elif outcome != REJECTED:
-            self.soup.commit()
-        else:
-            self.soup.pending = None
+        {RESTARTED: self.soup.restart, JOINED: self.soup.commit}.get(
+            outcome, self.soup.reject)()
         return self.soup.k
 
 

@@ -23,7 +23,6 @@ from raysoup.evaluate import results as res
 from raysoup.export import base_clip_state, model_info
 from raysoup.faults import failpoint
 from raysoup.orchestration import metrics, reduction
-from raysoup.orchestration.anytime import read_offers
 from raysoup.orchestration.evaluation import (
     EvalPool,
     actor_threads,
@@ -52,6 +51,7 @@ from raysoup.prepare import ZEROSHOT, prepare
 from raysoup.progress import Progress
 from raysoup.report import diverged_line, markdown_table, summarize, summary_rows, write_report
 from raysoup.soup import Candidate
+from raysoup.soup.anytime import read_offers
 from raysoup.soup.base import by_heldout
 from raysoup.tracking import Tracker, default_uri, quiet
 

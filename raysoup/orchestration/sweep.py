@@ -34,12 +34,8 @@ from raysoup.config import (
 )
 from raysoup.faults import failpoint
 from raysoup.orchestration import metrics, search
-from raysoup.orchestration.anytime import (
-    AnytimeCallback,
-    AnytimeSoup,
-    read_offers,
-    trial_index,
-)
+from raysoup.orchestration.anytime import AnytimeCallback, AnytimeSoup
+from raysoup.soup.anytime import read_offers, trial_index
 
 if TYPE_CHECKING:  # mlflow costs a trial process ~1 s to import; only the driver tracks
     from raysoup.tracking import Tracker
@@ -459,7 +455,11 @@ def ended_without_ingredient(workdir: Path) -> dict[str, str]:
 
 def diverged_trials(workdir: Path) -> list[str]:
     """Trials that ended with a non-finite loss: finished, but without an ingredient."""
-    return [n for n, how in ended_without_ingredient(workdir).items() if how == DIVERGED]
+    return _diverged_of(ended_without_ingredient(workdir))
+
+
+def _diverged_of(ended: dict[str, str]) -> list[str]:
+    return [n for n, how in ended.items() if how == DIVERGED]
 
 
 # Tune restores these from its saved state (the pickled TuneConfig: the search algorithm's
@@ -473,24 +473,31 @@ def sweep_path(workdir: Path) -> str:
     return storage.display(workdir / SWEEP_DIR / SWEEP_NAME)
 
 
+def ended_trials(workdir: Path) -> tuple[list[str], dict[str, str]]:
+    """(trials with an ingredient, trials that ended without one -> how)."""
+    return finished_trials(workdir), ended_without_ingredient(workdir)
+
+
 def sweep_to_run(cfg: ExperimentCfg, workdir: Path) -> bool:
     """Trials are still to run (a new or an unfinished sweep), or the anytime soup has not
     been offered every finished one."""
-    done = len(finished_trials(workdir)) + len(ended_without_ingredient(workdir))
-    return done < cfg.sweep.trials or anytime_behind(cfg, workdir)
+    done, ended = ended_trials(workdir)
+    return (len(done) + len(ended) < cfg.sweep.trials
+            or anytime_behind(cfg, workdir, [*done, *ended]))
 
 
-def anytime_behind(cfg: ExperimentCfg, workdir: Path) -> bool:
+def anytime_behind(cfg: ExperimentCfg, workdir: Path, ended: list[str]) -> bool:
+    """The anytime soup has not been offered every one of the `ended` trials."""
     if not cfg.sweep.anytime.enabled:
         return False
-    ended = [*finished_trials(workdir), *ended_without_ingredient(workdir)]
     return len(read_offers(workdir)) < sum(trial_index(n) is not None for n in ended)
 
 
 def unfinished_sweep(cfg: ExperimentCfg, workdir: Path) -> bool:
     """A sweep that a run would resume from Tune's saved state (needs no Ray session)."""
-    done = len(finished_trials(workdir)) + len(ended_without_ingredient(workdir))
-    return done < cfg.sweep.trials and tune.Tuner.can_restore(sweep_path(workdir))
+    done, ended = ended_trials(workdir)
+    return len(done) + len(ended) < cfg.sweep.trials and tune.Tuner.can_restore(
+        sweep_path(workdir))
 
 
 def refuse_kept_changes(started: dict[str, Any], cfg: ExperimentCfg,
@@ -531,18 +538,17 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
     Returns the ingredients (a diverged or stopped trial counts towards num_samples but is
     none). `heldout`: the held-out split's eval cache, for the anytime soup and for trials
     that report held-out accuracy."""
-    done, ended = finished_trials(workdir), ended_without_ingredient(workdir)
+    done, ended = ended_trials(workdir)
     if len(done) + len(ended) >= cfg.sweep.trials:
         log.info("sweep: %d ingredients already present, skipping", len(done))
-        _close_runs(tracker, done, diverged_trials(workdir))
-        if anytime_behind(cfg, workdir) and heldout is not None:
+        _close_runs(tracker, done, _diverged_of(ended))
+        if heldout is not None and anytime_behind(cfg, workdir, [*done, *ended]):
             # The driver died after the last trial, before its offer: catch up.
-            anytime = _start_anytime(cfg, workdir, tracker, parent_run, heldout)
+            anytime = _start_anytime(cfg, workdir, tracker, parent_run, heldout, done, ended)
             try:
                 anytime.pump(wait=True)
             finally:
-                anytime.stop()
-                AnytimeSoup.live = None
+                _stop_anytime(anytime)
         return done
     # Trials killed while writing their ingredient leave a hidden temp dir; no trial runs yet.
     remove_stale_tmp(workdir / "ingredients")
@@ -562,7 +568,7 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
     path = sweep_path(workdir)
     TrackingCallback.live = (tracker, parent_run)
     ProgressCallback.max_failures = cfg.sweep.max_failures
-    anytime = _start_anytime(cfg, workdir, tracker, parent_run, heldout)
+    anytime = _start_anytime(cfg, workdir, tracker, parent_run, heldout, done, ended)
     try:
         if tune.Tuner.can_restore(path):
             log.info("sweep: resuming from %s", path)
@@ -593,15 +599,13 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
             )
         grid = tuner.fit()
         failed = [r.path for r in grid if r.error is not None]
-        done, ended = finished_trials(workdir), ended_without_ingredient(workdir)
+        done, ended = ended_trials(workdir)
         if anytime is not None:
             anytime.scan(done, ended)
             anytime.pump(wait=True)  # the trials that ended last are offered too
     finally:
-        if anytime is not None:
-            anytime.stop()
-            AnytimeSoup.live = None
-    diverged = diverged_trials(workdir)
+        _stop_anytime(anytime)
+    diverged = _diverged_of(ended)
     _close_runs(tracker, done, diverged)
     if diverged:
         tracker.set_tags(parent_run, {"raysoup.diverged": ",".join(diverged)})
@@ -619,14 +623,20 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
 
 
 def _start_anytime(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: str,
-                   heldout) -> AnytimeSoup | None:
+                   heldout, done: list[str], ended: dict[str, str]) -> AnytimeSoup | None:
     """The live anytime soup (None when off or without a held-out split), with the trials
-    that ended before this driver started (a resumed sweep) queued for their offers."""
+    that ended before this driver started (`done`, `ended`: a resumed sweep) queued."""
     if not cfg.sweep.anytime.enabled or heldout is None:
         return None
     meta = read_manifest(workdir / "ingredients" / "zeroshot")
     soup = AnytimeSoup(cfg, workdir, tracker, parent_run, heldout, meta["model_name"],
                        meta["num_classes"])
-    soup.scan(finished_trials(workdir), ended_without_ingredient(workdir))
+    soup.scan(done, ended)
     AnytimeSoup.live = soup
     return soup
+
+
+def _stop_anytime(soup: AnytimeSoup | None) -> None:
+    if soup is not None:
+        soup.stop()
+        AnytimeSoup.live = None

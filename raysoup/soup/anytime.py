@@ -16,15 +16,18 @@ trials.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from raysoup import storage
 from raysoup.checkpoints import load_state_dict
 from raysoup.evaluate.evaluator import Evaluator
 
 JOINED, RESTARTED, REJECTED, NO_INGREDIENT = "joined", "restarted", "rejected", "no ingredient"
+JOURNAL = "anytime.jsonl"  # WORKDIR/anytime.jsonl: one Offer per line, in trial order
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,21 @@ class Offer:
     @classmethod
     def from_json(cls, d: dict) -> Offer:
         return cls(**{**d, "soup": tuple(d.get("soup", ()))})
+
+
+def trial_index(name: str) -> int | None:
+    """trial-007 -> 7 (imported or hand-named ingredients have no index)."""
+    suffix = name.removeprefix("trial-")
+    return int(suffix) if suffix != name and suffix.isdigit() else None
+
+
+def read_offers(workdir: Path) -> list[Offer]:
+    """The anytime journal of a workdir (empty if there is none)."""
+    try:
+        text = storage.read_text(Path(workdir) / JOURNAL)
+    except FileNotFoundError:
+        return []
+    return [Offer.from_json(json.loads(line)) for line in text.splitlines() if line.strip()]
 
 
 def decide(soup_heldout: float | None, own: float, with_soup: float) -> str:
@@ -106,6 +124,10 @@ class RunningSoup:
             for k, v in self.pending.items():
                 self.sum[k].add_(v)
             self.k += 1
+        self.pending = None
+
+    def reject(self) -> None:
+        """The pending ingredient stays out."""
         self.pending = None
 
     def restart(self) -> None:
