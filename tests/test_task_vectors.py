@@ -185,7 +185,7 @@ def test_recipes_pick_lambda_on_heldout_ties_to_smaller(tmp_path):
 
 def test_chunked_merges_match_the_dense_reference_across_chunk_boundaries():
     from raysoup.soup.task_vectors import CHUNK, elect_and_average, sum_of
-    from raysoup.soup.ties import SAMPLE
+    from raysoup.soup.ties_kernel import SAMPLE
 
     g = torch.Generator().manual_seed(3)
     n = 2 * CHUNK + 12_345  # three chunks, the last one short
@@ -206,25 +206,25 @@ def test_chunked_merges_match_the_dense_reference_across_chunk_boundaries():
                                rtol=1e-6, atol=1e-6)
     # TIES' fused one-pass kernel (soup/ties_kernel.py): the same merge at those thresholds.
     from raysoup.soup.ties_kernel import ties_merge
-    fused = ties_merge(stream, base, lambda i, theta, b: thresholds[i])
+    fused = ties_merge(stream, base, thresholds)
     torch.testing.assert_close(fused, dense_ties([t - base for t in thetas], 0.2, thresholds),
                                rtol=1e-6, atol=1e-6)
-    # The kernel's own chunks (each a re-drawn stream): boundaries do not change the result.
+    # The kernel's own slices (each a re-drawn stream): boundaries do not change the result.
     from raysoup.soup import ties_kernel
     chunk, ties_kernel.CHUNK = ties_kernel.CHUNK, 4096 + 7
     try:
-        assert torch.equal(ties_merge(stream, base, lambda i, theta, b: thresholds[i]), fused)
+        assert torch.equal(ties_merge(stream, base, thresholds), fused)
     finally:
         ties_kernel.CHUNK = chunk
     # bf16 ingredients are read as float32, as the torch path does.
     half = [t.to(torch.bfloat16) for t in thetas]
     torch.testing.assert_close(
-        ties_merge(lambda: iter(half), base, lambda i, theta, b: thresholds[i]),
+        ties_merge(lambda: iter(half), base, thresholds),
         dense_ties([t.float() - base for t in half], 0.2, thresholds), rtol=1e-6, atol=1e-6)
-    # Past SAMPLE entries the threshold comes from a sample of 64 runs: close to the density.
+    # Past SAMPLE entries the threshold comes from a sample of 32 runs: close to the density.
     big = torch.randn(3 * SAMPLE, generator=g)
     kept = (big.abs() >= threshold(big, torch.zeros_like(big), 0.2)).float().mean().item()
-    assert kept == pytest.approx(0.2, abs=0.002)
+    assert kept == pytest.approx(0.2, abs=0.005)
 
 
 def test_fused_ties_counts_past_255_ingredients():
@@ -237,7 +237,41 @@ def test_fused_ties_counts_past_255_ingredients():
     thetas = [torch.randn(40, generator=g).abs() * (1 if j % 3 else -1) for j in range(300)]
     for t in thetas:
         t[0] = 1.0
-    got = ties_merge(lambda: iter(thetas), base, lambda i, theta, b: None)
+    got = ties_merge(lambda: iter(thetas), base, [None] * 300)
     ref = dense_ties(thetas, 1.0, [float("-inf")] * 300)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
     assert got[0].item() == 1.0
+
+
+def test_ties_from_files_reads_slices_like_the_in_memory_stream(tmp_path, monkeypatch):
+    """The shard path reads each slice of every ingredient's file into reused rows (positioned
+    reads, bf16 converted) and writes the merged τ into a reused buffer: the soup must be the
+    bits of the same merge over in-memory tensors, across slice boundaries and tensors of
+    different sizes sharing that buffer."""
+    from raysoup.soup import ties_kernel
+    from raysoup.soup.ties_kernel import trim_thresholds, ties_merge
+
+    monkeypatch.setattr(ties_kernel, "ROWS_BYTES", 3 * 4 * 1000 + 4)  # 1000-entry slices
+    g = torch.Generator().manual_seed(11)
+    base = {"big": torch.randn(70, 51, generator=g), "small": torch.randn(9, generator=g)}
+    paths = [_write(tmp_path / "base", base)]
+    states = []
+    for i in range(3):
+        state = {k: v + torch.randn(v.shape, generator=g) for k, v in base.items()}
+        if i == 1:  # a bf16 ingredient
+            state = {k: v.to(torch.bfloat16) for k, v in state.items()}
+        states.append(state)
+        paths.append(_write(tmp_path / f"m{i}", state))
+    names = ["big", "small"]  # the big tensor first: the small one reuses its buffer
+    got = merge_shard(paths[1:], paths[0], names, TiesMerge(0.3), 1.0)
+    for name in names:
+        def stream(name=name):
+            return iter([s[name] for s in states])
+        trims = trim_thresholds(stream, base[name], 0.3)
+        ref = base[name] + ties_merge(stream, base[name], trims)
+        assert torch.equal(torch.from_numpy(got[name]), ref), name
+        # and the merge is TIES: the dense formulation at those thresholds
+        torch.testing.assert_close(
+            ties_merge(stream, base[name], trims),
+            dense_ties([s[name].float() - base[name] for s in states], 0.3, trims),
+            rtol=1e-6, atol=1e-6)

@@ -155,14 +155,33 @@ class _TensorFile:
             view = np.frombuffer(self.mm, dtype=np.uint8, count=end - begin, offset=offset)
             return numpy_view(view).view(dtype).reshape(shape)
         raw = scratch.take(end - begin) if scratch else torch.empty(end - begin, dtype=torch.uint8)
-        view = memoryview(raw.numpy())
+        self._read_exactly(name, memoryview(raw.numpy()), offset)
+        return raw.view(dtype).reshape(shape)
+
+    def read_entries(self, name: str, lo: int, hi: int, out: np.ndarray) -> None:
+        """Entries [lo, hi) of the flattened tensor into `out` (a contiguous float32 array of
+        hi − lo entries; other dtypes are converted): a small positioned read straight into
+        memory the caller reuses (a merge that keeps its state in the CPU's cache); a mapping's
+        view would fault its pages in and out instead, which costs more than the copy here."""
+        begin, end, dtype, _ = self.entries[name]
+        if not 0 <= lo <= hi <= (end - begin) // dtype.itemsize or out.size != hi - lo:
+            raise TensorFileError(f"tensor {name!r}: entries [{lo}, {hi}) out of range "
+                                  f"in {self.file}")
+        offset = self.base + begin + lo * dtype.itemsize
+        if dtype == torch.float32:
+            self._read_exactly(name, memoryview(out).cast("B"), offset)
+            return
+        raw = torch.empty(hi - lo, dtype=dtype)
+        self._read_exactly(name, memoryview(raw.view(torch.uint8).numpy()), offset)
+        torch.from_numpy(out).copy_(raw)
+
+    def _read_exactly(self, name: str, view: memoryview, offset: int) -> None:
         done = 0
         while done < len(view):
-            got = self._readinto(view[done:], self.base + begin + done)
+            got = self._readinto(view[done:], offset + done)
             if got == 0:
                 raise TensorFileError(f"tensor {name!r}: {self.file} ends early (truncated file)")
             done += got
-        return raw.view(dtype).reshape(shape)
 
 
 def _check_manifest_size(file: Path, size: int) -> None:

@@ -18,6 +18,7 @@ method supplies m as a `TensorMerge`; this module runs it inside a shard task an
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -30,15 +31,51 @@ from raysoup.checkpoints.ingredient import weights_path
 from raysoup.checkpoints.tensorfile import Scratch, numpy_view, open_tensors
 from raysoup.reduce.reduction import ReductionError, _check_shape, _get, _owned
 
+# θ_1..θ_N of one tensor, drawn afresh by each call (see TensorMerge). The streams `_merged`
+# gives also have `len()` and `read_slices` (see `read_slices`).
 Stream = Callable[[], Iterator[torch.Tensor]]
+
+
+def ingredient_count(stream: Stream) -> int:
+    return len(stream) if hasattr(stream, "__len__") else sum(1 for _ in stream())
+
+
+def read_slices(stream: Stream, lo: int, hi: int, rows: np.ndarray) -> None:
+    """rows[i] = ingredient i's flattened entries [lo, hi) as float32, for every ingredient
+    (`rows`: float32, one contiguous row of hi − lo entries per ingredient). Where the stream
+    reads files, positioned reads straight into the rows (no view of a file's mapping is
+    touched): a merge that visits every ingredient per slice keeps its state in the CPU's
+    cache and calls its kernel once per slice, not once per ingredient."""
+    fast = getattr(stream, "read_slices", None)
+    if fast is not None:
+        fast(lo, hi, rows)
+        return
+    for i, theta in enumerate(stream()):
+        torch.from_numpy(rows[i]).copy_(theta.reshape(-1)[lo:hi])
+
+
+def read_slice(stream: Stream, i: int, lo: int, hi: int, out: np.ndarray) -> None:
+    """`out` = ingredient i's flattened entries [lo, hi) as float32 (see `read_slices`)."""
+    fast = getattr(stream, "read_slice", None)
+    if fast is not None:
+        fast(i, lo, hi, out)
+        return
+    for j, theta in enumerate(stream()):
+        if j == i:
+            torch.from_numpy(out).copy_(theta.reshape(-1)[lo:hi])
+            return
+    raise IndexError(f"ingredient {i} of a stream of {j + 1}")
 
 
 class TensorMerge(Protocol):
     """m(τ_1..τ_N) for one tensor: `base` is θ_0 (float32), `stream()` yields θ_1..θ_N (read-only
     views, any float dtype; each valid until the next is drawn). Returns the merged task vector
-    (float32, the base's shape). Must be picklable (it travels to shard tasks)."""
+    (float32, the base's shape), which may be `out` (a float32 tensor of the base's shape, or
+    None) written in place: the shard writer reuses one for every tensor, since fresh memory is
+    a page fault per 4 KiB. Must be picklable (it travels to shard tasks)."""
 
-    def __call__(self, name: str, base: torch.Tensor, stream: Stream) -> torch.Tensor: ...
+    def __call__(self, name: str, base: torch.Tensor, stream: Stream,
+                 out: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 def tensor_generator(seed: int, name: str, index: int) -> torch.Generator:
@@ -57,10 +94,11 @@ def task_vectors(paths: list[Path], base: Path, names: list[str], merge: TensorM
             for name, theta0, tau in _merged(paths, base, names, merge)}
 
 
-def _merged(paths: list[Path], base: Path, names: list[str], merge: TensorMerge
-            ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor | None]]:
+def _merged(paths: list[Path], base: Path, names: list[str], merge: TensorMerge,
+            reuse: bool = False) -> Iterator[tuple[str, torch.Tensor, torch.Tensor | None]]:
     """Per name: (name, θ_0 as a float32 copy the caller may overwrite, m(τ)), or for a
-    non-floating tensor (name, the first ingredient's tensor, None); one name at a time."""
+    non-floating tensor (name, the first ingredient's tensor, None); one name at a time.
+    `reuse`: m(τ) may live in one buffer reused for every name (valid until the next)."""
     if not paths:
         raise ReductionError("a task-vector merge needs at least one ingredient")
     files = [weights_path(p) for p in paths]
@@ -69,25 +107,69 @@ def _merged(paths: list[Path], base: Path, names: list[str], merge: TensorMerge
         handles = [stack.enter_context(open_tensors(f)) for f in files]
         base_h = stack.enter_context(open_tensors(base_file))
         scratch = Scratch()
+        buffer = torch.empty(0)
         for name in names:
-            theta0 = _get(base_h, name, base_file, files[0])
+            theta0 = _get(base_h, name, base_file, files[0], scratch)  # a view
             if not theta0.is_floating_point():
                 yield name, numpy_view(_owned(_get(handles[0], name, files[0], base_file))), None
                 continue
             theta0 = theta0.to(torch.float32, copy=True)
-
-            def stream(name=name, theta0=theta0) -> Iterator[torch.Tensor]:
-                for f, h in zip(files, handles, strict=True):
-                    theta = _get(h, name, f, base_file, scratch)
-                    _check_shape(name, theta0, theta, base_file, f)
-                    yield theta
-
-            tau = merge(name, theta0, stream)
+            out = None
+            if reuse:
+                if buffer.numel() < theta0.numel():
+                    buffer = torch.empty(_largest(base_h, names))
+                out = buffer[:theta0.numel()].view(theta0.shape)
+            tau = merge(name, theta0, _FileStream(name, theta0, files, handles, base_file,
+                                                  scratch), out=out)
             if tau.shape != theta0.shape or tau.dtype != torch.float32:
                 raise ReductionError(f"tensor {name!r}: the merge returned {tau.dtype}"
                                      f"{list(tau.shape)}, expected float32{list(theta0.shape)}")
             yield name, theta0, tau
         scratch.release()
+
+
+def _largest(handle, names: list[str]) -> int:
+    return max((math.prod(handle.entries[n][3]) for n in names if n in handle.entries),
+               default=0)
+
+
+class _FileStream:
+    """The ingredients' tensor `name` from their files: `stream()` yields views of each file's
+    mapping, `read_slices` positioned reads of a slice of each into rows the caller reuses."""
+
+    def __init__(self, name, theta0, files, handles, base_file, scratch):
+        self.name, self.theta0, self.files, self.handles = name, theta0, files, handles
+        self.base_file, self.scratch = base_file, scratch
+        self.checked = False
+
+    def __call__(self) -> Iterator[torch.Tensor]:
+        for f, h in zip(self.files, self.handles, strict=True):
+            theta = _get(h, self.name, f, self.base_file, self.scratch)
+            _check_shape(self.name, self.theta0, theta, self.base_file, f)
+            yield theta
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read_slices(self, lo: int, hi: int, rows: np.ndarray) -> None:
+        self._check()
+        for i, h in enumerate(self.handles):
+            h.read_entries(self.name, lo, hi, rows[i])
+
+    def read_slice(self, i: int, lo: int, hi: int, out: np.ndarray) -> None:
+        self._check()
+        self.handles[i].read_entries(self.name, lo, hi, out)
+
+    def _check(self) -> None:
+        if not self.checked:  # every ingredient's header, once, before any slice is read
+            for f, h in zip(self.files, self.handles, strict=True):
+                if self.name not in h.keys():  # noqa: SIM118 - a _TensorFile, not a dict
+                    raise ReductionError(f"tensor {self.name!r}: missing in {f} (present in "
+                                         f"{self.base_file})")
+                _, _, dtype, shape = h.entries[self.name]
+                meta = torch.empty(shape, dtype=dtype, device="meta")  # no read
+                _check_shape(self.name, self.theta0, meta, self.base_file, f)
+            self.checked = True
 
 
 def apply_task_vector(base: Path, taus: dict[str, np.ndarray], scale: float,
@@ -118,7 +200,7 @@ def merge_shard(paths: list[Path], base: Path, names: list[str], merge: TensorMe
     shard's output and one tensor's merge, not a second copy of the shard)."""
     s32 = float(np.float32(scale))
     out: dict[str, np.ndarray] = {}
-    for name, theta0, tau in _merged(paths, base, names, merge):
+    for name, theta0, tau in _merged(paths, base, names, merge, reuse=True):
         out[name] = (theta0 if tau is None else theta0.add_(tau, alpha=s32)).numpy()
         del tau
     return out

@@ -43,7 +43,8 @@ class DareMerge:
     combine: str
     seed: int
 
-    def __call__(self, name: str, base: torch.Tensor, stream: Stream) -> torch.Tensor:
+    def __call__(self, name: str, base: torch.Tensor, stream: Stream,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
         def dropper(i: int, theta: torch.Tensor, b: torch.Tensor):
             # A fresh generator per pass: both passes of the TIES combine draw the same masks.
             generator = tensor_generator(self.seed, name, i)
@@ -51,7 +52,7 @@ class DareMerge:
 
         if self.combine == "ties":
             return elect_and_average(stream, base, dropper)
-        return sum_of(stream, base, dropper)
+        return sum_of(stream, base, dropper, out)
 
 
 class Dare:

@@ -28,8 +28,9 @@ class TaskArithmeticSettings(Settings):
 class SumOfTaskVectors:
     """m(τ) = Σ τ_i."""
 
-    def __call__(self, name: str, base: torch.Tensor, stream: Stream) -> torch.Tensor:
-        return sum_of(stream, base)
+    def __call__(self, name: str, base: torch.Tensor, stream: Stream,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+        return sum_of(stream, base, out=out)
 
 
 class TaskArithmetic:

@@ -59,12 +59,13 @@ def _chunks(n: int) -> range:
     return range(0, n, CHUNK)
 
 
-def sum_of(stream: Stream, base: torch.Tensor, sparsifier: Sparsifier | None = None
-           ) -> torch.Tensor:
-    """Σ_i sparsify_i(τ_i), streamed: the base, the sum and one chunk of τ in memory."""
+def sum_of(stream: Stream, base: torch.Tensor, sparsifier: Sparsifier | None = None,
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_i sparsify_i(τ_i), streamed: the base, the sum (in `out` if given) and one chunk of τ
+    in memory."""
     b = base.reshape(-1)
     n = b.numel()
-    acc = torch.zeros_like(b)
+    acc = torch.zeros_like(b) if out is None else out.reshape(-1).zero_()
     tmp = torch.empty(min(CHUNK, n))
     for i, theta in enumerate(stream()):
         t = theta.reshape(-1)

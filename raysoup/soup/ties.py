@@ -6,12 +6,12 @@ entries that agree with it (disjoint mean); the soup is θ_0 + λ·merge, λ on 
 Trimming is per tensor, as in mergekit (the paper trims each whole task vector; per tensor
 keeps the streaming bound: one tensor name at a time). An entry at the threshold is kept, so
 ties at the k-th magnitude may keep a few more than k%; tensors above `SAMPLE` entries take
-their threshold from a sample. The merge itself is one fused pass (soup/ties_kernel.py).
+their threshold from a sample. The thresholds and the merge are read slice by slice
+(soup/ties_kernel.py).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +20,7 @@ from pydantic import Field
 from raysoup.reduce.merge import Stream
 from raysoup.soup.base import Candidate, Kitchen, RecipeResult, Settings
 from raysoup.soup.task_vectors import cook_task_vectors
-from raysoup.soup.ties_kernel import kth_magnitude, ties_merge
+from raysoup.soup.ties_kernel import ties_merge, trim_thresholds
 
 # The paper: k = 20 % and λ = 1 without validation data; with it, λ from a grid around 1.
 DEFAULT_LAMBDAS = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
@@ -31,33 +31,19 @@ class TiesSettings(Settings):
     lambdas: list[float] = Field(default_factory=lambda: list(DEFAULT_LAMBDAS), min_length=1)
 
 
-# Tensors with more entries estimate the trim threshold from a sample of this many τ entries
-# (deterministic; the kept fraction is then density within ~0.2 %): the k-th largest of 2^20
-# entries per ingredient and tensor was a third of TIES' time. The sample is BLOCKS contiguous
-# runs spread evenly over the tensor — a strided sample would touch every memory page, i.e.
-# read the whole tensor once more.
-SAMPLE = 1 << 18
-BLOCKS = 64
-
-
 def threshold(theta: torch.Tensor, base: torch.Tensor, density: float) -> float | None:
     """The magnitude at or above which an entry of τ = θ − θ_0 is among the top `density`
-    fraction (None: everything is kept). θ and θ_0 are flat."""
-    n = base.numel()
-    if n == 0 or math.ceil(density * n) >= n:
-        return None
-    runs = (BLOCKS, SAMPLE // BLOCKS) if n > SAMPLE else None
-    m = SAMPLE if runs else n
-    return kth_magnitude(theta, base, m - math.ceil(density * m), runs)  # the k-th largest
+    fraction (None: everything is kept), as TIES trims it (from a sample past SAMPLE entries)."""
+    return trim_thresholds(lambda: iter([theta]), base, density)[0]
 
 
 @dataclass(frozen=True)
 class TiesMerge:
     density: float
 
-    def __call__(self, name: str, base: torch.Tensor, stream: Stream) -> torch.Tensor:
-        density = self.density
-        return ties_merge(stream, base, lambda i, theta, b: threshold(theta, b, density))
+    def __call__(self, name: str, base: torch.Tensor, stream: Stream,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+        return ties_merge(stream, base, trim_thresholds(stream, base, self.density), out)
 
 
 class Ties:
