@@ -15,7 +15,10 @@ SMALL = {
     "sweep": {"num_samples": 3, "max_concurrent": 2, "anytime": {"enabled": False},
               "base": {"epochs": 1, "batch_size": 32, "warmup_steps": 2},
               "space": {"lr": {"loguniform": [1e-4, 1e-3]}, "seed": {"randint": [0, 100]}}},
-    "eval": {"num_actors": 2, "batch_size": 64},
+    # One eval actor: a process importing torch and open_clip costs ~5 CPU-seconds here, and
+    # these runs check the plumbing; the pool of several, its placement and its losses are
+    # test_orchestration's, test_soup_placement's and test_multinode's.
+    "eval": {"num_actors": 1, "batch_size": 64},
     "soup": {"recipes": ["uniform", "greedy"], "num_shards": 2},
 }
 
@@ -45,6 +48,6 @@ def small_overrides(epochs: int) -> list[str]:
         # lr and seed only: the default's augmentation search is the README run's and
         # FIDELITY.md's business; these runs check the plumbing
         "sweep.space={lr: {loguniform: [1.0e-4, 1.0e-3]}, seed: {randint: [0, 100]}}",
-        "eval.batch_size=64",
+        "eval.batch_size=64", "eval.num_actors=1",
         "soup.recipes=[uniform, greedy]", "soup.num_shards=2", "sweep.anytime.enabled=false",
     ]

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.slow
 CONFIG = small_config(
     name="multinode",
     model={"pretrain": {"threads": 1}},
+    # Two eval actors: one is killed with its node while the other goes on.
     sweep={"max_failures": 3, "base": {"epochs": 3}},
+    eval={"num_actors": 2},
     soup={"recipes": ["uniform"]},
 )
 

@@ -64,7 +64,7 @@ def read_slice(stream: Stream, i: int, lo: int, hi: int, out: np.ndarray) -> Non
         if j == i:
             torch.from_numpy(out).copy_(theta.reshape(-1)[lo:hi])
             return
-    raise IndexError(f"ingredient {i} of a stream of {j + 1}")
+    raise IndexError(f"no ingredient {i} in a stream of {ingredient_count(stream)}")
 
 
 class TensorMerge(Protocol):
