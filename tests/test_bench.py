@@ -39,6 +39,7 @@ def test_quick_bench_writes_every_figure(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(path.read_text())
     for key in ("B1.floor_ratio", "B1.seed_speedup", "B1.rss_ratio", "B1.seed_rss_ratio",
+                "B1.ties_floor_ratio", "B1.ties_rss_ratio",
                 "B2.seed_speedup", "B3.pool_vs_bare", "B4.overhead_ratio"):
         assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, key
     assert result["B2.same_selection"] is True
