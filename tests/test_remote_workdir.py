@@ -54,7 +54,9 @@ def test_s3_workdir_resumes_on_fresh_machines(s3_server, tmp_path):
     rc, err, _ = raysoup(cfg, uri, s3_server.env, tmp_path / "cache-b", "greedy.decision=1")
     assert rc == -signal.SIGKILL, err[-3000:]
     assert f"sweep: resuming from {uri}/tune/sweep" in err
-    assert "exp/soups/.greedy.journal.jsonl" in s3_server.files("exp/soups")  # in the bucket
+    soups = s3_server.files("exp/soups")
+    assert "exp/soups/.greedy.journal.jsonl" in soups  # in the bucket
+    assert not [f for f in soups if f.startswith("exp/soups/greedy/")]  # no half soup
     # Machine C finishes with `raysoup resume URI` (the config comes from the bucket): no
     # trial or evaluation is redone, the journaled decision is replayed.
     rc, err, out = raysoup(None, uri, s3_server.env, tmp_path / "cache-c")
