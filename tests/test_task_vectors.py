@@ -249,7 +249,7 @@ def test_ties_from_files_reads_slices_like_the_in_memory_stream(tmp_path, monkey
     bits of the same merge over in-memory tensors, across slice boundaries and tensors of
     different sizes sharing that buffer."""
     from raysoup.soup import ties_kernel
-    from raysoup.soup.ties_kernel import trim_thresholds, ties_merge
+    from raysoup.soup.ties_kernel import ties_merge, trim_thresholds
 
     monkeypatch.setattr(ties_kernel, "ROWS_BYTES", 3 * 4 * 1000 + 4)  # 1000-entry slices
     g = torch.Generator().manual_seed(11)
