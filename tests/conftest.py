@@ -109,13 +109,11 @@ def mlflow_server(tmp_path_factory):
             time.sleep(0.5)
         yield url, root
     finally:
-        # The server forks workers: stop the whole group; they take 5-10 s to exit.
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        # The server forks workers: stop the whole group. SIGKILL: on SIGTERM they took 5-10 s
+        # to exit, at the very end of the suite's wall time, and a test server's SQLite store
+        # in a temp dir needs no clean shutdown.
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
         log.close()
 
 
