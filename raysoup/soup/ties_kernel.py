@@ -106,8 +106,9 @@ def ties_merge(stream: Stream, base: torch.Tensor, trims: Sequence[float | None]
     b = _float32(base)
     n = b.size
     count = ingredient_count(stream)
-    if count != len(trims):
-        raise ValueError(f"{len(trims)} trim thresholds for {count} ingredients")
+    if count == 0 or count != len(trims):
+        raise ValueError(f"{len(trims)} trim thresholds for {count} ingredients (TIES needs "
+                         "at least one, a threshold each)")
     thr = np.array([-np.inf if t is None else t for t in trims], np.float32)
     result = torch.empty(base.shape) if out is None else out
     out = result.reshape(-1).numpy()  # (a view: `out` is contiguous float32)
