@@ -275,3 +275,17 @@ def test_ties_from_files_reads_slices_like_the_in_memory_stream(tmp_path, monkey
             ties_merge(stream, base[name], trims),
             dense_ties([s[name].float() - base[name] for s in states], 0.3, trims),
             rtol=1e-6, atol=1e-6)
+
+
+def test_radix_select_is_numpys_kth_smallest():
+    """TIES' threshold select (three radix passes over the float bits) against np.partition,
+    with repeated values, single entries and magnitudes far apart."""
+    from raysoup.soup.ties_kernel import _kth_smallest
+
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 5, 768, 4097, 65536):
+        for scale in (1e-3, 1.0, 1e4):
+            x = np.abs(rng.standard_normal(n).astype(np.float32)) * np.float32(scale)
+            x[: n // 3] = x[0]  # ties
+            for k in {0, n // 2, n - 1}:
+                assert _kth_smallest(x, k) == np.partition(x, k)[k], (n, scale, k)
