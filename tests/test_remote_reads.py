@@ -133,3 +133,49 @@ def test_sharded_soup_round_trip(s3, tmp_path):
     s3.put(key, bytes(data))
     with pytest.raises(ValueError, match=rf"s3://raysoup-test/{key}: sha256"):
         read_sharded(soup)
+
+
+def test_ties_on_remote_ingredients_is_the_local_merge_in_few_requests(
+        s3, remote_root, tmp_path, monkeypatch):
+    """TIES reads every ingredient slice by slice; from a bucket those slices come out of
+    read-ahead windows (a ranged request per few MiB, not per slice), with the local bits."""
+    from raysoup.checkpoints import tensorfile
+    from raysoup.reduce import merge_shard
+    from raysoup.soup import ties_kernel
+    from raysoup.soup.ties import TiesMerge
+
+    names = ["big.weight", "small.bias", "pos.ids"]
+    remote = make(remote_root, ["base", "a", "b"])
+    local = make(tmp_path / "local", ["base", "a", "b"])
+    forget_mirror(remote_root)
+    monkeypatch.setattr(ties_kernel, "ROWS_BYTES", 2 * 4 * 4096)  # 16 slices of big.weight
+    want = merge_shard(local[1:], local[0], names, TiesMerge(0.2), 1.0)
+
+    requests = []
+    real_open = storage.open_input
+
+    class Counting:
+        def __init__(self, f):
+            self.f = f
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def read_at(self, n, offset):
+            requests.append(n)
+            return self.f.read_at(n, offset)
+
+        def readinto(self, view):
+            requests.append(len(view))
+            return self.f.readinto(view)
+
+    monkeypatch.setattr(storage, "open_input", lambda p: Counting(real_open(p)))
+    got = merge_shard(remote[1:], remote[0], names, TiesMerge(0.2), 1.0)
+    assert got.keys() == want.keys()
+    assert all((got[k] == want[k]).all() for k in want)
+    # Per ingredient: the header (2 reads), the threshold's read of the whole tensor, then
+    # the first slice exactly and one window for the other 15 — not 16 slice requests.
+    slice_bytes = 4 * 4096
+    assert sum(n == slice_bytes for n in requests) == 2, requests
+    assert sum(n > slice_bytes for n in requests) >= 2  # the windows (and threshold reads)
+    assert tensorfile.READAHEAD > 256 * 256 * 4  # the test's tensor fits one window

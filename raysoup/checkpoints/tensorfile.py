@@ -25,6 +25,10 @@ import torch
 from raysoup import storage
 from raysoup.checkpoints.ingredient import MANIFEST_FILE, WEIGHTS_FILE
 
+# A remote file's sequential slice reads are fetched this many bytes at a time (per open file:
+# a merge over N remote ingredients holds N windows).
+READAHEAD = 4 << 20
+
 
 class TensorFileError(ValueError):
     """An unreadable or inconsistent tensor file; the message names the file (and tensor)."""
@@ -68,6 +72,8 @@ class _TensorFile:
         self.remote = storage.open_input(file) if storage.is_remote(file) else None
         self.fd = os.open(file, os.O_RDONLY) if self.remote is None else -1
         self.mm: mmap.mmap | None = None
+        self._ahead: tuple[int, bytes] = (0, b"")  # remote read-ahead: (offset, bytes)
+        self._next = -1  # where the last remote slice read ended
         try:
             size = os.fstat(self.fd).st_size if self.remote is None else self.remote.size()
             if self.remote is None:
@@ -168,12 +174,39 @@ class _TensorFile:
             raise TensorFileError(f"tensor {name!r}: entries [{lo}, {hi}) out of range "
                                   f"in {self.file}")
         offset = self.base + begin + lo * dtype.itemsize
+
+        def read(view: memoryview) -> None:
+            if self.remote is None:
+                self._read_exactly(name, view, offset)
+            else:
+                self._read_ahead(name, view, offset, self.base + end)
+
         if dtype == torch.float32:
-            self._read_exactly(name, memoryview(out).cast("B"), offset)
+            read(memoryview(out).cast("B"))
             return
         raw = torch.empty(hi - lo, dtype=dtype)
-        self._read_exactly(name, memoryview(raw.view(torch.uint8).numpy()), offset)
+        read(memoryview(raw.view(torch.uint8).numpy()))
         torch.from_numpy(out).copy_(raw)
+
+    def _read_ahead(self, name: str, view: memoryview, offset: int, limit: int) -> None:
+        """A remote read that continues the previous one fetches up to READAHEAD bytes (not
+        past `limit`, the tensor's end) and serves the next slices from them: one ranged
+        request per few MiB, not per slice (a merge reads 256 KiB slices). Reads that jump
+        (sampled runs) fetch exactly what they ask for."""
+        n = len(view)
+        start, held = self._ahead
+        if start <= offset and offset + n <= start + len(held):
+            view[:] = held[offset - start:offset - start + n]
+        elif offset == self._next and n < READAHEAD:
+            held = self._pread(min(limit, offset + READAHEAD) - offset, offset)
+            if len(held) < n:
+                raise TensorFileError(f"tensor {name!r}: {self.file} ends early (truncated "
+                                      "file)")
+            self._ahead = (offset, held)
+            view[:] = held[:n]
+        else:
+            self._read_exactly(name, view, offset)
+        self._next = offset + n
 
     def _read_exactly(self, name: str, view: memoryview, offset: int) -> None:
         done = 0
