@@ -168,6 +168,25 @@ def served_run(tmp_path_factory, mlflow_server):
             "stdout": (tmp / "stdout").read_text(), "stderr": (tmp / "stderr").read_text()}
 
 
+@pytest.fixture(scope="session")
+def drill_run(tmp_path_factory):
+    """tests/small.py's DRILL, one uninterrupted `raysoup run` (a subprocess, its own local
+    Ray), shared by test_faults (the reference its interrupted runs must reproduce: the end
+    state is taken right after the run, before any test touches the workdir) and test_pipeline
+    (its checks, then re-runs in this process on the same workdir)."""
+    import yaml
+    from driver import end_state, finish, start_run
+    from small import DRILL
+
+    tmp = tmp_path_factory.mktemp("drill-run")
+    cfg = tmp / "drill.yaml"
+    cfg.write_text(yaml.safe_dump(DRILL))
+    rc, out, err = finish(start_run(cfg, tmp / "work"), timeout=900)
+    assert rc == 0, err[-3000:]
+    return {"config": cfg, "workdir": tmp / "work", "stdout": out, "stderr": err,
+            "end_state": end_state(tmp / "work", DRILL["name"])}
+
+
 # Under pytest-xdist (pyproject's addopts: -n auto, at most 4) the tests of a group run on one
 # worker, one after another, so that those sharing an expensive session fixture build it
 # once. (xdist 3.8's `--dist loadgroup` grouped nothing under pytest 9.2 here — checked: two
@@ -177,6 +196,7 @@ XDIST_GROUPS = {
     "test_published_models": "served-run",
     "test_fixture_pack": "imagenet-fixture", "test_paper_fixture": "imagenet-fixture",
     "test_plan_sizing": "imagenet-fixture",
+    "test_faults": "drill-run", "test_pipeline": "drill-run",
 }
 
 

@@ -18,3 +18,47 @@ def finish(proc, timeout=600):
         except ProcessLookupError:
             pass
     return proc.returncode, out, err
+
+
+def start_run(cfg, workdir, failpoints=None, log=None):
+    """`raysoup run CFG --workdir WORKDIR` in its own session, with RAYSOUP_FAILPOINTS set to
+    `failpoints` (or unset); output to pipes, or to the open file `log` (a run nobody reads
+    while it runs would block on a full pipe)."""
+    import subprocess
+    import sys
+
+    from raysoup.faults import ENV
+
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    if failpoints:
+        env[ENV] = failpoints
+    out = log or subprocess.PIPE
+    return subprocess.Popen([sys.executable, "-m", "raysoup.cli", "run", str(cfg), "--workdir",
+                             str(workdir)], env=env, stdout=out, stderr=out, text=True,
+                            start_new_session=True)
+
+
+def end_state(workdir, experiment: str) -> dict:
+    """What an interrupted and resumed run must reproduce exactly: results.parquet's table,
+    every soup file, the anytime journal, the MLflow runs (name, status) and the registry
+    (each version's recipe, the champion's)."""
+    import pyarrow.parquet as pq
+    from mlflow.tracking import MlflowClient
+
+    from raysoup.tracking import CHAMPION, Tracker, default_uri
+
+    soups = {f"{d.name}/{f.name}": f.read_bytes()
+             for d in sorted((workdir / "soups").iterdir()) for f in sorted(d.iterdir())}
+    runs = Tracker(default_uri(workdir), experiment).runs()
+    client = MlflowClient(default_uri(workdir))
+    versions = client.search_model_versions(f"name = '{experiment}'")
+    champion = client.get_model_version_by_alias(experiment, CHAMPION)
+    anytime = workdir / "anytime.jsonl"
+    return {
+        "results": pq.read_table(workdir / "results.parquet"),
+        "soups": soups,
+        "anytime": anytime.read_text() if anytime.exists() else None,
+        "runs": sorted((r.info.run_name, r.info.status) for r in runs),
+        "registry": (sorted(v.tags["raysoup.recipe"] for v in versions),
+                     champion.tags["raysoup.recipe"]),
+    }

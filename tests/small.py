@@ -12,7 +12,10 @@ SMALL = {
              "heldout_fraction": 0.1, "templates": "world"},
     # The anytime soup (on by default) is tested where it is checked (test_pipeline,
     # test_faults, test_sweep_outcomes); elsewhere its actor would only cost the suite time.
-    "sweep": {"num_samples": 3, "max_concurrent": 2, "anytime": {"enabled": False},
+    # One trial at a time: a second concurrent trial is one more process importing torch and
+    # open_clip (~5 CPU-s of a ~45 CPU-s run). The drills that lose a machine or a node with
+    # trials in flight (test_remote_workdir, test_multinode) run two.
+    "sweep": {"num_samples": 3, "max_concurrent": 1, "anytime": {"enabled": False},
               "base": {"epochs": 1, "batch_size": 32, "warmup_steps": 2},
               "space": {"lr": {"loguniform": [1e-4, 1e-3]}, "seed": {"randint": [0, 100]}}},
     # One eval actor: a process importing torch and open_clip costs ~5 CPU-seconds here, and
@@ -43,7 +46,8 @@ def small_overrides(epochs: int) -> list[str]:
         "data.world.num_classes=4", "data.world.train_per_class=150",
         "data.world.test_per_class=25", "data.world.shift_per_class=15",
         "data.heldout_fraction=0.1",
-        "sweep.num_samples=2", f"sweep.base.epochs={epochs}", "sweep.base.batch_size=32",
+        "sweep.num_samples=2", "sweep.max_concurrent=1", f"sweep.base.epochs={epochs}",
+        "sweep.base.batch_size=32",
         "sweep.base.warmup_steps=2",
         # lr and seed only: the default's augmentation search is the README run's and
         # FIDELITY.md's business; these runs check the plumbing
@@ -51,3 +55,21 @@ def small_overrides(epochs: int) -> list[str]:
         "eval.batch_size=64", "eval.num_actors=1",
         "soup.recipes=[uniform, greedy]", "soup.num_shards=2", "sweep.anytime.enabled=false",
     ]
+
+
+# The run test_faults interrupts (and compares with one uninterrupted) and test_pipeline checks
+# end to end: the session's `drill_run` (tests/conftest.py) runs it once, uninterrupted.
+DRILL = small_config(
+    name="drill",
+    model={"pretrain": {"threads": 1}},
+    # 3 trials + zero-shot: 3 greedy decisions, enough to die after the second. The soup-aware
+    # search proposes trial-002 from the anytime soup's offers, so an interrupted sweep must
+    # resume its proposals exactly to match the reference.
+    sweep={"num_samples": 3, "base": {"epochs": 2}, "search": "soup", "anytime": {"enabled": True},
+           "soup_search": {"initial": 1}},
+    # TIES: an element-wise merge, cooked by a run that resumes after the evaluation's kill.
+    # (A kill mid-greedy, resumed from the journal in the bucket: test_remote_workdir.py; the
+    # journal's replay: test_greedy.py.)
+    soup={"recipes": ["uniform", "greedy", "ties"], "ties": {"lambdas": [1.0]},
+          "include_zeroshot": True},
+)

@@ -19,7 +19,7 @@ CONFIG = small_config(
     name="multinode",
     model={"pretrain": {"threads": 1}},
     # Two eval actors: one is killed with its node while the other goes on.
-    sweep={"max_failures": 3, "base": {"epochs": 3}},
+    sweep={"max_failures": 3, "max_concurrent": 2, "base": {"epochs": 3}},
     eval={"num_actors": 2},
     soup={"recipes": ["uniform"]},
 )

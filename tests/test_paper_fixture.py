@@ -1,6 +1,6 @@
 """The paper's config, end to end, on the generated ImageNet-shaped fixture: the same code path
 as the ViT-B/32 ImageNet run (ImageFolders, 1000 wnid classes, `classnames: imagenet`, the 80
-OpenAI templates, an ImageNetV2 folder of index dirs, R/A class subsets, ObjectNet's class
+OpenAI templates (two of them), an ImageNetV2 folder of index dirs, R/A class subsets, ObjectNet's class
 map), with `--set` overrides only: the tiny 224-px CLIP, the fixture's paths, 2 trials — and a
 memory budget of 0, so the trials stream their input through DataLoader workers."""
 
@@ -16,6 +16,9 @@ from driver import finish
 
 from raysoup.data.fixture import fixture_overrides
 from raysoup.data.images import DECODE_LOG_ENV
+from raysoup.data.sources import resolve_templates
+
+OPENAI_TEMPLATES = resolve_templates("openai_imagenet")
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +33,13 @@ def test_paper_config_runs_on_the_imagenet_shaped_fixture(imagenet_fixture, tmp_
     sets = [*fixture_overrides(imagenet_fixture), "data.memory_budget_mb=0",
             # greedy only: the soups' recipes are the other e2e tests' business; this one is
             # about the paper's data layout (each soup is one more 224-px evaluation here)
-            "soup.recipes=[greedy]", "sweep.anytime.enabled=false"]
+            "soup.recipes=[greedy]", "sweep.anytime.enabled=false",
+            # One trial and one eval actor at a time: each more is a process importing torch
+            # and open_clip (~5 CPU-s); their concurrency is the other e2e tests' business.
+            "sweep.max_concurrent=1", "eval.num_actors=1",
+            # Two of the 80 OpenAI templates: the head's code path is the same for any number
+            # (that the set resolves to all 80: test_data.py); 80 x 1000 prompts cost ~15 CPU-s.
+            f"data.templates={json.dumps(OPENAI_TEMPLATES[:2])}"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "raysoup.cli", "run",
          str(REPO / "experiments" / "clip_vit_b32_imagenet.yaml"), "--workdir", str(work),

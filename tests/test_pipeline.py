@@ -1,28 +1,25 @@
-"""The whole pipeline end to end at a small size: real Ray, real Tune, real MLflow (SQLite)."""
+"""The whole pipeline end to end at a small size: real Ray, real Tune, real MLflow (SQLite).
+The first run is the session's `drill_run` (`raysoup run` of tests/small.py's DRILL); this test
+checks it, then re-runs it in this process with `run_pipeline`."""
 
 import json
+import re
+import shutil
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
-from small import small_config
 
 from raysoup.config import load_experiment
 
 pytestmark = pytest.mark.slow
 
-SMALL = small_config(sweep={"anytime": {"enabled": True}})
 
-
-def test_pipeline_end_to_end_and_rerun(ray_session, tmp_path):
+def test_pipeline_end_to_end_and_rerun(drill_run, ray_session):
     from raysoup.orchestration.pipeline import run_pipeline
     from raysoup.tracking import Tracker, default_uri
 
-    path = tmp_path / "small.yaml"
-    path.write_text(yaml.safe_dump(SMALL))
-    cfg = load_experiment(path)
-    workdir = tmp_path / "work"
-    run = run_pipeline(cfg, workdir)
+    cfg = load_experiment(drill_run["config"])
+    workdir = drill_run["workdir"]
 
     ingredients = sorted(p.name for p in (workdir / "ingredients").iterdir())
     assert ingredients == ["trial-000", "trial-001", "trial-002", "zeroshot"]
@@ -40,18 +37,20 @@ def test_pipeline_end_to_end_and_rerun(ray_session, tmp_path):
     n_splits = len(splits)
     assert len(rows) == len(models) * n_splits  # every (model, split) exactly once
     heldout = {r["model"]: r["accuracy"] for r in rows if r["split"] == "heldout"}
-    assert heldout["greedy_soup"] >= max(heldout[f"trial-00{i}"] for i in range(3))
+    candidates = ["zeroshot", "trial-000", "trial-001", "trial-002"]  # soup.include_zeroshot
+    assert heldout["greedy_soup"] >= max(heldout[c] for c in candidates)
 
     recipe = json.loads((workdir / "soups" / "greedy" / "recipe.json").read_text())
-    assert heldout[recipe["ingredients"][0]] == max(heldout[f"trial-00{i}"] for i in range(3))
+    assert heldout[recipe["ingredients"][0]] == max(heldout[c] for c in candidates)
     assert (workdir / "report" / "figure.png").stat().st_size > 10_000
     assert "greedy_soup" in (workdir / "report" / "README.md").read_text()
-    assert "greedy_soup" in run.summary()
+    assert re.search(r"^\| greedy.soup \|", drill_run["stdout"], re.MULTILINE)  # the summary
 
-    tracker = Tracker(default_uri(workdir), "e2e")
+    tracker = Tracker(default_uri(workdir), "drill")
     runs = tracker.runs()
     names = sorted(r.info.run_name for r in runs)
-    assert names == ["soup-greedy", "soup-uniform", "sweep", "trial-000", "trial-001", "trial-002"]
+    assert names == ["soup-greedy", "soup-ties", "soup-uniform", "sweep", "trial-000",
+                     "trial-001", "trial-002"]
     assert all(r.info.status == "FINISHED" for r in runs)
     trial = next(r for r in runs if r.info.run_name == "trial-001")
     assert "lr" in trial.data.params and "train_loss" in trial.data.metrics
@@ -80,15 +79,16 @@ def test_pipeline_end_to_end_and_rerun(ray_session, tmp_path):
     run2 = run_pipeline(cfg, workdir)
     assert (workdir / "results.parquet").read_bytes() == before
     assert read_offers(workdir) == offers
-    assert len(Tracker(default_uri(workdir), "e2e").runs()) == len(runs)
-    assert run2.timings["sweep"] < run.timings["sweep"]
+    assert len(Tracker(default_uri(workdir), "drill").runs()) == len(runs)
+    first_sweep = float(re.search(r"── sweep done in ([\d.]+) s", drill_run["stderr"]).group(1))
+    assert run2.timings["sweep"] < first_sweep
+    assert "greedy_soup" in run2.summary()
 
     # `raysoup soup` at any moment (here: a trial that finished after the last evaluation):
     # the soup stage scores its held-out first and cooks from every model on disk.
-    import shutil
-
     shutil.copytree(workdir / "ingredients" / "trial-002", workdir / "ingredients" / "trial-003")
     run3 = run_pipeline(cfg, workdir, stages=("soup",))
     assert "held-out evaluation" in run3.timings
     uniform = json.loads((workdir / "soups" / "uniform" / "recipe.json").read_text())
-    assert uniform["ingredients"] == ["trial-000", "trial-001", "trial-002", "trial-003"]
+    assert uniform["ingredients"] == ["trial-000", "trial-001", "trial-002", "trial-003",
+                                      "zeroshot"]  # soup.include_zeroshot

@@ -25,6 +25,7 @@ CONFIG = small_config(
     model={"pretrain": {"threads": 1}},
     # speculation 1: one greedy decision per round, so there is a decision to die after.
     soup={"greedy": {"speculation": 1}},
+    sweep={"max_concurrent": 2},  # trials in flight when machine A dies
 )
 
 

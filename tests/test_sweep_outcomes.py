@@ -85,7 +85,7 @@ def test_resume_applies_max_failures_and_refuses_kept_settings(ray_session, prep
     snapshot = workdir / CONFIG_SNAPSHOT
     # No sweep state yet: every execution setting may still change.
     snapshot_config(ExperimentCfg.model_validate(
-        {**cfg, "sweep": {**cfg["sweep"], "max_concurrent": 1}}), workdir)
+        {**cfg, "sweep": {**cfg["sweep"], "max_concurrent": 2}}), workdir)
     snapshot_config(ExperimentCfg.model_validate(cfg), workdir)  # as run_pipeline does
     saved = snapshot.read_text()
     retries = "failed (worker or node lost?); retrying"
@@ -95,7 +95,7 @@ def test_resume_applies_max_failures_and_refuses_kept_settings(ray_session, prep
         assert caplog.text.count(retries) == 0
         caplog.clear()
 
-        for field, value in (("max_concurrent", 1), ("reuse_actors", False)):
+        for field, value in (("max_concurrent", 2), ("reuse_actors", False)):
             changed = {**cfg, "sweep": {**cfg["sweep"], field: value}}
             refused = rf"sweep\.{field}: .* when the sweep started"
             # Refused before the snapshot is written (before: the new value was saved, so
