@@ -53,6 +53,48 @@ def is_server(uri: str) -> bool:
     return uri.split(":", 1)[0].lower() in ("http", "https", "databricks")
 
 
+def seed_sqlite_store(db: Path) -> None:
+    """Start a SQLite store that does not exist yet as a copy of an empty, fully migrated one.
+
+    MLflow builds a new database by replaying every schema migration since its first version
+    (~2 s of CPU here, in every new workdir and every test that opens one). The template is
+    built that way once per MLflow version in the cache root, then emptied of rows (tables and
+    alembic version stay), so that MLflow adds its Default experiment for the new store exactly
+    as for a database it created. The copy is linked into place only if `db` still does not
+    exist: a store another process created meanwhile is never replaced."""
+    import sqlite3
+    from contextlib import closing
+
+    import mlflow
+
+    from raysoup.atomic import temp_sibling, write_atomic
+
+    if db.exists():
+        return
+    template = storage.cache_root() / "raysoup-mlflow" / f"empty-{mlflow.__version__}.db"
+    if not template.is_file():
+        def build(tmp: Path) -> None:
+            MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()
+            with closing(sqlite3.connect(tmp)) as con:
+                tables = [row[0] for row in con.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' "
+                    "AND name NOT LIKE 'sqlite_%' AND name != 'alembic_version'")]
+                for table in tables:
+                    con.execute(f'DELETE FROM "{table}"')
+                con.commit()
+        write_atomic(template, build)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(db)
+    try:
+        tmp.write_bytes(template.read_bytes())
+        try:
+            os.link(tmp, db)
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class Tracker:
     """Sweep parent run, one child run per trial, one run per soup, report artifacts."""
 
@@ -96,6 +138,8 @@ class Tracker:
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
+            if self.uri.startswith("sqlite:///"):
+                seed_sqlite_store(Path(self.uri.removeprefix("sqlite:///")))
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 

@@ -145,3 +145,45 @@ def test_champion_is_the_best_heldout_soup_of_the_current_candidate_set(tmp_path
         versions["greedy"]
     assert tracker.crown("exp") == versions["old"]  # without a set: every soup competes
     assert len(tracker.client.search_model_versions("name = 'exp'")) == 3
+
+
+def test_new_sqlite_store_is_seeded_like_one_mlflow_builds(tmp_path, monkeypatch):
+    """A new workdir's store is a copy of an empty migrated template (MLflow replays its
+    migrations for a new database: ~2 s each time): same schema and version as a database
+    MLflow built, its own Default experiment, and an existing store is never replaced."""
+    import sqlite3
+    from contextlib import closing
+
+    from mlflow.tracking import MlflowClient
+
+    from raysoup.storage import CACHE_ENV
+    from raysoup.tracking import seed_sqlite_store
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+
+    def schema(db):
+        with closing(sqlite3.connect(db)) as con:
+            return (sorted(con.execute("SELECT type, name, sql FROM sqlite_master "
+                                       "WHERE name NOT LIKE 'sqlite_%'")),
+                    con.execute("SELECT version_num FROM alembic_version").fetchall())
+
+    built = tmp_path / "built" / "mlflow.db"
+    built.parent.mkdir()
+    MlflowClient(f"sqlite:///{built}").search_experiments()  # MLflow's own way
+    seeded = tmp_path / "seeded" / "mlflow.db"
+    tracker = Tracker(default_uri(seeded.parent), "exp")
+    parent = tracker.sweep_run({"experiment": "exp"})
+    assert list((tmp_path / "cache" / "raysoup-mlflow").glob("empty-*.db"))  # the template
+    assert schema(seeded) == schema(built)
+    names = sorted(e.name for e in tracker.client.search_experiments())
+    assert names == ["Default", "exp"]
+    # Seeding again (a second Tracker, another process) keeps the store and its runs.
+    seed_sqlite_store(seeded)
+    assert Tracker(default_uri(seeded.parent), "exp").sweep_run() == parent
+    # The template itself holds no rows but its schema version.
+    template = next((tmp_path / "cache" / "raysoup-mlflow").glob("empty-*.db"))
+    with closing(sqlite3.connect(template)) as con:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' "
+                                            "AND name NOT LIKE 'sqlite_%'")]
+        counts = {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
+    assert counts.pop("alembic_version") == 1 and set(counts.values()) == {0}
