@@ -82,7 +82,11 @@ def seed_sqlite_store(db: Path) -> None:
                 for table in tables:
                     con.execute(f'DELETE FROM "{table}"')
                 con.commit()
-        write_atomic(template, build)
+        try:
+            write_atomic(template, build)
+        except (OSError, sqlite3.Error) as e:  # a read-only cache root: MLflow builds the store
+            log.debug("no MLflow store template in %s: %s", template.parent, e)
+            return
     db.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(db)
     try:

@@ -20,10 +20,9 @@ def finish(proc, timeout=600):
     return proc.returncode, out, err
 
 
-def start_run(cfg, workdir, failpoints=None, log=None):
-    """`raysoup run CFG --workdir WORKDIR` in its own session, with RAYSOUP_FAILPOINTS set to
-    `failpoints` (or unset); output to pipes, or to the open file `log` (a run nobody reads
-    while it runs would block on a full pipe)."""
+def start_run(cfg, workdir, failpoints=None):
+    """`raysoup run CFG --workdir WORKDIR` in its own session, output to pipes (read them with
+    `finish`), with RAYSOUP_FAILPOINTS set to `failpoints` (or unset)."""
     import subprocess
     import sys
 
@@ -32,10 +31,9 @@ def start_run(cfg, workdir, failpoints=None, log=None):
     env = {k: v for k, v in os.environ.items() if k != ENV}
     if failpoints:
         env[ENV] = failpoints
-    out = log or subprocess.PIPE
     return subprocess.Popen([sys.executable, "-m", "raysoup.cli", "run", str(cfg), "--workdir",
-                             str(workdir)], env=env, stdout=out, stderr=out, text=True,
-                            start_new_session=True)
+                             str(workdir)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def end_state(workdir, experiment: str) -> dict:

@@ -162,10 +162,14 @@ def test_new_sqlite_store_is_seeded_like_one_mlflow_builds(tmp_path, monkeypatch
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
 
     def schema(db):
+        # Each object's DDL as a set of lines: two databases MLflow built itself may list a
+        # table's constraints in another order (its batch migrations copy tables).
         with closing(sqlite3.connect(db)) as con:
-            return (sorted(con.execute("SELECT type, name, sql FROM sqlite_master "
-                                       "WHERE name NOT LIKE 'sqlite_%'")),
-                    con.execute("SELECT version_num FROM alembic_version").fetchall())
+            rows = con.execute("SELECT type, name, sql FROM sqlite_master "
+                               "WHERE name NOT LIKE 'sqlite_%'")
+            ddl = {(kind, name): frozenset(line.strip().rstrip(",") for line in sql.splitlines())
+                   for kind, name, sql in rows}
+            return ddl, con.execute("SELECT version_num FROM alembic_version").fetchall()
 
     built = tmp_path / "built" / "mlflow.db"
     built.parent.mkdir()
@@ -187,3 +191,14 @@ def test_new_sqlite_store_is_seeded_like_one_mlflow_builds(tmp_path, monkeypatch
                                             "AND name NOT LIKE 'sqlite_%'")]
         counts = {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
     assert counts.pop("alembic_version") == 1 and set(counts.values()) == {0}
+
+
+def test_unwritable_cache_root_leaves_the_store_to_mlflow(tmp_path, monkeypatch):
+    from raysoup.storage import CACHE_ENV
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv(CACHE_ENV, str(blocker / "cache"))  # a file where a directory must be
+    tracker = Tracker(default_uri(tmp_path / "work"), "exp")
+    parent = tracker.sweep_run({"experiment": "exp"})
+    assert Tracker(default_uri(tmp_path / "work"), "exp").sweep_run() == parent
