@@ -1,8 +1,8 @@
 """The paper's config, end to end, on the generated ImageNet-shaped fixture: the same code path
-as the ViT-B/32 ImageNet run (ImageFolders, 1000 wnid classes, `classnames: imagenet`, the 80
-OpenAI templates (two of them), an ImageNetV2 folder of index dirs, R/A class subsets, ObjectNet's class
-map), with `--set` overrides only: the tiny 224-px CLIP, the fixture's paths, 2 trials — and a
-memory budget of 0, so the trials stream their input through DataLoader workers."""
+as the ViT-B/32 ImageNet run (ImageFolders, 1000 wnid classes, `classnames: imagenet`, OpenAI
+templates (two of the 80), an ImageNetV2 folder of index dirs, R/A class subsets, ObjectNet's
+class map), with `--set` overrides only: the tiny 224-px CLIP, the fixture's paths, 2 trials —
+and a memory budget of 0, so the trials stream their input through DataLoader workers."""
 
 import json
 import os
