@@ -62,6 +62,7 @@ def seed_sqlite_store(db: Path) -> None:
     alembic version stay), so that MLflow adds its Default experiment for the new store exactly
     as for a database it created. The copy is linked into place only if `db` still does not
     exist: a store another process created meanwhile is never replaced."""
+    import shutil
     import sqlite3
     from contextlib import closing
 
@@ -90,7 +91,7 @@ def seed_sqlite_store(db: Path) -> None:
     db.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(db)
     try:
-        tmp.write_bytes(template.read_bytes())
+        shutil.copyfile(template, tmp)
         try:
             os.link(tmp, db)
         except FileExistsError:

@@ -41,14 +41,14 @@ def end_state(workdir, experiment: str) -> dict:
     every soup file, the anytime journal, the MLflow runs (name, status) and the registry
     (each version's recipe, the champion's)."""
     import pyarrow.parquet as pq
-    from mlflow.tracking import MlflowClient
 
     from raysoup.tracking import CHAMPION, Tracker, default_uri
 
     soups = {f"{d.name}/{f.name}": f.read_bytes()
              for d in sorted((workdir / "soups").iterdir()) for f in sorted(d.iterdir())}
-    runs = Tracker(default_uri(workdir), experiment).runs()
-    client = MlflowClient(default_uri(workdir))
+    tracker = Tracker(default_uri(workdir), experiment)
+    runs = tracker.runs()
+    client = tracker.client
     versions = client.search_model_versions(f"name = '{experiment}'")
     champion = client.get_model_version_by_alias(experiment, CHAMPION)
     anytime = workdir / "anytime.jsonl"
