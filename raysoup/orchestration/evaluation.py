@@ -118,12 +118,21 @@ def build_eval_cache(named: dict[str, LabeledImages], workdir: Path, preprocess:
     if todo:
         bar = Progress(total=len(todo), desc="eval cache", unit="shards")
         pending = list(todo)
-        while pending:
-            [ref], pending = ray.wait(pending, num_returns=1)
-            name, i = todo[ref]
-            plans[name][1][i] = ray.get(ref)  # a decode error names the image
-            bar.update(1, name)
-        bar.close()
+        try:
+            while pending:
+                [ref], pending = ray.wait(pending, num_returns=1)
+                name, i = todo[ref]
+                plans[name][1][i] = ray.get(ref)  # a decode error names the image
+                bar.update(1, name)
+        except BaseException:
+            # Stop the other shard tasks before raising: left running, they would go on writing
+            # into the cache under a rerun (the same bytes, atomically, but decoded twice).
+            for ref in pending:
+                ray.cancel(ref)
+            ray.wait(pending, num_returns=len(pending), timeout=60)
+            raise
+        finally:
+            bar.close()
     out = {}
     for name, data in named.items():
         directory, infos = plans[name]
