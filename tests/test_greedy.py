@@ -1,5 +1,6 @@
 """Greedy soup: speculation never changes the selection; the journal resumes a killed loop."""
 
+import itertools
 import math
 import random
 from pathlib import Path
@@ -35,6 +36,17 @@ class RandomSoupScorer:
 
     def commit(self, cand):
         self.members.append(cand.name)
+
+    # The loss rule's side: a pseudo-random held-out loss per member set as well.
+    def _loss(self, members):
+        return round(random.Random(f"loss:{self.seed}:{sorted(members)}").uniform(0.2, 0.6), 2)
+
+    def score_with_loss(self, window):
+        accs = self.score(window)
+        return [(a, self._loss([*self.members, c.name])) for a, c in zip(accs, window)]
+
+    def current_loss(self):
+        return self._loss(self.members)
 
 
 def population(seed, n):
@@ -108,3 +120,50 @@ def test_journal_for_a_replaced_ingredient_is_not_replayed(tmp_path):
     same = RandomSoupScorer(3)
     result = GreedySoup().select(cands, same, DecisionJournal(tmp_path / "j", "id-2"))
     assert result.stats["replayed"] == 5 and same.evaluations == 0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_loss_rule_keeps_neither_accuracy_nor_loss_worse(seed):
+    """`loss_must_not_rise`: each accepted soup has held-out accuracy >= and loss <= the soup
+    before it; speculation still never changes the selection."""
+    cands = population(seed, 2 + seed % 11)
+    seq = GreedySoup(loss_must_not_rise=True).select(cands, RandomSoupScorer(seed))
+    spec = GreedySoup(loss_must_not_rise=True, speculation=3).select(cands,
+                                                                     RandomSoupScorer(seed))
+    assert spec.ingredients == seq.ingredients and spec.trace == seq.trace
+    assert seq.info == {"accept_ties": True, "loss_must_not_rise": True}
+    kept = [t for t in seq.trace if t["accepted"]]
+    assert all(t["loss"] is not None for t in seq.trace)
+    for before, after in itertools.pairwise(kept):
+        assert after["heldout"] >= before["heldout"] and after["loss"] <= before["loss"]
+    # Every rejection by the loss alone would have been an acceptance by accuracy alone.
+    current = kept[0]
+    for t in seq.trace[1:]:
+        if not t["accepted"]:
+            assert t["heldout"] < current["heldout"] or t["loss"] > current["loss"]
+        else:
+            current = t
+
+
+def test_loss_rule_rejects_what_accuracy_alone_accepts():
+    cands = population(11, 12)
+    by_acc = GreedySoup().select(cands, RandomSoupScorer(11))
+    both = GreedySoup(loss_must_not_rise=True).select(cands, RandomSoupScorer(11))
+    assert len(both.ingredients) < len(by_acc.ingredients)
+    assert by_acc.info == {"accept_ties": True}  # the paper's rule keeps its records
+
+
+def test_loss_rule_journal_resumes_and_is_pinned(tmp_path):
+    cands = population(5, 10)
+    reference = GreedySoup(loss_must_not_rise=True).select(cands, RandomSoupScorer(5))
+    journal = DecisionJournal(tmp_path / "greedy.journal")
+    with pytest.raises(RuntimeError, match="driver killed"):
+        GreedySoup(loss_must_not_rise=True).select(cands, RandomSoupScorer(5, fail_after=5),
+                                                   journal)
+    resumed = GreedySoup(loss_must_not_rise=True).select(cands, RandomSoupScorer(5), journal)
+    assert resumed.ingredients == reference.ingredients and resumed.trace == reference.trace
+    assert resumed.stats["replayed"] == 5
+    # The journal pins the rule: the accuracy-only rule starts over.
+    scorer = RandomSoupScorer(5)
+    assert GreedySoup().select(cands, scorer, journal).stats["replayed"] == 0
+    assert scorer.evaluations == len(cands) - 1

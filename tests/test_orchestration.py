@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from raysoup.checkpoints import write_ingredient
-from raysoup.evaluate.evaluator import EvalSplit
+from raysoup.evaluate.evaluator import LOSS_UNIT, EvalSplit
 from raysoup.models.classifier import classifier_skeleton
 from raysoup.reduce import read_sharded, tensor_digest
 
@@ -70,9 +70,18 @@ def test_greedy_running_sum_scores_the_soup_it_writes(ray_session, ingredients, 
     plan = shard_plan(ingredients[0], 3)
     scorer = RunningSumScorer(pool, plan)
     cands = [Candidate(p.name, 0.0, p) for p in ingredients]
+    def whole(refs, scale):  # one actor, the whole split: (correct, n, mean loss)
+        correct, n, units = ray.get(pool.actors[0].evaluate_sum.remote(
+            refs, scale, ["heldout"], None, loss=True))["heldout"]
+        return correct, n, units * LOSS_UNIT / n
+
     scorer.start(cands[0])
-    scorer.score([cands[1]])  # one candidate: both actors score half of held-out each
+    # One candidate: both actors score half of held-out each; accuracy and loss (fixed point)
+    # are exactly the whole split's.
+    [(acc1, loss1)] = scorer.score_with_loss([cands[1]])
+    assert whole(scorer.pending[cands[1].name], 1 / 2) == (round(acc1 * 64), 64, loss1)
     scorer.commit(cands[1])
+    assert scorer.current_loss() == loss1  # the committed soup is the one scored
     acc, acc_other = scorer.score([cands[2], cands[3]])  # two side by side, one actor each
     pending = dict(scorer.pending)
     scorer.commit(cands[2])

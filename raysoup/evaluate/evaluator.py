@@ -100,8 +100,10 @@ class Evaluator:
 
     def score(self, weights: Mapping[str, torch.Tensor | np.ndarray] | None,
               splits: list[str] | None = None,
-              part: tuple[int, int] | None = None) -> dict[str, tuple[int, int]]:
-        """(correct, n) per split for `weights` (None = the weights already loaded).
+              part: tuple[int, int] | None = None, loss: bool = False) -> dict[str, tuple]:
+        """(correct, n) per split for `weights` (None = the weights already loaded); with
+        `loss`, (correct, n, loss_units): the summed cross-entropy in `LOSS_UNIT`s (see
+        `loss_units`).
 
         `part=(i, k)` scores only the i-th of k contiguous slices of each split, so k actors can
         score one model data-parallel; summing their counts gives exactly the whole-split count.
@@ -116,9 +118,15 @@ class Evaluator:
                 result[name] = (0, 0)
                 continue
             labels = torch.tensor(data.labels[lo:hi])
-            correct = count_correct(self.logits(name, part), labels, data.class_subset,
-                                    data.class_groups)
-            result[name] = (correct, hi - lo)
+            logits = self.logits(name, part)
+            correct = count_correct(logits, labels, data.class_subset, data.class_groups)
+            if not loss:
+                result[name] = (correct, hi - lo)
+                continue
+            if data.class_subset is not None or data.class_groups is not None:
+                raise ValueError(f"split {name!r} covers a subset of the classes: its loss is "
+                                 "not defined (a loss is taken on splits over every class)")
+            result[name] = (correct, hi - lo, loss_units(logits, labels))
         return result
 
 
@@ -150,6 +158,18 @@ class Evaluator:
                                     data.class_groups)
             result[name] = (correct, len(data))
         return result
+
+
+# Per-example cross-entropy in fixed point (2^-32 nats): integer sums are exact in any order,
+# so a loss summed over data-parallel slices is the same number as a whole-split one.
+LOSS_UNIT = 2.0**-32
+
+
+def loss_units(logits: torch.Tensor, labels: torch.Tensor) -> int:
+    """The summed cross-entropy of `logits` against `labels` in `LOSS_UNIT`s (each example's
+    loss rounded to the unit, then summed as integers)."""
+    per_example = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+    return int(torch.round(per_example.double() / LOSS_UNIT).long().sum())
 
 
 def part_range(n: int, part: tuple[int, int] | None, batch_size: int = 1) -> tuple[int, int]:

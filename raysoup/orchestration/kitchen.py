@@ -18,6 +18,7 @@ from pathlib import Path
 
 import ray
 
+from raysoup.evaluate.evaluator import LOSS_UNIT
 from raysoup.orchestration.evaluation import EvalPool
 from raysoup.orchestration.reduction import (
     _same_float_mode,
@@ -82,8 +83,8 @@ class RayKitchen:
         return accs
 
     def running_sum(self, label: str) -> RunningSumScorer:
-        return RunningSumScorer(self.pool, self.plan, on_try=lambda c, a: log.info(
-            "  %s: tried %s → held-out %.4f", label, c, a))
+        return RunningSumScorer(self.pool, self.plan, on_try=lambda c, a, loss: log.info(
+            "  %s: tried %s → held-out %.4f (loss %.4f)", label, c, a, loss))
 
     def journal(self, label: str) -> DecisionJournal | None:
         if self.soups_dir is None:
@@ -117,8 +118,8 @@ class RunningSumScorer:
     the candidate soup is sum × 1/k, bit-identical to the final reduction of the same list.
     A window of candidates is scored at once: with A actors and M candidates, each candidate
     gets A // M actors that score slices of the held-out split (data parallel), and the
-    candidates run side by side (speculation). Counts are summed, so the accuracy is exactly
-    that of a single whole-split evaluation.
+    candidates run side by side (speculation). Counts (and the loss, in fixed point) are
+    summed, so the accuracy and the loss are exactly those of a single whole-split evaluation.
     """
 
     def __init__(self, pool: EvalPool, plan: list[list[str]], on_try=None):
@@ -132,28 +133,36 @@ class RunningSumScorer:
         self.sum_refs, self.k = add_ingredient(None, first.path, self.plan), 1
 
     def score(self, candidates: list[Candidate]) -> list[float]:
+        return [acc for acc, _ in self.score_with_loss(candidates)]
+
+    def score_with_loss(self, candidates: list[Candidate]) -> list[tuple[float, float]]:
         self.pending = {c.name: add_ingredient(self.sum_refs, c.path, self.plan)
                         for c in candidates}
-        parts = max(1, len(self.pool) // len(candidates))
-        scale = 1.0 / (self.k + 1)
+        scored = self._evaluate([self.pending[c.name] for c in candidates], self.k + 1)
+        self.evaluations += len(candidates)
+        if self.on_try:
+            for cand, (acc, loss) in zip(candidates, scored, strict=True):
+                self.on_try(cand.name, acc, loss)
+        return scored
+
+    def current_loss(self) -> float:
+        [(_, loss)] = self._evaluate([self.sum_refs], self.k)
+        return loss
+
+    def _evaluate(self, soups: list[list], k: int) -> list[tuple[float, float]]:
+        """(held-out accuracy, mean cross-entropy) of each running sum (shard refs) ÷ k."""
+        parts = max(1, len(self.pool) // len(soups))
         calls, owner = [], []
-        for j, cand in enumerate(candidates):
-            refs = self.pending[cand.name]
+        for j, refs in enumerate(soups):
             for i in range(parts):
                 calls.append(lambda a, r=refs, p=(i, parts): a.evaluate_sum.remote(
-                    r, scale, ["heldout"], p))
+                    r, 1.0 / k, ["heldout"], p, loss=True))
                 owner.append(j)
-        counts = [[0, 0] for _ in candidates]
+        sums = [[0, 0, 0] for _ in soups]  # correct, n, loss units: exact in any order
         for j, scores in zip(owner, self.pool.run(calls), strict=True):
-            correct, n = scores["heldout"]
-            counts[j][0] += correct
-            counts[j][1] += n
-        self.evaluations += len(candidates)
-        accs = [c / n for c, n in counts]
-        if self.on_try:
-            for cand, acc in zip(candidates, accs, strict=True):
-                self.on_try(cand.name, acc)
-        return accs
+            for t, v in enumerate(scores["heldout"]):
+                sums[j][t] += v
+        return [(correct / n, units * LOSS_UNIT / n) for correct, n, units in sums]
 
     def commit(self, candidate: Candidate) -> None:
         refs = self.pending.pop(candidate.name, None)

@@ -88,10 +88,10 @@ def trial_failed() -> None:
     _record("raysoup_trials_failed", 1)
 
 
-def scored(scores: Mapping[str, tuple[int, int]], seconds: float, model: bool = True) -> None:
-    """An eval actor scored `scores` ({split: (correct, n)}) in `seconds`; `model=False` for a
-    candidate soup of a recipe (images count, the model does not)."""
-    images = sum(n for _, n in scores.values())
+def scored(scores: Mapping[str, tuple], seconds: float, model: bool = True) -> None:
+    """An eval actor scored `scores` ({split: (correct, n[, loss])}) in `seconds`;
+    `model=False` for a candidate soup of a recipe (images count, the model does not)."""
+    images = sum(s[1] for s in scores.values())
     if model:
         _record("raysoup_models_evaluated", 1)
     _record("raysoup_eval_images", images)

@@ -78,6 +78,14 @@ class SoupScorer(Protocol):
     def commit(self, candidate: Candidate) -> None:
         """Add `candidate` to the running soup (reusing the sum computed by `score` if any)."""
 
+    # Needed only by greedy's `loss_must_not_rise` (a scorer without them serves the
+    # accuracy-only rule):
+    def score_with_loss(self, candidates: list[Candidate]) -> list[tuple[float, float]]:
+        """As `score`, each with the soup's mean cross-entropy on held-out."""
+
+    def current_loss(self) -> float:
+        """The running soup's mean cross-entropy on held-out."""
+
 
 class Kitchen(Protocol):
     """Everything a method may do with weights, on held-out data, wherever they live."""
