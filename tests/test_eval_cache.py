@@ -107,3 +107,27 @@ def test_build_eval_cache_is_built_once_reused_and_resumed(tmp_path, ray_session
     # Another model size is another cache.
     other = {**PRE, "image_size": 24}
     assert cache.cache_dir(tmp_path, "heldout", named["heldout"], other) != d
+
+
+def test_loss_sums_over_slices_exactly(tmp_path):
+    """The held-out loss greedy's `loss_must_not_rise` compares: summed in fixed point, so k
+    data-parallel slices (one of them empty) give exactly the whole split's number, which is
+    the mean cross-entropy to within the unit."""
+    from raysoup.evaluate.evaluator import LOSS_UNIT
+    from raysoup.models.classifier import classifier_skeleton
+
+    data = _split(30)
+    torch.manual_seed(0)
+    ev = Evaluator(classifier_skeleton("raysoup-tiny-vit", 4),
+                   {"a": EvalSplit(_build(tmp_path, data), data.labels),
+                    "sub": EvalSplit(_build(tmp_path, data), data.labels, class_subset=(0, 1))},
+                   batch_size=8)
+    correct, n, units = ev.score(None, ["a"], loss=True)["a"]
+    assert (correct, n) == ev.score(None, ["a"])["a"]
+    want = torch.nn.functional.cross_entropy(ev.logits("a"), torch.tensor(data.labels))
+    assert units * LOSS_UNIT / n == pytest.approx(float(want), abs=1e-6)
+    parts = [ev.score(None, ["a"], part=(i, 5), loss=True)["a"] for i in range(5)]
+    assert (0, 0, 0) in parts  # 4 batches over 5 slices
+    assert tuple(map(sum, zip(*parts, strict=True))) == (correct, n, units)
+    with pytest.raises(ValueError, match="'sub' covers a subset of the classes"):
+        ev.score(None, ["sub"], loss=True)

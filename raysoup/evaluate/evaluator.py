@@ -115,7 +115,7 @@ class Evaluator:
             data = self.splits[name]
             lo, hi = part_range(len(data), part, self.batch_size)
             if lo == hi:  # more slices than batches: this one is empty
-                result[name] = (0, 0)
+                result[name] = (0, 0, 0) if loss else (0, 0)
                 continue
             labels = torch.tensor(data.labels[lo:hi])
             logits = self.logits(name, part)
