@@ -109,11 +109,12 @@ def _merged(paths: list[Path], base: Path, names: list[str], merge: TensorMerge,
         scratch = Scratch()
         buffer = torch.empty(0)
         for name in names:
-            theta0 = _get(base_h, name, base_file, files[0], scratch)  # a view
-            if not theta0.is_floating_point():
+            if name in base_h.keys() and not base_h.entries[name][2].is_floating_point:  # noqa: SIM118
                 yield name, numpy_view(_owned(_get(handles[0], name, files[0], base_file))), None
                 continue
-            theta0 = theta0.to(torch.float32, copy=True)
+            # Read into fresh memory the caller may overwrite (the soup's tensor): a copy from
+            # a view of the file's mapping faulted every page of the base in first.
+            theta0 = _get(base_h, name, base_file, files[0]).to(torch.float32)
             out = None
             if reuse:
                 if buffer.numel() < theta0.numel():
