@@ -1,8 +1,9 @@
 """Greedy soup (Wortsman et al. 2022, Recipe 1), with speculative parallel evaluation.
 
 Sort ingredients by held-out accuracy; starting from the best, add each next one if the
-held-out accuracy of the uniform average does not drop (optionally: nor its held-out loss). The scorer keeps a running sum, so a
-candidate costs one add + one evaluation, not a re-average of the whole soup.
+held-out accuracy of the uniform average does not drop (optionally: nor its held-out loss).
+The scorer keeps a running sum, so a candidate costs one add + one evaluation, not a
+re-average of the whole soup.
 
 Speculation: the decision on candidate i+1 depends on candidate i only if i is accepted (the
 running soup changes). So each round scores the next M candidates against the current soup in
