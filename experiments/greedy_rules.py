@@ -7,8 +7,9 @@ trial and every candidate soup (the plain float32 average of its members) is sco
 process on held-out, test and the shift sets, and greedy is run with each rule:
 
 - `acc`: held-out accuracy does not drop (the paper's rule, `>=`); `acc_strict`: it rises;
-- `nll`: candidates ranked and accepted by held-out cross-entropy alone;
-- `both`: accuracy does not drop and cross-entropy does not rise (`loss_must_not_rise`).
+- `both`: accuracy does not drop and cross-entropy does not rise (`loss_must_not_rise`);
+  these three run raysoup's own greedy loop (`GreedySoup.select`) over in-process scores;
+- `nll`: candidates ranked and accepted by held-out cross-entropy alone.
 
 Prints d = greedy − best single (by held-out accuracy) on test and mean shift per rule and
 writes everything to OUT.json. Reads the workdirs only.
@@ -29,14 +30,12 @@ from raysoup.evaluate.evaluator import Evaluator, count_correct, load_weights_
 from raysoup.models.classifier import classifier_skeleton
 from raysoup.orchestration.evaluation import build_eval_cache
 from raysoup.prepare import prepare
+from raysoup.soup import Candidate
+from raysoup.soup.greedy import GreedySoup
 
 RULES = ("acc", "acc_strict", "nll", "both")
-
-
-def accepts(rule: str, new: tuple[float, float], cur: tuple[float, float]) -> bool:
-    (acc, nll), (best, best_nll) = new, cur
-    return {"acc": acc >= best, "acc_strict": acc > best, "nll": nll <= best_nll,
-            "both": acc >= best and nll <= best_nll}[rule]
+GREEDY = {"acc": GreedySoup(), "acc_strict": GreedySoup(accept_ties=False),
+          "both": GreedySoup(loss_must_not_rise=True)}
 
 
 def study(workdir: Path) -> dict:
@@ -75,17 +74,35 @@ def study(workdir: Path) -> dict:
                                    if v.is_floating_point() else v for k, v in first.items()})
         return scored[key]
 
+    class Scorer:  # `raysoup.soup.base.SoupScorer` over this process's scores
+        def start(self, first):
+            self.members = [first.name]
+
+        def score_with_loss(self, window):
+            return [soup([*self.members, c.name])["heldout"] for c in window]
+
+        def score(self, window):
+            return [acc for acc, _ in self.score_with_loss(window)]
+
+        def current_loss(self):
+            return soup(self.members)["heldout"][1]
+
+        def commit(self, cand):
+            self.members.append(cand.name)
+
+    candidates = [Candidate(n, scored[(n,)]["heldout"][0], workdir / "ingredients" / n)
+                  for n in names]
     result = {"single": {n: summary(scored[(n,)]) for n in names}}
-    for rule in RULES:
-        key = (lambda n: (scored[(n,)]["heldout"][1], n)) if rule == "nll" else \
-              (lambda n: (-scored[(n,)]["heldout"][0], n))
-        ranked = sorted(names, key=key)
-        members, cur = [ranked[0]], scored[(ranked[0],)]["heldout"]
-        for cand in ranked[1:]:
-            new = soup([*members, cand])["heldout"]
-            if accepts(rule, new, cur):
-                members, cur = [*members, cand], new
+    for rule, greedy in GREEDY.items():  # raysoup's own greedy loop
+        members = greedy.select(candidates, Scorer()).ingredients
         result[rule] = {"members": members, **summary(soup(members))}
+    # Loss alone (not a raysoup rule): ranked by held-out loss, kept if it does not rise.
+    ranked = sorted(names, key=lambda n: (scored[(n,)]["heldout"][1], n))
+    members = ranked[:1]
+    for cand in ranked[1:]:
+        if soup([*members, cand])["heldout"][1] <= soup(members)["heldout"][1]:
+            members = [*members, cand]
+    result["nll"] = {"members": members, **summary(soup(members))}
     result["uniform"] = summary(soup(names))
     return result
 

@@ -109,7 +109,8 @@ def _merged(paths: list[Path], base: Path, names: list[str], merge: TensorMerge,
         scratch = Scratch()
         buffer = torch.empty(0)
         for name in names:
-            if name in base_h.keys() and not base_h.entries[name][2].is_floating_point:  # noqa: SIM118
+            entry = base_h.entries.get(name)  # (begin, end, dtype, shape): the header only
+            if entry is not None and not entry[2].is_floating_point:
                 yield name, numpy_view(_owned(_get(handles[0], name, files[0], base_file))), None
                 continue
             # Read into fresh memory the caller may overwrite (the soup's tensor): a copy from
