@@ -12,7 +12,8 @@ process on held-out, test and the shift sets, and greedy is run with each rule:
 - `nll`: candidates ranked and accepted by held-out cross-entropy alone.
 
 Prints d = greedy − best single (by held-out accuracy) on test and mean shift per rule and
-writes everything to OUT.json. Reads the workdirs only.
+writes everything to OUT.json. Reads the workdirs only. `OfflineScores` and `OfflineScorer`
+are shared with experiments/sweep_bootstrap.py.
 """
 
 from __future__ import annotations
@@ -38,72 +39,97 @@ GREEDY = {"acc": GreedySoup(), "acc_strict": GreedySoup(accept_ties=False),
           "both": GreedySoup(loss_must_not_rise=True)}
 
 
-def study(workdir: Path) -> dict:
-    cfg = load_experiment(workdir / "experiment.yaml")
-    data, zeroshot = prepare(cfg, workdir)
-    named = {"heldout": data.heldout, "test": data.test, **data.shifts}
-    splits = build_eval_cache(named, workdir, zeroshot["preprocess"], cfg.data.eval_cache_shard)
-    ev = Evaluator(classifier_skeleton(zeroshot["model_name"], zeroshot["num_classes"]),
-                   splits, 500)
+class OfflineScores:
+    """Ingredients (checkpoint dirs) and their uniform soups scored in this process on the
+    splits of `workdir`'s world: {split: (accuracy %, mean cross-entropy)}. Every soup is
+    scored once; `heldout_only` scores just the held-out split (greedy's loop)."""
 
-    def measure(weights) -> dict:
-        load_weights_(ev.model, weights)
+    def __init__(self, workdir: Path):
+        cfg = load_experiment(workdir / "experiment.yaml")
+        data, zeroshot = prepare(cfg, workdir)
+        self.shifts = list(data.shifts)
+        named = {"heldout": data.heldout, "test": data.test, **data.shifts}
+        self.splits = build_eval_cache(named, workdir, zeroshot["preprocess"],
+                                       cfg.data.eval_cache_shard)
+        self.ev = Evaluator(classifier_skeleton(zeroshot["model_name"], zeroshot["num_classes"]),
+                            self.splits, 500)
+        self.states: dict[Path, dict] = {}
+        self.scored: dict[tuple, dict] = {}
+
+    def soup(self, members: list[Path], heldout_only: bool = False) -> dict:
+        key = tuple(members)  # summed in this order (as raysoup's running sum adds them)
+        done = self.scored.get(key)
+        if done is not None and (heldout_only or "test" in done):
+            return done
+        states = [self._state(m) for m in key]
+        weights = {k: sum(s[k].float() for s in states) / len(states)
+                   if v.is_floating_point() else v for k, v in states[0].items()}
+        load_weights_(self.ev.model, weights)
         out = {}
-        for name, split in splits.items():
-            logits, labels = ev.logits(name), torch.tensor(split.labels)
+        for name in (["heldout"] if heldout_only else list(self.splits)):
+            split = self.splits[name]
+            logits, labels = self.ev.logits(name), torch.tensor(split.labels)
             acc = 100 * count_correct(logits, labels, split.class_subset,
                                       split.class_groups) / len(split)
-            nll = float(torch.nn.functional.cross_entropy(logits, labels))
-            out[name] = (acc, nll)
+            out[name] = (acc, float(torch.nn.functional.cross_entropy(logits, labels)))
+        self.scored[key] = out
         return out
 
-    def summary(r: dict) -> dict:
-        return {"heldout": r["heldout"][0], "heldout_nll": r["heldout"][1],
-                "test": r["test"][0], "shift": float(np.mean([r[s][0] for s in data.shifts]))}
+    def summary(self, members: list[Path]) -> dict:
+        r = self.soup(members)
+        return {"heldout": r["heldout"][0], "heldout_nll": r["heldout"][1], "test": r["test"][0],
+                "shift": float(np.mean([r[s][0] for s in self.shifts]))}
 
-    names = sorted(p.name for p in (workdir / "ingredients").iterdir()
-                   if p.name.startswith("trial-"))
-    states = {n: load_state_dict(workdir / "ingredients" / n) for n in names}
-    scored: dict[tuple, dict] = {(n,): measure(states[n]) for n in names}
+    def _state(self, path: Path) -> dict:
+        if path not in self.states:
+            self.states[path] = load_state_dict(path)
+        return self.states[path]
 
-    def soup(members: list[str]) -> dict:
-        key = tuple(members)
-        if key not in scored:
-            first = states[members[0]]
-            scored[key] = measure({k: sum(states[m][k].float() for m in members) / len(members)
-                                   if v.is_floating_point() else v for k, v in first.items()})
-        return scored[key]
 
-    class Scorer:  # `raysoup.soup.base.SoupScorer` over this process's scores
-        def start(self, first):
-            self.members = [first.name]
+class OfflineScorer:
+    """`raysoup.soup.base.SoupScorer` over `OfflineScores` (candidates' `path`s)."""
 
-        def score_with_loss(self, window):
-            return [soup([*self.members, c.name])["heldout"] for c in window]
+    def __init__(self, scores: OfflineScores):
+        self.scores = scores
 
-        def score(self, window):
-            return [acc for acc, _ in self.score_with_loss(window)]
+    def start(self, first):
+        self.members = [first.path]
 
-        def current_loss(self):
-            return soup(self.members)["heldout"][1]
+    def score_with_loss(self, window):
+        return [self.scores.soup([*self.members, c.path], heldout_only=True)["heldout"]
+                for c in window]
 
-        def commit(self, cand):
-            self.members.append(cand.name)
+    def score(self, window):
+        return [acc for acc, _ in self.score_with_loss(window)]
 
-    candidates = [Candidate(n, scored[(n,)]["heldout"][0], workdir / "ingredients" / n)
-                  for n in names]
-    result = {"single": {n: summary(scored[(n,)]) for n in names}}
+    def current_loss(self):
+        return self.scores.soup(self.members, heldout_only=True)["heldout"][1]
+
+    def commit(self, cand):
+        self.members.append(cand.path)
+
+
+def study(workdir: Path) -> dict:
+    scores = OfflineScores(workdir)
+    paths = {p.name: p for p in sorted((workdir / "ingredients").iterdir())
+             if p.name.startswith("trial-")}
+    names = sorted(paths)
+    heldout = {n: scores.soup([paths[n]])["heldout"] for n in names}
+    candidates = [Candidate(n, heldout[n][0], paths[n]) for n in names]
+    result = {"single": {n: scores.summary([paths[n]]) for n in names}}
+    by_path = {p: n for n, p in paths.items()}
     for rule, greedy in GREEDY.items():  # raysoup's own greedy loop
-        members = greedy.select(candidates, Scorer()).ingredients
-        result[rule] = {"members": members, **summary(soup(members))}
+        members = greedy.select(candidates, OfflineScorer(scores)).ingredients
+        result[rule] = {"members": members, **scores.summary([paths[m] for m in members])}
     # Loss alone (not a raysoup rule): ranked by held-out loss, kept if it does not rise.
-    ranked = sorted(names, key=lambda n: (scored[(n,)]["heldout"][1], n))
-    members = ranked[:1]
+    ranked = sorted(names, key=lambda n: (heldout[n][1], n))
+    members = [paths[ranked[0]]]
     for cand in ranked[1:]:
-        if soup([*members, cand])["heldout"][1] <= soup(members)["heldout"][1]:
-            members = [*members, cand]
-    result["nll"] = {"members": members, **summary(soup(members))}
-    result["uniform"] = summary(soup(names))
+        if (scores.soup([*members, paths[cand]])["heldout"][1]
+                <= scores.soup(members)["heldout"][1]):
+            members = [*members, paths[cand]]
+    result["nll"] = {"members": [by_path[m] for m in members], **scores.summary(members)}
+    result["uniform"] = scores.summary(list(paths.values()))
     return result
 
 
