@@ -42,7 +42,9 @@ GREEDY = {"acc": GreedySoup(), "acc_strict": GreedySoup(accept_ties=False),
 class OfflineScores:
     """Ingredients (checkpoint dirs) and their uniform soups scored in this process on the
     splits of `workdir`'s world: {split: (accuracy %, mean cross-entropy)}. Every soup is
-    scored once; `heldout_only` scores just the held-out split (greedy's loop)."""
+    scored once; `heldout_only` scores just the held-out split (greedy's loop). Every state
+    dict it loads stays in memory: an analysis of finished miniature sweeps (tens of MB), not
+    a tool for 72 ViT-B/32 ingredients."""
 
     def __init__(self, workdir: Path):
         cfg = load_experiment(workdir / "experiment.yaml")

@@ -33,6 +33,7 @@ from greedy_rules import OfflineScorer, OfflineScores
 
 from raysoup.fidelity import CRITERIA
 from raysoup.soup import Candidate
+from raysoup.soup.base import by_heldout
 from raysoup.soup.greedy import GreedySoup
 
 RULES = {"both": GreedySoup(loss_must_not_rise=True), "acc": GreedySoup()}
@@ -67,7 +68,7 @@ def sweep(scores: OfflineScores, trials: list[Path], zeroshot: Path, greedy: Gre
     names = {t: f"t{i}" for i, t in enumerate(trials)}
     heldout = {t: scores.soup([t])["heldout"][0] for t in trials}
     cands = [Candidate(names[t], heldout[t], t) for t in trials]
-    best = min(trials, key=lambda t: (-heldout[t], names[t]))
+    best = by_heldout(cands)[0].path  # as greedy ranks them (report.best_single's order)
     members = greedy.select(cands, OfflineScorer(scores)).ingredients
     by_name = {n: t for t, n in names.items()}
     out = {"best": scores.summary([best]), "zeroshot": scores.summary([zeroshot]),
@@ -140,11 +141,9 @@ def main() -> None:
           ", ".join(f"{k} {v:.2f}" for k, v in per_sweep.items()))
     for label, rate in rates.items():
         print(f"  P(holds in a 5-seed run) {rate:.2f}  {label}")
-    args.out.write_text(json.dumps({"args": {k: str(v) if isinstance(v, Path) else v
-                                             for k, v in vars(args).items()
-                                             if k != "roots"} | {
-        "roots": [str(r) for r in args.roots]}, "pool": len(found), "per_sweep": per_sweep,
-        "five_seed": rates, "sweeps": sweeps}, indent=1, default=str))
+    args.out.write_text(json.dumps({"args": vars(args), "pool": len(found),
+                                    "per_sweep": per_sweep, "five_seed": rates,
+                                    "sweeps": sweeps}, indent=1, default=str))
 
 
 if __name__ == "__main__":
