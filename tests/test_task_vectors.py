@@ -3,12 +3,13 @@ every task vector at once, by-hand cases, shard-layout invariance, and λ picked
 a real evaluator over real safetensors files (no Ray: the Ray kitchen is in
 test_recipes_on_ray.py)."""
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from raysoup.evaluate.evaluator import EvalSplit, Evaluator
@@ -289,3 +290,66 @@ def test_radix_select_is_numpys_kth_smallest():
             x[: n // 3] = x[0]  # ties
             for k in {0, n // 2, n - 1}:
                 assert _kth_smallest(x, k) == np.partition(x, k)[k], (n, scale, k)
+
+
+def test_compiled_ties_soup_is_the_bits_of_the_python_route(tmp_path, monkeypatch):
+    """Float32 files on local disk: the shard makes each TIES tensor in one compiled call
+    (thresholds from the sampled runs, reads, merge and θ_0 + λ·τ in place). Its soup must be
+    the bits of the Python route (slices read through Python, τ, then `axpy`) and of the soup
+    the Ray kitchen scores from cached task vectors — past SAMPLE entries, across slice
+    boundaries, with five ingredients (a group of four and one), at a λ whose product rounds."""
+    from raysoup.soup import ties_kernel
+    from raysoup.soup.ties_kernel import SAMPLE
+
+    monkeypatch.setattr(ties_kernel, "ROWS_BYTES", 5 * 4 * 3000)  # 3000-entry slices
+    g = torch.Generator().manual_seed(13)
+    base = {"big": torch.randn(SAMPLE + 4321, generator=g), "mat": torch.randn(60, 70, generator=g),
+            "scalar": torch.tensor(2.5), "empty": torch.zeros(0), "steps": torch.tensor([1])}
+    paths = [_write(tmp_path / "base", base)]
+    for i in range(5):
+        paths.append(_write(tmp_path / f"m{i}", {
+            k: (v + 0.01 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v + i)
+            for k, v in base.items()}))
+    names = list(base)
+    calls = []
+    real = TiesMerge.soup_files
+    monkeypatch.setattr(TiesMerge, "soup_files",
+                        lambda self, *a: calls.append(a[1]) or real(self, *a))
+    fused = merge_shard(paths[1:], paths[0], names, TiesMerge(0.2), 0.75)
+    assert sorted(calls) == sorted([0, 1, 4200, SAMPLE + 4321])  # every floating tensor
+    monkeypatch.delattr(TiesMerge, "soup_files")
+    python = merge_shard(paths[1:], paths[0], names, TiesMerge(0.2), 0.75)
+    cached = apply_task_vector(paths[0], task_vectors(paths[1:], paths[0], names,
+                                                      TiesMerge(0.2)), 0.75, names)
+    for name in names:
+        assert np.array_equal(fused[name], python[name]), name
+        assert np.array_equal(fused[name], cached[name]), name
+    assert fused["steps"].tolist() == [1]  # integers: the first ingredient's
+    # and it is TIES at those thresholds, with the multiply and the add rounded apart
+    thetas = [load_file(str(p / "model.safetensors"))["big"] for p in paths[1:]]
+    taus = [t - base["big"] for t in thetas]
+    trims = ties_kernel.trim_thresholds(lambda: iter(thetas), base["big"], 0.2)
+    tau = dense_ties(taus, 0.2, trims)
+    torch.testing.assert_close(torch.from_numpy(fused["big"]), base["big"] + 0.75 * tau,
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_compiled_ties_names_the_file_that_fails_to_read(tmp_path):
+    """A file cut short after it was opened: the compiled reads stop, and the error names it."""
+    from contextlib import ExitStack
+
+    from raysoup.checkpoints.tensorfile import TensorFileError, open_tensors
+    from raysoup.reduce.merge import _soup_from_files
+
+    g = torch.Generator().manual_seed(2)
+    files = [_write(tmp_path / n, {"w": torch.randn(5000, generator=g)}) / "model.safetensors"
+             for n in ("base", "a", "b")]
+    with ExitStack() as stack:
+        handles = [stack.enter_context(open_tensors(f)) for f in files]
+        soup = _soup_from_files("w", TiesMerge(0.5).soup_files, 1.0, (files[0], handles[0]),
+                                list(zip(files[1:], handles[1:])))
+        assert soup.shape == (5000,)
+        os.truncate(files[2], files[2].stat().st_size - 100)
+        with pytest.raises(TensorFileError, match=rf"{files[2]}.*(ends early|truncated)"):
+            _soup_from_files("w", TiesMerge(0.5).soup_files, 1.0, (files[0], handles[0]),
+                             list(zip(files[1:], handles[1:])))

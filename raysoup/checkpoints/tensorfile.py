@@ -164,6 +164,15 @@ class _TensorFile:
         self._read_exactly(name, memoryview(raw.numpy()), offset)
         return raw.view(dtype).reshape(shape)
 
+    def located(self, name: str) -> tuple[int, int] | None:
+        """(file descriptor, byte offset of entry 0) of a float32 tensor of a local file, for
+        compiled loops that read it themselves (`os.pread` semantics); None for a remote file
+        or another dtype (read those through `read_entries`)."""
+        begin, _, dtype, _ = self.entries[name]
+        if self.remote is not None or dtype != torch.float32:
+            return None
+        return self.fd, self.base + begin
+
     def read_entries(self, name: str, lo: int, hi: int, out: np.ndarray) -> None:
         """Entries [lo, hi) of the flattened tensor into `out` (a contiguous float32 array of
         hi − lo entries; other dtypes are converted): a small positioned read straight into

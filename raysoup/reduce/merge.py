@@ -12,7 +12,10 @@ method supplies m as a `TensorMerge`; this module runs it inside a shard task an
 - the result depends only on the tensor's name and its inputs (randomness, DARE's drop masks,
   comes from a generator seeded by the method's seed and the tensor name), so a soup is bitwise
   identical for any shard count, and the τ a held-out score was computed from is the one the
-  written soup is made from.
+  written soup is made from;
+- a method may also make a whole soup tensor itself from local float32 files (`soup_files`,
+  TIES' compiled path): the shard then reads nothing for it in Python. θ_0 + λ·τ is one float32
+  multiply, then one add (`axpy`), wherever it is computed, so both routes give the same bits.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Protocol
 
+import numba
 import numpy as np
 import torch
 
 from raysoup.checkpoints.ingredient import weights_path
-from raysoup.checkpoints.tensorfile import Scratch, numpy_view, open_tensors
+from raysoup.checkpoints.tensorfile import Scratch, TensorFileError, numpy_view, open_tensors
 from raysoup.reduce.reduction import ReductionError, _check_shape, _get, _owned
 
 # θ_1..θ_N of one tensor, drawn afresh by each call (see TensorMerge). The streams `_merged`
@@ -77,6 +81,25 @@ class TensorMerge(Protocol):
     def __call__(self, name: str, base: torch.Tensor, stream: Stream,
                  out: torch.Tensor | None = None) -> torch.Tensor: ...
 
+    # Optional, for the written soup: `soup_files(files, n, scale, out) -> int` puts θ_0 +
+    # scale·m(τ) of one float32 tensor of n entries into `out` (float32), reading the local
+    # files itself — files[0] = θ_0's (fd, byte offset), then θ_1..θ_N's — and returns -1, or
+    # the index of the file whose read failed. Its bits must be those of `__call__` + `axpy`.
+
+
+@numba.njit(nogil=True, cache=True)
+def _axpy(theta, tau, scale):  # pragma: no cover - compiled
+    for j in range(theta.size):
+        theta[j] = theta[j] + scale * tau[j]
+
+
+def axpy(theta0: torch.Tensor, tau: torch.Tensor, scale: float) -> torch.Tensor:
+    """θ_0 + scale·τ in place in `theta0` (float32, contiguous): one rounded multiply, then one
+    rounded add — not torch's `add_(alpha=)`, which fuses them (FMA) on CPUs that have it, so
+    a compiled merge that applies λ itself (TIES' `soup_files`) could not match its bits."""
+    _axpy(theta0.reshape(-1).numpy(), tau.reshape(-1).numpy(), np.float32(scale))
+    return theta0
+
 
 def tensor_generator(seed: int, name: str, index: int) -> torch.Generator:
     """A generator for ingredient `index`'s randomness on tensor `name`: independent of shard
@@ -95,10 +118,13 @@ def task_vectors(paths: list[Path], base: Path, names: list[str], merge: TensorM
 
 
 def _merged(paths: list[Path], base: Path, names: list[str], merge: TensorMerge,
-            reuse: bool = False) -> Iterator[tuple[str, torch.Tensor, torch.Tensor | None]]:
+            reuse: bool = False, scale: float | None = None
+            ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor | None]]:
     """Per name: (name, θ_0 as a float32 copy the caller may overwrite, m(τ)), or for a
     non-floating tensor (name, the first ingredient's tensor, None); one name at a time.
-    `reuse`: m(τ) may live in one buffer reused for every name (valid until the next)."""
+    `reuse`: m(τ) may live in one buffer reused for every name (valid until the next).
+    `scale`: where the merge has `soup_files` and every file holds the tensor as local float32,
+    (name, θ_0 + scale·m(τ), None) made by it instead."""
     if not paths:
         raise ReductionError("a task-vector merge needs at least one ingredient")
     files = [weights_path(p) for p in paths]
@@ -113,6 +139,13 @@ def _merged(paths: list[Path], base: Path, names: list[str], merge: TensorMerge,
             if entry is not None and not entry[2].is_floating_point:
                 yield name, numpy_view(_owned(_get(handles[0], name, files[0], base_file))), None
                 continue
+            soup_files = getattr(merge, "soup_files", None) if scale is not None else None
+            if soup_files is not None and entry is not None:
+                soup = _soup_from_files(name, soup_files, scale, (base_file, base_h),
+                                        list(zip(files, handles, strict=True)))
+                if soup is not None:
+                    yield name, soup, None
+                    continue
             # Read into fresh memory the caller may overwrite (the soup's tensor): a copy from
             # a view of the file's mapping faulted every page of the base in first.
             theta0 = _get(base_h, name, base_file, files[0]).to(torch.float32)
@@ -128,6 +161,28 @@ def _merged(paths: list[Path], base: Path, names: list[str], merge: TensorMerge,
                                      f"{list(tau.shape)}, expected float32{list(theta0.shape)}")
             yield name, theta0, tau
         scratch.release()
+
+
+def _soup_from_files(name, soup_files, scale, base, ingredients) -> torch.Tensor | None:
+    """θ_0 + scale·m(τ) of tensor `name` made by the merge's `soup_files` in fresh memory (the
+    soup's tensor), or None where a file is remote or holds it in another dtype than float32.
+    `base`, `ingredients`: (file, open handle)."""
+    base_file, base_h = base
+    _, _, dtype, shape = base_h.entries[name]
+    meta = torch.empty(shape, dtype=dtype, device="meta")  # the base's shape and dtype, no read
+    _FileStream(name, meta, [f for f, _ in ingredients], [h for _, h in ingredients],
+                base_file, None)._check()  # every ingredient has it, in the base's shape
+    files = [base, *ingredients]
+    located = [h.located(name) for _, h in files]
+    if any(at is None for at in located):
+        return None
+    out = np.empty(math.prod(shape), np.float32)
+    failed = soup_files(located, out.size, scale, out)
+    if failed >= 0:  # read it again through Python: its error names the file and the cause
+        file, handle = files[failed]
+        handle.read_entries(name, 0, out.size, out)
+        raise TensorFileError(f"tensor {name!r}: reading {file} failed")
+    return torch.from_numpy(out).view(shape)
 
 
 def _largest(handle, names: list[str]) -> int:
@@ -190,7 +245,7 @@ def apply_task_vector(base: Path, taus: dict[str, np.ndarray], scale: float,
                 continue
             theta0 = _get(h, name, base_file, base_file).to(torch.float32, copy=True)
             _check_shape(name, theta0, tau, base_file, "the merged task vector")
-            out[name] = theta0.add_(tau, alpha=s32).numpy()
+            out[name] = axpy(theta0, tau.to(torch.float32), s32).numpy()
     return out
 
 
@@ -202,8 +257,8 @@ def merge_shard(paths: list[Path], base: Path, names: list[str], merge: TensorMe
     shard's output and one tensor's merge, not a second copy of the shard)."""
     s32 = float(np.float32(scale))
     out: dict[str, np.ndarray] = {}
-    for name, theta0, tau in _merged(paths, base, names, merge, reuse=True):
-        out[name] = (theta0 if tau is None else theta0.add_(tau, alpha=s32)).numpy()
+    for name, theta0, tau in _merged(paths, base, names, merge, reuse=True, scale=s32):
+        out[name] = (theta0 if tau is None else axpy(theta0, tau, s32)).numpy()
         del tau
     return out
 

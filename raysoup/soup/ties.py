@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from pydantic import Field
 
 from raysoup.reduce.merge import Stream
 from raysoup.soup.base import Candidate, Kitchen, RecipeResult, Settings
 from raysoup.soup.task_vectors import cook_task_vectors
-from raysoup.soup.ties_kernel import ties_merge, trim_thresholds
+from raysoup.soup.ties_kernel import ties_merge, ties_soup, trim_thresholds
 
 # The paper: k = 20 % and λ = 1 without validation data; with it, λ from a grid around 1.
 DEFAULT_LAMBDAS = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
@@ -44,6 +45,12 @@ class TiesMerge:
     def __call__(self, name: str, base: torch.Tensor, stream: Stream,
                  out: torch.Tensor | None = None) -> torch.Tensor:
         return ties_merge(stream, base, trim_thresholds(stream, base, self.density), out)
+
+    def soup_files(self, files: list[tuple[int, int]], n: int, scale: float,
+                   out: np.ndarray) -> int:
+        """The written soup's tensor from local float32 files in one compiled call: the same
+        bits as `__call__` + `raysoup.reduce.merge.axpy` (see TensorMerge)."""
+        return ties_soup(files, n, self.density, scale, out)
 
 
 class Ties:
