@@ -176,13 +176,18 @@ def _soup_from_files(name, soup_files, scale, base, ingredients) -> torch.Tensor
     located = [h.located(name) for _, h in files]
     if any(at is None for at in located):
         return None
-    out = np.empty(math.prod(shape), np.float32)
+    # torch's memory, not numpy's: numpy asks for transparent huge pages on large arrays,
+    # whose faults stall in compaction when free memory is short (B1's TIES in a fresh
+    # process with the page cache full: 2.9-3.3 s, twice the system time; torch's 4 KiB
+    # pages: 2.2 s, and 2.1 s with memory free).
+    soup = torch.empty(shape, dtype=torch.float32)
+    out = soup.reshape(-1).numpy()
     failed = soup_files(located, out.size, scale, out)
     if failed >= 0:  # read it again through Python: its error names the file and the cause
         file, handle = files[failed]
         handle.read_entries(name, 0, out.size, out)
         raise TensorFileError(f"tensor {name!r}: reading {file} failed")
-    return torch.from_numpy(out).view(shape)
+    return soup
 
 
 def _largest(handle, names: list[str]) -> int:
