@@ -134,12 +134,12 @@ def _merged(paths: list[Path], base: Path, names: list[str], merge: TensorMerge,
         base_h = stack.enter_context(open_tensors(base_file))
         scratch = Scratch()
         buffer = torch.empty(0)
+        soup_files = getattr(merge, "soup_files", None) if scale is not None else None
         for name in names:
             entry = base_h.entries.get(name)  # (begin, end, dtype, shape): the header only
             if entry is not None and not entry[2].is_floating_point:
                 yield name, numpy_view(_owned(_get(handles[0], name, files[0], base_file))), None
                 continue
-            soup_files = getattr(merge, "soup_files", None) if scale is not None else None
             if soup_files is not None and entry is not None:
                 soup = _soup_from_files(name, soup_files, scale, (base_file, base_h),
                                         list(zip(files, handles, strict=True)))

@@ -131,6 +131,16 @@ ROWS_BYTES = 2 << 20
 _local = threading.local()
 
 
+def _slice_state(count: int, n: int) -> tuple[np.ndarray, ...]:
+    """This thread's reused rows (count × slice) and per-entry state (two float32 sums, two
+    counts) for merging a tensor of n entries slice by slice."""
+    chunk = max(1, min(CHUNK, n, ROWS_BYTES // (4 * count)))
+    counts = np.uint8 if count < 256 else np.uint32
+    return (_scratch(0, (count, chunk), np.float32),
+            _scratch(1, (chunk,), np.float32), _scratch(2, (chunk,), np.float32),
+            _scratch(3, (chunk,), counts), _scratch(4, (chunk,), counts))
+
+
 def _scratch(slot: int, shape: tuple[int, ...], dtype) -> np.ndarray:
     """This thread's reusable array for `slot` (grown when too small): fresh arrays per tensor
     were fresh pages each time, and a page fault costs more than the reads here."""
@@ -162,12 +172,8 @@ def ties_merge(stream: Stream, base: torch.Tensor, trims: Sequence[float | None]
     thr = np.array([-np.inf if t is None else t for t in trims], np.float32)
     result = torch.empty(base.shape) if out is None else out
     out = result.reshape(-1).numpy()  # (a view: `out` is contiguous float32)
-    chunk = max(1, min(CHUNK, n, ROWS_BYTES // (4 * max(count, 1))))
-    counts = np.uint8 if count < 256 else np.uint32
-
-    rows = _scratch(0, (count, chunk), np.float32)
-    pos, neg = _scratch(1, (chunk,), np.float32), _scratch(2, (chunk,), np.float32)
-    npos, nneg = _scratch(3, (chunk,), counts), _scratch(4, (chunk,), counts)
+    rows, pos, neg, npos, nneg = _slice_state(count, n)
+    chunk = rows.shape[1]
     for lo in range(0, n, chunk):
         hi = min(n, lo + chunk)
         read_slices(stream, lo, hi, rows[:, : hi - lo])
@@ -261,18 +267,13 @@ def ties_soup(files: Sequence[tuple[int, int]], n: int, density: float, scale: f
     count = len(files) - 1
     if count < 1:
         raise ValueError("TIES needs at least one ingredient besides the base")
-    runs = np.array(sample_runs(n), np.int64).reshape(-1, 2)
-    m = int((runs[:, 1] - runs[:, 0]).sum())
-    k = -1 if n == 0 or math.ceil(density * m) >= m else m - math.ceil(density * m)
-    chunk = max(1, min(CHUNK, n, ROWS_BYTES // (4 * count)))
-    counts = np.uint8 if count < 256 else np.uint32
-    rows = _scratch(0, (count, chunk), np.float32)
-    pos, neg = _scratch(1, (chunk,), np.float32), _scratch(2, (chunk,), np.float32)
-    npos, nneg = _scratch(3, (chunk,), counts), _scratch(4, (chunk,), counts)
+    runs, m, k = _sample_rank(n, density)
+    rows, pos, neg, npos, nneg = _slice_state(count, n)
     sample = _scratch(6, (3, max(m, 1)), np.float32)
     fds = np.array([f for f, _ in files], np.int32)
     offsets = np.array([o for _, o in files], np.int64)
-    return int(_soup_files(fds, offsets, n, runs, k, np.float32(scale), rows, pos, neg, npos,
+    return int(_soup_files(fds, offsets, n, np.array(runs, np.int64).reshape(-1, 2),
+                           -1 if k is None else k, np.float32(scale), rows, pos, neg, npos,
                            nneg, sample, out))
 
 
@@ -294,18 +295,26 @@ def sample_runs(n: int) -> list[tuple[int, int]]:
     return [(s, s + length) for s in starts]
 
 
+def _sample_rank(n: int, density: float) -> tuple[list[tuple[int, int]], int, int | None]:
+    """The sample runs of a tensor of n entries, their entry count m and the rank k (0-based,
+    smallest first) of its trim threshold's magnitude in them — the ceil(density·m)-th largest;
+    None where every entry is kept."""
+    runs = sample_runs(n)
+    m = sum(hi - lo for lo, hi in runs)
+    if n == 0 or math.ceil(density * m) >= m:
+        return runs, m, None
+    return runs, m, m - math.ceil(density * m)
+
+
 def trim_thresholds(stream: Stream, base: torch.Tensor, density: float) -> list[float | None]:
     """Per ingredient, the magnitude at or above which an entry of τ_i is among its top
     `density` fraction (None: every entry is kept): exact up to SAMPLE entries, else from the
     `sample_runs`, one ingredient at a time."""
     b = _float32(base)
-    n = b.size
     count = ingredient_count(stream)
-    runs = sample_runs(n)
-    m = sum(hi - lo for lo, hi in runs)
-    if n == 0 or math.ceil(density * m) >= m:
+    runs, m, k = _sample_rank(b.size, density)
+    if k is None:
         return [None] * count
-    k = m - math.ceil(density * m)  # the k-th smallest (0-based) is the ceil(d·m)-th largest
     rows = _scratch(5, (2, m), np.float32)  # a run of θ_i; the sample's magnitudes
     found = []
     for i in range(count):
