@@ -88,6 +88,8 @@ def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repe
             "ties_s": ties["seconds"],
             "ties_floor_ratio": ratio(ties["seconds"], floor["seconds"]),
             "ties_rss_ratio": ratio(ties["peak_rss_delta"], model_bytes),
+            # numba's per-process start-up, paid before the timer like imports (probe.py)
+            "ties_numba_init_s": ties["numba_init_s"],
             "floor_rss_ratio": ratio(floor["peak_rss_delta"], model_bytes),
             "pure_by_shards": {str(k): {"seconds": r["seconds"], "runs": r["runs"],
                                         "rss_ratio": ratio(r["peak_rss_delta"], model_bytes)}
