@@ -164,14 +164,22 @@ class _TensorFile:
         self._read_exactly(name, memoryview(raw.numpy()), offset)
         return raw.view(dtype).reshape(shape)
 
-    def located(self, name: str) -> tuple[int, int] | None:
-        """(file descriptor, byte offset of entry 0) of a float32 tensor of a local file, for
-        compiled loops that read it themselves (`os.pread` semantics); None for a remote file
-        or another dtype (read those through `read_entries`)."""
-        begin, _, dtype, _ = self.entries[name]
+    def mapped(self, name: str) -> tuple[int, int, int] | None:
+        """(address of entry 0, start, end of the mapping) of a float32 tensor of a local file
+        in the file's mapping, valid while the file is open, for compiled loops that read it in place (no copy) and
+        release its pages behind them (MADV_DONTNEED); None for a remote file or another dtype
+        (read those through `read_entries`). The file must still be the size it was opened
+        at: a mapped page past its end would kill the process (SIGBUS) without naming it."""
+        begin, end, dtype, _ = self.entries[name]
         if self.remote is not None or dtype != torch.float32:
             return None
-        return self.fd, self.base + begin
+        self._check_unchanged(self.base + end)
+        if self.mm is None:
+            self.mm = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
+        view = np.frombuffer(self.mm, np.uint8, count=1)
+        start = view.ctypes.data  # (the view goes now: a held view would block close())
+        del view
+        return start + self.base + begin, start, start + len(self.mm)
 
     def read_entries(self, name: str, lo: int, hi: int, out: np.ndarray) -> None:
         """Entries [lo, hi) of the flattened tensor into `out` (a contiguous float32 array of

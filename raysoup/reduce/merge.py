@@ -14,7 +14,8 @@ method supplies m as a `TensorMerge`; this module runs it inside a shard task an
   identical for any shard count, and the τ a held-out score was computed from is the one the
   written soup is made from;
 - a method may also make a whole soup tensor itself from local float32 files (`soup_files`,
-  TIES' compiled path): the shard then reads nothing for it in Python. θ_0 + λ·τ is one float32
+  TIES' compiled path, reading the files' mappings in place): the shard then reads nothing for
+  it in Python. θ_0 + λ·τ is one float32
   multiply, then one add (`axpy`), wherever it is computed, so both routes give the same bits.
 """
 
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 
 from raysoup.checkpoints.ingredient import weights_path
-from raysoup.checkpoints.tensorfile import Scratch, TensorFileError, numpy_view, open_tensors
+from raysoup.checkpoints.tensorfile import Scratch, numpy_view, open_tensors
 from raysoup.reduce.reduction import ReductionError, _check_shape, _get, _owned
 
 # θ_1..θ_N of one tensor, drawn afresh by each call (see TensorMerge). The streams `_merged`
@@ -81,10 +82,11 @@ class TensorMerge(Protocol):
     def __call__(self, name: str, base: torch.Tensor, stream: Stream,
                  out: torch.Tensor | None = None) -> torch.Tensor: ...
 
-    # Optional, for the written soup: `soup_files(files, n, scale, out) -> int` puts θ_0 +
-    # scale·m(τ) of one float32 tensor of n entries into `out` (float32), reading the local
-    # files itself — files[0] = θ_0's (fd, byte offset), then θ_1..θ_N's — and returns -1, or
-    # the index of the file whose read failed. Its bits must be those of `__call__` + `axpy`.
+    # Optional, for the written soup: `soup_files(files, n, scale, out)` puts θ_0 + scale·m(τ)
+    # of one float32 tensor of n entries into `out` (float32), reading the local files' mappings
+    # itself — files[0] = θ_0's (address of entry 0, mapping's start, end), then θ_1..θ_N's
+    # (`_TensorFile.mapped`).
+    # Its bits must be those of `__call__` + `axpy`.
 
 
 @numba.njit(nogil=True, cache=True)
@@ -173,20 +175,15 @@ def _soup_from_files(name, soup_files, scale, base, ingredients) -> torch.Tensor
     _FileStream(name, meta, [f for f, _ in ingredients], [h for _, h in ingredients],
                 base_file, None)._check()  # every ingredient has it, in the base's shape
     files = [base, *ingredients]
-    located = [h.located(name) for _, h in files]
-    if any(at is None for at in located):
+    mapped = [h.mapped(name) for _, h in files]
+    if any(at is None for at in mapped):
         return None
     # torch's memory, not numpy's: numpy asks for transparent huge pages on large arrays,
     # whose faults stall in compaction when free memory is short (B1's TIES in a fresh
     # process with the page cache full: 2.9-3.3 s, twice the system time; torch's 4 KiB
     # pages: 2.2 s, and 2.1 s with memory free).
     soup = torch.empty(shape, dtype=torch.float32)
-    out = soup.reshape(-1).numpy()
-    failed = soup_files(located, out.size, scale, out)
-    if failed >= 0:  # read it again through Python: its error names the file and the cause
-        file, handle = files[failed]
-        handle.read_entries(name, 0, out.size, out)
-        raise TensorFileError(f"tensor {name!r}: reading {file} failed")
+    soup_files(mapped, soup.numel(), scale, soup.reshape(-1).numpy())
     return soup
 
 

@@ -14,15 +14,18 @@ differently from the two-pass form.
 
 Two drivers run that pass: `ties_merge` reads slices through Python (any stream: in-memory
 tensors, other dtypes, remote files) and returns τ; `ties_soup` is the whole soup of one float32
-tensor of local files in one compiled call — thresholds, reads (libc `pread`), merge and
-θ_0 + λ·τ written in place — with no Python per slice and no separate pass for the base or
-the apply (B1: TIES 3.3x the raw-read floor through Python, see BENCHMARKS.md). Both run the
-same compiled arithmetic on the same float32 inputs, so they give the same bits.
+tensor of local files in one compiled call — thresholds, merge and θ_0 + λ·τ, reading the
+files' mappings in place and releasing their pages behind it — with no Python per slice, no
+copy of the inputs and no separate pass for the base or the apply (B1: TIES 3.3x the
+raw-read floor through Python, 3.2x with compiled `pread` copies, ~1.8x from the mappings; see
+BENCHMARKS.md). Both run the same compiled arithmetic on the same float32 inputs, so they give
+the same bits.
 """
 
 from __future__ import annotations
 
 import math
+import mmap
 import threading
 from collections.abc import Sequence
 
@@ -56,16 +59,18 @@ def _kept(theta, base, t, p, q, cp, cn):  # pragma: no cover - compiled
 # allocate and clear first). Serial: a shard task has one CPU (Ray sets its threads); the
 # shards are the parallelism.
 @numba.njit(nogil=True, cache=True)
-def _accumulate(rows, m, base, thr, pos, neg, npos, nneg):  # pragma: no cover - compiled
-    """The kept τ_i of one slice summed and counted by sign, in ingredient order: rows[i, :m] =
-    θ_i's entries, base = θ_0's."""
+def _accumulate(rows, lo, m, base, thr, pos, neg, npos, nneg):  # pragma: no cover - compiled
+    """The kept τ_i of entries [lo, lo + m) summed and counted by sign, in ingredient order:
+    rows[i] = the address of θ_i's entry 0 (a row of memory or a file's mapping), base = θ_0's
+    entries [lo, lo + m)."""
     zero = np.float32(0)
     count = npos.dtype.type(0)
     first = True
     i = 0
-    while i < rows.shape[0]:
-        if rows.shape[0] - i >= 4:
-            a, b, c, d = rows[i], rows[i + 1], rows[i + 2], rows[i + 3]
+    while i < rows.size:
+        if rows.size - i >= 4:
+            a, b = _entries(rows[i], lo, m), _entries(rows[i + 1], lo, m)
+            c, d = _entries(rows[i + 2], lo, m), _entries(rows[i + 3], lo, m)
             ta, tb, tc, td = thr[i], thr[i + 1], thr[i + 2], thr[i + 3]
             for j in range(m):
                 p, q, cp, cn = ((zero, zero, count, count) if first
@@ -77,7 +82,7 @@ def _accumulate(rows, m, base, thr, pos, neg, npos, nneg):  # pragma: no cover -
                 pos[j], neg[j], npos[j], nneg[j] = _kept(d[j], x, td, p, q, cp, cn)
             i += 4
         else:
-            a, ta = rows[i], thr[i]
+            a, ta = _entries(rows[i], lo, m), thr[i]
             for j in range(m):
                 p, q, cp, cn = ((zero, zero, count, count) if first
                                 else (pos[j], neg[j], npos[j], nneg[j]))
@@ -99,18 +104,20 @@ def _elected_mean(p, q, cp, cn):  # pragma: no cover - compiled
 @numba.njit(nogil=True, cache=True)
 def _merge_slice(rows, m, base, thr, pos, neg, npos, nneg, out):  # pragma: no cover - compiled
     """TIES of one slice: rows[i, :m] = θ_i's entries, base = θ_0's, out = the merged τ."""
-    _accumulate(rows, m, base, thr, pos, neg, npos, nneg)
+    addresses = np.empty(rows.shape[0], np.int64)
+    for i in range(rows.shape[0]):
+        addresses[i] = rows.ctypes.data + i * rows.strides[0]
+    _accumulate(addresses, 0, m, base, thr, pos, neg, npos, nneg)
     for j in range(m):
         out[j] = _elected_mean(pos[j], neg[j], npos[j], nneg[j])
 
 
 @numba.njit(nogil=True, cache=True)
-def _apply_slice(m, pos, neg, npos, nneg, lam, theta):  # pragma: no cover - compiled
-    """theta[:m] (θ_0's entries) becomes θ_0 + λ·τ in place: one array read and written (an
-    `out` aliasing the base would make LLVM's overlap check pick its scalar loop). The same
-    float32 multiply, then add, as `raysoup.reduce.merge.axpy`: same bits."""
+def _apply_slice(m, pos, neg, npos, nneg, lam, base, out):  # pragma: no cover - compiled
+    """out[:m] = θ_0 + λ·τ, base = θ_0's entries: the same float32 multiply, then add, as
+    `raysoup.reduce.merge.axpy`: same bits."""
     for j in range(m):
-        theta[j] = theta[j] + lam * _elected_mean(pos[j], neg[j], npos[j], nneg[j])
+        out[j] = base[j] + lam * _elected_mean(pos[j], neg[j], npos[j], nneg[j])
 
 
 def _float32(t: torch.Tensor) -> np.ndarray:
@@ -126,18 +133,27 @@ def _float32(t: torch.Tensor) -> np.ndarray:
 # in memory, read and written by every ingredient's pass (B1: TIES 4.2x the raw-read floor).
 CHUNK = 1 << 17
 ROWS_BYTES = 2 << 20
+# Entries merged at a time from files' mappings (no rows: the entries are read in place): the
+# state stays in the core's L1 cache. B1's pass: 0.93-0.95 s at 512-1024 entries, 1.0-1.1 s at
+# 65536 (the rows' slice), slower still above.
+MAPPED_SLICE = 1024
 
 
 _local = threading.local()
 
 
 def _slice_state(count: int, n: int) -> tuple[np.ndarray, ...]:
-    """This thread's reused rows (count × slice) and per-entry state (two float32 sums, two
-    counts) for merging a tensor of n entries slice by slice."""
+    """This thread's reused rows (count × slice) and per-entry state for merging a tensor of n
+    entries slice by slice."""
     chunk = max(1, min(CHUNK, n, ROWS_BYTES // (4 * count)))
+    return _scratch(0, (count, chunk), np.float32), *_state(count, chunk)
+
+
+def _state(count: int, chunk: int) -> tuple[np.ndarray, ...]:
+    """This thread's reused per-entry state of a slice of `chunk` entries: two float32 sums,
+    two counts (of up to `count` ingredients)."""
     counts = np.uint8 if count < 256 else np.uint32
-    return (_scratch(0, (count, chunk), np.float32),
-            _scratch(1, (chunk,), np.float32), _scratch(2, (chunk,), np.float32),
+    return (_scratch(1, (chunk,), np.float32), _scratch(2, (chunk,), np.float32),
             _scratch(3, (chunk,), counts), _scratch(4, (chunk,), counts))
 
 
@@ -182,99 +198,116 @@ def ties_merge(stream: Stream, base: torch.Tensor, trims: Sequence[float | None]
 
 
 @intrinsic
-def _pread(typingctx, fd, address, nbytes, offset):
-    """libc's pread(fd, (void *) address, nbytes, offset) from compiled code: an external
-    symbol the JIT resolves in the process (unlike a ctypes pointer, which numba cannot
-    cache)."""
-    sig = types.int64(fd, address, nbytes, offset)
+def _f32_at(typingctx, address):
+    """The float32 pointer at an integer address (a mapping's or an array's memory)."""
+    sig = types.CPointer(types.float32)(address)
 
     def codegen(context, builder, signature, args):
-        i64, ptr = ir.IntType(64), ir.IntType(8).as_pointer()
+        a = context.cast(builder, args[0], signature.args[0], types.uintp)
+        return builder.inttoptr(a, context.get_value_type(signature.return_type))
+
+    return sig, codegen
+
+
+@intrinsic
+def _madvise(typingctx, address, nbytes, advice):
+    """libc's madvise((void *) address, nbytes, advice) from compiled code: an external symbol
+    the JIT resolves in the process (unlike a ctypes pointer, which numba cannot cache)."""
+    sig = types.int32(address, nbytes, advice)
+
+    def codegen(context, builder, signature, args):
+        ptr = ir.IntType(8).as_pointer()
         fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(i64, [ir.IntType(32), ptr, i64, i64]), "pread")
-        fd_, address_, n_, offset_ = (
-            context.cast(builder, v, t, want) for v, t, want in
-            zip(args, signature.args, (types.int32, types.uintp, types.int64, types.int64)))
-        return builder.call(fn, [fd_, builder.inttoptr(address_, ptr), n_, offset_])
+            builder.module, ir.FunctionType(ir.IntType(32), [ptr, ir.IntType(64),
+                                                             ir.IntType(32)]), "madvise")
+        a, n, advice_ = (context.cast(builder, v, t, want) for v, t, want in
+                         zip(args, signature.args, (types.uintp, types.int64, types.int32)))
+        return builder.call(fn, [builder.inttoptr(a, ptr), n, advice_])
 
     return sig, codegen
 
 
 @numba.njit(nogil=True, cache=True)
-def _read(fd, out, offset):  # pragma: no cover - compiled
-    """out (float32, contiguous) = the bytes at `offset` of file `fd`: True, or False when the
-    file ends early or a read fails (the caller reads again through Python for the error)."""
-    address = out.ctypes.data
-    nbytes = out.size * 4
-    done = 0
-    while done < nbytes:
-        got = _pread(fd, address + done, nbytes - done, offset + done)
-        if got <= 0:
-            return False
-        done += got
-    return True
+def _entries(address, lo, m):  # pragma: no cover - compiled
+    """Entries [lo, lo + m) of the float32 array at `address`."""
+    return numba.carray(_f32_at(address + 4 * lo), m)
+
+
+PAGE = mmap.PAGESIZE
+MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", 4)
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux >= 5.14
+# A fault on a file's mapping maps a whole run of page-cache pages around the address (large
+# folios: ~0.7 MiB a fault on B1's files), not only the pages asked for: a tensor's pages are
+# released with this margin either side, within the file's mapping — released at the tensor's
+# own bounds, a run of small tensors left ~18 MiB of each transformer block resident.
+MARGIN = 2 << 20
+# The pass maps each file WINDOW entries (8 MiB of float32) at a time: the window's page
+# tables are filled in one call (MADV_POPULATE_READ; where a fault maps 4 KiB and costs
+# microseconds, faulting 9 files page by page would cost more than copying them), and
+# released after it, so the resident windows of N files stay small next to the soup.
+WINDOW = 1 << 21
 
 
 @numba.njit(nogil=True, cache=True)
-def _soup_files(fds, offsets, n, runs, k, lam, rows, pos, neg, npos, nneg, sample,
-                out):  # pragma: no cover - compiled
-    """θ_0 + λ·TIES(τ) of one float32 tensor of n entries, into `out`: file fds[0] at
-    offsets[0] is θ_0, the others θ_1..θ_N. Trim thresholds first (`runs`, `k`: as in
-    `trim_thresholds`; k < 0: keep every entry), then per slice of rows.shape[1] entries θ_0's
-    slice is read into `out` itself and every θ_i's into its row, merged and applied in place.
-    Returns -1, or the index (into fds) of the file whose read failed."""
-    count = fds.size - 1
+def _advise(begin, end, mapping, advice):  # pragma: no cover - compiled
+    """madvise the pages that hold [begin, end) of a file's mapping ([mapping[0], mapping[1])),
+    never past the mapping. Its result is ignored: a kernel without MADV_POPULATE_READ faults
+    the pages in as they are read."""
+    lo = max(begin // PAGE * PAGE, mapping[0])
+    hi = min((end + PAGE - 1) // PAGE * PAGE, mapping[1])
+    if hi > lo:
+        _madvise(lo, hi - lo, advice)
+
+
+@numba.njit(nogil=True, cache=True)
+def _soup_mapped(files, mappings, n, runs, k, lam, pos, neg, npos, nneg, sample,
+                 out):  # pragma: no cover - compiled
+    """θ_0 + λ·TIES(τ) of one float32 tensor of n entries, into `out`: files[0] = the address of
+    θ_0's entry 0 in its file's mapping (mappings[0]: [start, end)), the others θ_1..θ_N's.
+    Trim thresholds first (`runs`, `k`: as in `trim_thresholds`; k < 0: keep every entry),
+    then slice by slice (pos.size entries) the merge and θ_0 + λ·τ, straight from the mappings
+    (no copy), a WINDOW at a time."""
+    count = files.size - 1
     thr = np.full(count, -np.inf, np.float32)
-    if k >= 0:  # sample[0]: θ_0's runs, [1]: a run of θ_i, [2]: the sample's magnitudes
-        at = 0
-        for r in range(runs.shape[0]):
-            lo, hi = runs[r, 0], runs[r, 1]
-            if not _read(fds[0], sample[0, at:at + hi - lo], offsets[0] + 4 * lo):
-                return 0
-            at += hi - lo
+    if k >= 0:
         for i in range(count):
             at = 0
             for r in range(runs.shape[0]):
                 lo, hi = runs[r, 0], runs[r, 1]
-                if not _read(fds[i + 1], sample[1, :hi - lo], offsets[i + 1] + 4 * lo):
-                    return i + 1
-                _magnitude(sample[1, :hi - lo], sample[0, at:at + hi - lo],
-                           sample[2, at:at + hi - lo])
+                _magnitude(_entries(files[i + 1], lo, hi - lo), _entries(files[0], lo, hi - lo),
+                           sample[at:at + hi - lo])
                 at += hi - lo
-            thr[i] = _kth_smallest(sample[2, :at], k)
-    chunk = rows.shape[1]
-    for lo in range(0, n, chunk):
-        m = min(chunk, n - lo)
-        theta = out[lo:lo + m]
-        if not _read(fds[0], theta, offsets[0] + 4 * lo):
-            return 0
-        for i in range(count):
-            if not _read(fds[i + 1], rows[i, :m], offsets[i + 1] + 4 * lo):
-                return i + 1
-        _accumulate(rows, m, theta, thr, pos, neg, npos, nneg)
-        _apply_slice(m, pos, neg, npos, nneg, lam, theta)
-    return -1
+            thr[i] = _kth_smallest(sample[:at], k)
+    chunk = pos.size
+    for w in range(0, n, WINDOW):
+        e = min(n, w + WINDOW)
+        for f in range(files.size):
+            _advise(files[f] + 4 * w, files[f] + 4 * e, mappings[f], MADV_POPULATE_READ)
+        for lo in range(w, e, chunk):
+            m = min(chunk, e - lo)
+            base = _entries(files[0], lo, m)
+            _accumulate(files[1:], lo, m, base, thr, pos, neg, npos, nneg)
+            _apply_slice(m, pos, neg, npos, nneg, lam, base, out[lo:lo + m])
+        for f in range(files.size):  # the last window: with what faults mapped around it
+            _advise(files[f] + 4 * w - (MARGIN if e == n else 0),
+                    files[f] + 4 * e + (MARGIN if e == n else 0), mappings[f], MADV_DONTNEED)
 
 
-def ties_soup(files: Sequence[tuple[int, int]], n: int, density: float, scale: float,
-              out: np.ndarray) -> int:
-    """θ_0 + scale·TIES(τ) of one float32 tensor of n entries read from local files, into `out`
-    (float32, n entries): files[0] = θ_0's (fd, byte offset of entry 0), then θ_1..θ_N's (see
-    `_TensorFile.located`). The same thresholds, merge and apply as `trim_thresholds`,
-    `ties_merge` and `raysoup.reduce.merge.axpy`, in one compiled call. Returns -1, or the index
-    into `files` of the file whose read failed (the caller reads it through Python for the
-    error: truncated, EIO, ...)."""
+def ties_soup(files: Sequence[tuple[int, int, int]], n: int, density: float, scale: float,
+              out: np.ndarray) -> None:
+    """θ_0 + scale·TIES(τ) of one float32 tensor of n entries, into `out` (float32, n entries),
+    read from local files' mappings: files[0] = (the address of θ_0's entry 0, its mapping's
+    start and end), then θ_1..θ_N's (see `_TensorFile.mapped`). The same thresholds, merge and apply as `trim_thresholds`,
+    `ties_merge` and `raysoup.reduce.merge.axpy`, in one compiled call."""
     count = len(files) - 1
     if count < 1:
         raise ValueError("TIES needs at least one ingredient besides the base")
     runs, m, k = _sample_rank(n, density)
-    rows, pos, neg, npos, nneg = _slice_state(count, n)
-    sample = _scratch(6, (3, max(m, 1)), np.float32)
-    fds = np.array([f for f, _ in files], np.int32)
-    offsets = np.array([o for _, o in files], np.int64)
-    return int(_soup_files(fds, offsets, n, np.array(runs, np.int64).reshape(-1, 2),
-                           -1 if k is None else k, np.float32(scale), rows, pos, neg, npos,
-                           nneg, sample, out))
+    pos, neg, npos, nneg = _state(count, max(1, min(MAPPED_SLICE, n)))
+    sample = _scratch(6, (max(m, 1),), np.float32)
+    at = np.array(files, np.int64).reshape(-1, 3)
+    _soup_mapped(at[:, 0].copy(), at[:, 1:].copy(), n, np.array(runs, np.int64).reshape(-1, 2),
+                 -1 if k is None else k, np.float32(scale), pos, neg, npos, nneg, sample, out)
 
 
 # Tensors with more entries estimate the trim threshold from a sample of this many τ entries
