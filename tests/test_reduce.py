@@ -191,6 +191,34 @@ def test_running_sum_equals_uniform_reduce_bit_for_bit(ingredients, k):
     _same_bits(scale_(acc, 1 / k), reduce_shard(ingredients[:k], [1 / k] * k, names))
 
 
+@pytest.mark.parametrize("k", [6, 9])
+def test_compiled_uniform_sum_is_the_running_sum_bit_for_bit(tmp_path, monkeypatch, k):
+    """Local float32 files: the uniform soup is one compiled pass over the files' mappings
+    (ingredients four at a time, windows of each file mapped and released). Its bits must be
+    the running sum's (add_into, then scaled) — past a window, across slices, with groups of
+    four and single ingredients after them."""
+    from raysoup.reduce import mapped, reduction
+
+    calls = []
+    real = reduction.sum_mapped
+    monkeypatch.setattr(reduction, "sum_mapped", lambda *a: calls.append(a[2]) or real(*a))
+    n = mapped.window(k) + 3 * mapped.SLICE + 17
+    paths = []
+    for i in range(k):
+        g = torch.Generator().manual_seed(100 + i)
+        paths.append(tmp_path / f"ing{i}")
+        write_ingredient(paths[-1], {"big": torch.randn(n, generator=g) * 10 ** (i % 3),
+                                     "mat": torch.randn(7, 5, generator=g),
+                                     "scalar": torch.randn((), generator=g)}, {"kind": "x"})
+    names = ["big", "mat", "scalar"]
+    soup = reduce_shard(paths, [1 / k] * k, names)
+    assert sorted(calls) == [1, 35, n]  # every tensor took the compiled pass
+    acc = None
+    for path in paths:
+        acc = add_into(acc, path, names)
+    _same_bits(scale_(acc, 1 / k), soup)
+
+
 def test_per_tensor_weights_reduce_each_tensor_as_its_own_whole_model_call(ingredients):
     names = list(_names_and_bytes(ingredients[0]))
     own = {"head.weight": [0.5, 0.3, 0.2], "visual.proj": [1 / K] * K,
@@ -243,6 +271,7 @@ def test_reduce_reads_do_not_leak_between_calls(ingredients):
 PEAK_PROBE = """
 import sys
 from pathlib import Path
+from raysoup.bench.probe import _init_numba
 from raysoup.reduce import reduce_shard
 
 def hwm():
@@ -251,6 +280,7 @@ def hwm():
             return int(line.split()[1]) * 1024
 
 paths = [Path(p) for p in sys.argv[1:]]
+_init_numba()  # its start-up (~60 MB: registries, LLVM) is the process's, not the reduction's
 base = hwm()
 out = reduce_shard(paths, [1 / len(paths)] * len(paths), ["a", "b"])
 print(hwm() - base)
@@ -259,15 +289,17 @@ print(hwm() - base)
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM (Linux)")
 def test_streaming_many_ingredients_holds_about_one_model(tmp_path):
-    # 8 ingredients of 2 x 8 MiB. Kept mapped pages would count: 8 models (128 MiB) resident.
-    # Released views leave the accumulators (1 model) plus about one tensor in flight.
-    model = 16 << 20
+    # 8 ingredients of 2 x 32 MiB. Kept mapped pages would count: 8 models (512 MiB) resident.
+    # The compiled pass releases each file's pages a window at a time: the accumulators (1
+    # model) plus, per file, its window and the page-cache folios around it (<= 2 MiB each
+    # side here: a fault maps a whole folio), ~33 MiB in all for 8 files.
+    model = 64 << 20
     paths = []
     for i in range(8):
         g = torch.Generator().manual_seed(i)
         paths.append(tmp_path / f"ing{i}")
-        write_ingredient(paths[-1], {"a": torch.randn(2 << 20, generator=g),
-                                     "b": torch.randn(2 << 20, generator=g)}, {"kind": "x"})
+        write_ingredient(paths[-1], {"a": torch.randn(8 << 20, generator=g),
+                                     "b": torch.randn(8 << 20, generator=g)}, {"kind": "x"})
     for p in paths:  # warm page cache, as for every contender of raysoup bench B1
         (p / "model.safetensors").read_bytes()
     proc = subprocess.run([sys.executable, "-c", PEAK_PROBE, *map(str, paths)], check=True,

@@ -298,15 +298,18 @@ def test_compiled_ties_soup_is_the_bits_of_the_python_route(tmp_path, monkeypatc
     the bits of the Python route (slices read through Python, τ, then `axpy`) and of the soup
     the Ray kitchen scores from cached task vectors — past SAMPLE entries, across slice
     boundaries, with five ingredients (a group of four and one), at a λ whose product rounds."""
+    from raysoup.reduce.mapped import window
     from raysoup.soup import ties_kernel
     from raysoup.soup.ties_kernel import SAMPLE
+
+    WINDOW = window(6)  # entries per window of a pass over six files
 
     monkeypatch.setattr(ties_kernel, "ROWS_BYTES", 5 * 4 * 3000)  # 3000-entry slices
     g = torch.Generator().manual_seed(13)
     base = {"big": torch.randn(SAMPLE + 4321, generator=g), "mat": torch.randn(60, 70, generator=g),
             "scalar": torch.tensor(2.5), "empty": torch.zeros(0), "steps": torch.tensor([1]),
             # past WINDOW: the compiled pass releases mapped pages midway, then maps the next
-            "huge": torch.randn(ties_kernel.WINDOW + 777, generator=g)}
+            "huge": torch.randn(WINDOW + 777, generator=g)}
     paths = [_write(tmp_path / "base", base)]
     for i in range(5):
         paths.append(_write(tmp_path / f"m{i}", {
@@ -316,10 +319,10 @@ def test_compiled_ties_soup_is_the_bits_of_the_python_route(tmp_path, monkeypatc
     calls = []
     real = TiesMerge.soup_files
     monkeypatch.setattr(TiesMerge, "soup_files",
-                        lambda self, *a: calls.append(a[1]) or real(self, *a))
+                        lambda self, *a: calls.append(a[2]) or real(self, *a))
     fused = merge_shard(paths[1:], paths[0], names, TiesMerge(0.2), 0.75)
     # every floating tensor
-    assert sorted(calls) == sorted([0, 1, 4200, SAMPLE + 4321, ties_kernel.WINDOW + 777])
+    assert sorted(calls) == sorted([0, 1, 4200, SAMPLE + 4321, WINDOW + 777])
     monkeypatch.delattr(TiesMerge, "soup_files")
     python = merge_shard(paths[1:], paths[0], names, TiesMerge(0.2), 0.75)
     cached = apply_task_vector(paths[0], task_vectors(paths[1:], paths[0], names,

@@ -34,6 +34,7 @@ import torch
 
 from raysoup.checkpoints.ingredient import weights_path
 from raysoup.checkpoints.tensorfile import Scratch, numpy_view, open_tensors
+from raysoup.reduce.mapped import addresses
 from raysoup.reduce.reduction import ReductionError, _check_shape, _get, _owned
 
 # θ_1..θ_N of one tensor, drawn afresh by each call (see TensorMerge). The streams `_merged`
@@ -82,10 +83,10 @@ class TensorMerge(Protocol):
     def __call__(self, name: str, base: torch.Tensor, stream: Stream,
                  out: torch.Tensor | None = None) -> torch.Tensor: ...
 
-    # Optional, for the written soup: `soup_files(files, n, scale, out)` puts θ_0 + scale·m(τ)
-    # of one float32 tensor of n entries into `out` (float32), reading the local files' mappings
-    # itself — files[0] = θ_0's (address of entry 0, mapping's start, end), then θ_1..θ_N's
-    # (`_TensorFile.mapped`).
+    # Optional, for the written soup: `soup_files(files, mappings, n, scale, out)` puts θ_0 +
+    # scale·m(τ) of one float32 tensor of n entries into `out` (float32), reading the local
+    # files' mappings itself — files[0] = the address of θ_0's entry 0, then θ_1..θ_N's
+    # (`raysoup.reduce.mapped.addresses`).
     # Its bits must be those of `__call__` + `axpy`.
 
 
@@ -174,16 +175,15 @@ def _soup_from_files(name, soup_files, scale, base, ingredients) -> torch.Tensor
     meta = torch.empty(shape, dtype=dtype, device="meta")  # the base's shape and dtype, no read
     _FileStream(name, meta, [f for f, _ in ingredients], [h for _, h in ingredients],
                 base_file, None)._check()  # every ingredient has it, in the base's shape
-    files = [base, *ingredients]
-    mapped = [h.mapped(name) for _, h in files]
-    if any(at is None for at in mapped):
+    mapped = addresses([h for _, h in (base, *ingredients)], name)
+    if mapped is None:
         return None
     # torch's memory, not numpy's: numpy asks for transparent huge pages on large arrays,
     # whose faults stall in compaction when free memory is short (B1's TIES in a fresh
     # process with the page cache full: 2.9-3.3 s, twice the system time; torch's 4 KiB
     # pages: 2.2 s, and 2.1 s with memory free).
     soup = torch.empty(shape, dtype=torch.float32)
-    soup_files(mapped, soup.numel(), scale, soup.reshape(-1).numpy())
+    soup_files(*mapped, soup.numel(), scale, soup.reshape(-1).numpy())
     return soup
 
 

@@ -46,10 +46,11 @@ class TiesMerge:
                  out: torch.Tensor | None = None) -> torch.Tensor:
         return ties_merge(stream, base, trim_thresholds(stream, base, self.density), out)
 
-    def soup_files(self, files: list[tuple[int, int, int]], n: int, scale: float, out: np.ndarray) -> None:
+    def soup_files(self, files: np.ndarray, mappings: np.ndarray, n: int, scale: float,
+                   out: np.ndarray) -> None:
         """The written soup's tensor from local float32 files in one compiled call: the same
         bits as `__call__` + `raysoup.reduce.merge.axpy` (see TensorMerge)."""
-        ties_soup(files, n, self.density, scale, out)
+        ties_soup(files, mappings, n, self.density, scale, out)
 
 
 class Ties:

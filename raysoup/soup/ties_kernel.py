@@ -25,18 +25,14 @@ the same bits.
 from __future__ import annotations
 
 import math
-import mmap
 import threading
 from collections.abc import Sequence
 
 import numba
 import numpy as np
 import torch
-from llvmlite import ir
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
+from raysoup.reduce.mapped import SLICE, entries, map_window, unmap_window, window
 from raysoup.reduce.merge import Stream, ingredient_count, read_slice, read_slices
 
 
@@ -69,8 +65,8 @@ def _accumulate(rows, lo, m, base, thr, pos, neg, npos, nneg):  # pragma: no cov
     i = 0
     while i < rows.size:
         if rows.size - i >= 4:
-            a, b = _entries(rows[i], lo, m), _entries(rows[i + 1], lo, m)
-            c, d = _entries(rows[i + 2], lo, m), _entries(rows[i + 3], lo, m)
+            a, b = entries(rows[i], lo, m), entries(rows[i + 1], lo, m)
+            c, d = entries(rows[i + 2], lo, m), entries(rows[i + 3], lo, m)
             ta, tb, tc, td = thr[i], thr[i + 1], thr[i + 2], thr[i + 3]
             for j in range(m):
                 p, q, cp, cn = ((zero, zero, count, count) if first
@@ -82,7 +78,7 @@ def _accumulate(rows, lo, m, base, thr, pos, neg, npos, nneg):  # pragma: no cov
                 pos[j], neg[j], npos[j], nneg[j] = _kept(d[j], x, td, p, q, cp, cn)
             i += 4
         else:
-            a, ta = _entries(rows[i], lo, m), thr[i]
+            a, ta = entries(rows[i], lo, m), thr[i]
             for j in range(m):
                 p, q, cp, cn = ((zero, zero, count, count) if first
                                 else (pos[j], neg[j], npos[j], nneg[j]))
@@ -133,10 +129,6 @@ def _float32(t: torch.Tensor) -> np.ndarray:
 # in memory, read and written by every ingredient's pass (B1: TIES 4.2x the raw-read floor).
 CHUNK = 1 << 17
 ROWS_BYTES = 2 << 20
-# Entries merged at a time from files' mappings (no rows: the entries are read in place): the
-# state stays in the core's L1 cache. B1's pass: 0.93-0.95 s at 512-1024 entries, 1.0-1.1 s at
-# 65536 (the rows' slice), slower still above.
-MAPPED_SLICE = 1024
 
 
 _local = threading.local()
@@ -197,76 +189,14 @@ def ties_merge(stream: Stream, base: torch.Tensor, trims: Sequence[float | None]
     return result
 
 
-@intrinsic
-def _f32_at(typingctx, address):
-    """The float32 pointer at an integer address (a mapping's or an array's memory)."""
-    sig = types.CPointer(types.float32)(address)
-
-    def codegen(context, builder, signature, args):
-        a = context.cast(builder, args[0], signature.args[0], types.uintp)
-        return builder.inttoptr(a, context.get_value_type(signature.return_type))
-
-    return sig, codegen
-
-
-@intrinsic
-def _madvise(typingctx, address, nbytes, advice):
-    """libc's madvise((void *) address, nbytes, advice) from compiled code: an external symbol
-    the JIT resolves in the process (unlike a ctypes pointer, which numba cannot cache)."""
-    sig = types.int32(address, nbytes, advice)
-
-    def codegen(context, builder, signature, args):
-        ptr = ir.IntType(8).as_pointer()
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.IntType(32), [ptr, ir.IntType(64),
-                                                             ir.IntType(32)]), "madvise")
-        a, n, advice_ = (context.cast(builder, v, t, want) for v, t, want in
-                         zip(args, signature.args, (types.uintp, types.int64, types.int32)))
-        return builder.call(fn, [builder.inttoptr(a, ptr), n, advice_])
-
-    return sig, codegen
-
-
 @numba.njit(nogil=True, cache=True)
-def _entries(address, lo, m):  # pragma: no cover - compiled
-    """Entries [lo, lo + m) of the float32 array at `address`."""
-    return numba.carray(_f32_at(address + 4 * lo), m)
-
-
-PAGE = mmap.PAGESIZE
-MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", 4)
-MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux >= 5.14
-# A fault on a file's mapping maps a whole run of page-cache pages around the address (large
-# folios: ~0.7 MiB a fault on B1's files), not only the pages asked for: a tensor's pages are
-# released with this margin either side, within the file's mapping — released at the tensor's
-# own bounds, a run of small tensors left ~18 MiB of each transformer block resident.
-MARGIN = 2 << 20
-# The pass maps each file WINDOW entries (8 MiB of float32) at a time: the window's page
-# tables are filled in one call (MADV_POPULATE_READ; where a fault maps 4 KiB and costs
-# microseconds, faulting 9 files page by page would cost more than copying them), and
-# released after it, so the resident windows of N files stay small next to the soup.
-WINDOW = 1 << 21
-
-
-@numba.njit(nogil=True, cache=True)
-def _advise(begin, end, mapping, advice):  # pragma: no cover - compiled
-    """madvise the pages that hold [begin, end) of a file's mapping ([mapping[0], mapping[1])),
-    never past the mapping. Its result is ignored: a kernel without MADV_POPULATE_READ faults
-    the pages in as they are read."""
-    lo = max(begin // PAGE * PAGE, mapping[0])
-    hi = min((end + PAGE - 1) // PAGE * PAGE, mapping[1])
-    if hi > lo:
-        _madvise(lo, hi - lo, advice)
-
-
-@numba.njit(nogil=True, cache=True)
-def _soup_mapped(files, mappings, n, runs, k, lam, pos, neg, npos, nneg, sample,
+def _soup_mapped(files, mappings, n, step, runs, k, lam, pos, neg, npos, nneg, sample,
                  out):  # pragma: no cover - compiled
     """θ_0 + λ·TIES(τ) of one float32 tensor of n entries, into `out`: files[0] = the address of
     θ_0's entry 0 in its file's mapping (mappings[0]: [start, end)), the others θ_1..θ_N's.
     Trim thresholds first (`runs`, `k`: as in `trim_thresholds`; k < 0: keep every entry),
     then slice by slice (pos.size entries) the merge and θ_0 + λ·τ, straight from the mappings
-    (no copy), a WINDOW at a time."""
+    (no copy), `step` entries of every file at a time (`raysoup.reduce.mapped`)."""
     count = files.size - 1
     thr = np.full(count, -np.inf, np.float32)
     if k >= 0:
@@ -274,39 +204,36 @@ def _soup_mapped(files, mappings, n, runs, k, lam, pos, neg, npos, nneg, sample,
             at = 0
             for r in range(runs.shape[0]):
                 lo, hi = runs[r, 0], runs[r, 1]
-                _magnitude(_entries(files[i + 1], lo, hi - lo), _entries(files[0], lo, hi - lo),
+                _magnitude(entries(files[i + 1], lo, hi - lo), entries(files[0], lo, hi - lo),
                            sample[at:at + hi - lo])
                 at += hi - lo
             thr[i] = _kth_smallest(sample[:at], k)
     chunk = pos.size
-    for w in range(0, n, WINDOW):
-        e = min(n, w + WINDOW)
-        for f in range(files.size):
-            _advise(files[f] + 4 * w, files[f] + 4 * e, mappings[f], MADV_POPULATE_READ)
+    for w in range(0, n, step):
+        e = min(n, w + step)
+        map_window(files, mappings, w, e)
         for lo in range(w, e, chunk):
             m = min(chunk, e - lo)
-            base = _entries(files[0], lo, m)
+            base = entries(files[0], lo, m)
             _accumulate(files[1:], lo, m, base, thr, pos, neg, npos, nneg)
             _apply_slice(m, pos, neg, npos, nneg, lam, base, out[lo:lo + m])
-        for f in range(files.size):  # the last window: with what faults mapped around it
-            _advise(files[f] + 4 * w - (MARGIN if e == n else 0),
-                    files[f] + 4 * e + (MARGIN if e == n else 0), mappings[f], MADV_DONTNEED)
+        unmap_window(files, mappings, w, e, n)
 
 
-def ties_soup(files: Sequence[tuple[int, int, int]], n: int, density: float, scale: float,
+def ties_soup(files: np.ndarray, mappings: np.ndarray, n: int, density: float, scale: float,
               out: np.ndarray) -> None:
     """θ_0 + scale·TIES(τ) of one float32 tensor of n entries, into `out` (float32, n entries),
-    read from local files' mappings: files[0] = (the address of θ_0's entry 0, its mapping's
-    start and end), then θ_1..θ_N's (see `_TensorFile.mapped`). The same thresholds, merge and apply as `trim_thresholds`,
-    `ties_merge` and `raysoup.reduce.merge.axpy`, in one compiled call."""
-    count = len(files) - 1
+    read from local files' mappings: files[0] = the address of θ_0's entry 0, then θ_1..θ_N's,
+    mappings[i] = file i's mapping [start, end) (`raysoup.reduce.mapped.addresses`). The same
+    thresholds, merge and apply as `trim_thresholds`, `ties_merge` and
+    `raysoup.reduce.merge.axpy`, in one compiled call."""
+    count = files.size - 1
     if count < 1:
         raise ValueError("TIES needs at least one ingredient besides the base")
     runs, m, k = _sample_rank(n, density)
-    pos, neg, npos, nneg = _state(count, max(1, min(MAPPED_SLICE, n)))
+    pos, neg, npos, nneg = _state(count, max(1, min(SLICE, n)))
     sample = _scratch(6, (max(m, 1),), np.float32)
-    at = np.array(files, np.int64).reshape(-1, 3)
-    _soup_mapped(at[:, 0].copy(), at[:, 1:].copy(), n, np.array(runs, np.int64).reshape(-1, 2),
+    _soup_mapped(files, mappings, n, window(files.size), np.array(runs, np.int64).reshape(-1, 2),
                  -1 if k is None else k, np.float32(scale), pos, neg, npos, nneg, sample, out)
 
 
