@@ -341,11 +341,25 @@ def test_compiled_ties_soup_is_the_bits_of_the_python_route(tmp_path, monkeypatc
 
 
 def test_compiled_ties_names_the_file_that_fails_to_read(tmp_path):
-    """A file cut short after it was opened: the compiled reads stop, and the error names it."""
+    """A file cut short after it was opened is refused before its mapping is read (a page past
+    the end would be SIGBUS), naming it; a positioned read that fails inside the compiled call
+    (the sample's) reports which file."""
     from contextlib import ExitStack
 
     from raysoup.checkpoints.tensorfile import TensorFileError, open_tensors
+    from raysoup.reduce.mapped import addresses
     from raysoup.reduce.merge import _soup_from_files
+    from raysoup.soup.ties_kernel import SAMPLE, ties_soup
+
+    g = torch.Generator().manual_seed(2)
+    big = [_write(tmp_path / n, {"w": torch.randn(SAMPLE + 1, generator=g)}) / "model.safetensors"
+           for n in ("base2", "c", "d")]
+    with ExitStack() as stack:
+        at, mappings = addresses([stack.enter_context(open_tensors(f)) for f in big], "w")
+        out = np.empty(SAMPLE + 1, np.float32)
+        assert ties_soup(at, mappings, out.size, 0.5, 1.0, out) == -1
+        mappings[2, 2] = 987654  # not a descriptor: file 2's sample read fails
+        assert ties_soup(at, mappings, out.size, 0.5, 1.0, out) == 2
 
     g = torch.Generator().manual_seed(2)
     files = [_write(tmp_path / n, {"w": torch.randn(5000, generator=g)}) / "model.safetensors"

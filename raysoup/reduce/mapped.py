@@ -72,6 +72,42 @@ def _madvise(typingctx, address, nbytes, advice):
     return sig, codegen
 
 
+@intrinsic
+def _pread(typingctx, fd, address, nbytes, offset):
+    """libc's pread(fd, (void *) address, nbytes, offset) from compiled code (see `_madvise`)."""
+    sig = types.int64(fd, address, nbytes, offset)
+
+    def codegen(context, builder, signature, args):
+        i64, ptr = ir.IntType(64), ir.IntType(8).as_pointer()
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(i64, [ir.IntType(32), ptr, i64, i64]), "pread")
+        fd_, address_, n_, offset_ = (
+            context.cast(builder, v, t, want) for v, t, want in
+            zip(args, signature.args, (types.int32, types.uintp, types.int64, types.int64)))
+        return builder.call(fn, [fd_, builder.inttoptr(address_, ptr), n_, offset_])
+
+    return sig, codegen
+
+
+@numba.njit(nogil=True, cache=True)
+def read_entries(address, lo, mapping, out):  # pragma: no cover - compiled
+    """out = entries [lo, lo + out.size) of the tensor at `address`, copied with a positioned
+    read of its file (mapping[2]: the descriptor) rather than through the mapping: for small
+    reads ahead of a pass (a sample), whose faults would map whole folios of every file that
+    stay until the pass gets there. True, or False when the read fails or the file ends early
+    (the caller names the file)."""
+    target = out.ctypes.data
+    nbytes = out.size * 4
+    offset = address + 4 * lo - mapping[0]
+    done = 0
+    while done < nbytes:
+        got = _pread(mapping[2], target + done, nbytes - done, offset + done)
+        if got <= 0:
+            return False
+        done += got
+    return True
+
+
 @numba.njit(nogil=True, cache=True)
 def entries(address, lo, m):  # pragma: no cover - compiled
     """Entries [lo, lo + m) of the float32 array at `address`."""
@@ -113,12 +149,12 @@ def window(count: int) -> int:
 
 def addresses(handles, name: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(address of entry 0 of tensor `name` in each handle's file mapping, each mapping's
-    [start, end)) for compiled passes; None where a file is remote or holds it in another
-    dtype than float32 (read those through Python)."""
+    [start, end) and the file's descriptor) for compiled passes; None where a file is remote
+    or holds it in another dtype than float32 (read those through Python)."""
     found = [h.mapped(name) for h in handles]
     if any(at is None for at in found):
         return None
-    at = np.array(found, np.int64).reshape(-1, 3)
+    at = np.array([(*where, h.fd) for where, h in zip(found, handles)], np.int64).reshape(-1, 4)
     return at[:, 0].copy(), at[:, 1:].copy()
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from raysoup.checkpoints.ingredient import weights_path
-from raysoup.checkpoints.tensorfile import Scratch, numpy_view, open_tensors
+from raysoup.checkpoints.tensorfile import Scratch, TensorFileError, numpy_view, open_tensors
 from raysoup.reduce.mapped import addresses
 from raysoup.reduce.reduction import ReductionError, _check_shape, _get, _owned
 
@@ -86,8 +86,8 @@ class TensorMerge(Protocol):
     # Optional, for the written soup: `soup_files(files, mappings, n, scale, out)` puts θ_0 +
     # scale·m(τ) of one float32 tensor of n entries into `out` (float32), reading the local
     # files' mappings itself — files[0] = the address of θ_0's entry 0, then θ_1..θ_N's
-    # (`raysoup.reduce.mapped.addresses`).
-    # Its bits must be those of `__call__` + `axpy`.
+    # (`raysoup.reduce.mapped.addresses`) — and returns -1, or the index of the file whose
+    # read failed. Its bits must be those of `__call__` + `axpy`.
 
 
 @numba.njit(nogil=True, cache=True)
@@ -183,7 +183,12 @@ def _soup_from_files(name, soup_files, scale, base, ingredients) -> torch.Tensor
     # process with the page cache full: 2.9-3.3 s, twice the system time; torch's 4 KiB
     # pages: 2.2 s, and 2.1 s with memory free).
     soup = torch.empty(shape, dtype=torch.float32)
-    soup_files(*mapped, soup.numel(), scale, soup.reshape(-1).numpy())
+    out = soup.reshape(-1).numpy()
+    failed = soup_files(*mapped, out.size, scale, out)
+    if failed >= 0:  # read it again through Python: its error names the file and the cause
+        file, handle = (base, *ingredients)[failed]
+        handle.read_entries(name, 0, out.size, out)
+        raise TensorFileError(f"tensor {name!r}: reading {file} failed")
     return soup
 
 

@@ -47,10 +47,10 @@ class TiesMerge:
         return ties_merge(stream, base, trim_thresholds(stream, base, self.density), out)
 
     def soup_files(self, files: np.ndarray, mappings: np.ndarray, n: int, scale: float,
-                   out: np.ndarray) -> None:
+                   out: np.ndarray) -> int:
         """The written soup's tensor from local float32 files in one compiled call: the same
         bits as `__call__` + `raysoup.reduce.merge.axpy` (see TensorMerge)."""
-        ties_soup(files, mappings, n, self.density, scale, out)
+        return ties_soup(files, mappings, n, self.density, scale, out)
 
 
 class Ties:

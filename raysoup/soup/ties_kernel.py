@@ -18,8 +18,8 @@ tensor of local files in one compiled call — thresholds, merge and θ_0 + λ·
 files' mappings in place and releasing their pages behind it — with no Python per slice, no
 copy of the inputs and no separate pass for the base or the apply (`raysoup.reduce.mapped`;
 B1: TIES 3.3x the raw-read floor through Python, 3.2x with compiled `pread` copies, 1.6x from
-the mappings; see BENCHMARKS.md). Both run the same compiled arithmetic on the same float32 inputs, so they give
-the same bits.
+the mappings; see BENCHMARKS.md). Both run the same compiled arithmetic on the same float32
+inputs, so they give the same bits.
 """
 
 from __future__ import annotations
@@ -32,7 +32,14 @@ import numba
 import numpy as np
 import torch
 
-from raysoup.reduce.mapped import SLICE, entries, map_window, unmap_window, window
+from raysoup.reduce.mapped import (
+    SLICE,
+    entries,
+    map_window,
+    read_entries,
+    unmap_window,
+    window,
+)
 from raysoup.reduce.merge import Stream, ingredient_count, read_slice, read_slices
 
 
@@ -194,20 +201,29 @@ def _soup_mapped(files, mappings, n, step, runs, k, lam, pos, neg, npos, nneg, s
                  out):  # pragma: no cover - compiled
     """θ_0 + λ·TIES(τ) of one float32 tensor of n entries, into `out`: files[0] = the address of
     θ_0's entry 0 in its file's mapping (mappings[0]: [start, end)), the others θ_1..θ_N's.
-    Trim thresholds first (`runs`, `k`: as in `trim_thresholds`; k < 0: keep every entry),
-    then slice by slice (pos.size entries) the merge and θ_0 + λ·τ, straight from the mappings
-    (no copy), `step` entries of every file at a time (`raysoup.reduce.mapped`)."""
+    Trim thresholds first (`runs`, `k`: as in `trim_thresholds`; k < 0: keep every entry;
+    the sample is read with positioned reads), then slice by slice (pos.size entries) the merge
+    and θ_0 + λ·τ, straight from the mappings (no copy), `step` entries of every file at a time
+    (`raysoup.reduce.mapped`). Returns -1, or the index of the file whose sample read failed."""
     count = files.size - 1
     thr = np.full(count, -np.inf, np.float32)
-    if k >= 0:
+    if k >= 0:  # sample[0]: θ_0's runs, [1]: a run of θ_i, [2]: the sample's magnitudes
+        at = 0
+        for r in range(runs.shape[0]):
+            lo, hi = runs[r, 0], runs[r, 1]
+            if not read_entries(files[0], lo, mappings[0], sample[0, at:at + hi - lo]):
+                return 0
+            at += hi - lo
         for i in range(count):
             at = 0
             for r in range(runs.shape[0]):
                 lo, hi = runs[r, 0], runs[r, 1]
-                _magnitude(entries(files[i + 1], lo, hi - lo), entries(files[0], lo, hi - lo),
-                           sample[at:at + hi - lo])
+                if not read_entries(files[i + 1], lo, mappings[i + 1], sample[1, :hi - lo]):
+                    return i + 1
+                _magnitude(sample[1, :hi - lo], sample[0, at:at + hi - lo],
+                           sample[2, at:at + hi - lo])
                 at += hi - lo
-            thr[i] = _kth_smallest(sample[:at], k)
+            thr[i] = _kth_smallest(sample[2, :at], k)
     chunk = pos.size
     for w in range(0, n, step):
         e = min(n, w + step)
@@ -218,22 +234,24 @@ def _soup_mapped(files, mappings, n, step, runs, k, lam, pos, neg, npos, nneg, s
             _accumulate(files[1:], lo, m, base, thr, pos, neg, npos, nneg)
             _apply_slice(m, pos, neg, npos, nneg, lam, base, out[lo:lo + m])
         unmap_window(files, mappings, w, e, n)
+    return -1
 
 
 def ties_soup(files: np.ndarray, mappings: np.ndarray, n: int, density: float, scale: float,
-              out: np.ndarray) -> None:
+              out: np.ndarray) -> int:
     """θ_0 + scale·TIES(τ) of one float32 tensor of n entries, into `out` (float32, n entries),
     read from local files' mappings: files[0] = the address of θ_0's entry 0, then θ_1..θ_N's,
     mappings[i] = file i's mapping [start, end) (`raysoup.reduce.mapped.addresses`). The same
     thresholds, merge and apply as `trim_thresholds`, `ties_merge` and
-    `raysoup.reduce.merge.axpy`, in one compiled call."""
+    `raysoup.reduce.merge.axpy`, in one compiled call. Returns -1, or the index of the file
+    whose read failed (the caller reads it through Python for the error)."""
     count = files.size - 1
     if count < 1:
         raise ValueError("TIES needs at least one ingredient besides the base")
     runs, m, k = _sample_rank(n, density)
     pos, neg, npos, nneg = _state(count, max(1, min(SLICE, n)))
-    sample = _scratch(6, (max(m, 1),), np.float32)
-    _soup_mapped(files, mappings, n, window(files.size), np.array(runs, np.int64).reshape(-1, 2),
+    sample = _scratch(6, (3, max(m, 1)), np.float32)
+    return _soup_mapped(files, mappings, n, window(files.size), np.array(runs, np.int64).reshape(-1, 2),
                  -1 if k is None else k, np.float32(scale), pos, neg, npos, nneg, sample, out)
 
 
