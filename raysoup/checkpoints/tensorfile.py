@@ -166,10 +166,11 @@ class _TensorFile:
 
     def mapped(self, name: str) -> tuple[int, int, int] | None:
         """(address of entry 0, start, end of the mapping) of a float32 tensor of a local file
-        in the file's mapping, valid while the file is open, for compiled loops that read it in place (no copy) and
-        release its pages behind them (MADV_DONTNEED); None for a remote file or another dtype
-        (read those through `read_entries`). The file must still be the size it was opened
-        at: a mapped page past its end would kill the process (SIGBUS) without naming it."""
+        in the file's mapping, valid while the file is open, for compiled loops that read it in
+        place (no copy) and release its pages behind them (`raysoup.reduce.mapped`); None for
+        a remote file or another dtype (read those through `read_entries`). The file must
+        still be the size it was opened at: a mapped page past its end would kill the process
+        (SIGBUS) without naming it."""
         begin, end, dtype, _ = self.entries[name]
         if self.remote is not None or dtype != torch.float32:
             return None

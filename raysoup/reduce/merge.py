@@ -15,8 +15,8 @@ method supplies m as a `TensorMerge`; this module runs it inside a shard task an
   written soup is made from;
 - a method may also make a whole soup tensor itself from local float32 files (`soup_files`,
   TIES' compiled path, reading the files' mappings in place): the shard then reads nothing for
-  it in Python. θ_0 + λ·τ is one float32
-  multiply, then one add (`axpy`), wherever it is computed, so both routes give the same bits.
+  it in Python. θ_0 + λ·τ is one float32 multiply, then one add (`axpy`), wherever it is
+  computed, so both routes give the same bits.
 """
 
 from __future__ import annotations
