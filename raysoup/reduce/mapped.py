@@ -6,8 +6,10 @@ which is cheaper where a fault maps many pages (B1 on this machine: 8 files read
 mapped vs 0.66-0.74 s copied). The pass takes each file a window at a time: the window's page
 tables are filled in one call (MADV_POPULATE_READ; where a fault maps one 4 KiB page and costs
 microseconds, faulting page by page would cost more than the copy) and released after it
-(MADV_DONTNEED: the page cache keeps the pages, the process drops them), so what N mapped files
-hold resident stays within MAPPED_BYTES however many ingredients there are.
+(MADV_DONTNEED: the page cache keeps the pages, the process drops them). Resident at once: the
+windows of all files (within MAPPED_BYTES, at least a SLICE each) plus, per file, up to a
+page-cache folio either side of its window (a fault maps the whole folio; 2 MiB here), about
+33 MiB for B1's 8 files — a few MiB per ingredient, never N tensors.
 
 `addresses` hands the compiled code each file's address of the tensor (`_TensorFile.mapped`,
 which first checks that the file is still the size it was opened at: a mapped page past the
@@ -31,8 +33,9 @@ MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", 4)
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux >= 5.14
 # A fault on a file's mapping maps a run of page-cache pages around the address (large folios:
 # ~0.7 MiB a fault on B1's files), not only the pages asked for: a tensor's pages are released
-# with this margin either side, within the file's mapping — released at the tensor's own
-# bounds, a run of small tensors left ~18 MiB of each transformer block resident.
+# with this margin before its start and after its end, within the file's mapping — released
+# at the tensor's own bounds, a run of small tensors left ~18 MiB of each transformer block
+# resident.
 MARGIN = 2 << 20
 # What the windows of all the files of one pass may hold resident: N files get a window of
 # MAPPED_BYTES / N each (at least one SLICE).
@@ -134,11 +137,12 @@ def map_window(files, mappings, lo, hi):  # pragma: no cover - compiled
 
 @numba.njit(nogil=True, cache=True)
 def unmap_window(files, mappings, lo, hi, n):  # pragma: no cover - compiled
-    """Release entries [lo, hi) of every file's tensor of n entries from this process; the last
-    window also what faults mapped around the tensor."""
-    margin = MARGIN if hi == n else 0
+    """Release entries [lo, hi) of every file's tensor of n entries from this process; the first
+    and the last window also what faults mapped before and after the tensor."""
+    before = MARGIN if lo == 0 else 0
+    after = MARGIN if hi == n else 0
     for f in range(files.size):
-        _advise(files[f] + 4 * lo - margin, files[f] + 4 * hi + margin, mappings[f],
+        _advise(files[f] + 4 * lo - before, files[f] + 4 * hi + after, mappings[f],
                 MADV_DONTNEED)
 
 

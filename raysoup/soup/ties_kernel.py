@@ -200,7 +200,8 @@ def ties_merge(stream: Stream, base: torch.Tensor, trims: Sequence[float | None]
 def _soup_mapped(files, mappings, n, step, runs, k, lam, pos, neg, npos, nneg, sample,
                  out):  # pragma: no cover - compiled
     """θ_0 + λ·TIES(τ) of one float32 tensor of n entries, into `out`: files[0] = the address of
-    θ_0's entry 0 in its file's mapping (mappings[0]: [start, end)), the others θ_1..θ_N's.
+    θ_0's entry 0 in its file's mapping (mappings[0]: its [start, end) and the file's
+    descriptor), the others θ_1..θ_N's.
     Trim thresholds first (`runs`, `k`: as in `trim_thresholds`; k < 0: keep every entry;
     the sample is read with positioned reads), then slice by slice (pos.size entries) the merge
     and θ_0 + λ·τ, straight from the mappings (no copy), `step` entries of every file at a time
@@ -241,9 +242,9 @@ def ties_soup(files: np.ndarray, mappings: np.ndarray, n: int, density: float, s
               out: np.ndarray) -> int:
     """θ_0 + scale·TIES(τ) of one float32 tensor of n entries, into `out` (float32, n entries),
     read from local files' mappings: files[0] = the address of θ_0's entry 0, then θ_1..θ_N's,
-    mappings[i] = file i's mapping [start, end) (`raysoup.reduce.mapped.addresses`). The same
-    thresholds, merge and apply as `trim_thresholds`, `ties_merge` and
-    `raysoup.reduce.merge.axpy`, in one compiled call. Returns -1, or the index of the file
+    mappings[i] = file i's mapping [start, end) and its descriptor
+    (`raysoup.reduce.mapped.addresses`). The same thresholds, merge and apply as
+    `trim_thresholds`, `ties_merge` and `raysoup.reduce.merge.axpy`, in one compiled call. Returns -1, or the index of the file
     whose read failed (the caller reads it through Python for the error)."""
     count = files.size - 1
     if count < 1:
