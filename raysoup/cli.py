@@ -1,4 +1,8 @@
-"""`raysoup run|sweep|evaluate|soup|report|resume` — thin: validate the config, call the pipeline."""
+"""`raysoup run|sweep|evaluate|soup|report|resume` — thin: validate the config, call the pipeline.
+
+The parser needs only argparse: everything else is imported by the command that runs (after
+parsing), so `raysoup --help` loads no pydantic, pyarrow, torch or Ray.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-
-from raysoup import storage
-from raysoup.config import ConfigError, load_experiment, workdir_path
 
 EXIT_CONFIG = 2
 
@@ -88,6 +89,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     import json
     import shlex
 
+    from raysoup import storage
+    from raysoup.config import ConfigError, load_experiment
     from raysoup.data.sources import load_splits
     from raysoup.models.base import ensure_base_clip, read_base_manifest
     from raysoup.prepare import pretrain_corpus
@@ -131,7 +134,8 @@ def _fidelity_parser(sub) -> None:
 
 
 def _fidelity(args: argparse.Namespace) -> int:
-    from raysoup import fidelity
+    from raysoup import fidelity, storage
+    from raysoup.config import ConfigError, load_experiment, workdir_path
 
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
@@ -265,14 +269,16 @@ def _import_parser(sub) -> None:
 
 
 def _import(args: argparse.Namespace) -> int:
-    cfg = load_experiment(args.config, args.overrides)
-    if not args.sources and args.zeroshot is None:
-        raise ConfigError("raysoup import: give checkpoint files/directories or --zeroshot FILE")
     from raysoup.checkpoints.importer import (
         CheckpointImportError,
         experiment_target,
         import_checkpoints,
     )
+    from raysoup.config import ConfigError, load_experiment
+
+    cfg = load_experiment(args.config, args.overrides)
+    if not args.sources and args.zeroshot is None:
+        raise ConfigError("raysoup import: give checkpoint files/directories or --zeroshot FILE")
 
     root = cfg.resolved_workdir(args.workdir) / "ingredients"
     try:
@@ -307,33 +313,25 @@ def _metrics_port(s: argparse.ArgumentParser) -> None:
                         "sets it in `ray start`, see cluster.yaml)")
 
 
+# The commands that are not pipeline stages: name -> handler (returns the exit status).
+TOOLS = {"import": _import, "bench": _bench, "export": _export, "data": _data,
+         "pretrain": _pretrain, "fidelity": _fidelity}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # Our progress lines at INFO; libraries (open_clip, mlflow, alembic) only when they warn.
     logging.basicConfig(level=logging.WARNING, format="raysoup: %(message)s", stream=sys.stderr)
     logging.getLogger("raysoup").setLevel(logging.INFO)
-    try:
-        if args.command == "import":
-            return _import(args)
-        if args.command == "bench":
-            return _bench(args)
-        if args.command == "export":
-            return _export(args)
-        if args.command == "data":
-            return _data(args)
-        if args.command == "pretrain":
-            return _pretrain(args)
-        if args.command == "fidelity":
-            return _fidelity(args)
-        if args.command == "resume":
-            from raysoup.orchestration.pipeline import CONFIG_SNAPSHOT
+    from raysoup import storage
+    from raysoup.config import ConfigError, load_experiment
 
-            workdir, stages = workdir_path(args.workdir), STAGE_COMMANDS["run"]
-            snapshot = workdir / CONFIG_SNAPSHOT
-            storage.pull(snapshot, exact=True)  # remote workdir: its saved config, to the mirror
-            if not snapshot.is_file():
-                raise ConfigError(f"{args.workdir} is not a raysoup workdir (no {CONFIG_SNAPSHOT})")
-            cfg = load_experiment(snapshot)
+    try:
+        if args.command in TOOLS:
+            return TOOLS[args.command](args)
+        if args.command == "resume":
+            cfg, workdir = _saved_config(args.workdir)
+            stages = STAGE_COMMANDS["run"]
         else:
             cfg = load_experiment(args.config, args.overrides)
             workdir, stages = cfg.resolved_workdir(args.workdir), STAGE_COMMANDS[args.command]
@@ -348,8 +346,26 @@ def main(argv: list[str] | None = None) -> int:
     except storage.StorageError as err:
         print(f"raysoup: error: {err}", file=sys.stderr)
         return 1
+    return _run_stages(args, cfg, workdir, stages)
 
-    from raysoup.orchestration.pipeline import run_pipeline  # heavy imports after validation
+
+def _saved_config(where: str):
+    """(the config, the workdir) of `raysoup resume WORKDIR`: the workdir's saved config."""
+    from raysoup import storage
+    from raysoup.config import ConfigError, load_experiment, workdir_path
+    from raysoup.orchestration.pipeline import CONFIG_SNAPSHOT
+
+    workdir = workdir_path(where)
+    snapshot = workdir / CONFIG_SNAPSHOT
+    storage.pull(snapshot, exact=True)  # remote workdir: its saved config, to the mirror
+    if not snapshot.is_file():
+        raise ConfigError(f"{where} is not a raysoup workdir (no {CONFIG_SNAPSHOT})")
+    return load_experiment(snapshot), workdir
+
+
+def _run_stages(args: argparse.Namespace, cfg, workdir: Path, stages: tuple[str, ...]) -> int:
+    from raysoup.config import ConfigError
+    from raysoup.orchestration.pipeline import run_pipeline
 
     try:
         run = run_pipeline(cfg, workdir, stages, address=args.address,

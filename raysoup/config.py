@@ -24,6 +24,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from raysoup import storage
+from raysoup.soup_settings import SECTIONS
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the field path and the problem."""
@@ -363,7 +366,7 @@ _MOVED = {"greedy_accept_ties": "soup.greedy.accept_ties", "speculation": "soup.
 
 class SoupBase(Strict):
     """The soup stage's own settings; each merge method's section (`soup.learned`,
-    `soup.ties`, ...) is added from the method registry below, with the method's defaults."""
+    `soup.ties`, ...) is added from `raysoup.soup_settings.SECTIONS`, with its defaults."""
 
     recipes: list[str] = Field(default_factory=lambda: ["uniform", "greedy"], min_length=1)
     num_shards: int = Field(2, ge=1)
@@ -383,18 +386,14 @@ class SoupBase(Strict):
     @field_validator("recipes")
     @classmethod
     def _known_recipes(cls, recipes: list[str]) -> list[str]:
-        from raysoup.soup.registry import METHODS
-
-        unknown = [r for r in recipes if r not in METHODS]
+        unknown = [r for r in recipes if r not in SECTIONS]
         if unknown:
-            raise ValueError(f"unknown recipe(s) {unknown}; valid: {sorted(METHODS)}")
+            raise ValueError(f"unknown recipe(s) {unknown}; valid: {sorted(SECTIONS)}")
         return recipes
 
 
 def _soup_cfg() -> type[SoupBase]:
-    from raysoup.soup.registry import METHODS
-
-    sections = {name: (m.Settings, m.Settings()) for name, m in METHODS.items()}
+    sections = {name: (settings, settings()) for name, settings in SECTIONS.items()}
     return create_model("SoupCfg", __base__=SoupBase, __module__=__name__, **sections)
 
 
@@ -468,8 +467,6 @@ class ExperimentCfg(Strict):
 
 
 def workdir_path(text: str) -> Path:
-    from raysoup import storage
-
     try:
         return storage.mirror_of(text) if storage.is_uri(text) else Path(text).absolute()
     except storage.StorageError as e:

@@ -3,8 +3,10 @@ from pathlib import Path
 
 import pytest
 
+from raysoup.config import SoupCfg
 from raysoup.soup import Candidate, get_recipe
 from raysoup.soup.registry import METHODS
+from raysoup.soup_settings import SECTIONS
 
 # One candidate per round: the hand-made tables only hold the sequential loop's soups.
 SEQUENTIAL = METHODS["greedy"].Settings(speculation=1)
@@ -64,9 +66,15 @@ def test_uniform_and_registry():
         get_recipe("bogus")
 
 
-def test_greedy_accept_ties_from_config():
-    from raysoup.config import SoupCfg
+def test_every_method_has_its_config_section():
+    # The settings live in the config layer (raysoup.soup_settings), the methods in
+    # raysoup.soup: one table each, which must name the same methods with the same settings.
+    assert list(SECTIONS) == list(METHODS)
+    assert {name: m.Settings for name, m in METHODS.items()} == SECTIONS
+    assert [n for n in SoupCfg.model_fields if n in SECTIONS] == list(SECTIONS)
 
+
+def test_greedy_accept_ties_from_config():
     c = cands(a=0.5, b=0.6)
     tie = {frozenset("ba"): 0.6}
     assert get_recipe("greedy", SEQUENTIAL).select(c, TableScorer(tie)).ingredients == ["b", "a"]

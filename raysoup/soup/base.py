@@ -1,6 +1,7 @@
 """The merge-method contract: what every soup recipe sees and returns.
 
-A merge method is one class in its own module, listed once in `raysoup.soup.registry`:
+A merge method is one class in its own module, listed once in `raysoup.soup.registry`, with
+its settings in `raysoup.soup_settings` (the config layer, so a config loads without torch):
 
     class Ties:
         name = "ties"                      # the recipe name in `soup.recipes`
@@ -20,17 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from pydantic import BaseModel, ConfigDict
-
 if TYPE_CHECKING:
     from raysoup.reduce.merge import TensorMerge
-    from raysoup.soup.journal import DecisionJournal
-
-
-class Settings(BaseModel):
-    """A method's settings: its `soup.<name>` config section (unknown fields are errors)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
@@ -87,6 +79,17 @@ class SoupScorer(Protocol):
         """The running soup's mean cross-entropy on held-out."""
 
 
+class DecisionLog(Protocol):
+    """Where a method journals its decisions (`raysoup.soup.journal.DecisionJournal`)."""
+
+    def open(self, ranked: list[Candidate], settings: dict) -> list[dict]:
+        """The decisions already taken on `ranked` under `settings` (in order); a fresh log if
+        none were (or they were taken on other candidates or settings)."""
+
+    def record(self, entry: dict) -> None:
+        """Append one decision, durably."""
+
+
 class Kitchen(Protocol):
     """Everything a method may do with weights, on held-out data, wherever they live."""
 
@@ -102,7 +105,7 @@ class Kitchen(Protocol):
     def running_sum(self, label: str) -> SoupScorer:
         """A fresh incremental scorer (greedy); `label` names the recipe in progress logs."""
 
-    def journal(self, label: str) -> DecisionJournal | None:
+    def journal(self, label: str) -> DecisionLog | None:
         """Where recipe `label` journals its decisions, so a killed soup stage resumes them."""
 
     def per_tensor(self, fn, paths: list[Path]) -> dict:

@@ -11,22 +11,14 @@ written one).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
-from pydantic import Field
 
 from raysoup.reduce.merge import Stream, tensor_generator
 from raysoup.soup import task_arithmetic, ties
-from raysoup.soup.base import Candidate, Kitchen, RecipeResult, Settings
+from raysoup.soup.base import Candidate, Kitchen, RecipeResult
 from raysoup.soup.task_vectors import cook_task_vectors, elect_and_average, sum_of
-
-
-class DareSettings(Settings):
-    drop: float = Field(0.5, ge=0, lt=1)  # p: the probability an entry of τ_i is dropped
-    combine: Literal["linear", "ties"] = "linear"
-    seed: int = 0
-    lambdas: list[float] | None = Field(None, min_length=1)  # None: the combine's default grid
+from raysoup.soup_settings import DareSettings
 
 
 def drop_(tau: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:

@@ -7,7 +7,8 @@ members; evaluation (`Evaluator.ensemble_score`) loads them one at a time.
 
 from __future__ import annotations
 
-from raysoup.soup.base import Candidate, Kitchen, RecipeResult, Settings
+from raysoup.soup.base import Candidate, Kitchen, RecipeResult
+from raysoup.soup_settings import Settings
 
 
 class Ensemble:

@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 from torch.func import functional_call
 
 from raysoup.checkpoints.ingredient import weights_path
 from raysoup.checkpoints.tensorfile import open_tensors
-from raysoup.soup.base import Candidate, Kitchen, RecipeResult, Settings
+from raysoup.soup.base import Candidate, Kitchen, RecipeResult
+from raysoup.soup_settings import LearnedSettings
 
 if TYPE_CHECKING:  # the config imports this module: no evaluation stack at import time
     from raysoup.evaluate.evaluator import EvalSplit
@@ -182,14 +182,6 @@ def _status_mib(key: str) -> float:
         return float("nan")
     m = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
     return int(m.group(1)) / 1024 if m else float("nan")
-
-
-class LearnedSettings(Settings):
-    per_layer: bool = True  # one coefficient per ingredient per layer (else per ingredient)
-    steps: int = Field(20, ge=0)  # the paper's code: 5 epochs over ImageNet's 2% held-out
-    lr: float = Field(0.05, gt=0)  # AdamW, as the paper's code
-    batch_size: int = Field(128, ge=1)
-    seed: int = 0
 
 
 class LearnedSoup:

@@ -31,7 +31,8 @@ import torch
 
 from raysoup.checkpoints.ingredient import weights_path
 from raysoup.checkpoints.tensorfile import open_tensors
-from raysoup.soup.base import Candidate, Kitchen, RecipeResult, Settings, anchored
+from raysoup.soup.base import Candidate, Kitchen, RecipeResult, anchored
+from raysoup.soup_settings import Settings
 
 
 def stock_ratio(cos: float, k: int) -> float:

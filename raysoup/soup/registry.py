@@ -1,8 +1,9 @@
 """Name → merge method: the one place a method is listed (see `raysoup.soup.base`).
 
-Each method owns its settings (`Method.Settings`, a pydantic model): the experiment's
-`soup.<name>` section is validated against it (`raysoup.config.SoupCfg` is built from this
-table), and `get_recipe` builds the method from it. An unknown name errors with the valid ones.
+Each method names its settings (`Method.Settings`, a pydantic model declared in
+`raysoup.soup_settings`, whose `SECTIONS` table lists them under the same names): the
+experiment's `soup.<name>` section is validated against it (`raysoup.config.SoupCfg`), and
+`get_recipe` builds the method from it. An unknown name errors with the valid ones.
 """
 
 from __future__ import annotations

@@ -10,18 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from pydantic import Field
 
 from raysoup.reduce.merge import Stream
-from raysoup.soup.base import Candidate, Kitchen, RecipeResult, Settings
+from raysoup.soup.base import Candidate, Kitchen, RecipeResult
 from raysoup.soup.task_vectors import cook_task_vectors, sum_of
-
-# The paper's grid: λ ∈ {0.05, 0.10, ..., 1.0}, chosen on held-out validation data.
-DEFAULT_LAMBDAS = [round(0.05 * i, 2) for i in range(1, 21)]
-
-
-class TaskArithmeticSettings(Settings):
-    lambdas: list[float] = Field(default_factory=lambda: list(DEFAULT_LAMBDAS), min_length=1)
+from raysoup.soup_settings import TASK_ARITHMETIC_LAMBDAS as DEFAULT_LAMBDAS
+from raysoup.soup_settings import TaskArithmeticSettings
 
 
 @dataclass(frozen=True)

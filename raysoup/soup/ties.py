@@ -16,20 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pydantic import Field
 
 from raysoup.reduce.merge import Stream
-from raysoup.soup.base import Candidate, Kitchen, RecipeResult, Settings
+from raysoup.soup.base import Candidate, Kitchen, RecipeResult
 from raysoup.soup.task_vectors import cook_task_vectors
 from raysoup.soup.ties_kernel import ties_merge, ties_soup, trim_thresholds
-
-# The paper: k = 20 % and λ = 1 without validation data; with it, λ from a grid around 1.
-DEFAULT_LAMBDAS = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
-
-
-class TiesSettings(Settings):
-    density: float = Field(0.2, gt=0, le=1)  # fraction k of each task vector's entries kept
-    lambdas: list[float] = Field(default_factory=lambda: list(DEFAULT_LAMBDAS), min_length=1)
+from raysoup.soup_settings import TIES_LAMBDAS as DEFAULT_LAMBDAS
+from raysoup.soup_settings import TiesSettings
 
 
 def threshold(theta: torch.Tensor, base: torch.Tensor, density: float) -> float | None:

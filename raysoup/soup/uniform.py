@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from raysoup.soup.base import Candidate, Kitchen, RecipeResult, Settings
+from raysoup.soup.base import Candidate, Kitchen, RecipeResult
+from raysoup.soup_settings import Settings
 
 
 class UniformSoup:

@@ -10,24 +10,9 @@ the zero-shot model is the one WiSE-FT found more robust under distribution shif
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
-
-from raysoup.soup.base import Candidate, Kitchen, RecipeResult, Settings, anchored, by_heldout
-
-DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
-
-
-class WiseFTSettings(Settings):
-    # α grid of θ(α) = (1−α)·θ_zeroshot + α·θ_best; the best on held-out wins (ties: smaller α).
-    alphas: list[float] = Field(default_factory=lambda: list(DEFAULT_ALPHAS), min_length=1)
-
-    @field_validator("alphas")
-    @classmethod
-    def _unit_interval(cls, alphas: list[float]) -> list[float]:
-        bad = [a for a in alphas if not 0.0 <= a <= 1.0]
-        if bad:
-            raise ValueError(f"alphas must lie in [0, 1], got {bad}")
-        return alphas
+from raysoup.soup.base import Candidate, Kitchen, RecipeResult, anchored, by_heldout
+from raysoup.soup_settings import WISEFT_ALPHAS as DEFAULT_ALPHAS
+from raysoup.soup_settings import WiseFTSettings
 
 
 def pick_alpha(scores: dict[float, float]) -> float:
