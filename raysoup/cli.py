@@ -92,8 +92,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     from raysoup import storage
     from raysoup.config import ConfigError, load_experiment
     from raysoup.data.sources import load_splits
-    from raysoup.models.base import ensure_base_clip, read_base_manifest
+    from raysoup.models.base import read_base_manifest
     from raysoup.prepare import pretrain_corpus
+    from raysoup.train.base_clip import ensure_base_clip
 
     cfg = load_experiment(args.config, args.overrides)
     if cfg.model.pretrain is None:

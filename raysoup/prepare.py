@@ -42,15 +42,10 @@ def ensure_zeroshot(cfg: ExperimentCfg, workdir: Path, splits: DatasetSplits) ->
     out = workdir / "ingredients" / ZEROSHOT
     if out in list_ingredients(workdir / "ingredients"):
         return out
-    from raysoup.models.base import (
-        base_vocab,
-        ensure_base_clip,
-        head_words,
-        is_base_checkpoint,
-        verify_base,
-    )
+    from raysoup.models.base import base_vocab, head_words, is_base_checkpoint, verify_base
     from raysoup.models.classifier import classifier_from_clip, zero_shot_head
     from raysoup.models.factory import get_tokenizer, image_stats, load_clip, resolve_weights
+    from raysoup.train.base_clip import ensure_base_clip
 
     base = None
     if cfg.model.pretrain is not None:

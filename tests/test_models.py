@@ -25,8 +25,9 @@ from raysoup.models import (
     resolve_weights,
     zero_shot_head,
 )
-from raysoup.models.base import base_vocab, ensure_base_clip, read_base_manifest
+from raysoup.models.base import base_vocab, read_base_manifest
 from raysoup.models.tokenizer import TokenizerError, WordTokenizer
+from raysoup.train.base_clip import ensure_base_clip
 
 TINY = "raysoup-tiny-vit"
 WORLD = WorldCfg(num_classes=4, train_per_class=16, test_per_class=5, shift_per_class=5)

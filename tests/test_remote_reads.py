@@ -140,8 +140,7 @@ def test_ties_on_remote_ingredients_is_the_local_merge_in_few_requests(
     """TIES reads every ingredient slice by slice; from a bucket those slices come out of
     read-ahead windows (a ranged request per few MiB, not per slice), with the local bits."""
     from raysoup.checkpoints import tensorfile
-    from raysoup.reduce import merge_shard
-    from raysoup.soup import ties_kernel
+    from raysoup.reduce import merge_shard, ties_kernel
     from raysoup.soup.ties import TiesMerge
 
     names = ["big.weight", "small.bias", "pos.ids"]

@@ -185,8 +185,8 @@ def test_recipes_pick_lambda_on_heldout_ties_to_smaller(tmp_path):
 
 
 def test_chunked_merges_match_the_dense_reference_across_chunk_boundaries():
+    from raysoup.reduce.ties_kernel import SAMPLE
     from raysoup.soup.task_vectors import CHUNK, elect_and_average, sum_of
-    from raysoup.soup.ties_kernel import SAMPLE
 
     g = torch.Generator().manual_seed(3)
     n = 2 * CHUNK + 12_345  # three chunks, the last one short
@@ -205,13 +205,13 @@ def test_chunked_merges_match_the_dense_reference_across_chunk_boundaries():
     torch.testing.assert_close(elect_and_average(stream, base, trim),
                                dense_ties([t - base for t in thetas], 0.2, thresholds),
                                rtol=1e-6, atol=1e-6)
-    # TIES' fused one-pass kernel (soup/ties_kernel.py): the same merge at those thresholds.
-    from raysoup.soup.ties_kernel import ties_merge
+    # TIES' fused one-pass kernel (reduce/ties_kernel.py): the same merge at those thresholds.
+    from raysoup.reduce.ties_kernel import ties_merge
     fused = ties_merge(stream, base, thresholds)
     torch.testing.assert_close(fused, dense_ties([t - base for t in thetas], 0.2, thresholds),
                                rtol=1e-6, atol=1e-6)
     # The kernel's own slices (each a re-drawn stream): boundaries do not change the result.
-    from raysoup.soup import ties_kernel
+    from raysoup.reduce import ties_kernel
     chunk, ties_kernel.CHUNK = ties_kernel.CHUNK, 4096 + 7
     try:
         assert torch.equal(ties_merge(stream, base, thresholds), fused)
@@ -230,7 +230,7 @@ def test_chunked_merges_match_the_dense_reference_across_chunk_boundaries():
 
 def test_fused_ties_counts_past_255_ingredients():
     """The kernel's per-entry counts start as bytes and widen at the 256th ingredient."""
-    from raysoup.soup.ties_kernel import ties_merge
+    from raysoup.reduce.ties_kernel import ties_merge
 
     g = torch.Generator().manual_seed(5)
     base = torch.zeros(40)
@@ -249,8 +249,8 @@ def test_ties_from_files_reads_slices_like_the_in_memory_stream(tmp_path, monkey
     reads, bf16 converted) and writes the merged τ into a reused buffer: the soup must be the
     bits of the same merge over in-memory tensors, across slice boundaries and tensors of
     different sizes sharing that buffer."""
-    from raysoup.soup import ties_kernel
-    from raysoup.soup.ties_kernel import ties_merge, trim_thresholds
+    from raysoup.reduce import ties_kernel
+    from raysoup.reduce.ties_kernel import ties_merge, trim_thresholds
 
     monkeypatch.setattr(ties_kernel, "ROWS_BYTES", 3 * 4 * 1000 + 4)  # 1000-entry slices
     g = torch.Generator().manual_seed(11)
@@ -281,7 +281,7 @@ def test_ties_from_files_reads_slices_like_the_in_memory_stream(tmp_path, monkey
 def test_radix_select_is_numpys_kth_smallest():
     """TIES' threshold select (three radix passes over the float bits) against np.partition,
     with repeated values, single entries and magnitudes far apart."""
-    from raysoup.soup.ties_kernel import _kth_smallest
+    from raysoup.reduce.ties_kernel import _kth_smallest
 
     rng = np.random.default_rng(1)
     for n in (1, 2, 5, 768, 4097, 65536):
@@ -298,9 +298,9 @@ def test_compiled_ties_soup_is_the_bits_of_the_python_route(tmp_path, monkeypatc
     the bits of the Python route (slices read through Python, τ, then `axpy`) and of the soup
     the Ray kitchen scores from cached task vectors — past SAMPLE entries, across slice
     boundaries, with five ingredients (a group of four and one), at a λ whose product rounds."""
+    from raysoup.reduce import ties_kernel
     from raysoup.reduce.mapped import window
-    from raysoup.soup import ties_kernel
-    from raysoup.soup.ties_kernel import SAMPLE
+    from raysoup.reduce.ties_kernel import SAMPLE
 
     WINDOW = window(6)  # entries per window of a pass over six files
 
@@ -349,7 +349,7 @@ def test_compiled_ties_names_the_file_that_fails_to_read(tmp_path):
     from raysoup.checkpoints.tensorfile import TensorFileError, open_tensors
     from raysoup.reduce.mapped import addresses
     from raysoup.reduce.merge import _soup_from_files
-    from raysoup.soup.ties_kernel import SAMPLE, ties_soup
+    from raysoup.reduce.ties_kernel import SAMPLE, ties_soup
 
     g = torch.Generator().manual_seed(2)
     big = [_write(tmp_path / n, {"w": torch.randn(SAMPLE + 1, generator=g)}) / "model.safetensors"

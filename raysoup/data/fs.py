@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from raysoup import storage
-from raysoup.data.images import DataError
+from raysoup.data.errors import DataError
 
 
 def is_uri(path: str) -> bool:

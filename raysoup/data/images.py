@@ -16,13 +16,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
+from raysoup.data import fs
+from raysoup.data.errors import DataError
+
 # When set, every decode appends a line naming the image to this file (any process: driver,
 # trial, actor, task), so decodes can be counted across a whole pipeline run.
 DECODE_LOG_ENV = "RAYSOUP_DECODE_LOG"
-
-
-class DataError(ValueError):
-    """A dataset on disk or in memory is malformed; the message names the path or field."""
 
 
 class ImageColumn:
@@ -86,8 +85,6 @@ class FileImages(ImageColumn):
         return FileImages([self.paths[i] for i in idx])
 
     def read(self, idx: Sequence[int]) -> list[bytes]:
-        from raysoup.data import fs
-
         out = []
         for i in idx:
             path = self.paths[i]
@@ -105,8 +102,6 @@ class FileImages(ImageColumn):
         return self.paths[i]
 
     def is_remote(self) -> bool:
-        from raysoup.data import fs
-
         return any(fs.is_uri(p) for p in self.paths[:1])
 
 

@@ -4,25 +4,20 @@ DIR/clip.safetensors holds the CLIP weights; DIR/manifest.json records what prod
 (model name, pretrain config, the tokenizer vocabulary, metrics, sha256, and for `raysoup
 pretrain` the recipe). The manifest is written last, so its presence marks a complete entry.
 
-A base is either cached in a workdir (`model.pretrain`: pre-trained on first use) or shipped in
-this package under `bases/<name>/` and named `model.pretrained: raysoup:<name>` — the
-miniature's CLIP, which `experiments/tiny.yaml` starts from as the paper starts from OpenAI's.
+A base is either cached in a workdir (`model.pretrain`: pre-trained on first use, by
+`raysoup.train.base_clip`) or shipped in this package under `bases/<name>/` and named
+`model.pretrained: raysoup:<name>` — the miniature's CLIP, which `experiments/tiny.yaml` starts
+from as the paper starts from OpenAI's.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
-
-from raysoup.atomic import write_atomic
 from raysoup.checkpoints.ingredient import file_sha256
 from raysoup.config import ModelCfg
 from raysoup.data.world import normalize_words
-from raysoup.models.factory import build_clip, get_tokenizer, image_stats
 
 FORMAT = "raysoup.base_clip/1"
 SHIPPED = Path(__file__).parent / "bases"
@@ -89,7 +84,7 @@ def is_base_checkpoint(path: Path) -> bool:
         return False
 
 
-def _check_sha256(weights: Path, manifest: dict) -> None:
+def check_sha256(weights: Path, manifest: dict) -> None:
     if manifest.get("sha256") != file_sha256(weights):
         raise BaseModelError(f"{weights}: sha256 does not match its manifest "
                              f"({weights.parent / 'manifest.json'}): the file is corrupt or "
@@ -104,7 +99,7 @@ def verify_base(path: Path, model_cfg: ModelCfg, words: set[str]) -> Path:
     if m.get("model_name") != model_cfg.name:
         raise BaseModelError(f"{path}: pre-trained for model {m.get('model_name')!r}, but "
                              f"model.name is {model_cfg.name!r}")
-    _check_sha256(path, m)
+    check_sha256(path, m)
     unknown = sorted(set(words) - set(m.get("vocab", [])))
     if unknown:
         raise BaseModelError(f"{path}: its vocabulary lacks {unknown[:10]} (class names or "
@@ -116,78 +111,3 @@ def verify_base(path: Path, model_cfg: ModelCfg, words: set[str]) -> Path:
 def base_vocab(path: Path) -> list[str]:
     """The tokenizer vocabulary the base model was pre-trained with (token ids depend on it)."""
     return list(read_base_manifest(path)["vocab"])
-
-
-def _cached(cache_dir: Path, model_cfg: ModelCfg, vocab: list[str]) -> Path | None:
-    weights = cache_dir / "clip.safetensors"
-    if not (weights.is_file() and (cache_dir / "manifest.json").is_file()):
-        return None
-    m = read_base_manifest(cache_dir)
-    same = (
-        m.get("format") == FORMAT
-        and m.get("model_name") == model_cfg.name
-        and m.get("pretrain") == model_cfg.pretrain.model_dump(mode="json")
-        and m.get("vocab") == vocab
-    )
-    if not same:
-        return None
-    _check_sha256(weights, m)
-    return weights
-
-
-def ensure_base_clip(
-    model_cfg: ModelCfg,
-    splits,
-    cache_dir: Path,
-    progress: bool = True,
-    *,
-    vocab: list[str] | None = None,
-    recipe: dict | None = None,
-    corpus=None,
-) -> Path:
-    """Path of the cached base CLIP for model_cfg, pre-training it on `corpus` (LabeledImages
-    with captions; default splits.train) if needed.
-
-    `vocab` is the word tokenizer's vocabulary (default: the words of the corpus's captions and
-    of splits' class names and templates). Later tokenizers must use the same list: `base_vocab(path)`.
-    `recipe` (what produced it: command, config) is recorded in the manifest.
-    """
-    from raysoup.train.pretrain import pretrain_clip  # train/ imports models/, not vice versa
-
-    if model_cfg.pretrain is None:
-        raise BaseModelError(f"model {model_cfg.name!r} has no model.pretrain section")
-    if model_cfg.tokenizer != "world":
-        raise BaseModelError("model.pretrain needs model.tokenizer: world (captions' vocabulary)")
-    cache_dir = Path(cache_dir)
-    corpus = corpus if corpus is not None else splits.train
-    vocab = sorted(vocab) if vocab is not None else splits_vocabulary(splits, corpus)
-    hit = _cached(cache_dir, model_cfg, vocab)
-    if hit is not None:
-        return hit
-
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    (cache_dir / "manifest.json").unlink(missing_ok=True)  # invalidate before rewriting weights
-    torch.manual_seed(model_cfg.pretrain.seed)  # the random init is part of what the seed fixes
-    clip = build_clip(model_cfg.name)
-    tokenizer = get_tokenizer(model_cfg, vocab)
-    size, mean, std = image_stats(clip)
-    if progress:
-        print(f"base model: pre-training {model_cfg.name} for {model_cfg.pretrain.steps} steps "
-              f"on {len(corpus)} image-caption pairs", file=sys.stderr)
-    metrics = pretrain_clip(clip, corpus, tokenizer, model_cfg.pretrain, image_size=size,
-                            mean=mean, std=std, progress=progress)
-    weights = cache_dir / "clip.safetensors"
-    state = {k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}
-    write_atomic(weights, lambda p: save_file(state, str(p)))
-    manifest = {
-        "format": FORMAT,
-        "model_name": model_cfg.name,
-        "pretrain": model_cfg.pretrain.model_dump(mode="json"),
-        "vocab": vocab,
-        "metrics": metrics,
-        "sha256": file_sha256(weights),
-        **({"recipe": recipe} if recipe else {}),
-    }
-    write_atomic(cache_dir / "manifest.json",
-                  lambda p: p.write_text(json.dumps(manifest, indent=2)))
-    return weights

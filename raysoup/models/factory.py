@@ -17,6 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from raysoup.config import ModelCfg
+from raysoup.models.base import SHIPPED_PREFIX, BaseModelError, shipped_base
+from raysoup.models.tokenizer import WordTokenizer
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -59,16 +61,13 @@ def resolve_weights(cfg: ModelCfg, base_checkpoint: Path | None = None) -> Weigh
         if base_checkpoint is None:
             raise ModelLoadError(
                 f"model {cfg.name!r} uses model.pretrain but no base checkpoint path was given "
-                "(build it with raysoup.models.base.ensure_base_clip)"
+                "(build it with raysoup.train.base_clip.ensure_base_clip)"
             )
         path = Path(base_checkpoint)
         if not path.is_file():
             raise ModelLoadError(f"base checkpoint not found: {path}")
         return WeightSource(kind="base", path=path)
-    from raysoup.models.base import SHIPPED_PREFIX, BaseModelError, shipped_base
-
     if cfg.pretrained.startswith(SHIPPED_PREFIX):  # a base shipped in this package
-
         try:
             return WeightSource(kind="file", path=shipped_base(cfg.pretrained))
         except BaseModelError as exc:
@@ -191,7 +190,5 @@ def get_tokenizer(cfg: ModelCfg, vocab: list[str] | None = None):
         return open_clip.get_tokenizer(cfg.name)
     if vocab is None:
         raise ModelLoadError("model.tokenizer 'world' needs the world vocabulary (vocab=None)")
-    from raysoup.models.tokenizer import WordTokenizer
-
     text_cfg = model_config(cfg.name)["text_cfg"]
     return WordTokenizer(vocab, text_cfg["context_length"], text_cfg["vocab_size"])

@@ -14,7 +14,7 @@ page-cache folio either side of its window (a fault maps the whole folio; 2 MiB 
 `addresses` hands the compiled code each file's address of the tensor (`_TensorFile.mapped`,
 which first checks that the file is still the size it was opened at: a mapped page past the
 end would kill the process with SIGBUS instead of naming the file). `sum_mapped` is the
-uniform soup's pass (used by `reduction.reduce_shard`); TIES' is in `soup/ties_kernel.py`.
+uniform soup's pass (used by `reduction.reduce_shard`); TIES' is in `ties_kernel.py`.
 """
 
 from __future__ import annotations

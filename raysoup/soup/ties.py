@@ -7,7 +7,7 @@ Trimming is per tensor, as in mergekit (the paper trims each whole task vector; 
 keeps the streaming bound: one tensor name at a time). An entry at the threshold is kept, so
 ties at the k-th magnitude may keep a few more than k%; tensors above `SAMPLE` entries take
 their threshold from a sample. The thresholds and the merge are read slice by slice
-(soup/ties_kernel.py).
+(reduce/ties_kernel.py).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from raysoup.reduce.merge import Stream
+from raysoup.reduce.ties_kernel import ties_merge, ties_soup, trim_thresholds
 from raysoup.soup.base import Candidate, Kitchen, RecipeResult
 from raysoup.soup.task_vectors import cook_task_vectors
-from raysoup.soup.ties_kernel import ties_merge, ties_soup, trim_thresholds
 from raysoup.soup_settings import TIES_LAMBDAS as DEFAULT_LAMBDAS
 from raysoup.soup_settings import TiesSettings
 
