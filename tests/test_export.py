@@ -108,7 +108,7 @@ def test_pyfunc_resizes_as_raysoup_evaluates():
     from PIL import Image
 
     from raysoup.data.transforms import resize_center_crop
-    from raysoup.export.pyfunc_model import _resize_center_crop
+    from raysoup.tracking.pyfunc_model import _resize_center_crop
 
     rng = np.random.default_rng(0)
     for shape in ((37, 50, 3), (64, 20, 3), (32, 32, 3)):

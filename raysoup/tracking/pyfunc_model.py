@@ -2,9 +2,8 @@
 
 An MLflow "model from code": MLflow runs this file to load the model, so nothing is unpickled,
 and it imports only torch, numpy, pillow, safetensors and open_clip (raysoup need not be
-installed where the model is served; the one raysoup file outside tracking.py that imports
-mlflow, because MLflow loads it, not raysoup). Its one artifact, `open_clip`, is an open_clip
-`local-dir:` export (raysoup/export/open_clip_dir.py).
+installed where the model is served: MLflow loads it, not raysoup). Its one artifact,
+`open_clip`, is an open_clip `local-dir:` export (raysoup/export/open_clip_dir.py).
 
 Input: uint8 images [N, H, W, 3] (RGB, as `numpy.asarray(PIL.Image)`); images that are not the
 model's size are resized (shorter side, bicubic) and centre-cropped, as raysoup evaluates.

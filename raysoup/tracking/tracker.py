@@ -1,4 +1,4 @@
-"""The only MLflow code in raysoup.
+"""MLflow runs of a raysoup workdir: the sweep, its trials and the soups, and their models.
 
 Runs are addressed by explicit ids through `MlflowClient` (no global "active run"), and every
 run carries a raysoup tag (sweep / trial name / soup recipe and identity) so that a resumed
@@ -13,17 +13,32 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+import mlflow
+from mlflow.entities import (
+    Dataset,
+    DatasetInput,
+    InputTag,
+    LoggedModelOutput,
+    Metric,
+    Param,
+    RunStatus,
+    RunTag,
+)
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from raysoup import storage
+from raysoup.atomic import temp_sibling, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +77,6 @@ def seed_sqlite_store(db: Path) -> None:
     alembic version stay), so that MLflow adds its Default experiment for the new store exactly
     as for a database it created. The copy is linked into place only if `db` still does not
     exist: a store another process created meanwhile is never replaced."""
-    import shutil
-    import sqlite3
-    from contextlib import closing
-
-    import mlflow
-
-    from raysoup.atomic import temp_sibling, write_atomic
-
     if db.exists():
         return
     template = storage.cache_root() / "raysoup-mlflow" / f"empty-{mlflow.__version__}.db"
@@ -291,8 +298,6 @@ class Tracker:
     def log_datasets(self, run_id: str, records: list[dict] | None = None) -> None:
         """Dataset records (`data.lineage.split_records`) as the run's MLflow inputs, each
         tagged with its role (mlflow.data.context: train, heldout, test, shift)."""
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-
         records = self.datasets if records is None else records
         if not records:
             return
@@ -305,8 +310,6 @@ class Tracker:
 
     def model_of(self, run_id: str) -> str | None:
         """The id of the run's READY logged model (None: none logged, or not completed)."""
-        from mlflow.exceptions import MlflowException
-
         model_id = self.client.get_run(run_id).data.tags.get(MODEL_ID)
         if not model_id:
             return None
@@ -320,8 +323,6 @@ class Tracker:
                   params: Mapping[str, Any] | None = None) -> str:
         """An MLflow Model directory as the run's logged model (MLflow 3: `models:/<id>`);
         once per run: a resumed run's READY model is reused. Returns the model id."""
-        from mlflow.entities import LoggedModelOutput
-
         if known := self.model_of(run_id):
             return known
         model = self.client.create_logged_model(
@@ -337,8 +338,6 @@ class Tracker:
     def register(self, name: str, model_id: str, run_id: str, tags: Mapping[str, Any]) -> str:
         """A version of registered model `name` for the run's logged model, made once: a
         re-run or resumed run finds the version by its run id. Returns the version."""
-        from mlflow.exceptions import MlflowException
-
         for version in self.client.search_model_versions(f"run_id = '{run_id}'"):
             if version.name == name:
                 return version.version
@@ -380,40 +379,6 @@ class Tracker:
     def runs(self) -> list:
         """All runs of the experiment (tests and summaries)."""
         return self.client.search_runs([self.experiment_id], max_results=10_000)
-
-
-# ------------------------------------------------------------------ MLflow Models
-
-# A raysoup model as an MLflow Model: the pyfunc flavour over an open_clip export
-# (raysoup/export/), as a "model from code" (export/pyfunc_model.py, which imports only what
-# PYFUNC_REQUIREMENTS pins: mlflow itself is added by MLflow).
-PYFUNC_CODE = Path(__file__).parent / "export" / "pyfunc_model.py"
-PYFUNC_REQUIREMENTS = ("torch", "open_clip_torch", "safetensors", "numpy", "pillow")
-
-
-def save_pyfunc(export_dir: Path, info, out: Path, example=None) -> Path:
-    """An MLflow Model directory at `out` (must not exist) serving the open_clip export at
-    `export_dir` (`info`: its `raysoup.export.ModelInfo`): signature uint8 images
-    [N, H, W, 3], any H and W (the model resizes as raysoup evaluates) -> float32 logits
-    [N, C]; `example` (uint8 images) as the input example; class names, preprocessing and
-    recipe as metadata; requirements pinned to this install's versions."""
-    from importlib import metadata
-
-    import mlflow
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
-
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(info.classnames)))]))
-    mlflow.pyfunc.save_model(
-        path=str(out), python_model=str(PYFUNC_CODE), artifacts={"open_clip": str(export_dir)},
-        signature=signature, input_example=example,
-        pip_requirements=[f"{n}=={metadata.version(n)}" for n in PYFUNC_REQUIREMENTS],
-        metadata={"classnames": info.classnames, "preprocess": info.preprocess_cfg,
-                  **{k: v for k, v in info.extra.items() if k in ("recipe", "model")}})
-    return out
 
 
 def quiet() -> None:
