@@ -19,3 +19,13 @@ def test_light_imports(module):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT)
     assert out.stdout.split() == [], f"importing {module} imports {out.stdout.split()}"
+
+
+def test_import_contracts_hold():
+    lint = Path(sys.executable).parent / "lint-imports"
+    if not lint.is_file():
+        pytest.fail(f"{lint} not found: install the test extra (pip install -e '.[test]')")
+    # --no-cache: nothing written into the checkout.
+    out = subprocess.run([str(lint), "--no-cache"], capture_output=True, text=True, cwd=ROOT,
+                         check=False)
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]

@@ -12,10 +12,10 @@ from as the paper starts from OpenAI's.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
-from raysoup.checkpoints.ingredient import file_sha256
 from raysoup.config import ModelCfg
 from raysoup.data.world import normalize_words
 
@@ -84,8 +84,14 @@ def is_base_checkpoint(path: Path) -> bool:
         return False
 
 
+def weights_sha256(path: Path) -> str:
+    """sha256 of a base's weights file, as its manifest records it."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def check_sha256(weights: Path, manifest: dict) -> None:
-    if manifest.get("sha256") != file_sha256(weights):
+    if manifest.get("sha256") != weights_sha256(weights):
         raise BaseModelError(f"{weights}: sha256 does not match its manifest "
                              f"({weights.parent / 'manifest.json'}): the file is corrupt or "
                              "replaced")

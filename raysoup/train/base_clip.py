@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import save_file
 
 from raysoup.atomic import write_atomic
-from raysoup.checkpoints.ingredient import file_sha256
 from raysoup.config import ModelCfg
 from raysoup.models.base import (
     FORMAT,
@@ -20,6 +19,7 @@ from raysoup.models.base import (
     check_sha256,
     read_base_manifest,
     splits_vocabulary,
+    weights_sha256,
 )
 from raysoup.models.factory import build_clip, get_tokenizer, image_stats
 from raysoup.train.pretrain import pretrain_clip
@@ -90,7 +90,7 @@ def ensure_base_clip(
         "pretrain": model_cfg.pretrain.model_dump(mode="json"),
         "vocab": vocab,
         "metrics": metrics,
-        "sha256": file_sha256(weights),
+        "sha256": weights_sha256(weights),
         **({"recipe": recipe} if recipe else {}),
     }
     write_atomic(cache_dir / "manifest.json",
