@@ -7,8 +7,10 @@ parsing), so `raysoup --help` loads no pydantic, pyarrow, torch or Ray.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -86,9 +88,6 @@ def _pretrain_parser(sub) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    import json
-    import shlex
-
     from raysoup import storage
     from raysoup.config import ConfigError, load_experiment
     from raysoup.data.sources import load_splits
@@ -220,7 +219,7 @@ def _data_parser(sub) -> None:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from raysoup.data.images import DataError
+    from raysoup.data.errors import DataError
 
     try:
         if args.data_command == "pack":
@@ -235,8 +234,6 @@ def _data(args: argparse.Namespace) -> int:
                   f"file(s) at {r.out} in {r.seconds:.1f} s ({r.rows / max(r.seconds, 1e-9):.0f} "
                   f"img/s); {len(r.skipped)} corrupt file(s) skipped")
             return 0
-        import shlex
-
         from raysoup.data.fixture import fixture_overrides, write_imagenet_fixture
 
         paths = write_imagenet_fixture(args.out.absolute(), classes=args.classes,

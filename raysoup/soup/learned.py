@@ -25,7 +25,6 @@ import re
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +33,9 @@ from torch.func import functional_call
 
 from raysoup.checkpoints.ingredient import weights_path
 from raysoup.checkpoints.tensorfile import open_tensors
+from raysoup.evaluate.evaluator import EvalSplit
 from raysoup.soup.base import Candidate, Kitchen, RecipeResult
 from raysoup.soup_settings import LearnedSettings
-
-if TYPE_CHECKING:  # the config imports this module: no evaluation stack at import time
-    from raysoup.evaluate.evaluator import EvalSplit
 
 
 @dataclass
