@@ -43,14 +43,14 @@ step() {  # name, seconds, command...: run one check; a failure is reported, the
   echo "=== $name: rc $r in $((SECONDS - t0)) s"
   [ "$r" = 0 ] || rc=1
 }
-step finetune 150 "$PY" -m raysoup.bench.finetune_step --device cuda --model ViT-B-32 \
+step finetune 150 "$PY" -m bench.finetune_step --device cuda --model ViT-B-32 \
   --images 4096 --batch-size 256 --json "$out/finetune.json"
-step B1 170 "$PY" -m raysoup.cli bench --device cuda --only B1 --json "$out/b1.json"
-step B3 150 "$PY" -m raysoup.cli bench --device cuda --only B3 --json "$out/b3.json"
+step B1 170 "$PY" -m bench --device cuda --only B1 --json "$out/b1.json"
+step B3 150 "$PY" -m bench --device cuda --only B3 --json "$out/b3.json"
 # S on the GPU: the streamed input pipeline (JPEG decode + RandomResizedCrop, one DataLoader
 # worker per core but one) next to ViT-B-32's bf16 training step on the same machine.
 lanes=$(( $(nproc) > 1 ? $(nproc) - 1 : 1 ))
-step S-feed 150 "$PY" -m raysoup.bench.streaming feed \
+step S-feed 150 "$PY" -m bench.streaming feed \
   "{\"out\": \"$out/s\", \"model\": \"ViT-B-32\", \"lanes\": $lanes, \"images\": 4096, \"device\": \"cuda\"}"
 tail -n 1 "$out/gpu.log" > "$out/s_feed.json"  # the feed's JSON line
 exit $rc

@@ -40,7 +40,6 @@ def _parser() -> argparse.ArgumentParser:
     _export_parser(sub)
     _pretrain_parser(sub)
     _fidelity_parser(sub)
-    _bench_parser(sub)
     _data_parser(sub)
     return p
 
@@ -160,27 +159,6 @@ def _fidelity(args: argparse.Namespace) -> int:
           "fidelity.md" if searches else
           f"written: {root / 'fidelity.md'}, fidelity.json, fidelity.png")
     return 0
-
-
-def _bench_parser(sub) -> None:
-    b = sub.add_parser("bench", help="benchmarks B1-B6: ratios measured side by side (BENCHMARKS.md)")
-    b.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results here")
-    b.add_argument("--quick", action="store_true", help="small sizes (a CI smoke run)")
-    b.add_argument("--only", default=None, metavar="B1,B3", help="comma-separated subset")
-    b.add_argument("--workdir", type=Path, default=None,
-                   help="B2: use this finished run's ingredients and held-out split")
-    b.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from raysoup.bench.runner import main as bench_main
-
-    only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
-    try:
-        return bench_main(args.json, args.quick, only, args.workdir, args.device)
-    except ValueError as err:
-        print(f"raysoup: error: {err}", file=sys.stderr)
-        return EXIT_CONFIG
 
 
 def _data_parser(sub) -> None:
@@ -315,8 +293,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "import":
             return _import(args)
-        if args.command == "bench":
-            return _bench(args)
         if args.command == "export":
             return _export(args)
         if args.command == "data":

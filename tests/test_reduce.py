@@ -271,7 +271,7 @@ def test_reduce_reads_do_not_leak_between_calls(ingredients):
 PEAK_PROBE = """
 import sys
 from pathlib import Path
-from raysoup.bench.probe import _init_numba
+from numba.core.registry import cpu_target
 from raysoup.reduce import reduce_shard
 
 def hwm():
@@ -280,7 +280,9 @@ def hwm():
             return int(line.split()[1]) * 1024
 
 paths = [Path(p) for p in sys.argv[1:]]
-_init_numba()  # its start-up (~60 MB: registries, LLVM) is the process's, not the reduction's
+# numba's start-up (~60 MB: registries, LLVM) is the process's, not the reduction's
+cpu_target.typing_context.refresh()
+cpu_target.target_context.refresh()
 base = hwm()
 out = reduce_shard(paths, [1 / len(paths)] * len(paths), ["a", "b"])
 print(hwm() - base)

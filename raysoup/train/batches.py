@@ -114,7 +114,7 @@ def plan_epoch(units: np.ndarray, seed: int, epoch: int, batch_size: int, lanes:
     return plan
 
 
-def _rrc_box(w: int, h: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+def random_resized_crop_box(w: int, h: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
     """torchvision's RandomResizedCrop.get_params, drawing from `rng`: (left, top, right, bottom)."""
     area = w * h
     log_ratio = np.log(RRC_RATIO)
@@ -133,11 +133,11 @@ def _rrc_box(w: int, h: int, rng: np.random.Generator) -> tuple[int, int, int, i
     return left, top, left + cw, top + ch
 
 
-def _resized_crop(hwc: np.ndarray, size: int, rng: np.random.Generator) -> torch.Tensor:
+def random_resized_crop(hwc: np.ndarray, size: int, rng: np.random.Generator) -> torch.Tensor:
     """open_clip's RandomResizedCrop (bicubic, on the source image) of a uint8 [H, W, 3]
     image, as uint8 [3, S, S]. torch's uint8 antialiased bicubic is PIL's kernel (mean
     |difference| 0.02 levels on the S benchmark's JPEGs) at ~2.5x PIL's speed."""
-    left, top, right, bottom = _rrc_box(hwc.shape[1], hwc.shape[0], rng)
+    left, top, right, bottom = random_resized_crop_box(hwc.shape[1], hwc.shape[0], rng)
     chw = torch.from_numpy(hwc if hwc.flags.writeable else hwc.copy()).permute(2, 0, 1)
     out = torch.nn.functional.interpolate(chw[None, :, top:bottom, left:right],
                                           size=(size, size), mode="bicubic", antialias=True)
@@ -189,7 +189,7 @@ def _make_batch(images: Sequence, aug: Augment, rng: np.random.Generator) -> tor
             planes[i] = img.transpose(2, 0, 1)
             continue
         if aug.crop == "random_resized_crop":
-            crop = _resized_crop(np.asarray(img) if is_array else np.array(img), size, rng)
+            crop = random_resized_crop(np.asarray(img) if is_array else np.array(img), size, rng)
             if ra is None:
                 out[i] = crop
                 continue
