@@ -131,6 +131,7 @@ def _fidelity_parser(sub) -> None:
 
 def _fidelity(args: argparse.Namespace) -> int:
     from raysoup import fidelity
+    from raysoup.orchestration import seeds
 
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
@@ -142,11 +143,11 @@ def _fidelity(args: argparse.Namespace) -> int:
         if args.searches else []
     try:
         if searches:
-            runs = fidelity.run_searches(cfg, root, args.seeds, searches, args.address)
+            runs = seeds.run_searches(cfg, root, args.seeds, searches, args.address)
             text = fidelity.write_searches(
                 {s: [fidelity.summarize_run(w) for w in ws] for s, ws in runs.items()}, root)
         else:
-            workdirs = fidelity.run_seeds(cfg, root, args.seeds, args.address)
+            workdirs = seeds.run_seeds(cfg, root, args.seeds, args.address)
             text = fidelity.write([fidelity.summarize_run(w) for w in workdirs], root)
     except KeyboardInterrupt:
         print("raysoup: interrupted; re-run the same command to resume", file=sys.stderr)
