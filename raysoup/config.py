@@ -231,9 +231,9 @@ class SweepCfg(Strict):
     base: TrainHParams = TrainHParams()
     space: dict[str, Distribution] = Field(default_factory=dict)
     max_failures: int = Field(2, ge=0)
-    # A finished trial's worker runs the next trial (no process start and torch import per
-    # trial: B4 2.85 -> 1.80 on tiny trials; ingredients bit-identical either way). On since
-    # the soup stage's placement fix: 12 of 12 node-loss drills passed with it (BENCHMARKS B4).
+    # A finished trial's worker runs the next trial: no process start and torch import per
+    # trial, which dominate short trials. An ingredient does not depend on the worker that
+    # trained it: bit-identical either way.
     reuse_actors: bool = True
     # Data-parallel trials: each trial runs Ray Train's TorchTrainer with this many workers
     # (DDP: NCCL on GPUs, gloo on CPUs) from its Tune trial, each with resources_per_worker;

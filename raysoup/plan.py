@@ -30,9 +30,9 @@ from raysoup.config import (
 from raysoup.data.images import DataError
 
 GiB, MiB = 2**30, 2**20
-# Measured img/s per GPU for open_clip architectures (BENCHMARKS.md, "GPU (one NVIDIA H200,
-# 2026-11-30)"): train = the fine-tuning loop, bf16, batch 256, images already in memory;
-# eval = one Ray eval actor, bf16. A real input pipeline may feed less than this.
+# img/s per GPU for open_clip architectures, as bench/gpu.sh reports them on the named GPU:
+# train = the fine-tuning loop, bf16, batch 256, images already in memory; eval = one Ray
+# eval actor, bf16. A real input pipeline may feed less than this.
 THROUGHPUT = {"ViT-B-32": {"gpu": "H200", "train": 4547, "eval": 6944}}
 # Host memory of the instance types cluster.yaml uses (AWS specifications).
 INSTANCE_MEMORY_GIB = {"m6i.2xlarge": 32, "g5.xlarge": 16, "p4d.24xlarge": 1152}

@@ -183,7 +183,7 @@ def test_fast_decode_and_crop_match_pil(tmp_path):
     with pytest.raises(DataError, match="cannot decode image shard-7/row-3"):
         decode_pixels(jpegs[0][:60], "shard-7/row-3")
 
-    # Photo-like content (the S benchmark's JPEGs); on pure noise PIL and torch round the
+    # Photo-like content (the benchmark harness's JPEGs); on pure noise PIL and torch round the
     # bicubic overshoot differently (mean 0.3 levels), which an augmentation does not notice.
     from bench.streaming import jpegs as photos
 

@@ -302,7 +302,7 @@ def test_streaming_many_ingredients_holds_about_one_model(tmp_path):
         paths.append(tmp_path / f"ing{i}")
         write_ingredient(paths[-1], {"a": torch.randn(8 << 20, generator=g),
                                      "b": torch.randn(8 << 20, generator=g)}, {"kind": "x"})
-    for p in paths:  # warm page cache, as for every contender of raysoup bench B1
+    for p in paths:  # warm page cache: the peak is the reduction's, not the first read's
         (p / "model.safetensors").read_bytes()
     proc = subprocess.run([sys.executable, "-c", PEAK_PROBE, *map(str, paths)], check=True,
                           capture_output=True, text=True)
