@@ -8,8 +8,8 @@
 #   4. S-feed: the streamed input pipeline (JPEGs of ImageNet sizes, nproc-1 workers) vs
 #      ViT-B-32's bf16 training step.
 # Python: $PYTHON, else .venv/bin/python, else python3. Packages the machine lacks come as
-# wheels in .whl/, installed to /tmp/site with --no-index (nothing is downloaded). On 2026-11-30
-# that was `pip download --no-deps --only-binary=:all: --python-version 3.12 --platform
+# wheels in .whl/, installed to /tmp/site with --no-index (nothing is downloaded); make them with
+# `pip download --no-deps --only-binary=:all: --python-version 3.12 --platform
 # manylinux2014_x86_64 -d .whl` of ray==2.60.0 open_clip_torch==3.3.0 ftfy wcwidth pydantic
 # pydantic-core annotated-types typing-inspection typing_extensions jsonschema
 # jsonschema-specifications referencing rpds-py, with ray/jars/ and the dashboard's

@@ -131,7 +131,6 @@ def _fidelity_parser(sub) -> None:
 
 def _fidelity(args: argparse.Namespace) -> int:
     from raysoup import fidelity
-    from raysoup.orchestration import seeds
 
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
@@ -141,6 +140,8 @@ def _fidelity(args: argparse.Namespace) -> int:
         raise ConfigError("raysoup fidelity: --workdir must be a local directory")
     searches = [s.strip() for s in args.searches.split(",") if s.strip()] \
         if args.searches else []
+    from raysoup.orchestration import seeds  # Ray: only once the arguments are valid
+
     try:
         if searches:
             runs = seeds.run_searches(cfg, root, args.seeds, searches, args.address)
