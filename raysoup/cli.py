@@ -163,7 +163,7 @@ def _fidelity(args: argparse.Namespace) -> int:
 
 
 def _bench_parser(sub) -> None:
-    b = sub.add_parser("bench", help="benchmarks B1-B6: ratios measured side by side (BENCHMARKS.md)")
+    b = sub.add_parser("bench", help="benchmarks B1-B6: ratios measured side by side (docs/benchmarks.md)")
     b.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results here")
     b.add_argument("--quick", action="store_true", help="small sizes (a CI smoke run)")
     b.add_argument("--only", default=None, metavar="B1,B3", help="comma-separated subset")

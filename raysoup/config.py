@@ -233,7 +233,7 @@ class SweepCfg(Strict):
     max_failures: int = Field(2, ge=0)
     # A finished trial's worker runs the next trial (no process start and torch import per
     # trial: B4 2.85 -> 1.80 on tiny trials; ingredients bit-identical either way). On since
-    # the soup stage's placement fix: 12 of 12 node-loss drills passed with it (BENCHMARKS B4).
+    # the soup stage's placement fix: 12 of 12 node-loss drills passed with it (docs/benchmarks.md).
     reuse_actors: bool = True
     # Data-parallel trials: each trial runs Ray Train's TorchTrainer with this many workers
     # (DDP: NCCL on GPUs, gloo on CPUs) from its Tune trial, each with resources_per_worker;
@@ -249,7 +249,7 @@ class SweepCfg(Strict):
     search: Literal["random", "grid", "optuna", "soup"] = "random"
     soup_search: SoupSearchCfg = SoupSearchCfg()
     # fifo runs every trial to the end; asha stops trials whose held-out accuracy at a rung
-    # trails (Tune's ASHA). A stopped trial is no ingredient (README, "Search and scheduling").
+    # trails (Tune's ASHA). A stopped trial is no ingredient (docs/merge-methods.md).
     scheduler: Literal["fifo", "asha"] = "fifo"
     asha: AshaCfg = AshaCfg()
     # Each finished trial is scored on held-out at once and offered to a running greedy soup

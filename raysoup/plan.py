@@ -30,8 +30,8 @@ from raysoup.config import (
 from raysoup.data.images import DataError
 
 GiB, MiB = 2**30, 2**20
-# Measured img/s per GPU for open_clip architectures (BENCHMARKS.md, "GPU (one NVIDIA H200,
-# 2026-11-30)"): train = the fine-tuning loop, bf16, batch 256, images already in memory;
+# Measured img/s per GPU for open_clip architectures (docs/benchmarks.md, "GPU": one
+# NVIDIA H200): train = the fine-tuning loop, bf16, batch 256, images already in memory;
 # eval = one Ray eval actor, bf16. A real input pipeline may feed less than this.
 THROUGHPUT = {"ViT-B-32": {"gpu": "H200", "train": 4547, "eval": 6944}}
 # Host memory of the instance types cluster.yaml uses (AWS specifications).

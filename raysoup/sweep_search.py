@@ -109,7 +109,7 @@ def propose(space: Mapping[str, Any], seed: int, index: int, history: Sequence[O
         return draw(space, rng)  # explore: a fresh draw, never scored against the others
     # Exploit: perturb the soup's strongest member (its own held-out accuracy), and of a few
     # perturbations keep the one farthest from the rejected trials. Not the one nearest the
-    # members: that pulls every proposal onto the first trials' choices (FIDELITY.md, F7).
+    # members: that pulls every proposal onto the first trials' choices (docs/fidelity.md, F7).
     parent = max(kept, key=lambda o: (o.heldout or 0.0, -o.index)).hparams
     best, best_score = None, -math.inf
     for _ in range(CANDIDATES):

@@ -1,6 +1,6 @@
 """The soup stage keeps eval actors alive beside its reduction tasks. Their CPUs must never
 leave the tasks without a node to run on: the multi-node drill once hung because two 0.5-CPU
-actors sat on two 1-CPU nodes and a 1-CPU reduction task fitted on neither (BENCHMARKS.md, B4)."""
+actors sat on two 1-CPU nodes and a 1-CPU reduction task fitted on neither."""
 
 import json
 import subprocess

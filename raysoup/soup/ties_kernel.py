@@ -18,7 +18,7 @@ tensor of local files in one compiled call — thresholds, merge and θ_0 + λ·
 files' mappings in place and releasing their pages behind it — with no Python per slice, no
 copy of the inputs and no separate pass for the base or the apply (`raysoup.reduce.mapped`;
 B1: TIES 3.3x the raw-read floor through Python, 3.2x with compiled `pread` copies, 1.6x from
-the mappings; see BENCHMARKS.md). Both run the same compiled arithmetic on the same float32
+the mappings; see docs/benchmarks.md). Both run the same compiled arithmetic on the same float32
 inputs, so they give the same bits.
 """
 
