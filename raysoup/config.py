@@ -72,6 +72,14 @@ class SplitSource(Strict):
         return self
 
 
+# data.memory_budget_mb unset: the decoded train split may take this share of a node's memory.
+DEFAULT_MEMORY_SHARE = 0.1
+
+
+def default_memory_budget_mb(node_bytes: float) -> float:
+    return DEFAULT_MEMORY_SHARE * node_bytes / 2**20
+
+
 class DataCfg(Strict):
     world: WorldCfg | None = None
     train: SplitSource | None = None
@@ -87,7 +95,7 @@ class DataCfg(Strict):
     templates: Literal["openai_imagenet", "world"] | list[str] = "openai_imagenet"
     # Training input (train/batches.py). A train split whose decoded images fit the budget is
     # decoded once per trial into memory; a larger one streams through DataLoader workers.
-    # None: 10% of the node's memory.
+    # None: DEFAULT_MEMORY_SHARE of the node's memory (`train_budget_mb`).
     memory_budget_mb: float | None = Field(None, ge=0)
     # DataLoader workers of a streamed trial (None: the trial's CPUs less one, at least 1).
     # Part of the batch order, like the seed: a resumed trial must keep it.
@@ -100,6 +108,12 @@ class DataCfg(Strict):
     eval_cache_shard: int = Field(1024, ge=1)
     # A corrupt image: an error naming it (false), or skipped and counted (true).
     skip_corrupt: bool = False
+
+    def train_budget_mb(self, node_bytes: float) -> float:
+        """The decoded train split's budget, in MB, on a node with `node_bytes` of memory."""
+        if self.memory_budget_mb is not None:
+            return self.memory_budget_mb
+        return default_memory_budget_mb(node_bytes)
 
     @model_validator(mode="after")
     def _one_source(self) -> DataCfg:
