@@ -34,14 +34,6 @@ def _where(path: str, warnings: list[str], field: str) -> str:
 
 
 def _model_lines(cfg: ExperimentCfg, warnings: list[str]) -> list[str]:
-    import open_clip  # the registry only: no weights are read or downloaded
-
-    from raysoup.models.base import (
-        SHIPPED_PREFIX,
-        BaseModelError,
-        read_base_manifest,
-        shipped_base,
-    )
     from raysoup.models.factory import ModelLoadError, model_config
 
     m = cfg.model
@@ -52,36 +44,49 @@ def _model_lines(cfg: ExperimentCfg, warnings: list[str]) -> list[str]:
         arch = {}
     vision = arch.get("vision_cfg", {})
     act = "QuickGELU" if arch.get("quick_gelu") else "GELU"
-    lines = [(f"model        {m.name}  (image {vision.get('image_size', '?')} px, embed dim "
-             f"{arch.get('embed_dim', '?')}, {act}), tokenizer {m.tokenizer}")]
+    return [(f"model        {m.name}  (image {vision.get('image_size', '?')} px, embed dim "
+             f"{arch.get('embed_dim', '?')}, {act}), tokenizer {m.tokenizer}"),
+            *_weights_lines(cfg, arch, warnings)]
+
+
+def _weights_lines(cfg: ExperimentCfg, arch: dict, warnings: list[str]) -> list[str]:
+    """Where the initial weights come from; warns where they do not fit the architecture."""
+    import open_clip  # the registry only: no weights are read or downloaded
+
+    from raysoup.models.base import (
+        SHIPPED_PREFIX,
+        BaseModelError,
+        read_base_manifest,
+        shipped_base,
+    )
+
+    m = cfg.model
     if m.pretrain is not None:
-        lines.append(f"  weights    contrastive pre-training on the data's captions: "
-                     f"{m.pretrain.steps} steps, batch {m.pretrain.batch_size} "
-                     "(cached under WORKDIR/base/)")
-    elif m.pretrained.startswith(SHIPPED_PREFIX):
+        return [(f"  weights    contrastive pre-training on the data's captions: "
+                f"{m.pretrain.steps} steps, batch {m.pretrain.batch_size} "
+                "(cached under WORKDIR/base/)")]
+    if m.pretrained.startswith(SHIPPED_PREFIX):
         try:
             manifest = read_base_manifest(shipped_base(m.pretrained))
-            lines.append(f"  weights    base CLIP shipped with raysoup ({m.pretrained}): "
-                         f"{manifest['pretrain']['steps']} contrastive pre-training steps of "
-                         f"{manifest['model_name']}, sha256 {manifest['sha256'][:12]}…")
-            if manifest["model_name"] != m.name:
-                warnings.append(f"model.pretrained: {m.pretrained} was pre-trained for "
-                                f"{manifest['model_name']!r}, model.name is {m.name!r}")
         except BaseModelError as e:
             warnings.append(str(e))
-    elif m.pretrained in open_clip.list_pretrained_tags_by_model(m.name):
-        lines.append(f"  weights    open_clip tag {m.pretrained!r} (downloaded and cached by "
-                     "open_clip on first use)")
+            return []
+        if manifest["model_name"] != m.name:
+            warnings.append(f"model.pretrained: {m.pretrained} was pre-trained for "
+                            f"{manifest['model_name']!r}, model.name is {m.name!r}")
+        return [(f"  weights    base CLIP shipped with raysoup ({m.pretrained}): "
+                f"{manifest['pretrain']['steps']} contrastive pre-training steps of "
+                f"{manifest['model_name']}, sha256 {manifest['sha256'][:12]}…")]
+    if m.pretrained in open_clip.list_pretrained_tags_by_model(m.name):
         tag_cfg = open_clip.get_pretrained_cfg(m.name, m.pretrained)
         if tag_cfg.get("quick_gelu", False) != arch.get("quick_gelu", False):
             warnings.append(f"model.name: {m.name!r} with pretrained {m.pretrained!r}: the weights "
                             f"were trained with quick_gelu={tag_cfg.get('quick_gelu', False)}, the "
                             f"architecture uses quick_gelu={arch.get('quick_gelu', False)} "
                             f"(use '{m.name}-quickgelu')")
-    else:
-        where = _where(m.pretrained, warnings, "model.pretrained")
-        lines.append(f"  weights    local file {where}")
-    return lines
+        return [(f"  weights    open_clip tag {m.pretrained!r} (downloaded and cached by "
+                "open_clip on first use)")]
+    return [f"  weights    local file {_where(m.pretrained, warnings, 'model.pretrained')}"]
 
 
 def _source(name: str, src: SplitSource, n: int | None) -> str:
