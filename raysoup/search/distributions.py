@@ -20,11 +20,13 @@ A new distribution is one class here, added to the `Distribution` union.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from abc import abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # the generators come from the caller; the config imports no numpy
+    import numpy as np
 
 # `Dist.perturb`: the parent trial has no value for this dimension.
 ABSENT = object()
@@ -35,6 +37,7 @@ class Dist(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @abstractmethod
     def to_tune(self, tune: Any, grid: bool = False) -> Any:
         raise NotImplementedError
 
@@ -43,14 +46,17 @@ class Dist(BaseModel):
         (`is_int`: it takes integers), or None; the drawn values are checked by the caller."""
         return None
 
+    @abstractmethod
     def extremes(self) -> list[Any]:
         """Values whose validity covers every draw (the hyper-parameters' constraints are
         intervals: the bounds of a range, every entry of a list)."""
         raise NotImplementedError
 
+    @abstractmethod
     def describe(self) -> str:
         raise NotImplementedError
 
+    @abstractmethod
     def mean(self) -> float:
         raise NotImplementedError
 
@@ -65,15 +71,13 @@ class Dist(BaseModel):
     def plain(self) -> Any:
         return self.model_dump()
 
+    @abstractmethod
     def draw(self, rng: np.random.Generator) -> Any:
         raise NotImplementedError
 
     def unit(self, value: Any) -> float | None:
         """A continuous value's position in its range, 0..1 (None: not a continuous dimension)."""
         return None
-
-    def from_unit(self, u: float) -> float:
-        raise NotImplementedError
 
     def perturb(self, parent: Any, fresh: Any, rng: np.random.Generator, step: float) -> Any:
         """A value near `parent` (or ABSENT); `fresh` is this dimension's new random draw."""
@@ -90,6 +94,7 @@ class _Range(Dist):
     kind: ClassVar[str]
 
     @property
+    @abstractmethod
     def bounds(self) -> tuple[float, float]:
         raise NotImplementedError
 
@@ -246,17 +251,14 @@ class Choice(Dist):
         return 0.25 if a != b else 0.0  # a differing choice counts 0.5
 
 
-@dataclass(frozen=True)
-class Constant:
-    """A fixed space entry (`sweep.space.seed: 3`): every trial gets `value`."""
+class Constant(Dist):
+    """A fixed space entry (`sweep.space.seed: 3`): every trial gets `value`. Never parsed from
+    YAML (the config keeps the plain value); `as_dist` wraps it."""
 
     value: Any
 
     def to_tune(self, tune: Any, grid: bool = False) -> Any:
         return self.value
-
-    def problem(self, name: str, is_int: bool) -> str | None:
-        return None
 
     def extremes(self) -> list[Any]:
         return [self.value]
@@ -267,9 +269,6 @@ class Constant:
     def mean(self) -> float:
         return float(self.value)
 
-    def grid_points(self) -> int:
-        return 1
-
     def finite_values(self) -> list[Any] | None:
         return [self.value]
 
@@ -279,20 +278,11 @@ class Constant:
     def draw(self, rng: np.random.Generator) -> Any:
         return self.value  # no random number drawn
 
-    def unit(self, value: Any) -> float | None:
-        return None
-
-    def perturb(self, parent: Any, fresh: Any, rng: np.random.Generator, step: float) -> Any:
-        return fresh
-
-    def gap2(self, a: Any, b: Any) -> float:
-        return 0.0
-
 
 # What `sweep.space` accepts (pydantic tries the models in this order, then the constants).
 Distribution = LogUniform | Uniform | RandInt | Choice | float | int
 
 
-def as_dist(entry: Any) -> Dist | Constant:
+def as_dist(entry: Any) -> Dist:
     """A `sweep.space` entry as an object with the distribution interface."""
-    return entry if isinstance(entry, Dist) else Constant(entry)
+    return entry if isinstance(entry, Dist) else Constant(value=entry)
