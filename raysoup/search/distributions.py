@@ -109,7 +109,8 @@ class _Range(Dist):
         if not low < high:
             return f"{self.kind}: low must be below high, got {[low, high]}"
         if is_int:
-            return f"{self.kind} draws fractional values, but {name} is an integer; use randint or choice"
+            return (f"{self.kind} draws fractional values, but {name} is an integer; use randint "
+                    "or choice")
         return None
 
     def extremes(self) -> list[Any]:

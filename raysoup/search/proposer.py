@@ -7,9 +7,9 @@ generator seeded by (seed, i), so the proposals are the same for a given seed wh
 timing, and a resumed sweep proposes what the first one would have.
 
 After `initial` random draws, a share `explore` of the proposals are fresh draws; the others
-perturb the strongest member of the current soup (continuous hyper-parameters moved by `step` of their
-range, in log space for loguniform; choices redrawn half the time; integers redrawn, so seeds
-stay diverse), keeping of a few perturbations the one farthest from the trials the soup
+perturb the strongest member of the current soup (`Dist.perturb`: continuous hyper-parameters
+moved by `step` of their range, in log space for loguniform; choices redrawn half the time;
+integers redrawn, so seeds stay diverse), keeping of a few perturbations the one farthest from the trials the soup
 rejected: the search stays in the region whose ingredients join and stops proposing where they
 are rejected.
 """
@@ -64,7 +64,7 @@ def propose(space: Mapping[str, Any], seed: int, index: int, history: Sequence[O
         return draw(space, rng)  # explore: a fresh draw, never scored against the others
     # Exploit: perturb the soup's strongest member (its own held-out accuracy), and of a few
     # perturbations keep the one farthest from the rejected trials. Not the one nearest the
-    # members: that pulls every proposal onto the first trials' choices (FIDELITY.md, F7).
+    # members: that pulls every proposal onto the first trials' choices.
     parent = max(kept, key=lambda o: (o.heldout or 0.0, -o.index)).hparams
     best, best_score = None, -math.inf
     for _ in range(CANDIDATES):
