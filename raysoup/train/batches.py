@@ -15,14 +15,16 @@ step. So a resumed trial sees the same batches, and so do the two ways pixels ar
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from PIL import Image
 
+from raysoup.config import default_memory_budget_mb
 from raysoup.data.images import DataError, LabeledImages, decode_pixels, image_size_of
 from raysoup.data.transforms import resize_center_crop
 
@@ -38,7 +40,9 @@ class LoaderCfg:
 
     lanes: int = 1  # streamed: DataLoader workers; part of the plan, so fixed per trial
     window: int = 1024  # samples shuffled together within a lane
-    memory_budget_mb: float = 2048  # decoded split above this: streamed
+    # Decoded split above this: streamed. Unset: the config's default for this machine.
+    memory_budget_mb: float = field(
+        default_factory=lambda: default_memory_budget_mb(node_memory_bytes()))
     crop: str = "shift_flip"  # "shift_flip" (batched, after decode) or "random_resized_crop"
     prefetch: int = 2  # batches in flight per worker
     skip_corrupt: bool = False  # drop an undecodable image from its batch (else: an error)
@@ -53,13 +57,13 @@ class Augment:
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
 
 
+def node_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def loader_for(data, trial_cpus: float) -> LoaderCfg:
     """LoaderCfg from a DataCfg and the CPUs a trial holds (the defaults the config documents)."""
-    import os
-
-    budget = data.memory_budget_mb
-    if budget is None:
-        budget = 0.1 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    budget = data.train_budget_mb(node_memory_bytes())
     crop = data.train_crop
     if crop == "auto":
         crop = "shift_flip" if data.world is not None else "random_resized_crop"
