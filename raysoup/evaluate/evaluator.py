@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from raysoup.evaluate.cache import ArrayImages, CachedImages
+from raysoup.models.families import DEFAULT_FAMILY, get_family
+from raysoup.models.family import ModelFamily
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,12 @@ def load_weights_(model: nn.Module, weights: Mapping[str, torch.Tensor | np.ndar
 
 
 class Evaluator:
-    """Holds one model skeleton and the evaluation splits; scores weight sets."""
+    """Holds one model skeleton and the evaluation splits; scores weight sets. The model's
+    family (default open_clip) turns a batch into logits."""
 
     def __init__(self, model: nn.Module, splits: Mapping[str, EvalSplit], batch_size: int = 500,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", family: ModelFamily | None = None):
+        self.family = family or get_family(DEFAULT_FAMILY)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.splits = dict(splits)
@@ -95,7 +99,7 @@ class Evaluator:
             # A copy: arrays from Ray's object store are read-only views (torch warns on them).
             x = torch.tensor(batch, device=self.device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                out.append(self.model(x).float().cpu())
+                out.append(self.family.logits(self.model, x).float().cpu())
         return torch.cat(out) if out else torch.empty(0)
 
     def score(self, weights: Mapping[str, torch.Tensor | np.ndarray] | None,
