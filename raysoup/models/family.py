@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # type names only: the seam itself imports no model library
     from collections.abc import Sequence
@@ -76,6 +76,7 @@ class PretrainObjective(Protocol):
         ...
 
 
+@runtime_checkable
 class ModelFamily(Protocol):
     """What the stages ask of a kind of model. Methods take the experiment's `model` section
     (`ModelCfg`) or the names recorded in the zero-shot manifest (`model_name`, `num_classes`,
