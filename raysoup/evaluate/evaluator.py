@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from raysoup.evaluate.cache import ArrayImages, CachedImages
-from raysoup.models.families import DEFAULT_FAMILY, get_family
-from raysoup.models.family import ModelFamily
+
+if TYPE_CHECKING:
+    from raysoup.models.family import ModelFamily
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,12 @@ class Evaluator:
 
     def __init__(self, model: nn.Module, splits: Mapping[str, EvalSplit], batch_size: int = 500,
                  device: str | torch.device = "cpu", family: ModelFamily | None = None):
-        self.family = family or get_family(DEFAULT_FAMILY)
+        if family is None:
+            # Here, not at import: soup/ imports this module and must not load a model library.
+            from raysoup.models.families import DEFAULT_FAMILY, get_family
+
+            family = get_family(DEFAULT_FAMILY)
+        self.family = family
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.splits = dict(splits)
