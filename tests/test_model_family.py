@@ -113,3 +113,13 @@ def test_export_and_mlflow_names():
     assert spec.code == PYFUNC_CODE and spec.code.is_file()
     assert spec.requirements == PYFUNC_REQUIREMENTS
     assert family.architecture("raysoup-tiny-rn")["vision_cfg"]["image_size"] == 32
+
+
+def test_the_evaluator_loads_no_model_library_at_import():
+    """soup/ imports the evaluator: the family is looked up when an evaluator is built."""
+    import subprocess
+    import sys
+
+    code = "import sys, raysoup.evaluate.evaluator; print('open_clip' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
