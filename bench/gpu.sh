@@ -8,8 +8,8 @@
 #   4. S-feed: the streamed input pipeline (JPEGs of ImageNet sizes, nproc-1 workers) vs
 #      ViT-B-32's bf16 training step.
 # Python: $PYTHON, else .venv/bin/python, else python3. Packages the machine lacks come as
-# wheels in .whl/, installed to /tmp/site with --no-index (nothing is downloaded). On 2026-11-30
-# that was `pip download --no-deps --only-binary=:all: --python-version 3.12 --platform
+# wheels in .whl/, installed to /tmp/site with --no-index (nothing is downloaded); make them with
+# `pip download --no-deps --only-binary=:all: --python-version 3.12 --platform
 # manylinux2014_x86_64 -d .whl` of ray==2.60.0 open_clip_torch==3.3.0 ftfy wcwidth pydantic
 # pydantic-core annotated-types typing-inspection typing_extensions jsonschema
 # jsonschema-specifications referencing rpds-py, with ray/jars/ and the dashboard's
@@ -43,14 +43,14 @@ step() {  # name, seconds, command...: run one check; a failure is reported, the
   echo "=== $name: rc $r in $((SECONDS - t0)) s"
   [ "$r" = 0 ] || rc=1
 }
-step finetune 150 "$PY" -m raysoup.bench.finetune_step --device cuda --model ViT-B-32 \
+step finetune 150 "$PY" -m bench.finetune_step --device cuda --model ViT-B-32 \
   --images 4096 --batch-size 256 --json "$out/finetune.json"
-step B1 170 "$PY" -m raysoup.cli bench --device cuda --only B1 --json "$out/b1.json"
-step B3 150 "$PY" -m raysoup.cli bench --device cuda --only B3 --json "$out/b3.json"
+step B1 170 "$PY" -m bench --device cuda --only B1 --json "$out/b1.json"
+step B3 150 "$PY" -m bench --device cuda --only B3 --json "$out/b3.json"
 # S on the GPU: the streamed input pipeline (JPEG decode + RandomResizedCrop, one DataLoader
 # worker per core but one) next to ViT-B-32's bf16 training step on the same machine.
 lanes=$(( $(nproc) > 1 ? $(nproc) - 1 : 1 ))
-step S-feed 150 "$PY" -m raysoup.bench.streaming feed \
+step S-feed 150 "$PY" -m bench.streaming feed \
   "{\"out\": \"$out/s\", \"model\": \"ViT-B-32\", \"lanes\": $lanes, \"images\": 4096, \"device\": \"cuda\"}"
 tail -n 1 "$out/gpu.log" > "$out/s_feed.json"  # the feed's JSON line
 exit $rc

@@ -1,4 +1,4 @@
-"""Greedy soup's acceptance rules compared offline on finished sweeps (FIDELITY.md, F8).
+"""Greedy soup's acceptance rules compared offline on finished sweeps (docs/fidelity.md, F8).
 
     .venv/bin/python experiments/greedy_rules.py ROOT OUT.json
 

@@ -1,5 +1,5 @@
 """How often would `raysoup fidelity`'s criteria hold? Synthetic sweeps resampled from finished
-trials (FIDELITY.md, F11).
+trials (docs/fidelity.md, F11).
 
     .venv/bin/python experiments/sweep_bootstrap.py OUT.json ROOT [ROOT ...] \
         [--lr LO HI] [--trials 6] [--sweeps 40] [--seed 0]

@@ -43,7 +43,6 @@ def _parser() -> argparse.ArgumentParser:
     _export_parser(sub)
     _pretrain_parser(sub)
     _fidelity_parser(sub)
-    _bench_parser(sub)
     _data_parser(sub)
     return p
 
@@ -145,13 +144,15 @@ def _fidelity(args: argparse.Namespace) -> int:
         raise ConfigError("raysoup fidelity: --workdir must be a local directory")
     searches = [s.strip() for s in args.searches.split(",") if s.strip()] \
         if args.searches else []
+    from raysoup.orchestration import seeds  # Ray: only once the arguments are valid
+
     try:
         if searches:
-            runs = fidelity.run_searches(cfg, root, args.seeds, searches, args.address)
+            runs = seeds.run_searches(cfg, root, args.seeds, searches, args.address)
             text = fidelity.write_searches(
                 {s: [fidelity.summarize_run(w) for w in ws] for s, ws in runs.items()}, root)
         else:
-            workdirs = fidelity.run_seeds(cfg, root, args.seeds, args.address)
+            workdirs = seeds.run_seeds(cfg, root, args.seeds, args.address)
             text = fidelity.write([fidelity.summarize_run(w) for w in workdirs], root)
     except KeyboardInterrupt:
         print("raysoup: interrupted; re-run the same command to resume", file=sys.stderr)
@@ -164,27 +165,6 @@ def _fidelity(args: argparse.Namespace) -> int:
           "fidelity.md" if searches else
           f"written: {root / 'fidelity.md'}, fidelity.json, fidelity.png")
     return 0
-
-
-def _bench_parser(sub) -> None:
-    b = sub.add_parser("bench", help="benchmarks B1-B6: ratios measured side by side (BENCHMARKS.md)")
-    b.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results here")
-    b.add_argument("--quick", action="store_true", help="small sizes (a CI smoke run)")
-    b.add_argument("--only", default=None, metavar="B1,B3", help="comma-separated subset")
-    b.add_argument("--workdir", type=Path, default=None,
-                   help="B2: use this finished run's ingredients and held-out split")
-    b.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from raysoup.bench.runner import main as bench_main
-
-    only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
-    try:
-        return bench_main(args.json, args.quick, only, args.workdir, args.device)
-    except ValueError as err:
-        print(f"raysoup: error: {err}", file=sys.stderr)
-        return EXIT_CONFIG
 
 
 def _data_parser(sub) -> None:
@@ -312,8 +292,8 @@ def _metrics_port(s: argparse.ArgumentParser) -> None:
 
 
 # The commands that are not pipeline stages: name -> handler (returns the exit status).
-TOOLS = {"import": _import, "bench": _bench, "export": _export, "data": _data,
-         "pretrain": _pretrain, "fidelity": _fidelity}
+TOOLS = {"import": _import, "export": _export, "data": _data, "pretrain": _pretrain,
+         "fidelity": _fidelity}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from raysoup import storage
+from raysoup.search.distributions import Distribution, as_dist
 from raysoup.soup_settings import SECTIONS
 
 
@@ -73,6 +74,14 @@ class SplitSource(Strict):
         return self
 
 
+# data.memory_budget_mb unset: the decoded train split may take this share of a node's memory.
+DEFAULT_MEMORY_SHARE = 0.1
+
+
+def default_memory_budget_mb(node_bytes: float) -> float:
+    return DEFAULT_MEMORY_SHARE * node_bytes / 2**20
+
+
 class DataCfg(Strict):
     world: WorldCfg | None = None
     train: SplitSource | None = None
@@ -88,7 +97,7 @@ class DataCfg(Strict):
     templates: Literal["openai_imagenet", "world"] | list[str] = "openai_imagenet"
     # Training input (train/batches.py). A train split whose decoded images fit the budget is
     # decoded once per trial into memory; a larger one streams through DataLoader workers.
-    # None: 10% of the node's memory.
+    # None: DEFAULT_MEMORY_SHARE of the node's memory (`train_budget_mb`).
     memory_budget_mb: float | None = Field(None, ge=0)
     # DataLoader workers of a streamed trial (None: the trial's CPUs less one, at least 1).
     # Part of the batch order, like the seed: a resumed trial must keep it.
@@ -101,6 +110,12 @@ class DataCfg(Strict):
     eval_cache_shard: int = Field(1024, ge=1)
     # A corrupt image: an error naming it (false), or skipped and counted (true).
     skip_corrupt: bool = False
+
+    def train_budget_mb(self, node_bytes: float) -> float:
+        """The decoded train split's budget, in MB, on a node with `node_bytes` of memory."""
+        if self.memory_budget_mb is not None:
+            return self.memory_budget_mb
+        return default_memory_budget_mb(node_bytes)
 
     @model_validator(mode="after")
     def _one_source(self) -> DataCfg:
@@ -172,25 +187,6 @@ class TrainHParams(Strict):
     seed: int = 0
 
 
-class LogUniform(Strict):
-    loguniform: tuple[float, float]
-
-
-class Uniform(Strict):
-    uniform: tuple[float, float]
-
-
-class RandInt(Strict):
-    randint: tuple[int, int]  # [low, high) like tune.randint
-
-
-class Choice(Strict):
-    choice: list[Any] = Field(min_length=1)
-
-
-Distribution = LogUniform | Uniform | RandInt | Choice | float | int
-
-
 class ResourcesCfg(Strict):
     cpu: float = Field(1, gt=0)
     gpu: float = Field(0, ge=0)
@@ -204,7 +200,7 @@ DATA_PARALLEL_DRIVER_CPU = 0.01
 class SoupSearchCfg(Strict):
     """sweep.search: soup. The first `initial` trials are drawn at random; later ones are a
     fresh draw (share `explore`) or perturb the anytime soup's strongest member, away from the
-    trials it rejected (raysoup/sweep_search.py)."""
+    trials it rejected (raysoup/search/proposer.py)."""
 
     initial: int = Field(4, ge=1)
     explore: float = Field(0.2, ge=0.0, le=1.0)  # share of proposals that are fresh draws
@@ -234,9 +230,9 @@ class SweepCfg(Strict):
     base: TrainHParams = TrainHParams()
     space: dict[str, Distribution] = Field(default_factory=dict)
     max_failures: int = Field(2, ge=0)
-    # A finished trial's worker runs the next trial (no process start and torch import per
-    # trial: B4 2.85 -> 1.80 on tiny trials; ingredients bit-identical either way). On since
-    # the soup stage's placement fix: 12 of 12 node-loss drills passed with it (BENCHMARKS B4).
+    # A finished trial's worker runs the next trial: no process start and torch import per
+    # trial, which dominate short trials. An ingredient does not depend on the worker that
+    # trained it: bit-identical either way.
     reuse_actors: bool = True
     # Data-parallel trials: each trial runs Ray Train's TorchTrainer with this many workers
     # (DDP: NCCL on GPUs, gloo on CPUs) from its Tune trial, each with resources_per_worker;
@@ -265,7 +261,7 @@ class SweepCfg(Strict):
         if self.search != "grid":
             return self.num_samples
         return self.num_samples * math.prod(
-            len(d.choice) for d in self.space.values() if isinstance(d, Choice))
+            as_dist(d).grid_points() for d in self.space.values())
 
     @model_validator(mode="after")
     def _soup_search_needs_anytime(self) -> SweepCfg:
@@ -280,13 +276,13 @@ class SweepCfg(Strict):
             return self
         sizes = {self.base.batch_size}
         dist = self.space.get("batch_size")
-        if isinstance(dist, Choice):
-            sizes |= set(dist.choice)
-        elif dist is not None and not isinstance(dist, int | float):
+        values = None if dist is None else as_dist(dist).finite_values()
+        if dist is not None and values is None:
             raise ValueError("sweep.space.batch_size: with sweep.workers_per_trial > 1, use a "
                              "constant or {choice: [...]} of multiples of the worker count")
-        elif dist is not None:
-            sizes = {dist}
+        if values is not None:
+            # A constant replaces the base batch size; a choice is checked with it.
+            sizes = set(values) if isinstance(dist, int | float) else sizes | set(values)
         uneven = sorted(int(b) for b in sizes if int(b) % self.workers_per_trial)
         if uneven:
             raise ValueError(f"sweep.workers_per_trial={self.workers_per_trial}: batch size(s) "
@@ -316,7 +312,7 @@ class SweepCfg(Strict):
 
 
 def _plain(dist: Any) -> Any:
-    return dist.model_dump() if isinstance(dist, BaseModel) else dist
+    return as_dist(dist).plain()
 
 
 def _space_problem(name: str, dist: Any) -> str | None:
@@ -325,27 +321,11 @@ def _space_problem(name: str, dist: Any) -> str | None:
     Tune draws loguniform/uniform from [low, high), randint from [low, high) and choice from
     its list; every value a trial could get is checked (both bounds of a range: the
     hyper-parameters' constraints are intervals)."""
-    is_int = TrainHParams.model_fields[name].annotation is int
-    if isinstance(dist, LogUniform | Uniform):
-        kind = "loguniform" if isinstance(dist, LogUniform) else "uniform"
-        low, high = getattr(dist, kind)
-        if not low < high:
-            return f"{kind}: low must be below high, got {[low, high]}"
-        if kind == "loguniform" and low <= 0:
-            return "loguniform bounds must be positive"
-        if is_int:
-            return f"{kind} draws fractional values, but {name} is an integer; use randint or choice"
-        values = [low, high]
-    elif isinstance(dist, RandInt):
-        low, high = dist.randint
-        if not low < high:
-            return f"randint [low, high) draws nothing from {[low, high]}; high must exceed low"
-        values = [low, high - 1]
-    elif isinstance(dist, Choice):
-        values = dist.choice
-    else:
-        values = [dist]
-    for value in values:
+    d = as_dist(dist)
+    problem = d.problem(name, TrainHParams.model_fields[name].annotation is int)
+    if problem is not None:
+        return problem
+    for value in d.extremes():
         try:
             TrainHParams.model_validate({name: value})
         except ValidationError as err:

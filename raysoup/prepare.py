@@ -38,37 +38,28 @@ def pretrain_corpus(cfg: ExperimentCfg, splits: DatasetSplits):
 
 
 def ensure_zeroshot(cfg: ExperimentCfg, workdir: Path, splits: DatasetSplits) -> Path:
-    """Ingredient 0: image encoder + zero-shot head (class names × templates)."""
+    """Ingredient 0: the family's initial classifier (open_clip: the image encoder and the
+    zero-shot head from class names × templates)."""
     out = workdir / "ingredients" / ZEROSHOT
     if out in list_ingredients(workdir / "ingredients"):
         return out
-    from raysoup.models.base import base_vocab, head_words, is_base_checkpoint, verify_base
-    from raysoup.models.classifier import classifier_from_clip, zero_shot_head
-    from raysoup.models.factory import get_tokenizer, image_stats, load_clip, resolve_weights
-    from raysoup.train.base_clip import ensure_base_clip
+    from raysoup.models.families import family_of
 
-    base = None
+    family = family_of(cfg.model)
     if cfg.model.pretrain is not None:
-        base = ensure_base_clip(cfg.model, splits, base_cache_dir(cfg, workdir),
-                                corpus=pretrain_corpus(cfg, splits))
+        base = family.pretrain_base(cfg.model, splits, base_cache_dir(cfg, workdir),
+                                    corpus=pretrain_corpus(cfg, splits))
         storage.publish_missing(base_cache_dir(cfg, workdir))  # read back through storage
-    elif cfg.model.tokenizer == "world":
-        # A raysoup base as model.pretrained (the shipped one): its manifest has the vocabulary.
-        path = resolve_weights(cfg.model).path
-        if path is not None and is_base_checkpoint(path):
-            base = verify_base(path, cfg.model, head_words(splits.classnames, splits.templates))
-    clip = load_clip(cfg.model, base)
-    # Token ids must be those the base model was pre-trained with: its manifest records them.
-    tokenizer = get_tokenizer(cfg.model, base_vocab(base) if base else None)
-    head = zero_shot_head(clip, tokenizer, splits.classnames, splits.templates, device="cpu")
-    model = classifier_from_clip(clip, head)
-    image_size, mean, std = image_stats(clip)
+    else:
+        base = family.packaged_base(cfg.model, splits)  # e.g. the shipped `raysoup:` base
+    initial = family.initial_model(cfg.model, base, splits.classnames, splits.templates)
+    model = initial.model
     write_ingredient(out, {k: v.detach().cpu() for k, v in model.state_dict().items()}, {
         "kind": ZEROSHOT,
         "model_name": cfg.model.name,
         "num_classes": len(splits.classnames),
         "classnames": splits.classnames,
-        "preprocess": {"image_size": image_size, "mean": list(mean), "std": list(std)},
+        "preprocess": initial.preprocess,
         "base_model": str(base) if base else cfg.model.pretrained,
     })
     log.info("zero-shot ingredient written: %s", out)

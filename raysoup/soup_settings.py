@@ -27,8 +27,8 @@ class GreedySettings(Settings):
     accept_ties: bool = True
     # Also require that the soup's held-out cross-entropy does not rise. On a small held-out
     # split accuracy moves in whole images (0.05 points of 2,000), and a candidate that gains
-    # one or two of them may still make the soup less sure of the rest: the loss sees that
-    # (FIDELITY.md, F8). On ImageNet's 25,000 held-out images the paper's rule alone suffices.
+    # one or two of them may still make the soup less sure of the rest: the loss sees that.
+    # On ImageNet's 25,000 held-out images the paper's rule alone suffices.
     loss_must_not_rise: bool = False
     # Candidates scored side by side per round (the selection is the same for any value).
     speculation: int = Field(2, ge=1)

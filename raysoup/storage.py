@@ -76,7 +76,7 @@ def mirror_of(uri: str) -> Path:
     """The local mirror path of a workdir URI. `endpoint_override` and `region` queries are
     applied to this process's environment (`AWS_ENDPOINT_URL`, `RAYSOUP_S3_REGION`), which
     local Ray workers inherit; nodes of a cluster need them in their own environment
-    (README: storage URIs)."""
+    (docs/storage.md)."""
     parts = urlsplit(uri)
     if parts.scheme not in SCHEMES or not parts.netloc:
         raise StorageError(f"{uri}: expected s3://bucket/prefix or gs://bucket/prefix")

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from raysoup.checkpoints import write_ingredient
-from raysoup.config import Choice, LogUniform, RandInt, SoupSearchCfg
+from raysoup.config import SoupSearchCfg
 from raysoup.evaluate.evaluator import EvalSplit, Evaluator
 from raysoup.models.classifier import classifier_skeleton
+from raysoup.search.distributions import Choice, LogUniform, RandInt
+from raysoup.search.proposer import distance, draw, propose
 from raysoup.soup.anytime import (
     JOINED,
     NO_INGREDIENT,
@@ -20,7 +22,6 @@ from raysoup.soup.anytime import (
     RunningSoup,
     decide,
 )
-from raysoup.sweep_search import distance, draw, propose
 
 
 def test_rule_keeps_the_best_of_soup_soup_plus_trial_and_trial_alone():

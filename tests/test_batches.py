@@ -168,7 +168,7 @@ def test_fast_decode_and_crop_match_pil(tmp_path):
     """decode_pixels (torchvision's JPEG decoder) gives PIL's pixels exactly, and falls back to
     PIL for what it does not take; the torch resized crop is PIL's bicubic within rounding."""
     from raysoup.data.images import DataError, decode_image, decode_pixels
-    from raysoup.train.batches import _resized_crop, _rrc_box
+    from raysoup.train.batches import random_resized_crop, random_resized_crop_box
 
     rng = np.random.default_rng(3)
     jpegs = _jpegs(12, seed=3)
@@ -183,16 +183,16 @@ def test_fast_decode_and_crop_match_pil(tmp_path):
     with pytest.raises(DataError, match="cannot decode image shard-7/row-3"):
         decode_pixels(jpegs[0][:60], "shard-7/row-3")
 
-    # Photo-like content (the S benchmark's JPEGs); on pure noise PIL and torch round the
+    # Photo-like content (the benchmark harness's JPEGs); on pure noise PIL and torch round the
     # bicubic overshoot differently (mean 0.3 levels), which an augmentation does not notice.
-    from raysoup.bench.streaming import jpegs as photos
+    from bench.streaming import jpegs as photos
 
     diffs = []
     for b in photos(12, seed=3):
         hwc = decode_pixels(b, "x")
         seed = int(rng.integers(1 << 30))
-        ours = _resized_crop(hwc, 224, np.random.default_rng(seed)).permute(1, 2, 0).numpy()
-        box = _rrc_box(hwc.shape[1], hwc.shape[0], np.random.default_rng(seed))
+        ours = random_resized_crop(hwc, 224, np.random.default_rng(seed)).permute(1, 2, 0).numpy()
+        box = random_resized_crop_box(hwc.shape[1], hwc.shape[0], np.random.default_rng(seed))
         pil = Image.fromarray(hwc).resize((224, 224), Image.Resampling.BICUBIC, box=box)
         diffs.append(np.abs(ours.astype(int) - np.asarray(pil).astype(int)))
     assert np.mean([d.mean() for d in diffs]) < 0.1

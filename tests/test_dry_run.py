@@ -116,3 +116,19 @@ def test_plan_uri_matches_tracking_default(tmp_path):
 
     text = describe(load_experiment(TINY), tmp_path, ("sweep",))
     assert f"MLflow {default_uri(tmp_path)}," in text
+
+
+def test_cluster_file_is_looked_for_in_the_current_directory(tmp_path, monkeypatch):
+    # Nothing is read beside the package (an installed wheel has no repository around it):
+    # the plan says where it looked, and sizes ./cluster.yaml where there is one.
+    from raysoup.plan import describe
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_experiment(TINY)
+    text = describe(cfg, tmp_path / "w", ("sweep",))
+    assert f"cluster      no cluster.yaml in {tmp_path}: node types not checked" in text
+    (tmp_path / "cluster.yaml").write_text((ROOT / "cluster.yaml").read_text())
+    text = describe(cfg, tmp_path / "w", ("sweep",))
+    assert f"cluster      {tmp_path / 'cluster.yaml'}: node types" in text
+    assert "gpu_1x_a10g  g5.xlarge (16 GiB, 4 CPU, 1 GPU): 4 trial(s)" in text
+    assert "\ncluster " not in describe(cfg, tmp_path / "w", ("sweep",), cluster=None)

@@ -1,4 +1,5 @@
-"""raysoup.fidelity: paired soup - best single differences over runs, on hand-made results."""
+"""raysoup.fidelity: paired soup - best single differences over runs, on hand-made results;
+raysoup.orchestration.seeds: the seed workdirs share what the sweep seed does not change."""
 
 from __future__ import annotations
 
@@ -94,11 +95,13 @@ def test_seed_workdirs_share_data_by_hard_links(tmp_path):
     first, other = tmp_path / "seed-0", tmp_path / "seed-1"
     (first / "data" / "world").mkdir(parents=True)
     (first / "data" / "world" / "part-0.parquet").write_bytes(b"rows")
-    fidelity.share_prepared(first, other)
+    from raysoup.orchestration.seeds import share_prepared
+
+    share_prepared(first, other)
     copy = other / "data" / "world" / "part-0.parquet"
     assert copy.read_bytes() == b"rows"
     assert copy.stat().st_ino == (first / "data" / "world" / "part-0.parquet").stat().st_ino
-    fidelity.share_prepared(first, other)  # already there: left alone
+    share_prepared(first, other)  # already there: left alone
 
 
 def test_cli_refuses_zero_seeds(capsys):

@@ -1,6 +1,6 @@
 """`--dry-run` sizes the job from the sources: images per split (listings, Parquet footers, on
 local disk and on S3), eval cache bytes, memory per trial and eval actor, GPU-hours, and
-warnings for cluster.yaml node types that cannot hold a trial or an actor."""
+warnings for the cluster file's node types that cannot hold a trial or an actor."""
 
 from pathlib import Path
 
@@ -9,14 +9,9 @@ import yaml
 
 from raysoup.config import load_experiment
 from raysoup.data.fixture import fixture_overrides
-from raysoup.plan import (
-    RUNTIME_BYTES,
-    Sizes,
-    _gpu_hours,
-    count_imagefolder,
-    count_parquet,
-    describe,
-)
+from raysoup.plan import describe
+from raysoup.plan.sizing import RUNTIME_BYTES, gpu_hours
+from raysoup.plan.sources import Sizes, count_imagefolder, count_parquet
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "experiments" / "clip_vit_b32_imagenet.yaml"
@@ -92,7 +87,7 @@ def test_gpu_hours_at_imagenet_scale():
     cfg = load_experiment(PAPER)
     train, heldout = 1_281_167, 25_623
     evals = {"heldout": heldout, "test": 50_000, "imagenet_v2": 10_000}
-    lines = _gpu_hours(cfg, Sizes(train, 1000, evals))
+    lines = gpu_hours(cfg, Sizes(train, 1000, evals))
     # randint [4, 17): 10 epochs on average; 72 trials at 4547 img/s on one H200.
     hours = 72 * 10 * (train - heldout) / 4547 / 3600
     assert f"sweep ~{hours:,.1f}: 72 trials x 10 epochs (mean)" in lines[0]

@@ -271,7 +271,7 @@ def test_reduce_reads_do_not_leak_between_calls(ingredients):
 PEAK_PROBE = """
 import sys
 from pathlib import Path
-from raysoup.bench.probe import _init_numba
+from numba.core.registry import cpu_target
 from raysoup.reduce import reduce_shard
 
 def hwm():
@@ -280,7 +280,9 @@ def hwm():
             return int(line.split()[1]) * 1024
 
 paths = [Path(p) for p in sys.argv[1:]]
-_init_numba()  # its start-up (~60 MB: registries, LLVM) is the process's, not the reduction's
+# numba's start-up (~60 MB: registries, LLVM) is the process's, not the reduction's
+cpu_target.typing_context.refresh()
+cpu_target.target_context.refresh()
 base = hwm()
 out = reduce_shard(paths, [1 / len(paths)] * len(paths), ["a", "b"])
 print(hwm() - base)
@@ -300,7 +302,7 @@ def test_streaming_many_ingredients_holds_about_one_model(tmp_path):
         paths.append(tmp_path / f"ing{i}")
         write_ingredient(paths[-1], {"a": torch.randn(8 << 20, generator=g),
                                      "b": torch.randn(8 << 20, generator=g)}, {"kind": "x"})
-    for p in paths:  # warm page cache, as for every contender of raysoup bench B1
+    for p in paths:  # warm page cache: the peak is the reduction's, not the first read's
         (p / "model.safetensors").read_bytes()
     proc = subprocess.run([sys.executable, "-c", PEAK_PROBE, *map(str, paths)], check=True,
                           capture_output=True, text=True)

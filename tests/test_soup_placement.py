@@ -1,6 +1,6 @@
 """The soup stage keeps eval actors alive beside its reduction tasks. Their CPUs must never
-leave the tasks without a node to run on: the multi-node drill once hung because two 0.5-CPU
-actors sat on two 1-CPU nodes and a 1-CPU reduction task fitted on neither (BENCHMARKS.md, B4)."""
+leave the tasks without a node to run on: two 0.5-CPU actors on two 1-CPU nodes leave a 1-CPU
+reduction task fitting on neither, and the soup stage waits forever."""
 
 import json
 import subprocess
@@ -14,7 +14,7 @@ from raysoup.orchestration.reduction import soup_cpus
 
 @pytest.mark.parametrize(("total", "actors", "per_actor", "shards", "expected"), [
     (2, 2, 1, 4, (1, 0.5)),       # this machine: one CPU reserved, two half-CPU scorers
-    (1, 2, 1, 4, (1, 0.0)),       # a 1-CPU cluster: scorers hold no CPU (it used to deadlock)
+    (1, 2, 1, 4, (1, 0.0)),       # a 1-CPU cluster: scorers hold no CPU (else no task runs)
     (3, 3, 1, 4, (1, 0.5)),       # 1/k CPUs fill whole CPUs wherever Ray puts them
     (64, 8, 8, 8, (1, 7)),        # shrink to whole CPUs, not to 1 thread
     (100, 8, 8, 8, (8, None)),    # room for every shard's task and the configured actors

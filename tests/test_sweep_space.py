@@ -60,3 +60,20 @@ def test_cli_dry_run_exits_2_naming_the_space_entry(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "sweep.space.lr: " in proc.stderr and "sweep.space.epochs: " in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_each_distribution_describes_converts_and_validates_itself():
+    from ray import tune
+
+    from raysoup.search.distributions import Choice, LogUniform, RandInt, Uniform, as_dist
+
+    cases = [(LogUniform(loguniform=(1e-4, 1e-2)), "loguniform [0.0001, 0.01]", "Float"),
+             (Uniform(uniform=(0.0, 0.5)), "uniform [0, 0.5]", "Float"),
+             (RandInt(randint=(4, 17)), "randint [4, 17) = 4..16", "Integer"),
+             (Choice(choice=[0.0, 0.2]), "choice [0.0, 0.2]", "Categorical")]
+    for dist, text, domain in cases:
+        assert dist.describe() == text and type(dist.to_tune(tune)).__name__ == domain
+    assert Choice(choice=[1, 2]).to_tune(tune, grid=True) == {"grid_search": [1, 2]}
+    assert RandInt(randint=(4, 17)).mean() == 10 and as_dist(3).mean() == 3.0
+    assert as_dist(3).describe() == "constant 3" and as_dist(3).to_tune(tune) == 3
+    assert Uniform(uniform=(0.0, 0.5)).problem("epochs", is_int=True).startswith("uniform draws")

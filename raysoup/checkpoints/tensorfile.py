@@ -5,7 +5,7 @@ Model Stock, learned soup): only the header is parsed on open; each tensor is a 
 read (`os.preadv`, or ranged requests for a remote file) into fresh memory, or, through a
 `Scratch`, a view of the file's mapping whose pages leave the process at the next read. A plain
 `safe_open` mapping keeps every touched page resident while the handle is open: streaming N
-ingredients through it peaked at N x a model (`raysoup bench` B1, 9x for N=8).
+ingredients through it holds N models resident by the end.
 """
 
 from __future__ import annotations
@@ -254,10 +254,10 @@ class Scratch:
     """Memory for reads that live until the next read: a reusable byte buffer (grown to the
     largest tensor), or a held range of a file mapping, which the next read releases.
 
-    A local file's tensor is a view of its page-cache pages (no copy: the copy was ~30% of
-    B1's time) and, once released, those pages leave this process (MADV_DONTNEED), so a
-    stream over N ingredients still holds about one tensor, not N files (touched mapped
-    pages count in RSS)."""
+    A local file's tensor is a view of its page-cache pages (no copy: a reduction is bound by
+    memory bandwidth, and a copy adds a pass) and, once released, those pages leave this
+    process (MADV_DONTNEED), so a stream over N ingredients still holds about one tensor,
+    not N files (touched mapped pages count in RSS)."""
 
     def __init__(self):
         self.buf = torch.empty(0, dtype=torch.uint8)

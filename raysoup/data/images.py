@@ -136,9 +136,9 @@ def decode_image(data: bytes, where: str) -> Image.Image:
 
 def decode_pixels(data: bytes, where: str) -> np.ndarray:
     """Encoded bytes → uint8 [H, W, 3], the pixels `decode_image` gives (the same
-    libjpeg-turbo IDCT), about twice as fast for JPEGs: torchvision's decoder skips PIL's
-    per-image overhead, which dominates at ImageNet sizes (BENCHMARKS.md, S). A JPEG without
-    its end marker (truncated), or anything else, goes through PIL, which names the problem."""
+    libjpeg-turbo IDCT), faster for JPEGs: torchvision's decoder skips PIL's per-image
+    overhead, which dominates at ImageNet sizes. A JPEG without its end marker (truncated),
+    or anything else, goes through PIL, which names the problem."""
     if data[:2] == b"\xff\xd8" and data[-64:].rstrip(b"\0")[-2:] == b"\xff\xd9":
         import torch
         from torchvision.io import ImageReadMode, decode_jpeg

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from raysoup.evaluate.cache import ArrayImages, CachedImages
+
+if TYPE_CHECKING:
+    from raysoup.models.family import ModelFamily
 
 
 @dataclass(frozen=True)
@@ -77,10 +81,17 @@ def load_weights_(model: nn.Module, weights: Mapping[str, torch.Tensor | np.ndar
 
 
 class Evaluator:
-    """Holds one model skeleton and the evaluation splits; scores weight sets."""
+    """Holds one model skeleton and the evaluation splits; scores weight sets. The model's
+    family (default open_clip) turns a batch into logits."""
 
     def __init__(self, model: nn.Module, splits: Mapping[str, EvalSplit], batch_size: int = 500,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", family: ModelFamily | None = None):
+        if family is None:
+            # Here, not at import: soup/ imports this module and must not load a model library.
+            from raysoup.models.families import DEFAULT_FAMILY, get_family
+
+            family = get_family(DEFAULT_FAMILY)
+        self.family = family
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.splits = dict(splits)
@@ -95,7 +106,7 @@ class Evaluator:
             # A copy: arrays from Ray's object store are read-only views (torch warns on them).
             x = torch.tensor(batch, device=self.device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                out.append(self.model(x).float().cpu())
+                out.append(self.family.logits(self.model, x).float().cpu())
         return torch.cat(out) if out else torch.empty(0)
 
     def score(self, weights: Mapping[str, torch.Tensor | np.ndarray] | None,

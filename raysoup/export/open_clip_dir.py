@@ -11,7 +11,8 @@ layout, so architectures open_clip does not ship (raysoup's tiny configs) load t
     features = model.encode_image(preprocess(img)[None], normalize=True)
     logits = features @ head["weight"].T + head["bias"]
 
-The weights are read and written as safetensors; nothing is unpickled.
+The weights are read and written as safetensors; nothing is unpickled. These are the open_clip
+family's export formats (`OpenClipImageFamily.export_formats`).
 """
 
 from __future__ import annotations
@@ -68,11 +69,12 @@ class ModelInfo:
 
 def model_info(zeroshot_dir: Path, **extra) -> ModelInfo:
     """ModelInfo of a workdir from its zero-shot ingredient's manifest."""
-    from raysoup.models.factory import model_config
+    from raysoup.models.families import family_of
 
     manifest = read_manifest(zeroshot_dir)
     pp = manifest["preprocess"]
-    return ModelInfo(manifest["model_name"], model_config(manifest["model_name"]),
+    architecture = family_of(manifest).architecture(manifest["model_name"])
+    return ModelInfo(manifest["model_name"], architecture,
                      list(manifest["classnames"]), int(pp["image_size"]), list(pp["mean"]),
                      list(pp["std"]), manifest.get("base_model"), extra)
 
@@ -80,10 +82,11 @@ def model_info(zeroshot_dir: Path, **extra) -> ModelInfo:
 def base_clip_state(model_cfg, info: ModelInfo) -> dict[str, torch.Tensor]:
     """The base CLIP the ingredients were fine-tuned from (`model_cfg`: the experiment's
     `model` section; a pre-trained base is the file the zero-shot manifest names)."""
-    from raysoup.models.factory import load_clip
+    from raysoup.models.families import family_of
 
     base = info.base_model if model_cfg.pretrain is not None else None
-    return load_clip(model_cfg, Path(base) if base else None).state_dict()
+    pretrained = family_of(model_cfg).load_pretrained(model_cfg, Path(base) if base else None)
+    return pretrained.state_dict()
 
 
 def classifier_state(model_dir: Path) -> dict[str, torch.Tensor]:

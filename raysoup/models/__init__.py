@@ -1,4 +1,8 @@
-"""open_clip models: resolve -> build -> load, tiny JSON configs, zero-shot head, classifier."""
+"""open_clip models: resolve -> build -> load, tiny JSON configs, zero-shot head, classifier.
+
+Stages reach these through the model-family seam (`raysoup.models.family`, the registry in
+`raysoup.models.families`): open_clip image classification is its one family.
+"""
 
 from raysoup.models.classifier import (
     ImageClassifier,

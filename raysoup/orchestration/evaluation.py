@@ -22,6 +22,7 @@ from raysoup.checkpoints.ingredient import weights_path
 from raysoup.data.images import LabeledImages
 from raysoup.evaluate import cache
 from raysoup.evaluate.evaluator import EvalSplit, Evaluator
+from raysoup.models.families import DEFAULT_FAMILY, family_of, get_family
 from raysoup.orchestration import metrics
 from raysoup.orchestration.soup_files import ensemble_members
 from raysoup.progress import Progress
@@ -34,14 +35,13 @@ class EvalWorker:
     """Plain class; `ray.remote` is applied where the pool is built (testable without Ray)."""
 
     def __init__(self, model_name: str, num_classes: int, splits: dict[str, EvalSplit],
-                 batch_size: int, threads: int = 1):
-        from raysoup.models.classifier import classifier_skeleton
-
+                 batch_size: int, threads: int = 1, family: str = DEFAULT_FAMILY):
         torch.set_num_threads(threads)
         torch.set_flush_denormal(True)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.evaluator = Evaluator(classifier_skeleton(model_name, num_classes), splits,
-                                   batch_size=batch_size, device=device)
+        model_family = get_family(family)
+        self.evaluator = Evaluator(model_family.skeleton(model_name, num_classes), splits,
+                                   batch_size=batch_size, device=device, family=model_family)
 
     def evaluate_path(self, path: str, splits: list[str]) -> dict[str, tuple[int, int]]:
         """An ingredient directory (model.safetensors), a soup directory (sharded) or an
@@ -190,8 +190,9 @@ class EvalPool:
               num_cpus: float | None = None) -> EvalPool:
         actor_cls = actor_class(cfg, num_cpus)
         threads = actor_threads(cfg.eval.cpus_per_actor if num_cpus is None else num_cpus)
+        family = family_of(getattr(cfg, "model", None)).name  # benchmarks pass only `eval`
         return cls(lambda: actor_cls.remote(model_name, num_classes, splits_ref,
-                                            cfg.eval.batch_size, threads), count)
+                                            cfg.eval.batch_size, threads, family), count)
 
     def __len__(self) -> int:
         return len(self.actors)

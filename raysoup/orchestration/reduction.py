@@ -70,7 +70,7 @@ def reserved_cpus(count: int, wait_s: float | None = None) -> Iterator[None]:
 
     The soup stage's eval actors stay alive during reductions. Without a reservation Ray may
     spread them so that no node keeps a whole CPU free, and every reduction task waits forever
-    (the B4 drill hang, BENCHMARKS.md). Raises TimeoutError if the bundles cannot be placed
+    (tests/test_soup_placement.py). Raises TimeoutError if the bundles cannot be placed
     within `wait_s` (default RESERVE_WAIT_S), naming what was asked and what is free."""
     pg = placement_group([{"CPU": 1}] * count, strategy="PACK")
     limit = RESERVE_WAIT_S if wait_s is None else wait_s

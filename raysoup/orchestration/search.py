@@ -24,7 +24,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.search_generator import SearchGenerator
 
 from raysoup.config import ConfigError, ExperimentCfg
-from raysoup.sweep_search import propose
+from raysoup.search.proposer import propose
 
 HELDOUT_METRIC = "heldout_acc"  # reported each epoch by trials under asha and optuna
 
@@ -60,7 +60,7 @@ class IndexedSearchGenerator(SearchGenerator):
 
 
 class SoupSearcher(Searcher):
-    """Proposes trial i from the anytime soup's offers of trials 0..i-L (`sweep_search`).
+    """Proposes trial i from the anytime soup's offers of trials 0..i-L (`raysoup.search.proposer`).
 
     Stateless beyond its settings: the offers live in the anytime journal, so a restored
     sweep's searcher proposes exactly what the interrupted one would have. While an offer it

@@ -2,14 +2,14 @@
 
 A merge over N ingredients reads N files once each. Copying them into memory (`pread`) costs
 the copy; reading the page cache in place through a mapping costs page-table work instead,
-which is cheaper where a fault maps many pages (B1 on this machine: 8 files read in 0.39-0.45 s
-mapped vs 0.66-0.74 s copied). The pass takes each file a window at a time: the window's page
-tables are filled in one call (MADV_POPULATE_READ; where a fault maps one 4 KiB page and costs
-microseconds, faulting page by page would cost more than the copy) and released after it
+which is cheaper where a fault maps many pages (large page-cache folios). The pass takes each
+file a window at a time: the window's page tables are filled in one call (MADV_POPULATE_READ;
+where a fault maps one 4 KiB page and costs microseconds, faulting page by page would cost
+more than the copy) and released after it
 (MADV_DONTNEED: the page cache keeps the pages, the process drops them). Resident at once: the
 windows of all files (within MAPPED_BYTES, at least a SLICE each) plus, per file, up to a
-page-cache folio either side of its window (a fault maps the whole folio; 2 MiB here), about
-33 MiB for B1's 8 files — a few MiB per ingredient, never N tensors.
+page-cache folio either side of its window (a fault maps the whole folio, up to 2 MiB) — a
+few MiB per ingredient, never N tensors.
 
 `addresses` hands the compiled code each file's address of the tensor (`_TensorFile.mapped`,
 which first checks that the file is still the size it was opened at: a mapped page past the
@@ -31,17 +31,17 @@ from numba.extending import intrinsic
 PAGE = mmap.PAGESIZE
 MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", 4)
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux >= 5.14
-# A fault on a file's mapping maps a run of page-cache pages around the address (large folios:
-# ~0.7 MiB a fault on B1's files), not only the pages asked for: a tensor's pages are released
+# A fault on a file's mapping maps a run of page-cache pages around the address (a large
+# folio, up to MARGIN), not only the pages asked for: a tensor's pages are released
 # with this margin before its start and after its end, within the file's mapping — released
-# at the tensor's own bounds, a run of small tensors left ~18 MiB of each transformer block
-# resident.
+# at the tensor's own bounds, a run of small tensors would keep the folios between them
+# resident, most of a transformer block.
 MARGIN = 2 << 20
 # What the windows of all the files of one pass may hold resident: N files get a window of
 # MAPPED_BYTES / N each (at least one SLICE).
 MAPPED_BYTES = 16 << 20
-# Entries per slice of a pass: a merge's per-entry state stays in the core's L1 cache (B1's
-# TIES: 0.93-0.95 s at 512-1024 entries, 1.0-1.1 s at 65536).
+# Entries per slice of a pass: a merge's per-entry state stays in the core's L1 cache; a
+# larger slice spills it to L2 and slows every ingredient's pass over the slice.
 SLICE = 1024
 
 

@@ -179,9 +179,8 @@ def _soup_from_files(name, soup_files, scale, base, ingredients) -> torch.Tensor
     if mapped is None:
         return None
     # torch's memory, not numpy's: numpy asks for transparent huge pages on large arrays,
-    # whose faults stall in compaction when free memory is short (B1's TIES in a fresh
-    # process with the page cache full: 2.9-3.3 s, twice the system time; torch's 4 KiB
-    # pages: 2.2 s, and 2.1 s with memory free).
+    # whose faults stall in compaction when free memory is short (a fresh process with the
+    # page cache full, as in a soup task); torch's 4 KiB pages fault without compaction.
     soup = torch.empty(shape, dtype=torch.float32)
     out = soup.reshape(-1).numpy()
     failed = soup_files(*mapped, out.size, scale, out)

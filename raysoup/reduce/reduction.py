@@ -3,16 +3,17 @@
 Memory: each ingredient is opened lazily (only its safetensors header is parsed). A uniform
 average of a tensor every file holds as local float32 is one compiled pass over the files'
 mappings (`reduce.mapped.sum_mapped`: each file a window at a time, released behind the
-pass; B1: 0.9 s vs 1.3 s for the route below). Otherwise, per tensor name the first
-ingredient's tensor is read (positioned read) into fresh memory and becomes the float32
+pass; no Python per tensor and no copy, so cheaper than the route below). Otherwise, per
+tensor name the first ingredient's tensor is read (positioned read) into fresh memory and
+becomes the float32
 accumulator, and every later ingredient's tensor is added in place from a read-only view of
 its file mapping, whose pages are dropped from the process right after the add
 (`checkpoints.tensorfile.Scratch`). Peak memory is the shard's accumulators plus about one
 tensor (or a few MiB of window per file), never N models.
 (A plain `safe_open` mapping keeps every touched page resident while the handle is open: a
-shard over N ingredients peaked at N x the shard's bytes, `raysoup bench` B1 measured 9x one
-model for N=8. Reading every ingredient into a buffer instead cost one extra memory copy, ~30%
-of B1's time.) Remote files (`raysoup.storage`) are read with ranged requests instead.
+shard over N ingredients would hold N x the shard's bytes. Reading every ingredient into a
+buffer instead costs one extra memory copy per ingredient, and the reduction is bound by
+memory bandwidth.) Remote files (`raysoup.storage`) are read with ranged requests instead.
 
 Bitwise guarantee (greedy soup relies on it): for ingredients p_0..p_{k-1}
 
@@ -245,7 +246,7 @@ def _check_same(name: str, a: torch.Tensor, b: torch.Tensor, file_a, file_b) -> 
 
 def _fresh_f32(t: torch.Tensor) -> torch.Tensor:
     # _TensorFile reads into fresh memory nobody else holds, so a float32 read can become the
-    # accumulator itself: no second copy of the largest tensor (B1's peak memory).
+    # accumulator itself: no second copy of the largest tensor at the peak.
     return t if t.dtype == torch.float32 else t.to(torch.float32)
 
 

@@ -4,8 +4,8 @@ Per entry the pass keeps the sum and the count of the kept (trimmed) τ_i that a
 of those that are negative. The elected sign is the sign of their total; the disjoint mean is
 then the positive mean, the negative mean or 0 — the same merge as electing first and averaging
 the agreeing entries in a second pass (raysoup/soup/task_vectors.py: `elect_and_average`),
-with each ingredient read once instead of twice and no temporaries: the torch formulation made
-~14 element-wise passes over every task vector (B1: TIES 16x the raw-read floor).
+with each ingredient read once instead of twice and no temporaries: the torch formulation
+makes ~14 element-wise passes over every task vector, each bound by memory bandwidth.
 
 The sums run in ingredient order, float32, per entry: the result depends only on the tensor's
 inputs (bitwise identical for any shard count). The election's total is pos + neg rather than
@@ -16,10 +16,9 @@ Two drivers run that pass: `ties_merge` reads slices through Python (any stream:
 tensors, other dtypes, remote files) and returns τ; `ties_soup` is the whole soup of one float32
 tensor of local files in one compiled call — thresholds, merge and θ_0 + λ·τ, reading the
 files' mappings in place and releasing their pages behind it — with no Python per slice, no
-copy of the inputs and no separate pass for the base or the apply (`raysoup.reduce.mapped`;
-B1: TIES 3.3x the raw-read floor through Python, 3.2x with compiled `pread` copies, 1.6x from
-the mappings; see BENCHMARKS.md). Both run the same compiled arithmetic on the same float32
-inputs, so they give the same bits.
+copy of the inputs and no separate pass for the base or the apply (`raysoup.reduce.mapped`:
+reading the page cache in place avoids the copy that a read through Python makes). Both run
+the same compiled arithmetic on the same float32 inputs, so they give the same bits.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ from raysoup.reduce.mapped import (
 from raysoup.reduce.merge import Stream, ingredient_count, read_slice, read_slices
 
 
-# Branch-free bodies (selects, not ifs): LLVM vectorises them, 14x faster than branches.
+# Branch-free bodies (selects, not ifs): LLVM vectorises them; a branch keeps the loop scalar.
 @numba.njit(nogil=True, cache=True)
 def _kept(theta, base, t, p, q, cp, cn):  # pragma: no cover - compiled
     """One ingredient's entry added to an entry's state: τ kept if |τ| ≥ t, summed and counted
@@ -57,8 +56,8 @@ def _kept(theta, base, t, p, q, cp, cn):  # pragma: no cover - compiled
 
 
 # Ingredients are taken four at a time, the entry's state in registers between them: a pass per
-# ingredient loaded and stored the state for each (B1's kernel: 0.32 -> 0.25 ns an
-# entry-ingredient). The first pass starts from zeros instead of reading the state (nothing to
+# ingredient would load and store the state for each, a memory round trip per
+# entry-ingredient. The first pass starts from zeros instead of reading the state (nothing to
 # allocate and clear first). Serial: a shard task has one CPU (Ray sets its threads); the
 # shards are the parallelism.
 @numba.njit(nogil=True, cache=True)
@@ -131,9 +130,8 @@ def _float32(t: torch.Tensor) -> np.ndarray:
 
 # Entries merged at a time, at most: the rows (every ingredient's slice, read into memory
 # reused for every slice) stay within ROWS_BYTES, and with the state (10 bytes an entry) in
-# the core's L2 cache.
-# Before, 4M-entry chunks each re-drew the files' mappings per ingredient and the state lived
-# in memory, read and written by every ingredient's pass (B1: TIES 4.2x the raw-read floor).
+# the core's L2 cache: with larger chunks the state falls out to memory, and every
+# ingredient's pass reads and writes it there.
 CHUNK = 1 << 17
 ROWS_BYTES = 2 << 20
 
@@ -316,8 +314,8 @@ def _magnitude(theta, base, out):  # pragma: no cover - compiled
 def _kth_smallest(magnitude, k):  # pragma: no cover - compiled
     """The k-th smallest (0-based) of non-negative float32s, exactly: a radix select on their
     bits (non-negative floats order as their bit patterns), three passes of 11, 11 and 10 bits
-    whose 2048-bin histograms stay in L1 — 8x faster than 16-bit digits on a small tensor
-    (zeroing and scanning 65536 bins), on par with numpy's introselect on a 2^16 sample."""
+    whose 2048-bin histograms stay in L1 — 16-bit digits would zero and scan 65536 bins per
+    pass, which dominates on a small tensor."""
     bits = magnitude.view(np.uint32)
     prefix = np.uint32(0)
     rest = k

@@ -15,14 +15,16 @@ step. So a resumed trial sees the same batches, and so do the two ways pixels ar
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from PIL import Image
 
+from raysoup.config import default_memory_budget_mb
 from raysoup.data.images import DataError, LabeledImages, decode_pixels, image_size_of
 from raysoup.data.transforms import resize_center_crop
 
@@ -38,7 +40,9 @@ class LoaderCfg:
 
     lanes: int = 1  # streamed: DataLoader workers; part of the plan, so fixed per trial
     window: int = 1024  # samples shuffled together within a lane
-    memory_budget_mb: float = 2048  # decoded split above this: streamed
+    # Decoded split above this: streamed. Unset: the config's default for this machine.
+    memory_budget_mb: float = field(
+        default_factory=lambda: default_memory_budget_mb(node_memory_bytes()))
     crop: str = "shift_flip"  # "shift_flip" (batched, after decode) or "random_resized_crop"
     prefetch: int = 2  # batches in flight per worker
     skip_corrupt: bool = False  # drop an undecodable image from its batch (else: an error)
@@ -53,13 +57,13 @@ class Augment:
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
 
 
+def node_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def loader_for(data, trial_cpus: float) -> LoaderCfg:
     """LoaderCfg from a DataCfg and the CPUs a trial holds (the defaults the config documents)."""
-    import os
-
-    budget = data.memory_budget_mb
-    if budget is None:
-        budget = 0.1 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    budget = data.train_budget_mb(node_memory_bytes())
     crop = data.train_crop
     if crop == "auto":
         crop = "shift_flip" if data.world is not None else "random_resized_crop"
@@ -114,7 +118,7 @@ def plan_epoch(units: np.ndarray, seed: int, epoch: int, batch_size: int, lanes:
     return plan
 
 
-def _rrc_box(w: int, h: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+def random_resized_crop_box(w: int, h: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
     """torchvision's RandomResizedCrop.get_params, drawing from `rng`: (left, top, right, bottom)."""
     area = w * h
     log_ratio = np.log(RRC_RATIO)
@@ -133,11 +137,11 @@ def _rrc_box(w: int, h: int, rng: np.random.Generator) -> tuple[int, int, int, i
     return left, top, left + cw, top + ch
 
 
-def _resized_crop(hwc: np.ndarray, size: int, rng: np.random.Generator) -> torch.Tensor:
+def random_resized_crop(hwc: np.ndarray, size: int, rng: np.random.Generator) -> torch.Tensor:
     """open_clip's RandomResizedCrop (bicubic, on the source image) of a uint8 [H, W, 3]
-    image, as uint8 [3, S, S]. torch's uint8 antialiased bicubic is PIL's kernel (mean
-    |difference| 0.02 levels on the S benchmark's JPEGs) at ~2.5x PIL's speed."""
-    left, top, right, bottom = _rrc_box(hwc.shape[1], hwc.shape[0], rng)
+    image, as uint8 [3, S, S]. torch's uint8 antialiased bicubic is PIL's kernel within
+    rounding (tests/test_batches.py) and faster than PIL's resize on the training path."""
+    left, top, right, bottom = random_resized_crop_box(hwc.shape[1], hwc.shape[0], rng)
     chw = torch.from_numpy(hwc if hwc.flags.writeable else hwc.copy()).permute(2, 0, 1)
     out = torch.nn.functional.interpolate(chw[None, :, top:bottom, left:right],
                                           size=(size, size), mode="bicubic", antialias=True)
@@ -189,7 +193,7 @@ def _make_batch(images: Sequence, aug: Augment, rng: np.random.Generator) -> tor
             planes[i] = img.transpose(2, 0, 1)
             continue
         if aug.crop == "random_resized_crop":
-            crop = _resized_crop(np.asarray(img) if is_array else np.array(img), size, rng)
+            crop = random_resized_crop(np.asarray(img) if is_array else np.array(img), size, rng)
             if ra is None:
                 out[i] = crop
                 continue

@@ -1,7 +1,8 @@
 """Fine-tune an ImageClassifier on LabeledImages: the pure-torch loop one sweep trial runs.
 
-AdamW + linear warm-up/cosine (per step), gradient clipping, label smoothing, mixup/cutmix
-(timm), RandAugment (timm, per sample) and crops (train/batches.py: cached or streamed input).
+AdamW + linear warm-up/cosine (per step), gradient clipping, RandAugment (timm, per sample) and
+crops (train/batches.py: cached or streamed input); the forward pass and the loss (label
+smoothing, mixup/cutmix) are the model family's (models/family.py).
 Reproducible: batches and their augmentation draws are functions of (hp.seed, epoch, step), and
 every epoch reseeds torch and numpy, so a run resumed from its epoch-e state computes the same
 epochs e+1.. as an uninterrupted one.
@@ -21,6 +22,8 @@ from torch import nn
 from raysoup.config import TrainHParams
 from raysoup.data.images import LabeledImages
 from raysoup.faults import failpoint
+from raysoup.models.families import DEFAULT_FAMILY, get_family
+from raysoup.models.family import ModelFamily
 from raysoup.train.augment import Normalize, random_shift_flip
 from raysoup.train.batches import Augment, LoaderCfg, TrainInput, step_seed
 from raysoup.train.schedule import lr_at
@@ -74,6 +77,7 @@ def finetune(
     on_epoch: OnEpoch | None = None,
     loader: LoaderCfg | None = None,
     shard: tuple[int, int] = (0, 1),
+    family: ModelFamily | None = None,
 ) -> dict:
     """Train `model` in place for hp.epochs; returns the last epoch's metrics.
 
@@ -85,6 +89,9 @@ def finetune(
     initialised torch.distributed group (DDP). Each takes its slice of every global batch of
     hp.batch_size (the same samples per step as one worker); gradients are averaged, and the
     metrics are the whole batch's, on every rank.
+
+    `family` (default open_clip) gives the forward pass and the loss; `image_size`, `mean`
+    and `std` are its preprocessing record's (`family.input_args(manifest["preprocess"])`).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if threads:
@@ -132,18 +139,7 @@ def finetune(
         except (KeyError, RuntimeError, ValueError) as exc:
             raise TrainError(f"finetune: unusable resume state ({exc})") from None
 
-    if use_mix:
-        from timm.data import Mixup
-        from timm.loss import SoftTargetCrossEntropy
-
-        mixer = Mixup(
-            mixup_alpha=hp.mixup, cutmix_alpha=hp.cutmix, label_smoothing=hp.label_smoothing,
-            num_classes=num_classes,
-        )
-        criterion: nn.Module = SoftTargetCrossEntropy()
-    else:
-        mixer = None
-        criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
+    objective = (family or get_family(DEFAULT_FAMILY)).train_objective(hp, num_classes)
 
     def state_fn(epoch: int) -> Callable[[], dict]:
         return lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -175,12 +171,9 @@ def finetune(
             lr = lr_at(step, hp.lr, hp.warmup_steps, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            target = y
-            if mixer is not None:
-                x, target = mixer(x, y)
+            x, target = objective.mix(x, y)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = net(x)
-                loss = criterion(logits.float(), target)
+                logits, loss = objective.forward_loss(net, x, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)

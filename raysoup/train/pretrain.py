@@ -1,4 +1,5 @@
-"""Short contrastive (CLIP) pre-training of a tiny open_clip model on image-caption pairs.
+"""Short contrastive (CLIP) pre-training of a tiny open_clip model on image-caption pairs: the
+pre-training capability of the open_clip family (`ModelFamily.pretrain_base`).
 
 This produces the shared initialisation of the embedded default experiment: the world has
 no hub weights, so we train the image and text towers together for a few hundred steps.
@@ -13,15 +14,15 @@ import sys
 import time
 
 import torch
-from open_clip.loss import ClipLoss
 from torch import nn
 
 from raysoup.config import PretrainCfg
 from raysoup.data.images import LabeledImages
+from raysoup.models.family import PretrainObjective
+from raysoup.models.open_clip_objectives import ContrastiveObjective
 from raysoup.train.augment import Normalize, random_shift_flip, uint8_images
 from raysoup.train.schedule import lr_at
 
-_MAX_LOGIT_SCALE = math.log(100.0)  # open_clip's training clamps the temperature here
 _SHIFT = 4  # max random translation in pixels (at 32x32: 12%)
 
 
@@ -40,8 +41,10 @@ def pretrain_clip(
     std,
     device: str | torch.device | None = None,
     progress: bool = True,
+    objective: PretrainObjective | None = None,
 ) -> dict:
-    """Train `clip` in place with the symmetric InfoNCE loss; returns summary metrics."""
+    """Train `clip` in place with `objective` (default: CLIP's symmetric InfoNCE loss, the
+    open_clip family's `pretrain_objective()`); returns summary metrics."""
     if data.captions is None:
         raise PretrainError("pretrain_clip: the training data has no captions")
     if len(data) < cfg.batch_size:
@@ -64,7 +67,7 @@ def pretrain_clip(
         [{"params": decay, "weight_decay": cfg.weight_decay},
          {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
     )
-    loss_fn = ClipLoss()
+    objective = objective or ContrastiveObjective()
     autocast = device.type == "cuda"
 
     n = len(data)
@@ -81,13 +84,11 @@ def pretrain_clip(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            img_f, txt_f, scale = clip(images, tokens)[:3]
-            loss = loss_fn(img_f.float(), txt_f.float(), scale.float())
+            loss = objective.loss(clip, images, tokens)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        with torch.no_grad():
-            clip.logit_scale.clamp_(0, _MAX_LOGIT_SCALE)
+        objective.after_step(clip)
         value = loss.item()
         if not math.isfinite(value):
             raise PretrainError(f"pretrain_clip: loss became {value} at step {step} (lr {cfg.lr})")
@@ -102,4 +103,4 @@ def pretrain_clip(
     clip.eval()
     seconds = time.perf_counter() - t0
     return {"steps": cfg.steps, "loss": loss_avg, "seconds": seconds,
-            "images_per_s": seen / seconds, "logit_scale": clip.logit_scale.exp().item()}
+            "images_per_s": seen / seconds, **objective.summary(clip)}

@@ -1,6 +1,6 @@
 """Run one contender in a fresh interpreter and measure it honestly.
 
-`python -m raysoup.bench.probe '<json>'` imports what every contender needs, records RSS after
+`python -m bench.probe '<json>'` imports what every contender needs, records RSS after
 imports, runs the named contender once (timed with perf_counter, excluding interpreter start
 and imports) and prints one JSON line: seconds, rss_after_imports, peak_rss (VmHWM: every
 touched page counts, including mmapped file pages), numba_init_s (see `_init_numba`) and
@@ -22,7 +22,8 @@ import torch
 
 import raysoup.reduce
 import raysoup.soup.ties  # noqa: F401
-from raysoup.bench import contenders
+from bench import contenders
+from bench.common import child_command, child_env
 
 
 def _status_kib(field: str) -> int:
@@ -62,9 +63,8 @@ def main(spec: dict) -> dict:
 def run_probe(contender: str, args: dict, threads: int = 1, timeout: float = 1800) -> dict:
     """Run `contender` in a fresh interpreter; returns its JSON result."""
     spec = json.dumps({"contender": contender, "args": args, "threads": threads})
-    proc = subprocess.run([sys.executable, "-m", "raysoup.bench.probe", spec],
-                          check=False, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(child_command("bench.probe", spec), check=False, capture_output=True,
+                          text=True, timeout=timeout, env=child_env())
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"probe {contender} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raysoup.bench.common import ratio
+from bench.common import REPO, child_command, child_env, ratio
 
 MODEL = "raysoup-tiny-vit224"
 CLASSES = 10
@@ -86,7 +86,7 @@ def peak_pss_of(cmd: list[str], workers: tuple[str, ...] | None = None,
                 env: dict | None = None) -> tuple[int, str]:
     """Run `cmd`, sampling its tree's PSS; (peak bytes, stdout)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+                            env=child_env(env))
     peak = 0
     while proc.poll() is None:
         peak = max(peak, tree_pss(proc.pid, workers))
@@ -234,7 +234,7 @@ def _child_raydata(split: str, image_size: int, batch_size: int) -> dict:
     import ray
 
     from raysoup.data.images import decode_pixels
-    from raysoup.train.batches import _resized_crop
+    from raysoup.train.batches import random_resized_crop
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
              log_to_driver=False)
@@ -246,7 +246,7 @@ def _child_raydata(split: str, image_size: int, batch_size: int) -> dict:
         out = np.empty((len(batch["image"]), image_size, image_size, 3), np.uint8)
         rng = np.random.default_rng(len(batch["image"]))
         for i, b in enumerate(batch["image"]):
-            out[i] = _resized_crop(decode_pixels(b, "raydata"), image_size, rng).permute(1, 2, 0)
+            out[i] = random_resized_crop(decode_pixels(b, "raydata"), image_size, rng).permute(1, 2, 0)
         return {"image": out, "label": batch["label"]}
 
     started = time.perf_counter()
@@ -261,12 +261,12 @@ CHILDREN = {"train": _child_train, "eval": _child_eval, "input": _child_input,
 
 
 def _child(name: str, **kwargs) -> list[str]:
-    return [sys.executable, "-m", "raysoup.bench.streaming", name, json.dumps(kwargs)]
+    return child_command("bench.streaming", name, json.dumps(kwargs))
 
 
 def _run(name: str, **kwargs) -> dict:
     return json.loads(subprocess.run(_child(name, **kwargs), check=True, capture_output=True,
-                                     text=True).stdout.strip().splitlines()[-1])
+                                     text=True, env=child_env()).stdout.strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------- the benchmark
@@ -319,13 +319,13 @@ def run(base: Path, quick: bool = False) -> dict:
 def per_image_ms(n: int) -> dict:
     """ms per image, one thread, decode + open_clip's resized crop to 224 px of 500x375 JPEGs
     with photo-like entropy (~60 KiB): PIL (decode, bicubic resize of the crop box) vs
-    raysoup's training input (`decode_pixels` + `_resized_crop`). Best of 3 passes each."""
+    raysoup's training input (`decode_pixels` + `random_resized_crop`). Best of 3 passes each."""
     import torch
     import torchvision.io  # noqa: F401  (its import is not a per-image cost)
     from PIL import Image, ImageFilter
 
     from raysoup.data.images import decode_image, decode_pixels
-    from raysoup.train.batches import _resized_crop, _rrc_box
+    from raysoup.train.batches import random_resized_crop, random_resized_crop_box
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -340,11 +340,11 @@ def per_image_ms(n: int) -> dict:
         for b in photos:
             img = decode_image(b, "bench")
             np.asarray(img.resize((224, 224), Image.Resampling.BICUBIC,
-                                  box=_rrc_box(*img.size, rng)))
+                                  box=random_resized_crop_box(*img.size, rng)))
 
     def ours() -> None:
         for b in photos:
-            _resized_crop(decode_pixels(b, "bench"), 224, rng)
+            random_resized_crop(decode_pixels(b, "bench"), 224, rng)
 
     def best(fn) -> float:
         times = []
@@ -371,7 +371,6 @@ def decodes(base: Path, quick: bool) -> dict:
     from raysoup.config import WorldCfg
     from raysoup.data import world
 
-    repo = Path(__file__).resolve().parents[2]
     overrides = ["data.world.num_classes=4", "data.world.train_per_class=100",
                  "data.world.test_per_class=25", "data.world.shift_per_class=15",
                  "data.heldout_fraction=0.2", "sweep.num_samples=5", "sweep.base.epochs=1",
@@ -379,7 +378,7 @@ def decodes(base: Path, quick: bool) -> dict:
                  "soup.recipes=[uniform,greedy]"]
     cli = [sys.executable, "-m", "raysoup.cli"]
     common = ["--workdir", str(base / "work")] + [a for o in overrides for a in ("--set", o)]
-    config = str(repo / "experiments" / "tiny.yaml")
+    config = str(REPO / "experiments" / "tiny.yaml")
     subprocess.run(cli + ["sweep", config] + common, check=True, capture_output=True)
     log = base / "decode.log"
     env = {**os.environ, "RAYSOUP_DECODE_LOG": str(log)}

@@ -1,13 +1,33 @@
-"""Shared helpers: timing, page-cache warming, ratios that survive a zero denominator."""
+"""Shared helpers: timing, page-cache warming, ratios that survive a zero denominator, and
+child interpreters that import this harness."""
 
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 _CHUNK = 1 << 24
+
+# The checkout this harness runs from: bench/ is not installed, so the repository root is what
+# makes `import bench` work, and where the example configs (experiments/) are.
+REPO = Path(__file__).resolve().parents[1]
+
+
+def child_command(module: str, *args: str) -> list[str]:
+    """`python -m <module> args` in this interpreter; run it with `child_env()`."""
+    return [sys.executable, "-m", module, *args]
+
+
+def child_env(extra: dict | None = None) -> dict:
+    """This process's environment with the repository root first on PYTHONPATH, so a child
+    imports `bench` (and the same raysoup) wherever it is started from."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": str(REPO) + (os.pathsep + path if path else ""),
+            **(extra or {})}
 
 
 def warm(files: list[Path]) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from raysoup.bench.common import best_of, gib, ratio, timed, warm
-from raysoup.bench.probe import run_probe
+from bench.common import best_of, gib, ratio, timed, warm
+from bench.probe import run_probe
 from raysoup.checkpoints import read_manifest, write_ingredient
 from raysoup.reduce import tensor_nbytes
 

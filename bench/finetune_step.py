@@ -6,7 +6,7 @@ kernels' warm-up), the peak device memory and the losses. It also compares one b
 logits under bf16 autocast with fp32 on the same weights, to show that autocast changes the
 numbers only by bf16 rounding. Used by `bench/gpu.sh`; runs on the CPU too (tiny model).
 
-    python -m raysoup.bench.finetune_step --device cuda --model ViT-B-32 --json out.json
+    python -m bench.finetune_step --device cuda --model ViT-B-32 --json out.json
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def run(model_name: str, device: str, n_images: int, batch_size: int, classes: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m raysoup.bench.finetune_step")
+    p = argparse.ArgumentParser(prog="python -m bench.finetune_step")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--model", default="ViT-B-32")
     p.add_argument("--images", type=int, default=4096)

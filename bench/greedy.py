@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from raysoup.bench.common import ratio, timed
+from bench.common import ratio, timed
 from raysoup.checkpoints import list_ingredients, read_manifest, write_ingredient
 from raysoup.config import EvalCfg, SoupCfg
 from raysoup.data.images import LabeledImages

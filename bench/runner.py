@@ -1,4 +1,4 @@
-"""`raysoup bench`: run the selected benchmarks, print each figure, write one JSON object."""
+"""Run the selected benchmarks, print each figure, write one JSON object (`python -m bench`)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def run(only: list[str] | None = None, quick: bool = False, workdir: Path | None
         device: str = "cpu", tmp: Path | None = None) -> dict:
     import torch
 
-    from raysoup.bench import evaluation, greedy, reduction, rounds, streaming, sweep
+    from bench import evaluation, greedy, reduction, rounds, streaming, sweep
 
     only = list(only or ALL)
     unknown = sorted(set(only) - set(ALL))

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from raysoup.bench.common import ratio
+from bench.common import ratio
 from raysoup.checkpoints import load_state_dict, write_ingredient
 from raysoup.config import EvalCfg
 from raysoup.evaluate.evaluator import EvalSplit, count_correct, load_weights_

@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from raysoup.bench.common import ratio
+from bench.common import ratio
 from raysoup.checkpoints import read_manifest
 from raysoup.config import ExperimentCfg
 
