@@ -172,7 +172,7 @@ def _train(config: dict[str, Any], ctx: TrialContext, session: TrialSession) -> 
     from raysoup.train.batches import loader_for
     from raysoup.train.finetune import finetune
 
-    started = time.perf_counter()  # the trial's own wall time (raysoup bench B4)
+    started = time.perf_counter()  # the trial's own wall time, in its ingredient's manifest
     torch.set_num_threads(ctx.threads)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one INFO line per checkpoint
     cfg = ExperimentCfg.model_validate_json(ctx.cfg_json)
