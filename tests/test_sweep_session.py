@@ -30,3 +30,14 @@ def test_failure_budget_applies_this_runs_max_failures():
     trials = [Trial(), Trial()]
     FailureBudget(SweepSession("tracker", "run", max_failures=3)).on_step_begin(0, trials)
     assert [t.max_failures for t in trials] == [3, 3]
+
+
+def test_a_restored_sweep_tells_its_session_the_settings_it_started_with():
+    from raysoup.orchestration.callbacks import StartedWith
+
+    saved = pickle.dumps(StartedWith({"max_concurrent": 2, "reuse_actors": True}))
+    session = SweepSession("tracker", "run", max_failures=0)
+    assert session.started_with is None
+    with session.attached():
+        pickle.loads(saved)
+    assert session.started_with == {"max_concurrent": 2, "reuse_actors": True}

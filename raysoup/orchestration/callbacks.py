@@ -106,6 +106,21 @@ class FailureBudget(tune.Callback):
                 trial.max_failures = self.link.session.max_failures
 
 
+class StartedWith(tune.Callback):
+    """The settings a sweep started with that Tune restores from its saved state
+    (resume.KEPT_ON_RESUME). It does nothing in Tune's loop: `Tuner.restore` unpickles it with
+    the other callbacks, and it hands the values to the restoring session, which refuses a
+    config that changes them (Tune has no public accessor for a restored TuneConfig)."""
+
+    def __init__(self, settings: dict[str, Any]):
+        self.settings = settings
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if (session := SessionLink.attached()) is not None:
+            session.started_with = dict(self.settings)
+
+
 class ProgressCallback(tune.Callback):
     """One line per trial epoch on the console (Tune's own tables are off: verbose=0)."""
 

@@ -58,16 +58,3 @@ def refuse_kept_changes(started: dict[str, Any], cfg: ExperimentCfg,
             f"the unfinished sweep cannot change these settings (Ray Tune restores them from "
             f"its saved state):\n{lines}\nRe-run with {sets} (or `raysoup resume {workdir}`) to "
             "finish it; sweep.max_failures may change.")
-
-
-def check_restorable(tuner, cfg: ExperimentCfg) -> None:
-    """The restored Tuner's own settings, in case the workdir's experiment.yaml was not
-    checked first (run_pipeline checks it in snapshot_config, before writing it).
-
-    Tune has no public accessor for a restored Tuner's TuneConfig: this reads it from the
-    local tuner and checks nothing where that is absent."""
-    saved = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
-    if saved is None:
-        return  # Ray client mode: the restored config lives in the client server
-    refuse_kept_changes({"max_concurrent": getattr(saved.search_alg, "max_concurrent", None),
-                         "reuse_actors": getattr(saved, "reuse_actors", None)}, cfg)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from raysoup.orchestration.anytime import AnytimeSoup
@@ -23,12 +23,14 @@ if TYPE_CHECKING:
 @dataclass
 class SweepSession:
     """One `run_sweep` of this driver: where trials are tracked, how often a trial may fail,
-    the live anytime soup (None when off)."""
+    the live anytime soup (None when off); `started_with`: the settings a restored sweep
+    started with (callbacks.StartedWith), None for a new sweep."""
 
     tracker: Tracker
     parent_run: str
     max_failures: int
     anytime: AnytimeSoup | None = None
+    started_with: dict[str, Any] | None = None
 
     @contextmanager
     def attached(self) -> Iterator[SweepSession]:
@@ -55,4 +57,9 @@ class SessionLink:
         return {}  # the tracker and the soup's actor are this driver's, never Tune's state
 
     def __setstate__(self, state: dict) -> None:
-        self.session = _attached.get()
+        self.session = self.attached()
+
+    @staticmethod
+    def attached() -> SweepSession | None:
+        """The session attached in this context (unpickling inside `SweepSession.attached`)."""
+        return _attached.get()

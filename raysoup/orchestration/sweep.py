@@ -24,9 +24,10 @@ from raysoup.orchestration.callbacks import (
     EndingsCallback,
     FailureBudget,
     ProgressCallback,
+    StartedWith,
     TrackingCallback,
 )
-from raysoup.orchestration.resume import anytime_behind, check_restorable
+from raysoup.orchestration.resume import KEPT_ON_RESUME, anytime_behind, refuse_kept_changes
 from raysoup.orchestration.session import SweepSession
 from raysoup.orchestration.space import tune_space
 from raysoup.orchestration.trial import TrialContext, train_trial
@@ -136,7 +137,9 @@ def _fit(cfg: ExperimentCfg, workdir: Path, trainable, session: SweepSession) ->
     if tune.Tuner.can_restore(path):
         log.info("sweep: resuming from %s", path)
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
-        check_restorable(tuner, cfg)
+        # In case the workdir's experiment.yaml was not checked first (run_pipeline checks it
+        # in snapshot_config, before writing it).
+        refuse_kept_changes(session.started_with or {}, cfg)
     else:
         tuner = _new_tuner(cfg, workdir, trainable, session)
     grid = tuner.fit()
@@ -164,7 +167,8 @@ def _new_tuner(cfg: ExperimentCfg, workdir: Path, trainable,
                        EndingsCallback(str(workdir), base),
                        ProgressCallback(cfg.sweep.trials, cfg.sweep.base.epochs),
                        FailureBudget(session),
-                       AnytimeCallback(session)],
+                       AnytimeCallback(session),
+                       StartedWith({k: getattr(cfg.sweep, k) for k in KEPT_ON_RESUME})],
             verbose=0,
         ),
     )
