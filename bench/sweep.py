@@ -39,7 +39,8 @@ def config(quick: bool) -> ExperimentCfg:
 
 
 def run(root: Path, quick: bool, cpus: int) -> dict:
-    from raysoup.orchestration.sweep import finished_trials, run_sweep
+    from raysoup.orchestration.sweep import run_sweep
+    from raysoup.orchestration.trial_records import finished_trials
     from raysoup.prepare import prepare
     from raysoup.tracking import Tracker, default_uri, quiet
 

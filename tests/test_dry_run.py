@@ -45,7 +45,7 @@ def test_paper_config_validates():
 
 
 def test_paper_config_samples_valid_hparams():
-    from raysoup.orchestration.sweep import hparams_for, param_space
+    from raysoup.orchestration.space import hparams_for, param_space
 
     cfg = load_experiment(PAPER)
     space = param_space(cfg.sweep.space)

@@ -20,7 +20,8 @@ def experiment(**sweep):
 
 def proposals(cfg, path):
     from raysoup.orchestration.search import scheduler, search_alg
-    from raysoup.orchestration.sweep import trial_name, tune_space
+    from raysoup.orchestration.space import tune_space
+    from raysoup.orchestration.trial_records import trial_name
 
     def objective(config):  # nested: pickled by value (workers cannot import this module)
         tune.report({"heldout_acc": -abs(math.log10(config["lr"]) + 3.5), "epoch": 1})

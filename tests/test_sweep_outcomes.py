@@ -38,7 +38,7 @@ def sweep(cfg_dict, workdir):
 
 
 def test_diverged_trial_finishes_the_sweep_without_an_ingredient(ray_session, prepared, tmp_path):
-    from raysoup.orchestration.sweep import diverged_trials, finished_trials
+    from raysoup.orchestration.trial_records import diverged_trials, finished_trials
 
     workdir = tmp_path / "work"
     shutil.copytree(prepared, workdir)
@@ -74,7 +74,8 @@ def test_resume_applies_max_failures_and_refuses_kept_settings(ray_session, prep
                                                                caplog, capsys):
     from raysoup.cli import main
     from raysoup.orchestration.pipeline import CONFIG_SNAPSHOT, snapshot_config
-    from raysoup.orchestration.sweep import SweepError, SweepSettingsChanged
+    from raysoup.orchestration.resume import SweepSettingsChanged
+    from raysoup.orchestration.sweep import SweepError
 
     workdir = tmp_path / "work"
     shutil.copytree(prepared, workdir)
@@ -89,7 +90,7 @@ def test_resume_applies_max_failures_and_refuses_kept_settings(ray_session, prep
     snapshot_config(ExperimentCfg.model_validate(cfg), workdir)  # as run_pipeline does
     saved = snapshot.read_text()
     retries = "failed (worker or node lost?); retrying"
-    with caplog.at_level(logging.WARNING, logger="raysoup.orchestration.sweep"):
+    with caplog.at_level(logging.WARNING, logger="raysoup.orchestration.callbacks"):
         with pytest.raises(SweepError, match="0/1 ingredients"):
             sweep(cfg, workdir)
         assert caplog.text.count(retries) == 0
@@ -133,7 +134,7 @@ def test_asha_stops_a_trial_and_the_anytime_soup_takes_every_trial_in_order(
     any soup); the anytime soup offers every trial in trial order, the stopped one as
     "no ingredient", and logs its curve to the sweep's MLflow run."""
     from raysoup.orchestration.evaluation import build_eval_cache
-    from raysoup.orchestration.sweep import ended_without_ingredient, finished_trials
+    from raysoup.orchestration.trial_records import ended_without_ingredient, finished_trials
     from raysoup.prepare import prepare
     from raysoup.soup.anytime import read_offers
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import ray
-from ray import tune
 
 from raysoup import storage
 from raysoup.config import ExperimentCfg
@@ -82,11 +81,10 @@ def _acc(scores: tuple[int, int]) -> float:
 
 
 class AnytimeSoup:
-    """Driver side: which trials have ended, the journal, the actor's one offer in flight."""
+    """Driver side: which trials have ended, the journal, the actor's one offer in flight.
 
-    # The live instance of this driver (Tune unpickles callbacks and searchers from a
-    # sweep's saved state; they reach the soup through this, never through pickles).
-    live: ClassVar[AnytimeSoup | None] = None
+    Tune's callbacks and the soup-aware searcher reach the live one through the sweep's
+    session (session.py), never through pickles."""
 
     def __init__(self, cfg: ExperimentCfg, workdir: Path, tracker: Tracker | None,
                  parent_run: str | None, heldout_split, model_name: str, num_classes: int):
@@ -241,25 +239,3 @@ class AnytimeSoup:
     def stop(self) -> None:
         ray.kill(self.actor)
 
-
-class AnytimeCallback(tune.Callback):
-    """Tells the live anytime soup of ending trials and pumps it every Tune step."""
-
-    def on_step_begin(self, iteration, trials, **info):
-        if AnytimeSoup.live is not None:
-            AnytimeSoup.live.pump()
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        from raysoup.orchestration.sweep import trial_end_reason, trial_name
-
-        if AnytimeSoup.live is not None:
-            live = AnytimeSoup.live
-            live.trial_ended(trial_name(trial.trial_id),
-                             trial_end_reason(trial, live.cfg.sweep.base.epochs))
-            live.pump()
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        from raysoup.orchestration.sweep import trial_name
-
-        if AnytimeSoup.live is not None:
-            AnytimeSoup.live.trial_ended(trial_name(trial.trial_id), "failed")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -23,6 +22,7 @@ from raysoup.evaluate import results as res
 from raysoup.export import base_clip_state, model_info
 from raysoup.faults import failpoint
 from raysoup.orchestration import metrics, reduction
+from raysoup.orchestration.cluster import connect
 from raysoup.orchestration.evaluation import (
     EvalPool,
     actor_threads,
@@ -30,6 +30,12 @@ from raysoup.orchestration.evaluation import (
     evaluate_models,
 )
 from raysoup.orchestration.published import Publisher, example_images
+from raysoup.orchestration.resume import (
+    KEPT_ON_RESUME,
+    refuse_kept_changes,
+    sweep_to_run,
+    unfinished_sweep,
+)
 from raysoup.orchestration.search import reports_heldout
 from raysoup.orchestration.soup_files import (
     cooked_soup_id,
@@ -39,14 +45,8 @@ from raysoup.orchestration.soup_files import (
     soup_identity,
 )
 from raysoup.orchestration.souping import cook_soups, read_recipe
-from raysoup.orchestration.sweep import (
-    KEPT_ON_RESUME,
-    diverged_trials,
-    refuse_kept_changes,
-    run_sweep,
-    sweep_to_run,
-    unfinished_sweep,
-)
+from raysoup.orchestration.sweep import run_sweep
+from raysoup.orchestration.trial_records import diverged_trials
 from raysoup.prepare import ZEROSHOT, prepare
 from raysoup.progress import Progress
 from raysoup.report import diverged_line, markdown_table, summarize, summary_rows, write_report
@@ -68,32 +68,6 @@ PINNED = ("model", "data", "sweep")
 EXECUTION_ONLY = ("sweep.max_failures", *(f"sweep.{k}" for k in KEPT_ON_RESUME),
                   # the anytime soup only watches (search: soup, which it steers, is pinned)
                   "sweep.anytime.enabled", "sweep.anytime.cpus", "sweep.anytime.gpus")
-
-
-def connect(address: str | None, metrics_export_port: int | None = None,
-            dashboard: bool = False) -> None:
-    if ray.is_initialized():
-        return
-    extra = {}
-    if metrics_export_port and (address or os.environ.get("RAY_ADDRESS")):
-        log.warning("--metrics-export-port ignored: a running cluster's nodes export metrics "
-                    "on the port of `ray start --metrics-export-port` (see cluster.yaml)")
-    elif metrics_export_port:
-        extra["_metrics_export_port"] = metrics_export_port  # Prometheus endpoint of this node
-    # Workers inherit the driver's environment; keep Tune's console output compact.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
-    # Tiny trials checkpoint every few seconds; Tune's snapshot-frequency warning is noise here.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # No --address: a fresh local cluster ("local"), never a `ray start` cluster that happens
-    # to run on this machine (ray.init's default would silently join it). Inside `ray job
-    # submit`, RAY_ADDRESS names the job's cluster.
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    if address == "local":
-        # Ray's dashboard on a local cluster is ~10 more processes (and ~5 CPU-seconds at
-        # start on 2 cores) that a run does not need: started when asked, or with a metrics
-        # port (it writes Ray's Grafana dashboards next to which ours sits).
-        extra["include_dashboard"] = dashboard or bool(metrics_export_port)
-    ray.init(address=address, log_to_driver=True, configure_logging=False, **extra)
 
 
 class Run:

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import ray
@@ -36,15 +37,18 @@ from raysoup.reduce import (
 )
 from raysoup.reduce.merge import TensorMerge
 
-# Where reduction tasks run: Ray's default placement, or CPUs the soup stage reserved for them
-# (`reserved_cpus`). Module state because the recipes reach the tasks through several layers.
-_placement: dict = {}
+# Where reduction tasks run: Ray's default placement, or the CPUs the soup stage reserved for
+# them (the task options `reserved_cpus` sets while its block runs). A ContextVar scoped to that
+# block, not a parameter: the recipes reach the tasks through several layers (souping, the
+# kitchen, soup_files) that have no reason to know about placement.
+_placement: ContextVar[dict | None] = ContextVar("raysoup_reduction_placement", default=None)
 RESERVE_WAIT_S = 600
 
 
 def placed(fn):
     """Remote function `fn` with the reduction placement in force."""
-    return fn.options(**_placement) if _placement else fn
+    options = _placement.get()
+    return fn.options(**options) if options else fn
 
 
 def soup_cpus(total: float, actors: int, per_actor: float, shards: int) -> tuple[int, float | None]:
@@ -69,9 +73,8 @@ def reserved_cpus(count: int, wait_s: float | None = None) -> Iterator[None]:
     """Run this module's reduction tasks in `count` reserved 1-CPU bundles while the block runs.
 
     The soup stage's eval actors stay alive during reductions. Without a reservation Ray may
-    spread them so that no node keeps a whole CPU free, and every reduction task waits forever
-    (tests/test_soup_placement.py). Raises TimeoutError if the bundles cannot be placed
-    within `wait_s` (default RESERVE_WAIT_S), naming what was asked and what is free."""
+    spread them so that no node keeps a whole CPU free, and every reduction task waits forever.
+    Raises TimeoutError if the bundles cannot be placed within `wait_s` (default RESERVE_WAIT_S), naming what was asked and what is free."""
     pg = placement_group([{"CPU": 1}] * count, strategy="PACK")
     limit = RESERVE_WAIT_S if wait_s is None else wait_s
     ready, _ = ray.wait([pg.ready()], timeout=limit)
@@ -82,11 +85,12 @@ def reserved_cpus(count: int, wait_s: float | None = None) -> Iterator[None]:
             f"(cluster CPUs {ray.cluster_resources().get('CPU', 0)}, available "
             f"{ray.available_resources().get('CPU', 0)}): lower eval.num_actors or "
             f"eval.cpus_per_actor, or add CPUs")
-    _placement["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=pg)
+    token = _placement.set(
+        {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=pg)})
     try:
         yield
     finally:
-        _placement.clear()
+        _placement.reset(token)
         remove_placement_group(pg)
 
 

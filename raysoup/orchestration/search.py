@@ -6,57 +6,26 @@
 - soup: `SoupSearcher`, whose objective is the trial's effect on the anytime soup.
 - asha: Tune's AsyncHyperBandScheduler on the held-out accuracy trials report each epoch.
 
-Searchers other than random run under `IndexedSearchGenerator`, which numbers trials like the
-random generator does (`<prefix>_00007`), so their ingredients are trial-007 too and the
-anytime soup can take them in order.
+Searchers other than random run under `IndexedSearchGenerator` (trial_ids.py), which numbers
+trials like the random generator does (`<prefix>_00007`), so their ingredients are trial-007
+too and the anytime soup can take them in order.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
-from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
-from ray.tune.search.search_generator import SearchGenerator
 
 from raysoup.config import ConfigError, ExperimentCfg
+from raysoup.orchestration.session import SessionLink, SweepSession
+from raysoup.orchestration.trial_ids import IndexedSearchGenerator
 from raysoup.search.proposer import propose
 
 HELDOUT_METRIC = "heldout_acc"  # reported each epoch by trials under asha and optuna
-
-
-class IndexedSearchGenerator(SearchGenerator):
-    """SearchGenerator whose trial ids end in a counter, as BasicVariantGenerator's do."""
-
-    def __init__(self, searcher: Searcher):
-        super().__init__(searcher)
-        self._prefix = uuid.uuid4().hex[:5]
-
-    def create_trial_if_possible(self, experiment_spec):
-        # Tune draws a trial's id (a random hex) inside this method, before the searcher's
-        # suggest(trial_id); the counter suffix is swapped in for that one call.
-        counter = self._counter
-        original = Trial.generate_id
-        Trial.generate_id = classmethod(lambda cls: f"{self._prefix}_{counter:05d}")
-        try:
-            return super().create_trial_if_possible(experiment_spec)
-        finally:
-            Trial.generate_id = original
-
-    def get_state(self):
-        return {**super().get_state(), "prefix": self._prefix}
-
-    def set_state(self, state):
-        self._prefix = state.pop("prefix", self._prefix)
-        super().set_state(state)
-
-    @property
-    def max_concurrent(self) -> int | None:  # what a resumed sweep checks (sweep.py)
-        return getattr(self.searcher, "max_concurrent", None)
 
 
 class SoupSearcher(Searcher):
@@ -64,10 +33,12 @@ class SoupSearcher(Searcher):
 
     Stateless beyond its settings: the offers live in the anytime journal, so a restored
     sweep's searcher proposes exactly what the interrupted one would have. While an offer it
-    needs is not decided yet, `suggest` returns None (Tune asks again next step)."""
+    needs is not decided yet, `suggest` returns None (Tune asks again next step). The offers
+    are the live anytime soup's, which it reaches through the sweep's session."""
 
-    def __init__(self, cfg: ExperimentCfg):
+    def __init__(self, cfg: ExperimentCfg, session: SweepSession | None = None):
         super().__init__()  # no Tune metric: its objective is the anytime soup's
+        self.link = SessionLink(session)
         self.space = dict(cfg.sweep.space)
         self.seed, self.settings = cfg.sweep.seed, cfg.sweep.soup_search
         self.lag = cfg.sweep.max_concurrent
@@ -76,11 +47,9 @@ class SoupSearcher(Searcher):
         return True  # the space is the config's (`self.space`), drawn by `propose`
 
     def suggest(self, trial_id: str) -> dict | None:
-        from raysoup.orchestration.anytime import AnytimeSoup
-
         index = int(trial_id.rsplit("_", 1)[-1])
         need = index - self.lag + 1 if index >= self.settings.initial else 0
-        live = AnytimeSoup.live
+        live = self.link.session.anytime if self.link.session is not None else None
         if live is not None:
             # With no trial running, Tune's loop waits in here (asking each second) without
             # calling the callbacks that pump the anytime soup otherwise.
@@ -101,14 +70,16 @@ class SoupSearcher(Searcher):
         pass  # nothing beyond the settings the trainable's config restores
 
 
-def search_alg(cfg: ExperimentCfg):
+def search_alg(cfg: ExperimentCfg, session: SweepSession | None = None):
+    """Tune's search algorithm for sweep.search; `session`: the sweep's (the soup-aware
+    searcher follows its anytime soup)."""
     s = cfg.sweep
     if s.search in ("random", "grid"):  # grid: the param space's grid_search dimensions
         # TuneConfig.max_concurrent_trials is ignored (with a warning) for a SearchGenerator
         # such as BasicVariantGenerator; the generator limits it itself.
         return BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent)
     if s.search == "soup":
-        searcher = SoupSearcher(cfg)
+        searcher = SoupSearcher(cfg, session)
     else:
         try:
             import optuna

@@ -1,0 +1,60 @@
+"""When a sweep runs again and what it may change: the resume policy, read from the workdir.
+
+A sweep is resumed from Tune's saved state (`WORKDIR/tune/sweep`) while trials are still to
+run; Tune restores some settings from that state, so a resumed sweep refuses to change them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from raysoup.config import ConfigError, ExperimentCfg
+from raysoup.orchestration.trial_records import ended_trials, sweep_path
+from raysoup.soup.anytime import read_offers, trial_index
+
+# Tune restores these from its saved state (the pickled TuneConfig: the search algorithm's
+# max_concurrent, the controller's reuse_actors), so an unfinished sweep cannot change them.
+# sweep.max_failures is applied on resume (callbacks.FailureBudget).
+KEPT_ON_RESUME = ("max_concurrent", "reuse_actors")
+
+
+class SweepSettingsChanged(ConfigError):
+    """A resumed sweep would silently keep settings the config now changes."""
+
+
+def sweep_to_run(cfg: ExperimentCfg, workdir: Path) -> bool:
+    """Trials are still to run (a new or an unfinished sweep), or the anytime soup has not
+    been offered every finished one."""
+    ended = ended_trials(workdir)
+    return ended.count < cfg.sweep.trials or anytime_behind(cfg, workdir, ended.names)
+
+
+def anytime_behind(cfg: ExperimentCfg, workdir: Path, ended: list[str]) -> bool:
+    """The anytime soup has not been offered every one of the `ended` trials."""
+    if not cfg.sweep.anytime.enabled:
+        return False
+    return len(read_offers(workdir)) < sum(trial_index(n) is not None for n in ended)
+
+
+def unfinished_sweep(cfg: ExperimentCfg, workdir: Path) -> bool:
+    """A sweep that a run would resume from Tune's saved state (needs no Ray session)."""
+    return ended_trials(workdir).count < cfg.sweep.trials and tune.Tuner.can_restore(
+        sweep_path(workdir))
+
+
+def refuse_kept_changes(started: dict[str, Any], cfg: ExperimentCfg,
+                        workdir: str = "WORKDIR") -> None:
+    """Raise SweepSettingsChanged if `cfg` changes a setting the unfinished sweep keeps."""
+    changed = {k: v for k, v in started.items()
+               if k in KEPT_ON_RESUME and v is not None and v != getattr(cfg.sweep, k)}
+    if changed:
+        lines = "\n".join(f"  sweep.{k}: {v!r} when the sweep started, now "
+                           f"{getattr(cfg.sweep, k)!r}" for k, v in changed.items())
+        sets = " ".join(f"--set sweep.{k}={str(v).lower()}" for k, v in changed.items())
+        raise SweepSettingsChanged(
+            f"the unfinished sweep cannot change these settings (Ray Tune restores them from "
+            f"its saved state):\n{lines}\nRe-run with {sets} (or `raysoup resume {workdir}`) to "
+            "finish it; sweep.max_failures may change.")

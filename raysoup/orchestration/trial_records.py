@@ -1,0 +1,114 @@
+"""The sweep's part of the workdir: where Tune keeps its state, how trials are named, and the
+records a trial leaves in `ingredients/<trial>/` however it ended.
+
+Read by the driver (resume policy, callbacks, the anytime soup) and written by trials and
+callbacks; no Ray here, so this is plain workdir bookkeeping.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raysoup import storage
+from raysoup.checkpoints import list_ingredients, read_manifest
+
+SWEEP_DIR = "tune"
+SWEEP_NAME = "sweep"
+TRAIN_DIR = "train"  # WORKDIR/tune/train/<trial>: the Ray Train run of a data-parallel trial
+# A diverged trial leaves ingredients/<name>/manifest.json with this kind and no tensor file:
+# it is a finished trial, but not an ingredient (list_ingredients needs the tensor file), so
+# evaluation and soups never see it.
+DIVERGED = "diverged"
+# A trial the scheduler (sweep.scheduler: asha) stopped early likewise leaves a record of this
+# kind: its last checkpoint is an under-trained model, not an ingredient of any soup.
+STOPPED = "stopped"
+
+
+def trial_name(trial_id: str) -> str:
+    """Tune's ids end in a 5-digit counter (`<uuid>_00003`); ingredients get stable names."""
+    suffix = trial_id.rsplit("_", 1)[-1]
+    return f"trial-{int(suffix):03d}" if suffix.isdigit() else f"trial-{trial_id}"
+
+
+def sweep_path(workdir: Path) -> str:
+    """Tune's experiment directory: a local path or the workdir's URI."""
+    return storage.display(workdir / SWEEP_DIR / SWEEP_NAME)
+
+
+def _manifest(workdir: Path, name: str) -> Path:
+    return workdir / "ingredients" / name / "manifest.json"
+
+
+def write_diverged(workdir: Path, name: str, error: str, hparams: dict[str, Any]) -> None:
+    """The record of a trial whose loss became non-finite."""
+    record = {"kind": DIVERGED, "status": DIVERGED, "trial": name, "error": error,
+              "hparams": hparams}
+    storage.write_file(_manifest(workdir, name), json.dumps(record, indent=1, sort_keys=True))
+
+
+def write_stopped(workdir: Path, name: str, reason: str, epoch: int, heldout_acc,
+                  hparams: dict[str, Any]) -> None:
+    """The record of a trial the scheduler stopped before its last epoch."""
+    record = {"kind": STOPPED, "status": STOPPED, "trial": name, "reason": reason,
+              "epoch": epoch, "heldout_acc": heldout_acc, "hparams": hparams}
+    storage.write_file(_manifest(workdir, name),
+                       json.dumps(record, indent=1, sort_keys=True, default=str))
+
+
+def finished_trials(workdir: Path) -> list[str]:
+    """Trials that produced an ingredient."""
+    return [p.name for p in list_ingredients(workdir / "ingredients")
+            if read_manifest(p).get("kind") == "ingredient"]
+
+
+def ended_without_ingredient(workdir: Path) -> dict[str, str]:
+    """Finished trials without an ingredient -> how they ended (DIVERGED, "stopped at ...")."""
+    root = workdir / "ingredients"
+    files = set(storage.list_files(root))
+    names = sorted({rel.split("/", 1)[0] for rel in files if rel.endswith("/manifest.json")}
+                   - {rel.split("/", 1)[0] for rel in files if rel.endswith("/model.safetensors")})
+    out = {}
+    for name in names:
+        if name.startswith("."):
+            continue
+        record = json.loads(storage.read_text(root / name / "manifest.json"))
+        if record.get("kind") in (DIVERGED, STOPPED):
+            out[name] = record.get("reason", record["kind"])
+    return out
+
+
+def diverged_trials(workdir: Path) -> list[str]:
+    """Trials that ended with a non-finite loss: finished, but without an ingredient."""
+    return ended_trials(workdir).diverged
+
+
+@dataclass(frozen=True)
+class EndedTrials:
+    """The trials of a sweep that have ended, as the workdir records them."""
+
+    finished: list[str]  # with an ingredient
+    without_ingredient: dict[str, str]  # trial -> how it ended (DIVERGED, "stopped at ...")
+
+    @property
+    def count(self) -> int:
+        return len(self.finished) + len(self.without_ingredient)
+
+    @property
+    def names(self) -> list[str]:
+        return [*self.finished, *self.without_ingredient]
+
+    @property
+    def diverged(self) -> list[str]:
+        return [n for n, how in self.without_ingredient.items() if how == DIVERGED]
+
+    @property
+    def stopped(self) -> list[str]:
+        """Ended without an ingredient, other than by diverging (the scheduler stopped them)."""
+        return sorted(set(self.without_ingredient) - set(self.diverged))
+
+
+def ended_trials(workdir: Path) -> EndedTrials:
+    return EndedTrials(finished_trials(workdir), ended_without_ingredient(workdir))
