@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fidelity":
             return _fidelity(args)
         if args.command == "resume":
-            from raysoup.orchestration.pipeline import CONFIG_SNAPSHOT
+            from raysoup.workdir import CONFIG_SNAPSHOT
 
             workdir, stages = workdir_path(args.workdir), STAGE_COMMANDS["run"]
             snapshot = workdir / CONFIG_SNAPSHOT

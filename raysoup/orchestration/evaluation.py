@@ -23,9 +23,9 @@ from raysoup.data.images import LabeledImages
 from raysoup.evaluate import cache
 from raysoup.evaluate.evaluator import EvalSplit, Evaluator
 from raysoup.orchestration import metrics
-from raysoup.orchestration.soup_files import ensemble_members
 from raysoup.progress import Progress
 from raysoup.reduce import INDEX_FILE, read_sharded, scaled
+from raysoup.workdir import ensemble_members
 
 log = logging.getLogger(__name__)
 
