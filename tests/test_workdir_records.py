@@ -52,7 +52,7 @@ def test_manifest_round_trips_byte_for_byte(file):
 
 
 def test_config_snapshot_round_trips_byte_for_byte(tmp_path):
-    from raysoup.workdir import snapshot_config
+    from raysoup.workdir.snapshot import snapshot_config
 
     text = (DATA / "experiment.yaml").read_text()
     (tmp_path / "experiment.yaml").write_text(text)

@@ -13,7 +13,8 @@ from raysoup.export.open_clip_dir import (
     export_safetensors,
     model_info,
 )
-from raysoup.workdir import CONFIG_SNAPSHOT, MANIFEST_FILE, SoupRecord, Workdir, read_snapshot
+from raysoup.workdir import CONFIG_SNAPSHOT, MANIFEST_FILE, SoupRecord, Workdir
+from raysoup.workdir.snapshot import read_snapshot
 
 FORMATS = ("open_clip", "safetensors")
 

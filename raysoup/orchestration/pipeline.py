@@ -13,7 +13,6 @@ import pyarrow as pa
 import ray
 
 from raysoup import storage
-from raysoup import workdir as workdir_records
 from raysoup.checkpoints import list_ingredients, read_manifest
 from raysoup.checkpoints.audit import Audit, AuditCache
 from raysoup.config import ExperimentCfg
@@ -42,6 +41,7 @@ from raysoup.report import diverged_line, markdown_table, summarize, summary_row
 from raysoup.soup.anytime import read_offers
 from raysoup.tracking import Tracker, default_uri, quiet
 from raysoup.workdir import SoupRecord, Workdir, diverged_hparams, inference_costs, recipe_files
+from raysoup.workdir.snapshot import snapshot_config as save_snapshot
 
 log = logging.getLogger("raysoup")
 
@@ -86,12 +86,11 @@ class Run:
 
     def __init__(self, cfg: ExperimentCfg, workdir: Path):
         self.cfg, self.workdir = cfg, workdir
-        self.layout = Workdir(workdir)
         self.timings: dict[str, float] = {}
         quiet()
         self.tracker = Tracker(cfg.tracking.uri or default_uri(workdir),
                                cfg.tracking.experiment or cfg.name,
-                               artifact_root=self.layout.mlartifacts, workdir=workdir)
+                               artifact_root=Workdir(workdir).mlartifacts, workdir=workdir)
         self.parent = self.tracker.sweep_run({"experiment": cfg.name, "workdir": str(workdir)})
         self._pool: EvalPool | None = None
         self._pool_cpus: float | None = None
@@ -108,6 +107,10 @@ class Run:
         self.timings[name] = time.perf_counter() - start
         metrics.stage_finished(name, self.timings[name])
         log.info("── %s done in %.1f s", name, self.timings[name])
+
+    @property
+    def layout(self) -> Workdir:
+        return Workdir(self.workdir)
 
     @property
     def results_path(self) -> Path:
@@ -313,7 +316,7 @@ def snapshot_config(cfg: ExperimentCfg, workdir: Path) -> None:
                 and unfinished_sweep(cfg, workdir):
             refuse_kept_changes(started, cfg, storage.display(workdir))
 
-    workdir_records.snapshot_config(cfg, workdir, EXECUTION_ONLY, check_resume)
+    save_snapshot(cfg, workdir, EXECUTION_ONLY, check_resume)
 
 
 def run_pipeline(cfg: ExperimentCfg, workdir: Path, stages: tuple[str, ...] = STAGES,

@@ -2,7 +2,9 @@
 back, each with one reader and one writer: the ingredient manifest, the soup record
 (recipe.json), the config snapshot (experiment.yaml) and the trial outcome records.
 
-Sits right above storage and config: nothing here imports torch, Ray or MLflow."""
+Sits right above storage and config: nothing here imports torch, Ray or MLflow. The config
+snapshot (`raysoup.workdir.snapshot`) is imported by name, not from here: the ingredient
+format is read by `checkpoints`, which the config's merge registry imports."""
 
 from raysoup.workdir.layout import (
     AUDIT_FILE,
@@ -23,7 +25,6 @@ from raysoup.workdir.manifest import (
     read_record,
     write_trial_outcome,
 )
-from raysoup.workdir.snapshot import PINNED, WorkdirMismatch, read_snapshot, snapshot_config
 from raysoup.workdir.soup_record import (
     CandidateSet,
     SoupRecord,
@@ -39,7 +40,6 @@ __all__ = [
     "AUDIT_FILE",
     "CONFIG_SNAPSHOT",
     "MANIFEST_FILE",
-    "PINNED",
     "RECIPE_FILE",
     "RESULTS_FILE",
     "SWEEP_DIR",
@@ -50,16 +50,13 @@ __all__ = [
     "IngredientManifest",
     "SoupRecord",
     "Workdir",
-    "WorkdirMismatch",
     "cooked_soup_id",
     "diverged_hparams",
     "ensemble_members",
     "inference_costs",
     "model_name",
     "read_record",
-    "read_snapshot",
     "recipe_files",
-    "snapshot_config",
     "soup_journal",
     "write_recipe_file",
     "write_trial_outcome",
