@@ -101,11 +101,10 @@ def test_old_records_read():
         "uniform_soup", "soup", None, 1)
 
 
-def test_workdir_records_import_no_torch_ray_or_mlflow():
-    code = ("import sys, raysoup.workdir; "
+def test_workdir_records_and_export_import_no_ray_or_mlflow():
+    code = ("import sys, raysoup.workdir, raysoup.export.command; "
             "print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
-    # config.py still imports the merge registry (torch) until it is made lazy; the records
-    # themselves import none of the three.
+    # config.py still imports the merge registry (torch) until it is made lazy.
     assert "ray" not in out and "mlflow" not in out

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from raysoup import storage
 from raysoup.atomic import atomic_dir
-from raysoup.checkpoints import load_state_dict, read_manifest
+from raysoup.checkpoints import MANIFEST_FILE, load_state_dict, read_manifest
 from raysoup.reduce.writer import INDEX_FILE, read_sharded
 
 CONFIG_FILE = "open_clip_config.json"
@@ -91,11 +91,11 @@ def classifier_state(model_dir: Path) -> dict[str, torch.Tensor]:
     model_dir = Path(model_dir)
     if storage.is_file(model_dir / INDEX_FILE):
         state = read_sharded(model_dir)
-    elif storage.is_file(model_dir / "manifest.json"):
+    elif storage.is_file(model_dir / MANIFEST_FILE):
         state = load_state_dict(model_dir, verify=True)
     else:
         raise ExportError(f"{storage.display(model_dir)}: neither a soup ({INDEX_FILE}) nor an "
-                          "ingredient (manifest.json); an ensemble has no single set of weights")
+                          f"ingredient ({MANIFEST_FILE}); an ensemble has no single set of weights")
     for name in ("head.weight", "head.bias"):
         if name not in state:
             raise ExportError(f"{storage.display(model_dir)}: tensor {name} missing (not an "

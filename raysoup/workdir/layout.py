@@ -8,6 +8,7 @@
       soups/.<recipe>.journal.jsonl   a merge method's decisions while it cooks
       tune/                      Ray Tune's experiment state and the trials' Train runs
       results.parquet            accuracy of every (model, split)
+      anytime.jsonl              the anytime soup's decisions during the sweep
       report/                    README.md and figures
       cache/eval/                decoded, resized eval splits
       base/ data/                pre-trained base weights, generated data
@@ -30,6 +31,7 @@ RECIPE_FILE = "recipe.json"
 AUDIT_FILE = ".audit.json"
 SWEEP_DIR = "tune"
 EVAL_CACHE_DIR = Path("cache") / "eval"
+ANYTIME_JOURNAL = "anytime.jsonl"
 
 
 def soup_journal(soups_dir: Path, recipe: str) -> Path:
@@ -80,6 +82,10 @@ class Workdir:
     @property
     def results(self) -> Path:
         return self.root / RESULTS_FILE
+
+    @property
+    def anytime_journal(self) -> Path:
+        return self.root / ANYTIME_JOURNAL
 
     @property
     def report(self) -> Path:
