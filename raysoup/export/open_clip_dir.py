@@ -25,8 +25,9 @@ from safetensors.torch import save_file
 
 from raysoup import storage
 from raysoup.atomic import atomic_dir
-from raysoup.checkpoints import MANIFEST_FILE, load_state_dict, read_manifest
+from raysoup.checkpoints import MANIFEST_FILE, load_state_dict
 from raysoup.reduce.writer import INDEX_FILE, read_sharded
+from raysoup.workdir import IngredientManifest
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -70,11 +71,11 @@ def model_info(zeroshot_dir: Path, **extra) -> ModelInfo:
     """ModelInfo of a workdir from its zero-shot ingredient's manifest."""
     from raysoup.models.factory import model_config
 
-    manifest = read_manifest(zeroshot_dir)
-    pp = manifest["preprocess"]
-    return ModelInfo(manifest["model_name"], model_config(manifest["model_name"]),
-                     list(manifest["classnames"]), int(pp["image_size"]), list(pp["mean"]),
-                     list(pp["std"]), manifest.get("base_model"), extra)
+    manifest = IngredientManifest.read(zeroshot_dir)
+    pp = manifest.preprocess
+    return ModelInfo(manifest.model_name, model_config(manifest.model_name),
+                     list(manifest.meta["classnames"]), int(pp["image_size"]), list(pp["mean"]),
+                     list(pp["std"]), manifest.meta.get("base_model"), extra)
 
 
 def base_clip_state(model_cfg, info: ModelInfo) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ import pyarrow as pa
 import ray
 
 from raysoup import storage
-from raysoup.checkpoints import list_ingredients, read_manifest
+from raysoup.checkpoints import list_ingredients
 from raysoup.checkpoints.audit import Audit, AuditCache
 from raysoup.config import ExperimentCfg
 from raysoup.data.lineage import split_records
@@ -40,7 +40,14 @@ from raysoup.progress import Progress
 from raysoup.report import diverged_line, markdown_table, summarize, summary_rows, write_report
 from raysoup.soup.anytime import read_offers
 from raysoup.tracking import Tracker, default_uri, quiet
-from raysoup.workdir import SoupRecord, Workdir, diverged_hparams, inference_costs, recipe_files
+from raysoup.workdir import (
+    IngredientManifest,
+    SoupRecord,
+    Workdir,
+    diverged_hparams,
+    inference_costs,
+    recipe_files,
+)
 from raysoup.workdir.snapshot import snapshot_config as save_snapshot
 
 log = logging.getLogger("raysoup")
@@ -202,7 +209,7 @@ class Run:
         out = []
         for p in list_ingredients(self.layout.ingredients):
             self.audits[p.name] = audits.audit(p)
-            out.append((p.name, read_manifest(p).get("kind", "ingredient"), p))
+            out.append((p.name, IngredientManifest.read(p).kind or "ingredient", p))
         self.soup_ids: dict[str, str | None] = {}
         for recipe_file in recipe_files(self.layout.soups):
             record = SoupRecord.read(recipe_file.parent)
