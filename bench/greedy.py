@@ -156,9 +156,10 @@ def _raysoup_greedy(candidates, heldout: LabeledImages, pre: dict, model_name: s
                     soups_dir: Path, actors: int = 1, speculation: int = 1) -> dict:
     import ray
 
-    from raysoup.orchestration import souping
+    from raysoup.orchestration import soup_stage
     from raysoup.orchestration.evaluation import EvalPool
     from raysoup.orchestration.reduction import add_ingredient, shard_plan
+    from raysoup.workdir import SoupRecord
 
     t0 = time.perf_counter()
     split = EvalSplit(preprocess_eval(heldout, pre["image_size"], pre["mean"], pre["std"]),
@@ -177,11 +178,11 @@ def _raysoup_greedy(candidates, heldout: LabeledImages, pre: dict, model_name: s
         ray.get(add_ingredient(None, candidates[0].path, shard_plan(candidates[0].path,
                                                                     num_shards)))
         t_start = time.perf_counter() - t0 - t_pre
-        secs, dirs = timed(souping.cook_soups, ["greedy"], candidates, soups_dir, num_shards, pool,
+        secs, dirs = timed(soup_stage.cook_soups, ["greedy"], candidates, soups_dir, num_shards, pool,
                            cfg=SoupCfg(greedy={"speculation": speculation}))
     finally:
         pool.stop()
-    recipe = souping.read_recipe(dirs["greedy"])
+    recipe = SoupRecord.read(dirs["greedy"]).as_dict()
     trace = recipe.get("trace", [])
     return {"seconds": t_pre + secs, "preprocess_s": t_pre, "actor_start_s": t_start,
             "cook_s": secs, "ingredients": recipe["ingredients"],
@@ -214,7 +215,7 @@ def _from_workdir(workdir: Path, root: Path) -> tuple[list[Path], Path]:
     """A finished run's ingredients and its held-out split, written as Parquet under root."""
     from raysoup.config import load_experiment
     from raysoup.data.sources import load_splits
-    from raysoup.orchestration.pipeline import CONFIG_SNAPSHOT
+    from raysoup.workdir import CONFIG_SNAPSHOT
 
     cfg = load_experiment(workdir / CONFIG_SNAPSHOT)
     splits = load_splits(cfg.data, workdir, progress=False)

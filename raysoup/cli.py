@@ -331,7 +331,7 @@ def _saved_config(where: str):
     """(the config, the workdir) of `raysoup resume WORKDIR`: the workdir's saved config."""
     from raysoup import storage
     from raysoup.config import ConfigError, load_experiment, workdir_path
-    from raysoup.orchestration.pipeline import CONFIG_SNAPSHOT
+    from raysoup.workdir import CONFIG_SNAPSHOT
 
     workdir = workdir_path(where)
     snapshot = workdir / CONFIG_SNAPSHOT

@@ -14,15 +14,13 @@ from raysoup import storage
 from raysoup.checkpoints import list_ingredients, read_manifest, write_ingredient
 from raysoup.config import ExperimentCfg
 from raysoup.data.sources import DatasetSplits, load_splits
+from raysoup.workdir import ZEROSHOT, Workdir
 
 log = logging.getLogger(__name__)
 
-ZEROSHOT = "zeroshot"
-
-
 def base_cache_dir(cfg: ExperimentCfg, workdir: Path) -> Path:
     # Keyed by everything the pre-trained weights depend on, so a changed config retrains.
-    return workdir / "base" / cfg.fingerprint("model", "data")
+    return Workdir(workdir).base / cfg.fingerprint("model", "data")
 
 
 def pretrain_corpus(cfg: ExperimentCfg, splits: DatasetSplits):
@@ -40,8 +38,8 @@ def pretrain_corpus(cfg: ExperimentCfg, splits: DatasetSplits):
 def ensure_zeroshot(cfg: ExperimentCfg, workdir: Path, splits: DatasetSplits) -> Path:
     """Ingredient 0: the family's initial classifier (open_clip: the image encoder and the
     zero-shot head from class names × templates)."""
-    out = workdir / "ingredients" / ZEROSHOT
-    if out in list_ingredients(workdir / "ingredients"):
+    out = Workdir(workdir).zeroshot
+    if out in list_ingredients(Workdir(workdir).ingredients):
         return out
     from raysoup.models.families import family_of
 
@@ -70,9 +68,9 @@ def prepare(cfg: ExperimentCfg, workdir: Path) -> tuple[DatasetSplits, dict]:
     torch.set_flush_denormal(True)  # denormals once slowed a CPU run 15x (PLATFORM_NOTES)
     # A remote workdir: what an earlier driver generated comes down first, so nothing is
     # generated twice, and what this one generates goes up for trials on other nodes.
-    storage.pull(workdir / "data")
-    storage.pull(workdir / "base")
+    storage.pull(Workdir(workdir).data)
+    storage.pull(Workdir(workdir).base)
     splits = load_splits(cfg.data, workdir)
-    storage.publish_missing(workdir / "data")
+    storage.publish_missing(Workdir(workdir).data)
     zs = ensure_zeroshot(cfg, workdir, splits)
     return splits, read_manifest(zs)

@@ -20,7 +20,7 @@ from raysoup.checkpoints.audit import AuditCache
 from raysoup.config import ExperimentCfg
 from raysoup.evaluate import results as res
 from raysoup.orchestration.pipeline import snapshot_config
-from raysoup.orchestration.soup_files import write_result
+from raysoup.orchestration.soup_stage import write_result
 from raysoup.soup import RecipeResult
 
 

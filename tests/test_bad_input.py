@@ -58,7 +58,7 @@ def test_nonfinite_weights_are_counted_per_tensor(tmp_path):
 
 
 def test_nonfinite_ingredient_left_out_or_refused_under_strict(tmp_path, caplog):
-    from raysoup.orchestration.pipeline import soup_candidates
+    from raysoup.orchestration.soup_stage import soup_candidates
 
     good = make(tmp_path / "good")
     bad = make(tmp_path / "bad", w=torch.full((3, 2), float("nan")))
@@ -100,7 +100,9 @@ def write_cfg(tmp_path, name, **overrides):
 
 
 def test_workdir_of_another_config_is_refused(tmp_path):
-    from raysoup.orchestration.pipeline import CONFIG_SNAPSHOT, WorkdirMismatch, snapshot_config
+    from raysoup.orchestration.pipeline import snapshot_config
+    from raysoup.workdir import CONFIG_SNAPSHOT
+    from raysoup.workdir.snapshot import WorkdirMismatch
 
     work = tmp_path / "work"
     work.mkdir()
@@ -141,7 +143,9 @@ def test_cli_refuses_mixed_workdir_with_exit_2(tmp_path):
 
 def test_workdir_from_before_new_fields_resumes_but_a_set_new_field_is_refused(tmp_path):
     """A snapshot written before a field existed lacks it: it counts as the field's default."""
-    from raysoup.orchestration.pipeline import CONFIG_SNAPSHOT, WorkdirMismatch, snapshot_config
+    from raysoup.orchestration.pipeline import snapshot_config
+    from raysoup.workdir import CONFIG_SNAPSHOT
+    from raysoup.workdir.snapshot import WorkdirMismatch
 
     work = tmp_path / "work"
     work.mkdir()

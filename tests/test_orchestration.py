@@ -156,16 +156,16 @@ def test_soups_are_cooked_again_when_their_candidate_set_changes(ray_session, in
     """Two more ingredients (an import): every soup is cooked again from all of them, the old
     soup's result rows no longer count, and the new soup gets its own MLflow run."""
     from raysoup.evaluate import results as res
-    from raysoup.orchestration.soup_files import candidate_set, cooked_soup_id, soup_identity
-    from raysoup.orchestration.souping import cook_soups, read_recipe
+    from raysoup.orchestration.soup_stage import candidate_set, cook_soups
     from raysoup.soup import Candidate
     from raysoup.tracking import Tracker, default_uri
+    from raysoup.workdir import SoupRecord, cooked_soup_id
 
     soups, recipes = tmp_path / "soups", ["uniform", "ensemble"]
     cands = [Candidate(p.name, 0.5, p) for p in ingredients]
     out = cook_soups(recipes, cands[:2], soups, 2, pool=None)
     old = {r: cooked_soup_id(d) for r, d in out.items()}
-    table = res.merge(res.empty(), [res.rows(soup_identity(d)[0], "soup", {"test": (1, 2)}, old[r])
+    table = res.merge(res.empty(), [res.rows(SoupRecord.read(d).name, "soup", {"test": (1, 2)}, old[r])
                                     for r, d in out.items()])
     stamp = (soups / "uniform" / "recipe.json").stat().st_mtime_ns
     cook_soups(recipes, cands[:2], soups, 2, pool=None)  # the same set: nothing to do
@@ -175,10 +175,11 @@ def test_soups_are_cooked_again_when_their_candidate_set_changes(ray_session, in
     names = sorted(c.name for c in cands)
     new = {}
     for recipe, soup_dir in out.items():
-        meta = read_recipe(soup_dir)
-        assert sorted(meta["ingredients"]) == names and sorted(meta["candidates"]) == names
-        assert meta["soup_id"] != old[recipe]
-        new[soup_identity(soup_dir)[0]] = meta["soup_id"]
+        record = SoupRecord.read(soup_dir)
+        assert sorted(record.ingredients) == names
+        assert sorted(record.cooked_from.candidates) == names
+        assert record.soup_id != old[recipe]
+        new[record.name] = record.soup_id
     assert res.done_pairs(table, new) == set()
     assert res.done_pairs(table, {"uniform_soup": old["uniform"], "ensemble": old["ensemble"]}) \
         == {("uniform_soup", "test"), ("ensemble", "test")}
@@ -196,8 +197,8 @@ def test_soups_are_cooked_again_when_their_candidate_set_changes(ray_session, in
                  ingredients[0] / "model.safetensors").items()}
     write_ingredient(replaced, state, read_manifest_meta(ingredients[0]))
     swapped = [Candidate(replaced.name, 0.5, replaced), *cands[1:2]]
-    assert candidate_set(swapped, None)["soup_id"] != old["uniform"]
-    assert candidate_set(cands[:2], None)["soup_id"] == old["uniform"]
+    assert candidate_set(swapped, None).soup_id != old["uniform"]
+    assert candidate_set(cands[:2], None).soup_id == old["uniform"]
 
 
 def read_manifest_meta(path):

@@ -42,8 +42,8 @@ def test_new_recipes_cooked_on_ray(ray_session, kitchen_setup):
     import ray
 
     from raysoup.orchestration.evaluation import EvalPool, EvalWorker
-    from raysoup.orchestration.soup_files import soup_identity
-    from raysoup.orchestration.souping import cook_soups
+    from raysoup.orchestration.soup_stage import cook_soups
+    from raysoup.workdir import SoupRecord
 
     root, splits = kitchen_setup
     ing = root / "ingredients"
@@ -101,8 +101,10 @@ def test_new_recipes_cooked_on_ray(ray_session, kitchen_setup):
         e = meta["ensemble"]
         assert e["kind"] == "ensemble" and e["inference_cost"] == 3
         assert not list(soups["ensemble"].glob("*.safetensors"))
-        assert soup_identity(soups["ensemble"]) == ("ensemble", "ensemble")
-        assert soup_identity(soups["wiseft"]) == ("wiseft_soup", "soup")
+        assert (SoupRecord.read(soups["ensemble"]).name,
+                SoupRecord.read(soups["ensemble"]).kind) == ("ensemble", "ensemble")
+        assert (SoupRecord.read(soups["wiseft"]).name,
+                SoupRecord.read(soups["wiseft"]).kind) == ("wiseft_soup", "soup")
         on_ray = ray.get(pool.actors[0].evaluate_path.remote(str(soups["ensemble"]), ["heldout"]))
         members = [lambda p=p: load_file(str(p / "model.safetensors")) for p in
                    (c.path for c in cands)]
@@ -117,7 +119,7 @@ def test_every_method_same_bits_for_1_and_3_shards(ray_session, kitchen_setup):
     import ray
 
     from raysoup.orchestration.evaluation import EvalPool, EvalWorker
-    from raysoup.orchestration.souping import cook_soups
+    from raysoup.orchestration.soup_stage import cook_soups
     from raysoup.soup.registry import METHODS
 
     root, splits = kitchen_setup

@@ -91,8 +91,10 @@ def test_report_and_summary_list_diverged_trials(tmp_path):
     from small import small_config
 
     from raysoup.config import ExperimentCfg
-    from raysoup.orchestration.pipeline import Run, diverged_hparams
+    from raysoup.orchestration.pipeline import Run
+    from raysoup.orchestration.sweep import diverged_trials
     from raysoup.report import diverged_line
+    from raysoup.workdir import diverged_hparams
 
     work = tmp_path / "work"
     for name, kind in (("trial-000", "ingredient"), ("trial-001", "diverged")):
@@ -103,7 +105,7 @@ def test_report_and_summary_list_diverged_trials(tmp_path):
     (work / "ingredients" / "trial-000" / "model.safetensors").write_bytes(b"")
     cfg = ExperimentCfg.model_validate(small_config())  # space: lr, seed
 
-    diverged = diverged_hparams(work, cfg.sweep.space)
+    diverged = diverged_hparams(work, diverged_trials(work), cfg.sweep.space)
     assert diverged == {"trial-001": {"lr": 1.0e4, "seed": 7}}
     line = "diverged (excluded from soups): trial-001 (lr 1e4, seed 7)"
     assert diverged_line(diverged) == line

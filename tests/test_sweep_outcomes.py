@@ -73,9 +73,10 @@ def test_diverged_trial_finishes_the_sweep_without_an_ingredient(ray_session, pr
 def test_resume_applies_max_failures_and_refuses_kept_settings(ray_session, prepared, tmp_path,
                                                                caplog, capsys):
     from raysoup.cli import main
-    from raysoup.orchestration.pipeline import CONFIG_SNAPSHOT, snapshot_config
+    from raysoup.orchestration.pipeline import snapshot_config
     from raysoup.orchestration.resume import SweepSettingsChanged
     from raysoup.orchestration.sweep import SweepError
+    from raysoup.workdir import CONFIG_SNAPSHOT
 
     workdir = tmp_path / "work"
     shutil.copytree(prepared, workdir)

@@ -20,12 +20,8 @@ from pathlib import Path
 import torch
 
 from raysoup import storage
-from raysoup.checkpoints.ingredient import (
-    IngredientError,
-    read_manifest,
-    verify_ingredient,
-    weights_path,
-)
+from raysoup.checkpoints.ingredient import IngredientError, verify_ingredient, weights_path
+from raysoup.workdir import IngredientManifest
 
 
 @dataclass(frozen=True)
@@ -81,7 +77,7 @@ class AuditCache:
         st = storage.stat(weights_path(path))
         if st is None:
             raise IngredientError(f"{storage.display(weights_path(path))}: missing tensor file")
-        return [st[0], st[1], read_manifest(path)["sha256"]]
+        return [st[0], st[1], IngredientManifest.read(path).sha256]
 
     def audit(self, path: Path) -> Audit:
         path = Path(path)
@@ -104,9 +100,9 @@ def check_compatible(paths: list[Path]) -> None:
     if not paths:
         return
     ref_path = storage.display(weights_path(paths[0]))
-    ref = read_manifest(paths[0])["tensors"]
+    ref = IngredientManifest.read(paths[0]).tensors
     for path in paths[1:]:
-        other = read_manifest(path)["tensors"]
+        other = IngredientManifest.read(path).tensors
         file = storage.display(weights_path(path))
         for name in sorted(set(ref) | set(other)):
             if name not in other:

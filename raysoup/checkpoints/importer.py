@@ -53,12 +53,12 @@ from raysoup.checkpoints.ingredient import (
     read_manifest,
     write_ingredient,
 )
+from raysoup.workdir import ZEROSHOT
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("auto", "paper", "state_dict", "safetensors")
 SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-ZEROSHOT = "zeroshot"
 
 
 class CheckpointImportError(IngredientError):

@@ -2,7 +2,7 @@
 
     model.safetensors   the tensors (never pickled)
     manifest.json       what describes them: kind, hparams, metrics, base model, sha256,
-                        tensor index
+                        tensor index (`raysoup.workdir.IngredientManifest`)
 
 A directory is complete once it exists under its final name: it is built in a hidden temp
 directory next to it and renamed into place, so readers never see half an ingredient. In a
@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -24,16 +22,15 @@ from safetensors.torch import load, load_file, save_file
 
 from raysoup import atomic, storage
 from raysoup.atomic import fsync_path  # noqa: F401 - re-exported for writers of tensor files
-
-FORMAT = "raysoup.ingredient/1"
-WEIGHTS_FILE = "model.safetensors"
-MANIFEST_FILE = "manifest.json"
-# Manifest fields computed here; meta may not set them.
-_COMPUTED = ("format", "sha256", "tensors", "bytes")
-
-
-class IngredientError(ValueError):
-    """A missing, incomplete or corrupt ingredient; the message names the file."""
+from raysoup.workdir.manifest import (  # noqa: F401 - the format's names, re-exported
+    COMPUTED,
+    FORMAT,
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    IngredientError,
+    IngredientManifest,
+)
+from raysoup.workdir.manifest import read_json as read_manifest  # the manifest as JSON
 
 
 def weights_path(path: Path | str) -> Path:
@@ -60,7 +57,7 @@ def file_sha256(path: Path, chunk: int = 1 << 22, committed: bool = False) -> st
 def write_ingredient(dir: Path, state_dict: dict[str, torch.Tensor], meta: dict) -> dict:
     """Write `state_dict` + manifest to `dir` atomically and return the manifest."""
     dir = Path(dir)
-    clash = [k for k in _COMPUTED if k in meta]
+    clash = [k for k in COMPUTED if k in meta]
     if clash:
         raise IngredientError(f"{dir}: meta may not set computed manifest fields {clash}")
     tensors = {name: t.detach().cpu().contiguous() for name, t in state_dict.items()}
@@ -68,39 +65,20 @@ def write_ingredient(dir: Path, state_dict: dict[str, torch.Tensor], meta: dict)
     with storage.atomic_dir(dir) as tmp:
         weights = tmp / WEIGHTS_FILE
         save_file(tensors, str(weights), metadata={"format": "pt"})
-        manifest = {
-            "format": FORMAT,
-            "name": dir.name,
-            **meta,
-            "sha256": file_sha256(weights),
-            "tensors": {
-                n: {"shape": list(t.shape), "dtype": dtype_name(t.dtype)}
-                for n, t in tensors.items()
-            },
-            "bytes": weights.stat().st_size,
-        }
+        manifest = IngredientManifest(
+            name=dir.name,
+            sha256=file_sha256(weights),
+            tensors={n: {"shape": list(t.shape), "dtype": dtype_name(t.dtype)}
+                     for n, t in tensors.items()},
+            bytes=weights.stat().st_size,
+            meta=meta,
+        )
         try:
-            text = json.dumps(manifest, indent=2, default=_json_default)
+            text = manifest.text()
         except (TypeError, ValueError) as e:
             raise IngredientError(f"{dir}: meta is not JSON-serialisable: {e}") from None
-        (tmp / MANIFEST_FILE).write_text(text + "\n")
+        (tmp / MANIFEST_FILE).write_text(text)
     return json.loads(text)
-
-
-def read_manifest(dir: Path) -> dict:
-    path = Path(dir) / MANIFEST_FILE
-    try:
-        manifest = json.loads(storage.read_text(path))
-    except FileNotFoundError:
-        raise IngredientError(
-            f"{storage.display(path)}: no manifest (not an ingredient, or still being written)"
-        ) from None
-    except json.JSONDecodeError as e:
-        raise IngredientError(f"{storage.display(path)}: invalid JSON: {e}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise IngredientError(f"{storage.display(path)}: format is {got!r}, expected {FORMAT!r}")
-    return manifest
 
 
 def verify_ingredient(dir: Path) -> dict:
@@ -167,11 +145,3 @@ def _checked_weights(dir: Path, manifest: dict) -> Path:
         )
     return weights
 
-
-def _json_default(obj: Any) -> Any:
-    # numpy scalars and paths turn up in metrics/hparams; anything else is a caller bug.
-    if hasattr(obj, "item") and callable(obj.item):
-        return obj.item()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")

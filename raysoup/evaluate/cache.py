@@ -22,8 +22,8 @@ import numpy as np
 from raysoup import storage
 from raysoup.data.images import DataError, LabeledImages, decode_image
 from raysoup.data.transforms import resize_center_crop
+from raysoup.workdir import Workdir
 
-CACHE_DIR = Path("cache") / "eval"
 MANIFEST = "manifest.json"
 
 
@@ -39,7 +39,7 @@ def split_digest(data: LabeledImages, preprocess: dict) -> str:
 
 
 def cache_dir(workdir: Path, name: str, data: LabeledImages, preprocess: dict) -> Path:
-    return Path(workdir) / CACHE_DIR / f"{name}-{split_digest(data, preprocess)}"
+    return Workdir(workdir).eval_cache / f"{name}-{split_digest(data, preprocess)}"
 
 
 def shard_ranges(n: int, shard: int) -> list[tuple[int, int]]:

@@ -26,8 +26,9 @@ from safetensors.torch import save_file
 
 from raysoup import storage
 from raysoup.atomic import atomic_dir
-from raysoup.checkpoints import load_state_dict, read_manifest
+from raysoup.checkpoints import MANIFEST_FILE, load_state_dict
 from raysoup.reduce.writer import INDEX_FILE, read_sharded
+from raysoup.workdir import IngredientManifest
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -71,12 +72,12 @@ def model_info(zeroshot_dir: Path, **extra) -> ModelInfo:
     """ModelInfo of a workdir from its zero-shot ingredient's manifest."""
     from raysoup.models.families import family_of
 
-    manifest = read_manifest(zeroshot_dir)
-    pp = manifest["preprocess"]
-    architecture = family_of(manifest).architecture(manifest["model_name"])
-    return ModelInfo(manifest["model_name"], architecture,
-                     list(manifest["classnames"]), int(pp["image_size"]), list(pp["mean"]),
-                     list(pp["std"]), manifest.get("base_model"), extra)
+    manifest = IngredientManifest.read(zeroshot_dir)
+    pp = manifest.preprocess
+    architecture = family_of(manifest.meta).architecture(manifest.model_name)
+    return ModelInfo(manifest.model_name, architecture,
+                     list(manifest.meta["classnames"]), int(pp["image_size"]), list(pp["mean"]),
+                     list(pp["std"]), manifest.meta.get("base_model"), extra)
 
 
 def base_clip_state(model_cfg, info: ModelInfo) -> dict[str, torch.Tensor]:
@@ -94,11 +95,11 @@ def classifier_state(model_dir: Path) -> dict[str, torch.Tensor]:
     model_dir = Path(model_dir)
     if storage.is_file(model_dir / INDEX_FILE):
         state = read_sharded(model_dir)
-    elif storage.is_file(model_dir / "manifest.json"):
+    elif storage.is_file(model_dir / MANIFEST_FILE):
         state = load_state_dict(model_dir, verify=True)
     else:
         raise ExportError(f"{storage.display(model_dir)}: neither a soup ({INDEX_FILE}) nor an "
-                          "ingredient (manifest.json); an ensemble has no single set of weights")
+                          f"ingredient ({MANIFEST_FILE}); an ensemble has no single set of weights")
     for name in ("head.weight", "head.bias"):
         if name not in state:
             raise ExportError(f"{storage.display(model_dir)}: tensor {name} missing (not an "

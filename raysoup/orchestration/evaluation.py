@@ -24,9 +24,9 @@ from raysoup.evaluate import cache
 from raysoup.evaluate.evaluator import EvalSplit, Evaluator
 from raysoup.models.families import DEFAULT_FAMILY, family_of, get_family
 from raysoup.orchestration import metrics
-from raysoup.orchestration.soup_files import ensemble_members
 from raysoup.progress import Progress
 from raysoup.reduce import INDEX_FILE, read_sharded, scaled
+from raysoup.workdir import ensemble_members
 
 log = logging.getLogger(__name__)
 

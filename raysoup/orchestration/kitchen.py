@@ -28,10 +28,10 @@ from raysoup.orchestration.reduction import (
     reduce_to_refs,
     task_vector_refs,
 )
-from raysoup.orchestration.soup_files import integers_source
 from raysoup.reduce.merge import TensorMerge
 from raysoup.soup import Candidate
 from raysoup.soup.journal import DecisionJournal
+from raysoup.workdir import soup_journal
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,13 @@ def _per_tensor(fn, paths: list[str], names: list[str]) -> dict:
     return fn([Path(p) for p in paths], names)
 
 
-def journal_path(soups_dir: Path, recipe: str) -> Path:
-    # Hidden, next to the soups: a soup directory appears only once complete.
-    return Path(soups_dir) / f".{recipe}.journal.jsonl"
+def integers_source(paths: list[Path], anchor: Candidate | None) -> int | None:
+    """With the zero-shot anchor in a soup, integer buffers come from the first fine-tuned
+    ingredient: fine-tuning advanced BatchNorm's step counter, so they cannot all match (the
+    counter is unused in eval mode and by BatchNorm's default momentum update)."""
+    if anchor is None or Path(anchor.path) not in {Path(p) for p in paths}:
+        return None
+    return next((i for i, p in enumerate(paths) if Path(p) != Path(anchor.path)), None)
 
 
 class RayKitchen:
@@ -89,7 +93,7 @@ class RayKitchen:
     def journal(self, label: str) -> DecisionJournal | None:
         if self.soups_dir is None:
             return None
-        return DecisionJournal(journal_path(self.soups_dir, label), self.soup_id)
+        return DecisionJournal(soup_journal(self.soups_dir, label), self.soup_id)
 
     def per_tensor(self, fn, paths: list[Path]) -> dict:
         merged: dict = {}

@@ -21,6 +21,7 @@ from raysoup.evaluate.cache import CachedImages
 from raysoup.export import ModelInfo, export_open_clip
 from raysoup.faults import failpoint
 from raysoup.tracking import Tracker, save_pyfunc
+from raysoup.workdir import SoupRecord
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +67,19 @@ class Publisher:
         log.info("mlflow: %s logged as models:/%s", name, model_id)
         return model_id
 
-    def soup(self, run_id: str, soup_dir: Path, meta: dict, accuracies: dict[str, float]) -> None:
+    def soup(self, run_id: str, soup_dir: Path, record: SoupRecord,
+             accuracies: dict[str, float]) -> None:
         """Log a weight soup's model and register it (with its lineage) as a version."""
-        name = meta.get("model") or f"{meta['recipe']}_soup"
-        extra = {"model": name, "recipe": meta["recipe"], "ingredients": meta["ingredients"],
-                 "weights": meta.get("weights"), "accuracy": accuracies}
+        name = record.name
+        extra = {"model": name, "recipe": record.recipe, "ingredients": record.ingredients,
+                 "weights": record.weights, "accuracy": accuracies}
         model_id = self.log(run_id, soup_dir, name, extra)
         failpoint("publish.logged")  # killed here, a resumed run registers the version once
         if not self.registered_model:
             return
-        runs = {n: self.tracker.trial_run_id(n) for n in meta["ingredients"]}
-        tags = {"raysoup.recipe": meta["recipe"], "raysoup.soup_id": meta.get("soup_id", ""),
-                "raysoup.ingredients": ",".join(meta["ingredients"])[:4000],
+        runs = {n: self.tracker.trial_run_id(n) for n in record.ingredients}
+        tags = {"raysoup.recipe": record.recipe, "raysoup.soup_id": record.soup_id or "",
+                "raysoup.ingredients": ",".join(record.ingredients)[:4000],
                 # Lineage: the trial runs whose ingredients are in the soup.
                 "raysoup.ingredient_runs": ",".join(r for r in runs.values() if r)[:4000],
                 **{k: f"{v:.6f}" for k, v in accuracies.items() if k in ("heldout", "test")}}

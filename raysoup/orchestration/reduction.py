@@ -7,7 +7,6 @@ arithmetic lives in `raysoup.reduce` (pure); this module only fans it out.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from raysoup.reduce import (
     write_shard,
 )
 from raysoup.reduce.merge import TensorMerge
+from raysoup.workdir import write_recipe_file
 
 # Where reduction tasks run: Ray's default placement, or the CPUs the soup stage reserved for
 # them (the task options `reserved_cpus` sets while its block runs). A ContextVar scoped to that
@@ -220,5 +220,5 @@ def write_soup(out_dir: Path, paths: list[Path], blend: list[float] | Blend,
             ray.get(refs)
         index = write_index(tmp, list(zip(files, plan, strict=True)), {"recipe": recipe["recipe"]})
         recipe = {**recipe, "num_shards": k, "shards_sha256": index["sha256"]}
-        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2))
+        write_recipe_file(tmp, recipe)
     return out_dir
