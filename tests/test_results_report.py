@@ -92,7 +92,7 @@ def test_report_and_summary_list_diverged_trials(tmp_path):
 
     from raysoup.config import ExperimentCfg
     from raysoup.orchestration.pipeline import Run
-    from raysoup.orchestration.sweep import diverged_trials
+    from raysoup.orchestration.trial_records import diverged_trials
     from raysoup.report import diverged_line
     from raysoup.workdir import diverged_hparams
 

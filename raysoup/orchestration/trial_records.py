@@ -81,8 +81,9 @@ def ended_without_ingredient(workdir: Path) -> dict[str, str]:
 
 
 def diverged_trials(workdir: Path) -> list[str]:
-    """Trials that ended with a non-finite loss: finished, but without an ingredient."""
-    return ended_trials(workdir).diverged
+    """Trials that ended with a non-finite loss: finished, but without an ingredient (reads
+    only the records of trials without one)."""
+    return EndedTrials([], ended_without_ingredient(workdir)).diverged
 
 
 @dataclass(frozen=True)
