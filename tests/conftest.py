@@ -171,9 +171,9 @@ def served_run(tmp_path_factory, mlflow_server):
 @pytest.fixture(scope="session")
 def drill_run(tmp_path_factory):
     """tests/small.py's DRILL, one uninterrupted `raysoup run` (a subprocess, its own local
-    Ray), shared by test_faults (the reference its interrupted runs must reproduce: the end
-    state is taken right after the run, before any test touches the workdir) and test_pipeline
-    (its checks, then re-runs in this process on the same workdir)."""
+    Ray), shared by test_kill_and_resume (the reference its interrupted runs must reproduce:
+    the end state is taken right after the run, before any test touches the workdir) and
+    test_pipeline (its checks, then re-runs in this process on the same workdir)."""
     import yaml
     from driver import end_state, finish, start_run
     from small import DRILL
@@ -196,15 +196,15 @@ XDIST_GROUPS = {
     "test_published_models": "served-run",
     "test_fixture_pack": "imagenet-fixture", "test_paper_fixture": "imagenet-fixture",
     "test_plan_sizing": "imagenet-fixture",
-    "test_faults": "drill-run", "test_pipeline": "drill-run",
+    "test_kill_and_resume": "drill-run", "test_pipeline": "drill-run",
 }
 
 
 # The longest tests (about a minute or more each on 2 cores) start first, so that no worker
 # picks one up when the other is nearly done (the suite's wall time is the later worker's).
-LONGEST_FIRST = ("test_faults", "test_paper_fixture", "test_remote_workdir", "test_multinode",
-                 "test_data_parallel", "test_bench", "test_metrics", "test_mlflow_server",
-                 "test_published_models")
+LONGEST_FIRST = ("test_kill_and_resume", "test_paper_fixture", "test_remote_workdir",
+                 "test_multinode", "test_data_parallel", "test_bench", "test_metrics",
+                 "test_mlflow_server", "test_published_models")
 
 
 def pytest_collection_modifyitems(items):
