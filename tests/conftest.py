@@ -189,8 +189,8 @@ def drill_run(tmp_path_factory):
 
 # Under pytest-xdist (pyproject's addopts: -n auto, at most 4) the tests of a group run on one
 # worker, one after another, so that those sharing an expensive session fixture build it
-# once. (xdist 3.8's `--dist loadgroup` grouped nothing under pytest 9.2 here — checked: two
-# `xdist_group`-marked modules ran on two workers —, so its scope scheduler gets our scopes.)
+# once. (xdist 3.8's `--dist loadgroup` does not group under pytest 9.2 — two
+# `xdist_group`-marked modules run on two workers —, so its scope scheduler gets our scopes.)
 XDIST_GROUPS = {
     "test_metrics": "served-run", "test_mlflow_server": "served-run",
     "test_published_models": "served-run",
