@@ -65,7 +65,8 @@ def ensure_zeroshot(cfg: ExperimentCfg, workdir: Path, splits: DatasetSplits) ->
 
 
 def prepare(cfg: ExperimentCfg, workdir: Path) -> tuple[DatasetSplits, dict]:
-    torch.set_flush_denormal(True)  # denormals once slowed a CPU run 15x (PLATFORM_NOTES)
+    # Denormal floats take a slow path on CPUs, and small weights and gradients reach them.
+    torch.set_flush_denormal(True)
     # A remote workdir: what an earlier driver generated comes down first, so nothing is
     # generated twice, and what this one generates goes up for trials on other nodes.
     storage.pull(Workdir(workdir).data)

@@ -4,8 +4,8 @@ They sit in the config layer (pydantic only), not beside the methods in `raysoup
 that loading a config imports no method and no torch or numba. Each method in
 `raysoup.soup` names its class here as its `Settings`; `SECTIONS` lists them in the order the
 config writes them (its snapshot and fingerprints depend on that order), and
-`raysoup.soup.registry` lists the methods under the same names (tests/test_soup_recipes.py
-checks that the two tables agree).
+`raysoup.soup.registry` lists the methods under the same names
+(tests/test_greedy_uniform_registry.py checks that the two tables agree).
 """
 
 from __future__ import annotations

@@ -171,9 +171,9 @@ def served_run(tmp_path_factory, mlflow_server):
 @pytest.fixture(scope="session")
 def drill_run(tmp_path_factory):
     """tests/small.py's DRILL, one uninterrupted `raysoup run` (a subprocess, its own local
-    Ray), shared by test_faults (the reference its interrupted runs must reproduce: the end
-    state is taken right after the run, before any test touches the workdir) and test_pipeline
-    (its checks, then re-runs in this process on the same workdir)."""
+    Ray), shared by test_kill_and_resume (the reference its interrupted runs must reproduce:
+    the end state is taken right after the run, before any test touches the workdir) and
+    test_pipeline (its checks, then re-runs in this process on the same workdir)."""
     import yaml
     from driver import end_state, finish, start_run
     from small import DRILL
@@ -189,22 +189,22 @@ def drill_run(tmp_path_factory):
 
 # Under pytest-xdist (pyproject's addopts: -n auto, at most 4) the tests of a group run on one
 # worker, one after another, so that those sharing an expensive session fixture build it
-# once. (xdist 3.8's `--dist loadgroup` grouped nothing under pytest 9.2 here — checked: two
-# `xdist_group`-marked modules ran on two workers —, so its scope scheduler gets our scopes.)
+# once. (xdist 3.8's `--dist loadgroup` does not group under pytest 9.2 — two
+# `xdist_group`-marked modules run on two workers —, so its scope scheduler gets our scopes.)
 XDIST_GROUPS = {
     "test_metrics": "served-run", "test_mlflow_server": "served-run",
     "test_published_models": "served-run",
     "test_fixture_pack": "imagenet-fixture", "test_paper_fixture": "imagenet-fixture",
     "test_plan_sizing": "imagenet-fixture",
-    "test_faults": "drill-run", "test_pipeline": "drill-run",
+    "test_kill_and_resume": "drill-run", "test_pipeline": "drill-run",
 }
 
 
 # The longest tests (about a minute or more each on 2 cores) start first, so that no worker
 # picks one up when the other is nearly done (the suite's wall time is the later worker's).
-LONGEST_FIRST = ("test_faults", "test_paper_fixture", "test_remote_workdir", "test_multinode",
-                 "test_data_parallel", "test_bench", "test_metrics", "test_mlflow_server",
-                 "test_published_models")
+LONGEST_FIRST = ("test_kill_and_resume", "test_paper_fixture", "test_remote_workdir",
+                 "test_multinode", "test_data_parallel", "test_bench", "test_metrics",
+                 "test_mlflow_server", "test_published_models")
 
 
 def pytest_collection_modifyitems(items):

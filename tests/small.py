@@ -11,7 +11,8 @@ SMALL = {
                        "shift_per_class": 15},
              "heldout_fraction": 0.1, "templates": "world"},
     # The anytime soup (on by default) is tested where it is checked (test_pipeline,
-    # test_faults, test_sweep_outcomes); elsewhere its actor would only cost the suite time.
+    # test_kill_and_resume, test_sweep_outcomes); elsewhere its actor would only cost the suite
+    # time.
     # One trial at a time: a second concurrent trial is one more process importing torch and
     # open_clip (~5 CPU-s of a ~45 CPU-s run). The drills that lose a machine or a node with
     # trials in flight (test_remote_workdir, test_multinode) run two.
@@ -20,7 +21,7 @@ SMALL = {
               "space": {"lr": {"loguniform": [1e-4, 1e-3]}, "seed": {"randint": [0, 100]}}},
     # One eval actor: a process importing torch and open_clip costs ~5 CPU-seconds here, and
     # these runs check the plumbing; the pool of several, its placement and its losses are
-    # test_orchestration's, test_soup_placement's and test_multinode's.
+    # test_soup_cooking_on_ray's, test_soup_placement's and test_multinode's.
     "eval": {"num_actors": 1, "batch_size": 64},
     "soup": {"recipes": ["uniform", "greedy"], "num_shards": 2},
 }
@@ -57,8 +58,9 @@ def small_overrides(epochs: int) -> list[str]:
     ]
 
 
-# The run test_faults interrupts (and compares with one uninterrupted) and test_pipeline checks
-# end to end: the session's `drill_run` (tests/conftest.py) runs it once, uninterrupted.
+# The run test_kill_and_resume interrupts (and compares with one uninterrupted) and
+# test_pipeline checks end to end: the session's `drill_run` (tests/conftest.py) runs it once,
+# uninterrupted.
 DRILL = small_config(
     name="drill",
     model={"pretrain": {"threads": 1}},

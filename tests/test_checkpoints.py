@@ -1,3 +1,6 @@
+"""Ingredient files (raysoup/checkpoints): written with a manifest, read back bit for bit,
+verified (a flipped byte, a truncated file, a missing or bad manifest each an error naming
+the file), listed only when complete, stale temporaries removed."""
 import json
 import re
 

@@ -1,7 +1,7 @@
 """Soups that leave raysoup, on the session's served run (tests/conftest.py: a small
 `raysoup run` logging to a real `mlflow server`): MLflow Models, the Model Registry with its
 `champion` alias, dataset lineage, and `raysoup export` read back by plain open_clip.
-(Registration once per soup across kills and resumes: test_faults.py.)"""
+(Registration once per soup across kills and resumes: test_kill_and_resume.py.)"""
 
 import json
 import subprocess

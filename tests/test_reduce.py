@@ -1,3 +1,6 @@
+"""The sharded reduction (raysoup/reduce): the shard plan, soups bitwise identical for any
+shard count and equal to a float64 reference, the running sum, streaming memory, and errors
+naming the tensor and the files (shape mismatch, missing tensor, corrupt or stale shards)."""
 import json
 import os
 import re

@@ -1,4 +1,5 @@
-
+"""The results table (raysoup/evaluate/results.py) and the report (raysoup/report.py): merge
+and round trip, best single with greedy's tie rule, every recipe and diverged trial listed."""
 from raysoup.evaluate import results as res
 from raysoup.report import best_single, summarize, write_report
 

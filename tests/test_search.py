@@ -1,6 +1,6 @@
 """sweep.search and sweep.scheduler as Tune objects, on a real local Ray Tune (a trivial
 trainable: what is tested is the proposing, not the training). The soup-aware search runs end
-to end, killed and resumed, in test_faults.py; ASHA in test_sweep_outcomes.py."""
+to end, killed and resumed, in test_kill_and_resume.py; ASHA in test_sweep_outcomes.py."""
 
 import math
 

@@ -1,3 +1,6 @@
+"""The MLflow tracker (raysoup/tracking) on a local SQLite store: runs reused across driver
+restarts, one store shared by workdirs, killed runs closed on resume, the champion alias,
+and the store's seeding and cache."""
 from raysoup.tracking import Tracker, default_uri
 
 

@@ -9,7 +9,7 @@ none of them knows which family produced it.
 
 The families are listed in `raysoup.models.families` (`FAMILIES`, `get_family`, `family_of`).
 open_clip image classification (`raysoup.models.open_clip_family`) is the one family today;
-docs/architecture-family.md says how a second one plugs in.
+docs/architecture.md ("Add a model family") says how a second one plugs in.
 """
 
 from __future__ import annotations

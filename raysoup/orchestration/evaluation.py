@@ -177,7 +177,7 @@ class EvalPool:
     """Eval actors that survive actor deaths: a dead actor is replaced and its call resubmitted.
 
     `ray.util.ActorPool` drops a dead actor together with its task and stalls when all actors
-    are gone (PLATFORM_NOTES); evaluation is idempotent, so re-running a lost call is safe.
+    are gone; evaluation is idempotent, so re-running a lost call is safe.
     """
 
     def __init__(self, make_actor: Callable[[], object], size: int, max_replacements: int = 8):

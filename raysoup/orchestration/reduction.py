@@ -100,7 +100,7 @@ def shard_plan(ingredient_dir: Path, num_shards: int) -> list[list[str]]:
 
 
 def _same_float_mode() -> None:
-    # Eval actors flush denormals (a 15x CPU slow-down otherwise); soup arithmetic must use the
+    # Eval actors flush denormals (a slow path on CPUs otherwise); soup arithmetic must use the
     # same mode everywhere, or a greedy candidate and its written soup could differ in a bit.
     torch.set_flush_denormal(True)
 

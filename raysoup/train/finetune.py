@@ -97,7 +97,7 @@ def finetune(
     if threads:
         torch.set_num_threads(threads)
     if device.type == "cpu":
-        torch.set_flush_denormal(True)  # denormals made tiny-model CPU training ~15x slower
+        torch.set_flush_denormal(True)  # denormal floats take a slow path on CPUs
     if len(train) == 0:
         raise TrainError("finetune: the training split is empty")
     num_classes = len(train.classnames)

@@ -207,7 +207,8 @@ def _mixture_problem(tmp_path, mix_a, mix_b, n=6000):
 
 @pytest.fixture
 def one_thread():
-    # Tiny tensors: a second thread only adds contention on a shared 2-core machine (10x here).
+    # Tiny tensors: a second thread adds synchronisation and, on a shared machine, contention,
+    # and no speed.
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -1,3 +1,6 @@
+"""Greedy soup's selection on hand-made accuracy tables (strict and tie-accepting), the
+uniform soup, and the merge registry (raysoup/soup/registry.py) agreeing with the config's
+method sections (raysoup/soup_settings.py)."""
 import re
 from pathlib import Path
 
