@@ -2,7 +2,7 @@
 
 Contenders run one at a time, each in a fresh interpreter right after the same page-cache
 warm-up (the files it reads — safetensors or .pt — read once). Peak RSS is VmHWM minus the RSS after
-imports; touched mmap pages count. The Ray path (`orchestration.reduction.write_soup`: shard
+imports; touched mmap pages count. The Ray path (`orchestration.reduce_tasks.write_soup`: shard
 tasks that also write the output shards, index and sha256) is timed in the driver.
 """
 
@@ -106,7 +106,7 @@ def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repe
 
 
 def _ray_path(root: Path, paths: list[Path], shard_counts, repeats: int, files) -> dict:
-    from raysoup.orchestration.reduction import shard_plan, write_soup
+    from raysoup.orchestration.reduce_tasks import shard_plan, write_soup
 
     out = {}
     for k in shard_counts:

@@ -158,7 +158,7 @@ def _raysoup_greedy(candidates, heldout: LabeledImages, pre: dict, model_name: s
 
     from raysoup.orchestration import soup_stage
     from raysoup.orchestration.evaluation import EvalPool
-    from raysoup.orchestration.reduction import add_ingredient, shard_plan
+    from raysoup.orchestration.reduce_tasks import add_ingredient, shard_plan
     from raysoup.workdir import SoupRecord
 
     t0 = time.perf_counter()

@@ -54,7 +54,7 @@ def test_skeleton_has_the_classifiers_names_and_shapes(name):
 
 def test_initial_model_is_zero_shot_clip_from_the_shipped_base():
     from raysoup.models import classifier_from_clip, get_tokenizer, load_clip, zero_shot_head
-    from raysoup.models.base import base_vocab
+    from raysoup.models.base_models import base_vocab
 
     family = get_family("open_clip")
     splits = type("Splits", (), {"classnames": CLASSNAMES[:4], "templates": TEMPLATES})()

@@ -25,7 +25,7 @@ from raysoup.models import (
     resolve_weights,
     zero_shot_head,
 )
-from raysoup.models.base import base_vocab, read_base_manifest
+from raysoup.models.base_models import base_vocab, read_base_manifest
 from raysoup.models.tokenizer import TokenizerError, WordTokenizer
 from raysoup.train.base_clip import ensure_base_clip
 

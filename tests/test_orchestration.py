@@ -28,7 +28,7 @@ def ingredients(tmp_path_factory):
 
 
 def test_soup_bytes_identical_for_any_shard_count(ray_session, ingredients, tmp_path):
-    from raysoup.orchestration.reduction import shard_plan, write_soup
+    from raysoup.orchestration.reduce_tasks import shard_plan, write_soup
 
     weights = [0.1, 0.2, 0.3, 0.4]
     digests = set()
@@ -60,7 +60,7 @@ def test_greedy_running_sum_scores_the_soup_it_writes(ray_session, ingredients, 
 
     from raysoup.orchestration.evaluation import EvalPool, EvalWorker
     from raysoup.orchestration.kitchen import RunningSumScorer
-    from raysoup.orchestration.reduction import shard_plan, write_soup
+    from raysoup.orchestration.reduce_tasks import shard_plan, write_soup
     from raysoup.reduce import scaled
     from raysoup.soup import Candidate
 
@@ -132,7 +132,7 @@ def test_reduction_task_killed_mid_flight_is_retried(ray_session, ingredients, t
 
     from raysoup.checkpoints import read_manifest
     from raysoup.faults import ENV
-    from raysoup.orchestration.reduction import _reduce_to_file, shard_plan
+    from raysoup.orchestration.reduce_tasks import _reduce_to_file, shard_plan
 
     names = shard_plan(ingredients[0], 1)[0]
     dtypes = {n: t["dtype"] for n, t in read_manifest(ingredients[0])["tensors"].items()}

@@ -2,7 +2,7 @@
 
 A weight source is one of: an open_clip pretrained tag (downloaded from the hub by open_clip
 itself), a local weights file (safetensors, or a torch pickle read with weights_only=True), or
-the project's own base checkpoint written by the tiny pre-training (models/base.py).
+the project's own base checkpoint written by the tiny pre-training (models/base_models.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from raysoup.config import ModelCfg
-from raysoup.models.base import SHIPPED_PREFIX, BaseModelError, shipped_base
+from raysoup.models.base_models import SHIPPED_PREFIX, BaseModelError, shipped_base
 from raysoup.models.tokenizer import WordTokenizer
 
 CONFIG_DIR = Path(__file__).parent / "configs"

@@ -2,7 +2,7 @@
 head that starts as the zero-shot classifier (models/classifier.py).
 
 Weights come from an open_clip pretrained tag, a local file, a base shipped with raysoup
-(`raysoup:<name>`) or the project's own pre-training (models/factory.py, models/base.py).
+(`raysoup:<name>`) or the project's own pre-training (models/factory.py, models/base_models.py).
 The classifier's state dict is `visual.*` + `head.weight` + `head.bias`.
 """
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from raysoup.models import base as bases
+from raysoup.models import base_models as bases
 from raysoup.models import classifier, factory
 from raysoup.models.family import InitialModel, MlflowModelSpec
 from raysoup.models.open_clip_objectives import ClassifierObjective, ContrastiveObjective

@@ -24,7 +24,7 @@ from raysoup.orchestration import metrics
 from raysoup.orchestration.evaluation import EvalPool
 from raysoup.orchestration.kitchen import RayKitchen, integers_source
 from raysoup.orchestration.published import Publisher, example_images
-from raysoup.orchestration.reduction import shard_plan, write_soup
+from raysoup.orchestration.reduce_tasks import shard_plan, write_soup
 from raysoup.reduce import Blend
 from raysoup.soup import Candidate, RecipeResult, get_recipe
 from raysoup.soup.base import by_heldout

@@ -35,7 +35,7 @@ import torch
 from raysoup.checkpoints.ingredient import weights_path
 from raysoup.checkpoints.tensorfile import Scratch, TensorFileError, numpy_view, open_tensors
 from raysoup.reduce.mapped import addresses
-from raysoup.reduce.reduction import ReductionError, _check_shape, _get, _owned
+from raysoup.reduce.shard_reduce import ReductionError, _check_shape, _get, _owned
 
 # θ_1..θ_N of one tensor, drawn afresh by each call (see TensorMerge). The streams `_merged`
 # gives also have `len()` and `read_slices` (see `read_slices`).

@@ -1,5 +1,5 @@
 """The project's own base model, pre-trained once per recipe and cached: DIR/clip.safetensors
-and DIR/manifest.json, the layout `raysoup.models.base` reads (and verifies) everywhere else.
+and DIR/manifest.json, the layout `raysoup.models.base_models` reads (and verifies) everywhere else.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from raysoup.atomic import write_atomic
 from raysoup.config import ModelCfg
-from raysoup.models.base import (
+from raysoup.models.base_models import (
     FORMAT,
     BaseModelError,
     check_sha256,
