@@ -106,7 +106,7 @@ def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repe
 
 
 def _ray_path(root: Path, paths: list[Path], shard_counts, repeats: int, files) -> dict:
-    from raysoup.orchestration.reduce_tasks import shard_plan, write_soup
+    from raysoup.orchestration.reduce_tasks import ingredient_shards, write_soup
 
     out = {}
     for k in shard_counts:
@@ -114,7 +114,7 @@ def _ray_path(root: Path, paths: list[Path], shard_counts, repeats: int, files) 
         for _ in range(max(1, repeats)):
             warm(files)
             secs, soup = timed(write_soup, root / f"soup-{k}", paths, [1.0 / len(paths)] * len(paths),
-                               shard_plan(paths[0], k), {"recipe": "bench"})
+                               ingredient_shards(paths[0], k), {"recipe": "bench"})
             runs.append(secs)
             shutil.rmtree(soup, ignore_errors=True)
         out[str(k)] = min(runs)

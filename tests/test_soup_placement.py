@@ -57,7 +57,7 @@ DRILL = textwrap.dedent('''
         state = {"w": torch.full((64, 8), float(i)), "b": torch.arange(8.0) * i}
         paths.append(work / f"ing-{i}")
         write_ingredient(paths[-1], state, {"name": f"ing-{i}"})
-    plan = reduce_tasks.shard_plan(paths[0], 2)
+    plan = reduce_tasks.ingredient_shards(paths[0], 2)
     out = {}
 
     # Without a reservation: actors spread one per node leave half a CPU on each, and a
