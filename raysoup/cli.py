@@ -91,6 +91,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from raysoup.config import ConfigError, load_experiment
     from raysoup.data.sources import load_splits
     from raysoup.models.base_models import read_base_manifest
+    from raysoup.models.families import family_of
     from raysoup.prepare import pretrain_corpus
     from raysoup.train.base_clip import ensure_base_clip
 
@@ -107,7 +108,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     try:
         splits = load_splits(cfg.data, workdir)
         weights = ensure_base_clip(cfg.model, splits, args.out, recipe=recipe,
-                                   corpus=pretrain_corpus(cfg, splits))
+                                   corpus=pretrain_corpus(cfg, splits),
+                                   objective=family_of(cfg.model).pretrain_objective())
     except (ValueError, RuntimeError, OSError) as err:  # BaseModelError, DataError included
         print(f"raysoup: error: {err}", file=sys.stderr)
         return 1

@@ -48,13 +48,6 @@ class OpenClipImageFamily:
     def load_pretrained(self, model_cfg: ModelCfg, base_checkpoint: Path | None = None):
         return factory.load_clip(model_cfg, base_checkpoint)
 
-    def pretrain_base(self, model_cfg: ModelCfg, splits, cache_dir: Path, **kw) -> Path:
-        # The one call up from models/ to train/ (the training loop); at call time, since
-        # train/ imports models/.
-        from raysoup.train.base_clip import ensure_base_clip
-
-        return ensure_base_clip(model_cfg, splits, cache_dir, **kw)
-
     def packaged_base(self, model_cfg: ModelCfg, splits) -> Path | None:
         # Only a raysoup base carries the word vocabulary the world tokenizer needs; any other
         # weight source (an open_clip tag, a plain file) comes with its own tokenizer.

@@ -20,6 +20,7 @@ from raysoup.checkpoints.ingredient import remove_stale_tmp
 from raysoup.config import ExperimentCfg, SoupBase
 from raysoup.evaluate import results as res
 from raysoup.export import base_clip_state, model_info
+from raysoup.models.families import family_of
 from raysoup.orchestration import metrics
 from raysoup.orchestration.evaluation import EvalPool
 from raysoup.orchestration.kitchen import RayKitchen, integers_source
@@ -199,7 +200,8 @@ def _publisher(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, splits_ref) 
     name = cfg.tracking.registered_model or tracker.experiment_name
     test = ray.get(splits_ref)["test"].images
     return Publisher(tracker, info, lambda: base_clip_state(cfg.model, info),
-                     example_images(test), name if cfg.tracking.register_soups else None)
+                     example_images(test), name if cfg.tracking.register_soups else None,
+                     family_of(cfg.model).mlflow)
 
 
 def publish_best_single(tracker: Tracker, publisher: Publisher, candidates: list[Candidate],
