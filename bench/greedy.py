@@ -158,7 +158,7 @@ def _raysoup_greedy(candidates, heldout: LabeledImages, pre: dict, model_name: s
 
     from raysoup.orchestration import soup_stage
     from raysoup.orchestration.evaluation import EvalPool
-    from raysoup.orchestration.reduction import add_ingredient, shard_plan
+    from raysoup.orchestration.reduce_tasks import add_ingredient, ingredient_shards
     from raysoup.workdir import SoupRecord
 
     t0 = time.perf_counter()
@@ -175,7 +175,7 @@ def _raysoup_greedy(candidates, heldout: LabeledImages, pre: dict, model_name: s
     try:
         ray.get([a.__ray_ready__.remote() for a in pool.actors])
         # Start the reduction task workers too (process start + imports, once per Ray session).
-        ray.get(add_ingredient(None, candidates[0].path, shard_plan(candidates[0].path,
+        ray.get(add_ingredient(None, candidates[0].path, ingredient_shards(candidates[0].path,
                                                                     num_shards)))
         t_start = time.perf_counter() - t0 - t_pre
         secs, dirs = timed(soup_stage.cook_soups, ["greedy"], candidates, soups_dir, num_shards, pool,

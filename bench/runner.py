@@ -66,7 +66,7 @@ def run(only: list[str] | None = None, quick: bool = False, workdir: Path | None
         device: str = "cpu", tmp: Path | None = None) -> dict:
     import torch
 
-    from bench import evaluation, greedy, reduction, rounds, streaming, sweep
+    from bench import b1_reduction, evaluation, greedy, rounds, streaming, sweep
 
     only = list(only or ALL)
     unknown = sorted(set(only) - set(ALL))
@@ -85,7 +85,7 @@ def run(only: list[str] | None = None, quick: bool = False, workdir: Path | None
         args = dict(SIZES["B1"][size])
         if device == "cuda":
             args["repeats"] = min(args["repeats"], 2)  # bench/gpu.sh gives B1 170 s
-        details["B1"] = reduction.run(base / "b1", device=device, **args)
+        details["B1"] = b1_reduction.run(base / "b1", device=device, **args)
     if "B2" in only:
         details["B2"] = greedy.run(base / "b2", workdir=workdir, gpus=gpus, **SIZES["B2"][size])
     if "B3" in only:

@@ -90,7 +90,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     from raysoup import storage
     from raysoup.config import ConfigError, load_experiment
     from raysoup.data.sources import load_splits
-    from raysoup.models.base import read_base_manifest
+    from raysoup.models.base_models import read_base_manifest
+    from raysoup.models.families import family_of
     from raysoup.prepare import pretrain_corpus
     from raysoup.train.base_clip import ensure_base_clip
 
@@ -107,7 +108,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     try:
         splits = load_splits(cfg.data, workdir)
         weights = ensure_base_clip(cfg.model, splits, args.out, recipe=recipe,
-                                   corpus=pretrain_corpus(cfg, splits))
+                                   corpus=pretrain_corpus(cfg, splits),
+                                   objective=family_of(cfg.model).pretrain_objective())
     except (ValueError, RuntimeError, OSError) as err:  # BaseModelError, DataError included
         print(f"raysoup: error: {err}", file=sys.stderr)
         return 1
@@ -314,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_experiment(args.config, args.overrides)
             workdir, stages = cfg.resolved_workdir(args.workdir), STAGE_COMMANDS[args.command]
             if args.dry_run:
-                from raysoup.plan import describe
+                from raysoup.dryrun import describe
 
                 print(describe(cfg, workdir, stages, str(args.config)))
                 return 0

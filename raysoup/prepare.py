@@ -45,8 +45,11 @@ def ensure_zeroshot(cfg: ExperimentCfg, workdir: Path, splits: DatasetSplits) ->
 
     family = family_of(cfg.model)
     if cfg.model.pretrain is not None:
-        base = family.pretrain_base(cfg.model, splits, base_cache_dir(cfg, workdir),
-                                    corpus=pretrain_corpus(cfg, splits))
+        from raysoup.train.base_clip import ensure_base_clip
+
+        base = ensure_base_clip(cfg.model, splits, base_cache_dir(cfg, workdir),
+                                corpus=pretrain_corpus(cfg, splits),
+                                objective=family.pretrain_objective())
         storage.publish_missing(base_cache_dir(cfg, workdir))  # read back through storage
     else:
         base = family.packaged_base(cfg.model, splits)  # e.g. the shipped `raysoup:` base

@@ -111,7 +111,7 @@ def test_dry_run_invalid_config_exits_2(capsys):
 
 
 def test_plan_uri_matches_tracking_default(tmp_path):
-    from raysoup.plan import describe
+    from raysoup.dryrun import describe
     from raysoup.tracking import default_uri
 
     text = describe(load_experiment(TINY), tmp_path, ("sweep",))
@@ -121,7 +121,7 @@ def test_plan_uri_matches_tracking_default(tmp_path):
 def test_cluster_file_is_looked_for_in_the_current_directory(tmp_path, monkeypatch):
     # Nothing is read beside the package (an installed wheel has no repository around it):
     # the plan says where it looked, and sizes ./cluster.yaml where there is one.
-    from raysoup.plan import describe
+    from raysoup.dryrun import describe
 
     monkeypatch.chdir(tmp_path)
     cfg = load_experiment(TINY)

@@ -3,6 +3,8 @@ models the stages built before it (tiny configs, no downloads)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import open_clip
 import pytest
@@ -54,7 +56,7 @@ def test_skeleton_has_the_classifiers_names_and_shapes(name):
 
 def test_initial_model_is_zero_shot_clip_from_the_shipped_base():
     from raysoup.models import classifier_from_clip, get_tokenizer, load_clip, zero_shot_head
-    from raysoup.models.base import base_vocab
+    from raysoup.models.base_models import base_vocab
 
     family = get_family("open_clip")
     splits = type("Splits", (), {"classnames": CLASSNAMES[:4], "templates": TEMPLATES})()
@@ -103,15 +105,31 @@ def test_objective_and_logits_are_the_plain_classifier_ones():
 
 
 def test_export_and_mlflow_names():
-    from raysoup.export.command import FORMATS
-    from raysoup.tracking import PYFUNC_CODE, PYFUNC_REQUIREMENTS
+    import ast
+    import sys
+    from importlib import metadata
+
+    import raysoup.tracking
+    from raysoup.cli import _parser
 
     family = get_family("open_clip")
-    assert family.export_formats == FORMATS
+    # the CLI spells the choices out (its --help loads no model library): they must agree
+    sub = next(a for a in _parser()._actions if a.dest == "command")
+    export = sub.choices["export"]
+    assert next(a for a in export._actions if a.dest == "format").choices == family.export_formats
     spec = family.mlflow
     assert (spec.flavour, spec.artifact, spec.export_format) == ("pyfunc", "open_clip", "open_clip")
-    assert spec.code == PYFUNC_CODE and spec.code.is_file()
-    assert spec.requirements == PYFUNC_REQUIREMENTS
+    assert spec.export_format in family.export_formats
+    assert spec.code == Path(raysoup.tracking.__file__).parent / "pyfunc_model.py"
+    # the served model imports nothing the requirements leave out (mlflow: MLflow adds it)
+    dists = metadata.packages_distributions()
+    imported = {(n.module if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
+                for n in ast.walk(ast.parse(spec.code.read_text()))
+                if isinstance(n, ast.Import | ast.ImportFrom) and not getattr(n, "level", 0)
+                for a in n.names}
+    needed = {d.lower() for m in imported - set(sys.stdlib_module_names) - {"__future__", "mlflow"}
+              for d in dists[m]}
+    assert needed == {r.lower() for r in spec.requirements}
     assert family.architecture("raysoup-tiny-rn")["vision_cfg"]["image_size"] == 32
 
 

@@ -25,7 +25,7 @@ from raysoup.models import (
     resolve_weights,
     zero_shot_head,
 )
-from raysoup.models.base import base_vocab, read_base_manifest
+from raysoup.models.base_models import base_vocab, read_base_manifest
 from raysoup.models.tokenizer import TokenizerError, WordTokenizer
 from raysoup.train.base_clip import ensure_base_clip
 
@@ -110,6 +110,7 @@ def test_resolve_errors(tmp_path):
     with pytest.raises(ModelLoadError, match="not found") as err:
         resolve_weights(_cfg(pretrained=str(tmp_path / "missing.safetensors")))
     assert "tags of 'raysoup-tiny-vit': none" in str(err.value)
+    assert "shipped with raysoup: raysoup:tiny-rn-web" in str(err.value)
     with pytest.raises(ModelLoadError, match="laion2b_s34b_b79k") as err:
         resolve_weights(ModelCfg(name="ViT-B-32", pretrained="no-such-tag"))
     assert "openai" in str(err.value) and "no-such-tag" in str(err.value)

@@ -200,11 +200,11 @@ def test_compiled_uniform_sum_is_the_running_sum_bit_for_bit(tmp_path, monkeypat
     (ingredients four at a time, windows of each file mapped and released). Its bits must be
     the running sum's (add_into, then scaled) — past a window, across slices, with groups of
     four and single ingredients after them."""
-    from raysoup.reduce import mapped, reduction
+    from raysoup.reduce import mapped, shard_reduce
 
     calls = []
-    real = reduction.sum_mapped
-    monkeypatch.setattr(reduction, "sum_mapped", lambda *a: calls.append(a[2]) or real(*a))
+    real = shard_reduce.sum_mapped
+    monkeypatch.setattr(shard_reduce, "sum_mapped", lambda *a: calls.append(a[2]) or real(*a))
     n = mapped.window(k) + 3 * mapped.SLICE + 17
     paths = []
     for i in range(k):

@@ -9,7 +9,7 @@ import pytest
 from raysoup.checkpoints.ingredient import file_sha256
 from raysoup.cli import main
 from raysoup.config import ModelCfg, load_experiment
-from raysoup.models.base import BaseModelError, read_base_manifest, shipped_base, verify_base
+from raysoup.models.base_models import BaseModelError, read_base_manifest, shipped_base, verify_base
 
 ROOT = Path(__file__).parents[1]
 SMALL_WORLD = ["data.world.num_classes=4", "data.world.train_per_class=40",

@@ -28,12 +28,12 @@ def ingredients(tmp_path_factory):
 
 
 def test_soup_bytes_identical_for_any_shard_count(ray_session, ingredients, tmp_path):
-    from raysoup.orchestration.reduction import shard_plan, write_soup
+    from raysoup.orchestration.reduce_tasks import ingredient_shards, write_soup
 
     weights = [0.1, 0.2, 0.3, 0.4]
     digests = set()
     for k in (1, 2, 3):
-        out = write_soup(tmp_path / f"soup{k}", ingredients, weights, shard_plan(ingredients[0], k),
+        out = write_soup(tmp_path / f"soup{k}", ingredients, weights, ingredient_shards(ingredients[0], k),
                          {"recipe": "test"})
         recipe = json.loads((out / "recipe.json").read_text())
         assert recipe["num_shards"] == k and len(recipe["shards_sha256"]) == k
@@ -60,14 +60,14 @@ def test_greedy_running_sum_scores_the_soup_it_writes(ray_session, ingredients, 
 
     from raysoup.orchestration.evaluation import EvalPool, EvalWorker
     from raysoup.orchestration.kitchen import RunningSumScorer
-    from raysoup.orchestration.reduction import shard_plan, write_soup
+    from raysoup.orchestration.reduce_tasks import ingredient_shards, write_soup
     from raysoup.reduce import scaled
     from raysoup.soup import Candidate
 
     splits = ray.put(heldout_splits())
     actor_cls = ray.remote(num_cpus=0.5)(EvalWorker)
     pool = EvalPool(lambda: actor_cls.remote(MODEL, CLASSES, splits, 16), 2)
-    plan = shard_plan(ingredients[0], 3)
+    plan = ingredient_shards(ingredients[0], 3)
     scorer = RunningSumScorer(pool, plan)
     cands = [Candidate(p.name, 0.0, p) for p in ingredients]
     def whole(refs, scale):  # one actor, the whole split: (correct, n, mean loss)
@@ -132,9 +132,9 @@ def test_reduction_task_killed_mid_flight_is_retried(ray_session, ingredients, t
 
     from raysoup.checkpoints import read_manifest
     from raysoup.faults import ENV
-    from raysoup.orchestration.reduction import _reduce_to_file, shard_plan
+    from raysoup.orchestration.reduce_tasks import _reduce_to_file, ingredient_shards
 
-    names = shard_plan(ingredients[0], 1)[0]
+    names = ingredient_shards(ingredients[0], 1)[0]
     dtypes = {n: t["dtype"] for n, t in read_manifest(ingredients[0])["tensors"].items()}
     from raysoup.reduce import Blend
 

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from raysoup.orchestration.reduction import soup_cpus
+from raysoup.orchestration.reduce_tasks import soup_cpus
 
 
 @pytest.mark.parametrize(("total", "actors", "per_actor", "shards", "expected"), [
@@ -33,7 +33,7 @@ DRILL = textwrap.dedent('''
     import ray, torch
     from ray.cluster_utils import Cluster
     from raysoup.checkpoints import write_ingredient
-    from raysoup.orchestration import reduction
+    from raysoup.orchestration import reduce_tasks
 
     work = Path(sys.argv[1])
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
@@ -57,13 +57,13 @@ DRILL = textwrap.dedent('''
         state = {"w": torch.full((64, 8), float(i)), "b": torch.arange(8.0) * i}
         paths.append(work / f"ing-{i}")
         write_ingredient(paths[-1], state, {"name": f"ing-{i}"})
-    plan = reduction.shard_plan(paths[0], 2)
+    plan = reduce_tasks.ingredient_shards(paths[0], 2)
     out = {}
 
     # Without a reservation: actors spread one per node leave half a CPU on each, and a
     # 1-CPU reduction task waits.
     actors, out["nodes_without"] = scorers()
-    ref = reduction._reduce.remote([str(p) for p in paths], [0.5, 0.5], plan[0])
+    ref = reduce_tasks._reduce.remote([str(p) for p in paths], [0.5, 0.5], plan[0])
     out["pending_without"] = not ray.wait([ref], timeout=5)[0]
     ray.cancel(ref, force=True)
     for a in actors:
@@ -71,9 +71,9 @@ DRILL = textwrap.dedent('''
 
     # The soup stage's way: reserve first, then place the actors (the same SPREAD request).
     t = time.perf_counter()
-    with reduction.reserved_cpus(1):
+    with reduce_tasks.reserved_cpus(1):
         actors, _ = scorers()
-        reduction.write_soup(work / "soup", paths, [0.5, 0.5], plan, {"recipe": "uniform"})
+        reduce_tasks.write_soup(work / "soup", paths, [0.5, 0.5], plan, {"recipe": "uniform"})
     out["seconds_with"] = time.perf_counter() - t
     out["soup_files"] = sorted(p.name for p in (work / "soup").iterdir())
     print(json.dumps(out))

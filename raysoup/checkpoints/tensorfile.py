@@ -17,7 +17,7 @@ import os
 import struct
 import warnings
 from pathlib import Path
-from typing import Self
+from typing import NamedTuple, Self
 
 import numpy as np
 import torch
@@ -28,6 +28,16 @@ from raysoup.checkpoints.ingredient import MANIFEST_FILE, WEIGHTS_FILE
 # A remote file's sequential slice reads are fetched this many bytes at a time (per open file:
 # a merge over N remote ingredients holds N windows).
 READAHEAD = 4 << 20
+
+
+class TensorEntry(NamedTuple):
+    """One tensor of a safetensors header: its bytes [begin, end) after the header, its dtype
+    and shape."""
+
+    begin: int
+    end: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
 
 
 class TensorFileError(ValueError):
@@ -85,7 +95,7 @@ class _TensorFile:
             header = json.loads(self._pread(n, 8))
             header.pop("__metadata__", None)
             self.base = 8 + n
-            self.entries = {}
+            self.entries: dict[str, TensorEntry] = {}
             for name, info in header.items():
                 begin, end = info["data_offsets"]
                 dtype = _DTYPES.get(info["dtype"])
@@ -95,7 +105,7 @@ class _TensorFile:
                         end - begin != math.prod(info["shape"]) * dtype.itemsize:
                     raise ValueError(f"tensor {name!r}: byte range {[begin, end]} does not fit "
                                      f"{info['dtype']}{info['shape']} in a {size}-byte file")
-                self.entries[name] = (begin, end, dtype, tuple(info["shape"]))
+                self.entries[name] = TensorEntry(begin, end, dtype, tuple(info["shape"]))
         except BaseException:
             self.close()
             raise

@@ -13,10 +13,9 @@ from raysoup.export.open_clip_dir import (
     export_safetensors,
     model_info,
 )
-from raysoup.workdir import CONFIG_SNAPSHOT, MANIFEST_FILE, SoupRecord, Workdir
+from raysoup.models.families import family_of
+from raysoup.workdir import CONFIG_SNAPSHOT, MANIFEST_FILE, IngredientManifest, SoupRecord, Workdir
 from raysoup.workdir.snapshot import read_snapshot
-
-FORMATS = ("open_clip", "safetensors")
 
 
 def _describe(model_dir: Path, workdir: Path) -> dict:
@@ -36,8 +35,6 @@ def _describe(model_dir: Path, workdir: Path) -> dict:
 
 def export_model(model_dir: Path, fmt: str, out: Path) -> Path:
     """Export `model_dir` (WORKDIR/soups/<recipe> or WORKDIR/ingredients/<name>) as `fmt`."""
-    if fmt not in FORMATS:
-        raise ExportError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     model_dir = Path(model_dir)
     workdir = Workdir.of_model(model_dir)
     zeroshot = workdir.zeroshot
@@ -45,6 +42,9 @@ def export_model(model_dir: Path, fmt: str, out: Path) -> Path:
         raise ExportError(f"{model_dir}: not a soup or ingredient of a raysoup workdir (expected "
                           f"WORKDIR/soups/<recipe> or WORKDIR/ingredients/<name> next to "
                           f"WORKDIR/{CONFIG_SNAPSHOT})")
+    formats = family_of(IngredientManifest.read(zeroshot).meta).export_formats
+    if fmt not in formats:
+        raise ExportError(f"--format {fmt!r}: use one of {', '.join(formats)}")
     info = model_info(zeroshot, **_describe(model_dir, workdir.root))
     if fmt == "safetensors":
         return export_safetensors(model_dir, info, out)

@@ -2,7 +2,7 @@
 
 A weight source is one of: an open_clip pretrained tag (downloaded from the hub by open_clip
 itself), a local weights file (safetensors, or a torch pickle read with weights_only=True), or
-the project's own base checkpoint written by the tiny pre-training (models/base.py).
+the project's own base checkpoint written by the tiny pre-training (models/base_models.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from raysoup.config import ModelCfg
-from raysoup.models.base import SHIPPED_PREFIX, BaseModelError, shipped_base
+from raysoup.models.base_models import SHIPPED_PREFIX, BaseModelError, shipped_base, shipped_bases
 from raysoup.models.tokenizer import WordTokenizer
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -78,9 +78,11 @@ def resolve_weights(cfg: ModelCfg, base_checkpoint: Path | None = None) -> Weigh
     path = Path(cfg.pretrained).expanduser()
     if path.is_file():
         return WeightSource(kind="file", path=path.absolute())
+    shipped = [SHIPPED_PREFIX + n for n in shipped_bases()]
     raise ModelLoadError(
         f"model.pretrained {cfg.pretrained!r} for {cfg.name!r}: tried (1) open_clip pretrained "
-        f"tags of {cfg.name!r}: {tags or 'none'}; (2) a local file {path.absolute()}: not found"
+        f"tags of {cfg.name!r}: {tags or 'none'}; (2) a local file {path.absolute()}: not found; "
+        f"(3) a base shipped with raysoup: {', '.join(shipped) or 'none'}"
     )
 
 

@@ -107,11 +107,6 @@ class ModelFamily(Protocol):
         """The pre-trained model (the library's own type, e.g. a full CLIP), eval mode."""
         ...
 
-    def pretrain_base(self, model_cfg: ModelCfg, splits, cache_dir: Path, **kw) -> Path:
-        """Pre-train the family's own base on `splits` (model.pretrain), cached in
-        `cache_dir`; its weights file. A family that cannot pre-train raises."""
-        ...
-
     def packaged_base(self, model_cfg: ModelCfg, splits) -> Path | None:
         """A base shipped with raysoup that `model_cfg` names, checked against `splits`
         (None when the weights come from elsewhere)."""
@@ -139,4 +134,8 @@ class ModelFamily(Protocol):
 
     def train_objective(self, hp: TrainHParams, num_classes: int) -> TrainObjective: ...
 
-    def pretrain_objective(self) -> PretrainObjective: ...
+    def pretrain_objective(self) -> PretrainObjective:
+        """Pre-training's loss (model.pretrain): the caller above models/ runs train/'s loop
+        with it (`raysoup.train.base_clip.ensure_base_clip(..., objective=...)`). A family
+        that cannot pre-train its own base raises."""
+        ...

@@ -2,7 +2,7 @@
 head that starts as the zero-shot classifier (models/classifier.py).
 
 Weights come from an open_clip pretrained tag, a local file, a base shipped with raysoup
-(`raysoup:<name>`) or the project's own pre-training (models/factory.py, models/base.py).
+(`raysoup:<name>`) or the project's own pre-training (models/factory.py, models/base_models.py).
 The classifier's state dict is `visual.*` + `head.weight` + `head.bias`.
 """
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from raysoup.models import base as bases
+from raysoup.models import base_models as bases
 from raysoup.models import classifier, factory
 from raysoup.models.family import InitialModel, MlflowModelSpec
 from raysoup.models.open_clip_objectives import ClassifierObjective, ContrastiveObjective
@@ -47,13 +47,6 @@ class OpenClipImageFamily:
 
     def load_pretrained(self, model_cfg: ModelCfg, base_checkpoint: Path | None = None):
         return factory.load_clip(model_cfg, base_checkpoint)
-
-    def pretrain_base(self, model_cfg: ModelCfg, splits, cache_dir: Path, **kw) -> Path:
-        # The one call up from models/ to train/ (the training loop); at call time, since
-        # train/ imports models/.
-        from raysoup.train.base_clip import ensure_base_clip
-
-        return ensure_base_clip(model_cfg, splits, cache_dir, **kw)
 
     def packaged_base(self, model_cfg: ModelCfg, splits) -> Path | None:
         # Only a raysoup base carries the word vocabulary the world tokenizer needs; any other

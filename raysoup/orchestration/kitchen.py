@@ -20,7 +20,7 @@ import ray
 
 from raysoup.evaluate.evaluator import LOSS_UNIT
 from raysoup.orchestration.evaluation import EvalPool
-from raysoup.orchestration.reduction import (
+from raysoup.orchestration.reduce_tasks import (
     _same_float_mode,
     add_ingredient,
     apply_refs,

@@ -18,7 +18,7 @@ from raysoup.config import ExperimentCfg
 from raysoup.data.lineage import split_records
 from raysoup.evaluate import results as res
 from raysoup.faults import failpoint
-from raysoup.orchestration import metrics, reduction, soup_stage
+from raysoup.orchestration import metrics, reduce_tasks, soup_stage
 from raysoup.orchestration.cluster import connect
 from raysoup.orchestration.evaluation import (
     EvalPool,
@@ -134,7 +134,7 @@ class Run:
 
     def soup_sizes(self) -> tuple[int, float | None]:
         """(CPUs reserved for reductions, CPUs per eval actor) in the soup stage."""
-        return reduction.soup_cpus(ray.cluster_resources().get("CPU", 1),
+        return reduce_tasks.soup_cpus(ray.cluster_resources().get("CPU", 1),
                                    self.cfg.eval.num_actors, self.cfg.eval.cpus_per_actor,
                                    self.cfg.soup.num_shards)
 
@@ -150,7 +150,7 @@ class Run:
     @contextmanager
     def soup_kitchen(self) -> Iterator[EvalPool]:
         """Eval actors that score greedy candidates, beside CPUs reserved for the reduction
-        tasks (`reduction.reserved_cpus`), for as long as the block runs."""
+        tasks (`reduce_tasks.reserved_cpus`), for as long as the block runs."""
         count = self.cfg.eval.num_actors
         reserve, cpus = self.soup_sizes()
         if self._pool is not None and (len(self._pool), self._pool_cpus) != (count, cpus):
@@ -159,11 +159,11 @@ class Run:
             try:
                 # The evaluate stage's actors may sit where the reservation must go: give them
                 # a moment, then free their CPUs and start fresh ones after the reservation.
-                stack.enter_context(reduction.reserved_cpus(reserve,
+                stack.enter_context(reduce_tasks.reserved_cpus(reserve,
                                                             wait_s=10 if self._pool else None))
             except TimeoutError:
                 self.release_actors()
-                stack.enter_context(reduction.reserved_cpus(reserve))
+                stack.enter_context(reduce_tasks.reserved_cpus(reserve))
             yield self.pool(count, cpus)
 
     def release_actors(self) -> None:

@@ -20,6 +20,7 @@ import torch
 from raysoup.evaluate.cache import CachedImages
 from raysoup.export import ModelInfo, export_open_clip
 from raysoup.faults import failpoint
+from raysoup.models.family import MlflowModelSpec
 from raysoup.tracking import Tracker, save_pyfunc
 from raysoup.workdir import SoupRecord
 
@@ -44,11 +45,13 @@ class Publisher:
 
     def __init__(self, tracker: Tracker, info: ModelInfo,
                  load_base: Callable[[], dict[str, torch.Tensor]], example: np.ndarray,
-                 registered_model: str | None):
+                 registered_model: str | None, mlflow: MlflowModelSpec):
         """`load_base`: the base CLIP's state dict, loaded once if a model is logged at all
-        (a resumed run whose soups are all logged never loads it)."""
+        (a resumed run whose soups are all logged never loads it); `mlflow`: the model
+        family's MLflow spec (`family_of(cfg.model).mlflow`)."""
         self.tracker, self.info, self._load_base = tracker, info, load_base
         self.example, self.registered_model = example, registered_model
+        self.mlflow = mlflow
 
     @functools.cached_property
     def base_state(self) -> dict[str, torch.Tensor]:
@@ -61,7 +64,8 @@ class Publisher:
         info = dataclasses.replace(self.info, extra={**self.info.extra, **extra})
         with tempfile.TemporaryDirectory(prefix="raysoup-model-") as tmp:
             export = export_open_clip(model_dir, info, self.base_state, Path(tmp) / "open_clip")
-            saved = save_pyfunc(export, info, Path(tmp) / "model", self.example)
+            saved = save_pyfunc(export, info, Path(tmp) / "model", self.example,
+                                spec=self.mlflow)
             params = {k: v for k, v in extra.items() if isinstance(v, str | int | float)}
             model_id = self.tracker.log_model(run_id, name, saved, params)
         log.info("mlflow: %s logged as models:/%s", name, model_id)

@@ -20,11 +20,12 @@ from raysoup.checkpoints.ingredient import remove_stale_tmp
 from raysoup.config import ExperimentCfg, SoupBase
 from raysoup.evaluate import results as res
 from raysoup.export import base_clip_state, model_info
+from raysoup.models.families import family_of
 from raysoup.orchestration import metrics
 from raysoup.orchestration.evaluation import EvalPool
 from raysoup.orchestration.kitchen import RayKitchen, integers_source
 from raysoup.orchestration.published import Publisher, example_images
-from raysoup.orchestration.reduction import shard_plan, write_soup
+from raysoup.orchestration.reduce_tasks import ingredient_shards, write_soup
 from raysoup.reduce import Blend
 from raysoup.soup import Candidate, RecipeResult, get_recipe
 from raysoup.soup.base import by_heldout
@@ -97,7 +98,7 @@ def cook_soups(recipes: list[str], candidates: list[Candidate], soups_dir: Path,
     ingredient (WiSE-FT, Model Stock and the task-vector methods start from it)."""
     if not candidates:
         raise ValueError("no ingredients to make soups from; run the sweep first")
-    plan = shard_plan(candidates[0].path, num_shards)
+    plan = ingredient_shards(candidates[0].path, num_shards)
     if stale := remove_stale_tmp(soups_dir):
         log.info("soup: removed %d partial soup(s) of an interrupted run", len(stale))
     by_name = {c.name: c for c in [*([anchor] if anchor else []), *candidates]}
@@ -199,7 +200,8 @@ def _publisher(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, splits_ref) 
     name = cfg.tracking.registered_model or tracker.experiment_name
     test = ray.get(splits_ref)["test"].images
     return Publisher(tracker, info, lambda: base_clip_state(cfg.model, info),
-                     example_images(test), name if cfg.tracking.register_soups else None)
+                     example_images(test), name if cfg.tracking.register_soups else None,
+                     family_of(cfg.model).mlflow)
 
 
 def publish_best_single(tracker: Tracker, publisher: Publisher, candidates: list[Candidate],

@@ -3,8 +3,7 @@ output."""
 
 from raysoup.reduce.blend import Blend
 from raysoup.reduce.merge import TensorMerge, apply_task_vector, merge_shard, task_vectors
-from raysoup.reduce.plan import plan_shards, tensor_nbytes
-from raysoup.reduce.reduction import (
+from raysoup.reduce.shard_reduce import (
     ReductionError,
     add_into,
     open_tensors,
@@ -12,6 +11,7 @@ from raysoup.reduce.reduction import (
     scale_,
     scaled,
 )
+from raysoup.reduce.shards import plan_shards, tensor_nbytes
 from raysoup.reduce.writer import (
     INDEX_FILE,
     ShardedCheckpointError,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from raysoup.reduce.merge import TensorMerge, merge_shard
-from raysoup.reduce.reduction import ReductionError, reduce_shard
+from raysoup.reduce.shard_reduce import ReductionError, reduce_shard
 
 
 @dataclass(frozen=True)

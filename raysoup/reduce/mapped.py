@@ -14,7 +14,7 @@ few MiB per ingredient, never N tensors.
 `addresses` hands the compiled code each file's address of the tensor (`_TensorFile.mapped`,
 which first checks that the file is still the size it was opened at: a mapped page past the
 end would kill the process with SIGBUS instead of naming the file). `sum_mapped` is the
-uniform soup's pass (used by `reduction.reduce_shard`); TIES' is in `ties_kernel.py`.
+uniform soup's pass (used by `shard_reduce.reduce_shard`); TIES' is in `ties_kernel.py`.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def addresses(handles, name: str) -> tuple[np.ndarray, np.ndarray] | None:
 def sum_mapped(files, mappings, n, step, scale, out):  # pragma: no cover - compiled
     """out = scale · (θ_0 + θ_1 + ... + θ_{k-1}) of one float32 tensor of n entries, files[i] =
     θ_i's address, `step` = `window(k)`: each add rounded in that order, then one float32
-    multiply — the bits of torch's in-place adds and numpy's multiply (`reduction.add_into` +
+    multiply — the bits of torch's in-place adds and numpy's multiply (`shard_reduce.add_into` +
     `scaled`). Ingredients four at a time with the sum in registers; the slice of `out` stays
     in L1 between them."""
     k = files.size

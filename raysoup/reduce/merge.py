@@ -35,7 +35,7 @@ import torch
 from raysoup.checkpoints.ingredient import weights_path
 from raysoup.checkpoints.tensorfile import Scratch, TensorFileError, numpy_view, open_tensors
 from raysoup.reduce.mapped import addresses
-from raysoup.reduce.reduction import ReductionError, _check_shape, _get, _owned
+from raysoup.reduce.shard_reduce import ReductionError, _check_shape, _get, _owned
 
 # θ_1..θ_N of one tensor, drawn afresh by each call (see TensorMerge). The streams `_merged`
 # gives also have `len()` and `read_slices` (see `read_slices`).
@@ -139,8 +139,8 @@ def _merged(paths: list[Path], base: Path, names: list[str], merge: TensorMerge,
         buffer = torch.empty(0)
         soup_files = getattr(merge, "soup_files", None) if scale is not None else None
         for name in names:
-            entry = base_h.entries.get(name)  # (begin, end, dtype, shape): the header only
-            if entry is not None and not entry[2].is_floating_point:
+            entry = base_h.entries.get(name)  # a TensorEntry: the header only
+            if entry is not None and not entry.dtype.is_floating_point:
                 yield name, numpy_view(_owned(_get(handles[0], name, files[0], base_file))), None
                 continue
             if soup_files is not None and entry is not None:
@@ -192,7 +192,7 @@ def _soup_from_files(name, soup_files, scale, base, ingredients) -> torch.Tensor
 
 
 def _largest(handle, names: list[str]) -> int:
-    return max((math.prod(handle.entries[n][3]) for n in names if n in handle.entries),
+    return max((math.prod(handle.entries[n].shape) for n in names if n in handle.entries),
                default=0)
 
 

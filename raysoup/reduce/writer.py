@@ -25,7 +25,7 @@ from raysoup import storage
 from raysoup.atomic import is_temp_name, write_atomic
 from raysoup.checkpoints.ingredient import dtype_name, file_sha256
 from raysoup.faults import failpoint
-from raysoup.reduce.reduction import numpy_view
+from raysoup.reduce.shard_reduce import numpy_view
 
 INDEX_FILE = "model.safetensors.index.json"
 _SHARD_RE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")

@@ -1,5 +1,5 @@
 """The project's own base model, pre-trained once per recipe and cached: DIR/clip.safetensors
-and DIR/manifest.json, the layout `raysoup.models.base` reads (and verifies) everywhere else.
+and DIR/manifest.json, the layout `raysoup.models.base_models` reads (and verifies) everywhere else.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from raysoup.atomic import write_atomic
 from raysoup.config import ModelCfg
-from raysoup.models.base import (
+from raysoup.models.base_models import (
     FORMAT,
     BaseModelError,
     check_sha256,
@@ -22,6 +22,7 @@ from raysoup.models.base import (
     weights_sha256,
 )
 from raysoup.models.factory import build_clip, get_tokenizer, image_stats
+from raysoup.models.family import PretrainObjective
 from raysoup.train.pretrain import pretrain_clip
 
 
@@ -51,13 +52,15 @@ def ensure_base_clip(
     vocab: list[str] | None = None,
     recipe: dict | None = None,
     corpus=None,
+    objective: PretrainObjective | None = None,
 ) -> Path:
     """Path of the cached base CLIP for model_cfg, pre-training it on `corpus` (LabeledImages
     with captions; default splits.train) if needed.
 
     `vocab` is the word tokenizer's vocabulary (default: the words of the corpus's captions and
     of splits' class names and templates). Later tokenizers must use the same list: `base_vocab(path)`.
-    `recipe` (what produced it: command, config) is recorded in the manifest.
+    `recipe` (what produced it: command, config) is recorded in the manifest. `objective`:
+    the loss, the model family's `pretrain_objective()` (default: CLIP's contrastive loss).
     """
     if model_cfg.pretrain is None:
         raise BaseModelError(f"model {model_cfg.name!r} has no model.pretrain section")
@@ -80,7 +83,7 @@ def ensure_base_clip(
         print(f"base model: pre-training {model_cfg.name} for {model_cfg.pretrain.steps} steps "
               f"on {len(corpus)} image-caption pairs", file=sys.stderr)
     metrics = pretrain_clip(clip, corpus, tokenizer, model_cfg.pretrain, image_size=size,
-                            mean=mean, std=std, progress=progress)
+                            mean=mean, std=std, progress=progress, objective=objective)
     weights = cache_dir / "clip.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}
     write_atomic(weights, lambda p: save_file(state, str(p)))

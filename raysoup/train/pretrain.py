@@ -1,5 +1,5 @@
 """Short contrastive (CLIP) pre-training of a tiny open_clip model on image-caption pairs: the
-pre-training capability of the open_clip family (`ModelFamily.pretrain_base`).
+loop `ensure_base_clip` (train/base_clip.py) runs with the family's `pretrain_objective()`.
 
 This produces the shared initialisation of the embedded default experiment: the world has
 no hub weights, so we train the image and text towers together for a few hundred steps.

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raysoup.config import ExperimentCfg
-from raysoup.plan.sizing import GiB, MiB, Needs, gib
+from raysoup.dryrun.sizing import GiB, MiB, Needs, gib
 
 # Relative: resolved against the current directory when the plan is made.
 CLUSTER_FILE = Path("cluster.yaml")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from raysoup.config import DEFAULT_MEMORY_SHARE, ExperimentCfg
-from raysoup.plan.sources import Sizes
+from raysoup.dryrun.sources import Sizes
 from raysoup.search.distributions import as_dist
 
 GiB, MiB = 2**30, 2**20

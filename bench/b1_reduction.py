@@ -2,7 +2,7 @@
 
 Contenders run one at a time, each in a fresh interpreter right after the same page-cache
 warm-up (the files it reads — safetensors or .pt — read once). Peak RSS is VmHWM minus the RSS after
-imports; touched mmap pages count. The Ray path (`orchestration.reduction.write_soup`: shard
+imports; touched mmap pages count. The Ray path (`orchestration.reduce_tasks.write_soup`: shard
 tasks that also write the output shards, index and sha256) is timed in the driver.
 """
 
@@ -106,7 +106,7 @@ def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repe
 
 
 def _ray_path(root: Path, paths: list[Path], shard_counts, repeats: int, files) -> dict:
-    from raysoup.orchestration.reduction import shard_plan, write_soup
+    from raysoup.orchestration.reduce_tasks import ingredient_shards, write_soup
 
     out = {}
     for k in shard_counts:
@@ -114,7 +114,7 @@ def _ray_path(root: Path, paths: list[Path], shard_counts, repeats: int, files) 
         for _ in range(max(1, repeats)):
             warm(files)
             secs, soup = timed(write_soup, root / f"soup-{k}", paths, [1.0 / len(paths)] * len(paths),
-                               shard_plan(paths[0], k), {"recipe": "bench"})
+                               ingredient_shards(paths[0], k), {"recipe": "bench"})
             runs.append(secs)
             shutil.rmtree(soup, ignore_errors=True)
         out[str(k)] = min(runs)

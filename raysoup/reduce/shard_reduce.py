@@ -124,13 +124,13 @@ def _sum_mapped(handles, name: str, w: float) -> np.ndarray | None:
     and names a missing tensor or a mismatch)."""
     if any(name not in h.entries for h in handles):
         return None
-    if len({h.entries[name][3] for h in handles}) != 1:
+    if len({h.entries[name].shape for h in handles}) != 1:
         return None
     mapped = addresses(handles, name)
     if mapped is None:
         return None
     # torch's memory: numpy advises huge pages on large arrays (see merge._soup_from_files)
-    out = torch.empty(handles[0].entries[name][3], dtype=torch.float32).numpy()
+    out = torch.empty(handles[0].entries[name].shape, dtype=torch.float32).numpy()
     sum_mapped(*mapped, out.size, window(len(handles)), np.float32(w), out.reshape(-1))
     return out
 

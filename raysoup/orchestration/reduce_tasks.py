@@ -94,7 +94,7 @@ def reserved_cpus(count: int, wait_s: float | None = None) -> Iterator[None]:
         remove_placement_group(pg)
 
 
-def shard_plan(ingredient_dir: Path, num_shards: int) -> list[list[str]]:
+def ingredient_shards(ingredient_dir: Path, num_shards: int) -> list[list[str]]:
     """Balanced shards of tensor names, planned from an ingredient manifest (no tensor reads)."""
     return plan_shards(tensor_nbytes(read_manifest(ingredient_dir)["tensors"]), num_shards)
 

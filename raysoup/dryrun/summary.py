@@ -13,9 +13,9 @@ from pathlib import Path
 
 from raysoup import storage
 from raysoup.config import DATA_PARALLEL_DRIVER_CPU, ExperimentCfg, SplitSource
-from raysoup.plan.cluster import CLUSTER_FILE, cluster_lines
-from raysoup.plan.sizing import sizing_lines
-from raysoup.plan.sources import Sizes, count_data
+from raysoup.dryrun.cluster import CLUSTER_FILE, cluster_lines
+from raysoup.dryrun.sizing import sizing_lines
+from raysoup.dryrun.sources import Sizes, count_data
 from raysoup.search.distributions import as_dist
 
 
@@ -53,7 +53,7 @@ def _weights_lines(cfg: ExperimentCfg, arch: dict, warnings: list[str]) -> list[
     """Where the initial weights come from; warns where they do not fit the architecture."""
     import open_clip  # the registry only: no weights are read or downloaded
 
-    from raysoup.models.base import (
+    from raysoup.models.base_models import (
         SHIPPED_PREFIX,
         BaseModelError,
         read_base_manifest,
