@@ -6,7 +6,8 @@
                                  that ended without weights leaves manifest.json alone
       soups/<recipe>/            recipe.json (`soup_record.py`) + shards, or an ensemble's list
       soups/.<recipe>.journal.jsonl   a merge method's decisions while it cooks
-      tune/                      Ray Tune's experiment state and the trials' Train runs
+      tune/sweep/                Ray Tune's experiment state
+      tune/train/<trial>/        the Ray Train run of a data-parallel trial
       results.parquet            accuracy of every (model, split)
       anytime.jsonl              the anytime soup's decisions during the sweep
       report/                    README.md and figures
@@ -30,6 +31,8 @@ RESULTS_FILE = "results.parquet"
 RECIPE_FILE = "recipe.json"
 AUDIT_FILE = ".audit.json"
 SWEEP_DIR = "tune"
+SWEEP_NAME = "sweep"  # Tune's experiment name: its state is in tune/sweep
+TRAIN_DIR = "train"  # tune/train/<trial>: the Ray Train run of a data-parallel trial
 EVAL_CACHE_DIR = Path("cache") / "eval"
 ANYTIME_JOURNAL = "anytime.jsonl"
 
@@ -78,6 +81,14 @@ class Workdir:
     @property
     def sweep(self) -> Path:
         return self.root / SWEEP_DIR
+
+    @property
+    def sweep_experiment(self) -> Path:
+        return self.sweep / SWEEP_NAME
+
+    @property
+    def train_runs(self) -> Path:
+        return self.sweep / TRAIN_DIR
 
     @property
     def results(self) -> Path:
