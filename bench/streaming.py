@@ -400,7 +400,7 @@ def _heldout_keys(workdir: Path, cfg) -> list[str]:
     from raysoup.data.split import heldout_mask
     from raysoup.workdir import Workdir
 
-    train = read_parquet_split(Workdir(workdir).data / "world" / "train")
+    train = read_parquet_split(Workdir(workdir).world / "train")
     return [k for k, m in zip(train.keys, heldout_mask(train.keys, 0.2), strict=True) if m]
 
 

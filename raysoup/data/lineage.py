@@ -36,7 +36,7 @@ def split_sources(cfg: DataCfg, workdir: Path) -> dict[str, str]:
     if cfg.world is not None:
         from raysoup.data import world
 
-        root = Workdir(workdir).data / "world"
+        root = Workdir(workdir).world
         # A remote workdir's mirror path is shown (and recorded) as its URI.
         out = {name: storage.display(root / name) for name in ("train", "test", *world.SHIFTS)}
     else:

@@ -13,6 +13,7 @@
       report/                    README.md and figures
       cache/eval/                decoded, resized eval splits
       base/ data/                pre-trained base weights, generated data
+      data/world/                the synthetic world's splits (data.world)
       .audit.json                ingredient audits (sha256, NaN/Inf), keyed by size and mtime
       mlflow.db mlartifacts/     the tracking store when tracking.uri is unset
 
@@ -121,6 +122,10 @@ class Workdir:
     @property
     def data(self) -> Path:
         return self.root / "data"
+
+    @property
+    def world(self) -> Path:
+        return self.data / "world"
 
     @property
     def mlflow_db(self) -> Path:
