@@ -19,6 +19,7 @@ from bench.common import best_of, gib, ratio, timed, warm
 from bench.probe import run_probe
 from raysoup.checkpoints import read_manifest, write_ingredient
 from raysoup.reduce import tensor_nbytes
+from raysoup.workdir import WEIGHTS_FILE, Workdir
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,12 @@ def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repe
 
     root.mkdir(parents=True, exist_ok=True)
     try:
-        secs, paths = timed(make_ingredients, root / "ingredients", model_name, n)
+        secs, paths = timed(make_ingredients, Workdir(root).ingredients, model_name, n)
         log.info("B1: %d ingredients of %s written in %.1f s", n, model_name, secs)
         manifest = read_manifest(paths[0])
         nbytes = tensor_nbytes(manifest["tensors"])
         model_bytes = sum(nbytes.values())
-        st_files = [p / "model.safetensors" for p in paths]
+        st_files = [p / WEIGHTS_FILE for p in paths]
         pt_files = [p / "model.pt" for p in paths]
 
         def probe(contender: str, files: list[Path], args: dict) -> dict:

@@ -70,7 +70,9 @@ def _stream_on_device(paths, weights, names, device):
     # accumulator on the device.
     from safetensors import safe_open
 
-    handles = [safe_open(str(Path(p) / "model.safetensors"), framework="pt") for p in paths]
+    from raysoup.workdir import WEIGHTS_FILE
+
+    handles = [safe_open(str(Path(p) / WEIGHTS_FILE), framework="pt") for p in paths]
     out = {}
     for name in names:
         acc = handles[0].get_tensor(name).to(device, torch.float32, non_blocking=True)

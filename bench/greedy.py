@@ -30,6 +30,7 @@ from raysoup.data.render import encode_png
 from raysoup.data.transforms import preprocess_eval
 from raysoup.evaluate.evaluator import EvalSplit, count_correct, load_weights_
 from raysoup.soup import Candidate
+from raysoup.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def make_ingredients(root: Path, n: int, n_images: int, seed: int = 0) -> tuple[
         scale = 0.005 + 0.015 * i / max(1, n - 1)
         state = {k: v + scale * v.abs().mean() * torch.randn(v.shape, generator=g)
                  if v.is_floating_point() else v.clone() for k, v in base.items()}
-        path = root / "ingredients" / f"trial-{i:03d}"
+        path = Workdir(root).ingredient(f"trial-{i:03d}")
         write_ingredient(path, state, {"kind": "ingredient", "model_name": MODEL,
                                        "num_classes": CLASSES,
                                        "preprocess": {"image_size": size, "mean": list(mean),
@@ -215,13 +216,11 @@ def _from_workdir(workdir: Path, root: Path) -> tuple[list[Path], Path]:
     """A finished run's ingredients and its held-out split, written as Parquet under root."""
     from raysoup.config import load_experiment
     from raysoup.data.sources import load_splits
-    from raysoup.workdir import CONFIG_SNAPSHOT
-
-    cfg = load_experiment(workdir / CONFIG_SNAPSHOT)
+    cfg = load_experiment(Workdir(workdir).snapshot)
     splits = load_splits(cfg.data, workdir, progress=False)
     heldout_dir = root / "heldout"
     write_parquet_split(heldout_dir, splits.heldout)
-    paths = [p for p in list_ingredients(workdir / "ingredients")
+    paths = [p for p in list_ingredients(Workdir(workdir).ingredients)
              if read_manifest(p).get("kind") == "ingredient"]
     return paths, heldout_dir
 
@@ -244,7 +243,7 @@ def run(root: Path, n: int, n_images: int, batch_size: int = 500, num_shards: in
                                            batch_size)
         pt_files = _save_pt_copies(paths, root)
         ours = _raysoup_greedy(candidates, heldout, pre, model_name, num_classes, batch_size,
-                               gpus, num_shards, root / "soups")
+                               gpus, num_shards, Workdir(root).soups)
         # B6's measured part: the same greedy with 2 actors scoring 2 candidates per round.
         spec = _raysoup_greedy(candidates, heldout, pre, model_name, num_classes, batch_size,
                                gpus, num_shards, root / "soups-m2", actors=2, speculation=2)

@@ -162,6 +162,7 @@ def _child_eval(splits: str, workdir: str, n_models: int) -> dict:
     from raysoup.data.parquet import read_parquet_split
     from raysoup.models.classifier import classifier_skeleton
     from raysoup.orchestration.evaluation import EvalPool, build_eval_cache
+    from raysoup.workdir import Workdir
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
              log_to_driver=False)
@@ -172,7 +173,7 @@ def _child_eval(splits: str, workdir: str, n_models: int) -> dict:
     for i in range(n_models):
         torch.manual_seed(i)
         state = {k: v.clone() for k, v in classifier_skeleton(MODEL, CLASSES).state_dict().items()}
-        path = Path(workdir) / "ingredients" / f"m{i}"
+        path = Workdir(workdir).ingredient(f"m{i}")
         write_ingredient(path, state, {"kind": "ingredient", "model_name": MODEL,
                                        "num_classes": CLASSES, "preprocess": pre})
         paths.append(path)
@@ -370,6 +371,7 @@ def decodes(base: Path, quick: bool) -> dict:
     """Decodes during `raysoup evaluate` + `raysoup soup` over a finished sweep of 6+ models."""
     from raysoup.config import WorldCfg
     from raysoup.data import world
+    from raysoup.workdir import Workdir
 
     overrides = ["data.world.num_classes=4", "data.world.train_per_class=100",
                  "data.world.test_per_class=25", "data.world.shift_per_class=15",
@@ -388,7 +390,7 @@ def decodes(base: Path, quick: bool) -> dict:
     heldout = sum(1 for _ in _heldout_keys(base / "work", cfg))
     eval_images = heldout + sum(world.split_size(cfg, s) for s in ("test", *world.SHIFTS))
     decoded = len(log.read_text().splitlines()) if log.exists() else 0
-    models = len(list((base / "work" / "ingredients").iterdir()))
+    models = len(list(Workdir(base / "work").ingredients.iterdir()))
     return {"decoded": decoded, "eval_images": eval_images, "models": models,
             "per_image": decoded / eval_images}
 
@@ -396,8 +398,9 @@ def decodes(base: Path, quick: bool) -> dict:
 def _heldout_keys(workdir: Path, cfg) -> list[str]:
     from raysoup.data.parquet import read_parquet_split
     from raysoup.data.split import heldout_mask
+    from raysoup.workdir import Workdir
 
-    train = read_parquet_split(workdir / "data" / "world" / "train")
+    train = read_parquet_split(Workdir(workdir).world / "train")
     return [k for k, m in zip(train.keys, heldout_mask(train.keys, 0.2), strict=True) if m]
 
 

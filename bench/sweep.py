@@ -17,6 +17,7 @@ from pathlib import Path
 from bench.common import ratio
 from raysoup.checkpoints import read_manifest
 from raysoup.config import ExperimentCfg
+from raysoup.workdir import MANIFEST_FILE, Workdir
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ def run(root: Path, quick: bool, cpus: int) -> dict:
     try:
         prepare(cfg, workdir)
         quiet()
-        tracker = Tracker(default_uri(workdir), cfg.name, artifact_root=workdir / "mlartifacts")
+        tracker = Tracker(default_uri(workdir), cfg.name,
+                          artifact_root=Workdir(workdir).mlartifacts)
         parent = tracker.sweep_run({"experiment": cfg.name})
         start_wall, start = time.time(), time.perf_counter()
         run_sweep(cfg, workdir, tracker, parent)
@@ -58,7 +60,7 @@ def run(root: Path, quick: bool, cpus: int) -> dict:
         tracker.end(parent, ok=True)
         trials = []
         for name in finished_trials(workdir):
-            manifest = workdir / "ingredients" / name / "manifest.json"
+            manifest = Workdir(workdir).ingredient(name) / MANIFEST_FILE
             secs = read_manifest(manifest.parent).get("train_seconds")
             if secs is None:
                 raise RuntimeError(f"{manifest}: no train_seconds (sweep.py records it)")

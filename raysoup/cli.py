@@ -255,12 +255,13 @@ def _import(args: argparse.Namespace) -> int:
         import_checkpoints,
     )
     from raysoup.config import ConfigError, load_experiment
+    from raysoup.workdir import Workdir
 
     cfg = load_experiment(args.config, args.overrides)
     if not args.sources and args.zeroshot is None:
         raise ConfigError("raysoup import: give checkpoint files/directories or --zeroshot FILE")
 
-    root = cfg.resolved_workdir(args.workdir) / "ingredients"
+    root = Workdir(cfg.resolved_workdir(args.workdir)).ingredients
     try:
         done = import_checkpoints(args.sources, root, experiment_target(cfg, root),
                                   args.format, args.prefix, args.zeroshot)

@@ -25,6 +25,7 @@ from raysoup.atomic import write_atomic
 from raysoup.evaluate.results import read_results
 from raysoup.report import Row, best_single, summarize
 from raysoup.soup.anytime import read_offers
+from raysoup.workdir import RESULTS_FILE, Workdir
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,10 @@ class RunSummary:
 
 
 def summarize_run(workdir: Path) -> RunSummary:
-    rows, shifts = summarize(read_results(workdir / "results.parquet"))
+    rows, shifts = summarize(read_results(Workdir(workdir).results))
     best = best_single(rows)
     if best is None:
-        raise ValueError(f"{workdir}: results.parquet is missing or has no ingredient rows "
+        raise ValueError(f"{workdir}: {RESULTS_FILE} is missing or has no ingredient rows "
                          "(run `raysoup run` or `raysoup evaluate` there first)")
     soups = {r.model: r for r in rows if r.kind in ("soup", "ensemble")}
     zeroshot = next((r for r in rows if r.kind == "zeroshot"), None)

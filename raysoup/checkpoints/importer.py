@@ -293,6 +293,7 @@ class Target:
     model_name: str
     num_classes: int | None = None  # None: take it from the checkpoint's head
     classnames: list[str] | None = None
+    family: str | None = None  # the model family (models/families.py); None: the default
 
 
 def experiment_target(cfg, ingredients_root: Path) -> Target:
@@ -302,6 +303,7 @@ def experiment_target(cfg, ingredients_root: Path) -> Target:
     already has one, the zero-shot ingredient: every ingredient must fit the same skeleton.
     """
     from raysoup.data.sources import resolve_classnames
+    from raysoup.models.families import family_of
 
     names = resolve_classnames(cfg.data.classnames)
     num = len(names) if names else (cfg.data.world.num_classes if cfg.data.world else None)
@@ -319,7 +321,7 @@ def experiment_target(cfg, ingredients_root: Path) -> Target:
             raise CheckpointImportError(
                 f"{zs}: the workdir's zero-shot ingredient has {manifest.get('num_classes')} "
                 f"classes, the config has {num}")
-    return Target(cfg.model.name, num, names)
+    return Target(cfg.model.name, num, names, family_of(cfg.model).name)
 
 
 def _existing(dir: Path, digest: str, src: Path) -> bool:
@@ -355,7 +357,7 @@ def import_checkpoint(src: Path, dest: Path, target: Target, fmt: str = "auto",
                                     f"experiment has {target.num_classes}")
     if layout == "paper":
         _require_quick_gelu(target.model_name, src)
-    ref = (reference or (lambda n: skeleton_state(target.model_name, n)))(num_classes)
+    ref = (reference or (lambda n: skeleton_state(target.model_name, n, target.family)))(num_classes)
     state, cast = check_and_cast(state, ref, src)
     meta = {
         "kind": kind,
@@ -396,7 +398,8 @@ def import_checkpoints(sources: list[Path], ingredients_root: Path, target: Targ
     def reference(num_classes: int) -> dict[str, torch.Tensor]:
         # Building ViT-B/32 takes seconds: one skeleton per class count for the whole import.
         if num_classes not in references:
-            references[num_classes] = skeleton_state(target.model_name, num_classes)
+            references[num_classes] = skeleton_state(target.model_name, num_classes,
+                                                     target.family)
         return references[num_classes]
 
     return [import_checkpoint(f, root / name, target, fmt, kind, reference)
@@ -406,10 +409,12 @@ def import_checkpoints(sources: list[Path], ingredients_root: Path, target: Targ
 # ---------------------------------------------------------------- target model
 
 
-def skeleton_state(model_name: str, num_classes: int) -> dict[str, torch.Tensor]:
-    from raysoup.models.classifier import classifier_skeleton
+def skeleton_state(model_name: str, num_classes: int,
+                   family: str | None = None) -> dict[str, torch.Tensor]:
+    # At call time: building a skeleton loads the family's model library.
+    from raysoup.models.families import DEFAULT_FAMILY, get_family
 
-    return classifier_skeleton(model_name, num_classes).state_dict()
+    return get_family(family or DEFAULT_FAMILY).skeleton(model_name, num_classes).state_dict()
 
 
 def preprocess_of(model_name: str) -> dict:

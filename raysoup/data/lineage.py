@@ -12,6 +12,7 @@ from raysoup import storage
 from raysoup.config import DataCfg
 from raysoup.data.images import LabeledImages
 from raysoup.data.sources import DatasetSplits
+from raysoup.workdir import Workdir
 
 
 def samples_digest(data: LabeledImages) -> str:
@@ -35,7 +36,7 @@ def split_sources(cfg: DataCfg, workdir: Path) -> dict[str, str]:
     if cfg.world is not None:
         from raysoup.data import world
 
-        root = Path(workdir) / "data" / "world"
+        root = Workdir(workdir).world
         # A remote workdir's mirror path is shown (and recorded) as its URI.
         out = {name: storage.display(root / name) for name in ("train", "test", *world.SHIFTS)}
     else:

@@ -14,6 +14,7 @@ from raysoup.data.imagefolder import class_dirs_of, read_imagefolder, read_mappe
 from raysoup.data.images import DataError, LabeledImages
 from raysoup.data.parquet import read_parquet_split
 from raysoup.data.split import split_heldout
+from raysoup.workdir import Workdir
 
 
 @dataclass
@@ -97,7 +98,7 @@ def load_splits(cfg: DataCfg, workdir: Path, progress: bool = True) -> DatasetSp
     """Read (and for data.world first generate) all splits; held-out is carved from train."""
     classnames = resolve_classnames(cfg.classnames)
     if cfg.world is not None:
-        paths = world.generate_world(cfg.world, Path(workdir) / "data" / "world", progress)
+        paths = world.generate_world(cfg.world, Workdir(workdir).world, progress)
         full_train = read_parquet_split(paths["train"], classnames)
         test = read_parquet_split(paths["test"], classnames)
         shifts = {s: read_parquet_split(paths[s], classnames) for s in world.SHIFTS}

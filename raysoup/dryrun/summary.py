@@ -17,6 +17,7 @@ from raysoup.dryrun.cluster import CLUSTER_FILE, cluster_lines
 from raysoup.dryrun.sizing import sizing_lines
 from raysoup.dryrun.sources import Sizes, count_data
 from raysoup.search.distributions import as_dist
+from raysoup.workdir import Workdir
 
 
 def _is_remote(path: str) -> bool:
@@ -177,7 +178,7 @@ def _workdir_line(workdir: Path) -> str:
         return f"workdir      {storage.display(workdir)}  (remote: not checked)"
     if not workdir.exists():
         return f"workdir      {workdir}  (new)"
-    ingredients = workdir / "ingredients"
+    ingredients = Workdir(workdir).ingredients
     count = sum(1 for p in ingredients.iterdir() if p.is_dir() and not p.name.startswith(".")) \
         if ingredients.is_dir() else 0
     return f"workdir      {workdir}  (exists: {count} ingredient(s) on disk; the run resumes)"
@@ -192,9 +193,10 @@ def describe(cfg: ExperimentCfg, workdir: Path, stages: tuple[str, ...],
     sizes = count_data(cfg, warnings)
     sizing, needs = sizing_lines(cfg, sizes)
     e, soup = cfg.eval, cfg.soup
-    uri = cfg.tracking.uri or f"sqlite:///{workdir / 'mlflow.db'}"  # = tracking.default_uri
+    database = Workdir(workdir).mlflow_db
+    uri = cfg.tracking.uri or f"sqlite:///{database}"  # = tracking.default_uri
     if storage.is_remote(workdir) and not cfg.tracking.uri:
-        uri += f" (copied to {storage.display(workdir / 'mlflow.db')})"
+        uri += f" (copied to {storage.display(database)})"
     if cfg.data.world is not None:
         from raysoup.data.world import SHIFTS
 

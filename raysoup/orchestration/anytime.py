@@ -21,9 +21,9 @@ import ray
 from raysoup import storage
 from raysoup.config import ExperimentCfg
 from raysoup.faults import failpoint
+from raysoup.models.families import DEFAULT_FAMILY, family_of, get_family
 from raysoup.soup.anytime import (
     JOINED,
-    JOURNAL,
     NO_INGREDIENT,
     REJECTED,
     RESTARTED,
@@ -33,6 +33,7 @@ from raysoup.soup.anytime import (
     read_offers,
     trial_index,
 )
+from raysoup.workdir import Workdir, read_record
 
 if TYPE_CHECKING:
     from raysoup.tracking import Tracker
@@ -46,17 +47,18 @@ class SoupActor:
     """The eval actor's class (plain: `ray.remote` is applied where it is started)."""
 
     def __init__(self, model_name: str, num_classes: int, heldout, batch_size: int,
-                 threads: int):
+                 threads: int, family: str = DEFAULT_FAMILY):
         import torch
 
         from raysoup.evaluate.evaluator import Evaluator
-        from raysoup.models.classifier import classifier_skeleton
 
         torch.set_num_threads(threads)
         torch.set_flush_denormal(True)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        evaluator = Evaluator(classifier_skeleton(model_name, num_classes),
-                              {"heldout": heldout}, batch_size=batch_size, device=device)
+        model_family = get_family(family)
+        evaluator = Evaluator(model_family.skeleton(model_name, num_classes),
+                              {"heldout": heldout}, batch_size=batch_size, device=device,
+                              family=model_family)
         self.soup = RunningSoup(evaluator)
 
     def replay(self, paths: list[str]) -> int:
@@ -88,24 +90,24 @@ class AnytimeSoup:
 
     def __init__(self, cfg: ExperimentCfg, workdir: Path, tracker: Tracker | None,
                  parent_run: str | None, heldout_split, model_name: str, num_classes: int):
-        self.cfg, self.workdir = cfg, Path(workdir)
+        self.cfg, self.workdir = cfg, Workdir(workdir)
         self.tracker, self.parent_run = tracker, parent_run
         self.keys = sorted(cfg.sweep.space)
-        self.offers = read_offers(self.workdir)
+        self.offers = read_offers(self.workdir.root)
         failed = next((i for i, o in enumerate(self.offers) if o.reason == "failed"), None)
         if failed is not None:  # a failed trial is retried by the resumed sweep: offer it again
             self.offers = self.offers[:failed]
         self.ended: dict[int, tuple[str, str]] = {}  # index -> (trial, reason or "")
         a = cfg.sweep.anytime
         actor = ray.remote(num_cpus=a.cpus, num_gpus=a.gpus)(SoupActor)
+        family = family_of(cfg.model).name
         self._start = lambda: actor.remote(model_name, num_classes, heldout_split,
-                                           cfg.eval.batch_size, max(1, int(a.cpus)))
+                                           cfg.eval.batch_size, max(1, int(a.cpus)), family)
         self._inflight: tuple[int, ray.ObjectRef] | None = None
         self.restarts = 0
         self._start_actor()
         # The first trial's gain is over the zero-shot model; measured while trials start.
-        self._zeroshot = self.actor.accuracy_of.remote(
-            str(self.workdir / "ingredients" / "zeroshot"))
+        self._zeroshot = self.actor.accuracy_of.remote(str(self.workdir.zeroshot))
         if self.offers:
             log.info("anytime soup: resumed after %d trials (soup of %d, held-out %.4f)",
                      len(self.offers), len(self.offers[-1].soup), self.offers[-1].soup_heldout or 0.0)
@@ -127,11 +129,10 @@ class AnytimeSoup:
                     type(err).__name__)
         ray.kill(self.actor)
         self._start_actor()
-        self._zeroshot = self.actor.accuracy_of.remote(
-            str(self.workdir / "ingredients" / "zeroshot"))
+        self._zeroshot = self.actor.accuracy_of.remote(str(self.workdir.zeroshot))
 
     def ingredient(self, name: str) -> Path:
-        return self.workdir / "ingredients" / name
+        return self.workdir.ingredient(name)
 
     # ------------------------------------------------------------ what Tune tells us
 
@@ -188,7 +189,7 @@ class AnytimeSoup:
 
     def _hparams(self, name: str) -> dict:
         try:
-            record = json.loads(storage.read_text(self.ingredient(name) / "manifest.json"))
+            record = read_record(self.ingredient(name))
         except FileNotFoundError:
             return {}
         hp = record.get("hparams", {})
@@ -216,7 +217,7 @@ class AnytimeSoup:
     def _record(self, offer: Offer) -> None:
         self.offers.append(offer)
         self.ended.pop(offer.index, None)
-        storage.write_file(self.workdir / JOURNAL,
+        storage.write_file(self.workdir.anytime_journal,
                            "".join(json.dumps(o.to_json()) + "\n" for o in self.offers))
         step = len(self.offers)
         gain = f", gain {100 * offer.gain:+.2f}" if offer.gain is not None else ""

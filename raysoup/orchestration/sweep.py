@@ -31,13 +31,8 @@ from raysoup.orchestration.resume import KEPT_ON_RESUME, anytime_behind, refuse_
 from raysoup.orchestration.session import SweepSession
 from raysoup.orchestration.space import tune_space
 from raysoup.orchestration.trial import TrialContext, train_trial
-from raysoup.orchestration.trial_records import (
-    SWEEP_DIR,
-    SWEEP_NAME,
-    EndedTrials,
-    ended_trials,
-    sweep_path,
-)
+from raysoup.orchestration.trial_records import EndedTrials, ended_trials, sweep_path
+from raysoup.workdir import SWEEP_NAME, Workdir
 
 if TYPE_CHECKING:  # mlflow costs a trial process ~1 s to import; only the driver tracks
     from raysoup.tracking import Tracker
@@ -59,7 +54,7 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
     if ended.count >= cfg.sweep.trials:
         return _already_run(cfg, workdir, tracker, parent_run, heldout, ended)
     # Trials killed while writing their ingredient leave a hidden temp dir; no trial runs yet.
-    remove_stale_tmp(workdir / "ingredients")
+    remove_stale_tmp(Workdir(workdir).ingredients)
     trainable = _trainable(cfg, workdir, heldout)
     session = SweepSession(tracker, parent_run, cfg.sweep.max_failures)
     session.anytime = _start_anytime(cfg, workdir, tracker, parent_run, heldout, ended)
@@ -114,7 +109,7 @@ def _start_anytime(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_r
     that ended before this driver started (a resumed sweep) queued."""
     if not cfg.sweep.anytime.enabled or heldout is None:
         return None
-    meta = read_manifest(workdir / "ingredients" / "zeroshot")
+    meta = read_manifest(Workdir(workdir).zeroshot)
     soup = AnytimeSoup(cfg, workdir, tracker, parent_run, heldout, meta["model_name"],
                        meta["num_classes"])
     soup.scan(ended.finished, ended.without_ingredient)
@@ -160,7 +155,7 @@ def _new_tuner(cfg: ExperimentCfg, workdir: Path, trainable,
         ),
         run_config=tune.RunConfig(
             name=SWEEP_NAME,
-            storage_path=storage.display(workdir / SWEEP_DIR),
+            storage_path=storage.display(Workdir(workdir).sweep),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
             callbacks=[TrackingCallback(session, base),

@@ -25,13 +25,8 @@ from raysoup import storage
 from raysoup.checkpoints import load_state_dict, read_manifest, write_ingredient
 from raysoup.config import ExperimentCfg
 from raysoup.orchestration.space import hparams_for
-from raysoup.orchestration.trial_records import (
-    DIVERGED,
-    SWEEP_DIR,
-    TRAIN_DIR,
-    trial_name,
-    write_diverged,
-)
+from raysoup.orchestration.trial_records import DIVERGED, trial_name, write_diverged
+from raysoup.workdir import WEIGHTS_FILE, Workdir
 
 
 @dataclass(frozen=True)
@@ -52,14 +47,14 @@ def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _save_state(state: dict, directory: Path) -> None:
-    save_file(_cpu(state["model"]), directory / "model.safetensors")
+    save_file(_cpu(state["model"]), directory / WEIGHTS_FILE)
     torch.save(state["optimizer"], directory / "optimizer.pt")
     (directory / "state.json").write_text(json.dumps({"epoch": state["epoch"]}))
 
 
 def _load_state(directory: Path) -> dict:
     return {
-        "model": load_file(directory / "model.safetensors"),
+        "model": load_file(directory / WEIGHTS_FILE),
         # Optimizer state is plain tensors and numbers: weights_only never unpickles code.
         "optimizer": torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True),
         "epoch": json.loads((directory / "state.json").read_text())["epoch"],
@@ -152,7 +147,7 @@ def _train_data_parallel(config: dict[str, Any], ctx: TrialContext, name: str) -
             num_workers=ctx.workers, use_gpu=res.gpu > 0,
             resources_per_worker={"CPU": res.cpu, **({"GPU": res.gpu} if res.gpu else {})}),
         run_config=RunConfig(
-            name=name, storage_path=storage.display(Path(ctx.workdir) / SWEEP_DIR / TRAIN_DIR),
+            name=name, storage_path=storage.display(Workdir(ctx.workdir).train_runs),
             callbacks=[TuneReportCallback()],
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             failure_config=FailureConfig(max_failures=cfg.sweep.max_failures)),
@@ -168,7 +163,7 @@ def _record_diverged(config: dict[str, Any], ctx: TrialContext, name: str,
 
 def _train(config: dict[str, Any], ctx: TrialContext, session: TrialSession) -> None:
     from raysoup.data.sources import load_splits
-    from raysoup.models.classifier import classifier_skeleton
+    from raysoup.models.families import family_of
     from raysoup.train.batches import loader_for
     from raysoup.train.finetune import finetune
 
@@ -176,16 +171,17 @@ def _train(config: dict[str, Any], ctx: TrialContext, session: TrialSession) -> 
     torch.set_num_threads(ctx.threads)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one INFO line per checkpoint
     cfg = ExperimentCfg.model_validate_json(ctx.cfg_json)
-    workdir = Path(ctx.workdir)
+    workdir = Workdir(ctx.workdir)
     hp = hparams_for(cfg, config)
     name = session.name
+    family = family_of(cfg.model)
 
-    zeroshot = workdir / "ingredients" / "zeroshot"
+    zeroshot = workdir.zeroshot
     meta = read_manifest(zeroshot)
-    storage.pull(workdir / "data")  # remote workdir: generated data, to this node's mirror
-    model = classifier_skeleton(meta["model_name"], meta["num_classes"])
+    storage.pull(workdir.data)  # remote workdir: generated data, to this node's mirror
+    model = family.skeleton(meta["model_name"], meta["num_classes"])
     model.load_state_dict(load_state_dict(zeroshot))
-    splits = load_splits(cfg.data, workdir, progress=False)
+    splits = load_splits(cfg.data, workdir.root, progress=False)
 
     resume = None
     if (ckpt := session.checkpoint()) is not None:
@@ -194,12 +190,13 @@ def _train(config: dict[str, Any], ctx: TrialContext, session: TrialSession) -> 
 
     def on_epoch(epoch: int, metrics: dict, state_fn) -> None:
         if ctx.heldout is not None and session.rank == 0:
-            metrics["heldout_acc"] = _heldout_accuracy(model, ctx.heldout, cfg.eval.batch_size)
+            metrics["heldout_acc"] = _heldout_accuracy(model, ctx.heldout, cfg.eval.batch_size,
+                                                       family)
         if session.rank != 0:  # rank 0 writes; every rank reports (Train waits for all)
             session.report({**metrics, "epoch": epoch})
             return
         if epoch == hp.epochs:  # the ingredient lands before Tune marks the trial finished
-            write_ingredient(workdir / "ingredients" / name, _cpu(model.state_dict()), {
+            write_ingredient(workdir.ingredient(name), _cpu(model.state_dict()), {
                 "kind": "ingredient", "model_name": meta["model_name"],
                 "num_classes": meta["num_classes"], "preprocess": meta["preprocess"],
                 "base_model": meta.get("base_model"), "hparams": hp.model_dump(),
@@ -212,20 +209,20 @@ def _train(config: dict[str, Any], ctx: TrialContext, session: TrialSession) -> 
             _save_state(state_fn(), Path(d))
             session.report({**metrics, "epoch": epoch}, Path(d))
 
-    pre = meta["preprocess"]
     res = cfg.sweep.resources_per_worker if session.world > 1 else cfg.sweep.resources_per_trial
-    finetune(model, splits.train, hp, image_size=pre["image_size"], mean=pre["mean"],
-             std=pre["std"], threads=ctx.threads, resume=resume, on_epoch=on_epoch,
-             loader=loader_for(cfg.data, res.cpu), shard=(session.rank, session.world))
+    finetune(model, splits.train, hp, **family.input_args(meta["preprocess"]),
+             threads=ctx.threads, resume=resume, on_epoch=on_epoch,
+             loader=loader_for(cfg.data, res.cpu), shard=(session.rank, session.world),
+             family=family)
 
 
-def _heldout_accuracy(model, split, batch_size: int) -> float:
+def _heldout_accuracy(model, split, batch_size: int, family) -> float:
     """The trial's model on the held-out eval cache (decoded once, before the sweep)."""
     from raysoup.evaluate.evaluator import Evaluator
 
     was_training = model.training
     try:
-        correct, n = Evaluator(model, {"heldout": split}, batch_size).score(
+        correct, n = Evaluator(model, {"heldout": split}, batch_size, family=family).score(
             None, ["heldout"])["heldout"]
     finally:
         model.train(was_training)

@@ -7,17 +7,20 @@ callbacks; no Ray here, so this is plain workdir bookkeeping.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from raysoup import storage
 from raysoup.checkpoints import list_ingredients, read_manifest
+from raysoup.workdir import (
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    Workdir,
+    read_record,
+    write_trial_outcome,
+)
 
-SWEEP_DIR = "tune"
-SWEEP_NAME = "sweep"
-TRAIN_DIR = "train"  # WORKDIR/tune/train/<trial>: the Ray Train run of a data-parallel trial
 # A diverged trial leaves ingredients/<name>/manifest.json with this kind and no tensor file:
 # it is a finished trial, but not an ingredient (list_ingredients needs the tensor file), so
 # evaluation and soups never see it.
@@ -35,18 +38,14 @@ def trial_name(trial_id: str) -> str:
 
 def sweep_path(workdir: Path) -> str:
     """Tune's experiment directory: a local path or the workdir's URI."""
-    return storage.display(workdir / SWEEP_DIR / SWEEP_NAME)
-
-
-def _manifest(workdir: Path, name: str) -> Path:
-    return workdir / "ingredients" / name / "manifest.json"
+    return storage.display(Workdir(workdir).sweep_experiment)
 
 
 def write_diverged(workdir: Path, name: str, error: str, hparams: dict[str, Any]) -> None:
     """The record of a trial whose loss became non-finite."""
     record = {"kind": DIVERGED, "status": DIVERGED, "trial": name, "error": error,
               "hparams": hparams}
-    storage.write_file(_manifest(workdir, name), json.dumps(record, indent=1, sort_keys=True))
+    write_trial_outcome(Workdir(workdir).ingredient(name), record)
 
 
 def write_stopped(workdir: Path, name: str, reason: str, epoch: int, heldout_acc,
@@ -54,27 +53,26 @@ def write_stopped(workdir: Path, name: str, reason: str, epoch: int, heldout_acc
     """The record of a trial the scheduler stopped before its last epoch."""
     record = {"kind": STOPPED, "status": STOPPED, "trial": name, "reason": reason,
               "epoch": epoch, "heldout_acc": heldout_acc, "hparams": hparams}
-    storage.write_file(_manifest(workdir, name),
-                       json.dumps(record, indent=1, sort_keys=True, default=str))
+    write_trial_outcome(Workdir(workdir).ingredient(name), record)
 
 
 def finished_trials(workdir: Path) -> list[str]:
     """Trials that produced an ingredient."""
-    return [p.name for p in list_ingredients(workdir / "ingredients")
+    return [p.name for p in list_ingredients(Workdir(workdir).ingredients)
             if read_manifest(p).get("kind") == "ingredient"]
 
 
 def ended_without_ingredient(workdir: Path) -> dict[str, str]:
     """Finished trials without an ingredient -> how they ended (DIVERGED, "stopped at ...")."""
-    root = workdir / "ingredients"
+    root = Workdir(workdir).ingredients
     files = set(storage.list_files(root))
-    names = sorted({rel.split("/", 1)[0] for rel in files if rel.endswith("/manifest.json")}
-                   - {rel.split("/", 1)[0] for rel in files if rel.endswith("/model.safetensors")})
+    names = sorted({rel.split("/", 1)[0] for rel in files if rel.endswith(f"/{MANIFEST_FILE}")}
+                   - {rel.split("/", 1)[0] for rel in files if rel.endswith(f"/{WEIGHTS_FILE}")})
     out = {}
     for name in names:
         if name.startswith("."):
             continue
-        record = json.loads(storage.read_text(root / name / "manifest.json"))
+        record = read_record(root / name)
         if record.get("kind") in (DIVERGED, STOPPED):
             out[name] = record.get("reason", record["kind"])
     return out

@@ -25,9 +25,9 @@ import torch
 from raysoup import storage
 from raysoup.checkpoints import load_state_dict
 from raysoup.evaluate.evaluator import Evaluator
+from raysoup.workdir import Workdir
 
 JOINED, RESTARTED, REJECTED, NO_INGREDIENT = "joined", "restarted", "rejected", "no ingredient"
-JOURNAL = "anytime.jsonl"  # WORKDIR/anytime.jsonl: one Offer per line, in trial order
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,10 @@ def trial_index(name: str) -> int | None:
 
 
 def read_offers(workdir: Path) -> list[Offer]:
-    """The anytime journal of a workdir (empty if there is none)."""
+    """The anytime journal of a workdir, one Offer a line in trial order (empty if there is
+    none)."""
     try:
-        text = storage.read_text(Path(workdir) / JOURNAL)
+        text = storage.read_text(Workdir(workdir).anytime_journal)
     except FileNotFoundError:
         return []
     return [Offer.from_json(json.loads(line)) for line in text.splitlines() if line.strip()]

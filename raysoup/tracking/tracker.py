@@ -39,6 +39,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from raysoup import storage
 from raysoup.atomic import temp_sibling, write_atomic
+from raysoup.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ CHAMPION = "champion"  # registered-model alias: the best soup by held-out accur
 
 
 def default_uri(workdir: Path) -> str:
-    return f"sqlite:///{Path(workdir).absolute() / 'mlflow.db'}"
+    return f"sqlite:///{Workdir(workdir).mlflow_db.absolute()}"
 
 
 def workdir_id(workdir: Path) -> str:

@@ -7,11 +7,14 @@ snapshot (`raysoup.workdir.snapshot`) is imported by name, not from here: the in
 format is read by `checkpoints`, which the config's merge registry imports."""
 
 from raysoup.workdir.layout import (
+    ANYTIME_JOURNAL,
     AUDIT_FILE,
     CONFIG_SNAPSHOT,
     RECIPE_FILE,
     RESULTS_FILE,
     SWEEP_DIR,
+    SWEEP_NAME,
+    TRAIN_DIR,
     ZEROSHOT,
     Workdir,
     soup_journal,
@@ -37,12 +40,15 @@ from raysoup.workdir.soup_record import (
 )
 
 __all__ = [
+    "ANYTIME_JOURNAL",
     "AUDIT_FILE",
     "CONFIG_SNAPSHOT",
     "MANIFEST_FILE",
     "RECIPE_FILE",
     "RESULTS_FILE",
     "SWEEP_DIR",
+    "SWEEP_NAME",
+    "TRAIN_DIR",
     "WEIGHTS_FILE",
     "ZEROSHOT",
     "CandidateSet",

@@ -6,12 +6,14 @@
                                  that ended without weights leaves manifest.json alone
       soups/<recipe>/            recipe.json (`soup_record.py`) + shards, or an ensemble's list
       soups/.<recipe>.journal.jsonl   a merge method's decisions while it cooks
-      tune/                      Ray Tune's experiment state and the trials' Train runs
+      tune/sweep/                Ray Tune's experiment state
+      tune/train/<trial>/        the Ray Train run of a data-parallel trial
       results.parquet            accuracy of every (model, split)
       anytime.jsonl              the anytime soup's decisions during the sweep
       report/                    README.md and figures
       cache/eval/                decoded, resized eval splits
       base/ data/                pre-trained base weights, generated data
+      data/world/                the synthetic world's splits (data.world)
       .audit.json                ingredient audits (sha256, NaN/Inf), keyed by size and mtime
       mlflow.db mlartifacts/     the tracking store when tracking.uri is unset
 
@@ -30,6 +32,8 @@ RESULTS_FILE = "results.parquet"
 RECIPE_FILE = "recipe.json"
 AUDIT_FILE = ".audit.json"
 SWEEP_DIR = "tune"
+SWEEP_NAME = "sweep"  # Tune's experiment name: its state is in tune/sweep
+TRAIN_DIR = "train"  # tune/train/<trial>: the Ray Train run of a data-parallel trial
 EVAL_CACHE_DIR = Path("cache") / "eval"
 ANYTIME_JOURNAL = "anytime.jsonl"
 
@@ -80,6 +84,14 @@ class Workdir:
         return self.root / SWEEP_DIR
 
     @property
+    def sweep_experiment(self) -> Path:
+        return self.sweep / SWEEP_NAME
+
+    @property
+    def train_runs(self) -> Path:
+        return self.sweep / TRAIN_DIR
+
+    @property
     def results(self) -> Path:
         return self.root / RESULTS_FILE
 
@@ -110,6 +122,10 @@ class Workdir:
     @property
     def data(self) -> Path:
         return self.root / "data"
+
+    @property
+    def world(self) -> Path:
+        return self.data / "world"
 
     @property
     def mlflow_db(self) -> Path:
