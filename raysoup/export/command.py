@@ -14,8 +14,14 @@ from raysoup.export.open_clip_dir import (
     model_info,
 )
 from raysoup.models.families import family_of
-from raysoup.workdir import CONFIG_SNAPSHOT, MANIFEST_FILE, IngredientManifest, SoupRecord, Workdir
-from raysoup.workdir.snapshot import read_snapshot
+from raysoup.workdir import (
+    CONFIG_SNAPSHOT,
+    MANIFEST_FILE,
+    IngredientManifest,
+    SoupRecord,
+    Workdir,
+    read_snapshot,
+)
 
 
 def _describe(model_dir: Path, workdir: Path) -> dict:

@@ -48,7 +48,7 @@ from raysoup.workdir import (
     inference_costs,
     recipe_files,
 )
-from raysoup.workdir.snapshot import snapshot_config as save_snapshot
+from raysoup.workdir import snapshot_config as save_snapshot
 
 log = logging.getLogger("raysoup")
 

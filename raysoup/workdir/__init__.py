@@ -2,9 +2,7 @@
 back, each with one reader and one writer: the ingredient manifest, the soup record
 (recipe.json), the config snapshot (experiment.yaml) and the trial outcome records.
 
-Sits right above storage and config: nothing here imports torch, Ray or MLflow. The config
-snapshot (`raysoup.workdir.snapshot`) is imported by name, not from here: the ingredient
-format is read by `checkpoints`, which the config's merge registry imports."""
+Sits right above storage and config: nothing here imports torch, Ray or MLflow."""
 
 from raysoup.workdir.layout import (
     ANYTIME_JOURNAL,
@@ -28,6 +26,7 @@ from raysoup.workdir.manifest import (
     read_record,
     write_trial_outcome,
 )
+from raysoup.workdir.snapshot import WorkdirMismatch, read_snapshot, snapshot_config
 from raysoup.workdir.soup_record import (
     CandidateSet,
     SoupRecord,
@@ -56,13 +55,16 @@ __all__ = [
     "IngredientManifest",
     "SoupRecord",
     "Workdir",
+    "WorkdirMismatch",
     "cooked_soup_id",
     "diverged_hparams",
     "ensemble_members",
     "inference_costs",
     "model_name",
     "read_record",
+    "read_snapshot",
     "recipe_files",
+    "snapshot_config",
     "soup_journal",
     "write_recipe_file",
     "write_trial_outcome",
