@@ -269,6 +269,10 @@ def source_files(sources: list[Path]) -> list[Path]:
     return [seen.setdefault(f.resolve(), f) for f in files if f.resolve() not in seen]
 
 
+# The sweep names its ingredients trial-<n> (orchestration.trial_records.trial_name), and
+# counts and orders trials by that name: an import under it would pose as a trial.
+TRIAL_PREFIX = "trial-"
+
 # A prefix becomes part of a directory name directly under ingredients/: no separators, no
 # leading dot (hidden names are temp dirs), nothing that could climb out ("..").
 PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -297,6 +301,11 @@ def plan_names(files: list[Path], prefix: str | None = None) -> list[tuple[str, 
         if name == ZEROSHOT:
             raise CheckpointImportError(f"{f}: the name {ZEROSHOT!r} is reserved; import the "
                                         "zero-shot model with --zeroshot FILE")
+        if name.startswith(TRIAL_PREFIX):
+            raise CheckpointImportError(
+                f"{f}: the name {name!r} is reserved for the sweep's trials ({TRIAL_PREFIX}NNN): "
+                "an imported checkpoint is never a trial. Import it under --prefix (e.g. "
+                f"--prefix imported: 'imported-{Path(f).stem}') or rename the file")
         if name in named:
             raise CheckpointImportError(f"{named[name]} and {f} would both become ingredient "
                                         f"{name!r}; rename one or import them separately")
