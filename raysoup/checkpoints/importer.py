@@ -126,7 +126,7 @@ def _unpickling_reason(exc: pickle.UnpicklingError) -> str:
     (whose last line is a link) and keeps it as the exception's context."""
     inner = exc.__context__ if isinstance(exc.__context__, pickle.UnpicklingError) else exc
     lines = [ln.strip() for ln in str(inner).splitlines() if ln.strip()]
-    return lines[0] if inner is not exc and lines else (lines[-1] if lines else repr(exc))
+    return lines[0] if lines else repr(exc)
 
 
 def _refused_as_unsafe(reason: str) -> bool:

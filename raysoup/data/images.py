@@ -141,8 +141,8 @@ def decode_pixels(data: bytes, where: str) -> np.ndarray:
     or anything else, goes through PIL, which names the problem. PIL's decompression-bomb
     limit (`Image.MAX_IMAGE_PIXELS`) applies to both routes."""
     if data[:2] == b"\xff\xd8" and data[-64:].rstrip(b"\0")[-2:] == b"\xff\xd9":
-        import torch
         _check_not_a_bomb(data, where)
+        import torch
         from torchvision.io import ImageReadMode, decode_jpeg
 
         try:
