@@ -194,7 +194,9 @@ def _data_parser(sub) -> None:
     p.add_argument("--verify", default="header", choices=("header", "decode"),
                    help="header: PIL header check + JPEG end marker (cheap); decode: full decode")
     p.add_argument("--threads", type=int, default=16, help="parallel file reads")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier pack at OUT (a local OUT holding anything else is "
+                        "moved aside as .old-OUT-<id>, never deleted)")
     f = dsub.add_parser("fixture", help="write the ImageNet-shaped fixture (generated) and print "
                                         "the --set overrides that run the paper config on it")
     f.add_argument("out", type=Path)
