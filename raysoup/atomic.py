@@ -62,9 +62,11 @@ def write_atomic(path: Path, data: bytes | str | Callable[[Path], None]) -> Path
 @contextmanager
 def atomic_dir(out_dir: Path) -> Iterator[Path]:
     """Yield a hidden temp sibling of `out_dir` to fill; on success every file in it is
-    fsynced and it replaces `out_dir`, on error it is removed. The old `out_dir` is moved
-    aside, never deleted, before the new one is in place: a crash at any point leaves the
-    old or the new directory under the final name (plus temp names `remove_temp` clears)."""
+    fsynced and it replaces `out_dir`, on error it is removed. A directory already at
+    `out_dir` is replaced as `swap_into_place` does: deleted once the new one is in place, so
+    `out_dir` must be one raysoup wrote (a user's directory: `move_aside` it first). A crash
+    at any point leaves the old or the new directory under the final name (plus temp names
+    `remove_temp` clears)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(out_dir)
@@ -80,17 +82,27 @@ def atomic_dir(out_dir: Path) -> Iterator[Path]:
 
 
 def swap_into_place(new: Path, dest: Path) -> None:
-    """Rename the directory `new` to `dest`, replacing a directory already there."""
+    """Rename the directory `new` to `dest`, replacing a directory already there: the old one
+    is moved aside, then deleted once the new one is in place. Only for a `dest` raysoup
+    wrote; what a user owns is `move_aside`d first, and so kept."""
     # rename() cannot replace a non-empty directory: the old one goes aside first. A reader
     # racing with this sees the old or the new directory, or briefly none.
-    old = None
-    if dest.exists():
-        old = dest.parent / f"{OLD_PREFIX}{dest.name}-{uuid.uuid4().hex[:12]}"
-        os.rename(dest, old)
+    old = move_aside(dest) if dest.exists() else None
     os.rename(new, dest)
     fsync_path(dest.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def move_aside(path: Path) -> Path:
+    """Rename `path` (a file or directory) to `.old-<name>-<id>` next to it and return the new
+    path; nothing is deleted. `remove_temp` clears such names: a user's directory moved aside
+    must be named to the user, who decides what becomes of it."""
+    path = Path(path)
+    old = path.parent / f"{OLD_PREFIX}{path.name}-{uuid.uuid4().hex[:12]}"
+    os.rename(path, old)
+    fsync_path(path.parent)
+    return old
 
 
 def remove_temp(root: Path, files: bool = True, dirs: bool = True) -> list[str]:

@@ -55,14 +55,19 @@ def _export_parser(sub) -> None:
     e.add_argument("--format", default="open_clip", choices=("open_clip", "safetensors"),
                    help="open_clip: a full CLIP in open_clip's local-dir: layout (the soup's "
                         "image tower, the base text tower) + head; safetensors: the classifier")
-    e.add_argument("--out", type=Path, required=True, metavar="DIR")
+    e.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="an absent or empty directory, or an earlier export (replaced); any "
+                        "other existing DIR is refused")
+    e.add_argument("--overwrite", action="store_true",
+                   help="export over an existing DIR raysoup did not write: it is moved aside "
+                        "as .old-DIR-<id> next to it (never deleted) and the path printed")
 
 
 def _export(args: argparse.Namespace) -> int:
     from raysoup.export.command import export_model
 
     try:
-        out = export_model(args.model, args.format, args.out)
+        out = export_model(args.model, args.format, args.out, args.overwrite)
     except (ValueError, OSError) as err:  # ExportError, a corrupt shard: named in the message
         print(f"raysoup: error: {err}", file=sys.stderr)
         return 1
@@ -191,7 +196,9 @@ def _data_parser(sub) -> None:
     p.add_argument("--verify", default="header", choices=("header", "decode"),
                    help="header: PIL header check + JPEG end marker (cheap); decode: full decode")
     p.add_argument("--threads", type=int, default=16, help="parallel file reads")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier pack at OUT (a local OUT holding anything else is "
+                        "moved aside as .old-OUT-<id>, never deleted)")
     f = dsub.add_parser("fixture", help="write the ImageNet-shaped fixture (generated) and print "
                                         "the --set overrides that run the paper config on it")
     f.add_argument("out", type=Path)

@@ -223,7 +223,7 @@ class AnytimeCfg(Strict):
 
 
 class SweepCfg(Strict):
-    num_samples: int = Field(8, ge=1)
+    num_samples: int = Field(8, ge=1, strict=True)  # 4.0 or true is a typo, not 4 trials
     seed: int = 0
     max_concurrent: int = Field(2, ge=1)
     resources_per_trial: ResourcesCfg = ResourcesCfg()

@@ -80,6 +80,9 @@ def mirror_of(uri: str) -> Path:
     parts = urlsplit(uri)
     if parts.scheme not in SCHEMES or not parts.netloc:
         raise StorageError(f"{uri}: expected s3://bucket/prefix or gs://bucket/prefix")
+    if parts.netloc in (".", ".."):  # the mirror would be another bucket's, or outside it
+        raise StorageError(f"{uri}: bucket name {parts.netloc!r} is not a bucket; expected "
+                           "s3://bucket/prefix or gs://bucket/prefix")
     query = parse_qs(parts.query)
     unknown = set(query) - {"endpoint_override", "scheme", "region"}
     if unknown:

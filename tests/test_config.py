@@ -77,3 +77,12 @@ def test_cli_exits_2_without_traceback(tmp_path):
     assert "sweep.base.lr: Input should be greater than 0" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not any(tmp_path.iterdir())  # nothing written for an invalid config
+
+
+@pytest.mark.parametrize("value", ["4.0", "true", "'4'"])
+def test_num_samples_is_a_whole_number_not_a_float(value):
+    """`sweep.num_samples=4.0` (or a bool, or a string) is refused; 4 still loads."""
+    with pytest.raises(ConfigError) as err:
+        load_experiment(TINY, [f"sweep.num_samples={value}"])
+    assert "sweep.num_samples:" in str(err.value) and "integer" in str(err.value)
+    assert load_experiment(TINY, ["sweep.num_samples=4"]).sweep.num_samples == 4

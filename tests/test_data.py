@@ -473,3 +473,20 @@ def test_overlapping_class_map_groups_are_refused(tmp_path):
     with pytest.raises(DataError, match="'n2' is in the groups of both 'cup' and 'mug'"):
         read_mapped_imagefolder(tmp_path / "on", {"cup": ["n1", "n2"], "mug": ["n2", "n3"]},
                                 ["n1", "n2", "n3"])
+
+
+def test_decode_pixels_applies_pils_decompression_bomb_limit(monkeypatch):
+    """The fast JPEG route (torchvision) refuses what PIL refuses: an image over
+    2 x Image.MAX_IMAGE_PIXELS is a DataError naming it, before any pixel is decoded."""
+    from raysoup.data.images import decode_image, decode_pixels
+
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(64 * 48 * 3, dtype=np.uint8).reshape(48, 64, 3)).save(buf, "JPEG")
+    jpeg = buf.getvalue()
+    normal = decode_pixels(jpeg, "ok")
+    assert np.array_equal(normal, np.asarray(decode_image(jpeg, "ok")))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 48 // 2 - 1)
+    with pytest.raises(DataError, match=r"cannot decode image shard-3/row-9: .*decompression"):
+        decode_pixels(jpeg, "shard-3/row-9")
+    with pytest.raises(DataError, match="shard-3/row-9"):
+        decode_image(jpeg, "shard-3/row-9")  # the PIL route says the same

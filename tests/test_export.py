@@ -115,3 +115,29 @@ def test_pyfunc_resizes_as_raysoup_evaluates():
         img = Image.fromarray(rng.integers(0, 255, shape, np.uint8))
         assert np.array_equal(np.asarray(_resize_center_crop(img, 32)),
                               np.asarray(resize_center_crop(img, 32)))
+
+
+def test_export_never_deletes_a_directory_raysoup_did_not_write(tmp_path, ingredient, capsys):
+    """An existing --out holding a user's files is refused, nothing touched; --overwrite moves
+    it aside as .old-* (said on stderr), never deletes it. An earlier export is replaced."""
+    path, _ = ingredient
+    out = tmp_path / "mine"
+    (out / "docs").mkdir(parents=True)
+    (out / "docs" / "thesis.txt").write_text("years of work")
+    with pytest.raises(ExportError, match=r"--out .*mine: exists and is a directory raysoup "
+                                          r"did not write; nothing was written.*--overwrite"):
+        export_safetensors(path, _info(), out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ingredients", "mine"]
+    assert (out / "docs" / "thesis.txt").read_text() == "years of work"
+    export_safetensors(path, _info(), out, overwrite=True)
+    old = [p for p in tmp_path.iterdir() if p.name.startswith(".old-mine-")]
+    assert len(old) == 1 and (old[0] / "docs" / "thesis.txt").read_text() == "years of work"
+    assert str(old[0]) in capsys.readouterr().err
+    assert (out / "model.safetensors").is_file()
+    export_safetensors(path, _info(), out)  # over its own earlier export: no --overwrite needed
+    assert sorted(p.name for p in tmp_path.iterdir()) == [old[0].name, "ingredients", "mine"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ExportError, match="exists and is not a directory"):
+        export_safetensors(path, _info(), tmp_path / "file")
+    (tmp_path / "empty").mkdir()
+    export_safetensors(path, _info(), tmp_path / "empty")

@@ -275,3 +275,19 @@ def test_cli_pack(tmp_path, capsys):
     assert "packed 6 images" in capsys.readouterr().out
     assert main(["data", "pack", str(src), str(tmp_path / "o")]) == 1
     assert "exists" in capsys.readouterr().err
+
+
+def test_pack_overwrite_moves_a_users_directory_aside(tmp_path, caplog):
+    """--overwrite replaces an earlier pack output, but a directory holding anything else is
+    moved aside as .old-* (and said so), never deleted."""
+    src = small_folder(tmp_path / "src")
+    out = tmp_path / "o"
+    (out / "notes").mkdir(parents=True)
+    (out / "notes" / "thesis.txt").write_text("years of work")
+    with caplog.at_level("WARNING", logger="raysoup"):
+        pack_imagefolder(str(src), str(out), overwrite=True, progress=False)
+    old = [p for p in tmp_path.iterdir() if p.name.startswith(".old-o-")]
+    assert len(old) == 1 and (old[0] / "notes" / "thesis.txt").read_text() == "years of work"
+    assert str(old[0]) in caplog.text and (out / COMPLETE).is_file()
+    pack_imagefolder(str(src), str(out), overwrite=True, progress=False)  # its own: replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == [old[0].name, "o", "src"]

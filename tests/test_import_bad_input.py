@@ -1,6 +1,7 @@
 """`raysoup import` refuses bad input with a message naming the file or option and exit 2,
 and writes nothing: prefixes that would leave ingredients/, non-string keys, tied tensors."""
 
+import random
 from collections import defaultdict
 
 import pytest
@@ -67,3 +68,31 @@ def test_tied_tensors_are_refused_naming_both(state, tmp_path, capsys):
              b: flat[state[a].numel():].view_as(state[b])}
     torch.save(views, tmp_path / "views.pt")
     assert run_import(tmp_path, tmp_path / "views.pt") == 0
+
+
+def test_corrupt_and_empty_torch_files_are_told_apart_from_unsafe_ones(tmp_path):
+    """Random bytes are a corrupt file, not code; an empty file says so; a pickle calling a
+    function is the one refused as able to execute code."""
+    from raysoup.checkpoints.importer import read_checkpoint
+
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(random.Random(0).randbytes(4096))
+    with pytest.raises(CheckpointImportError) as err:
+        read_checkpoint(noise)
+    assert "noise.pt: corrupt or not a torch checkpoint" in str(err.value)
+    assert "execute code" not in str(err.value)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointImportError, match=r"empty\.pt: empty file \(0 bytes\)"):
+        read_checkpoint(empty)
+    truncated = tmp_path / "cut.pt"
+    torch.save({"w": torch.ones(3)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    with pytest.raises(CheckpointImportError, match=r"cut\.pt: corrupt or not a torch "
+                                                    r"checkpoint \(.+\)"):
+        read_checkpoint(truncated)
+    unsafe = tmp_path / "unsafe.pt"
+    unsafe.write_bytes(b"\x80\x02cposix\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03.")
+    with pytest.raises(CheckpointImportError, match=r"unsafe\.pt: refused: .*could execute "
+                                                    r"code when loaded \(.*GLOBAL posix\.system"):
+        read_checkpoint(unsafe)

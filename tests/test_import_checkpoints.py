@@ -272,3 +272,34 @@ def test_real_vit_b32_layout(tmp_path):
     with torch.no_grad():
         paper = F.linear(F.normalize(clip.encode_image(images), dim=-1), weight, bias)
         assert torch.allclose(model(images), paper, atol=1e-5)
+
+
+@pytest.mark.parametrize("file", ["trial-005.pt", "trial-5.safetensors", "trial-abc.pt"])
+def test_imported_checkpoints_are_never_trials(tmp_path, file):
+    """A file named like a sweep trial is refused (the error says how to import it), nothing
+    written; imported ingredients, even ones named trial-NNN by an older raysoup, are not
+    counted as finished trials (nor offered to the anytime soup as one)."""
+    from safetensors.torch import save_file
+
+    from raysoup.checkpoints import write_ingredient
+    from raysoup.orchestration.trial_records import finished_trials
+
+    state = classifier_skeleton("raysoup-tiny-rn", 10).state_dict()
+    src = tmp_path / file
+    if file.endswith(".pt"):
+        torch.save(state, src)
+    else:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(src))
+    root = tmp_path / "w" / "ingredients"
+    target = Target("raysoup-tiny-rn", 10)
+    stem = src.name.split(".")[0]
+    with pytest.raises(CheckpointImportError, match=rf"{file}: the name '{stem}' is reserved "
+                                                    rf"for the sweep's trials.*--prefix"):
+        import_checkpoints([src], root, target)
+    assert not root.exists() or list_ingredients(root) == []
+    assert [i.name for i in import_checkpoints([src], root, target, prefix="imp")] == \
+        [f"imp-{stem}"]
+    # an imported ingredient under a trial's name, from before names were checked
+    write_ingredient(root / "trial-007", state, {"kind": "ingredient", "imported": True})
+    write_ingredient(root / "trial-001", state, {"kind": "ingredient"})  # the sweep's own
+    assert finished_trials(tmp_path / "w") == ["trial-001"]

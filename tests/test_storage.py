@@ -387,3 +387,10 @@ def test_temp_names_are_never_listed_uploaded_or_downloaded(s3):
     assert storage.publish_missing(root) == 1
     assert s3.files("w/data") == ["w/data/.tmp-part-1.parquet-0123abcd", "w/data/new.bin",
                                   "w/data/part-0.parquet"]
+
+
+@pytest.mark.parametrize("uri", ["s3://./x", "s3://../etc", "gs://..", "s3://."])
+def test_dot_bucket_names_are_refused(uri):
+    """'.' and '..' are no bucket: they would map to another bucket's mirror, or outside it."""
+    with pytest.raises(StorageError, match=r"bucket name '\.\.?' is not a bucket"):
+        storage.mirror_of(uri)

@@ -13,13 +13,24 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from raysoup.evaluate.evaluator import EvalSplit, Evaluator
-from raysoup.reduce import Blend, apply_task_vector, merge_shard, reduce_shard, task_vectors
+from raysoup.reduce import (
+    Blend,
+    ReductionError,
+    apply_task_vector,
+    merge_shard,
+    reduce_shard,
+    task_vectors,
+)
 from raysoup.reduce.merge import tensor_generator
 from raysoup.soup import Candidate, get_recipe
 from raysoup.soup.dare import DareMerge, drop_
 from raysoup.soup.task_arithmetic import SumOfTaskVectors
 from raysoup.soup.task_vectors import pick_scale
 from raysoup.soup.ties import TiesMerge, threshold
+
+# BatchNorm's step counter: fine-tuning advances it, so ingredients may differ in it (the first
+# fine-tuned ingredient's is kept); any other integer tensor must agree.
+STEPS = "bn.num_batches_tracked"
 
 
 def _write(path: Path, tensors: dict) -> Path:
@@ -50,12 +61,12 @@ def dense_ties(taus: list[torch.Tensor], density: float, thresholds=None) -> tor
 @pytest.fixture
 def population(tmp_path):
     torch.manual_seed(0)
-    base = {"w": torch.randn(6, 5), "b": torch.randn(7), "steps": torch.tensor([3])}
+    base = {"w": torch.randn(6, 5), "b": torch.randn(7), STEPS: torch.tensor([3])}
     paths = [_write(tmp_path / "base", base)]
     for i in range(4):
         paths.append(_write(tmp_path / f"m{i}", {
             "w": base["w"] + 0.1 * torch.randn(6, 5), "b": base["b"] + 0.1 * torch.randn(7),
-            "steps": torch.tensor([10 + i])}))
+            STEPS: torch.tensor([10 + i])}))
     return base, paths
 
 
@@ -73,12 +84,12 @@ def test_ties_by_hand_and_against_the_dense_reference(population):
     torch.testing.assert_close(tau, torch.tensor([3.0, -1.5, 0.0]))
 
     base, paths = population
-    got = task_vectors(paths[1:], paths[0], ["w", "b", "steps"], TiesMerge(0.3))
+    got = task_vectors(paths[1:], paths[0], ["w", "b", STEPS], TiesMerge(0.3))
     states = [load(p) for p in paths[1:]]
     for name in ("w", "b"):
         ref = dense_ties([s[name] - base[name] for s in states], 0.3)
         torch.testing.assert_close(torch.from_numpy(got[name]), ref, rtol=1e-6, atol=1e-7)
-    assert got["steps"].tolist() == [10]  # integer buffers: the first fine-tuned ingredient's
+    assert got[STEPS].tolist() == [10]  # integer buffers: the first fine-tuned ingredient's
 
 
 def test_trim_keeps_the_top_fraction():
@@ -90,7 +101,7 @@ def test_trim_keeps_the_top_fraction():
 
 def test_task_arithmetic_at_one_over_n_is_the_uniform_soup(population):
     _, paths = population
-    names = ["w", "b", "steps"]
+    names = ["w", "b", STEPS]
     soup = merge_shard(paths[1:], paths[0], names, SumOfTaskVectors(), 0.25)
     uniform = reduce_shard(paths[1:], [0.25] * 4, names[:2])
     for n in ("w", "b"):
@@ -128,14 +139,14 @@ def test_dare_linear_and_ties_against_references(population):
                          ids=["task_arithmetic", "ties", "dare"])
 def test_merge_is_the_same_bits_for_any_shard_layout(population, merge):
     _, paths = population
-    whole = merge_shard(paths[1:], paths[0], ["w", "b", "steps"], merge, 0.7)
+    whole = merge_shard(paths[1:], paths[0], ["w", "b", STEPS], merge, 0.7)
     parts = {**merge_shard(paths[1:], paths[0], ["b"], merge, 0.7),
-             **merge_shard(paths[1:], paths[0], ["steps", "w"], merge, 0.7)}
+             **merge_shard(paths[1:], paths[0], [STEPS, "w"], merge, 0.7)}
     for name, value in whole.items():
         assert np.array_equal(value, parts[name]), name
     # Scored from cached task vectors (the Ray kitchen) == written from scratch.
-    taus = task_vectors(paths[1:], paths[0], ["w", "b", "steps"], merge)
-    cached = apply_task_vector(paths[0], taus, 0.7, ["w", "b", "steps"])
+    taus = task_vectors(paths[1:], paths[0], ["w", "b", STEPS], merge)
+    cached = apply_task_vector(paths[0], taus, 0.7, ["w", "b", STEPS])
     for name, value in whole.items():
         assert np.array_equal(value, cached[name]), name
 
@@ -307,7 +318,7 @@ def test_compiled_ties_soup_is_the_bits_of_the_python_route(tmp_path, monkeypatc
     monkeypatch.setattr(ties_kernel, "ROWS_BYTES", 5 * 4 * 3000)  # 3000-entry slices
     g = torch.Generator().manual_seed(13)
     base = {"big": torch.randn(SAMPLE + 4321, generator=g), "mat": torch.randn(60, 70, generator=g),
-            "scalar": torch.tensor(2.5), "empty": torch.zeros(0), "steps": torch.tensor([1]),
+            "scalar": torch.tensor(2.5), "empty": torch.zeros(0), STEPS: torch.tensor([1]),
             # past WINDOW: the compiled pass releases mapped pages midway, then maps the next
             "huge": torch.randn(WINDOW + 777, generator=g)}
     paths = [_write(tmp_path / "base", base)]
@@ -330,7 +341,7 @@ def test_compiled_ties_soup_is_the_bits_of_the_python_route(tmp_path, monkeypatc
     for name in names:
         assert np.array_equal(fused[name], python[name]), name
         assert np.array_equal(fused[name], cached[name]), name
-    assert fused["steps"].tolist() == [1]  # integers: the first ingredient's
+    assert fused[STEPS].tolist() == [1]  # integers: the first ingredient's
     # and it is TIES at those thresholds, with the multiply and the add rounded apart
     thetas = [load_file(str(p / "model.safetensors"))["big"] for p in paths[1:]]
     taus = [t - base["big"] for t in thetas]
@@ -373,3 +384,21 @@ def test_compiled_ties_names_the_file_that_fails_to_read(tmp_path):
         with pytest.raises(TensorFileError, match=rf"{files[2]}.*(ends early|truncated)"):
             _soup_from_files("w", TiesMerge(0.5).soup_files, 1.0, (files[0], handles[0]),
                              list(zip(files[1:], handles[1:])))
+
+
+@pytest.mark.parametrize("merge", [TiesMerge(0.3), SumOfTaskVectors(), DareMerge(0.5, "linear", 1)])
+def test_non_floating_tensors_must_agree_across_ingredients(tmp_path, merge):
+    """An integer tensor (not a step counter) the fine-tuned ingredients disagree on is an
+    error naming it and both files, not the first ingredient's copied silently."""
+    ids = {"w": torch.zeros(6, 5), "b": torch.zeros(7), STEPS: torch.tensor([3]),
+           "ids": torch.arange(4)}
+    base = _write(tmp_path / "ids-base", ids)
+    same = [_write(tmp_path / f"ids-{i}", {**ids, STEPS: torch.tensor([i])}) for i in range(2)]
+    other = _write(tmp_path / "ids-odd", {**ids, "ids": torch.arange(4).flip(0)})
+    names = ["w", "b", STEPS, "ids"]
+    assert merge_shard(same, base, names, merge, 0.5)["ids"].tolist() == [0, 1, 2, 3]
+    with pytest.raises(ReductionError, match=r"tensor 'ids': non-floating tensor differs "
+                                             r"between .*ids-0.* and .*ids-odd"):
+        merge_shard([*same, other], base, names, merge, 0.5)
+    with pytest.raises(ReductionError, match="tensor 'ids'"):
+        task_vectors([*same, other], base, names, merge)

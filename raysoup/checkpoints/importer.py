@@ -86,18 +86,25 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         except Exception as exc:  # noqa: BLE001 - safetensors raises several error types
             raise CheckpointImportError(
                 f"{path}: not a readable safetensors file ({exc})") from None
+    if path.stat().st_size == 0:
+        raise CheckpointImportError(f"{path}: empty file (0 bytes), not a torch checkpoint")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        reason = _unpickling_reason(exc)
+        if not _refused_as_unsafe(reason):
+            raise CheckpointImportError(
+                f"{path}: corrupt or not a torch checkpoint ({reason})") from None
         # weights_only refuses globals outside torch's allow-list (e.g. os.system).
-        reason = str(exc).strip().splitlines()[-1]
         raise CheckpointImportError(
             f"{path}: refused: the pickle references objects that are not plain tensors/"
             f"containers and could execute code when loaded ({reason}). raysoup never loads "
             "with weights_only=False; re-save the file as a plain state dict or safetensors"
         ) from None
     except Exception as exc:  # noqa: BLE001 - truncated zip, not a torch file, ...
-        raise CheckpointImportError(f"{path}: not a readable torch checkpoint ({exc})") from None
+        reason = str(exc).strip() or f"{type(exc).__name__}: the file ends too early"
+        raise CheckpointImportError(
+            f"{path}: corrupt or not a torch checkpoint ({reason})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # training checkpoints often wrap the weights
     if not isinstance(obj, dict) or not obj:
@@ -112,6 +119,20 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if all(k.startswith("module.") for k in obj):  # saved from (Distributed)DataParallel
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
+
+
+def _unpickling_reason(exc: pickle.UnpicklingError) -> str:
+    """The weights-only unpickler's own reason: torch wraps it in a long generic message
+    (whose last line is a link) and keeps it as the exception's context."""
+    inner = exc.__context__ if isinstance(exc.__context__, pickle.UnpicklingError) else exc
+    lines = [ln.strip() for ln in str(inner).splitlines() if ln.strip()]
+    return lines[0] if lines else repr(exc)
+
+
+def _refused_as_unsafe(reason: str) -> bool:
+    """True when the unpickler refused a well-formed pickle for what it would call or build
+    (a global, a reduce, a class); an unknown opcode is a corrupt file, not an attack."""
+    return not reason.startswith(("Unsupported operand", "invalid load key"))
 
 
 # ---------------------------------------------------------------- key layouts
@@ -248,6 +269,10 @@ def source_files(sources: list[Path]) -> list[Path]:
     return [seen.setdefault(f.resolve(), f) for f in files if f.resolve() not in seen]
 
 
+# The sweep names its ingredients trial-<n> (orchestration.trial_records.trial_name), and
+# counts and orders trials by that name: an import under it would pose as a trial.
+TRIAL_PREFIX = "trial-"
+
 # A prefix becomes part of a directory name directly under ingredients/: no separators, no
 # leading dot (hidden names are temp dirs), nothing that could climb out ("..").
 PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -276,6 +301,11 @@ def plan_names(files: list[Path], prefix: str | None = None) -> list[tuple[str, 
         if name == ZEROSHOT:
             raise CheckpointImportError(f"{f}: the name {ZEROSHOT!r} is reserved; import the "
                                         "zero-shot model with --zeroshot FILE")
+        if name.startswith(TRIAL_PREFIX):
+            raise CheckpointImportError(
+                f"{f}: the name {name!r} is reserved for the sweep's trials ({TRIAL_PREFIX}NNN): "
+                "an imported checkpoint is never a trial. Import it under --prefix (e.g. "
+                f"--prefix imported: 'imported-{Path(f).stem}') or rename the file")
         if name in named:
             raise CheckpointImportError(f"{named[name]} and {f} would both become ingredient "
                                         f"{name!r}; rename one or import them separately")

@@ -138,8 +138,10 @@ def decode_pixels(data: bytes, where: str) -> np.ndarray:
     """Encoded bytes → uint8 [H, W, 3], the pixels `decode_image` gives (the same
     libjpeg-turbo IDCT), faster for JPEGs: torchvision's decoder skips PIL's per-image
     overhead, which dominates at ImageNet sizes. A JPEG without its end marker (truncated),
-    or anything else, goes through PIL, which names the problem."""
+    or anything else, goes through PIL, which names the problem. PIL's decompression-bomb
+    limit (`Image.MAX_IMAGE_PIXELS`) applies to both routes."""
     if data[:2] == b"\xff\xd8" and data[-64:].rstrip(b"\0")[-2:] == b"\xff\xd9":
+        _check_not_a_bomb(data, where)
         import torch
         from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -152,6 +154,17 @@ def decode_pixels(data: bytes, where: str) -> np.ndarray:
             count_decode(where)
             return chw.permute(1, 2, 0).numpy()
     return np.array(decode_image(data, where))
+
+
+def _check_not_a_bomb(data: bytes, where: str) -> None:
+    """PIL's check on the header's size, no pixels decoded: torchvision's decoder has no
+    limit, so a small file claiming a huge image would otherwise be decoded in full."""
+    try:
+        Image.open(io.BytesIO(data)).close()
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"cannot decode image {where}: {exc}") from None
+    except (OSError, SyntaxError, ValueError):
+        pass  # a header PIL cannot read: the decoders below say what is wrong with it
 
 
 def image_size_of(data: bytes) -> tuple[int, int]:

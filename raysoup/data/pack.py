@@ -30,7 +30,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
 
-from raysoup.atomic import TMP_PREFIX, swap_into_place, temp_sibling, write_atomic
+from raysoup.atomic import (
+    TMP_PREFIX,
+    is_temp_name,
+    move_aside,
+    swap_into_place,
+    temp_sibling,
+    write_atomic,
+)
 from raysoup.data import fs as data_fs
 from raysoup.data.imagefolder import IMAGE_SUFFIXES, numeric_dir_map
 from raysoup.data.images import DataError
@@ -132,6 +139,12 @@ def check_image(data: bytes, verify: str = "header") -> str | None:
     return None
 
 
+def _packed(path: Path) -> bool:
+    """True when `path` holds only what a pack writes (shards, the marker): replaceable."""
+    return all(p.is_file() and (p.name == COMPLETE or p.name.startswith("part-")
+                                or is_temp_name(p.name)) for p in path.iterdir())
+
+
 class _Shards:
     """Where shards go, and how they are moved into place when complete."""
 
@@ -183,7 +196,11 @@ class _Shards:
         text = json.dumps(marker, indent=1, sort_keys=True)
         if not self.remote:
             write_atomic(self.tmp / COMPLETE, text)
-            swap_into_place(self.tmp, Path(self.key))
+            dest = Path(self.key)
+            if dest.exists() and not _packed(dest):  # --overwrite: a user's files are kept
+                log.warning("pack: --overwrite: moved the existing %s aside to %s (nothing "
+                            "deleted)", dest, move_aside(dest))
+            swap_into_place(self.tmp, dest)
             return
         for path in self.stale:  # shards of an older, larger set
             if path.rsplit("/", 1)[-1] not in marker["files"]:

@@ -39,8 +39,9 @@ def _describe(model_dir: Path, workdir: Path) -> dict:
     return extra
 
 
-def export_model(model_dir: Path, fmt: str, out: Path) -> Path:
-    """Export `model_dir` (WORKDIR/soups/<recipe> or WORKDIR/ingredients/<name>) as `fmt`."""
+def export_model(model_dir: Path, fmt: str, out: Path, overwrite: bool = False) -> Path:
+    """Export `model_dir` (WORKDIR/soups/<recipe> or WORKDIR/ingredients/<name>) as `fmt`.
+    An existing `out` raysoup did not write is refused, or with `overwrite` moved aside."""
     model_dir = Path(model_dir)
     workdir = Workdir.of_model(model_dir)
     zeroshot = workdir.zeroshot
@@ -53,6 +54,7 @@ def export_model(model_dir: Path, fmt: str, out: Path) -> Path:
         raise ExportError(f"--format {fmt!r}: use one of {', '.join(formats)}")
     info = model_info(zeroshot, **_describe(model_dir, workdir.root))
     if fmt == "safetensors":
-        return export_safetensors(model_dir, info, out)
+        return export_safetensors(model_dir, info, out, overwrite)
     cfg = read_snapshot(workdir.root)
-    return export_open_clip(model_dir, info, base_clip_state(cfg.model, info), out)
+    return export_open_clip(model_dir, info, base_clip_state(cfg.model, info), out,
+                            overwrite)

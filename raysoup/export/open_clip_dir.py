@@ -18,6 +18,7 @@ family's export formats (`OpenClipImageFamily.export_formats`).
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 from safetensors.torch import save_file
 
 from raysoup import storage
-from raysoup.atomic import atomic_dir
+from raysoup.atomic import OLD_PREFIX, atomic_dir, move_aside
 from raysoup.checkpoints import MANIFEST_FILE, load_state_dict
 from raysoup.reduce.writer import INDEX_FILE, read_sharded
 from raysoup.workdir import IngredientManifest
@@ -34,6 +35,8 @@ CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 HEAD_FILE = "head.safetensors"
 CARD_FILE = "README.md"
+FLAT_FILE = "model.safetensors"
+EXPORT_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE, HEAD_FILE, CARD_FILE, FLAT_FILE})
 VISUAL = "visual."
 
 
@@ -107,8 +110,42 @@ def classifier_state(model_dir: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _write_dir(out_dir: Path, files: dict[str, object]) -> Path:
+def _is_export(path: Path) -> bool:
+    """True when `path` holds only files an export writes, with raysoup's config among them:
+    an earlier export, which a new one may replace."""
+    names = {p.name for p in path.iterdir()}
+    if not names <= EXPORT_FILES or any((path / n).is_dir() for n in names):
+        return False
+    try:
+        return "raysoup" in json.loads((path / CONFIG_FILE).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def claim_out_dir(out_dir: Path, overwrite: bool = False) -> Path | None:
+    """Make `out_dir` free for an export, never deleting what raysoup did not write: absent,
+    empty or an earlier export is fine; anything else is refused, or with `overwrite` moved
+    aside (returned, and said on stderr) for its owner to keep or delete."""
+    out_dir = Path(out_dir)
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return None
+    if out_dir.is_dir() and not out_dir.is_symlink() and (
+            not any(out_dir.iterdir()) or _is_export(out_dir)):
+        return None
+    what = "a directory raysoup did not write" if out_dir.is_dir() else "not a directory"
+    if not overwrite:
+        raise ExportError(f"--out {out_dir}: exists and is {what}; nothing was written. Choose "
+                          "another directory, or pass --overwrite to move it aside (kept as "
+                          f"{out_dir.parent}/{OLD_PREFIX}{out_dir.name}-<id>)")
+    old = move_aside(out_dir)
+    print(f"raysoup: --overwrite: moved the existing {out_dir} aside to {old} (nothing deleted)",
+          file=sys.stderr)
+    return old
+
+
+def _write_dir(out_dir: Path, files: dict[str, object], overwrite: bool = False) -> Path:
     """Write every file of an export at once: a partial export never looks complete."""
+    claim_out_dir(Path(out_dir), overwrite)
     with atomic_dir(Path(out_dir)) as tmp:
         for name, content in files.items():
             if isinstance(content, str):
@@ -120,19 +157,19 @@ def _write_dir(out_dir: Path, files: dict[str, object]) -> Path:
     return Path(out_dir)
 
 
-def export_safetensors(model_dir: Path, info: ModelInfo, out_dir: Path) -> Path:
+def export_safetensors(model_dir: Path, info: ModelInfo, out_dir: Path,
+                       overwrite: bool = False) -> Path:
     """The classifier (visual.* and head.*) as one `model.safetensors` + the config."""
     state = classifier_state(model_dir)
     return _write_dir(out_dir, {
-        "model.safetensors": ({k: v.contiguous() for k, v in state.items()},
-                              {"format": "pt"}),
+        FLAT_FILE: ({k: v.contiguous() for k, v in state.items()}, {"format": "pt"}),
         CONFIG_FILE: json.dumps(info.config(), indent=2),
         CARD_FILE: model_card(info, "safetensors"),
-    })
+    }, overwrite)
 
 
 def export_open_clip(model_dir: Path, info: ModelInfo, base_state: dict[str, torch.Tensor],
-                     out_dir: Path) -> Path:
+                     out_dir: Path, overwrite: bool = False) -> Path:
     """A full CLIP in open_clip's local-dir layout: the image tower of `model_dir` with every
     other tensor (text tower, projections, logit scale) from `base_state`, the base CLIP the
     soup's ingredients were fine-tuned from, plus the head and the model card."""
@@ -156,7 +193,7 @@ def export_open_clip(model_dir: Path, info: ModelInfo, base_state: dict[str, tor
         HEAD_FILE: (head, {"format": "pt"}),
         CONFIG_FILE: json.dumps(info.config(), indent=2),
         CARD_FILE: model_card(info, "open_clip"),
-    })
+    }, overwrite)
 
 
 def model_card(info: ModelInfo, fmt: str) -> str:

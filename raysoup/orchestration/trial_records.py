@@ -57,9 +57,11 @@ def write_stopped(workdir: Path, name: str, reason: str, epoch: int, heldout_acc
 
 
 def finished_trials(workdir: Path) -> list[str]:
-    """Trials that produced an ingredient."""
-    return [p.name for p in list_ingredients(Workdir(workdir).ingredients)
-            if read_manifest(p).get("kind") == "ingredient"]
+    """Trials that produced an ingredient (an imported ingredient is never one, whatever its
+    name: older raysoup imported `trial-005.pt` as `trial-005`)."""
+    manifests = {p.name: read_manifest(p) for p in list_ingredients(Workdir(workdir).ingredients)}
+    return [name for name, m in manifests.items()
+            if m.get("kind") == "ingredient" and not m.get("imported")]
 
 
 def ended_without_ingredient(workdir: Path) -> dict[str, str]:

@@ -35,7 +35,7 @@ import torch
 from raysoup.checkpoints.ingredient import weights_path
 from raysoup.checkpoints.tensorfile import Scratch, TensorFileError, numpy_view, open_tensors
 from raysoup.reduce.mapped import addresses
-from raysoup.reduce.shard_reduce import ReductionError, _check_shape, _get, _owned
+from raysoup.reduce.shard_reduce import ReductionError, _check_same, _check_shape, _get, _owned
 
 # θ_1..θ_N of one tensor, drawn afresh by each call (see TensorMerge). The streams `_merged`
 # gives also have `len()` and `read_slices` (see `read_slices`).
@@ -115,7 +115,8 @@ def task_vectors(paths: list[Path], base: Path, names: list[str], merge: TensorM
                  ) -> dict[str, np.ndarray]:
     """{name: m(τ) as float32} for the floating tensors of `names` (paths: the ingredients θ_i,
     `base`: θ_0); non-floating tensors (integer buffers) are the first ingredient's
-    (fine-tuning advanced BatchNorm's step counter, so the base's differs)."""
+    (fine-tuning advanced BatchNorm's step counter, so the base's differs); the others must
+    hold the same (step counters aside) or it is a ReductionError naming the tensor."""
     return {name: (tau if tau is not None else theta0).numpy()
             for name, theta0, tau in _merged(paths, base, names, merge)}
 
@@ -141,7 +142,10 @@ def _merged(paths: list[Path], base: Path, names: list[str], merge: TensorMerge,
         for name in names:
             entry = base_h.entries.get(name)  # a TensorEntry: the header only
             if entry is not None and not entry.dtype.is_floating_point:
-                yield name, numpy_view(_owned(_get(handles[0], name, files[0], base_file))), None
+                first = _get(handles[0], name, files[0], base_file)
+                for f, h in zip(files[1:], handles[1:], strict=True):  # equal, or an error
+                    _check_same(name, first, _get(h, name, f, base_file), files[0], f)
+                yield name, numpy_view(_owned(first)), None
                 continue
             if soup_files is not None and entry is not None:
                 soup = _soup_from_files(name, soup_files, scale, (base_file, base_h),
