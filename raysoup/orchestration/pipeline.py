@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
-import ray
 
 from raysoup import storage
 from raysoup.checkpoints import list_ingredients
@@ -18,14 +17,10 @@ from raysoup.config import ExperimentCfg
 from raysoup.data.lineage import split_records
 from raysoup.evaluate import results as res
 from raysoup.faults import failpoint
-from raysoup.orchestration import metrics, reduction, soup_stage
+from raysoup.orchestration import metrics, soup_stage
+from raysoup.orchestration.actors import EvalActors
 from raysoup.orchestration.cluster import connect
-from raysoup.orchestration.evaluation import (
-    EvalPool,
-    actor_threads,
-    build_eval_cache,
-    evaluate_models,
-)
+from raysoup.orchestration.evaluation import build_eval_cache, evaluate_models
 from raysoup.orchestration.resume import (
     KEPT_ON_RESUME,
     refuse_kept_changes,
@@ -73,9 +68,7 @@ class Run:
                                cfg.tracking.experiment or cfg.name,
                                artifact_root=Workdir(workdir).mlartifacts, workdir=workdir)
         self.parent = self.tracker.sweep_run({"experiment": cfg.name, "workdir": str(workdir)})
-        self._pool: EvalPool | None = None
-        self._pool_cpus: float | None = None
-        self._splits_ref = None
+        self.actors: EvalActors | None = None  # started with the prepare stage's data
         self.audits: dict[str, Audit] = {}
 
     @contextmanager
@@ -102,6 +95,7 @@ class Run:
     def prepare(self) -> None:
         with self.stage("prepare"):
             self.data, self.zeroshot = prepare(self.cfg, self.workdir)
+            self.actors = EvalActors(self.cfg, self.workdir, self.data, self.zeroshot)
             # Every trial and soup run records the splits it was made and measured with.
             self.tracker.datasets = split_records(self.data, self.cfg.data, self.workdir,
                                                   self.tracker.experiment_name)
@@ -117,60 +111,6 @@ class Run:
                     {"heldout": self.data.heldout}, self.workdir, self.zeroshot["preprocess"],
                     self.cfg.data.eval_cache_shard, self.cfg.data.skip_corrupt)["heldout"]
             run_sweep(self.cfg, self.workdir, self.tracker, self.parent, heldout)
-
-    def pool(self, count: int, num_cpus: float | None = None) -> EvalPool:
-        """Eval actors; the preprocessed splits are put in the object store once per run."""
-        if self._splits_ref is None:
-            named = {"heldout": self.data.heldout, "test": self.data.test, **self.data.shifts}
-            self._splits_ref = ray.put(build_eval_cache(
-                named, self.workdir, self.zeroshot["preprocess"], self.cfg.data.eval_cache_shard,
-                self.cfg.data.skip_corrupt))
-        if self._pool is None or (len(self._pool), self._pool_cpus) != (count, num_cpus):
-            self.release_actors()
-            self._pool = EvalPool.start(self.cfg, self._splits_ref, self.zeroshot["model_name"],
-                                        self.zeroshot["num_classes"], count, num_cpus)
-            self._pool_cpus = num_cpus
-        return self._pool
-
-    def soup_sizes(self) -> tuple[int, float | None]:
-        """(CPUs reserved for reductions, CPUs per eval actor) in the soup stage."""
-        return reduction.soup_cpus(ray.cluster_resources().get("CPU", 1),
-                                   self.cfg.eval.num_actors, self.cfg.eval.cpus_per_actor,
-                                   self.cfg.soup.num_shards)
-
-    def eval_cpus(self) -> float | None:
-        """CPUs per eval actor in the evaluation stages: the soup stage's size when that gives
-        the actors as many threads as the configured one, so that one pool of actors serves
-        evaluate, soup and soup evaluation (each start costs a process, imports and a model)."""
-        _, cpus = self.soup_sizes()
-        if cpus is not None and actor_threads(cpus) == actor_threads(self.cfg.eval.cpus_per_actor):
-            return cpus
-        return None
-
-    @contextmanager
-    def soup_kitchen(self) -> Iterator[EvalPool]:
-        """Eval actors that score greedy candidates, beside CPUs reserved for the reduction
-        tasks (`reduction.reserved_cpus`), for as long as the block runs."""
-        count = self.cfg.eval.num_actors
-        reserve, cpus = self.soup_sizes()
-        if self._pool is not None and (len(self._pool), self._pool_cpus) != (count, cpus):
-            self.release_actors()
-        with ExitStack() as stack:
-            try:
-                # The evaluate stage's actors may sit where the reservation must go: give them
-                # a moment, then free their CPUs and start fresh ones after the reservation.
-                stack.enter_context(reduction.reserved_cpus(reserve,
-                                                            wait_s=10 if self._pool else None))
-            except TimeoutError:
-                self.release_actors()
-                stack.enter_context(reduction.reserved_cpus(reserve))
-            yield self.pool(count, cpus)
-
-    def release_actors(self) -> None:
-        # Actors hold their CPUs while alive; free them for the reduction tasks.
-        if self._pool is not None:
-            self._pool.stop()
-        self._pool = None
 
     def split_names(self) -> list[str]:
         return ["heldout", "test", *self.data.shifts]
@@ -216,8 +156,7 @@ class Run:
                 bar.update(1, f"{model}: test {scores['test'][0] / scores['test'][1]:.3f}"
                            if "test" in scores else model)
 
-            evaluate_models(self.pool(self.cfg.eval.num_actors, self.eval_cpus()), jobs,
-                            progress=landed)
+            evaluate_models(self.actors.evaluation_pool(), jobs, progress=landed)
             bar.close()
             return table
 
@@ -232,14 +171,14 @@ class Run:
         candidates = soup_stage.soup_candidates(models, heldout, self.audits,
                                                 self.cfg.soup.strict)
         anchor = soup_stage.zeroshot_anchor(on_disk, heldout)
-        with self.stage("soup"), self.soup_kitchen() as pool:
+        with self.stage("soup"), self.actors.soup_kitchen() as pool:
             soups = soup_stage.cook_soups(self.cfg.soup.recipes, candidates, self.layout.soups,
                                           self.cfg.soup.num_shards, pool, cfg=self.cfg.soup,
                                           anchor=anchor)
         table = self.evaluate("soup evaluation")
         with self.stage("publish"):
             soup_stage.publish(self.cfg, self.workdir, self.tracker, self.parent, soups,
-                               candidates, table, self._splits_ref)
+                               candidates, table, self.actors.splits_ref)
 
     def heldout_accuracies(self, on_disk: list[tuple[str, str, Path]]) -> dict[str, float]:
         """Held-out accuracy by model; trials finished since the last evaluation are scored
@@ -280,7 +219,8 @@ class Run:
                 f"report: {storage.display(self.layout.report / 'README.md')}\n")
 
     def close(self, ok: bool) -> None:
-        self.release_actors()
+        if self.actors is not None:
+            self.actors.release()
         self.tracker.end(self.parent, ok=ok)
         self.tracker.persist()
 
