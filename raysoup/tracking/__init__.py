@@ -1,6 +1,5 @@
-"""The only MLflow code in raysoup: the runs of a workdir (`tracker`, built on `store` for
-single runs and `models` for logged models and the registry), its models as MLflow Models
-(`mlflow_model`) and the pyfunc those serve (`pyfunc_model`, run by MLflow itself)."""
+"""The only MLflow code in raysoup: the runs of a workdir (`tracker`), its models as MLflow
+Models (`mlflow_model`) and the pyfunc those serve (`pyfunc_model`, run by MLflow itself)."""
 
 from raysoup.tracking.mlflow_model import PYFUNC_CODE, PYFUNC_REQUIREMENTS, save_pyfunc
 from raysoup.tracking.tracker import (

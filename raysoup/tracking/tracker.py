@@ -1,4 +1,5 @@
-"""MLflow runs of a raysoup workdir: the sweep, its trials and the soups, and their models.
+"""MLflow runs of a raysoup workdir: the sweep, its trials and the soups, and their models
+(finding and writing single runs: `store`; logged models and the registry: `models`).
 
 Runs are addressed by explicit ids through `MlflowClient` (no global "active run"), and every
 run carries a raysoup tag (sweep / trial name / soup recipe and identity) so that a resumed
@@ -28,6 +29,7 @@ from raysoup.tracking.store import (
     is_server,
     seed_sqlite_store,
 )
+from raysoup.workdir import Workdir
 
 __all__ = ["CHAMPION", "MODEL_ID", "RECIPE", "ROLE", "SOUP_ID", "TRIAL", "WORKDIR",
            "WORKDIR_ID", "Tracker", "default_uri", "is_server", "quiet", "seed_sqlite_store",
@@ -35,7 +37,7 @@ __all__ = ["CHAMPION", "MODEL_ID", "RECIPE", "ROLE", "SOUP_ID", "TRIAL", "WORKDI
 
 
 def default_uri(workdir: Path) -> str:
-    return f"sqlite:///{Path(workdir).absolute() / 'mlflow.db'}"
+    return f"sqlite:///{Workdir(workdir).mlflow_db.absolute()}"
 
 
 def workdir_id(workdir: Path) -> str:

@@ -145,7 +145,7 @@ def _set_up_device(device: str | torch.device | None, threads: int | None) -> to
     if threads:
         torch.set_num_threads(threads)
     if device.type == "cpu":
-        torch.set_flush_denormal(True)  # denormals make tiny-model CPU training many times slower
+        torch.set_flush_denormal(True)  # denormal floats take a slow path on CPUs
     return device
 
 
