@@ -11,16 +11,14 @@ from pathlib import Path
 import pyarrow as pa
 
 from raysoup import storage
-from raysoup.checkpoints import list_ingredients
-from raysoup.checkpoints.audit import Audit, AuditCache
+from raysoup.checkpoints.audit import Audit
 from raysoup.config import ExperimentCfg
 from raysoup.data.lineage import split_records
 from raysoup.evaluate import results as res
-from raysoup.faults import failpoint
-from raysoup.orchestration import metrics, soup_stage
+from raysoup.orchestration import evaluate_stage, metrics, soup_stage
 from raysoup.orchestration.actors import EvalActors
 from raysoup.orchestration.cluster import connect
-from raysoup.orchestration.evaluation import build_eval_cache, evaluate_models
+from raysoup.orchestration.evaluation import build_eval_cache
 from raysoup.orchestration.resume import (
     KEPT_ON_RESUME,
     refuse_kept_changes,
@@ -31,18 +29,10 @@ from raysoup.orchestration.search import reports_heldout
 from raysoup.orchestration.sweep import run_sweep
 from raysoup.orchestration.trial_records import diverged_trials
 from raysoup.prepare import prepare
-from raysoup.progress import Progress
 from raysoup.report import diverged_line, markdown_table, summarize, summary_rows, write_report
 from raysoup.soup.anytime import read_offers
 from raysoup.tracking import Tracker, default_uri, quiet
-from raysoup.workdir import (
-    IngredientManifest,
-    SoupRecord,
-    Workdir,
-    diverged_hparams,
-    inference_costs,
-    recipe_files,
-)
+from raysoup.workdir import Workdir, diverged_hparams, inference_costs
 from raysoup.workdir.snapshot import snapshot_config as save_snapshot
 
 log = logging.getLogger("raysoup")
@@ -116,49 +106,23 @@ class Run:
         return ["heldout", "test", *self.data.shifts]
 
     def models(self) -> list[tuple[str, str, Path]]:
-        """Every model on disk: (name, kind, path). Ingredients are audited first (sha256 vs
-        manifest, NaN/Inf count; cached), so a corrupt file stops the run with its path.
-        `self.soup_ids` gets each soup's id: its result rows count only for that id."""
-        audits = AuditCache(self.layout.audits)
-        out = []
-        for p in list_ingredients(self.layout.ingredients):
-            self.audits[p.name] = audits.audit(p)
-            out.append((p.name, IngredientManifest.read(p).kind or "ingredient", p))
-        self.soup_ids: dict[str, str | None] = {}
-        for recipe_file in recipe_files(self.layout.soups):
-            record = SoupRecord.read(recipe_file.parent)
-            self.soup_ids[record.name] = record.soup_id
-            out.append((record.name, record.kind, recipe_file.parent))
+        """Every model on disk: (name, kind, path), ingredients audited first
+        (`evaluate_stage.models_on_disk`). `self.soup_ids` gets each soup's id: its result
+        rows count only for that id."""
+        out, self.soup_ids = evaluate_stage.models_on_disk(self.layout, self.audits)
         return out
 
     def evaluate(self, stage: str = "evaluate", splits: list[str] | None = None) -> pa.Table:
         with self.stage(stage):
             table = res.read_results(self.results_path)
             models = self.models()
-            done = res.done_pairs(table, self.soup_ids)
-            jobs = []
-            for name, kind, path in models:
-                missing = [s for s in splits or self.split_names() if (name, s) not in done]
-                if missing:
-                    jobs.append((name, kind, path, missing))
+            jobs = evaluate_stage.missing_jobs(table, models, self.soup_ids,
+                                               splits or self.split_names())
             if not jobs:
                 log.info("evaluate: every (model, split) is already in %s", self.results_path)
                 return table
-            bar = Progress(total=len(jobs), desc=stage, unit="models")
-
-            def landed(model: str, kind: str, scores: dict) -> None:
-                nonlocal table
-                # Written after every model, atomically: an interrupted stage keeps its rows.
-                table = res.merge(table, [res.rows(model, kind, scores,
-                                                   self.soup_ids.get(model))])
-                res.write_results(self.results_path, table)
-                failpoint(f"{stage.replace(' ', '_')}.model")
-                bar.update(1, f"{model}: test {scores['test'][0] / scores['test'][1]:.3f}"
-                           if "test" in scores else model)
-
-            evaluate_models(self.actors.evaluation_pool(), jobs, progress=landed)
-            bar.close()
-            return table
+            return evaluate_stage.score_jobs(self.actors.evaluation_pool, jobs, table,
+                                             self.results_path, self.soup_ids, stage)
 
     def soup(self) -> None:
         """Candidates → cooking → publishing (`soup_stage`): the soups cook from the models on
