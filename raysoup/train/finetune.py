@@ -77,7 +77,7 @@ class _Loop:
     hp: TrainHParams
     device: torch.device
     crop: str
-    shift: int  # random translation, in pixels
+    shift: int  # largest random translation (shift_flip crop), in pixels: 1/8 of the image
     steps_per_epoch: int
     world: int
 
