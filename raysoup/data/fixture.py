@@ -141,19 +141,8 @@ def write_imagenet_fixture(root: Path, *, classes: int = 1000, train_per_class: 
                          f"classes={classes}, train_per_class={train_per_class}, "
                          f"eval_per_class={eval_per_class}")
     root = Path(root)
-    params = {"classes": classes, "train_per_class": train_per_class,
-              "eval_per_class": eval_per_class, "seed": seed, "weights": weights}
-    if weights:  # weights of another version of the tiny config would not load
-        from raysoup.models.factory import CONFIG_DIR
-
-        config = (CONFIG_DIR / f"{TINY_MODEL}.json").read_bytes()
-        params["model_config"] = hashlib.sha256(config).hexdigest()[:16]
-    paths = {"train": root / "train", "val": root / "val", "imagenet_v2": root / "imagenetv2",
-             "imagenet_r": root / "imagenet-r", "imagenet_a": root / "imagenet-a",
-             "imagenet_sketch": root / "sketch", "objectnet": root / "objectnet",
-             "objectnet_class_map": root / "objectnet_class_map.json"}
-    if weights:
-        paths["weights"] = root / WEIGHTS_FILE
+    params = _params(classes, train_per_class, eval_per_class, seed, weights)
+    paths = _paths(root, weights)
     out = {k: str(v) for k, v in paths.items()}
     marker = root / MARKER
     if marker.is_file() and json.loads(marker.read_text()).get("params") == params:
@@ -163,6 +152,41 @@ def write_imagenet_fixture(root: Path, *, classes: int = 1000, train_per_class: 
     for d in DIRS:  # a partial or differently sized fixture: start clean
         shutil.rmtree(root / d, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
+    counts = _write_splits(paths, classes, train_per_class, eval_per_class, seed)
+    if weights:
+        write_tiny_weights(paths["weights"], seed)
+    info = {"params": params, "images": counts, "paths": out,
+            "seconds": round(time.perf_counter() - start, 2)}
+    marker.write_text(json.dumps(info, indent=1))  # last: the fixture is complete
+    return out
+
+
+def _params(classes: int, train_per_class: int, eval_per_class: int, seed: int,
+            weights: bool) -> dict:
+    """What a fixture on disk must have been written with to be reused."""
+    params = {"classes": classes, "train_per_class": train_per_class,
+              "eval_per_class": eval_per_class, "seed": seed, "weights": weights}
+    if weights:  # weights of another version of the tiny config would not load
+        from raysoup.models.factory import CONFIG_DIR
+
+        config = (CONFIG_DIR / f"{TINY_MODEL}.json").read_bytes()
+        params["model_config"] = hashlib.sha256(config).hexdigest()[:16]
+    return params
+
+
+def _paths(root: Path, weights: bool) -> dict[str, Path]:
+    paths = {"train": root / "train", "val": root / "val", "imagenet_v2": root / "imagenetv2",
+             "imagenet_r": root / "imagenet-r", "imagenet_a": root / "imagenet-a",
+             "imagenet_sketch": root / "sketch", "objectnet": root / "objectnet",
+             "objectnet_class_map": root / "objectnet_class_map.json"}
+    if weights:
+        paths["weights"] = root / WEIGHTS_FILE
+    return paths
+
+
+def _write_splits(paths: dict[str, Path], classes: int, train_per_class: int,
+                  eval_per_class: int, seed: int) -> dict[str, int]:
+    """Every split's image folder (and ObjectNet's class map); images per split."""
     names = [wnid(i) for i in range(classes)]
     every = list(range(classes))
     n_sub = min(SUBSET, classes)
@@ -189,12 +213,7 @@ def write_imagenet_fixture(root: Path, *, classes: int = 1000, train_per_class: 
                                         2 * eval_per_class, "objectnet", seed, 6)
     class_map = {d: [names[c] for c in g] for d, g in groups.items() if g}
     paths["objectnet_class_map"].write_text(json.dumps(class_map, indent=1, sort_keys=True))
-    if weights:
-        write_tiny_weights(paths["weights"], seed)
-    info = {"params": params, "images": counts, "paths": out,
-            "seconds": round(time.perf_counter() - start, 2)}
-    marker.write_text(json.dumps(info, indent=1))  # last: the fixture is complete
-    return out
+    return counts
 
 
 def fixture_overrides(paths: dict[str, str], num_samples: int = 2) -> list[str]:

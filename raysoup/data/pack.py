@@ -269,77 +269,17 @@ def pack_imagefolder(src: str, out: str, *, rows_per_group: int = 256,
     dirs = _class_dirs(src)
     labels, space = _label_space(src, dirs, classes_from)
     names = _classnames(classnames, space)
-    # A first listing pass: empty class folders fail before anything is written, and the
-    # progress has a total. Only counts are kept; classes are listed in parallel (on object
-    # storage each listing is a round trip).
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        counts = dict(zip(dirs, pool.map(lambda d: len(_images_in(src, d)), dirs)))
-    empty = [d for d in dirs if not counts[d]]
-    if empty:
-        raise DataError(f"image folder {src}: {len(empty)} class folder(s) without images "
-                        f"({', '.join(sorted(IMAGE_SUFFIXES))}): "
-                        f"{', '.join(data_fs.join(src, d) for d in empty[:5])}")
-    covered = sorted(set(labels.values()))
-    subset = covered if len(covered) < len(space) else None
-    schema = SCHEMA.with_metadata({CLASSNAMES_KEY: json.dumps(names).encode(),
-                                   SUBSET_KEY: json.dumps(subset).encode()})
-    total = sum(counts.values())
+    counts = _count_images(src, dirs, threads)
     shards = _Shards(out, overwrite)
     result = PackResult(out, 0, {})
-    bar = Progress(total, "pack", "img") if progress else None
-
-    def load(row):
-        key, path, label = row
-        data = data_fs.read_bytes(path)
-        return key, data, label, check_image(data, verify)
-
-    writer = stream = tmp = None
+    bar = Progress(sum(counts.values()), "pack", "img") if progress else None
+    part = _Part(shards, _schema(names, labels, space))
+    packer = _Packer(src, verify, skip_corrupt, rows_per_group, rows_per_file, part, result, bar)
     try:
         with ThreadPoolExecutor(max(1, threads)) as pool:
             rows = _rows(src, dirs, counts, labels, pool)
-            while True:
-                name = f"part-{len(result.files):05d}.parquet"
-                in_file = 0
-                while in_file < rows_per_file:
-                    group = _take(rows, min(rows_per_group, rows_per_file - in_file))
-                    if not group:
-                        break
-                    keys, images, labs = [], [], []
-                    for key, data, label, problem in pool.map(load, group):
-                        if problem is not None:
-                            if not skip_corrupt:
-                                raise DataError(f"{data_fs.join(src, key)}: not a readable "
-                                                f"image ({problem}); --skip-corrupt leaves such "
-                                                "files out")
-                            log.warning("pack: skipping %s: %s", data_fs.join(src, key), problem)
-                            result.skipped.append(key)
-                            continue
-                        keys.append(key)
-                        images.append(data)
-                        labs.append(label)
-                        result.bytes += len(data)
-                    if keys:
-                        if writer is None:
-                            stream, tmp = shards.open(name)
-                            writer = pq.ParquetWriter(stream, schema, **_WRITE_OPTS)
-                        writer.write_table(pa.table(
-                            {"key": keys, "image": images, "label": labs,
-                             "caption": pa.nulls(len(keys), pa.string())}, schema=schema),
-                            row_group_size=len(keys))
-                    in_file += len(keys)
-                    if bar:
-                        bar.update(len(group), f"{len(result.skipped)} skipped"
-                                   if result.skipped else "")
-                    del group, images  # one row group in memory at a time
-                if writer is None:
-                    break
-                writer.close()
-                stream.close()
-                writer = stream = None
-                shards.done(name, tmp)
-                tmp = None
-                result.files[name] = in_file
-                result.rows += in_file
+            while packer.pack_part(rows, pool):
+                pass
         if not result.rows:
             raise DataError(f"{src}: every image was corrupt ({len(result.skipped)} skipped)")
         result.seconds = time.perf_counter() - start
@@ -347,15 +287,128 @@ def pack_imagefolder(src: str, out: str, *, rows_per_group: int = 256,
                        "classes": len(space), "rows_per_group": rows_per_group,
                        "skipped": len(result.skipped), "skipped_keys": result.skipped[:1000]})
     except BaseException:
-        # Close first: a remote stream commits its object on close, also a late one (GC).
-        for handle in (writer, stream):
-            # The original error is the one to report.
-            with contextlib.suppress(Exception):
-                if handle is not None:
-                    handle.close()
-        shards.abort(tmp)
+        part.abort()
         raise
     finally:
         if bar:
             bar.close()
     return result
+
+
+def _count_images(src: str, dirs: list[str], threads: int) -> dict[str, int]:
+    """Images per class dir, refusing an empty one.
+
+    A first listing pass: empty class folders fail before anything is written, and the
+    progress has a total. Only counts are kept; classes are listed in parallel (on object
+    storage each listing is a round trip)."""
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        counts = dict(zip(dirs, pool.map(lambda d: len(_images_in(src, d)), dirs)))
+    empty = [d for d in dirs if not counts[d]]
+    if empty:
+        raise DataError(f"image folder {src}: {len(empty)} class folder(s) without images "
+                        f"({', '.join(sorted(IMAGE_SUFFIXES))}): "
+                        f"{', '.join(data_fs.join(src, d) for d in empty[:5])}")
+    return counts
+
+
+def _schema(names: list[str], labels: dict[str, int], space: list[str]) -> pa.Schema:
+    """SCHEMA with the class names and, where this folder covers only some, the subset."""
+    covered = sorted(set(labels.values()))
+    subset = covered if len(covered) < len(space) else None
+    return SCHEMA.with_metadata({CLASSNAMES_KEY: json.dumps(names).encode(),
+                                 SUBSET_KEY: json.dumps(subset).encode()})
+
+
+class _Part:
+    """The Parquet shard being written: opened on its first kept row, published when full."""
+
+    def __init__(self, shards: _Shards, schema: pa.Schema):
+        self.shards, self.schema = shards, schema
+        self.writer = self.stream = self.tmp = None
+
+    @property
+    def opened(self) -> bool:
+        return self.writer is not None
+
+    def write(self, name: str, keys: list[str], images: list[bytes], labels: list[int]) -> None:
+        if self.writer is None:
+            self.stream, self.tmp = self.shards.open(name)
+            self.writer = pq.ParquetWriter(self.stream, self.schema, **_WRITE_OPTS)
+        self.writer.write_table(pa.table(
+            {"key": keys, "image": images, "label": labels,
+             "caption": pa.nulls(len(keys), pa.string())}, schema=self.schema),
+            row_group_size=len(keys))
+
+    def publish(self, name: str) -> None:
+        self.writer.close()
+        self.stream.close()
+        self.writer = self.stream = None
+        self.shards.done(name, self.tmp)
+        self.tmp = None
+
+    def abort(self) -> None:
+        # Close first: a remote stream commits its object on close, also a late one (GC).
+        for handle in (self.writer, self.stream):
+            # The original error is the one to report.
+            with contextlib.suppress(Exception):
+                if handle is not None:
+                    handle.close()
+        self.shards.abort(self.tmp)
+
+
+@dataclass
+class _Packer:
+    """Reads, checks and writes rows a row group at a time, a shard at a time."""
+
+    src: str
+    verify: str
+    skip_corrupt: bool
+    rows_per_group: int
+    rows_per_file: int
+    part: _Part
+    result: PackResult
+    bar: Progress | None
+
+    def pack_part(self, rows: Iterator, pool: ThreadPoolExecutor) -> bool:
+        """Write the next shard from `rows`; False when none was left to write."""
+        name = f"part-{len(self.result.files):05d}.parquet"
+        in_file = 0
+        while in_file < self.rows_per_file:
+            group = _take(rows, min(self.rows_per_group, self.rows_per_file - in_file))
+            if not group:
+                break
+            in_file += self._pack_group(name, group, pool)
+            if self.bar:
+                self.bar.update(len(group), f"{len(self.result.skipped)} skipped"
+                                if self.result.skipped else "")
+            del group  # one row group in memory at a time
+        if not self.part.opened:
+            return False
+        self.part.publish(name)
+        self.result.files[name] = in_file
+        self.result.rows += in_file
+        return True
+
+    def _pack_group(self, name: str, group: list, pool: ThreadPoolExecutor) -> int:
+        """Write one row group's readable images; how many it kept."""
+        keys, images, labels = [], [], []
+        for key, data, label, problem in pool.map(self._load, group):
+            if problem is not None:
+                if not self.skip_corrupt:
+                    raise DataError(f"{data_fs.join(self.src, key)}: not a readable image "
+                                    f"({problem}); --skip-corrupt leaves such files out")
+                log.warning("pack: skipping %s: %s", data_fs.join(self.src, key), problem)
+                self.result.skipped.append(key)
+                continue
+            keys.append(key)
+            images.append(data)
+            labels.append(label)
+            self.result.bytes += len(data)
+        if keys:
+            self.part.write(name, keys, images, labels)
+        return len(keys)
+
+    def _load(self, row: tuple[str, str, int]) -> tuple[str, bytes, int, str | None]:
+        key, path, label = row
+        data = data_fs.read_bytes(path)
+        return key, data, label, check_image(data, self.verify)

@@ -97,6 +97,18 @@ def build_eval_cache(named: dict[str, LabeledImages], workdir: Path, preprocess:
                      shard_images: int, skip_corrupt: bool = False) -> dict[str, EvalSplit]:
     """Each split's eval cache (built once, by Ray tasks in parallel; reused when present),
     as the EvalSplits the eval actors stream. Shards an interrupted build finished are kept."""
+    todo, plans = _schedule_shards(named, workdir, preprocess, shard_images, skip_corrupt)
+    if todo:
+        _collect_shards(todo, plans)
+    return {name: _eval_split(name, data, *plans[name], preprocess, shard_images)
+            for name, data in named.items()}
+
+
+def _schedule_shards(named: dict[str, LabeledImages], workdir: Path, preprocess: dict,
+                     shard_images: int, skip_corrupt: bool
+                     ) -> tuple[dict, dict[str, tuple[Path, list]]]:
+    """Start a Ray task for every shard not yet built: ({ref: (split, shard index)},
+    {split: (cache directory, shard infos, None where its task is running)})."""
     size = preprocess["image_size"]
     task = ray.remote(num_cpus=1, max_retries=3)(_build_shard)
     todo: dict = {}  # ref -> (split, shard index)
@@ -116,46 +128,52 @@ def build_eval_cache(named: dict[str, LabeledImages], workdir: Path, preprocess:
                     todo[task.remote(data.select(np.arange(lo, hi)), size, str(out),
                                      skip_corrupt)] = (name, i)
         plans[name] = (directory, infos)
-    if todo:
-        bar = Progress(total=len(todo), desc="eval cache", unit="shards")
-        pending = list(todo)
-        try:
-            while pending:
-                [ref], pending = ray.wait(pending, num_returns=1)
-                name, i = todo[ref]
-                plans[name][1][i] = ray.get(ref)  # a decode error names the image
-                bar.update(1, name)
-        except BaseException:
-            # Stop the other shard tasks before raising: left running, they would go on writing
-            # into the cache under a rerun (the same bytes, atomically, but decoded twice).
-            for ref in pending:
-                ray.cancel(ref)
-            ray.wait(pending, num_returns=len(pending), timeout=60)
-            raise
-        finally:
-            bar.close()
-    out = {}
-    for name, data in named.items():
-        directory, infos = plans[name]
-        ranges = cache.shard_ranges(len(data), shard_images)
-        skipped = [lo + j for (lo, _), info in zip(ranges, infos, strict=True)
-                   for j in info["skipped"]]
-        if cache.read_manifest(directory) is None:
-            cache.write_manifest(directory, {"split": name, "images": len(data) - len(skipped),
-                                             "skipped": len(skipped), "image_size": size,
-                                             "shards": infos})
-        if skipped:
-            log.warning("eval cache: %s: %d corrupt image(s) skipped (data.skip_corrupt), "
-                        "e.g. %s", name, len(skipped), data.where(skipped[0]))
-        keep = np.setdiff1d(np.arange(len(data)), skipped)
-        images = cache.CachedImages(str(directory), [info["n"] for info in infos],
-                                    tuple(preprocess["mean"]), tuple(preprocess["std"]))
-        subset = tuple(data.class_subset) if data.class_subset is not None else None
-        groups = (tuple(tuple(g) for g in data.class_groups)
-                  if data.class_groups is not None else None)
-        out[name] = EvalSplit(images=images, labels=data.labels[keep], class_subset=subset,
-                              class_groups=groups)
-    return out
+    return todo, plans
+
+
+def _collect_shards(todo: dict, plans: dict[str, tuple[Path, list]]) -> None:
+    """Wait for the shard tasks, filling in their infos as they land."""
+    bar = Progress(total=len(todo), desc="eval cache", unit="shards")
+    pending = list(todo)
+    try:
+        while pending:
+            [ref], pending = ray.wait(pending, num_returns=1)
+            name, i = todo[ref]
+            plans[name][1][i] = ray.get(ref)  # a decode error names the image
+            bar.update(1, name)
+    except BaseException:
+        # Stop the other shard tasks before raising: left running, they would go on writing
+        # into the cache under a rerun (the same bytes, atomically, but decoded twice).
+        for ref in pending:
+            ray.cancel(ref)
+        ray.wait(pending, num_returns=len(pending), timeout=60)
+        raise
+    finally:
+        bar.close()
+
+
+def _eval_split(name: str, data: LabeledImages, directory: Path, infos: list, preprocess: dict,
+                shard_images: int) -> EvalSplit:
+    """One split's built cache as an EvalSplit (its manifest written on first use)."""
+    ranges = cache.shard_ranges(len(data), shard_images)
+    skipped = [lo + j for (lo, _), info in zip(ranges, infos, strict=True)
+               for j in info["skipped"]]
+    if cache.read_manifest(directory) is None:
+        cache.write_manifest(directory, {"split": name, "images": len(data) - len(skipped),
+                                         "skipped": len(skipped),
+                                         "image_size": preprocess["image_size"],
+                                         "shards": infos})
+    if skipped:
+        log.warning("eval cache: %s: %d corrupt image(s) skipped (data.skip_corrupt), "
+                    "e.g. %s", name, len(skipped), data.where(skipped[0]))
+    keep = np.setdiff1d(np.arange(len(data)), skipped)
+    images = cache.CachedImages(str(directory), [info["n"] for info in infos],
+                                tuple(preprocess["mean"]), tuple(preprocess["std"]))
+    subset = tuple(data.class_subset) if data.class_subset is not None else None
+    groups = (tuple(tuple(g) for g in data.class_groups)
+              if data.class_groups is not None else None)
+    return EvalSplit(images=images, labels=data.labels[keep], class_subset=subset,
+                     class_groups=groups)
 
 
 def actor_threads(num_cpus: float) -> int:

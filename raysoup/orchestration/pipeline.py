@@ -5,27 +5,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
-import ray
 
 from raysoup import storage
-from raysoup.checkpoints import list_ingredients
-from raysoup.checkpoints.audit import Audit, AuditCache
+from raysoup.checkpoints.audit import Audit
 from raysoup.config import ExperimentCfg
 from raysoup.data.lineage import split_records
 from raysoup.evaluate import results as res
-from raysoup.faults import failpoint
-from raysoup.orchestration import metrics, reduce_tasks, soup_stage
+from raysoup.orchestration import evaluate_stage, metrics, soup_stage
+from raysoup.orchestration.actors import EvalActors
 from raysoup.orchestration.cluster import connect
-from raysoup.orchestration.evaluation import (
-    EvalPool,
-    actor_threads,
-    build_eval_cache,
-    evaluate_models,
-)
+from raysoup.orchestration.evaluation import build_eval_cache
 from raysoup.orchestration.resume import (
     KEPT_ON_RESUME,
     refuse_kept_changes,
@@ -36,18 +29,10 @@ from raysoup.orchestration.search import reports_heldout
 from raysoup.orchestration.sweep import run_sweep
 from raysoup.orchestration.trial_records import diverged_trials
 from raysoup.prepare import prepare
-from raysoup.progress import Progress
 from raysoup.report import diverged_line, markdown_table, summarize, summary_rows, write_report
 from raysoup.soup.anytime import read_offers
 from raysoup.tracking import Tracker, default_uri, quiet
-from raysoup.workdir import (
-    IngredientManifest,
-    SoupRecord,
-    Workdir,
-    diverged_hparams,
-    inference_costs,
-    recipe_files,
-)
+from raysoup.workdir import Workdir, diverged_hparams, inference_costs
 from raysoup.workdir import snapshot_config as save_snapshot
 
 log = logging.getLogger("raysoup")
@@ -73,9 +58,7 @@ class Run:
                                cfg.tracking.experiment or cfg.name,
                                artifact_root=Workdir(workdir).mlartifacts, workdir=workdir)
         self.parent = self.tracker.sweep_run({"experiment": cfg.name, "workdir": str(workdir)})
-        self._pool: EvalPool | None = None
-        self._pool_cpus: float | None = None
-        self._splits_ref = None
+        self.actors: EvalActors | None = None  # started with the prepare stage's data
         self.audits: dict[str, Audit] = {}
 
     @contextmanager
@@ -102,6 +85,7 @@ class Run:
     def prepare(self) -> None:
         with self.stage("prepare"):
             self.data, self.zeroshot = prepare(self.cfg, self.workdir)
+            self.actors = EvalActors(self.cfg, self.workdir, self.data, self.zeroshot)
             # Every trial and soup run records the splits it was made and measured with.
             self.tracker.datasets = split_records(self.data, self.cfg.data, self.workdir,
                                                   self.tracker.experiment_name)
@@ -118,108 +102,27 @@ class Run:
                     self.cfg.data.eval_cache_shard, self.cfg.data.skip_corrupt)["heldout"]
             run_sweep(self.cfg, self.workdir, self.tracker, self.parent, heldout)
 
-    def pool(self, count: int, num_cpus: float | None = None) -> EvalPool:
-        """Eval actors; the preprocessed splits are put in the object store once per run."""
-        if self._splits_ref is None:
-            named = {"heldout": self.data.heldout, "test": self.data.test, **self.data.shifts}
-            self._splits_ref = ray.put(build_eval_cache(
-                named, self.workdir, self.zeroshot["preprocess"], self.cfg.data.eval_cache_shard,
-                self.cfg.data.skip_corrupt))
-        if self._pool is None or (len(self._pool), self._pool_cpus) != (count, num_cpus):
-            self.release_actors()
-            self._pool = EvalPool.start(self.cfg, self._splits_ref, self.zeroshot["model_name"],
-                                        self.zeroshot["num_classes"], count, num_cpus)
-            self._pool_cpus = num_cpus
-        return self._pool
-
-    def soup_sizes(self) -> tuple[int, float | None]:
-        """(CPUs reserved for reductions, CPUs per eval actor) in the soup stage."""
-        return reduce_tasks.soup_cpus(ray.cluster_resources().get("CPU", 1),
-                                   self.cfg.eval.num_actors, self.cfg.eval.cpus_per_actor,
-                                   self.cfg.soup.num_shards)
-
-    def eval_cpus(self) -> float | None:
-        """CPUs per eval actor in the evaluation stages: the soup stage's size when that gives
-        the actors as many threads as the configured one, so that one pool of actors serves
-        evaluate, soup and soup evaluation (each start costs a process, imports and a model)."""
-        _, cpus = self.soup_sizes()
-        if cpus is not None and actor_threads(cpus) == actor_threads(self.cfg.eval.cpus_per_actor):
-            return cpus
-        return None
-
-    @contextmanager
-    def soup_kitchen(self) -> Iterator[EvalPool]:
-        """Eval actors that score greedy candidates, beside CPUs reserved for the reduction
-        tasks (`reduce_tasks.reserved_cpus`), for as long as the block runs."""
-        count = self.cfg.eval.num_actors
-        reserve, cpus = self.soup_sizes()
-        if self._pool is not None and (len(self._pool), self._pool_cpus) != (count, cpus):
-            self.release_actors()
-        with ExitStack() as stack:
-            try:
-                # The evaluate stage's actors may sit where the reservation must go: give them
-                # a moment, then free their CPUs and start fresh ones after the reservation.
-                stack.enter_context(reduce_tasks.reserved_cpus(reserve,
-                                                            wait_s=10 if self._pool else None))
-            except TimeoutError:
-                self.release_actors()
-                stack.enter_context(reduce_tasks.reserved_cpus(reserve))
-            yield self.pool(count, cpus)
-
-    def release_actors(self) -> None:
-        # Actors hold their CPUs while alive; free them for the reduction tasks.
-        if self._pool is not None:
-            self._pool.stop()
-        self._pool = None
-
     def split_names(self) -> list[str]:
         return ["heldout", "test", *self.data.shifts]
 
     def models(self) -> list[tuple[str, str, Path]]:
-        """Every model on disk: (name, kind, path). Ingredients are audited first (sha256 vs
-        manifest, NaN/Inf count; cached), so a corrupt file stops the run with its path.
-        `self.soup_ids` gets each soup's id: its result rows count only for that id."""
-        audits = AuditCache(self.layout.audits)
-        out = []
-        for p in list_ingredients(self.layout.ingredients):
-            self.audits[p.name] = audits.audit(p)
-            out.append((p.name, IngredientManifest.read(p).kind or "ingredient", p))
-        self.soup_ids: dict[str, str | None] = {}
-        for recipe_file in recipe_files(self.layout.soups):
-            record = SoupRecord.read(recipe_file.parent)
-            self.soup_ids[record.name] = record.soup_id
-            out.append((record.name, record.kind, recipe_file.parent))
+        """Every model on disk: (name, kind, path), ingredients audited first
+        (`evaluate_stage.models_on_disk`). `self.soup_ids` gets each soup's id: its result
+        rows count only for that id."""
+        out, self.soup_ids = evaluate_stage.models_on_disk(self.layout, self.audits)
         return out
 
     def evaluate(self, stage: str = "evaluate", splits: list[str] | None = None) -> pa.Table:
         with self.stage(stage):
             table = res.read_results(self.results_path)
             models = self.models()
-            done = res.done_pairs(table, self.soup_ids)
-            jobs = []
-            for name, kind, path in models:
-                missing = [s for s in splits or self.split_names() if (name, s) not in done]
-                if missing:
-                    jobs.append((name, kind, path, missing))
+            jobs = evaluate_stage.missing_jobs(table, models, self.soup_ids,
+                                               splits or self.split_names())
             if not jobs:
                 log.info("evaluate: every (model, split) is already in %s", self.results_path)
                 return table
-            bar = Progress(total=len(jobs), desc=stage, unit="models")
-
-            def landed(model: str, kind: str, scores: dict) -> None:
-                nonlocal table
-                # Written after every model, atomically: an interrupted stage keeps its rows.
-                table = res.merge(table, [res.rows(model, kind, scores,
-                                                   self.soup_ids.get(model))])
-                res.write_results(self.results_path, table)
-                failpoint(f"{stage.replace(' ', '_')}.model")
-                bar.update(1, f"{model}: test {scores['test'][0] / scores['test'][1]:.3f}"
-                           if "test" in scores else model)
-
-            evaluate_models(self.pool(self.cfg.eval.num_actors, self.eval_cpus()), jobs,
-                            progress=landed)
-            bar.close()
-            return table
+            return evaluate_stage.score_jobs(self.actors.evaluation_pool, jobs, table,
+                                             self.results_path, self.soup_ids, stage)
 
     def soup(self) -> None:
         """Candidates → cooking → publishing (`soup_stage`): the soups cook from the models on
@@ -232,14 +135,14 @@ class Run:
         candidates = soup_stage.soup_candidates(models, heldout, self.audits,
                                                 self.cfg.soup.strict)
         anchor = soup_stage.zeroshot_anchor(on_disk, heldout)
-        with self.stage("soup"), self.soup_kitchen() as pool:
+        with self.stage("soup"), self.actors.soup_kitchen() as pool:
             soups = soup_stage.cook_soups(self.cfg.soup.recipes, candidates, self.layout.soups,
                                           self.cfg.soup.num_shards, pool, cfg=self.cfg.soup,
                                           anchor=anchor)
         table = self.evaluate("soup evaluation")
         with self.stage("publish"):
             soup_stage.publish(self.cfg, self.workdir, self.tracker, self.parent, soups,
-                               candidates, table, self._splits_ref)
+                               candidates, table, self.actors.splits_ref)
 
     def heldout_accuracies(self, on_disk: list[tuple[str, str, Path]]) -> dict[str, float]:
         """Held-out accuracy by model; trials finished since the last evaluation are scored
@@ -280,7 +183,8 @@ class Run:
                 f"report: {storage.display(self.layout.report / 'README.md')}\n")
 
     def close(self, ok: bool) -> None:
-        self.release_actors()
+        if self.actors is not None:
+            self.actors.release()
         self.tracker.end(self.parent, ok=ok)
         self.tracker.persist()
 

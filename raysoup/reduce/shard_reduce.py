@@ -80,40 +80,50 @@ def reduce_shard(
         # buffer for remote files): a fresh allocation per read costs a page fault per 4 KiB.
         scratch = Scratch()
         for name in names:
-            w = per_tensor.get(name, weights)
-            if all(x == w[0] for x in w):
-                summed = _sum_mapped(handles, name, w[0])
-                if summed is not None:
-                    out[name] = summed
-                    continue
-            first = _get(handles[0], name, files[0], files[0])
-            if not first.is_floating_point() and integers_from is not None:
-                out[name] = _owned(_get(handles[integers_from], name, files[integers_from],
-                                        files[0]))
-                continue
-            if not first.is_floating_point():
-                for f, h in zip(files[1:], handles[1:]):
-                    _check_same(name, first, _get(h, name, f, files[0]), files[0], f)
-                out[name] = _owned(first)
-                continue
-            # Uniform: add then scale once, exactly as add_into + scaled do. Otherwise axpy.
-            uniform = all(x == w[0] for x in w)
-            acc = _fresh_f32(first)
-            del first
-            if not uniform:
-                acc.mul_(w[0])
-            for f, h, wi in zip(files[1:], handles[1:], w[1:]):
-                theta = _get(h, name, f, files[0], scratch)
-                _check_shape(name, acc, theta, files[0], f)
-                if uniform:
-                    acc.add_(theta)
-                else:
-                    acc.add_(theta, alpha=wi)
-                del theta  # free the read before the next one
-            out[name] = acc.numpy()
-            if uniform:
-                scale_({name: out[name]}, w[0])  # the same float32 multiply as scale_/scaled
+            out[name] = _reduce_tensor(handles, files, name, per_tensor.get(name, weights),
+                                       integers_from, scratch)
         scratch.release()
+    return out
+
+
+def _reduce_tensor(handles, files: list[Path], name: str, w: list[float],
+                   integers_from: int | None, scratch: Scratch) -> np.ndarray:
+    """Σ w_i·θ_i of one tensor: the compiled pass where it applies, else read by read."""
+    if all(x == w[0] for x in w):
+        summed = _sum_mapped(handles, name, w[0])
+        if summed is not None:
+            return summed
+    first = _get(handles[0], name, files[0], files[0])
+    if not first.is_floating_point() and integers_from is not None:
+        return _owned(_get(handles[integers_from], name, files[integers_from], files[0]))
+    if not first.is_floating_point():
+        for f, h in zip(files[1:], handles[1:]):
+            _check_same(name, first, _get(h, name, f, files[0]), files[0], f)
+        return _owned(first)
+    acc = _fresh_f32(first)
+    del first  # free file 0's read before the others are
+    return _accumulate(handles, files, name, acc, w, scratch)
+
+
+def _accumulate(handles, files: list[Path], name: str, acc: torch.Tensor, w: list[float],
+                scratch: Scratch) -> np.ndarray:
+    """Σ w_i·θ_i of a floating tensor in float32, in `files` order (`acc`: file 0's θ, a
+    fresh float32 copy)."""
+    # Uniform: add then scale once, exactly as add_into + scaled do. Otherwise axpy.
+    uniform = all(x == w[0] for x in w)
+    if not uniform:
+        acc.mul_(w[0])
+    for f, h, wi in zip(files[1:], handles[1:], w[1:]):
+        theta = _get(h, name, f, files[0], scratch)
+        _check_shape(name, acc, theta, files[0], f)
+        if uniform:
+            acc.add_(theta)
+        else:
+            acc.add_(theta, alpha=wi)
+        del theta  # free the read before the next one
+    out = acc.numpy()
+    if uniform:
+        scale_({name: out}, w[0])  # the same float32 multiply as scale_/scaled
     return out
 
 

@@ -14,6 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from raysoup.config import TrainHParams
 from raysoup.data.images import LabeledImages
 from raysoup.faults import failpoint
 from raysoup.models.families import DEFAULT_FAMILY, get_family
-from raysoup.models.family import ModelFamily
+from raysoup.models.family import ModelFamily, TrainObjective
 from raysoup.train.augment import Normalize, random_shift_flip
 from raysoup.train.batches import Augment, LoaderCfg, TrainInput, step_seed
 from raysoup.train.schedule import lr_at
@@ -63,6 +64,28 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+@dataclass
+class _Loop:
+    """What every epoch of one fine-tuning run shares (built once by `finetune`)."""
+
+    model: nn.Module  # unwrapped: the state dict a trial saves
+    net: nn.Module  # what runs the forward pass (DDP-wrapped with world > 1)
+    optimizer: torch.optim.Optimizer
+    objective: TrainObjective
+    batches: TrainInput
+    normalize: Normalize
+    hp: TrainHParams
+    device: torch.device
+    crop: str
+    shift: int  # largest random translation (shift_flip crop), in pixels: 1/8 of the image
+    steps_per_epoch: int
+    world: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.hp.epochs
+
+
 def finetune(
     model: nn.Module,
     train: LabeledImages,
@@ -93,26 +116,52 @@ def finetune(
     `family` (default open_clip) gives the forward pass and the loss; `image_size`, `mean`
     and `std` are its preprocessing record's (`family.input_args(manifest["preprocess"])`).
     """
+    device = _set_up_device(device, threads)
+    loader = loader or LoaderCfg()
+    batches, steps_per_epoch = _training_input(train, hp, image_size, mean, loader, shard)
+    normalize = Normalize(mean, std, device)
+    net, optimizer, start_epoch = _optimizer_and_resume(model, hp, device, shard[1], resume)
+    objective = (family or get_family(DEFAULT_FAMILY)).train_objective(
+        hp, len(train.classnames))
+    loop = _Loop(model, net, optimizer, objective, batches, normalize, hp, device, loader.crop,
+                 max(1, image_size // 8), steps_per_epoch, shard[1])
+
+    metrics: dict = {"epoch": start_epoch - 1}
+    lr = None
+    for epoch in range(start_epoch, hp.epochs + 1):
+        _seed_epoch(hp.seed, epoch)
+        t0 = time.perf_counter()
+        loss_sum, correct, seen, lr = _train_epoch(loop, epoch, lr)
+        metrics = _epoch_metrics(loop, epoch, loss_sum, correct, seen, lr,
+                                 time.perf_counter() - t0)
+        if on_epoch is not None:
+            on_epoch(epoch, dict(metrics), _state_fn(loop, epoch))
+    model.eval()
+    return metrics
+
+
+def _set_up_device(device: str | torch.device | None, threads: int | None) -> torch.device:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if threads:
         torch.set_num_threads(threads)
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormal floats take a slow path on CPUs
+    return device
+
+
+def _training_input(train: LabeledImages, hp: TrainHParams, image_size: int, mean,
+                    loader: LoaderCfg, shard: tuple[int, int]) -> tuple[TrainInput, int]:
+    """The epoch batches and their number of steps, after checking that training can run."""
     if len(train) == 0:
         raise TrainError("finetune: the training split is empty")
-    num_classes = len(train.classnames)
     use_mix = hp.mixup > 0 or hp.cutmix > 0
     world = shard[1]
     if use_mix and (hp.batch_size // world) % 2:
         raise TrainError(f"finetune: mixup/cutmix need an even batch per worker, got "
                          f"{hp.batch_size} over {world} worker(s)")
-
-    loader = loader or LoaderCfg()
     aug = Augment(image_size, loader.crop, hp.randaug_n, hp.randaug_m, tuple(mean))
     batches = TrainInput(train, aug, loader, hp.seed, hp.batch_size, even=use_mix,
                          shard=shard)
-    normalize = Normalize(mean, std, device)
-    shift = max(1, image_size // 8)  # random translation of up to 1/8 of the image
     # Full batches only (mixup pairs samples; equal batches keep steps comparable).
     if use_mix and len(train) < hp.batch_size:
         raise TrainError(f"finetune: {len(train)} images < batch_size {hp.batch_size} with mixup")
@@ -120,8 +169,13 @@ def finetune(
     if steps_per_epoch == 0:
         raise TrainError(f"finetune: no full batch of {hp.batch_size} per loader lane "
                          f"({len(train)} images, {loader.lanes} lanes); lower data.loader_workers")
-    total_steps = steps_per_epoch * hp.epochs
+    return batches, steps_per_epoch
 
+
+def _optimizer_and_resume(model: nn.Module, hp: TrainHParams, device: torch.device, world: int,
+                          resume: dict | None
+                          ) -> tuple[nn.Module, torch.optim.Optimizer, int]:
+    """(the module to run, its AdamW, the first epoch to train): restored from `resume`."""
     model.to(device).train()
     net: nn.Module = model
     if world > 1:
@@ -138,70 +192,72 @@ def finetune(
             start_epoch = int(resume["epoch"]) + 1
         except (KeyError, RuntimeError, ValueError) as exc:
             raise TrainError(f"finetune: unusable resume state ({exc})") from None
+    return net, optimizer, start_epoch
 
-    objective = (family or get_family(DEFAULT_FAMILY)).train_objective(hp, num_classes)
 
-    def state_fn(epoch: int) -> Callable[[], dict]:
-        return lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "epoch": epoch}
-
-    metrics: dict = {"epoch": start_epoch - 1}
+def _train_epoch(loop: _Loop, epoch: int, lr: float | None
+                 ) -> tuple[float, float, int, float | None]:
+    """One epoch of steps: (summed loss, correct predictions, images seen, last step's lr),
+    the whole global batch's with world > 1."""
+    hp, device = loop.hp, loop.device
+    # Sums stay on the device: a per-step .item() would make the CPU wait for every step
+    # and keep it from preparing the next batch while the GPU computes.
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
     autocast = device.type == "cuda"
-    for epoch in range(start_epoch, hp.epochs + 1):
-        _seed_epoch(hp.seed, epoch)
-        t0 = time.perf_counter()
-        # Sums stay on the device: a per-step .item() would make the CPU wait for every step
-        # and keep it from preparing the next batch while the GPU computes.
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
-        for i, (x, y) in enumerate(batches.epoch(epoch)):
-            # uint8 crosses to the device (4x fewer bytes than float32); shift/flip/normalise
-            # run there. The draws come from a CPU generator, so the pixels are the same.
-            if not len(y):  # every image of the batch was corrupt (skip_corrupt)
-                continue
-            failpoint("train.step")  # drills: a worker killed mid-epoch
-            x = x.to(device, non_blocking=True)
-            if loader.crop == "shift_flip":
-                gen = torch.Generator().manual_seed(step_seed(hp.seed, epoch, i) ^ 0x5F3759DF)
-                x = random_shift_flip(x, gen, shift)
-            x = normalize(x.float())
-            y = y.to(device)
-            step = (epoch - 1) * steps_per_epoch + i
-            lr = lr_at(step, hp.lr, hp.warmup_steps, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, target = objective.mix(x, y)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits, loss = objective.forward_loss(net, x, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
-            optimizer.step()
-            loss_sum += loss.detach().double() * len(y)
-            correct += (logits.argmax(-1) == y).sum()
-            seen += len(y)
-        if world > 1:  # the whole batch's metrics, identical on every rank
-            totals = torch.stack([loss_sum, correct.double(),
-                                  torch.tensor(float(seen), dtype=torch.float64, device=device)])
-            torch.distributed.all_reduce(totals)
-            loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())
-        loss_sum, correct = loss_sum.item(), correct.item()  # waits for the epoch's last step
-        seconds = time.perf_counter() - t0
-        if batches.skipped:
-            log.warning("finetune: %d corrupt image(s) left out (data.skip_corrupt)",
-                        len(batches.skipped))
-        if not np.isfinite(loss_sum):
-            raise Diverged(f"finetune: loss became {loss_sum} in epoch {epoch} (lr {hp.lr})")
-        metrics = {
-            "epoch": epoch,
-            "train_loss": loss_sum / seen,
-            "train_acc": correct / seen,
-            "lr": lr,
-            "images_per_s": seen / seconds,
-            "skipped_images": len(batches.skipped),  # corrupt, left out (data.skip_corrupt)
-        }
-        if on_epoch is not None:
-            on_epoch(epoch, dict(metrics), state_fn(epoch))
-    model.eval()
-    return metrics
+    for i, (x, y) in enumerate(loop.batches.epoch(epoch)):
+        # uint8 crosses to the device (4x fewer bytes than float32); shift/flip/normalise
+        # run there. The draws come from a CPU generator, so the pixels are the same.
+        if not len(y):  # every image of the batch was corrupt (skip_corrupt)
+            continue
+        failpoint("train.step")  # drills: a worker killed mid-epoch
+        x = x.to(device, non_blocking=True)
+        if loop.crop == "shift_flip":
+            gen = torch.Generator().manual_seed(step_seed(hp.seed, epoch, i) ^ 0x5F3759DF)
+            x = random_shift_flip(x, gen, loop.shift)
+        x = loop.normalize(x.float())
+        y = y.to(device)
+        step = (epoch - 1) * loop.steps_per_epoch + i
+        lr = lr_at(step, hp.lr, hp.warmup_steps, loop.total_steps)
+        for group in loop.optimizer.param_groups:
+            group["lr"] = lr
+        x, target = loop.objective.mix(x, y)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits, loss = loop.objective.forward_loss(loop.net, x, target)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(loop.model.parameters(), hp.grad_clip)
+        loop.optimizer.step()
+        loss_sum += loss.detach().double() * len(y)
+        correct += (logits.argmax(-1) == y).sum()
+        seen += len(y)
+    if loop.world > 1:  # the whole batch's metrics, identical on every rank
+        totals = torch.stack([loss_sum, correct.double(),
+                              torch.tensor(float(seen), dtype=torch.float64, device=device)])
+        torch.distributed.all_reduce(totals)
+        loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())
+    return loss_sum.item(), correct.item(), seen, lr  # .item() waits for the last step
+
+
+def _epoch_metrics(loop: _Loop, epoch: int, loss_sum: float, correct: float, seen: int,
+                   lr: float | None, seconds: float) -> dict:
+    """The epoch's outcome, after refusing a diverged loss."""
+    skipped = loop.batches.skipped
+    if skipped:
+        log.warning("finetune: %d corrupt image(s) left out (data.skip_corrupt)", len(skipped))
+    if not np.isfinite(loss_sum):
+        raise Diverged(f"finetune: loss became {loss_sum} in epoch {epoch} (lr {loop.hp.lr})")
+    return {
+        "epoch": epoch,
+        "train_loss": loss_sum / seen,
+        "train_acc": correct / seen,
+        "lr": lr,
+        "images_per_s": seen / seconds,
+        "skipped_images": len(skipped),  # corrupt, left out (data.skip_corrupt)
+    }
+
+
+def _state_fn(loop: _Loop, epoch: int) -> Callable[[], dict]:
+    return lambda: {"model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
+                    "epoch": epoch}
