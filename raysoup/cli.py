@@ -223,7 +223,7 @@ def _data(args: argparse.Namespace) -> int:
                   f"file(s) at {r.out} in {r.seconds:.1f} s ({r.rows / max(r.seconds, 1e-9):.0f} "
                   f"img/s); {len(r.skipped)} corrupt file(s) skipped")
             return 0
-        from raysoup.data.fixture import fixture_overrides, write_imagenet_fixture
+        from raysoup.fixture import fixture_overrides, write_imagenet_fixture
 
         paths = write_imagenet_fixture(args.out.absolute(), classes=args.classes,
                                        train_per_class=args.train_per_class, seed=args.seed)

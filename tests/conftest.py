@@ -52,9 +52,9 @@ def s3(s3_server, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def imagenet_fixture(tmp_path_factory):
-    """The ImageNet-shaped fixture (raysoup/data/fixture.py), generated once per session:
+    """The ImageNet-shaped fixture (raysoup/fixture.py), generated once per session:
     {role: path}, with the root as "root"."""
-    from raysoup.data.fixture import write_imagenet_fixture
+    from raysoup.fixture import write_imagenet_fixture
 
     root = tmp_path_factory.mktemp("imagenet-fixture")
     return {**write_imagenet_fixture(root), "root": str(root)}

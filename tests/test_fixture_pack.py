@@ -1,4 +1,4 @@
-"""The ImageNet-shaped fixture (data/fixture.py) and `raysoup data pack` (data/pack.py): real
+"""The ImageNet-shaped fixture (raysoup/fixture.py) and `raysoup data pack` (data/pack.py): real
 files, the real Parquet reader, moto's real S3 server."""
 
 import io
@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from raysoup.config import load_experiment
-from raysoup.data.fixture import TINY_MODEL, fixture_overrides, wnid, write_imagenet_fixture
 from raysoup.data.images import DataError
 from raysoup.data.pack import COMPLETE, check_image, pack_imagefolder
 from raysoup.data.parquet import read_parquet_split
+from raysoup.fixture import TINY_MODEL, fixture_overrides, wnid, write_imagenet_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "experiments" / "clip_vit_b32_imagenet.yaml"
@@ -99,7 +99,7 @@ def test_fixture_weights_load_as_model_pretrained(imagenet_fixture):
     # Seeded: the same seed gives the same weights.
     from safetensors.torch import load_file
 
-    from raysoup.data.fixture import write_tiny_weights
+    from raysoup.fixture import write_tiny_weights
 
     again = load_file(str(write_tiny_weights(Path(imagenet_fixture["root"]) / "again.st", 0)))
     first = load_file(imagenet_fixture["weights"])

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from driver import finish
 
-from raysoup.data.fixture import fixture_overrides
 from raysoup.data.images import DECODE_LOG_ENV
 from raysoup.data.sources import resolve_templates
+from raysoup.fixture import fixture_overrides
 
 OPENAI_TEMPLATES = resolve_templates("openai_imagenet")
 

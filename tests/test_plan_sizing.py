@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from raysoup.config import load_experiment
-from raysoup.data.fixture import fixture_overrides
 from raysoup.dryrun import describe
 from raysoup.dryrun.sizing import RUNTIME_BYTES, gpu_hours
 from raysoup.dryrun.sources import Sizes, count_imagefolder, count_parquet
+from raysoup.fixture import fixture_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "experiments" / "clip_vit_b32_imagenet.yaml"
