@@ -2,22 +2,18 @@
 Models (`mlflow_model`) and the pyfunc those serve (`pyfunc_model`, run by MLflow itself)."""
 
 from raysoup.tracking.mlflow_model import save_pyfunc
-from raysoup.tracking.tracker import (
-    CHAMPION,
-    MODEL_ID,
+from raysoup.tracking.models import CHAMPION, MODEL_ID
+from raysoup.tracking.store import (
     RECIPE,
     ROLE,
     SOUP_ID,
     TRIAL,
     WORKDIR,
     WORKDIR_ID,
-    Tracker,
-    default_uri,
     is_server,
-    quiet,
     seed_sqlite_store,
-    workdir_id,
 )
+from raysoup.tracking.tracker import Tracker, default_uri, quiet, workdir_id
 
 __all__ = [
     "CHAMPION", "MODEL_ID", "RECIPE", "ROLE", "SOUP_ID", "TRIAL", "WORKDIR", "WORKDIR_ID",

@@ -18,22 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from raysoup import storage
-from raysoup.tracking.models import CHAMPION, MODEL_ID, ModelRegistry
-from raysoup.tracking.store import (
-    RECIPE,
-    ROLE,
-    SOUP_ID,
-    TRIAL,
-    WORKDIR,
-    WORKDIR_ID,
-    is_server,
-    seed_sqlite_store,
-)
+from raysoup.tracking.models import ModelRegistry
+from raysoup.tracking.store import RECIPE, ROLE, SOUP_ID, TRIAL, WORKDIR, WORKDIR_ID
 from raysoup.workdir import Workdir
-
-__all__ = ["CHAMPION", "MODEL_ID", "RECIPE", "ROLE", "SOUP_ID", "TRIAL", "WORKDIR",
-           "WORKDIR_ID", "Tracker", "default_uri", "is_server", "quiet", "seed_sqlite_store",
-           "workdir_id"]
 
 
 def default_uri(workdir: Path) -> str:
