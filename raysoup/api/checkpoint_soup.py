@@ -61,7 +61,7 @@ def soup_checkpoints(paths: Iterable[str | Path], method: str = "uniform", *,
     with tempfile.TemporaryDirectory(prefix="raysoup-soup-") as tmp:
         try:
             members = _ingredients(paths, Path(tmp), format)
-            anchor = None if base is None else _ingredients([base], Path(tmp) / "base", format)[0]
+            anchor = None if base is None else _base(Path(base), Path(tmp), format)
         except CheckpointImportError as err:
             raise SoupCheckpointsError(str(err)) from None
         result = _cook(recipe, members, anchor, weights)
@@ -130,6 +130,17 @@ def _ingredients(paths: Iterable[str | Path], tmp: Path, fmt: str) -> list[tuple
     if len(set(names)) != len(names):
         raise SoupCheckpointsError(f"paths: two checkpoints named alike in {names}")
     return out
+
+
+def _base(base: Path, tmp: Path, fmt: str) -> tuple[str, Path]:
+    """(BASE_NAME, its safetensors file): an ingredient's own file, or the checkpoint converted
+    (as `raysoup import --zeroshot FILE` converts it)."""
+    from raysoup.checkpoints.ingredient import WEIGHTS_FILE
+
+    if (base / WEIGHTS_FILE).is_file():
+        return BASE_NAME, base / WEIGHTS_FILE
+    _convert(base, tmp / f"{BASE_NAME}.safetensors", fmt, None)
+    return BASE_NAME, tmp / f"{BASE_NAME}.safetensors"
 
 
 def _convert(src: Path, dest: Path, fmt: str, reference):
