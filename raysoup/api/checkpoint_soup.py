@@ -216,5 +216,15 @@ def _write(out: Path, result, files: list[Path], anchored: bool) -> Path:
     finally:
         torch.set_flush_denormal(False)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_shard(out, tensors)
+    write_shard(out, tensors, _dtypes(files[0]))
     return out
+
+
+def _dtypes(first: Path) -> dict[str, str] | None:
+    """The soup keeps the first ingredient's dtypes, as the soup stage does (an ingredient
+    directory's manifest); a converted checkpoint is float32 already, as an import makes it."""
+    from raysoup.checkpoints.ingredient import WEIGHTS_FILE, read_manifest
+
+    if first.name != WEIGHTS_FILE:
+        return None
+    return {n: t["dtype"] for n, t in read_manifest(first.parent)["tensors"].items()}
