@@ -186,3 +186,24 @@ def test_run_examples_run(tmp_path, monkeypatch):
     models = set(table["model"].to_pylist())
     assert {"uniform_soup", "greedy_soup", "model_stock_soup", "zeroshot"} <= models
     assert {"heldout", "test"} <= set(table["split"].to_pylist())
+
+
+def test_errors_name_the_users_files_not_temporary_ones(checkpoints, tmp_path):
+    odd = tmp_path / "odd.pt"
+    state = torch.load(checkpoints["files"][0], weights_only=True)
+    torch.save({k: v[..., :1] if k == "classification_head.weight" else v
+                for k, v in state.items()}, odd)
+    with pytest.raises(SoupCheckpointsError, match=r"odd\.pt: tensor head\.weight has shape"):
+        soup_checkpoints([checkpoints["files"][0], odd], out=tmp_path / "s.safetensors")
+    with pytest.raises(SoupCheckpointsError) as err:
+        soup_checkpoints(checkpoints["files"][:2], "model_stock", base=odd,
+                         out=tmp_path / "s.safetensors")
+    assert str(odd) in str(err.value) and "raysoup-soup-" not in str(err.value)
+
+
+def test_weights_follow_the_order_of_paths(imported, tmp_path):
+    tuned = [imported["model_2"], imported["model_0"]]
+    soup = soup_checkpoints(tuned, weights=[0.9, 0.1], out=tmp_path / "w.safetensors")
+    names = list(read_manifest(tuned[0])["tensors"])
+    expected = reduce_shard(tuned, [0.9, 0.1], names)
+    _same(soup, {k: torch.from_numpy(v) for k, v in expected.items()})

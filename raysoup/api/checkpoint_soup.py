@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 
 # Methods that score candidate soups on held-out data, and what each needs locally.
@@ -33,6 +34,17 @@ BASE_NAME = "zeroshot"  # the anchor's name, as in a workdir (soup.base.anchored
 
 class SoupCheckpointsError(ValueError):
     """The files or the method cannot make a soup here; the message says what is needed."""
+
+
+# This call's converted files -> the checkpoints they came from, so that an error met while
+# reducing names the user's file, not a temporary one.
+_SOURCES: ContextVar[dict[str, str]] = ContextVar("soup_checkpoints_sources")
+
+
+def _named(message: str, sources: dict[str, str]) -> str:
+    for tmp, src in sources.items():
+        message = message.replace(tmp, src)
+    return message
 
 
 def soup_checkpoints(paths: Iterable[str | Path], method: str = "uniform", *,
@@ -58,16 +70,22 @@ def soup_checkpoints(paths: Iterable[str | Path], method: str = "uniform", *,
     if out.suffix != ".safetensors":
         raise SoupCheckpointsError(f"out={str(out)!r}: the soup is written as one "
                                    ".safetensors file; name it <name>.safetensors")
+    _SOURCES.set({})
     with tempfile.TemporaryDirectory(prefix="raysoup-soup-") as tmp:
         try:
             members = _ingredients(paths, Path(tmp), format)
             anchor = None if base is None else _base(Path(base), Path(tmp), format)
         except CheckpointImportError as err:
             raise SoupCheckpointsError(str(err)) from None
-        result = _cook(recipe, members, anchor, weights)
         by_name = {**dict(members), **({BASE_NAME: anchor[1]} if anchor else {})}
-        return _write(out, result, [by_name[n] for n in result.ingredients],
-                      anchored=anchor is not None)
+        try:
+            result = _cook(recipe, members, anchor, weights)
+            return _write(out, result, [by_name[n] for n in result.ingredients],
+                          anchored=anchor is not None)
+        except SoupCheckpointsError:
+            raise
+        except (ValueError, OSError) as err:  # e.g. checkpoints of different models
+            raise SoupCheckpointsError(_named(str(err), _SOURCES.get())) from None
 
 
 def _method(method: str, weights, base, heldout, settings: dict):
@@ -107,28 +125,32 @@ def _method(method: str, weights, base, heldout, settings: dict):
 
 
 def _ingredients(paths: Iterable[str | Path], tmp: Path, fmt: str) -> list[tuple[str, Path]]:
-    """(name, safetensors file) per checkpoint: an ingredient's own file, or the checkpoint
-    converted as `raysoup import` converts it (key layout mapped, floats cast to float32)."""
-    from raysoup.checkpoints.importer import plan_names, source_files
+    """(name, safetensors file) per checkpoint, in the order given (a directory's files in
+    name order): an ingredient's own file, or the checkpoint converted as `raysoup import`
+    converts it (key layout mapped, floats cast to float32)."""
+    from raysoup.checkpoints.importer import ingredient_name, source_files
     from raysoup.checkpoints.ingredient import WEIGHTS_FILE
 
     paths = [Path(p) for p in ([paths] if isinstance(paths, str | Path) else paths)]
     if not paths:
         raise SoupCheckpointsError("paths: no checkpoints given")
     tmp.mkdir(parents=True, exist_ok=True)
-    out, files = [], []
+    out, reference = [], None
     for p in paths:
         if (p / WEIGHTS_FILE).is_file():  # a raysoup ingredient directory
             out.append((p.name, p / WEIGHTS_FILE))
-        else:
-            files.extend(source_files([p]))
-    reference = None
-    for name, src in plan_names(files):
-        reference = _convert(src, tmp / f"{name}.safetensors", fmt, reference)
-        out.append((name, tmp / f"{name}.safetensors"))
+            continue
+        for src in source_files([p]):
+            name = ingredient_name(src)
+            dest = tmp / f"{len(out)}-{name}.safetensors"
+            reference = _convert(src, dest, fmt, reference)
+            _SOURCES.get()[str(dest)] = str(src)
+            out.append((name, dest))
     names = [n for n, _ in out]
-    if len(set(names)) != len(names):
-        raise SoupCheckpointsError(f"paths: two checkpoints named alike in {names}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SoupCheckpointsError(f"paths: more than one checkpoint named {twice} (a soup's "
+                                   "ingredients are told apart by file or directory name)")
     return out
 
 
@@ -140,6 +162,7 @@ def _base(base: Path, tmp: Path, fmt: str) -> tuple[str, Path]:
     if (base / WEIGHTS_FILE).is_file():
         return BASE_NAME, base / WEIGHTS_FILE
     _convert(base, tmp / f"{BASE_NAME}.safetensors", fmt, None)
+    _SOURCES.get()[str(tmp / f"{BASE_NAME}.safetensors")] = str(base)
     return BASE_NAME, tmp / f"{BASE_NAME}.safetensors"
 
 
@@ -188,10 +211,8 @@ def _cook(recipe, members: list[tuple[str, Path]], anchor, weights):
         return RecipeResult(ingredients=[n for n, _ in members], weights=weights)
     kitchen = _LocalKitchen(None if anchor is None else Candidate(BASE_NAME, math.nan, anchor[1]))
     candidates = [Candidate(n, math.nan, p) for n, p in members]
-    try:
-        return recipe.cook(candidates, kitchen)
-    except ValueError as err:  # e.g. model_stock with one fine-tuned model
-        raise SoupCheckpointsError(str(err)) from None
+    return recipe.cook(candidates, kitchen)  # a ValueError (e.g. model_stock with one
+    # fine-tuned model) becomes a SoupCheckpointsError in `soup_checkpoints`
 
 
 def _write(out: Path, result, files: list[Path], anchored: bool) -> Path:
