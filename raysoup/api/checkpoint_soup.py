@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Iterable, Sequence
-from contextvars import ContextVar
 from pathlib import Path
 
 # Methods that score candidate soups on held-out data, and what each needs locally.
@@ -36,12 +35,8 @@ class SoupCheckpointsError(ValueError):
     """The files or the method cannot make a soup here; the message says what is needed."""
 
 
-# This call's converted files -> the checkpoints they came from, so that an error met while
-# reducing names the user's file, not a temporary one.
-_SOURCES: ContextVar[dict[str, str]] = ContextVar("soup_checkpoints_sources")
-
-
 def _named(message: str, sources: dict[str, str]) -> str:
+    """`message` naming the user's checkpoints instead of the converted temporary files."""
     for tmp, src in sources.items():
         message = message.replace(tmp, src)
     return message
@@ -70,11 +65,11 @@ def soup_checkpoints(paths: Iterable[str | Path], method: str = "uniform", *,
     if out.suffix != ".safetensors":
         raise SoupCheckpointsError(f"out={str(out)!r}: the soup is written as one "
                                    ".safetensors file; name it <name>.safetensors")
-    _SOURCES.set({})
+    sources: dict[str, str] = {}  # converted file -> the checkpoint it came from
     with tempfile.TemporaryDirectory(prefix="raysoup-soup-") as tmp:
         try:
-            members = _ingredients(paths, Path(tmp), format)
-            anchor = None if base is None else _base(Path(base), Path(tmp), format)
+            members = _ingredients(paths, Path(tmp), format, sources)
+            anchor = None if base is None else _base(Path(base), Path(tmp), format, sources)
         except CheckpointImportError as err:
             raise SoupCheckpointsError(str(err)) from None
         by_name = {**dict(members), **({BASE_NAME: anchor[1]} if anchor else {})}
@@ -85,7 +80,7 @@ def soup_checkpoints(paths: Iterable[str | Path], method: str = "uniform", *,
         except SoupCheckpointsError:
             raise
         except (ValueError, OSError) as err:  # e.g. checkpoints of different models
-            raise SoupCheckpointsError(_named(str(err), _SOURCES.get())) from None
+            raise SoupCheckpointsError(_named(str(err), sources)) from None
 
 
 def _method(method: str, weights, base, heldout, settings: dict):
@@ -124,7 +119,8 @@ def _method(method: str, weights, base, heldout, settings: dict):
     return get_recipe(method, chosen)
 
 
-def _ingredients(paths: Iterable[str | Path], tmp: Path, fmt: str) -> list[tuple[str, Path]]:
+def _ingredients(paths: Iterable[str | Path], tmp: Path, fmt: str,
+                 sources: dict[str, str]) -> list[tuple[str, Path]]:
     """(name, safetensors file) per checkpoint, in the order given (a directory's files in
     name order): an ingredient's own file, or the checkpoint converted as `raysoup import`
     converts it (key layout mapped, floats cast to float32)."""
@@ -144,7 +140,7 @@ def _ingredients(paths: Iterable[str | Path], tmp: Path, fmt: str) -> list[tuple
             name = ingredient_name(src)
             dest = tmp / f"{len(out)}-{name}.safetensors"
             reference = _convert(src, dest, fmt, reference)
-            _SOURCES.get()[str(dest)] = str(src)
+            sources[str(dest)] = str(src)
             out.append((name, dest))
     names = [n for n, _ in out]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -154,7 +150,7 @@ def _ingredients(paths: Iterable[str | Path], tmp: Path, fmt: str) -> list[tuple
     return out
 
 
-def _base(base: Path, tmp: Path, fmt: str) -> tuple[str, Path]:
+def _base(base: Path, tmp: Path, fmt: str, sources: dict[str, str]) -> tuple[str, Path]:
     """(BASE_NAME, its safetensors file): an ingredient's own file, or the checkpoint converted
     (as `raysoup import --zeroshot FILE` converts it)."""
     from raysoup.checkpoints.ingredient import WEIGHTS_FILE
@@ -162,7 +158,7 @@ def _base(base: Path, tmp: Path, fmt: str) -> tuple[str, Path]:
     if (base / WEIGHTS_FILE).is_file():
         return BASE_NAME, base / WEIGHTS_FILE
     _convert(base, tmp / f"{BASE_NAME}.safetensors", fmt, None)
-    _SOURCES.get()[str(tmp / f"{BASE_NAME}.safetensors")] = str(base)
+    sources[str(tmp / f"{BASE_NAME}.safetensors")] = str(base)
     return BASE_NAME, tmp / f"{BASE_NAME}.safetensors"
 
 
