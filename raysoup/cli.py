@@ -1,4 +1,4 @@
-"""`raysoup run|sweep|evaluate|soup|report|resume` — thin: validate the config, call the pipeline.
+"""The `raysoup` command: a thin layer over the Python API (`raysoup.api`).
 
 The parser needs only argparse: everything else is imported by the command that runs (after
 parsing), so `raysoup --help` loads no pydantic, pyarrow, torch or Ray.
@@ -25,9 +25,40 @@ STAGE_COMMANDS = {
 }
 
 
+DESCRIPTION = """\
+Fine-tune a model many times on Ray (sweep), evaluate every fine-tune in parallel (evaluate),
+average their weights into model soups (soup) and write a report (report).
+`raysoup run CONFIG` runs all four; each stage is also a command of its own."""
+
+EPILOG = "examples: raysoup run experiments/tiny.yaml; raysoup run CONFIG --dry-run; " \
+         "raysoup resume runs/tiny. Docs: README.md and docs/."
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless its help already says it (or there is none to show:
+    None, a flag's False, an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        nothing = action.default is None or action.default is False or action.default == [] \
+            or action.default == argparse.SUPPRESS
+        if "default" in text or nothing:
+            return text
+        return super()._get_help_string(action)
+
+
+def _version() -> str:
+    import raysoup
+
+    return f"raysoup {raysoup.__version__}"
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="raysoup", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="raysoup", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=HelpFormatter)
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser = _with_formatter(sub.add_parser)
     for name, stages in STAGE_COMMANDS.items():
         s = sub.add_parser(name, help=f"stages: {', '.join(stages)}")
         s.add_argument("config", type=Path, help="experiment YAML, e.g. experiments/tiny.yaml")
@@ -37,7 +68,9 @@ def _parser() -> argparse.ArgumentParser:
                             "Ray or MLflow")
     r = sub.add_parser("resume", help="continue a workdir's run (its saved experiment.yaml)")
     r.add_argument("workdir", help="a local path or an s3:// / gs:// URI")
-    r.add_argument("--address", default=None)
+    r.add_argument("--address", default=None,
+                   help="join an existing Ray cluster ('auto' or host:port); default: start "
+                        "locally")
     _metrics_port(r)
     _import_parser(sub)
     _export_parser(sub)
@@ -45,6 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     _fidelity_parser(sub)
     _data_parser(sub)
     return p
+
+
+def _with_formatter(add_parser):
+    """`add_parser` whose subcommands format their help as the top level does."""
+    def add(*args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        return add_parser(*args, **kwargs)
+    return add
 
 
 def _export_parser(sub) -> None:
@@ -128,7 +169,7 @@ def _fidelity_parser(sub) -> None:
     f = sub.add_parser("fidelity", help="run the config once per sweep seed (data and base "
                                         "shared) and print the paired soup - best single table")
     f.add_argument("config", type=Path, help="experiment YAML, e.g. experiments/tiny.yaml")
-    f.add_argument("--seeds", type=int, default=5, help="sweep seeds 0..N-1 (default 5)")
+    f.add_argument("--seeds", type=int, default=5, help="sweep seeds 0..N-1")
     f.add_argument("--workdir", default=None,
                    help="root of the seed workdirs (default: runs/<name>-fidelity)")
     f.add_argument("--set", dest="overrides", action="append", default=[],
@@ -177,7 +218,8 @@ def _fidelity(args: argparse.Namespace) -> int:
 def _data_parser(sub) -> None:
     d = sub.add_parser("data", help="data tools: pack an ImageFolder as Parquet shards; write "
                                     "the ImageNet-shaped fixture")
-    dsub = d.add_subparsers(dest="data_command", required=True)
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="TOOL")
+    dsub.add_parser = _with_formatter(dsub.add_parser)
     p = dsub.add_parser("pack", help="write an ImageFolder (local or s3:// / gs://) as Parquet "
                                      "shards raysoup reads (data format: parquet)")
     p.add_argument("imagefolder", help="root/<class dir>/<image>, a local path or a URI")
@@ -201,10 +243,10 @@ def _data_parser(sub) -> None:
                         "moved aside as .old-OUT-<id>, never deleted)")
     f = dsub.add_parser("fixture", help="write the ImageNet-shaped fixture (generated) and print "
                                         "the --set overrides that run the paper config on it")
-    f.add_argument("out", type=Path)
-    f.add_argument("--classes", type=int, default=1000)
-    f.add_argument("--train-per-class", type=int, default=2)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("out", type=Path, help="directory to write the fixture (splits, model)")
+    f.add_argument("--classes", type=int, default=1000, help="number of classes")
+    f.add_argument("--train-per-class", type=int, default=2, help="training images per class")
+    f.add_argument("--seed", type=int, default=0, help="seed of the generated images")
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -245,7 +287,9 @@ def _import_parser(sub) -> None:
     i.add_argument("--config", type=Path, required=True,
                    help="the experiment the ingredients belong to (model, classes, workdir)")
     i.add_argument("--workdir", default=None, help="default: the config's workdir or ./runs/<name>")
-    i.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    i.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a config field, e.g. --set model.name=ViT-B-32-quickgelu "
+                        "(repeatable)")
     # = checkpoints.importer.FORMATS (not imported here: it loads torch)
     i.add_argument("--format", default="auto",
                    choices=("auto", "paper", "state_dict", "safetensors"),
@@ -312,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="raysoup: %(message)s", stream=sys.stderr)
     logging.getLogger("raysoup").setLevel(logging.INFO)
     from raysoup import storage
-    from raysoup.config import ConfigError, load_experiment
+    from raysoup.api import load_config
+    from raysoup.config import ConfigError
 
     try:
         if args.command in TOOLS:
@@ -321,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg, workdir = _saved_config(args.workdir)
             stages = STAGE_COMMANDS["run"]
         else:
-            cfg = load_experiment(args.config, args.overrides)
+            cfg = load_config(args.config, args.overrides)
             workdir, stages = cfg.resolved_workdir(args.workdir), STAGE_COMMANDS[args.command]
             if args.dry_run:
                 from raysoup.dryrun import describe
@@ -352,13 +397,12 @@ def _saved_config(where: str):
 
 
 def _run_stages(args: argparse.Namespace, cfg, workdir: Path, stages: tuple[str, ...]) -> int:
+    from raysoup.api import execute
     from raysoup.config import ConfigError
-    from raysoup.orchestration.pipeline import run_pipeline
 
     try:
-        run = run_pipeline(cfg, workdir, stages, address=args.address,
-                           metrics_export_port=args.metrics_export_port,
-                           dashboard=args.dashboard)
+        run = execute(cfg, workdir, stages, address=args.address,
+                      metrics_export_port=args.metrics_export_port, dashboard=args.dashboard)
     except KeyboardInterrupt:
         print("raysoup: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

@@ -6,6 +6,7 @@ Validators raise ValueError (never RuntimeError) so pydantic can report the fiel
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -456,12 +457,91 @@ def workdir_path(text: str) -> Path:
 # ---------------------------------------------------------------- loading
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid experiment config {source}:"]
+def _format_errors(err: ValidationError, source: str, overrides: list[str] = ()) -> str:
+    """One line per problem: the field path, what is wrong (with the nearest field for an
+    unknown key), and where the value came from (`source`, or the `--set` that gave it)."""
+    grouped: dict[tuple, list[dict]] = {}
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {path}: {e['msg']}")
+        grouped.setdefault(_problem_loc(e["loc"]), []).append(e)
+    lines = [f"invalid experiment config {source}:"]
+    for loc, errors in grouped.items():
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        branches = [e for e in errors if len(e["loc"]) > len(loc)]
+        messages = [_message(e, loc) for e in errors if e not in branches]
+        if branches:  # one problem however many union branches pydantic tried
+            messages.append(_union_message(branches, loc))
+        for msg in dict.fromkeys(messages):
+            lines.append(f"  {path}: {msg}{_origin(loc, overrides)}")
     return "\n".join(lines)
+
+
+def _union_message(branches: list[dict], loc: tuple) -> str:
+    forms = dict.fromkeys(_form(str(e["loc"][len(loc)])) for e in branches)
+    return f"{branches[0]['input']!r} is none of the accepted forms: {', '.join(forms)}"
+
+
+def _form(branch: str) -> str:
+    """`LogUniform` -> `{loguniform: ...}` (a distribution's YAML spelling), `float` -> `a
+    float`."""
+    if branch[:1].isupper():
+        return f"{{{branch.lower()}: ...}}"
+    name = branch.split("[")[0]
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
+
+
+def _problem_loc(loc: tuple) -> tuple:
+    """The field path, without the names pydantic gives the union branches it tried
+    (`sweep.space.lr.float`, `...lr.Uniform`, `...lr.function-plain[...]`): the user wrote
+    `sweep.space.lr`."""
+    out = []
+    for part in loc:
+        if isinstance(part, str) and (part[:1].isupper() or "[" in part or part in _TYPE_NAMES):
+            break
+        out.append(part)
+    return tuple(out)
+
+
+_TYPE_NAMES = {"int", "float", "str", "bool", "list", "dict", "none", "constrained-float",
+               "constrained-int", "function-plain", "function-after", "function-before"}
+
+
+def _message(e: dict, loc: tuple) -> str:
+    if e["type"] == "extra_forbidden":
+        known = _fields_at(loc[:-1])
+        near = difflib.get_close_matches(str(loc[-1]), known, n=1) if known else []
+        hint = f"; did you mean {'.'.join(map(str, (*loc[:-1], near[0])))}?" if near else ""
+        return f"unknown field{hint}" + (f" (valid: {', '.join(known)})" if known and not near
+                                          else "")
+    return e["msg"].removeprefix("Value error, ")
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The field names of the config section at `loc` ([] if it is not a section)."""
+    model: Any = ExperimentCfg
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        model = _section_type(fields[part].annotation)
+    return sorted(getattr(model, "model_fields", None) or [])
+
+
+def _section_type(annotation: Any) -> Any:
+    """`WorldCfg | None` -> WorldCfg: the model class a field holds, if any."""
+    for t in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+    return None
+
+
+def _origin(loc: tuple, overrides: list[str]) -> str:
+    """` (from --set K=V)` when an override set this field or a section holding it."""
+    path = [str(p) for p in loc]
+    for text in reversed(overrides):  # the last one given wins
+        key = text.partition("=")[0].strip().split(".")
+        if key == path[: len(key)] or path == key[: len(path)]:
+            return f" (from --set {text})"
+    return ""
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -502,9 +582,17 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    raw = apply_overrides(raw, overrides or [])
+    return _validated(apply_overrides(raw, overrides or []), str(path), overrides or [])
+
+
+def revalidate(cfg: ExperimentCfg, overrides: list[str]) -> ExperimentCfg:
+    """`cfg` with `overrides` applied (the Python API's `overrides=` on a config object)."""
+    raw = apply_overrides(cfg.model_dump(mode="json"), overrides)
+    return _validated(raw, f"({cfg.name}, the config given)", overrides)
+
+
+def _validated(raw: dict[str, Any], source: str, overrides: list[str]) -> ExperimentCfg:
     try:
         return ExperimentCfg.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, str(path))) from None
-
+        raise ConfigError(_format_errors(err, source, overrides)) from None

@@ -34,14 +34,14 @@ def test_base_recipe_pretrains_on_the_default_world():
 
 
 @pytest.mark.parametrize(("override", "path", "words"), [
-    ("sweep.num_smples=4", "sweep.num_smples", "Extra inputs"),
+    ("sweep.num_smples=4", "sweep.num_smples", "unknown field; did you mean sweep.num_samples?"),
     ("soup.num_shards=0", "soup.num_shards", "greater than or equal to 1"),
     ("sweep.space.learning_rate=0.1", "sweep.space", "unknown hyper-parameter"),
     ("soup.recipes=[uniform, bogus]", "soup.recipes", f"valid: {sorted(METHODS)}"),
     ("data.heldout_fraction=0.9", "data.heldout_fraction", "less than 0.5"),
     ("soup.wiseft.alphas=[0.5, 1.5]", "soup.wiseft.alphas", "must lie in [0, 1]"),
-    ("soup.learned.stepz=3", "soup.learned.stepz", "Extra inputs"),
-    ("soup.ties.densty=0.3", "soup.ties.densty", "Extra inputs"),
+    ("soup.learned.stepz=3", "soup.learned.stepz", "did you mean soup.learned.steps?"),
+    ("soup.ties.densty=0.3", "soup.ties.densty", "did you mean soup.ties.density?"),
     ("soup.ties.density=0", "soup.ties.density", "greater than 0"),
     ("soup.dare.combine=mean", "soup.dare.combine", "'linear' or 'ties'"),
     ("soup.speculation=1", "soup", "soup.speculation is now soup.greedy.speculation"),

@@ -87,8 +87,9 @@ class RayKitchen:
         return accs
 
     def running_sum(self, label: str) -> RunningSumScorer:
-        return RunningSumScorer(self.pool, self.plan, on_try=lambda c, a, loss: log.info(
-            "  %s: tried %s → held-out %.4f (loss %.4f)", label, c, a, loss))
+        # Greedy logs its decisions itself (soup.greedy.decision_line): a speculative score is
+        # not a decision, and a candidate may be scored twice.
+        return RunningSumScorer(self.pool, self.plan)
 
     def journal(self, label: str) -> DecisionJournal | None:
         if self.soups_dir is None:
@@ -126,8 +127,8 @@ class RunningSumScorer:
     summed, so the accuracy and the loss are exactly those of a single whole-split evaluation.
     """
 
-    def __init__(self, pool: EvalPool, plan: list[list[str]], on_try=None):
-        self.pool, self.plan, self.on_try = pool, plan, on_try
+    def __init__(self, pool: EvalPool, plan: list[list[str]]):
+        self.pool, self.plan = pool, plan
         self.sum_refs: list | None = None
         self.pending: dict[str, list] = {}
         self.k = 0
@@ -144,9 +145,6 @@ class RunningSumScorer:
                         for c in candidates}
         scored = self._evaluate([self.pending[c.name] for c in candidates], self.k + 1)
         self.evaluations += len(candidates)
-        if self.on_try:
-            for cand, (acc, loss) in zip(candidates, scored, strict=True):
-                self.on_try(cand.name, acc, loss)
         return scored
 
     def current_loss(self) -> float:

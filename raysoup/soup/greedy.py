@@ -14,6 +14,7 @@ the critical path is at most ceil((N-1)/M) + accepted rounds (see `critical_path
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -26,6 +27,8 @@ from raysoup.soup.base import (
     by_heldout,
 )
 from raysoup.soup_settings import GreedySettings
+
+log = logging.getLogger(__name__)
 
 
 class GreedySoup:
@@ -73,6 +76,7 @@ class GreedySoup:
         scorer.start(first)
         if self.loss_must_not_rise:
             best_loss = trace[0]["loss"] = scorer.current_loss()
+        log.info("  %s: starts from %s: held-out %.4f", self.name, first.name, best)
 
         # Replay journaled decisions: accepted ones are re-added, nothing is re-evaluated.
         # The journal pins only the rule, not M: speculation never changes a decision.
@@ -101,6 +105,7 @@ class GreedySoup:
                 if journal:
                     journal.record(entry)
                 i += 1
+                log.info("  %s", decision_line(self.name, entry, best, best_loss))
                 if accepted:
                     scorer.commit(cand)
                     soup.append(cand)
@@ -112,6 +117,17 @@ class GreedySoup:
             info=self.rule,
             stats={"speculation": self.speculation, "rounds": rounds, "replayed": len(past)},
         )
+
+
+def decision_line(label: str, entry: dict, best: float, best_loss: float | None) -> str:
+    """The console line of one decision: the running soup's held-out accuracy before → with
+    the candidate (only decided candidates are logged: a speculative score made against a
+    soup that changed meanwhile is dropped, and the candidate scored again)."""
+    verdict = "accepted" if entry["accepted"] else "rejected"
+    line = f"{label}: {verdict} {entry['candidate']}: held-out {best:.4f} → {entry['heldout']:.4f}"
+    if "loss" in entry and best_loss is not None:
+        line += f", loss {best_loss:.4f} → {entry['loss']:.4f}"
+    return line
 
 
 def critical_path_rounds(accepted: Sequence[bool], m: int) -> int:

@@ -1,0 +1,7 @@
+"""`python -m raysoup ...`: the same as the `raysoup` command."""
+
+import sys
+
+from raysoup.cli import main
+
+sys.exit(main())

@@ -1,0 +1,247 @@
+"""`raysoup.soup_checkpoints`: a soup of checkpoint files people already have, cooked in this
+process — no workdir, no experiment config, no Ray.
+
+The same code as the CLI path (`raysoup import`, then the soup stage): files are read by the
+importer (`checkpoints.importer`: safetensors, torch files via weights-only loading, the
+model-soups paper's layout mapped to raysoup's), floats cast to float32 as an import does; the
+method is raysoup's own (`soup.registry`), and its weights are reduced by `reduce.Blend` — the
+shard function the Ray tasks run — over the whole model at once (a reduction is per tensor, so
+it gives the bits of any shard layout).
+
+Methods that pick their soup on held-out data (greedy, learned, WiSE-FT, a λ grid) need a model
+and data to score with; this local version cooks only the methods that need no scorer.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+# Methods that score candidate soups on held-out data, and what each needs locally.
+SCORED_METHODS = {
+    "greedy": "held-out scoring of each candidate soup",
+    "learned": "held-out data to learn the mixing coefficients on",
+    "wiseft": "held-out scoring of each mixing ratio α",
+    "ensemble": "no weight average: an ensemble averages outputs at inference",
+}
+TASK_VECTOR_METHODS = ("task_arithmetic", "ties", "dare")
+ANCHORED_METHODS = ("model_stock", *TASK_VECTOR_METHODS)
+BASE_NAME = "zeroshot"  # the anchor's name, as in a workdir (soup.base.anchored)
+
+
+class SoupCheckpointsError(ValueError):
+    """The files or the method cannot make a soup here; the message says what is needed."""
+
+
+def _named(message: str, sources: dict[str, str]) -> str:
+    """`message` naming the user's checkpoints instead of the converted temporary files."""
+    for tmp, src in sources.items():
+        message = message.replace(tmp, src)
+    return message
+
+
+def soup_checkpoints(paths: Iterable[str | Path], method: str = "uniform", *,
+                     out: str | Path, heldout=None, weights: Sequence[float] | None = None,
+                     base: str | Path | None = None, format: str = "auto",
+                     **settings) -> Path:
+    """Cook `method` over the checkpoints at `paths` and write the soup to `out` (one
+    safetensors file of raysoup's ImageClassifier keys, `visual.*` and `head.*`); returns `out`.
+
+    `paths`: checkpoint files (.safetensors, .pt/.pth/.bin read with weights_only=True; the
+    model-soups paper's layout or raysoup's), directories of them, or raysoup ingredient
+    directories (`WORKDIR/ingredients/<name>`). `weights`: one per checkpoint, a weighted
+    average (method "uniform" only). `base`: the pre-trained θ_0 that model_stock and the
+    task-vector methods (task_arithmetic, ties, dare) start from. `settings`: the method's
+    settings as in the config's `soup.<method>` section; a task-vector method needs one λ,
+    e.g. `lambdas=[0.5]`. `heldout`: reserved for the scored methods (greedy, learned, wiseft,
+    a λ grid), which this local version does not cook yet (an error says so).
+    """
+    from raysoup.checkpoints.importer import CheckpointImportError
+
+    recipe = _method(method, weights, base, heldout, settings)
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise SoupCheckpointsError(f"out={str(out)!r}: the soup is written as one "
+                                   ".safetensors file; name it <name>.safetensors")
+    sources: dict[str, str] = {}  # converted file -> the checkpoint it came from
+    with tempfile.TemporaryDirectory(prefix="raysoup-soup-") as tmp:
+        try:
+            members = _ingredients(paths, Path(tmp), format, sources)
+            anchor = None if base is None else _base(Path(base), Path(tmp), format, sources)
+        except CheckpointImportError as err:
+            raise SoupCheckpointsError(str(err)) from None
+        by_name = {**dict(members), **({BASE_NAME: anchor[1]} if anchor else {})}
+        try:
+            result = _cook(recipe, members, anchor, weights)
+            return _write(out, result, [by_name[n] for n in result.ingredients],
+                          anchored=anchor is not None)
+        except SoupCheckpointsError:
+            raise
+        except (ValueError, OSError) as err:  # e.g. checkpoints of different models
+            raise SoupCheckpointsError(_named(str(err), sources)) from None
+
+
+def _method(method: str, weights, base, heldout, settings: dict):
+    """The merge method built from `settings`, or an error naming what it would need."""
+    from pydantic import ValidationError
+
+    from raysoup.soup.registry import METHODS, get_recipe
+
+    if method in SCORED_METHODS:
+        raise SoupCheckpointsError(
+            f"method {method!r} needs {SCORED_METHODS[method]}, which soup_checkpoints does not "
+            "do yet; `raysoup import` the checkpoints into an experiment's workdir and cook it "
+            "with `raysoup soup` (or raysoup.run(..., stages=['evaluate', 'soup']))")
+    if method not in METHODS:
+        raise SoupCheckpointsError(f"unknown method {method!r}; valid: {sorted(METHODS)}")
+    if heldout is not None:
+        raise SoupCheckpointsError(f"heldout: method {method!r} scores nothing; leave it out")
+    if weights is not None and (method != "uniform" or settings):
+        raise SoupCheckpointsError("weights= gives a weighted average: use it with the "
+                                   "default method 'uniform' and no settings")
+    if method in ANCHORED_METHODS and base is None:
+        raise SoupCheckpointsError(f"method {method!r} starts from the pre-trained model: pass "
+                                   "base=<its checkpoint> (θ_0, e.g. the zero-shot model)")
+    if method not in ANCHORED_METHODS and base is not None:
+        raise SoupCheckpointsError(f"base: method {method!r} has no base model; leave it out")
+    try:
+        chosen = METHODS[method].Settings(**settings)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise SoupCheckpointsError(f"method {method!r} settings: {problems}") from None
+    lambdas = getattr(chosen, "lambdas", "absent")
+    if method in TASK_VECTOR_METHODS and (lambdas is None or len(lambdas) != 1):
+        raise SoupCheckpointsError(
+            f"method {method!r} picks its scale λ on held-out data from a grid; without "
+            "held-out scoring give one λ, e.g. lambdas=[1.0]")
+    return get_recipe(method, chosen)
+
+
+def _ingredients(paths: Iterable[str | Path], tmp: Path, fmt: str,
+                 sources: dict[str, str]) -> list[tuple[str, Path]]:
+    """(name, safetensors file) per checkpoint, in the order given (a directory's files in
+    name order): an ingredient's own file, or the checkpoint converted as `raysoup import`
+    converts it (key layout mapped, floats cast to float32)."""
+    from raysoup.checkpoints.importer import ingredient_name, source_files
+    from raysoup.checkpoints.ingredient import WEIGHTS_FILE
+
+    paths = [Path(p) for p in ([paths] if isinstance(paths, str | Path) else paths)]
+    if not paths:
+        raise SoupCheckpointsError("paths: no checkpoints given")
+    tmp.mkdir(parents=True, exist_ok=True)
+    out, reference = [], None
+    for p in paths:
+        if (p / WEIGHTS_FILE).is_file():  # a raysoup ingredient directory
+            out.append((p.name, p / WEIGHTS_FILE))
+            continue
+        for src in source_files([p]):
+            name = ingredient_name(src)
+            dest = tmp / f"{len(out)}-{name}.safetensors"
+            reference = _convert(src, dest, fmt, reference)
+            sources[str(dest)] = str(src)
+            out.append((name, dest))
+    names = [n for n, _ in out]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SoupCheckpointsError(f"paths: more than one checkpoint named {twice} (a soup's "
+                                   "ingredients are told apart by file or directory name)")
+    return out
+
+
+def _base(base: Path, tmp: Path, fmt: str, sources: dict[str, str]) -> tuple[str, Path]:
+    """(BASE_NAME, its safetensors file): an ingredient's own file, or the checkpoint converted
+    (as `raysoup import --zeroshot FILE` converts it)."""
+    from raysoup.checkpoints.ingredient import WEIGHTS_FILE
+
+    if (base / WEIGHTS_FILE).is_file():
+        return BASE_NAME, base / WEIGHTS_FILE
+    _convert(base, tmp / f"{BASE_NAME}.safetensors", fmt, None)
+    sources[str(tmp / f"{BASE_NAME}.safetensors")] = str(base)
+    return BASE_NAME, tmp / f"{BASE_NAME}.safetensors"
+
+
+def _convert(src: Path, dest: Path, fmt: str, reference):
+    """Write `src` as raysoup's layout to `dest`; the first file is the reference the others
+    must match in keys and shapes (an import checks them against the experiment's model)."""
+    from safetensors.torch import save_file
+
+    from raysoup.checkpoints.importer import check_and_cast, read_checkpoint, to_classifier
+
+    state, _, _ = to_classifier(read_checkpoint(src), fmt, src)
+    state, _ = check_and_cast(state, reference or state, src)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(dest))
+    return reference or state
+
+
+class _LocalKitchen:
+    """The `soup.base.Kitchen` of a local soup: per-tensor statistics in this process, one
+    given λ instead of a scored grid, and no scoring (`_method` refused the scored methods)."""
+
+    def __init__(self, anchor):
+        self.anchor = anchor
+
+    def per_tensor(self, fn, paths: list[Path]) -> dict:
+        from raysoup.checkpoints.tensorfile import open_tensors
+
+        with open_tensors(paths[0]) as first:
+            names = list(first.keys())
+        return fn(paths, names)
+
+    def score_merge(self, base, paths, merge, scales: list[float]) -> list[float]:
+        return [math.nan] * len(scales)  # one λ (checked in `_method`): nothing to choose
+
+    def journal(self, label: str):
+        return None
+
+
+def _cook(recipe, members: list[tuple[str, Path]], anchor, weights):
+    from raysoup.soup.base import Candidate, RecipeResult
+
+    if weights is not None:
+        weights = [float(w) for w in weights]
+        if len(weights) != len(members):
+            raise SoupCheckpointsError(f"weights: {len(weights)} given for {len(members)} "
+                                       "checkpoints (one each, in the order of paths)")
+        return RecipeResult(ingredients=[n for n, _ in members], weights=weights)
+    kitchen = _LocalKitchen(None if anchor is None else Candidate(BASE_NAME, math.nan, anchor[1]))
+    candidates = [Candidate(n, math.nan, p) for n, p in members]
+    return recipe.cook(candidates, kitchen)  # a ValueError (e.g. model_stock with one
+    # fine-tuned model) becomes a SoupCheckpointsError in `soup_checkpoints`
+
+
+def _write(out: Path, result, files: list[Path], anchored: bool) -> Path:
+    """Reduce `result` over `files` (the soup stage's `Blend`, as one shard) into `out`."""
+    import torch
+
+    from raysoup.checkpoints.tensorfile import open_tensors
+    from raysoup.reduce import Blend, write_shard
+
+    with open_tensors(files[0]) as first:
+        names = list(first.keys())
+    # With the base in a weighted soup, integer buffers come from the first fine-tuned model
+    # (orchestration.kitchen.integers_source: fine-tuning advanced BatchNorm's counter).
+    blend = Blend(tuple(result.weights), result.tensor_weights, result.merge, result.scale,
+                  1 if anchored and len(files) > 1 else None)
+    blend.check(set(names))
+    # The soup stage's shard tasks flush denormals (orchestration.reduce_tasks): the same mode
+    # gives the same bits; the process's default (off) is restored after.
+    torch.set_flush_denormal(True)
+    try:
+        tensors = blend.shard(files, names)
+    finally:
+        torch.set_flush_denormal(False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_shard(out, tensors, _dtypes(files[0]))
+    return out
+
+
+def _dtypes(first: Path) -> dict[str, str] | None:
+    """The soup keeps the first ingredient's dtypes, as the soup stage does (an ingredient
+    directory's manifest); a converted checkpoint is float32 already, as an import makes it."""
+    from raysoup.checkpoints.ingredient import WEIGHTS_FILE, read_manifest
+
+    if first.name != WEIGHTS_FILE:
+        return None
+    return {n: t["dtype"] for n, t in read_manifest(first.parent)["tensors"].items()}
