@@ -126,6 +126,11 @@ def comparison_table(labelled: list[tuple[str, Row]], comps: list[Comparison],
     return "\n".join(lines)
 
 
+def _named(splits: list[str]) -> str:
+    """`2 (background, inverted)`, or `0`."""
+    return f"{len(splits)} ({', '.join(splits)})" if splits else "0"
+
+
 def what_the_numbers_say(labelled: list[tuple[str, Row]], comps: list[Comparison],
                          shifts: list[str]) -> list[str]:
     """One sentence per compared model, generated from this run's intervals: test, then how
@@ -141,9 +146,9 @@ def what_the_numbers_say(labelled: list[tuple[str, Row]], comps: list[Comparison
               for v in (f"{r.model} better", "best single better", "not distinguishable")}
         better, worse, same = on.values()
         scored = len(better) + len(worse) + len(same)
-        shift_part = (f"; on the {scored} shift{'s' * (scored != 1)}: better on {', '.join(better) or 'none'}, "
-                      f"worse on {', '.join(worse) or 'none'}, not distinguishable on "
-                      f"{len(same)}" if scored else "")
+        shift_part = (f"; on the {scored} shift{'s' * (scored != 1)}: better on {_named(better)}, "
+                      f"worse on {_named(worse)}, not distinguishable on {len(same)}"
+                      if scored else "")
         out.append(f"{r.model} − best single on test: {interval_text(test)}, "
                    f"{verdict(test, r.model)}{shift_part}.")
     return out

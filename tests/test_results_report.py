@@ -152,5 +152,5 @@ def test_report_states_the_intervals_of_its_own_run(tmp_path):
             f"+20.00 [{100 * shift.lo:+.2f}, {100 * shift.hi:+.2f}]* |")
     assert want in text
     assert (f"- greedy_soup − best single on test: +0.00 [{100 * test.lo:+.2f}, "
-            f"{100 * test.hi:+.2f}], not distinguishable; on the 1 shift: better on blur, "
-            "worse on none, not distinguishable on 0.") in text
+            f"{100 * test.hi:+.2f}], not distinguishable; on the 1 shift: better on 1 (blur), "
+            "worse on 0, not distinguishable on 0.") in text
