@@ -112,10 +112,10 @@ def verdict(ivl: Interval, model: str) -> str:
 
 def comparison_table(labelled: list[tuple[str, Row]], comps: list[Comparison],
                      shifts: list[str]) -> str:
-    """Each soup's and the ensemble's difference to the best single model per split, with its
-    paired 95 % interval; `*` where the interval excludes 0."""
+    """Each soup's and the ensemble's difference to the best single model on test and each
+    shift, with its paired 95 % interval; `*` where the interval excludes 0."""
     found = {(c.model, c.split): c.interval for c in comps}
-    cols = ["heldout", "test", *shifts]
+    cols = ["test", *shifts]  # not held-out: it chose the soups' ingredients
     lines = ["| model − best single | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for label, r in labelled:
         if r.kind not in COMPARED:
@@ -156,8 +156,8 @@ def what_the_numbers_say(labelled: list[tuple[str, Row]], comps: list[Comparison
 
 INTERVALS_NOTE = ("Model − best single, in points, with a paired 95 % interval over the "
                   "split's images (exact, from the images the two disagree on; "
-                  "docs/reading-results.md); * = the interval excludes 0. Held-out chose the "
-                  "soups' ingredients: compare on test and the shifts.")
+                  "docs/reading-results.md); * = the interval excludes 0. Held-out is left out: "
+                  "it chose the soups' ingredients.")
 
 
 def comparison_section(table: pa.Table, labelled: list[tuple[str, Row]],

@@ -148,7 +148,7 @@ def test_report_states_the_intervals_of_its_own_run(tmp_path):
     assert (test.b, test.c, test.diff) == (10, 10, 0.0)
     shift = paired(np.array(shift_soup), np.array(shift_best))
     assert shift.excludes_zero and shift.diff == 0.2
-    want = (f"| greedy_soup | – | +0.00 [{100 * test.lo:+.2f}, {100 * test.hi:+.2f}] | "
+    want = (f"| greedy_soup | +0.00 [{100 * test.lo:+.2f}, {100 * test.hi:+.2f}] | "
             f"+20.00 [{100 * shift.lo:+.2f}, {100 * shift.hi:+.2f}]* |")
     assert want in text
     assert (f"- greedy_soup − best single on test: +0.00 [{100 * test.lo:+.2f}, "
