@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 
 from raysoup.atomic import write_atomic
+from raysoup.evaluate.paired import COMPARED, Comparison, Interval, comparisons
 from raysoup.soup.anytime import Offer
 
 FIXED_SPLITS = ("heldout", "test")
@@ -90,6 +91,90 @@ def markdown_table(labelled: list[tuple[str, Row]], shifts: list[str]) -> str:
         cells = [f"{100 * r.acc[c]:.2f}" if c in r.acc else "–" for c in cols]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {100 * r.mean_shift(shifts):.2f} |")
     return "\n".join(lines)
+
+
+def _points(v: float) -> str:
+    return f"{100 * v + 0.0:+.2f}"  # + 0.0: no "-0.00" for an exact zero
+
+
+def interval_text(ivl: Interval) -> str:
+    """`-0.55 [-1.10, +0.00]`: the difference and its interval, in points."""
+    return f"{_points(ivl.diff)} [{_points(ivl.lo)}, {_points(ivl.hi)}]"
+
+
+def verdict(ivl: Interval, model: str) -> str:
+    if ivl.lo > 0:
+        return f"{model} better"
+    if ivl.hi < 0:
+        return "best single better"
+    return "not distinguishable"
+
+
+def comparison_table(labelled: list[tuple[str, Row]], comps: list[Comparison],
+                     shifts: list[str]) -> str:
+    """Each soup's and the ensemble's difference to the best single model on test and each
+    shift, with its paired 95 % interval; `*` where the interval excludes 0."""
+    found = {(c.model, c.split): c.interval for c in comps}
+    cols = ["test", *shifts]  # not held-out: it chose the soups' ingredients
+    lines = ["| model − best single | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for label, r in labelled:
+        if r.kind not in COMPARED:
+            continue
+        cells = [interval_text(ivl) + ("*" if ivl.excludes_zero else "")
+                 if (ivl := found.get((r.model, c))) is not None else "–" for c in cols]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _named(splits: list[str]) -> str:
+    """`2 (background, inverted)`, or `0`."""
+    return f"{len(splits)} ({', '.join(splits)})" if splits else "0"
+
+
+def what_the_numbers_say(labelled: list[tuple[str, Row]], comps: list[Comparison],
+                         shifts: list[str]) -> list[str]:
+    """One sentence per compared model, generated from this run's intervals: test, then how
+    many shifts it is better, worse or not distinguishable on."""
+    found = {(c.model, c.split): c.interval for c in comps}
+    out = []
+    for _, r in labelled:
+        test = found.get((r.model, "test"))
+        if r.kind not in COMPARED or test is None:
+            continue
+        on = {v: [s for s in shifts if (ivl := found.get((r.model, s))) is not None
+                  and verdict(ivl, r.model) == v]
+              for v in (f"{r.model} better", "best single better", "not distinguishable")}
+        better, worse, same = on.values()
+        scored = len(better) + len(worse) + len(same)
+        shift_part = (f"; on the {scored} shift{'s' * (scored != 1)}: better on {_named(better)}, "
+                      f"worse on {_named(worse)}, not distinguishable on {len(same)}"
+                      if scored else "")
+        out.append(f"{r.model} − best single on test: {interval_text(test)}, "
+                   f"{verdict(test, r.model)}{shift_part}.")
+    return out
+
+
+INTERVALS_NOTE = ("Model − best single, in points, with a paired 95 % interval over the "
+                  "split's images (exact, from the images the two disagree on; "
+                  "docs/reading-results.md); * = the interval excludes 0. Held-out is left out: "
+                  "it chose the soups' ingredients.")
+
+
+def comparison_section(table: pa.Table, labelled: list[tuple[str, Row]],
+                       shifts: list[str]) -> str:
+    """The intervals' table and sentences; "" when no row kept its per-image correctness
+    (results written before it was kept)."""
+    comps = comparisons(table)
+    if not comps:
+        return ""
+    best = comps[0].best
+    sentences = what_the_numbers_say(labelled, comps, shifts)
+    return "\n\n".join([
+        f"Versus the best single model ({best}). {INTERVALS_NOTE}",
+        comparison_table(labelled, comps, shifts),
+        *(["What the numbers say:\n" + "\n".join(f"- {s}" for s in sentences)]
+          if sentences else []),
+    ])
 
 
 def plot(rows: list[Row], shifts: list[str], path: Path) -> None:
@@ -197,11 +282,14 @@ def write_report(table: pa.Table, out_dir: Path, title: str,
              "over all trials."),
             "![anytime soup](anytime.png)", anytime_table(anytime)]
     line = diverged_line(diverged)
+    labelled = summary_rows(rows, inference_costs)
+    versus = comparison_section(table, labelled, shifts)
     text = "\n\n".join([
         f"# {title}: results",
         "Accuracy in %. *Best single* is the ingredient with the best held-out accuracy; "
         "*mean shift* averages the distribution-shift splits: " + ", ".join(shifts) + ".",
-        "## Summary\n\n" + markdown_table(summary_rows(rows, inference_costs), shifts),
+        "## Summary\n\n" + markdown_table(labelled, shifts),
+        *([versus] if versus else []),
         *([(f"{line[0].upper()}{line[1:]} — a non-finite training loss; counted in "
             "`sweep.num_samples`, no ingredient.")] if line else []),
         "![test vs. shift accuracy](figure.png)",

@@ -64,6 +64,12 @@ def test_evaluator_scores_from_the_cache_as_from_memory(tmp_path):
     assert ev.score(None, ["a"])["a"] == ev.score(None, ["b"])["b"]
     parts = [ev.score(None, ["a"], part=(i, 3))["a"] for i in range(3)]
     assert sum(c for c, _ in parts) == ev.score(None, ["a"])["a"][0]
+    # The per-image correctness comes from the same logits, in the split's order.
+    correct, n, bits = ev.score(None, ["a"], bits=True)["a"]
+    right = np.unpackbits(np.frombuffer(bits, np.uint8), count=n).astype(bool)
+    labels = torch.tensor(data.labels)
+    assert np.array_equal(right, (ev.logits("a").argmax(1) == labels).numpy())
+    assert (correct, n) == ev.score(None, ["a"])["a"] and len(bits) == -(-n // 8)
 
 
 def test_corrupt_image_is_named_or_skipped(tmp_path):

@@ -66,7 +66,7 @@ def test_new_recipes_cooked_on_ray(ray_session, kitchen_setup):
         assert w["ingredients"] == ["zeroshot", "trial-002"] and w["alpha"] in (0.0, 0.5, 1.0)
         assert [t["alpha"] for t in w["trace"]] == [0.0, 0.5, 1.0]
         chosen = next(t["heldout"] for t in w["trace"] if t["chosen"])
-        correct, n = local.evaluate_path(str(soups["wiseft"]), ["heldout"])["heldout"]
+        correct, n, _ = local.evaluate_path(str(soups["wiseft"]), ["heldout"])["heldout"]
         assert correct / n == chosen
         if w["alpha"] == 1.0:
             assert tensor_digest(read_sharded(soups["wiseft"])) == tensor_digest(
@@ -108,7 +108,9 @@ def test_new_recipes_cooked_on_ray(ray_session, kitchen_setup):
         on_ray = ray.get(pool.actors[0].evaluate_path.remote(str(soups["ensemble"]), ["heldout"]))
         members = [lambda p=p: load_file(str(p / "model.safetensors")) for p in
                    (c.path for c in cands)]
-        assert on_ray == local.evaluator.ensemble_score(members, ["heldout"])
+        assert on_ray == local.evaluator.ensemble_score(members, ["heldout"], bits=True)
+        correct, n, bits = on_ray["heldout"]  # per-image correctness from the same pass
+        assert int(np.unpackbits(np.frombuffer(bits, np.uint8), count=n).sum()) == correct
     finally:
         pool.stop()
 
@@ -148,6 +150,6 @@ def test_every_method_same_bits_for_1_and_3_shards(ray_session, kitchen_setup):
         assert tensor_digest(read_sharded(one)) == tensor_digest(read_sharded(three)), name
         if "merge" in meta:
             chosen = next(t["heldout"] for t in meta["trace"] if t["chosen"])
-            correct, n = local.evaluate_path(str(three), ["heldout"])["heldout"]
+            correct, n, _ = local.evaluate_path(str(three), ["heldout"])["heldout"]
             assert correct / n == chosen, name
             assert meta["ingredients"][0] == "zeroshot" and meta["lambda"] == meta["merge"]["scale"]

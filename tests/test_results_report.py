@@ -123,3 +123,34 @@ def test_report_and_summary_list_diverged_trials(tmp_path):
     run = Run.__new__(Run)  # the summary reads only the workdir and the config
     run.cfg, run.workdir, run.timings = cfg, work, {}
     assert f"\n{line}\n" in run.summary()
+
+
+def test_report_states_the_intervals_of_its_own_run(tmp_path):
+    import numpy as np
+
+    from raysoup.evaluate.paired import paired
+
+    def bits(right):
+        return np.packbits(np.asarray(right, bool)).tobytes()
+
+    best = [True] * 90 + [False] * 10
+    soup = [True] * 80 + [False] * 10 + [True] * 10  # 10 images each way: a tie on test
+    shift_best, shift_soup = [True] * 5 + [False] * 95, [True] * 25 + [False] * 75  # +20
+    t = res.merge(res.empty(), [
+        res.rows("trial-000", "ingredient", {"heldout": (9, 10), "test": (90, 100, bits(best)),
+                                             "blur": (5, 100, bits(shift_best))}),
+        res.rows("greedy_soup", "soup", {"heldout": (9, 10), "test": (90, 100, bits(soup)),
+                                         "blur": (25, 100, bits(shift_soup))}),
+    ])
+    write_report(t, tmp_path, "demo")
+    text = (tmp_path / "README.md").read_text()
+    test = paired(np.array(soup), np.array(best))
+    assert (test.b, test.c, test.diff) == (10, 10, 0.0)
+    shift = paired(np.array(shift_soup), np.array(shift_best))
+    assert shift.excludes_zero and shift.diff == 0.2
+    want = (f"| greedy_soup | +0.00 [{100 * test.lo:+.2f}, {100 * test.hi:+.2f}] | "
+            f"+20.00 [{100 * shift.lo:+.2f}, {100 * shift.hi:+.2f}]* |")
+    assert want in text
+    assert (f"- greedy_soup − best single on test: +0.00 [{100 * test.lo:+.2f}, "
+            f"{100 * test.hi:+.2f}], not distinguishable; on the 1 shift: better on 1 (blur), "
+            "worse on 0, not distinguishable on 0.") in text

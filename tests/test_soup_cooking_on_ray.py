@@ -95,7 +95,7 @@ def test_greedy_running_sum_scores_the_soup_it_writes(ray_session, ingredients, 
         soup_dir = write_soup(tmp_path / cand.name, members, [1 / 3] * 3, plan, {"recipe": "greedy"})
         assert tensor_digest(candidate) == tensor_digest(read_sharded(soup_dir))
         whole = ray.get(pool.actors[0].evaluate_path.remote(str(soup_dir), ["heldout"]))
-        assert whole["heldout"] == (round(score * 64), 64)
+        assert whole["heldout"][:2] == (round(score * 64), 64)
     pool.stop()
 
 

@@ -40,28 +40,42 @@ class EvalSplit:
         return len(self.labels)
 
 
-def count_correct(
+def correct_mask(
     logits: torch.Tensor, labels: torch.Tensor, class_subset: tuple[int, ...] | None,
     class_groups: tuple[tuple[int, ...], ...] | None = None,
-) -> int:
-    """Correct predictions; with a class subset, logits are projected onto it first
-    (the model may only choose among the classes the split covers, as for ImageNet-R/A).
-    With class groups (ObjectNet: one class = several ImageNet classes) the model chooses
-    among the union of the groups, and is right if its class is in the label's group — the
-    same as taking the max logit per group."""
+) -> torch.Tensor:
+    """Per-image correctness (bool [N]); with a class subset, logits are projected onto it
+    first (the model may only choose among the classes the split covers, as for
+    ImageNet-R/A). With class groups (ObjectNet: one class = several ImageNet classes) the
+    model chooses among the union of the groups, and is right if its class is in the label's
+    group — the same as taking the max logit per group."""
     if class_groups is not None:
         group_of = torch.full((logits.shape[1],), -1, dtype=torch.long, device=logits.device)
         for g, members in enumerate(class_groups):
             group_of[list(members)] = g
         union = torch.nonzero(group_of >= 0).squeeze(1)
         preds = group_of[union[logits.index_select(1, union).argmax(dim=1)]]
-        return int((preds == labels.to(preds.device)).sum())
+        return preds == labels.to(preds.device)
     if class_subset is not None:
         subset = torch.as_tensor(class_subset, dtype=torch.long, device=logits.device)
         preds = subset[logits.index_select(1, subset).argmax(dim=1)]
     else:
         preds = logits.argmax(dim=1)
-    return int((preds == labels).sum())
+    return preds == labels
+
+
+def count_correct(
+    logits: torch.Tensor, labels: torch.Tensor, class_subset: tuple[int, ...] | None,
+    class_groups: tuple[tuple[int, ...], ...] | None = None,
+) -> int:
+    """Correct predictions (`correct_mask`, counted)."""
+    return int(correct_mask(logits, labels, class_subset, class_groups).sum())
+
+
+def packed(mask: torch.Tensor) -> bytes:
+    """Per-image correctness as `numpy.packbits` bytes, in the split's order (n/8 bytes:
+    results stay small; `paired.unpack` reads them back)."""
+    return np.packbits(mask.cpu().numpy().astype(bool)).tobytes()
 
 
 def load_weights_(model: nn.Module, weights: Mapping[str, torch.Tensor | np.ndarray]) -> None:
@@ -111,14 +125,18 @@ class Evaluator:
 
     def score(self, weights: Mapping[str, torch.Tensor | np.ndarray] | None,
               splits: list[str] | None = None,
-              part: tuple[int, int] | None = None, loss: bool = False) -> dict[str, tuple]:
+              part: tuple[int, int] | None = None, loss: bool = False,
+              bits: bool = False) -> dict[str, tuple]:
         """(correct, n) per split for `weights` (None = the weights already loaded); with
         `loss`, (correct, n, loss_units): the summed cross-entropy in `LOSS_UNIT`s (see
-        `loss_units`).
+        `loss_units`); with `bits`, (correct, n, packed per-image correctness) (`packed`:
+        from the same forward pass, for the paired intervals of evaluate/paired.py).
 
         `part=(i, k)` scores only the i-th of k contiguous slices of each split, so k actors can
         score one model data-parallel; summing their counts gives exactly the whole-split count.
         """
+        if loss and bits:
+            raise ValueError("score: ask for the loss or the per-image bits, not both")
         if weights is not None:
             load_weights_(self.model, weights)
         result = {}
@@ -126,11 +144,15 @@ class Evaluator:
             data = self.splits[name]
             lo, hi = part_range(len(data), part, self.batch_size)
             if lo == hi:  # more slices than batches: this one is empty
-                result[name] = (0, 0, 0) if loss else (0, 0)
+                result[name] = (0, 0, 0) if loss else (0, 0, b"") if bits else (0, 0)
                 continue
             labels = torch.tensor(data.labels[lo:hi])
             logits = self.logits(name, part)
-            correct = count_correct(logits, labels, data.class_subset, data.class_groups)
+            mask = correct_mask(logits, labels, data.class_subset, data.class_groups)
+            correct = int(mask.sum())
+            if bits:
+                result[name] = (correct, hi - lo, packed(mask))
+                continue
             if not loss:
                 result[name] = (correct, hi - lo)
                 continue
@@ -160,14 +182,17 @@ class Evaluator:
         return {name: s / count for name, s in sums.items()}
 
     def ensemble_score(self, members: Iterable[Callable[[], Mapping]],
-                       splits: list[str] | None = None) -> dict[str, tuple[int, int]]:
-        """(correct, n) per split of the ensemble's mean logits."""
-        result = {}
+                       splits: list[str] | None = None, bits: bool = False
+                       ) -> dict[str, tuple]:
+        """(correct, n) per split of the ensemble's mean logits; with `bits`, (correct, n,
+        packed per-image correctness) as in `score`."""
+        result: dict[str, tuple] = {}
         for name, logits in self.ensemble_logits(members, splits).items():
             data = self.splits[name]
-            correct = count_correct(logits, torch.tensor(data.labels), data.class_subset,
-                                    data.class_groups)
-            result[name] = (correct, len(data))
+            mask = correct_mask(logits, torch.tensor(data.labels), data.class_subset,
+                                data.class_groups)
+            result[name] = ((int(mask.sum()), len(data), packed(mask)) if bits
+                            else (int(mask.sum()), len(data)))
         return result
 
 

@@ -1,4 +1,9 @@
-"""results.parquet: one row per (model, split). Pure pyarrow; rewritten atomically."""
+"""results.parquet: one row per (model, split). Pure pyarrow; rewritten atomically.
+
+Each row keeps its per-image correctness (`correct_bits`, `numpy.packbits` in the split's
+order: n/8 bytes), and each soup's and ensemble's row its paired comparison with the best
+single model (`paired.annotate`; docs/reading-results.md). Files written before these columns
+read back with them null."""
 
 from __future__ import annotations
 
@@ -19,7 +24,16 @@ SCHEMA = pa.schema([
     # A soup's id (its candidate set, recipe.json "soup_id"); null for ingredients. A row
     # measured another soup than the one now under that name when the ids differ.
     ("soup_id", pa.string()),
+    # Per-image correctness, packed (evaluator.packed); null where not kept (older files).
+    ("correct_bits", pa.binary()),
+    # A soup's or ensemble's accuracy − the best single model's on this split, with the
+    # paired 95 % interval (fractions, as `accuracy`; evaluate/paired.py); null otherwise.
+    ("best_single", pa.string()),
+    ("diff_vs_best", pa.float64()),
+    ("diff_lo", pa.float64()),
+    ("diff_hi", pa.float64()),
 ])
+LATER_COLUMNS = ("soup_id", "correct_bits", "best_single", "diff_vs_best", "diff_lo", "diff_hi")
 
 
 def empty() -> pa.Table:
@@ -32,22 +46,26 @@ def read_results(path: Path) -> pa.Table:
     except FileNotFoundError:
         return empty()
     table = pq.read_table(pa.BufferReader(data))
-    if "soup_id" not in table.column_names:  # written before rows carried it
-        table = table.append_column("soup_id", pa.nulls(table.num_rows, pa.string()))
+    for name in LATER_COLUMNS:  # written before rows carried it
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, SCHEMA.field(name).type))
     return table.select(SCHEMA.names).cast(SCHEMA)
 
 
-def rows(model: str, kind: str, scores: dict[str, tuple[int, int]],
+def rows(model: str, kind: str, scores: dict[str, tuple],
          soup_id: str | None = None) -> pa.Table:
+    """A model's rows from its scores: {split: (correct, n)} or (correct, n, packed bits)."""
     items = sorted(scores.items())
     return pa.table({
         "model": [model] * len(items),
         "kind": [kind] * len(items),
         "split": [s for s, _ in items],
-        "accuracy": [c / n if n else float("nan") for _, (c, n) in items],
-        "correct": [c for _, (c, _) in items],
-        "n": [n for _, (_, n) in items],
+        "accuracy": [v[0] / v[1] if v[1] else float("nan") for _, v in items],
+        "correct": [v[0] for _, v in items],
+        "n": [v[1] for _, v in items],
         "soup_id": [soup_id] * len(items),
+        "correct_bits": [v[2] if len(v) > 2 else None for _, v in items],
+        **{name: [None] * len(items) for name in LATER_COLUMNS[2:]},
     }, schema=SCHEMA)
 
 

@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from raysoup.checkpoints import list_ingredients
 from raysoup.checkpoints.audit import Audit, AuditCache
+from raysoup.evaluate import paired
 from raysoup.evaluate import results as res
 from raysoup.faults import failpoint
 from raysoup.orchestration.evaluation import EvalPool, evaluate_models
@@ -62,8 +63,10 @@ def score_jobs(pool: Callable[[], EvalPool], jobs: list[Job], table: pa.Table,
 
     def landed(model: str, kind: str, scores: dict) -> None:
         nonlocal table
-        # Written after every model, atomically: an interrupted stage keeps its rows.
-        table = res.merge(table, [res.rows(model, kind, scores, soup_ids.get(model))])
+        # Written after every model, atomically: an interrupted stage keeps its rows. The
+        # comparisons are recomputed over the whole table: a new trial may be the new best.
+        table = paired.annotate(res.merge(table, [res.rows(model, kind, scores,
+                                                            soup_ids.get(model))]))
         res.write_results(results_path, table)
         failpoint(f"{stage.replace(' ', '_')}.model")
         bar.update(1, f"{model}: test {scores['test'][0] / scores['test'][1]:.3f}"

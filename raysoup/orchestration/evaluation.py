@@ -43,15 +43,16 @@ class EvalWorker:
         self.evaluator = Evaluator(model_family.skeleton(model_name, num_classes), splits,
                                    batch_size=batch_size, device=device, family=model_family)
 
-    def evaluate_path(self, path: str, splits: list[str]) -> dict[str, tuple[int, int]]:
+    def evaluate_path(self, path: str, splits: list[str]) -> dict[str, tuple[int, int, bytes]]:
         """An ingredient directory (model.safetensors), a soup directory (sharded) or an
-        ensemble directory (recipe.json listing its members)."""
+        ensemble directory (recipe.json listing its members): (correct, n, per-image
+        correctness packed, `evaluator.packed`) per split, from one forward pass."""
         p = Path(path)
         if (members := ensemble_members(p)) is not None:
             return self.evaluate_ensemble([str(m) for m in members], splits)
         weights = read_sharded(p) if storage.is_file(p / INDEX_FILE) else load_state_dict(p)
         start = time.perf_counter()
-        scores = self.evaluator.score(weights, splits)
+        scores = self.evaluator.score(weights, splits, bits=True)
         metrics.scored(scores, time.perf_counter() - start)
         return scores
 
@@ -68,10 +69,12 @@ class EvalWorker:
         metrics.scored(scores, time.perf_counter() - start, model=False)
         return scores
 
-    def evaluate_ensemble(self, paths: list[str], splits: list[str]) -> dict[str, tuple[int, int]]:
-        """Mean logits of the ingredients at `paths`, loaded one at a time (N forward passes)."""
+    def evaluate_ensemble(self, paths: list[str], splits: list[str]
+                          ) -> dict[str, tuple[int, int, bytes]]:
+        """Mean logits of the ingredients at `paths`, loaded one at a time (N forward passes);
+        scores as `evaluate_path`'s."""
         return self.evaluator.ensemble_score([lambda p=p: load_state_dict(Path(p)) for p in paths],
-                                             splits)
+                                             splits, bits=True)
 
     def learn_coefficients(self, paths: list[str], settings: dict) -> dict:
         """Learned-soup coefficients on this actor's held-out split, with the peak RSS of doing
@@ -260,8 +263,9 @@ class EvalPool:
 
 
 def evaluate_models(pool: EvalPool, jobs: Iterable[tuple[str, str, Path, list[str]]],
-                    progress=None) -> list[tuple[str, str, dict[str, tuple[int, int]]]]:
-    """jobs: (model name, kind, path, splits) → [(model, kind, {split: (correct, n)})]."""
+                    progress=None) -> list[tuple[str, str, dict[str, tuple[int, int, bytes]]]]:
+    """jobs: (model name, kind, path, splits) → [(model, kind, {split: (correct, n, bits)})]
+    (bits: per-image correctness, `EvalWorker.evaluate_path`)."""
     jobs = list(jobs)
     calls = [lambda a, p=str(path), s=splits: a.evaluate_path.remote(p, s)
              for _, _, path, splits in jobs]

@@ -29,7 +29,14 @@ from raysoup.orchestration.search import reports_heldout
 from raysoup.orchestration.sweep import run_sweep
 from raysoup.orchestration.trial_records import diverged_trials
 from raysoup.prepare import prepare
-from raysoup.report import diverged_line, markdown_table, summarize, summary_rows, write_report
+from raysoup.report import (
+    comparison_section,
+    diverged_line,
+    markdown_table,
+    summarize,
+    summary_rows,
+    write_report,
+)
 from raysoup.soup.anytime import read_offers
 from raysoup.tracking import Tracker, default_uri, quiet
 from raysoup.workdir import Workdir, diverged_hparams, inference_costs
@@ -176,8 +183,10 @@ class Run:
         labelled = summary_rows(rows, inference_costs(self.layout.soups))
         timing = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
         diverged = diverged_line(self.diverged())
+        versus = comparison_section(table, labelled, shifts)
         return (f"\nraysoup: {self.cfg.name} — workdir {storage.display(self.workdir)}\n\n"
                 f"{markdown_table(labelled, shifts)}\n\n"
+                + (f"{versus}\n\n" if versus else "")
                 + (f"{diverged}\n" if diverged else "")
                 + f"stage times: {timing}\n"
                 f"report: {storage.display(self.layout.report / 'README.md')}\n")
