@@ -26,7 +26,7 @@ from raysoup.orchestration.resume import (
     unfinished_sweep,
 )
 from raysoup.orchestration.search import reports_heldout
-from raysoup.orchestration.sweep import run_sweep
+from raysoup.orchestration.sweep import check_placement, run_sweep
 from raysoup.orchestration.trial_records import diverged_trials
 from raysoup.prepare import check_data_paths, prepare
 from raysoup.report import diverged_line, markdown_table, summarize, summary_rows, write_report
@@ -223,6 +223,8 @@ def run_pipeline(cfg: ExperimentCfg, workdir: Path, stages: tuple[str, ...] = ST
         # Remote workdir: the runs of earlier drivers (the bucket's copy, never a stale one).
         storage.pull(Workdir(workdir).mlflow_db, exact=True)
     connect(address, metrics_export_port, dashboard)
+    if "sweep" in stages:
+        check_placement(cfg, workdir)  # trials it cannot place: refused before anything runs
     run = Run(cfg, workdir)
     ok = False
     try:

@@ -11,12 +11,14 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import ray
 from ray import tune
 
 from raysoup import storage
 from raysoup.checkpoints import read_manifest
 from raysoup.checkpoints.ingredient import remove_stale_tmp
 from raysoup.config import DATA_PARALLEL_DRIVER_CPU, ExperimentCfg
+from raysoup.dryrun.cluster import placement_error
 from raysoup.orchestration import search
 from raysoup.orchestration.anytime import AnytimeSoup
 from raysoup.orchestration.callbacks import (
@@ -71,6 +73,25 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
 
 
 # ---------------------------------------------------------------- setup
+
+
+def check_placement(cfg: ExperimentCfg, workdir: Path) -> None:
+    """Refuse (SweepError) data-parallel trials the cluster cannot place, while trials are
+    left to run: Ray Train would wait for their workers forever, retrying. A cluster this
+    driver started (a local one) has its final size; one it joined may grow (an autoscaler),
+    so there the shortfall is a warning."""
+    if cfg.sweep.workers_per_trial == 1 or ended_trials(workdir).count >= cfg.sweep.trials:
+        return
+    nodes = [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+             for n in ray.nodes() if n.get("Alive")]
+    own = getattr(ray._private.worker, "_global_node", None)
+    started_here = bool(getattr(own, "head", False))
+    error = placement_error(cfg, nodes, "the local cluster" if started_here else "the cluster")
+    if error is None:
+        return
+    if started_here:
+        raise SweepError(error)
+    log.warning("%s (unless the autoscaler adds nodes that can)", error)
 
 
 def _already_run(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: str,
