@@ -137,6 +137,17 @@ def uri_of(path: str | os.PathLike) -> str | None:
     return None if located is None else f"{located[0]}://{located[2]}"
 
 
+def tune_storage(path: str | os.PathLike) -> tuple[str, pafs.FileSystem | None]:
+    """(storage_path, storage_filesystem) for Ray Tune / Train to keep their state at `path`.
+    A URI with store options gets its own filesystem: Tune would open one from the
+    environment, which knows nothing of them."""
+    located = _locate(path)
+    if located is None or not located[1]:
+        return display(path), None
+    scheme, options, rest = located
+    return rest, _filesystem(scheme, rest.split("/", 1)[0], options)
+
+
 def display(path: str | os.PathLike) -> str:
     """How a path is shown to users: its URI when it stands for a remote object."""
     return uri_of(path) or str(path)

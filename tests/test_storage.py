@@ -424,3 +424,21 @@ def test_dot_bucket_names_are_refused(uri):
     """'.' and '..' are no bucket: they would map to another bucket's mirror, or outside it."""
     with pytest.raises(StorageError, match=r"bucket name '\.\.?' is not a bucket"):
         storage.mirror_of(uri)
+
+
+def test_tune_keeps_its_state_on_the_store_of_the_workdir_uri(s3, monkeypatch):
+    # Ray Tune / Train open their storage from the environment unless handed a filesystem: a
+    # workdir given with ?endpoint_override= hands them its own.
+    from ray import tune
+
+    plain = storage.mirror_of(s3.uri("w"))
+    assert storage.tune_storage(plain / "tune") == (s3.uri("w/tune"), None)
+    assert storage.tune_storage("/tmp/x/tune") == ("/tmp/x/tune", None)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    storage._filesystem.cache_clear()
+    mirror = storage.mirror_of(f"{s3.uri('w')}?endpoint_override={s3.host_port}&scheme=http")
+    path, fs = storage.tune_storage(mirror / "tune")
+    assert path == s3.key("w/tune") and _endpoint(fs) == s3.host_port
+    assert not tune.Tuner.can_restore(path, storage_filesystem=fs)
+    s3.put("w/tune/sweep/tuner.pkl", b"x")  # what Tune looks for
+    assert tune.Tuner.can_restore(f"{path}/sweep", storage_filesystem=fs)

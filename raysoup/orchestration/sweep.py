@@ -149,10 +149,10 @@ def _fit(cfg: ExperimentCfg, workdir: Path, trainable, session: SweepSession) ->
     """Run (or resume) the sweep to its end; returns the paths of the trials that failed.
     Call with `session` attached: a restore unpickles the callbacks and the searcher."""
     # Tune keeps its state next to the ingredients: a local path or the workdir's URI.
-    path = sweep_path(workdir)
-    if tune.Tuner.can_restore(path):
+    path, fs = sweep_path(workdir)
+    if tune.Tuner.can_restore(path, storage_filesystem=fs):
         log.info("sweep: resuming from %s", path)
-        tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=fs)
         # In case the workdir's experiment.yaml was not checked first (run_pipeline checks it
         # in snapshot_config, before writing it).
         refuse_kept_changes(session.started_with or {}, cfg)
@@ -165,6 +165,7 @@ def _fit(cfg: ExperimentCfg, workdir: Path, trainable, session: SweepSession) ->
 def _new_tuner(cfg: ExperimentCfg, workdir: Path, trainable,
                session: SweepSession) -> tune.Tuner:
     base = cfg.sweep.base.model_dump()
+    where = storage.tune_storage(Workdir(workdir).sweep)
     return tune.Tuner(
         trainable,
         param_space=tune_space(cfg),
@@ -176,7 +177,7 @@ def _new_tuner(cfg: ExperimentCfg, workdir: Path, trainable,
         ),
         run_config=tune.RunConfig(
             name=SWEEP_NAME,
-            storage_path=storage.display(Workdir(workdir).sweep),
+            storage_path=where[0], storage_filesystem=where[1],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
             callbacks=[TrackingCallback(session, base),
