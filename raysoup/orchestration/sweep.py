@@ -84,6 +84,8 @@ def check_placement(cfg: ExperimentCfg, workdir: Path) -> None:
         return
     nodes = [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
              for n in ray.nodes() if n.get("Alive")]
+    # The driver that started a cluster holds its head node (Ray has no public way to ask);
+    # a driver that joined one holds none, or a non-head handle.
     own = getattr(ray._private.worker, "_global_node", None)
     started_here = bool(getattr(own, "head", False))
     error = placement_error(cfg, nodes, "the local cluster" if started_here else "the cluster")
