@@ -370,7 +370,11 @@ def main(argv: list[str] | None = None) -> int:
             workdir, stages = cfg.resolved_workdir(args.workdir), STAGE_COMMANDS[args.command]
             if args.dry_run:
                 from raysoup.dryrun import describe
+                from raysoup.workdir.snapshot import has_snapshot
 
+                if has_snapshot(workdir):  # refuse what the real run refuses, as it does
+                    from raysoup.orchestration.pipeline import check_config
+                    check_config(cfg, workdir)
                 print(describe(cfg, workdir, stages, str(args.config)))
                 return 0
     except ConfigError as err:

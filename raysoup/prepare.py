@@ -12,11 +12,26 @@ import torch
 
 from raysoup import storage
 from raysoup.checkpoints import list_ingredients, read_manifest, write_ingredient
-from raysoup.config import ExperimentCfg
+from raysoup.config import ConfigError, ExperimentCfg
 from raysoup.data.sources import DatasetSplits, load_splits
 from raysoup.workdir import ZEROSHOT, Workdir
 
 log = logging.getLogger(__name__)
+
+
+def check_data_paths(cfg: ExperimentCfg) -> None:
+    """Refuse (ConfigError naming the field) a local data path that does not exist, before
+    anything starts. URIs are left to the first read (their store may answer elsewhere)."""
+    d = cfg.data
+    sources = {"train": d.train, "test": d.test, **{f"shifts.{k}": v for k, v in d.shifts.items()}}
+    for name, src in sources.items():
+        if src is None:
+            continue
+        for field in ("path", "class_map"):
+            value = getattr(src, field)
+            if value and not storage.is_uri(value) and not Path(value).expanduser().exists():
+                raise ConfigError(f"data.{name}.{field}: {value} does not exist")
+
 
 def base_cache_dir(cfg: ExperimentCfg, workdir: Path) -> Path:
     # Keyed by everything the pre-trained weights depend on, so a changed config retrains.

@@ -20,8 +20,9 @@ Every node maps a mirror path back to its URI from the path alone (the `raysoup-
 segment), so paths can be handed to Ray tasks and actors anywhere in the cluster. For a path
 outside any mirror every function is the plain local operation.
 
-S3-compatible stores: set `AWS_ENDPOINT_URL` (read by pyarrow), or write the workdir as
-`s3://bucket/prefix?endpoint_override=host:port&scheme=http`.
+S3-compatible stores: set `AWS_ENDPOINT_URL` (read by pyarrow: every store without options),
+or write the URI as `s3://bucket/prefix?endpoint_override=host:port&scheme=http` (that URI's
+filesystem only).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pyarrow.fs as pafs
 
@@ -49,9 +50,9 @@ MIRROR = "raysoup-mirror"
 SCHEMES = ("s3", "gs")
 CACHE_ENV = "RAYSOUP_CACHE"
 ENDPOINT_ENV = "AWS_ENDPOINT_URL"
-# A workdir URI's `region` for S3 (pyarrow reads no region variable: without one it asks the
-# network for the bucket's region); set like ENDPOINT_ENV so local Ray workers inherit it.
-REGION_ENV = "RAYSOUP_S3_REGION"
+# A URI's store options (its query), kept in its mirror path; pyarrow reads no region
+# variable: without `region` it asks the network for the bucket's region.
+OPTIONS = ("endpoint_override", "region", "scheme")
 # Completion markers, uploaded last and in this order: a reader that sees one sees the rest.
 MARKERS = ("model.safetensors.index.json", "manifest.json", "recipe.json", "_COMPLETE")
 UPLOAD_CHUNK = 8 << 20
@@ -73,18 +74,28 @@ def cache_root() -> Path:
 
 
 def mirror_of(uri: str) -> Path:
-    """The local mirror path of a workdir URI. `endpoint_override` and `region` queries are
-    applied to this process's environment (`AWS_ENDPOINT_URL`, `RAYSOUP_S3_REGION`), which
-    local Ray workers inherit; nodes of a cluster need them in their own environment
-    (docs/storage.md)."""
+    """The local mirror path of a workdir or data URI. Its `endpoint_override`, `scheme` and
+    `region` queries are kept in the path's scheme segment (`s3,endpoint_override=host:port,
+    scheme=http/<bucket>/…`), so the filesystem behind a mirror path is opened with that URI's
+    own settings, on any node, and nothing else changes: not this process's environment,
+    not the filesystem of another URI (another store may hold a bucket of the same name)."""
     parts = urlsplit(uri)
     if parts.scheme not in SCHEMES or not parts.netloc:
         raise StorageError(f"{uri}: expected s3://bucket/prefix or gs://bucket/prefix")
     if parts.netloc in (".", ".."):  # the mirror would be another bucket's, or outside it
         raise StorageError(f"{uri}: bucket name {parts.netloc!r} is not a bucket; expected "
                            "s3://bucket/prefix or gs://bucket/prefix")
+    key = PurePosixPath(parts.path.strip("/"))
+    if ".." in key.parts:
+        raise StorageError(f"{uri}: '..' is not allowed in a workdir URI")
+    segment = ",".join((parts.scheme, *(f"{k}={v}" for k, v in _options(uri, parts))))
+    return cache_root() / MIRROR / segment / parts.netloc / key
+
+
+def _options(uri: str, parts) -> tuple[tuple[str, str], ...]:
+    """The store options of a URI's query, validated, as sorted (name, value) pairs."""
     query = parse_qs(parts.query)
-    unknown = set(query) - {"endpoint_override", "scheme", "region"}
+    unknown = set(query) - set(OPTIONS)
     if unknown:
         raise StorageError(f"{uri}: unsupported query options {sorted(unknown)} "
                            "(known: endpoint_override, scheme, region)")
@@ -96,29 +107,45 @@ def mirror_of(uri: str) -> Path:
         raise StorageError(f"{uri}: region applies to s3:// only")
     if region is not None and not all(c.isascii() and (c.isalnum() or c == "-") for c in region):
         raise StorageError(f"{uri}: region={region!r}, expected a name like us-west-2")
-    key = PurePosixPath(parts.path.strip("/"))
-    if ".." in key.parts:
-        raise StorageError(f"{uri}: '..' is not allowed in a workdir URI")
-    # Only a valid URI changes the environment; a filesystem cached for another endpoint
-    # (the cache key is the bucket) must not be reused.
+    options = {"region": region}
     if "endpoint_override" in query:
-        endpoint = f"{scheme}://{query['endpoint_override'][0]}"
-        if os.environ.get(ENDPOINT_ENV) != endpoint:
-            os.environ[ENDPOINT_ENV] = endpoint
-            _filesystem.cache_clear()
-    if region is not None and os.environ.get(REGION_ENV) != region:
-        os.environ[REGION_ENV] = region
-        _filesystem.cache_clear()
-    return cache_root() / MIRROR / parts.scheme / parts.netloc / key
+        endpoint = query["endpoint_override"][0]
+        if not endpoint or not all(c.isascii() and (c.isalnum() or c in ".-_:[]")
+                                   for c in endpoint):
+            raise StorageError(f"{uri}: endpoint_override={endpoint!r}, expected host:port")
+        options |= {"endpoint_override": endpoint, "scheme": scheme}
+    return tuple(sorted((k, v) for k, v in options.items() if v is not None))
+
+
+def _locate(path: str | os.PathLike) -> tuple[str, tuple[tuple[str, str], ...], str] | None:
+    """(URI scheme, store options, "bucket/key") of a mirror path, None for any other."""
+    parts = Path(path).absolute().parts
+    for i in range(len(parts) - 3, -1, -1):
+        if parts[i] != MIRROR:
+            continue
+        scheme, *opts = parts[i + 1].split(",")
+        pairs = tuple(tuple(o.split("=", 1)) for o in opts)
+        if scheme in SCHEMES and all(len(p) == 2 and p[0] in OPTIONS for p in pairs):
+            return scheme, pairs, "/".join(parts[i + 2:])
+    return None
 
 
 def uri_of(path: str | os.PathLike) -> str | None:
-    """`s3://bucket/key` for a mirror path, None for any other path."""
-    parts = Path(path).absolute().parts
-    for i in range(len(parts) - 3, -1, -1):
-        if parts[i] == MIRROR and parts[i + 1] in SCHEMES:
-            return f"{parts[i + 1]}://{'/'.join(parts[i + 2:])}"
-    return None
+    """`s3://bucket/key` for a mirror path (its store options left out), None for any other
+    path."""
+    located = _locate(path)
+    return None if located is None else f"{located[0]}://{located[2]}"
+
+
+def tune_storage(path: str | os.PathLike) -> tuple[str, pafs.FileSystem | None]:
+    """(storage_path, storage_filesystem) for Ray Tune / Train to keep their state at `path`.
+    A URI with store options gets its own filesystem: Tune would open one from the
+    environment, which knows nothing of them."""
+    located = _locate(path)
+    if located is None or not located[1]:
+        return display(path), None
+    scheme, options, rest = located
+    return rest, _filesystem(scheme, rest.split("/", 1)[0], options)
 
 
 def display(path: str | os.PathLike) -> str:
@@ -131,9 +158,11 @@ def is_remote(path: str | os.PathLike) -> bool:
 
 
 @functools.cache
-def _filesystem(scheme: str, bucket: str) -> pafs.FileSystem:
-    region = os.environ.get(REGION_ENV) if scheme == "s3" else None
-    query = f"?region={region}" if region else ""
+def _filesystem(scheme: str, bucket: str,
+                options: tuple[tuple[str, str], ...] = ()) -> pafs.FileSystem:
+    # One filesystem per (store, bucket): the options are this URI's alone, never the
+    # environment's, so a data URI on another store leaves the workdir's filesystem as it was.
+    query = f"?{urlencode(options)}" if options else ""
     try:
         fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}{query}")
     except (OSError, ValueError) as e:
@@ -143,11 +172,11 @@ def _filesystem(scheme: str, bucket: str) -> pafs.FileSystem:
 
 def remote(path: str | os.PathLike) -> tuple[pafs.FileSystem, str] | None:
     """(filesystem, "bucket/key") behind a mirror path, or None for a local path."""
-    uri = uri_of(path)
-    if uri is None:
+    located = _locate(path)
+    if located is None:
         return None
-    scheme, rest = uri.split("://", 1)
-    return _filesystem(scheme, rest.split("/", 1)[0]), rest
+    scheme, options, rest = located
+    return _filesystem(scheme, rest.split("/", 1)[0], options), rest
 
 
 def _info(fs: pafs.FileSystem, key: str, path) -> pafs.FileInfo:

@@ -161,3 +161,36 @@ def test_workdir_from_before_new_fields_resumes_but_a_set_new_field_is_refused(t
     other = load_experiment(write_cfg(tmp_path, "b.yaml", data__shuffle_window=64))
     with pytest.raises(WorkdirMismatch, match="data.shuffle_window: 1024 in the workdir, now 64"):
         snapshot_config(other, work)
+
+
+PAPER = ROOT / "experiments" / "clip_vit_b32_imagenet.yaml"
+
+
+def test_missing_data_path_is_refused_before_ray_and_writes_nothing(tmp_path):
+    # Issue 30 item 10: the run started Ray, wrote experiment.yaml, then failed; the corrected
+    # config was refused as "a different experiment config".
+    work = tmp_path / "work"
+    proc = subprocess.run([sys.executable, "-m", "raysoup.cli", "run", str(PAPER),
+                           "--workdir", str(work)],
+                          check=False, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "data.train.path: /data/imagenet/train does not exist" in proc.stderr
+    assert "Ray" not in proc.stderr and not work.exists()
+
+
+def test_a_failed_preparation_leaves_no_snapshot(tmp_path, ray_session):
+    from raysoup.data.errors import DataError
+    from raysoup.orchestration.pipeline import run_pipeline
+    from raysoup.workdir import CONFIG_SNAPSHOT
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    sets = [f"data.train.path={empty}", f"data.test.path={empty}", "data.shifts={}"]
+    work = tmp_path / "work"
+    with pytest.raises(DataError, match="no class directories"):
+        run_pipeline(load_experiment(PAPER, sets), work)
+    assert not (work / CONFIG_SNAPSHOT).exists()
+    # The corrected config is not refused.
+    from raysoup.orchestration.pipeline import check_config
+
+    check_config(load_experiment(PAPER, [*sets, "data.heldout_fraction=0.1"]), work)

@@ -132,3 +132,22 @@ def test_cluster_file_is_looked_for_in_the_current_directory(tmp_path, monkeypat
     assert f"cluster      {tmp_path / 'cluster.yaml'}: node types" in text
     assert "gpu_1x_a10g  g5.xlarge (16 GiB, 4 CPU, 1 GPU): 4 trial(s)" in text
     assert "\ncluster " not in describe(cfg, tmp_path / "w", ("sweep",), cluster=None)
+
+
+def test_dry_run_refuses_what_the_real_run_refuses(tmp_path):
+    # Issue 30 item 10: on a 6-trial workdir, `--dry-run --set sweep.num_samples=8` said
+    # "the run resumes" (exit 0) where the real run refuses.
+    from raysoup.orchestration.pipeline import snapshot_config
+
+    work = tmp_path / "w"
+    work.mkdir()
+    snapshot_config(load_experiment(TINY), work)
+    args = ("run", str(TINY), "--workdir", str(work), "--set", "sweep.num_samples=8")
+    dry, real = dry_run(*args, "--dry-run"), dry_run(*args)
+    assert dry.returncode == real.returncode == 2, dry.stdout + dry.stderr
+    assert "sweep.num_samples: 6 in the workdir, now 8" in dry.stderr
+    assert dry.stderr == real.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["experiment.yaml"]
+    # An unchanged config plans as before: the run resumes.
+    ok = dry_run("run", str(TINY), "--workdir", str(work), "--dry-run")
+    assert ok.returncode == 0 and "the run resumes" in ok.stdout

@@ -95,7 +95,7 @@ def test_build_eval_cache_is_built_once_reused_and_resumed(tmp_path, ray_session
     splits = build_eval_cache(named, tmp_path, PRE, shard_images=8, skip_corrupt=True)
     assert len(splits["heldout"]) == 20 and len(splits["heldout"].images) == 20
     assert len(splits["test"]) == 8 and list(splits["test"].labels) == [0, 1, 2, 3, 1, 2, 3, 0]
-    d = cache.cache_dir(tmp_path, "heldout", named["heldout"], PRE)
+    d = cache.cache_dir(tmp_path, "heldout", named["heldout"], PRE, 8, True)
     assert cache.read_manifest(d)["images"] == 20 and len(_mtimes(d)) == 3
     built = _mtimes(d)
     # Reused: a second build (a later stage, run or resume) writes nothing.
@@ -112,7 +112,53 @@ def test_build_eval_cache_is_built_once_reused_and_resumed(tmp_path, ray_session
     assert cache.read_manifest(d)["images"] == 20
     # Another model size is another cache.
     other = {**PRE, "image_size": 24}
-    assert cache.cache_dir(tmp_path, "heldout", named["heldout"], other) != d
+    assert cache.cache_dir(tmp_path, "heldout", named["heldout"], other, 8, True) != d
+
+
+def _pixels(split: EvalSplit) -> np.ndarray:
+    return np.concatenate(list(split.images.batches(0, len(split.images), 8)))
+
+
+def test_changed_image_files_are_not_served_from_the_old_cache(tmp_path, ray_session):
+    # Issue 30 item 5: same keys and labels, other pixels -> the old cache was served.
+    from raysoup.data.images import FileImages
+    from raysoup.orchestration.evaluation import build_eval_cache
+
+    source = _split(6, seed=3)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    paths = [folder / f"{i}.png" for i in range(6)]
+    for path, encoded in zip(paths, source.images.read(range(6)), strict=True):
+        path.write_bytes(encoded)
+    data = LabeledImages(source.keys, FileImages(paths), source.labels, source.classnames)
+    first = build_eval_cache({"test": data}, tmp_path, PRE, shard_images=4)
+    paths[2].write_bytes(_split(6, seed=4).images.read([2])[0])  # repaired / repacked
+    again = build_eval_cache({"test": data}, tmp_path, PRE, shard_images=4)
+    want = preprocess_eval(data, 32, PRE["mean"], PRE["std"])
+    assert np.array_equal(_pixels(again["test"]), want)
+    assert not np.array_equal(_pixels(first["test"]), want)
+
+
+def test_a_changed_shard_size_or_skip_corrupt_builds_another_cache(tmp_path, ray_session):
+    # Issue 30 item 5: a changed eval_cache_shard over an existing manifest raised (zip of
+    # unequal lengths) or, 7 -> 8 with one corrupt image, skipped the wrong image and
+    # misaligned the labels after it.
+    from raysoup.orchestration.evaluation import build_eval_cache
+
+    data = _split(15, 5, corrupt=(9,))
+    keep = [i for i in range(15) if i != 9]
+    want = preprocess_eval(data.select(np.array(keep)), 32, PRE["mean"], PRE["std"])
+    for shard in (7, 8, 4):
+        split = build_eval_cache({"test": data}, tmp_path, PRE, shard_images=shard,
+                                 skip_corrupt=True)["test"]
+        assert list(split.labels) == list(data.labels[keep])
+        assert np.array_equal(_pixels(split), want)
+    # skip_corrupt is part of the key: without it the corrupt image stops the build.
+    with pytest.raises(DataError, match="t/009"):
+        build_eval_cache({"test": data}, tmp_path, PRE, shard_images=8)
+    digests = {cache.split_digest(data, PRE, shard, skip)
+               for shard in (7, 8) for skip in (False, True)}
+    assert len(digests) == 4
 
 
 def test_loss_sums_over_slices_exactly(tmp_path):
@@ -137,3 +183,25 @@ def test_loss_sums_over_slices_exactly(tmp_path):
     assert tuple(map(sum, zip(*parts, strict=True))) == (correct, n, units)
     with pytest.raises(ValueError, match="'sub' covers a subset of the classes"):
         ev.score(None, ["sub"], loss=True)
+
+
+def test_the_cache_key_follows_parquet_and_remote_image_content(tmp_path, s3):
+    from raysoup.data.images import FileImages
+    from raysoup.data.parquet import read_parquet_split, write_parquet_split
+
+    data, other = _split(6, seed=6), _split(6, seed=7)
+    write_parquet_split(tmp_path / "p", data)
+    digest = cache.split_digest(read_parquet_split(tmp_path / "p"), PRE, 8, False)
+    assert cache.split_digest(read_parquet_split(tmp_path / "p"), PRE, 8, False) == digest
+    write_parquet_split(tmp_path / "p", LabeledImages(data.keys, other.images, data.labels,
+                                                      data.classnames))  # replaces it
+    assert cache.split_digest(read_parquet_split(tmp_path / "p"), PRE, 8, False) != digest
+    # Image files on object storage: one listing per folder, no image read.
+    for i, encoded in enumerate(data.images.read(range(6))):
+        s3.put(f"img/{i}.png", encoded)
+    remote = LabeledImages(data.keys, FileImages([s3.uri(f"img/{i}.png") for i in range(6)]),
+                           data.labels, data.classnames)
+    digest = cache.split_digest(remote, PRE, 8, False)
+    assert cache.split_digest(remote, PRE, 8, False) == digest
+    s3.put("img/2.png", other.images.read([2])[0])
+    assert cache.split_digest(remote, PRE, 8, False) != digest

@@ -37,17 +37,47 @@ def test_mirror_and_uri_round_trip(s3, tmp_path):
         assert storage.display(local) == str(local)
 
 
+def _endpoint(fs) -> str:
+    return fs.__reduce__()[1][0]["endpoint_override"]
+
+
 def test_endpoint_override_query_reaches_the_server(s3, monkeypatch):
-    # A filesystem cached for another endpoint (nothing listens on port 9) is not reused.
+    # The query's endpoint wins over AWS_ENDPOINT_URL (nothing listens on port 9), for this
+    # URI's filesystem only: the environment is left as it was.
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     storage._filesystem.cache_clear()
-    storage.remote(storage.mirror_of(s3.uri("q")))
     uri = s3.uri("q")
     mirror = storage.mirror_of(f"{uri}?endpoint_override={s3.host_port}&scheme=http")
-    assert mirror == storage.mirror_of(uri) and storage.uri_of(mirror) == uri
-    assert os.environ["AWS_ENDPOINT_URL"] == s3.endpoint  # inherited by local Ray workers
+    assert storage.uri_of(mirror) == uri and storage.display(mirror) == uri
+    assert os.environ["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
     s3.put("q/hello.txt", "hi")
     assert storage.read_text(mirror / "hello.txt") == "hi"
+    # Another node maps the same path to the same store, from the path alone.
+    storage._filesystem.cache_clear()
+    assert storage.read_text(mirror / "hello.txt") == "hi"
+
+
+def test_a_data_uri_override_leaves_the_workdir_store_alone(s3):
+    # Issue 30 item 2: resolving a data URI on another store pointed the workdir's
+    # filesystem (and AWS_ENDPOINT_URL) at that store.
+    from raysoup.data import fs as data_fs
+
+    env = dict(os.environ)
+    workdir = storage.mirror_of(s3.uri("w"))
+    storage.write_file(workdir / "a.txt", "workdir")
+    before, _ = storage.remote(workdir)
+    data, key = data_fs.resolve(
+        "s3://datasets/imagenet?endpoint_override=minio.internal:9000&scheme=http"
+        "&region=us-east-1")
+    assert _endpoint(data).endswith("minio.internal:9000") and key == "datasets/imagenet"
+    assert dict(os.environ) == env
+    after, _ = storage.remote(workdir)
+    assert after is before and _endpoint(after) == s3.endpoint  # AWS_ENDPOINT_URL's
+    assert storage.read_text(workdir / "a.txt") == "workdir"
+    # A bucket of the same name on the other store has a mirror of its own.
+    other = storage.mirror_of(f"{s3.uri('w')}?endpoint_override=minio.internal:9000")
+    assert other != workdir and storage.uri_of(other) == storage.uri_of(workdir)
+    assert _endpoint(storage.remote(other)[0]) == "minio.internal:9000"
 
 
 @pytest.mark.parametrize(("uri", "message"), [
@@ -394,3 +424,21 @@ def test_dot_bucket_names_are_refused(uri):
     """'.' and '..' are no bucket: they would map to another bucket's mirror, or outside it."""
     with pytest.raises(StorageError, match=r"bucket name '\.\.?' is not a bucket"):
         storage.mirror_of(uri)
+
+
+def test_tune_keeps_its_state_on_the_store_of_the_workdir_uri(s3, monkeypatch):
+    # Ray Tune / Train open their storage from the environment unless handed a filesystem: a
+    # workdir given with ?endpoint_override= hands them its own.
+    from ray import tune
+
+    plain = storage.mirror_of(s3.uri("w"))
+    assert storage.tune_storage(plain / "tune") == (s3.uri("w/tune"), None)
+    assert storage.tune_storage("/tmp/x/tune") == ("/tmp/x/tune", None)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    storage._filesystem.cache_clear()
+    mirror = storage.mirror_of(f"{s3.uri('w')}?endpoint_override={s3.host_port}&scheme=http")
+    path, fs = storage.tune_storage(mirror / "tune")
+    assert path == s3.key("w/tune") and _endpoint(fs) == s3.host_port
+    assert not tune.Tuner.can_restore(path, storage_filesystem=fs)
+    s3.put("w/tune/sweep/tuner.pkl", b"x")  # what Tune looks for
+    assert tune.Tuner.can_restore(f"{path}/sweep", storage_filesystem=fs)

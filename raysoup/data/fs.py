@@ -8,6 +8,8 @@ URIs take the same forms as a workdir URI (`?endpoint_override=host:port&scheme=
 
 from __future__ import annotations
 
+import hashlib
+import os
 import posixpath
 from pathlib import Path
 
@@ -63,6 +65,29 @@ def listdir(path: str, recursive: bool = False) -> list[pafs.FileInfo]:
     except OSError as e:
         raise DataError(f"cannot list {path}: {e}") from None
     return sorted(entries, key=lambda e: e.path)
+
+
+def stamps(paths: list[str]) -> bytes:
+    """A digest of the (size, modification time) of every file in `paths`, in order: local
+    files by stat, remote ones from one listing of each parent directory."""
+    h = hashlib.sha256()
+    listed: dict[str, dict[str, tuple[int, int]]] = {}
+    for path in paths:
+        if is_uri(path):
+            parent, _, name = path.partition("?")[0].rpartition("/")
+            if parent not in listed:
+                query = path.partition("?")[2]
+                listed[parent] = {e.base_name: (e.size or 0, e.mtime_ns or 0)
+                                  for e in listdir(parent + (f"?{query}" if query else ""))}
+            stamp = listed[parent].get(name)
+        else:
+            try:
+                st = os.stat(path)
+                stamp = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                stamp = None
+        h.update(f"{path}\0{stamp}\0".encode())
+    return h.digest()
 
 
 def read_bytes(path: str) -> bytes:

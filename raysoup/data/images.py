@@ -8,6 +8,7 @@ object storage), or from memory for generated data. So a split of ImageNet costs
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from collections.abc import Sequence
@@ -52,6 +53,11 @@ class ImageColumn:
         """Read from object storage (whose clients do not survive a fork)."""
         return False
 
+    def fingerprint(self) -> bytes:
+        """Bytes that change when the images' content may have changed, computed without
+        reading the images themselves (caches of decoded pixels are keyed on it)."""
+        raise NotImplementedError
+
     def __getitem__(self, i: int) -> bytes:
         return self.read([i])[0]
 
@@ -70,6 +76,12 @@ class EncodedBytes(ImageColumn):
 
     def read(self, idx: Sequence[int]) -> list[bytes]:
         return [bytes(self.items[i]) for i in idx]
+
+    def fingerprint(self) -> bytes:
+        h = hashlib.sha256()  # in memory already: the bytes themselves
+        for item in self.items:
+            h.update(hashlib.sha256(item).digest())
+        return h.digest()
 
 
 class FileImages(ImageColumn):
@@ -103,6 +115,11 @@ class FileImages(ImageColumn):
 
     def is_remote(self) -> bool:
         return any(fs.is_uri(p) for p in self.paths[:1])
+
+    def fingerprint(self) -> bytes:
+        """Each file's size and modification time (a file rewritten in place changes both
+        or at least its mtime); one listing per directory, no image read."""
+        return fs.stamps(self.paths)
 
 
 def as_column(images) -> ImageColumn:

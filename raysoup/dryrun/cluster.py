@@ -6,10 +6,11 @@ takes it), never beside the package: an installed raysoup has no repository arou
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from raysoup.config import ExperimentCfg
+from raysoup.config import DATA_PARALLEL_DRIVER_CPU, ExperimentCfg
 from raysoup.dryrun.sizing import GiB, MiB, Needs, gib
 
 # Relative: resolved against the current directory when the plan is made.
@@ -34,6 +35,60 @@ class Node:
         itype = (node.get("node_config") or {}).get("InstanceType", "?")
         return cls(name, itype, float(res.get("CPU", 0)), float(res.get("GPU", 0)),
                    INSTANCE_MEMORY_GIB.get(itype))
+
+
+def placement_error(cfg: ExperimentCfg, nodes: list[tuple[float, float]],
+                    where: str) -> str | None:
+    """Why a data-parallel trial (`sweep.workers_per_trial` > 1) cannot be placed on `nodes`
+    ((CPUs, GPUs) of each), None when it can: its process (DATA_PARALLEL_DRIVER_CPU) on one
+    node and its workers' bundles anywhere (Ray Train packs them where it can and spreads
+    them where it must)."""
+    s = cfg.sweep
+    n, w = s.workers_per_trial, s.resources_per_worker
+    if n == 1:
+        return None
+
+    def fits(cpu: float, gpu: float) -> int:
+        by_cpu = int(cpu // w.cpu) if w.cpu else n
+        return max(0, min(by_cpu, int(gpu // w.gpu) if w.gpu else n))
+
+    for j, (cpu, gpu) in enumerate(nodes):
+        if cpu < DATA_PARALLEL_DRIVER_CPU:
+            continue
+        placed = sum(fits(c - (DATA_PARALLEL_DRIVER_CPU if i == j else 0), g)
+                     for i, (c, g) in enumerate(nodes))
+        if placed >= n:
+            return None
+    have = ", ".join(f"{c:g} CPU + {g:g} GPU" for c, g in nodes) or "no node"
+    return (f"sweep.workers_per_trial={n}: a trial needs {n} workers x ({w.cpu:g} CPU + "
+            f"{w.gpu:g} GPU) (sweep.resources_per_worker) + {DATA_PARALLEL_DRIVER_CPU:g} CPU "
+            f"for the trial's process, {n * w.cpu + DATA_PARALLEL_DRIVER_CPU:g} CPU + "
+            f"{n * w.gpu:g} GPU in all; {where} has {have}, so no trial could start. Lower "
+            "sweep.workers_per_trial or sweep.resources_per_worker, or run on a larger cluster")
+
+
+def local_machine() -> tuple[float, float]:
+    """(CPUs, GPUs) a fresh local Ray cluster would see here (GPUs: NVIDIA device files)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = len([d for d in visible.split(",") if d.strip()])
+    else:
+        gpus = sum(1 for p in Path("/dev").glob("nvidia[0-9]*"))
+    return float(cpus or 1), float(gpus)
+
+
+def local_lines(cfg: ExperimentCfg, warnings: list[str]) -> list[str]:
+    """Where no cluster is named (no RAY_ADDRESS), the run starts a local cluster of this
+    machine: a data-parallel request it cannot place is refused by the run, and said here."""
+    if os.environ.get("RAY_ADDRESS") or cfg.sweep.workers_per_trial == 1:
+        return []
+    cpu, gpu = local_machine()
+    error = placement_error(cfg, [(cpu, gpu)], "this machine")
+    if error is not None:
+        warnings.append(f"a run on a local cluster refuses this: {error}")
+    return [f"local        this machine: {cpu:g} CPU, {gpu:g} GPU"
+            + (" (cannot place a trial's workers)" if error else "")]
 
 
 def cluster_lines(cfg: ExperimentCfg, needs: Needs, path: Path | None,

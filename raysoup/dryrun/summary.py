@@ -13,7 +13,7 @@ from pathlib import Path
 
 from raysoup import storage
 from raysoup.config import DATA_PARALLEL_DRIVER_CPU, ExperimentCfg, SplitSource
-from raysoup.dryrun.cluster import CLUSTER_FILE, cluster_lines
+from raysoup.dryrun.cluster import CLUSTER_FILE, cluster_lines, local_lines
 from raysoup.dryrun.sizing import sizing_lines
 from raysoup.dryrun.sources import Sizes, count_data
 from raysoup.search.distributions import as_dist
@@ -220,6 +220,7 @@ def describe(cfg: ExperimentCfg, workdir: Path, stages: tuple[str, ...],
     lines.append(f"tracking     MLflow {uri}, experiment {cfg.tracking.experiment or cfg.name!r}")
     lines.extend(sizing)
     lines.extend(cluster_lines(cfg, needs, cluster, warnings))
+    lines.extend(local_lines(cfg, warnings))
     if warnings:
         lines.append("warnings")
         lines.extend(f"  - {w}" for w in warnings)

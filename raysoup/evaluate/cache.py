@@ -2,10 +2,11 @@
 
 A split becomes uint8 shards at the model's input size (open_clip's eval transform: shorter
 side to S, bicubic, centre crop), `WORKDIR/cache/eval/<split>-<digest>/part-NNNNN.npy`, with a
-`manifest.json` written last. The digest covers the split's keys, labels and class projection
-and the preprocessing, so a changed split or model size builds a new cache and an unchanged
-one is reused by every later stage, run and resume. Evaluators read one shard at a time and
-normalise batches as they go: memory is one shard, whatever the split's size.
+`manifest.json` written last. The digest covers everything that changes the cache's content
+(`split_digest`), so a changed split, image file, model size, shard size or `skip_corrupt`
+builds a new cache and an unchanged one is reused by every later stage, run and resume.
+Evaluators read one shard at a time and normalise batches as they go: memory is one shard,
+whatever the split's size.
 """
 
 from __future__ import annotations
@@ -27,19 +28,29 @@ from raysoup.workdir import Workdir
 MANIFEST = "manifest.json"
 
 
-def split_digest(data: LabeledImages, preprocess: dict) -> str:
+def split_digest(data: LabeledImages, preprocess: dict, shard_images: int,
+                 skip_corrupt: bool) -> str:
+    """The cache's key: everything that changes its content. The split's keys, labels and
+    class projection; its images' content, by the column's fingerprint (file sizes and
+    modification times, never the images read again); the preprocessing; and how it is
+    built: the shard size (which shard holds which image) and `skip_corrupt` (whether a
+    corrupt image is left out or stops the build)."""
     h = hashlib.sha256()
-    h.update(json.dumps({"image_size": preprocess["image_size"], "v": 1,
-                         "subset": data.class_subset, "groups": data.class_groups}).encode())
+    h.update(json.dumps({"image_size": preprocess["image_size"], "v": 2,
+                         "subset": data.class_subset, "groups": data.class_groups,
+                         "shard_images": shard_images, "skip_corrupt": skip_corrupt}).encode())
     h.update(np.asarray(data.labels, np.int64).tobytes())
     for key in data.keys:
         h.update(key.encode())
         h.update(b"\0")
+    h.update(data.images.fingerprint())
     return h.hexdigest()[:16]
 
 
-def cache_dir(workdir: Path, name: str, data: LabeledImages, preprocess: dict) -> Path:
-    return Workdir(workdir).eval_cache / f"{name}-{split_digest(data, preprocess)}"
+def cache_dir(workdir: Path, name: str, data: LabeledImages, preprocess: dict,
+              shard_images: int, skip_corrupt: bool) -> Path:
+    digest = split_digest(data, preprocess, shard_images, skip_corrupt)
+    return Workdir(workdir).eval_cache / f"{name}-{digest}"
 
 
 def shard_ranges(n: int, shard: int) -> list[tuple[int, int]]:

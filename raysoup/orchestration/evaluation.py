@@ -117,7 +117,8 @@ def _schedule_shards(named: dict[str, LabeledImages], workdir: Path, preprocess:
     todo: dict = {}  # ref -> (split, shard index)
     plans: dict[str, tuple[Path, list]] = {}
     for name, data in named.items():
-        directory = cache.cache_dir(workdir, name, data, preprocess)
+        directory = cache.cache_dir(workdir, name, data, preprocess, shard_images,
+                                    skip_corrupt)
         ranges = cache.shard_ranges(len(data), shard_images)
         infos: list = [None] * len(ranges)
         manifest = cache.read_manifest(directory)

@@ -26,9 +26,9 @@ from raysoup.orchestration.resume import (
     unfinished_sweep,
 )
 from raysoup.orchestration.search import reports_heldout
-from raysoup.orchestration.sweep import run_sweep
+from raysoup.orchestration.sweep import check_placement, run_sweep
 from raysoup.orchestration.trial_records import diverged_trials
-from raysoup.prepare import prepare
+from raysoup.prepare import check_data_paths, prepare
 from raysoup.report import (
     comparison_section,
     diverged_line,
@@ -40,7 +40,7 @@ from raysoup.report import (
 from raysoup.soup.anytime import read_offers
 from raysoup.tracking import Tracker, default_uri, quiet
 from raysoup.workdir import Workdir, diverged_hparams, inference_costs
-from raysoup.workdir import snapshot_config as save_snapshot
+from raysoup.workdir.snapshot import check_snapshot, write_snapshot
 
 log = logging.getLogger("raysoup")
 
@@ -198,34 +198,49 @@ class Run:
         self.tracker.persist()
 
 
-def snapshot_config(cfg: ExperimentCfg, workdir: Path) -> None:
-    """`workdir.snapshot_config`: a workdir is never shared by configs that differ in model,
-    data or sweep (their ingredients and results would mix). Eval, soup, tracking and the
-    name may change (e.g. adding a recipe to an existing sweep), and so may
-    sweep.max_failures; sweep.max_concurrent and sweep.reuse_actors only when no unfinished
-    sweep would be resumed (Tune keeps the values it started with)."""
+def check_config(cfg: ExperimentCfg, workdir: Path) -> None:
+    """Refuse a config the workdir's results do not allow (`workdir.check_snapshot`): a
+    workdir is never shared by configs that differ in model, data or sweep (their ingredients
+    and results would mix). Eval, soup, tracking and the name may change (e.g. adding a recipe
+    to an existing sweep), and so may sweep.max_failures; sweep.max_concurrent and
+    sweep.reuse_actors only when no unfinished sweep would be resumed (Tune keeps the values
+    it started with). Writes nothing; `--dry-run` calls it too."""
     def check_resume(saved: dict) -> None:
         started = {k: (saved.get("sweep") or {}).get(k) for k in KEPT_ON_RESUME}
         if any(v != getattr(cfg.sweep, k) for k, v in started.items() if v is not None) \
                 and unfinished_sweep(cfg, workdir):
             refuse_kept_changes(started, cfg, storage.display(workdir))
 
-    save_snapshot(cfg, workdir, EXECUTION_ONLY, check_resume)
+    check_snapshot(cfg, workdir, EXECUTION_ONLY, check_resume)
+
+
+def snapshot_config(cfg: ExperimentCfg, workdir: Path) -> None:
+    """`check_config`, then the config saved as the workdir's snapshot."""
+    check_config(cfg, workdir)
+    write_snapshot(cfg, workdir)
 
 
 def run_pipeline(cfg: ExperimentCfg, workdir: Path, stages: tuple[str, ...] = STAGES,
                  address: str | None = None, metrics_export_port: int | None = None,
                  dashboard: bool = False) -> Run:
+    # Inputs first: nothing is written to the workdir, and no Ray started, for a config
+    # that names missing data or that the workdir's results refuse.
+    check_data_paths(cfg)
+    check_config(cfg, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    snapshot_config(cfg, workdir)
     if not cfg.tracking.uri:
         # Remote workdir: the runs of earlier drivers (the bucket's copy, never a stale one).
         storage.pull(Workdir(workdir).mlflow_db, exact=True)
     connect(address, metrics_export_port, dashboard)
+    if "sweep" in stages:
+        check_placement(cfg, workdir)  # trials it cannot place: refused before anything runs
     run = Run(cfg, workdir)
     ok = False
     try:
         run.prepare()
+        # Saved once the inputs are prepared: a first run that fails on them leaves no
+        # snapshot behind to refuse the corrected config.
+        write_snapshot(cfg, workdir)
         if "sweep" in stages:
             run.sweep()
         if "evaluate" in stages:

@@ -41,8 +41,9 @@ def anytime_behind(cfg: ExperimentCfg, workdir: Path, ended: list[str]) -> bool:
 
 def unfinished_sweep(cfg: ExperimentCfg, workdir: Path) -> bool:
     """A sweep that a run would resume from Tune's saved state (needs no Ray session)."""
+    path, fs = sweep_path(workdir)
     return ended_trials(workdir).count < cfg.sweep.trials and tune.Tuner.can_restore(
-        sweep_path(workdir))
+        path, storage_filesystem=fs)
 
 
 def refuse_kept_changes(started: dict[str, Any], cfg: ExperimentCfg,

@@ -11,12 +11,14 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import ray
 from ray import tune
 
 from raysoup import storage
 from raysoup.checkpoints import read_manifest
 from raysoup.checkpoints.ingredient import remove_stale_tmp
 from raysoup.config import DATA_PARALLEL_DRIVER_CPU, ExperimentCfg
+from raysoup.dryrun.cluster import placement_error
 from raysoup.orchestration import search
 from raysoup.orchestration.anytime import AnytimeSoup
 from raysoup.orchestration.callbacks import (
@@ -71,6 +73,27 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
 
 
 # ---------------------------------------------------------------- setup
+
+
+def check_placement(cfg: ExperimentCfg, workdir: Path) -> None:
+    """Refuse (SweepError) data-parallel trials the cluster cannot place, while trials are
+    left to run: Ray Train would wait for their workers forever, retrying. A cluster this
+    driver started (a local one) has its final size; one it joined may grow (an autoscaler),
+    so there the shortfall is a warning."""
+    if cfg.sweep.workers_per_trial == 1 or ended_trials(workdir).count >= cfg.sweep.trials:
+        return
+    nodes = [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+             for n in ray.nodes() if n.get("Alive")]
+    # The driver that started a cluster holds its head node (Ray has no public way to ask);
+    # a driver that joined one holds none, or a non-head handle.
+    own = getattr(ray._private.worker, "_global_node", None)
+    started_here = bool(getattr(own, "head", False))
+    error = placement_error(cfg, nodes, "the local cluster" if started_here else "the cluster")
+    if error is None:
+        return
+    if started_here:
+        raise SweepError(error)
+    log.warning("%s (unless the autoscaler adds nodes that can)", error)
 
 
 def _already_run(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: str,
@@ -128,10 +151,10 @@ def _fit(cfg: ExperimentCfg, workdir: Path, trainable, session: SweepSession) ->
     """Run (or resume) the sweep to its end; returns the paths of the trials that failed.
     Call with `session` attached: a restore unpickles the callbacks and the searcher."""
     # Tune keeps its state next to the ingredients: a local path or the workdir's URI.
-    path = sweep_path(workdir)
-    if tune.Tuner.can_restore(path):
+    path, fs = sweep_path(workdir)
+    if tune.Tuner.can_restore(path, storage_filesystem=fs):
         log.info("sweep: resuming from %s", path)
-        tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=fs)
         # In case the workdir's experiment.yaml was not checked first (run_pipeline checks it
         # in snapshot_config, before writing it).
         refuse_kept_changes(session.started_with or {}, cfg)
@@ -144,6 +167,7 @@ def _fit(cfg: ExperimentCfg, workdir: Path, trainable, session: SweepSession) ->
 def _new_tuner(cfg: ExperimentCfg, workdir: Path, trainable,
                session: SweepSession) -> tune.Tuner:
     base = cfg.sweep.base.model_dump()
+    where = storage.tune_storage(Workdir(workdir).sweep)
     return tune.Tuner(
         trainable,
         param_space=tune_space(cfg),
@@ -155,7 +179,7 @@ def _new_tuner(cfg: ExperimentCfg, workdir: Path, trainable,
         ),
         run_config=tune.RunConfig(
             name=SWEEP_NAME,
-            storage_path=storage.display(Workdir(workdir).sweep),
+            storage_path=where[0], storage_filesystem=where[1],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
             callbacks=[TrackingCallback(session, base),

@@ -139,6 +139,7 @@ def _train_data_parallel(config: dict[str, Any], ctx: TrialContext, name: str) -
     cfg = ExperimentCfg.model_validate_json(ctx.cfg_json)
     res = cfg.sweep.resources_per_worker
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+    where = storage.tune_storage(Workdir(ctx.workdir).train_runs)
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"config": config, "ctx": ctx, "name": name},
@@ -147,7 +148,7 @@ def _train_data_parallel(config: dict[str, Any], ctx: TrialContext, name: str) -
             num_workers=ctx.workers, use_gpu=res.gpu > 0,
             resources_per_worker={"CPU": res.cpu, **({"GPU": res.gpu} if res.gpu else {})}),
         run_config=RunConfig(
-            name=name, storage_path=storage.display(Workdir(ctx.workdir).train_runs),
+            name=name, storage_path=where[0], storage_filesystem=where[1],
             callbacks=[TuneReportCallback()],
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             failure_config=FailureConfig(max_failures=cfg.sweep.max_failures)),

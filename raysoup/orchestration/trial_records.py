@@ -36,9 +36,10 @@ def trial_name(trial_id: str) -> str:
     return f"trial-{int(suffix):03d}" if suffix.isdigit() else f"trial-{trial_id}"
 
 
-def sweep_path(workdir: Path) -> str:
-    """Tune's experiment directory: a local path or the workdir's URI."""
-    return storage.display(Workdir(workdir).sweep_experiment)
+def sweep_path(workdir: Path) -> tuple[str, Any]:
+    """Tune's experiment directory: (a local path or the workdir's URI, None), or (a path in
+    the filesystem of a URI with store options, that filesystem): `storage.tune_storage`."""
+    return storage.tune_storage(Workdir(workdir).sweep_experiment)
 
 
 def write_diverged(workdir: Path, name: str, error: str, hparams: dict[str, Any]) -> None:

@@ -53,31 +53,51 @@ def pinned_changes(old: dict, new: dict, execution_only: tuple[str, ...]) -> dic
     return {k: (a.get(k, "<unset>"), b.get(k, "<unset>")) for k in diff}
 
 
+def check_snapshot(cfg: ExperimentCfg, workdir: Path, execution_only: tuple[str, ...] = (),
+                   check_resume: Callable[[dict], None] | None = None) -> None:
+    """Refuse (WorkdirMismatch) a config that differs from the workdir's saved one in a pinned
+    field other than `execution_only`; `check_resume` gets the saved config (a dict) and may
+    refuse it too. Writes nothing: a run checks before it starts anything, and `--dry-run`
+    checks the same way."""
+    old_text = _saved_text(workdir)
+    if old_text is None:
+        return
+    old = yaml.safe_load(old_text) or {}
+    if diff := pinned_changes(old, json.loads(cfg.model_dump_json()), execution_only):
+        shown = storage.display(workdir)
+        listing = "\n".join(f"  {k}: {a!r} in the workdir, now {b!r}"
+                            for k, (a, b) in list(diff.items())[:10])
+        raise WorkdirMismatch(
+            f"{shown} was written by a different experiment config; refusing to mix "
+            f"results. Fields that differ:\n{listing}\nUse a new --workdir, or "
+            f"`raysoup resume {shown}` to continue with the saved config.")
+    if check_resume is not None:
+        check_resume(old)
+
+
+def write_snapshot(cfg: ExperimentCfg, workdir: Path) -> None:
+    """Save `cfg` as the workdir's snapshot (unchanged text: the file is left as it is).
+    A run writes it once its inputs are prepared, so a first run that fails on them leaves
+    no snapshot to refuse the corrected config."""
+    text = yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False)
+    if _saved_text(workdir) != text:
+        storage.write_file(Workdir(workdir).snapshot, text)
+
+
+def has_snapshot(workdir: Path) -> bool:
+    return _saved_text(workdir) is not None
+
+
+def _saved_text(workdir: Path) -> str | None:
+    try:
+        return storage.read_text(Workdir(workdir).snapshot)  # a remote workdir's own copy
+    except FileNotFoundError:
+        return None
+
+
 def snapshot_config(cfg: ExperimentCfg, workdir: Path, execution_only: tuple[str, ...] = (),
                     check_resume: Callable[[dict], None] | None = None) -> None:
-    """Save `cfg` as the workdir's snapshot, refusing (WorkdirMismatch) a config that differs
-    from the saved one in a pinned field other than `execution_only`. `check_resume` gets the
-    saved config (a dict) before anything is written and may refuse it too. A refused config
-    leaves the saved one in place, so `raysoup resume WORKDIR` continues."""
-    path = Workdir(workdir).snapshot
-    new = json.loads(cfg.model_dump_json())
-    try:
-        old_text = storage.read_text(path)  # a remote workdir's own copy
-    except FileNotFoundError:
-        old_text = None
-    if old_text is not None:
-        old = yaml.safe_load(old_text) or {}
-        if diff := pinned_changes(old, new, execution_only):
-            shown = storage.display(workdir)
-            listing = "\n".join(f"  {k}: {a!r} in the workdir, now {b!r}"
-                                for k, (a, b) in list(diff.items())[:10])
-            raise WorkdirMismatch(
-                f"{shown} was written by a different experiment config; refusing to mix "
-                f"results. Fields that differ:\n{listing}\nUse a new --workdir, or "
-                f"`raysoup resume {shown}` to continue with the saved config.")
-        if check_resume is not None:
-            check_resume(old)
-    text = yaml.safe_dump(new, sort_keys=False)
-    if old_text != text:
-        storage.write_file(path, text)
-
+    """`check_snapshot`, then `write_snapshot`. A refused config leaves the saved one in
+    place, so `raysoup resume WORKDIR` continues."""
+    check_snapshot(cfg, workdir, execution_only, check_resume)
+    write_snapshot(cfg, workdir)
