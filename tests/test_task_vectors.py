@@ -470,7 +470,8 @@ def test_non_floating_tensors_must_agree_across_ingredients(tmp_path, merge):
 def test_written_ties_soup_is_the_definition_bit_for_bit(tmp_path, monkeypatch, route, shards):
     """The written soup against TIES computed directly from its definition (`top_k`,
     `reference_ties_soup`) on a tensor of over a million entries — with magnitudes that tie at
-    the threshold — and smaller ones, bit for bit (the reference rounds in the kernel's
+    the threshold, one ingredient's an order of magnitude above the others' — and smaller
+    ones, bit for bit (the reference rounds in the kernel's
     order), through the compiled route that reads the files' mappings and through the Python
     route, for the tensors made in one shard or split over three."""
     g = torch.Generator().manual_seed(17)
@@ -481,6 +482,8 @@ def test_written_ties_soup_is_the_definition_bit_for_bit(tmp_path, monkeypatch, 
         step = 0.01 * torch.randn(base["big"].shape, generator=g)
         if i != 1:  # on a grid of 1/512: many magnitudes equal the k-th largest
             step = (step * 512).round() / 512
+        if i == 2:  # larger: its k-th largest is octaves from the previous ingredient's
+            step = step * 16
         states.append({"big": base["big"] + step, **{k: v + 0.1 * torch.randn(v.shape, generator=g)
                                                     for k, v in base.items() if k != "big"}})
     paths = [_write(tmp_path / "base", base)]

@@ -12,11 +12,18 @@ inputs (bitwise identical for any shard count). The election's total is pos + ne
 a running sum in ingredient order, so an entry whose total is within rounding of 0 may elect
 differently from the two-pass form.
 
+Each τ_i is first trimmed to exactly its k = ⌈density·n⌉ largest magnitudes (`Trim`,
+`kept_count`): one ingredient at a time, its whole τ's magnitudes are computed into reused
+memory while a histogram of their top bits is counted, and the k-th largest is selected among
+the entries of its histogram bin only (`_top_k`); the merge then keeps |τ| above it, and of
+those equal to it the first in index order.
+
 Two drivers run that pass: `ties_merge` reads slices through Python (any stream: in-memory
 tensors, other dtypes, remote files) and returns τ; `ties_soup` is the whole soup of one float32
-tensor of local files in one compiled call — thresholds, merge and θ_0 + λ·τ, reading the
+tensor of local files in one compiled call — trims, merge and θ_0 + λ·τ, reading the
 files' mappings in place and releasing their pages behind it — with no Python per slice, no
-copy of the inputs and no separate pass for the base or the apply (`raysoup.reduce.mapped`:
+copy of the inputs in the merge (the trims read theirs with `pread`, ahead of it) and no
+separate pass for the base or the apply (`raysoup.reduce.mapped`:
 reading the page cache in place avoids the copy that a read through Python makes). Both run
 the same compiled arithmetic on the same float32 inputs, so they give the same bits.
 """
@@ -279,23 +286,22 @@ def trim_thresholds(stream: Stream, base: torch.Tensor, density: float) -> list[
     found = []
     for i in range(count):
         read_slice(stream, i, 0, n, mag)
-        hist[:] = 0
-        _magnitudes(mag, b, mag, hist)
+        _magnitudes(mag, b, mag)
         t, cut = _top_k(mag, k, hist, cand)
         found.append(Trim(float(t), int(cut)))
     return found
 
 
 @numba.njit(nogil=True, cache=True)
-def _soup_mapped(files, mappings, n, step, k, lam, pos, neg, npos, nneg, buf, mag, cand, hist,
+def _soup_mapped(files, mappings, n, step, k, lam, pos, neg, npos, nneg, buf, cand, hist,
                  out):  # pragma: no cover - compiled
     """θ_0 + λ·TIES(τ) of one float32 tensor of n entries, into `out`: files[0] = the address of
     θ_0's entry 0 in its file's mapping (mappings[0]: its [start, end) and the file's
     descriptor), the others θ_1..θ_N's.
-    First each ingredient's trim to its k largest |τ| (k ≥ n: keep every entry), as
-    `trim_thresholds`: θ_0 read into `out` and each θ_i in `buf`-sized pieces with positioned
-    reads (reads ahead of the pass, which through the mapping would fault in folios of every
-    file that stay until the pass gets there); then slice by slice (pos.size entries) the merge
+    First each ingredient's trim to its k largest |τ| (k ≥ n: keep every entry), the same as
+    `trim_thresholds` (`_trim_mapped`: θ_0 read into `out`, each θ_i in `buf`-sized pieces with
+    positioned reads — reads ahead of the pass, which through the mapping would fault in folios
+    of every file that stay until the pass gets there); then slice by slice (pos.size entries) the merge
     and θ_0 + λ·τ, straight from the mappings (no copy), `step` entries of every file at a time
     (`raysoup.reduce.mapped`). Returns -1, or the index of the file whose read failed."""
     count = files.size - 1
@@ -304,14 +310,12 @@ def _soup_mapped(files, mappings, n, step, k, lam, pos, neg, npos, nneg, buf, ma
     if k < n:
         if not read_entries(files[0], 0, mappings[0], out[:n]):
             return 0
+        guess = -1  # the bin the previous ingredient's k-th largest fell in
         for i in range(count):
-            hist[:] = 0
-            for lo in range(0, n, buf.size):
-                m = min(buf.size, n - lo)
-                if not read_entries(files[i + 1], lo, mappings[i + 1], buf[:m]):
-                    return i + 1
-                _magnitudes(buf[:m], out[lo:lo + m], mag[lo:lo + m], hist)
-            keep_at[i], cut[i] = _top_k(mag[:n], k, hist, cand[:n])
+            found, keep_at[i], cut[i], guess = _trim_mapped(files[i + 1], mappings[i + 1], n, k,
+                                                           out, buf, hist, cand, guess)
+            if not found:
+                return i + 1
     keep_up = _next_up(keep_at)
     thr = np.empty(count, np.float32)
     chunk = pos.size
@@ -345,12 +349,11 @@ def ties_soup(files: np.ndarray, mappings: np.ndarray, n: int, density: float, s
     if count < 1:
         raise ValueError("TIES needs at least one ingredient besides the base")
     k = kept_count(n, density)
-    size = n if k < n else 1  # the magnitudes are only needed where some entries go
     pos, neg, npos, nneg = _state(count, max(1, min(SLICE, n)))
     buf = _scratch(8, (max(1, min(READ, n)),), np.float32)
-    mag, cand = _scratch(5, (size,), np.float32), _scratch(6, (size,), np.float32)
+    cand = _scratch(6, (n if k < n else 1,), np.float32)  # only where some entries go
     return _soup_mapped(files, mappings, n, window(files.size), k, np.float32(scale), pos, neg,
-                        npos, nneg, buf, mag, cand, _scratch(7, (HIST,), np.int64), out)
+                        npos, nneg, buf, cand, _scratch(7, (HIST,), np.int64), out)
 
 
 # Bins of the first radix digit of a magnitude's bits (its top 11: the exponent and two
@@ -361,49 +364,126 @@ HIST_SHIFT = 21
 
 
 @numba.njit(nogil=True, cache=True)
-def _magnitudes(theta, base, mag, hist):  # pragma: no cover - compiled
-    """mag = |θ − θ_0| (float32, may be θ itself), counted in `hist` by their top bits."""
-    bits = mag.view(np.uint32)
+def _magnitudes(theta, base, mag):  # pragma: no cover - compiled
+    """mag = |θ − θ_0| (float32; may be θ itself)."""
     for j in range(base.size):
         mag[j] = abs(np.float32(theta[j] - base[j]))
-        hist[bits[j] >> HIST_SHIFT] += 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _gather(mag, hist, lo_bin, hi_bin, cand, c):  # pragma: no cover - compiled
+    """Count the magnitudes in `hist` by their top bits and append those whose bin is in
+    [lo_bin, hi_bin] to cand[c:], in order; returns the new end of `cand`."""
+    bits = mag.view(np.uint32)
+    cand_bits = cand.view(np.uint32)
+    for j in range(bits.size):  # a select, no branch: every entry is written, some kept
+        b = bits[j]
+        d = b >> HIST_SHIFT
+        hist[d] += 1
+        cand_bits[c] = b
+        c += (d >= lo_bin) & (d <= hi_bin)
+    return c
+
+
+@numba.njit(nogil=True, cache=True)
+def _bin_of(hist, rank):  # pragma: no cover - compiled
+    """(the bin of the rank-th smallest magnitude, its rank within the bin)."""
+    digit = 0
+    for digit in range(HIST):
+        if hist[digit] > rank:
+            break
+        rank -= hist[digit]
+    return digit, rank
+
+
+@numba.njit(nogil=True, cache=True)
+def _select(cand, hist, lo_bin, hi_bin, digit, rest, k):  # pragma: no cover - compiled
+    """(the k-th largest magnitude t, whether exactly k are ≥ t) from the candidates `cand`
+    (every magnitude in bins [lo_bin, hi_bin], which hold the k-th largest's bin `digit`,
+    where it has rank `rest`), `hist`: all magnitudes' counts by bin."""
+    below = 0
+    for d in range(lo_bin, digit):
+        below += hist[d]
+    t = _kth_smallest(cand, below + rest)
+    at_least = 0
+    for d in range(hi_bin + 1, HIST):
+        at_least += hist[d]
+    for j in range(cand.size):
+        at_least += cand[j] >= t
+    return t, at_least == k
 
 
 @numba.njit(nogil=True, cache=True)
 def _top_k(mag, k, hist, cand):  # pragma: no cover - compiled
-    """(the k-th largest magnitude, the cut) of `Trim` for 0 < k < n = mag.size, exactly; `hist`:
-    the magnitudes' counts by top bits (`_magnitudes`); `cand`: n float32s of scratch."""
-    n = mag.size
-    rest = n - k  # the rank of the k-th largest, smallest first
-    digit = 0
-    for digit in range(HIST):
-        if hist[digit] > rest:
+    """(the k-th largest magnitude, the cut) of `Trim` for 0 < k < n = mag.size, exactly: the
+    magnitudes counted by bin, then the k-th largest's bin gathered into `cand` (n float32s of
+    scratch) and selected in it."""
+    hist[:] = 0
+    _gather(mag, hist, 1, 0, cand, 0)  # an empty range: counts only
+    digit, rest = _bin_of(hist, mag.size - k)
+    c = _gather(mag, np.zeros(HIST, np.int64), digit, digit, cand, 0)
+    t, exact = _select(cand[:c], hist, digit, digit, digit, rest, k)
+    if exact:
+        return t, mag.size
+    need = k - _count_above(mag, t)  # the first `need` entries equal to t, in index order
+    for j in range(mag.size):
+        need -= mag[j] == t
+        if need == 0:
+            return t, j + 1
+    return t, mag.size
+
+
+@numba.njit(nogil=True, cache=True)
+def _count_above(mag, t):  # pragma: no cover - compiled
+    above = 0
+    for j in range(mag.size):
+        above += mag[j] > t
+    return above
+
+
+@numba.njit(nogil=True, cache=True)
+def _trim_mapped(address, mapping, n, k, base, buf, hist, cand, guess):  # pragma: no cover
+    """(read, the k-th largest |τ|, the cut, its bin) of `Trim` for the tensor at `address` of
+    a file's mapping (read with positioned reads, `buf` at a time; `base`: θ_0's n entries),
+    as `_top_k` gives them. One read of θ_i where the k-th largest falls within a bin of
+    `guess` (the previous ingredient's: ingredients fine-tuned from one base trim at similar
+    magnitudes), gathering those three bins as it counts; else a second read gathers its bin.
+    Ties at the k-th largest read θ_i once more to find the cut. `read` False: a read failed."""
+    rank = n - k
+    lo_bin, hi_bin = (max(guess - 1, 0), guess + 1) if guess >= 0 else (1, 0)  # (1, 0): none
+    digit, rest, c = 0, 0, 0
+    for _ in range(2):
+        hist[:] = 0
+        c = 0
+        for lo in range(0, n, buf.size):
+            m = min(buf.size, n - lo)
+            if not read_entries(address, lo, mapping, buf[:m]):
+                return False, np.float32(0), n, guess
+            _magnitudes(buf[:m], base[lo:lo + m], buf[:m])
+            c = _gather(buf[:m], hist, lo_bin, hi_bin, cand, c)
+        digit, rest = _bin_of(hist, rank)
+        if lo_bin <= digit <= hi_bin:
             break
-        rest -= hist[digit]
-    greater = 0
-    for d in range(digit + 1, HIST):
-        greater += hist[d]
-    bits = mag.view(np.uint32)
-    cand_bits = cand.view(np.uint32)
-    c = 0
-    for j in range(n):  # the bin's entries, kept in order (a select, no branch)
-        b = bits[j]
-        cand_bits[c] = b
-        c += (b >> HIST_SHIFT) == digit
-    t = _kth_smallest(cand[:c], rest)
-    equal = 0
+        lo_bin = hi_bin = digit
+    t, exact = _select(cand[:c], hist, lo_bin, hi_bin, digit, rest, k)
+    if exact:
+        return True, t, n, digit
+    # the first `need` entries equal to t, in index order: k less those above t
+    need = k
+    for d in range(hi_bin + 1, HIST):
+        need -= hist[d]
     for j in range(c):
-        greater += cand[j] > t
-        equal += cand[j] == t
-    if greater + equal == k:
-        return t, n
-    need = k - greater  # the first `need` entries equal to t, in index order
-    for j in range(n):
-        if mag[j] == t:
-            need -= 1
+        need -= cand[j] > t
+    for lo in range(0, n, buf.size):
+        m = min(buf.size, n - lo)
+        if not read_entries(address, lo, mapping, buf[:m]):
+            return False, t, n, digit
+        _magnitudes(buf[:m], base[lo:lo + m], buf[:m])
+        for j in range(m):
+            need -= buf[j] == t
             if need == 0:
-                return t, j + 1
-    return t, n
+                return True, t, lo + j + 1, digit
+    return True, t, n, digit
 
 
 @numba.njit(nogil=True, cache=True)
