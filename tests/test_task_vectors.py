@@ -24,7 +24,7 @@ from raysoup.reduce import (
     task_vectors,
 )
 from raysoup.reduce.merge import tensor_generator
-from raysoup.reduce.ties_kernel import Trim, kept_count
+from raysoup.reduce.ties_kernel import Trim, kept_count, sample_runs
 from raysoup.soup import Candidate, get_recipe
 from raysoup.soup.dare import DareMerge, drop_
 from raysoup.soup.task_arithmetic import SumOfTaskVectors
@@ -470,7 +470,7 @@ def test_non_floating_tensors_must_agree_across_ingredients(tmp_path, merge):
 def test_written_ties_soup_is_the_definition_bit_for_bit(tmp_path, monkeypatch, route, shards):
     """The written soup against TIES computed directly from its definition (`top_k`,
     `reference_ties_soup`) on a tensor of over a million entries — with magnitudes that tie at
-    the threshold, one ingredient's an order of magnitude above the others' — and smaller
+    the threshold, one ingredient's larger outside the runs its trim is bracketed from — and smaller
     ones, bit for bit (the reference rounds in the kernel's
     order), through the compiled route that reads the files' mappings and through the Python
     route, for the tensors made in one shard or split over three."""
@@ -482,8 +482,12 @@ def test_written_ties_soup_is_the_definition_bit_for_bit(tmp_path, monkeypatch, 
         step = 0.01 * torch.randn(base["big"].shape, generator=g)
         if i != 1:  # on a grid of 1/512: many magnitudes equal the k-th largest
             step = (step * 512).round() / 512
-        if i == 2:  # larger: its k-th largest is octaves from the previous ingredient's
-            step = step * 16
+        if i == 2:  # larger outside the sampled runs: the sample's bracket misses its k-th
+            flat = step.reshape(-1) * 16
+            inside = torch.zeros(flat.numel(), dtype=torch.bool)
+            for lo, hi in sample_runs(flat.numel()):
+                inside[lo:hi] = True
+            step = torch.where(inside, flat / 16, flat).reshape(step.shape)
         states.append({"big": base["big"] + step, **{k: v + 0.1 * torch.randn(v.shape, generator=g)
                                                     for k, v in base.items() if k != "big"}})
     paths = [_write(tmp_path / "base", base)]

@@ -293,8 +293,8 @@ def trim_thresholds(stream: Stream, base: torch.Tensor, density: float) -> list[
 
 
 @numba.njit(nogil=True, cache=True)
-def _soup_mapped(files, mappings, n, step, k, lam, pos, neg, npos, nneg, buf, cand, hist,
-                 out):  # pragma: no cover - compiled
+def _soup_mapped(files, mappings, n, step, k, lam, pos, neg, npos, nneg, buf, sample, runs,
+                 mag, cand, hist, out):  # pragma: no cover - compiled
     """θ_0 + λ·TIES(τ) of one float32 tensor of n entries, into `out`: files[0] = the address of
     θ_0's entry 0 in its file's mapping (mappings[0]: its [start, end) and the file's
     descriptor), the others θ_1..θ_N's.
@@ -310,10 +310,9 @@ def _soup_mapped(files, mappings, n, step, k, lam, pos, neg, npos, nneg, buf, ca
     if k < n:
         if not read_entries(files[0], 0, mappings[0], out[:n]):
             return 0
-        guess = -1  # the bin the previous ingredient's k-th largest fell in
         for i in range(count):
-            found, keep_at[i], cut[i], guess = _trim_mapped(files[i + 1], mappings[i + 1], n, k,
-                                                           out, buf, hist, cand, guess)
+            found, keep_at[i], cut[i] = _trim_mapped(files[i + 1], mappings[i + 1], n, k, out,
+                                                     buf, sample, runs, mag, cand, hist)
             if not found:
                 return i + 1
     keep_up = _next_up(keep_at)
@@ -351,9 +350,14 @@ def ties_soup(files: np.ndarray, mappings: np.ndarray, n: int, density: float, s
     k = kept_count(n, density)
     pos, neg, npos, nneg = _state(count, max(1, min(SLICE, n)))
     buf = _scratch(8, (max(1, min(READ, n)),), np.float32)
-    cand = _scratch(6, (n if k < n else 1,), np.float32)  # only where some entries go
+    size = n if k < n else 1  # only where some entries go
+    # (np.empty: the magnitudes' pages are touched only where a bracket misses)
+    mag, cand = _scratch(5, (size,), np.float32), _scratch(6, (size,), np.float32)
+    sample = _scratch(9, (SAMPLE,), np.float32)
+    runs = sample_runs(n) if n > SAMPLE else np.zeros((0, 2), np.int64)
     return _soup_mapped(files, mappings, n, window(files.size), k, np.float32(scale), pos, neg,
-                        npos, nneg, buf, cand, _scratch(7, (HIST,), np.int64), out)
+                        npos, nneg, buf, sample, runs, mag, cand, _scratch(7, (HIST,), np.int64),
+                        out)
 
 
 # Bins of the first radix digit of a magnitude's bits (its top 11: the exponent and two
@@ -441,49 +445,96 @@ def _count_above(mag, t):  # pragma: no cover - compiled
     return above
 
 
+# The trim's k-th largest is first bracketed from a sample of SAMPLE magnitudes (BLOCKS
+# contiguous runs spread over the tensor, each one small read: a strided sample would read every
+# page): one read of the whole τ then counts the entries above the bracket and gathers those in
+# it (a few % of them), and the exact k-th largest is selected among those. Where the bracket
+# misses (the k-th largest outside it: a tensor whose runs are unlike the rest), the whole τ's
+# magnitudes are read again and selected by their top bits (`_top_k`): slower, as exact.
+SAMPLE = 1 << 16
+BLOCKS = 8
+# Sample ranks either side of the k-th largest's that bound the bracket: ±1.6 % of the sample,
+# over ten standard errors of a quantile estimated from 2^16 entries.
+MARGIN = SAMPLE // 64
+
+
+def sample_runs(n: int) -> np.ndarray:
+    """The [lo, hi) runs (BLOCKS × 2, int64) of a tensor's n > SAMPLE entries whose magnitudes
+    bracket its trim."""
+    length = SAMPLE // BLOCKS
+    starts = [(r * (n - length)) // (BLOCKS - 1) for r in range(BLOCKS)]
+    return np.array([(s, s + length) for s in starts], np.int64).reshape(-1, 2)
+
+
 @numba.njit(nogil=True, cache=True)
-def _trim_mapped(address, mapping, n, k, base, buf, hist, cand, guess):  # pragma: no cover
-    """(read, the k-th largest |τ|, the cut, its bin) of `Trim` for the tensor at `address` of
-    a file's mapping (read with positioned reads, `buf` at a time; `base`: θ_0's n entries),
-    as `_top_k` gives them. One read of θ_i where the k-th largest falls within a bin of
-    `guess` (the previous ingredient's: ingredients fine-tuned from one base trim at similar
-    magnitudes), gathering those three bins as it counts; else a second read gathers its bin.
-    Ties at the k-th largest read θ_i once more to find the cut. `read` False: a read failed."""
-    rank = n - k
-    lo_bin, hi_bin = (max(guess - 1, 0), guess + 1) if guess >= 0 else (1, 0)  # (1, 0): none
-    digit, rest, c = 0, 0, 0
-    for _ in range(2):
-        hist[:] = 0
-        c = 0
-        for lo in range(0, n, buf.size):
-            m = min(buf.size, n - lo)
-            if not read_entries(address, lo, mapping, buf[:m]):
-                return False, np.float32(0), n, guess
-            _magnitudes(buf[:m], base[lo:lo + m], buf[:m])
-            c = _gather(buf[:m], hist, lo_bin, hi_bin, cand, c)
-        digit, rest = _bin_of(hist, rank)
-        if lo_bin <= digit <= hi_bin:
-            break
-        lo_bin = hi_bin = digit
-    t, exact = _select(cand[:c], hist, lo_bin, hi_bin, digit, rest, k)
-    if exact:
-        return True, t, n, digit
-    # the first `need` entries equal to t, in index order: k less those above t
-    need = k
-    for d in range(hi_bin + 1, HIST):
-        need -= hist[d]
+def _bracket(theta, base, lo_t, hi_t, cand, c, above):  # pragma: no cover - compiled
+    """Per entry |θ − θ_0|: counted in `above` past hi_t, appended to cand[c:] within
+    [lo_t, hi_t] (a select: every entry written, some kept); returns (c, above)."""
+    for j in range(base.size):
+        x = abs(np.float32(theta[j] - base[j]))
+        above += x > hi_t
+        cand[c] = x
+        c += (x >= lo_t) & (x <= hi_t)
+    return c, above
+
+
+@numba.njit(nogil=True, cache=True)
+def _trim_mapped(address, mapping, n, k, base, buf, sample, runs, mag, cand,
+                 hist):  # pragma: no cover - compiled
+    """(read, the k-th largest |τ|, the cut) of `Trim` for the tensor at `address` of a file's
+    mapping (positioned reads, `buf` at a time; `base`: θ_0's n entries), exactly as
+    `_top_k` gives them: bracketed from the `runs`' sample (see SAMPLE), selected among the
+    entries in the bracket. Ties at the k-th largest read θ_i once more for the cut. `read`
+    False: a read failed."""
+    fail = (False, np.float32(0), n)
+    if n <= sample.size or runs.shape[0] == 0:  # small: the whole tensor at once
+        if not read_entries(address, 0, mapping, mag[:n]):
+            return fail
+        _magnitudes(mag[:n], base[:n], mag[:n])
+        t, cut = _top_k(mag[:n], k, hist, cand[:n])
+        return True, t, cut
+    m = 0
+    for r in range(runs.shape[0]):
+        lo, hi = runs[r, 0], runs[r, 1]
+        if not read_entries(address, lo, mapping, sample[m:m + hi - lo]):
+            return fail
+        _magnitudes(sample[m:m + hi - lo], base[lo:hi], sample[m:m + hi - lo])
+        m += hi - lo
+    rank = m - (k * m + n - 1) // n  # the sample's rank of the k-th largest (smallest first)
+    lo_t = _kth_smallest(sample[:m], max(rank - MARGIN, 0))
+    hi_t = _kth_smallest(sample[:m], min(rank + MARGIN, m - 1))
+    c, above = 0, 0
+    for lo in range(0, n, buf.size):
+        e = min(n, lo + buf.size)
+        if not read_entries(address, lo, mapping, buf[:e - lo]):
+            return fail
+        c, above = _bracket(buf[:e - lo], base[lo:e], lo_t, hi_t, cand, c, above)
+    need = k - above  # the k-th largest is the need-th largest in the bracket
+    if not 0 < need <= c:  # missed: select from the whole tensor's magnitudes
+        if not read_entries(address, 0, mapping, mag[:n]):
+            return fail
+        _magnitudes(mag[:n], base[:n], mag[:n])
+        t, cut = _top_k(mag[:n], k, hist, cand[:n])
+        return True, t, cut
+    t = _kth_smallest(cand[:c], c - need)
+    at_least = above
+    for j in range(c):
+        at_least += cand[j] >= t
+    if at_least == k:
+        return True, t, n
+    need = k - above  # the first `need` entries equal to t, in index order: k less those above t
     for j in range(c):
         need -= cand[j] > t
     for lo in range(0, n, buf.size):
-        m = min(buf.size, n - lo)
-        if not read_entries(address, lo, mapping, buf[:m]):
-            return False, t, n, digit
-        _magnitudes(buf[:m], base[lo:lo + m], buf[:m])
-        for j in range(m):
+        e = min(n, lo + buf.size)
+        if not read_entries(address, lo, mapping, buf[:e - lo]):
+            return fail
+        _magnitudes(buf[:e - lo], base[lo:e], buf[:e - lo])
+        for j in range(e - lo):
             need -= buf[j] == t
             if need == 0:
-                return True, t, lo + j + 1, digit
-    return True, t, n, digit
+                return True, t, lo + j + 1
+    return True, t, n
 
 
 @numba.njit(nogil=True, cache=True)
