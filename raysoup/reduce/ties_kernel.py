@@ -172,7 +172,7 @@ class Trim(NamedTuple):
     them (`cut` = n where every entry equal to it is among the k)."""
 
     magnitude: float
-    cut: int
+    cut: int  # n where the magnitude is 0: a zero τ adds nothing whether kept or not
 
 
 def kept_count(n: int, density: float) -> int:
@@ -427,7 +427,7 @@ def _top_k(mag, k, hist, cand):  # pragma: no cover - compiled
     digit, rest = _bin_of(hist, mag.size - k)
     c = _gather(mag, np.zeros(HIST, np.int64), digit, digit, cand, 0)
     t, exact = _select(cand[:c], hist, digit, digit, digit, rest, k)
-    if exact:
+    if exact or t == 0:  # a k-th largest of 0: kept or not, a zero τ adds nothing to the merge
         return t, mag.size
     need = k - _count_above(mag, t)  # the first `need` entries equal to t, in index order
     for j in range(mag.size):
@@ -518,11 +518,13 @@ def _trim_mapped(address, mapping, n, k, base, buf, sample, runs, mag, cand,
         _magnitudes(mag[:n], base[:n], mag[:n])
         t, cut = _top_k(mag[:n], k, hist, cand[:n])
         return True, t, cut
+    if hi_t == 0:  # every entry in the bracket is 0 (a τ mostly zero: the base itself, frozen
+        return True, np.float32(0), n  # parameters): see `_top_k` for the cut
     t = _kth_smallest(cand[:c], c - need)
     at_least = above
     for j in range(c):
         at_least += cand[j] >= t
-    if at_least == k:
+    if at_least == k or t == 0:
         return True, t, n
     need = k - above  # the first `need` entries equal to t, in index order: k less those above t
     for j in range(c):
