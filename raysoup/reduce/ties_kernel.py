@@ -161,7 +161,10 @@ def _scratch(slot: int, shape: tuple[int, ...], dtype) -> np.ndarray:
     size = math.prod(shape)
     a = held.get((slot, np.dtype(dtype)))
     if a is None or a.size < size:
-        a = held[(slot, np.dtype(dtype))] = np.empty(size, dtype)
+        # torch's memory, not numpy's: numpy advises huge pages on large arrays, whose faults
+        # stall in compaction (see raysoup.reduce.merge._soup_from_files)
+        raw = torch.empty(size * np.dtype(dtype).itemsize, dtype=torch.uint8).numpy()
+        a = held[(slot, np.dtype(dtype))] = raw.view(dtype)
     return a[:size].reshape(shape)
 
 
