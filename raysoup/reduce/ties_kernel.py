@@ -297,7 +297,7 @@ def trim_thresholds(stream: Stream, base: torch.Tensor, density: float) -> list[
 
 @numba.njit(nogil=True, cache=True)
 def _soup_mapped(files, mappings, n, step, k, lam, pos, neg, npos, nneg, buf, sample, runs,
-                 mag, cand, hist, out):  # pragma: no cover - compiled
+                 mag, cand, index, hist, out):  # pragma: no cover - compiled
     """θ_0 + λ·TIES(τ) of one float32 tensor of n entries, into `out`: files[0] = the address of
     θ_0's entry 0 in its file's mapping (mappings[0]: its [start, end) and the file's
     descriptor), the others θ_1..θ_N's.
@@ -315,7 +315,7 @@ def _soup_mapped(files, mappings, n, step, k, lam, pos, neg, npos, nneg, buf, sa
             return 0
         for i in range(count):
             found, keep_at[i], cut[i] = _trim_mapped(files[i + 1], mappings[i + 1], n, k, out,
-                                                     buf, sample, runs, mag, cand, hist)
+                                                     buf, sample, runs, mag, cand, index, hist)
             if not found:
                 return i + 1
     keep_up = _next_up(keep_at)
@@ -359,8 +359,8 @@ def ties_soup(files: np.ndarray, mappings: np.ndarray, n: int, density: float, s
     sample = _scratch(9, (SAMPLE,), np.float32)
     runs = sample_runs(n) if n > SAMPLE else np.zeros((0, 2), np.int64)
     return _soup_mapped(files, mappings, n, window(files.size), k, np.float32(scale), pos, neg,
-                        npos, nneg, buf, sample, runs, mag, cand, _scratch(7, (HIST,), np.int64),
-                        out)
+                        npos, nneg, buf, sample, runs, mag, cand,
+                        _scratch(10, (size,), np.int64), _scratch(7, (HIST,), np.int64), out)
 
 
 # Bins of the first radix digit of a magnitude's bits (its top 11: the exponent and two
@@ -470,27 +470,29 @@ def sample_runs(n: int) -> np.ndarray:
 
 
 @numba.njit(nogil=True, cache=True)
-def _bracket(theta, base, lo_t, hi_t, cand, c, above):  # pragma: no cover - compiled
-    """Per entry |θ − θ_0|: counted in `above` past hi_t, appended to cand[c:] within
-    [lo_t, hi_t]; returns (c, above). A branch, not a select: a few % of the entries fall in
-    the bracket, so it is predicted, and writing every entry cost more than it."""
+def _bracket(theta, base, lo, lo_t, hi_t, cand, at, c, above):  # pragma: no cover - compiled
+    """Per entry |θ − θ_0| (entries lo, lo + 1, … of the tensor): counted in `above` past hi_t,
+    appended to cand[c:] within [lo_t, hi_t], its index to at[c:]; returns (c, above). A
+    branch, not a select: a few % of the entries fall in the bracket, so it is predicted, and
+    writing every entry cost more than it."""
     for j in range(base.size):
         x = abs(np.float32(theta[j] - base[j]))
         above += x > hi_t
         if lo_t <= x <= hi_t:
             cand[c] = x
+            at[c] = lo + j
             c += 1
     return c, above
 
 
 @numba.njit(nogil=True, cache=True)
-def _trim_mapped(address, mapping, n, k, base, buf, sample, runs, mag, cand,
+def _trim_mapped(address, mapping, n, k, base, buf, sample, runs, mag, cand, index,
                  hist):  # pragma: no cover - compiled
     """(read, the k-th largest |τ|, the cut) of `Trim` for the tensor at `address` of a file's
     mapping (positioned reads, `buf` at a time; `base`: θ_0's n entries), exactly as
     `_top_k` gives them: bracketed from the `runs`' sample (see SAMPLE), selected among the
-    entries in the bracket. Ties at the k-th largest read θ_i once more for the cut. `read`
-    False: a read failed."""
+    entries in the bracket (`index`: their indices, for the cut where magnitudes tie at the
+    k-th largest). `read` False: a read failed."""
     fail = (False, np.float32(0), n)
     if n <= sample.size or runs.shape[0] == 0:  # small: the whole tensor at once
         if not read_entries(address, 0, mapping, mag[:n]):
@@ -513,7 +515,7 @@ def _trim_mapped(address, mapping, n, k, base, buf, sample, runs, mag, cand,
         e = min(n, lo + buf.size)
         if not read_entries(address, lo, mapping, buf[:e - lo]):
             return fail
-        c, above = _bracket(buf[:e - lo], base[lo:e], lo_t, hi_t, cand, c, above)
+        c, above = _bracket(buf[:e - lo], base[lo:e], lo, lo_t, hi_t, cand, index, c, above)
     need = k - above  # the k-th largest is the need-th largest in the bracket
     if not 0 < need <= c:  # missed: select from the whole tensor's magnitudes
         if not read_entries(address, 0, mapping, mag[:n]):
@@ -532,15 +534,10 @@ def _trim_mapped(address, mapping, n, k, base, buf, sample, runs, mag, cand,
     need = k - above  # the first `need` entries equal to t, in index order: k less those above t
     for j in range(c):
         need -= cand[j] > t
-    for lo in range(0, n, buf.size):
-        e = min(n, lo + buf.size)
-        if not read_entries(address, lo, mapping, buf[:e - lo]):
-            return fail
-        _magnitudes(buf[:e - lo], base[lo:e], buf[:e - lo])
-        for j in range(e - lo):
-            need -= buf[j] == t
-            if need == 0:
-                return True, t, lo + j + 1
+    for j in range(c):  # the bracket holds every entry equal to t, in index order
+        need -= cand[j] == t
+        if need == 0:
+            return True, t, index[j] + 1
     return True, t, n
 
 
