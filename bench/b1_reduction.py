@@ -92,6 +92,9 @@ def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repe
             # numba's per-process start-up, paid before the timer like imports (probe.py)
             "ties_numba_init_s": ties["numba_init_s"],
             "floor_rss_ratio": ratio(floor["peak_rss_delta"], model_bytes),
+            # what each timed reduction ran: I/O route per tensor, compiled passes, compile time
+            "ran": {who: {k: r[k] for k in ("routes", "compiled", "compile_in_timer_s")}
+                    for who, r in (("raysoup", base), ("ties", ties))},
             "pure_by_shards": {str(k): {"seconds": r["seconds"], "runs": r["runs"],
                                         "rss_ratio": ratio(r["peak_rss_delta"], model_bytes)}
                                for k, r in ours.items()},

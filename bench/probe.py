@@ -47,17 +47,54 @@ def _init_numba() -> float:
     return time.perf_counter() - start
 
 
+def compiled_paths() -> dict:
+    """Per compiled pass of the reduction: whether it ran in this process, and whether numba
+    compiled it here (a cache miss: the compile time is inside the timer) or loaded it from
+    its cache."""
+    from raysoup.reduce import mapped, merge, ties_kernel
+
+    # The entry points called from Python (what they call is compiled into them): the mapped
+    # passes, and the Python route's slice merge, trim select and apply.
+    passes = {"uniform_mapped": mapped.sum_mapped, "ties_mapped": ties_kernel._soup_mapped,
+              "ties_slices": ties_kernel._merge_slice, "ties_trims": ties_kernel._top_k,
+              "axpy": merge._axpy}
+    return {name: {"ran": bool(d.signatures),
+                   "compiled_in_timer": sum(d.stats.cache_misses.values()) > 0}
+            for name, d in passes.items()}
+
+
+def _compile_seconds(recorded) -> float:
+    """Seconds numba spent compiling (outermost compile events only: nested ones are inside)."""
+    total, depth, start = 0.0, 0, 0.0
+    for at, ev in recorded.buffer:
+        if ev.is_start:
+            depth += 1
+            start = at if depth == 1 else start
+        elif ev.is_end:
+            depth -= 1
+            total += at - start if depth == 0 else 0.0
+    return total
+
+
 def main(spec: dict) -> dict:
     torch.set_num_threads(spec.get("threads", 1))
     torch.set_flush_denormal(True)
     fn = getattr(contenders, spec["contender"])
     numba_init = _init_numba()
     rss0 = _status_kib("VmRSS") * 1024
-    start = time.perf_counter()
-    extra = fn(**spec.get("args", {})) or {}
-    seconds = time.perf_counter() - start
+    from numba.core import event
+
+    from raysoup.reduce.mapped import routes
+
+    with event.install_recorder("numba:compile") as compiles:
+        start = time.perf_counter()
+        extra = fn(**spec.get("args", {})) or {}
+        seconds = time.perf_counter() - start
     return {"seconds": seconds, "rss_after_imports": rss0,
-            "peak_rss": _status_kib("VmHWM") * 1024, "numba_init_s": numba_init, **extra}
+            "peak_rss": _status_kib("VmHWM") * 1024, "numba_init_s": numba_init,
+            # what ran: the I/O route per tensor, the compiled passes, compile time timed
+            "routes": routes(), "compiled": compiled_paths(),
+            "compile_in_timer_s": _compile_seconds(compiles), **extra}
 
 
 def run_probe(contender: str, args: dict, threads: int = 1, timeout: float = 1800) -> dict:

@@ -46,7 +46,37 @@ def machine() -> dict:
                 if ln.startswith("MemTotal:")), 0)
     return {"cpus": os.cpu_count(), "memory_bytes": mem, "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            **cpu(), "kernel": platform.release(),
+            "transparent_hugepages": _chosen(THP / "enabled"),
+            "transparent_hugepages_defrag": _chosen(THP / "defrag")}
+
+
+THP = Path("/sys/kernel/mm/transparent_hugepage")
+
+
+def cpu() -> dict:
+    """The CPU's model name and feature flags (the first processor's, from /proc/cpuinfo)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if not line.strip():
+                break  # the first processor's block
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return {"cpu_model": fields.get("model name") or platform.processor() or None,
+            "cpu_flags": fields.get("flags", "").split()}
+
+
+def _chosen(path: Path) -> str | None:
+    """The bracketed choice of a sysfs setting such as "always [madvise] never"."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    return text[text.index("[") + 1:text.index("]")] if "[" in text else text.strip()
 
 
 def _ray(cpus: int, gpus: int = 0) -> None:
@@ -115,8 +145,13 @@ def run(only: list[str] | None = None, quick: bool = False, workdir: Path | None
 
 
 def report(result: dict) -> str:
+    m = result["machine"]
+    vector = [f for f in ("avx2", "avx512f", "fma") if f in m.get("cpu_flags", [])]
     lines = [(f"raysoup bench ({'quick' if result['quick'] else 'full'}, {result['device']}, "
-              f"{result['machine']['cpus']} CPUs) — ratios measured side by side in this run")]
+              f"{m['cpus']} CPUs) — ratios measured side by side in this run"),
+             (f"  machine: {m.get('cpu_model')} ({', '.join(vector) or 'no avx2/avx512f/fma'}),"
+              f" kernel {m.get('kernel')}, transparent huge pages"
+              f" {m.get('transparent_hugepages')}")]
     for key, value in result.items():
         if "." in key and not isinstance(value, dict):
             shown = f"{value:.3f}" if isinstance(value, float) and math.isfinite(value) else value
@@ -132,6 +167,11 @@ def report(result: dict) -> str:
                      + ("; Ray write_soup " + ", ".join(f"{k}: {v:.2f}s" for k, v in
                                                         b["ray_write_soup_s"].items())
                         if "ray_write_soup_s" in b else ""))
+        lines.append("  B1 ran: " + "; ".join(
+            f"{who}: tensors by route {ran['routes']}, compiled passes "
+            f"{[k for k, v in ran['compiled'].items() if v['ran']]}, compiled in the timer "
+            f"{[k for k, v in ran['compiled'].items() if v['compiled_in_timer']]} "
+            f"({ran['compile_in_timer_s']:.2f}s)" for who, ran in b["ran"].items()))
     if "B2" in d:
         b = d["B2"]
         lines.append(f"  B2: {b['ingredients']} ingredients, {b['heldout_images']} held-out images:"

@@ -35,6 +35,38 @@ def test_probe_measures_in_a_fresh_interpreter(tmp_path):
     assert out["seconds"] > 0 and out["peak_rss"] >= out["rss_after_imports"] > 0
 
 
+def test_machine_facts_are_recorded():
+    from bench.runner import machine
+
+    m = machine()
+    assert m["cpu_model"] and isinstance(m["cpu_flags"], list) and m["cpu_flags"]
+    assert m["kernel"] and m["transparent_hugepages"] in (None, "always", "madvise", "never")
+
+
+def test_probe_records_the_route_and_the_compiled_passes_that_ran(tmp_path):
+    """The B1 contenders' records say which I/O route each tensor took and which compiled
+    passes ran (and whether numba compiled them inside the timer)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from bench.probe import run_probe
+
+    paths = []
+    for i in range(3):
+        (tmp_path / f"m{i}").mkdir()
+        save_file({"w": torch.randn(300, 7), "b": torch.randn(5)},
+                  str(tmp_path / f"m{i}" / "model.safetensors"))
+        paths.append(str(tmp_path / f"m{i}"))
+    plan = [["w", "b"]]
+    ties = run_probe("raysoup_ties", {"paths": paths, "plan": plan})
+    assert ties["routes"] == {"mapping": 2}  # both tensors through the files' mappings
+    assert ties["compiled"]["ties_mapped"]["ran"]
+    assert not ties["compiled"]["ties_slices"]["ran"]  # the Python route's merge did not run
+    assert ties["compile_in_timer_s"] >= 0
+    uniform = run_probe("raysoup_reduce", {"paths": paths, "plan": plan})
+    assert uniform["routes"] == {"mapping": 2} and uniform["compiled"]["uniform_mapped"]["ran"]
+
+
 @pytest.mark.slow
 def test_quick_bench_writes_every_figure(tmp_path):
     path = tmp_path / "bench.json"
@@ -56,6 +88,14 @@ def test_quick_bench_writes_every_figure(tmp_path):
             assert result[f"B6.rounds.M{m}"] == b6["synthetic_n72"]["rounds"][str(m)]
             assert b6[label]["rounds"][str(m)] <= math.ceil((n - 1) / m) + acc
     assert set(result["details"]["B1"]["pure_by_shards"]) == {"1", "2", "4"}
+    # what ran, so a figure from another machine can be explained
+    m = result["machine"]
+    assert m["cpu_model"] and m["cpu_flags"] and m["kernel"] and "transparent_hugepages" in m
+    for who in ("raysoup", "ties"):
+        ran = result["details"]["B1"]["ran"][who]
+        assert ran["routes"].get("mapping", 0) > 0 and ran["compile_in_timer_s"] >= 0
+    assert result["details"]["B1"]["ran"]["ties"]["compiled"]["ties_mapped"]["ran"]
+    assert "B1 ran:" in proc.stdout and "machine:" in proc.stdout
     assert "B1.floor_ratio" in proc.stdout  # the figures are printed too
 
 

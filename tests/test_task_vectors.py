@@ -3,7 +3,9 @@ every task vector at once, by-hand cases, shard-layout invariance, and λ picked
 a real evaluator over real safetensors files (no Ray: the Ray kitchen is in
 test_recipes_on_ray.py)."""
 
+import math
 import os
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +24,13 @@ from raysoup.reduce import (
     task_vectors,
 )
 from raysoup.reduce.merge import tensor_generator
+from raysoup.reduce.ties_kernel import Trim, kept_count, sample_runs
 from raysoup.soup import Candidate, get_recipe
 from raysoup.soup.dare import DareMerge, drop_
 from raysoup.soup.task_arithmetic import SumOfTaskVectors
 from raysoup.soup.task_vectors import pick_scale
 from raysoup.soup.ties import TiesMerge, threshold
+from raysoup.soup_settings import TiesSettings
 
 # BatchNorm's step counter: fine-tuning advances it, so ingredients may differ in it (the first
 # fine-tuned ingredient's is kept); any other integer tensor must agree.
@@ -40,22 +44,62 @@ def _write(path: Path, tensors: dict) -> Path:
     return path
 
 
+def _kept(t: torch.Tensor, trim) -> torch.Tensor:
+    """The entries of τ a given trim keeps: a bare magnitude keeps every entry at or above it;
+    a Trim those above its magnitude and, of the ones equal to it, those before its cut."""
+    a = t.abs().reshape(-1)
+    if not isinstance(trim, Trim):
+        return (a >= trim).reshape(t.shape)
+    first = torch.arange(a.numel()) < trim.cut
+    return ((a > trim.magnitude) | ((a == trim.magnitude) & first)).reshape(t.shape)
+
+
+def top_k(t: np.ndarray, density: float) -> np.ndarray:
+    """The definition's trim: the k = ⌈density·n⌉ largest |τ| (density as written, in exact
+    arithmetic), ties in index order (a stable sort)."""
+    k = math.ceil(Fraction(str(density)) * t.size)
+    keep = np.zeros(t.size, bool)
+    keep[np.argsort(-np.abs(t.reshape(-1)), kind="stable")[:k]] = True
+    return keep.reshape(t.shape)
+
+
 def dense_ties(taus: list[torch.Tensor], density: float, thresholds=None) -> torch.Tensor:
     """TIES with every trimmed task vector in memory (the paper's formulation); `thresholds`:
-    trim each τ at its given magnitude instead of at its exact top-k."""
+    trim each τ as given (a magnitude or a Trim) instead of at its exact top-k."""
     trimmed = []
     for i, t in enumerate(taus):
         if thresholds is not None:
-            trimmed.append(t * (t.abs() >= thresholds[i]))
+            trimmed.append(t * _kept(t, thresholds[i]))
             continue
-        k = int(np.ceil(density * t.numel()))
-        keep = torch.zeros(t.numel(), dtype=torch.bool)
-        keep[t.abs().flatten().argsort(descending=True, stable=True)[:k]] = True
-        trimmed.append(t * keep.reshape(t.shape))
+        trimmed.append(t * torch.from_numpy(top_k(t.numpy(), density)))
     stack = torch.stack(trimmed)
     sign = torch.sign(stack.sum(0))
     agree = (torch.sign(stack) == sign) & (sign != 0)
     return (stack * agree).sum(0) / agree.sum(0).clamp(min=1)
+
+
+def reference_ties_soup(base: np.ndarray, thetas: list[np.ndarray], density: float,
+                        lam: float) -> np.ndarray:
+    """θ_0 + λ·TIES(τ) by the definition, dense, in float32 in the kernel's order of operations
+    (so the comparison can be bitwise): τ_i = θ_i − θ_0 trimmed to its exact top k
+    (`top_k`); per entry the kept positive τ_i summed in ingredient order and counted, the
+    negative likewise; the elected sign is that of the two sums' total; the disjoint mean is
+    the elected side's sum over its count (0 where the total is 0); then one multiply by λ and
+    one add, rounded apart."""
+    zero = np.float32(0)
+    p, q = np.zeros_like(base), np.zeros_like(base)
+    cp, cn = np.zeros(base.shape, np.int64), np.zeros(base.shape, np.int64)
+    for theta in thetas:
+        tau = theta.astype(np.float32) - base
+        kept = top_k(tau, density)
+        up, down = kept & (tau > 0), kept & (tau < 0)
+        p, q = p + np.where(up, tau, zero), q + np.where(down, tau, zero)
+        cp, cn = cp + up, cn + down
+    total = p + q
+    pos = p / np.maximum(cp, 1).astype(np.float32)
+    neg = q / np.maximum(cn, 1).astype(np.float32)
+    mean = np.where(total > 0, pos, np.where(total < 0, neg, zero))
+    return base + np.float32(lam) * mean
 
 
 @pytest.fixture
@@ -95,8 +139,26 @@ def test_ties_by_hand_and_against_the_dense_reference(population):
 def test_trim_keeps_the_top_fraction():
     t = torch.tensor([0.1, -5.0, 2.0, 0.0, -0.3])
     thr = threshold(t, torch.zeros(5), 0.4)
-    assert (t * (t.abs() >= thr)).tolist() == [0.0, -5.0, 2.0, 0.0, 0.0]
+    assert (t * _kept(t, thr)).tolist() == [0.0, -5.0, 2.0, 0.0, 0.0]
     assert threshold(t, torch.zeros(5), 1.0) is None  # density 1 keeps everything
+
+
+def test_kept_count_rounds_up_in_exact_arithmetic():
+    """k = ⌈density·n⌉ on the density as written: 0.3 × 10 is 3, not the float product's 4."""
+    assert kept_count(10, 0.3) == 3
+    assert [kept_count(n, 0.2) for n in (1, 4, 5, 6, 10, 11)] == [1, 1, 1, 2, 2, 3]
+    assert kept_count(7, 1.0) == 7 and kept_count(3, 1e-9) == 1
+    t = torch.arange(1.0, 11.0)
+    assert int(_kept(t, threshold(t, torch.zeros(10), 0.3)).sum()) == 3
+
+
+def test_ties_at_the_threshold_keep_exactly_k_first_in_index_order():
+    """Magnitudes equal to the k-th largest: the first ones in index order are kept, exactly k
+    in all (a stable sort by descending magnitude)."""
+    t = torch.tensor([1.0, -2.0, 2.0, 0.5, 2.0, -2.0, 3.0, 0.0, 2.0, 1.0])
+    trim = threshold(t, torch.zeros(10), 0.3)  # 3: the 3.0 and the first two 2.0s
+    assert trim == Trim(2.0, 3)
+    assert (t * _kept(t, trim)).tolist() == [0, -2, 2, 0, 0, 0, 3, 0, 0, 0]
 
 
 def test_task_arithmetic_at_one_over_n_is_the_uniform_soup(population):
@@ -181,10 +243,13 @@ def test_recipes_pick_lambda_on_heldout_ties_to_smaller(tmp_path):
     images = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32).reshape(2, 1, 1, 2)
     heldout = EvalSplit(images, np.array([0, 1]))
     cands = [Candidate("t0", 0.9, tuned[0]), Candidate("t1", 0.8, tuned[1])]
+    # TIES at density 0.5: both diagonal entries of each τ (its default 0.2 keeps exactly one
+    # of the four, the first of the two equal magnitudes, and one class stays wrong).
+    settings = {"ties": TiesSettings(density=0.5)}
     for name in ("task_arithmetic", "ties", "dare"):
         kitchen = MergeKitchen(Candidate("zeroshot", 0.0, zs), model, heldout,
                                ["1.weight", "1.bias"])
-        result = get_recipe(name).cook(cands, kitchen)
+        result = get_recipe(name, settings.get(name)).cook(cands, kitchen)
         assert result.ingredients == ["zeroshot", "t0", "t1"] and result.merge is not None
         best = max(kitchen.scored.values())
         assert best == 1.0 and result.scale == min(s for s, a in kitchen.scored.items()
@@ -196,7 +261,6 @@ def test_recipes_pick_lambda_on_heldout_ties_to_smaller(tmp_path):
 
 
 def test_chunked_merges_match_the_dense_reference_across_chunk_boundaries():
-    from raysoup.reduce.ties_kernel import SAMPLE
     from raysoup.soup.task_vectors import CHUNK, elect_and_average, sum_of
 
     g = torch.Generator().manual_seed(3)
@@ -207,12 +271,10 @@ def test_chunked_merges_match_the_dense_reference_across_chunk_boundaries():
         return iter(thetas)
     torch.testing.assert_close(sum_of(stream, base), sum(t - base for t in thetas),
                                rtol=1e-5, atol=1e-5)
-    # n > SAMPLE: the thresholds come from a strided sample (checked below); the election and
-    # the disjoint mean must match the dense formulation at those thresholds exactly.
-    assert n > SAMPLE
+    # The election and the disjoint mean must match the dense formulation at those trims.
     thresholds = [threshold(t, base, 0.2) for t in thetas]
-    def trim(i, theta, b):  # a Sparsifier trimming at the i-th threshold
-        return lambda tau: tau.mul_(tau.abs() >= thresholds[i])
+    def trim(i, theta, b):  # a Sparsifier trimming by the i-th ingredient's trim
+        return lambda tau: tau.mul_(_kept(tau, thresholds[i]))
     torch.testing.assert_close(elect_and_average(stream, base, trim),
                                dense_ties([t - base for t in thetas], 0.2, thresholds),
                                rtol=1e-6, atol=1e-6)
@@ -233,10 +295,10 @@ def test_chunked_merges_match_the_dense_reference_across_chunk_boundaries():
     torch.testing.assert_close(
         ties_merge(lambda: iter(half), base, thresholds),
         dense_ties([t.float() - base for t in half], 0.2, thresholds), rtol=1e-6, atol=1e-6)
-    # Past SAMPLE entries the threshold comes from a sample of 32 runs: close to the density.
-    big = torch.randn(3 * SAMPLE, generator=g)
-    kept = (big.abs() >= threshold(big, torch.zeros_like(big), 0.2)).float().mean().item()
-    assert kept == pytest.approx(0.2, abs=0.005)
+    # The trims keep exactly k entries, the top k of the definition.
+    for t in thetas:
+        assert torch.equal(_kept(t - base, threshold(t, base, 0.2)),
+                           torch.from_numpy(top_k((t - base).numpy(), 0.2)))
 
 
 def test_fused_ties_counts_past_255_ingredients():
@@ -307,17 +369,16 @@ def test_compiled_ties_soup_is_the_bits_of_the_python_route(tmp_path, monkeypatc
     """Float32 files on local disk: the shard makes each TIES tensor in one compiled call
     (thresholds from the sampled runs, reads, merge and θ_0 + λ·τ in place). Its soup must be
     the bits of the Python route (slices read through Python, τ, then `axpy`) and of the soup
-    the Ray kitchen scores from cached task vectors — past SAMPLE entries, across slice
+    the Ray kitchen scores from cached task vectors — on a tensor of 70,000 entries, across slice
     boundaries, with five ingredients (a group of four and one), at a λ whose product rounds."""
     from raysoup.reduce import ties_kernel
     from raysoup.reduce.mapped import window
-    from raysoup.reduce.ties_kernel import SAMPLE
 
     WINDOW = window(6)  # entries per window of a pass over six files
 
     monkeypatch.setattr(ties_kernel, "ROWS_BYTES", 5 * 4 * 3000)  # 3000-entry slices
     g = torch.Generator().manual_seed(13)
-    base = {"big": torch.randn(SAMPLE + 4321, generator=g), "mat": torch.randn(60, 70, generator=g),
+    base = {"big": torch.randn(70_000, generator=g), "mat": torch.randn(60, 70, generator=g),
             "scalar": torch.tensor(2.5), "empty": torch.zeros(0), STEPS: torch.tensor([1]),
             # past WINDOW: the compiled pass releases mapped pages midway, then maps the next
             "huge": torch.randn(WINDOW + 777, generator=g)}
@@ -333,7 +394,7 @@ def test_compiled_ties_soup_is_the_bits_of_the_python_route(tmp_path, monkeypatc
                         lambda self, *a: calls.append(a[2]) or real(self, *a))
     fused = merge_shard(paths[1:], paths[0], names, TiesMerge(0.2), 0.75)
     # every floating tensor
-    assert sorted(calls) == sorted([0, 1, 4200, SAMPLE + 4321, WINDOW + 777])
+    assert sorted(calls) == sorted([0, 1, 4200, 70_000, WINDOW + 777])
     monkeypatch.delattr(TiesMerge, "soup_files")
     python = merge_shard(paths[1:], paths[0], names, TiesMerge(0.2), 0.75)
     cached = apply_task_vector(paths[0], task_vectors(paths[1:], paths[0], names,
@@ -354,22 +415,22 @@ def test_compiled_ties_soup_is_the_bits_of_the_python_route(tmp_path, monkeypatc
 def test_compiled_ties_names_the_file_that_fails_to_read(tmp_path):
     """A file cut short after it was opened is refused before its mapping is read (a page past
     the end would be SIGBUS), naming it; a positioned read that fails inside the compiled call
-    (the sample's) reports which file."""
+    (one for a trim) reports which file."""
     from contextlib import ExitStack
 
     from raysoup.checkpoints.tensorfile import TensorFileError, open_tensors
     from raysoup.reduce.mapped import addresses
     from raysoup.reduce.merge import _soup_from_files
-    from raysoup.reduce.ties_kernel import SAMPLE, ties_soup
+    from raysoup.reduce.ties_kernel import ties_soup
 
     g = torch.Generator().manual_seed(2)
-    big = [_write(tmp_path / n, {"w": torch.randn(SAMPLE + 1, generator=g)}) / "model.safetensors"
+    big = [_write(tmp_path / n, {"w": torch.randn(70_001, generator=g)}) / "model.safetensors"
            for n in ("base2", "c", "d")]
     with ExitStack() as stack:
         at, mappings = addresses([stack.enter_context(open_tensors(f)) for f in big], "w")
-        out = np.empty(SAMPLE + 1, np.float32)
+        out = np.empty(70_001, np.float32)
         assert ties_soup(at, mappings, out.size, 0.5, 1.0, out) == -1
-        mappings[2, 2] = 987654  # not a descriptor: file 2's sample read fails
+        mappings[2, 2] = 987654  # not a descriptor: file 2's read for its trim fails
         assert ties_soup(at, mappings, out.size, 0.5, 1.0, out) == 2
 
     g = torch.Generator().manual_seed(2)
@@ -402,3 +463,43 @@ def test_non_floating_tensors_must_agree_across_ingredients(tmp_path, merge):
         merge_shard([*same, other], base, names, merge, 0.5)
     with pytest.raises(ReductionError, match="tensor 'ids'"):
         task_vectors([*same, other], base, names, merge)
+
+
+@pytest.mark.parametrize("route", ["compiled", "python"])
+@pytest.mark.parametrize("shards", [1, 3])
+def test_written_ties_soup_is_the_definition_bit_for_bit(tmp_path, monkeypatch, route, shards):
+    """The written soup against TIES computed directly from its definition (`top_k`,
+    `reference_ties_soup`) on a tensor of over a million entries — with magnitudes that tie at
+    the threshold, one ingredient's larger outside the runs its trim is bracketed from — and smaller
+    ones, bit for bit (the reference rounds in the kernel's
+    order), through the compiled route that reads the files' mappings and through the Python
+    route, for the tensors made in one shard or split over three."""
+    g = torch.Generator().manual_seed(17)
+    base = {"big": torch.randn(1024, 1025, generator=g), "mat": torch.randn(300, 77, generator=g),
+            "vec": torch.randn(10, generator=g), "one": torch.randn(1, generator=g)}
+    states = []
+    for i in range(3):
+        step = 0.01 * torch.randn(base["big"].shape, generator=g)
+        if i != 1:  # on a grid of 1/512: many magnitudes equal the k-th largest
+            step = (step * 512).round() / 512
+        if i == 2:  # larger outside the sampled runs: the sample's bracket misses its k-th
+            flat = step.reshape(-1) * 16
+            inside = torch.zeros(flat.numel(), dtype=torch.bool)
+            for lo, hi in sample_runs(flat.numel()):
+                inside[lo:hi] = True
+            step = torch.where(inside, flat / 16, flat).reshape(step.shape)
+        states.append({"big": base["big"] + step, **{k: v + 0.1 * torch.randn(v.shape, generator=g)
+                                                    for k, v in base.items() if k != "big"}})
+    paths = [_write(tmp_path / "base", base)]
+    paths += [_write(tmp_path / f"m{i}", s) for i, s in enumerate(states)]
+    if route == "python":
+        monkeypatch.delattr(TiesMerge, "soup_files")
+    names = list(base)
+    parts = [names] if shards == 1 else [names[:1], names[1:3], names[3:]]
+    soup = {}
+    for part in parts:
+        soup.update(merge_shard(paths[1:], paths[0], part, TiesMerge(0.3), 0.7))
+    assert (base["big"] + states[0]["big"] - base["big"]).numel() >= 1_000_000
+    for name in names:
+        ref = reference_ties_soup(base[name].numpy(), [s[name].numpy() for s in states], 0.3, 0.7)
+        assert soup[name].tobytes() == ref.tobytes(), name

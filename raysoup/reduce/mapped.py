@@ -20,6 +20,7 @@ uniform soup's pass (used by `shard_reduce.reduce_shard`); TIES' is in `ties_ker
 from __future__ import annotations
 
 import mmap
+from collections import Counter
 
 import numba
 import numpy as np
@@ -151,13 +152,27 @@ def window(count: int) -> int:
     return max(SLICE, MAPPED_BYTES // (4 * count) // SLICE * SLICE)
 
 
+# Tensors per I/O route taken in this process, counted where the route is decided (once per
+# tensor, never per slice), so a benchmark can say which route its figures measured (`routes`).
+_ROUTES: Counter[str] = Counter()
+
+
+def routes() -> dict[str, int]:
+    """Tensors this process handed to compiled passes through their files' mappings
+    ("mapping") and those it left to reads into memory ("read": pread on local files, ranged
+    requests on remote ones), since it started."""
+    return dict(_ROUTES)
+
+
 def addresses(handles, name: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(address of entry 0 of tensor `name` in each handle's file mapping, each mapping's
     [start, end) and the file's descriptor) for compiled passes; None where a file is remote
     or holds it in another dtype than float32 (read those through Python)."""
     found = [h.mapped(name) for h in handles]
     if any(at is None for at in found):
+        _ROUTES["read"] += 1
         return None
+    _ROUTES["mapping"] += 1
     at = np.array([(*where, h.fd) for where, h in zip(found, handles)], np.int64).reshape(-1, 4)
     return at[:, 0].copy(), at[:, 1:].copy()
 

@@ -4,10 +4,11 @@ per tensor, 1. trim each task vector τ_i = θ_i − θ_0 to its top-k% entries 
 entries that agree with it (disjoint mean); the soup is θ_0 + λ·merge, λ on held-out.
 
 Trimming is per tensor, as in mergekit (the paper trims each whole task vector; per tensor
-keeps the streaming bound: one tensor name at a time). An entry at the threshold is kept, so
-ties at the k-th magnitude may keep a few more than k%; tensors above `SAMPLE` entries take
-their threshold from a sample. The thresholds and the merge are read slice by slice
-(reduce/ties_kernel.py).
+keeps the streaming bound: one tensor name at a time), and exact for tensors of any size: each
+τ_i keeps exactly k = ⌈density·n⌉ of its n entries (`kept_count`), the k largest magnitudes;
+where magnitudes tie at the k-th, the first in index order (a stable sort by descending
+magnitude). The trims are found one ingredient at a time, then the merge reads every
+ingredient slice by slice (reduce/ties_kernel.py).
 """
 
 from __future__ import annotations
@@ -18,16 +19,15 @@ import numpy as np
 import torch
 
 from raysoup.reduce.merge import Stream
-from raysoup.reduce.ties_kernel import ties_merge, ties_soup, trim_thresholds
+from raysoup.reduce.ties_kernel import Trim, ties_merge, ties_soup, trim_thresholds
 from raysoup.soup.base import Candidate, Kitchen, RecipeResult
 from raysoup.soup.task_vectors import cook_task_vectors
 from raysoup.soup_settings import TIES_LAMBDAS as DEFAULT_LAMBDAS
 from raysoup.soup_settings import TiesSettings
 
 
-def threshold(theta: torch.Tensor, base: torch.Tensor, density: float) -> float | None:
-    """The magnitude at or above which an entry of τ = θ − θ_0 is among the top `density`
-    fraction (None: everything is kept), as TIES trims it (from a sample past SAMPLE entries)."""
+def threshold(theta: torch.Tensor, base: torch.Tensor, density: float) -> Trim | None:
+    """How TIES trims τ = θ − θ_0 to its top `density` fraction (None: everything is kept)."""
     return trim_thresholds(lambda: iter([theta]), base, density)[0]
 
 
