@@ -76,7 +76,7 @@ def soup_checkpoints(paths: Iterable[str | Path], method: str = "uniform", *,
         try:
             result = _cook(recipe, members, anchor, weights)
             return _write(out, result, [by_name[n] for n in result.ingredients],
-                          anchored=anchor is not None)
+                          None if anchor is None else anchor[1])
         except SoupCheckpointsError:
             raise
         except (ValueError, OSError) as err:  # e.g. checkpoints of different models
@@ -211,19 +211,20 @@ def _cook(recipe, members: list[tuple[str, Path]], anchor, weights):
     # fine-tuned model) becomes a SoupCheckpointsError in `soup_checkpoints`
 
 
-def _write(out: Path, result, files: list[Path], anchored: bool) -> Path:
-    """Reduce `result` over `files` (the soup stage's `Blend`, as one shard) into `out`."""
+def _write(out: Path, result, files: list[Path], anchor: Path | None) -> Path:
+    """Reduce `result` over `files` (the soup stage's `Blend`, as one shard) into `out`;
+    `anchor`: the base's file, whose integer buffers a soup does not take (as in the stage)."""
     import torch
 
     from raysoup.checkpoints.tensorfile import open_tensors
     from raysoup.reduce import Blend, write_shard
+    from raysoup.soup.base import Candidate, integers_source
 
     with open_tensors(files[0]) as first:
         names = list(first.keys())
-    # With the base in a weighted soup, integer buffers come from the first fine-tuned model
-    # (orchestration.kitchen.integers_source: fine-tuning advanced BatchNorm's counter).
+    base = None if anchor is None else Candidate(BASE_NAME, math.nan, anchor)
     blend = Blend(tuple(result.weights), result.tensor_weights, result.merge, result.scale,
-                  1 if anchored and len(files) > 1 else None)
+                  integers_source(files, base))
     blend.check(set(names))
     # The soup stage's shard tasks flush denormals (orchestration.reduce_tasks): the same mode
     # gives the same bits; the process's default (off) is restored after.

@@ -30,6 +30,7 @@ from raysoup.orchestration.reduce_tasks import (
 )
 from raysoup.reduce.merge import TensorMerge
 from raysoup.soup import Candidate
+from raysoup.soup.base import integers_source
 from raysoup.soup.journal import DecisionJournal
 from raysoup.workdir import soup_journal
 
@@ -40,15 +41,6 @@ log = logging.getLogger(__name__)
 def _per_tensor(fn, paths: list[str], names: list[str]) -> dict:
     _same_float_mode()
     return fn([Path(p) for p in paths], names)
-
-
-def integers_source(paths: list[Path], anchor: Candidate | None) -> int | None:
-    """With the zero-shot anchor in a soup, integer buffers come from the first fine-tuned
-    ingredient: fine-tuning advanced BatchNorm's step counter, so they cannot all match (the
-    counter is unused in eval mode and by BatchNorm's default momentum update)."""
-    if anchor is None or Path(anchor.path) not in {Path(p) for p in paths}:
-        return None
-    return next((i for i, p in enumerate(paths) if Path(p) != Path(anchor.path)), None)
 
 
 class RayKitchen:

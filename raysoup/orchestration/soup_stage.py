@@ -23,12 +23,12 @@ from raysoup.export import base_clip_state, model_info
 from raysoup.models.families import family_of
 from raysoup.orchestration import metrics
 from raysoup.orchestration.evaluation import EvalPool
-from raysoup.orchestration.kitchen import RayKitchen, integers_source
+from raysoup.orchestration.kitchen import RayKitchen
 from raysoup.orchestration.published import Publisher, example_images
 from raysoup.orchestration.reduce_tasks import ingredient_shards, write_soup
 from raysoup.reduce import Blend
 from raysoup.soup import Candidate, RecipeResult, get_recipe
-from raysoup.soup.base import by_heldout
+from raysoup.soup.base import by_heldout, integers_source
 from raysoup.tracking import Tracker
 from raysoup.workdir import (
     RECIPE_FILE,

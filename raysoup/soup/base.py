@@ -115,6 +115,15 @@ class Kitchen(Protocol):
         """`learn_coefficients` on the held-out split, where the split lives (an eval actor)."""
 
 
+def integers_source(paths: list[Path], anchor: Candidate | None) -> int | None:
+    """With the zero-shot anchor in a soup, integer buffers come from the first fine-tuned
+    ingredient: fine-tuning advanced BatchNorm's step counter, so they cannot all match (the
+    counter is unused in eval mode and by BatchNorm's default momentum update)."""
+    if anchor is None or Path(anchor.path) not in {Path(p) for p in paths}:
+        return None
+    return next((i for i, p in enumerate(paths) if Path(p) != Path(anchor.path)), None)
+
+
 def by_heldout(candidates: list[Candidate]) -> list[Candidate]:
     """Best held-out accuracy first; ties broken by name so the order is deterministic."""
     return sorted(candidates, key=lambda c: (-c.heldout, c.name))
