@@ -18,7 +18,8 @@ from raysoup.faults import ENV
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# 540 training images, global batch 32: 16 steps per epoch; hit 21 is step 5 of epoch 2.
+# 540 training images, global batch 32: 17 steps per epoch (the last of 28); hit 21 is
+# step 4 of epoch 2.
 KILL_AT = 21
 
 

@@ -72,8 +72,8 @@ def test_finetune_reduces_loss_and_reports_epochs(train):
     assert seen[-1][1]["train_loss"] < seen[0][1]["train_loss"]
     assert [e for e, _, _ in seen] == list(range(1, 9)) == [s for _, _, s in seen]
     assert set(out) == {"epoch", "train_loss", "train_acc", "lr", "images_per_s",
-                        "skipped_images"}
-    assert out["skipped_images"] == 0
+                        "train_images", "skipped_images"}
+    assert out["skipped_images"] == 0 and out["train_images"] == len(train)  # 96, batch 16
     assert out["epoch"] == 8 and math.isfinite(out["train_loss"]) and out["images_per_s"] > 0
     assert out["lr"] < hp.lr  # cosine decayed
 

@@ -40,7 +40,17 @@ class ClassifierObjective:
 
     def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # timm's Mixup draws from numpy's global RNG, which the loop seeds per epoch.
-        return self.mixer(x, y) if self.mixer is not None else (x, y)
+        if self.mixer is None:
+            return x, y
+        if len(x) % 2 == 0:
+            return self.mixer(x, y)
+        # timm pairs sample i with sample n-1-i and wants an even batch. An odd one (the
+        # epoch's last batch, kept whole) pairs its middle sample with itself: mixed through
+        # a duplicate, which is then dropped. One draw per batch, as for an even one.
+        m = len(x) // 2
+        mixed, target = self.mixer(torch.cat([x[:m + 1], x[m:]]), torch.cat([y[:m + 1], y[m:]]))
+        return torch.cat([mixed[:m + 1], mixed[m + 2:]]), torch.cat([target[:m + 1],
+                                                                     target[m + 2:]])
 
     def forward_loss(self, net: nn.Module, x: torch.Tensor,
                      target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -60,7 +60,8 @@ class TrackingCallback(tune.Callback):
         self._run(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        keys = ("train_loss", "train_acc", "lr", "images_per_s", "skipped_images")
+        keys = ("train_loss", "train_acc", "lr", "images_per_s", "train_images",
+                "skipped_images")
         self.link.session.tracker.log_metrics(
             self._run(trial), {k: result[k] for k in keys if k in result},
             step=int(result.get("epoch", 0)))

@@ -1,16 +1,19 @@
 """Training input: which samples form each step's batch, and how they become uint8 tensors.
 
-The *epoch plan* is a pure function of (seed, epoch, the split's units, batch size, lanes,
-window): units (Parquet row groups, or single files) are shuffled and dealt to `lanes`; each
-lane's samples are shuffled within windows of `window` samples and cut into full batches; the
-steps interleave the lanes round robin. Augmentation draws come from a generator seeded per
-step. So a resumed trial sees the same batches, and so do the two ways pixels arrive:
+The *epoch plan* is a pure function of (seed, epoch, the split's units, batch size, window):
+units (Parquet row groups, or single files) are shuffled, their samples shuffled within
+windows of `window` samples and cut into batches, the last one smaller: every sample once per
+epoch. The loader's lanes (DataLoader workers) only share out the making of the batches, and
+data-parallel workers take slices of each batch, so neither the CPU count nor the worker count
+changes which samples form which step's batch. Augmentation draws come from a generator seeded
+per step. So a resumed trial sees the same batches, and so do the two ways pixels arrive:
 
 - **cached**: the split's decoded images fit `memory_budget_mb`, and are decoded once per
   trial into memory (the 32-px world);
-- **streamed**: one DataLoader worker per lane reads its lane's units, decodes and augments
-  its batches; memory is bounded by the window, the prefetch depth and the batch size, never
-  by the number of images.
+- **streamed**: one DataLoader worker per lane reads the row groups of its runs of steps,
+  decodes and augments their batches; the trainer puts the batches back in step order.
+  Memory is bounded by the window, the lanes, the prefetch depth and the batch size (at most
+  about `lanes` runs of batches wait to be used), never by the number of images.
 """
 
 from __future__ import annotations
@@ -93,29 +96,53 @@ def step_seed(seed: int, epoch: int, step: int) -> int:
 
 def plan_epoch(units: np.ndarray, seed: int, epoch: int, batch_size: int, lanes: int,
                window: int) -> list[tuple[int, np.ndarray]]:
-    """[(lane, sample indices)] in step order; every batch full (a split smaller than one
-    batch is one batch of everything)."""
-    n = len(units)
+    """[(lane, sample indices)] in step order: every sample exactly once, in batches of
+    `batch_size` (the last one smaller when the split does not divide; one larger when a
+    single sample would be left).
+
+    The batches and their order depend on (units, seed, epoch, batch_size, window) only:
+    units are shuffled, their samples shuffled within windows of `window` and cut into
+    batches. `lanes` (the DataLoader workers, from the CPU count) only says which worker
+    makes each batch, so the CPU count never changes what a trial computes. A lane makes runs
+    of ⌈window/batch_size⌉ consecutive steps, lanes taking runs in turn: a run covers about
+    one window, so each row group is read by about one lane per epoch."""
+    if not len(units):
+        return []
     rng = np.random.default_rng([seed, epoch])
-    if n < batch_size:
-        return [(0, rng.permutation(n))]
     uniq, inverse = np.unique(units, return_inverse=True)
     by_unit = np.argsort(inverse, kind="stable")
     members = np.split(by_unit, np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1])
-    perm = rng.permutation(len(uniq))
-    per_lane = []
-    for lane in range(lanes):
-        mine = perm[lane::lanes]
-        samples = np.concatenate([members[u] for u in mine]) if len(mine) else np.zeros(0, int)
-        lane_rng = np.random.default_rng([seed, epoch, lane + 1])
-        for lo in range(0, len(samples), window):
-            samples[lo:lo + window] = lane_rng.permutation(samples[lo:lo + window])
-        per_lane.append([samples[i * batch_size:(i + 1) * batch_size]
-                         for i in range(len(samples) // batch_size)])
-    plan = []
-    for i in range(max(map(len, per_lane))):
-        plan += [(lane, batches[i]) for lane, batches in enumerate(per_lane) if i < len(batches)]
-    return plan
+    samples = np.concatenate([members[u] for u in rng.permutation(len(uniq))])
+    # Seeded as lane 0 of the earlier per-lane plan: a one-lane trial keeps its batches.
+    window_rng = np.random.default_rng([seed, epoch, 1])
+    for lo in range(0, len(samples), window):
+        samples[lo:lo + window] = window_rng.permutation(samples[lo:lo + window])
+    starts = list(range(0, len(samples), batch_size))
+    if len(starts) > 1 and len(samples) - starts[-1] == 1:
+        starts.pop()  # a lone last sample joins the batch before: BatchNorm cannot train on one
+    run = run_length(batch_size, window)
+    return [((i // run) % lanes, samples[lo:hi])
+            for i, (lo, hi) in enumerate(zip(starts, starts[1:] + [len(samples)]))]
+
+
+def rank_slice(idx: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """Data-parallel worker `rank`'s contiguous part of a batch: equal parts of a batch the
+    workers divide, else parts of ⌈n/world⌉ (at least 2) from the first worker on, a lone
+    last sample joining the part before; later workers may get none."""
+    n = len(idx)
+    if n % world == 0 and n // world != 1:
+        return idx[rank * n // world:(rank + 1) * n // world]
+    part = max(2, -(-n // world))
+    bounds = [min(n, k * part) for k in range(world + 1)]
+    for k in range(1, world + 1):
+        if bounds[k] - bounds[k - 1] == 1 and k > 1:
+            bounds[k - 1] = bounds[k]  # the lone sample joins worker k-2's part
+    return idx[bounds[rank]:bounds[rank + 1]]
+
+
+def run_length(batch_size: int, window: int) -> int:
+    """Consecutive steps one lane makes (`plan_epoch`): about one window of samples."""
+    return max(1, -(-window // batch_size))
 
 
 def random_resized_crop_box(w: int, h: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
@@ -228,12 +255,11 @@ class TrainInput:
     """The batches of one trial's epochs: (uint8 [B,3,S,S], int64 labels [B]) in plan order."""
 
     def __init__(self, data: LabeledImages, aug: Augment, cfg: LoaderCfg, seed: int,
-                 batch_size: int, even: bool = False, shard: tuple[int, int] = (0, 1)):
+                 batch_size: int, shard: tuple[int, int] = (0, 1)):
         """`shard=(rank, world)`: this data-parallel worker's part of every global batch."""
         self.data, self.aug, self.cfg = data, aug, cfg
         self.seed, self.batch_size = seed, batch_size
         self.rank, self.world = shard
-        self.even = even  # mixup pairs samples: a batch short of a skipped image drops one more
         self.skipped: set[int] = set()  # corrupt images left out (skip_corrupt)
         self.labels = torch.from_numpy(np.asarray(data.labels, np.int64))
         self.units = data.images.units()
@@ -247,7 +273,14 @@ class TrainInput:
             return plan
         # Every worker plans the same global batches (same seed) and takes its contiguous
         # slice of each: together they see exactly the single-worker trial's samples per step.
-        return [(lane, np.array_split(idx, self.world)[self.rank]) for lane, idx in plan]
+        # A slice may be empty (a last batch smaller than the workers): the worker still
+        # steps with the others (train/finetune.py).
+        return [(lane, rank_slice(idx, self.rank, self.world)) for lane, idx in plan]
+
+    def batch_sizes(self, epoch: int) -> list[int]:
+        """The whole (all workers') batch of every step, as planned (before skip_corrupt)."""
+        return [len(idx) for _, idx in plan_epoch(self.units, self.seed, epoch, self.batch_size,
+                                                  self.cfg.lanes, self.cfg.window)]
 
     def steps_per_epoch(self) -> int:
         return len(self.steps(1))  # the same for every epoch: only the order changes
@@ -272,8 +305,6 @@ class TrainInput:
     def _kept(self, planned: np.ndarray, kept: np.ndarray) -> np.ndarray:
         if len(kept) < len(planned):
             self.skipped |= set(planned.tolist()) - set(kept.tolist())
-            if self.even and len(kept) % 2:
-                kept = kept[:-1]
         return kept
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -299,14 +330,15 @@ class TrainInput:
         import torchvision.io  # noqa: F401  (decode_pixels's decoder, imported once, before fork)
         from torch.utils.data import DataLoader
 
-        lanes = LaneBatches(self.data, plan, self.aug, self.seed, epoch, self.cfg.window,
+        lanes = LaneBatches(self.data, plan, self.aug, self.seed, epoch,
+                            run_length(self.batch_size, self.cfg.window) * self.batch_size,
                             self.cfg.skip_corrupt)
         loader = DataLoader(lanes, batch_size=None, num_workers=self.cfg.lanes,
                             prefetch_factor=self.cfg.prefetch,
                             multiprocessing_context=_worker_context(self.data),
                             pin_memory=torch.cuda.is_available())
-        # Workers interleave round robin, which is the plan's order; a small reorder buffer
-        # makes that an invariant of this code rather than of DataLoader's internals.
+        # Workers deliver round robin, one batch each in turn, while a lane makes runs of
+        # consecutive steps: the reorder buffer holds up to about `lanes` runs of batches.
         pending: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
         want = 0
         for step, x, idx in loader:
@@ -351,13 +383,14 @@ class LaneBatches(torch.utils.data.IterableDataset):
     """DataLoader worker w decodes and augments the batches of lane w, in step order."""
 
     def __init__(self, data: LabeledImages, plan, aug: Augment, seed: int, epoch: int,
-                 window: int, skip_corrupt: bool = False):
+                 run_samples: int, skip_corrupt: bool = False):
         self.data, self.plan, self.aug = data, plan, aug
         self.seed, self.epoch, self.skip_corrupt = seed, epoch, skip_corrupt
-        # Enough row groups stay cached for one window (plus its neighbours at the edges).
+        # Enough row groups stay cached for one run of steps (plus its neighbours at the
+        # edges): a lane reads each of its row groups once.
         if hasattr(data.images, "cache_groups"):
             sizes = np.bincount(np.unique(data.images.units(), return_inverse=True)[1])
-            data.images.cache_groups = int(np.ceil(window / max(1, sizes.min()))) + 2
+            data.images.cache_groups = int(np.ceil(run_samples / max(1, sizes.min()))) + 2
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()

@@ -160,16 +160,10 @@ def _training_input(train: LabeledImages, hp: TrainHParams, image_size: int, mea
         raise TrainError(f"finetune: mixup/cutmix need an even batch per worker, got "
                          f"{hp.batch_size} over {world} worker(s)")
     aug = Augment(image_size, loader.crop, hp.randaug_n, hp.randaug_m, tuple(mean))
-    batches = TrainInput(train, aug, loader, hp.seed, hp.batch_size, even=use_mix,
-                         shard=shard)
-    # Full batches only (mixup pairs samples; equal batches keep steps comparable).
-    if use_mix and len(train) < hp.batch_size:
-        raise TrainError(f"finetune: {len(train)} images < batch_size {hp.batch_size} with mixup")
-    steps_per_epoch = batches.steps_per_epoch()
-    if steps_per_epoch == 0:
-        raise TrainError(f"finetune: no full batch of {hp.batch_size} per loader lane "
-                         f"({len(train)} images, {loader.lanes} lanes); lower data.loader_workers")
-    return batches, steps_per_epoch
+    # Every sample once per epoch: the last batch may be smaller (and odd: the objective
+    # leaves an odd batch's last sample unmixed).
+    batches = TrainInput(train, aug, loader, hp.seed, hp.batch_size, shard=shard)
+    return batches, batches.steps_per_epoch()
 
 
 def _optimizer_and_resume(model: nn.Module, hp: TrainHParams, device: torch.device, world: int,
@@ -206,12 +200,24 @@ def _train_epoch(loop: _Loop, epoch: int, lr: float | None
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
     autocast = device.type == "cuda"
+    whole = loop.batches.batch_sizes(epoch) if loop.world > 1 else None
     for i, (x, y) in enumerate(loop.batches.epoch(epoch)):
         # uint8 crosses to the device (4x fewer bytes than float32); shift/flip/normalise
         # run there. The draws come from a CPU generator, so the pixels are the same.
-        if not len(y):  # every image of the batch was corrupt (skip_corrupt)
+        weight = 1.0
+        if loop.world > 1:
+            weight = _rank_weight(loop, len(y), whole[i])
+            if weight is None:  # the whole batch was corrupt: every rank skips it together
+                continue
+        elif not len(y):  # every image of the batch was corrupt (skip_corrupt)
             continue
         failpoint("train.step")  # drills: a worker killed mid-epoch
+        real = len(y)
+        if not real:
+            # An empty slice: two stand-in images (BatchNorm trains on no fewer), weighted 0,
+            # make this rank's forward, backward and mixup draw the other ranks' (DDP's
+            # collectives stay in step; rank 0, never empty, gives the buffers).
+            x, y = x.new_zeros((2, *x.shape[1:])), y.new_zeros(2)
         x = x.to(device, non_blocking=True)
         if loop.crop == "shift_flip":
             gen = torch.Generator().manual_seed(step_seed(hp.seed, epoch, i) ^ 0x5F3759DF)
@@ -226,18 +232,32 @@ def _train_epoch(loop: _Loop, epoch: int, lr: float | None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             logits, loss = loop.objective.forward_loss(loop.net, x, target)
         loop.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * weight if loop.world > 1 else loss).backward()
         nn.utils.clip_grad_norm_(loop.model.parameters(), hp.grad_clip)
         loop.optimizer.step()
-        loss_sum += loss.detach().double() * len(y)
-        correct += (logits.argmax(-1) == y).sum()
-        seen += len(y)
+        if real:
+            loss_sum += loss.detach().double() * len(y)
+            correct += (logits.argmax(-1) == y).sum()
+            seen += len(y)
     if loop.world > 1:  # the whole batch's metrics, identical on every rank
         totals = torch.stack([loss_sum, correct.double(),
                               torch.tensor(float(seen), dtype=torch.float64, device=device)])
         torch.distributed.all_reduce(totals)
         loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())
     return loss_sum.item(), correct.item(), seen, lr  # .item() waits for the last step
+
+
+def _rank_weight(loop: _Loop, mine: int, planned: int) -> float | None:
+    """This rank's loss weight, `mine * world / whole batch`: DDP averages the ranks'
+    gradients, so weighted slices give the whole batch's mean gradient however unequal
+    (or empty) they are. Every rank makes the same forward and backward each step, so
+    DDP's collectives stay in step. None: the whole batch is empty (skip_corrupt)."""
+    whole = planned
+    if loop.batches.cfg.skip_corrupt:  # what the other ranks kept is known only to them
+        count = torch.tensor([float(mine)], dtype=torch.float64, device=loop.device)
+        torch.distributed.all_reduce(count)
+        whole = int(count.item())
+    return mine * loop.world / whole if whole else None
 
 
 def _epoch_metrics(loop: _Loop, epoch: int, loss_sum: float, correct: float, seen: int,
@@ -254,6 +274,7 @@ def _epoch_metrics(loop: _Loop, epoch: int, loss_sum: float, correct: float, see
         "train_acc": correct / seen,
         "lr": lr,
         "images_per_s": seen / seconds,
+        "train_images": seen,  # every sample once an epoch (all workers; less skipped ones)
         "skipped_images": len(skipped),  # corrupt, left out (data.skip_corrupt)
     }
 
