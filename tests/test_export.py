@@ -141,3 +141,91 @@ def test_export_never_deletes_a_directory_raysoup_did_not_write(tmp_path, ingred
         export_safetensors(path, _info(), tmp_path / "file")
     (tmp_path / "empty").mkdir()
     export_safetensors(path, _info(), tmp_path / "empty")
+
+
+# Odd sizes (w, h): rounding and truncation differ (640x427, 300x301 at 224), tiny and tall.
+ODD_SIZES = ((500, 333), (640, 427), (300, 301), (9, 5), (40, 300), (333, 500), (33, 32))
+
+
+def _odd_jpegs() -> list[bytes]:
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    out = []
+    for w, h in ODD_SIZES:
+        # Smooth gradients plus noise: a crop one pixel off changes many values.
+        yy, xx = np.mgrid[0:h, 0:w]
+        img = np.stack([(xx * 255 // max(1, w - 1)), (yy * 255 // max(1, h - 1)),
+                        (xx + yy) % 256], axis=-1) + rng.integers(0, 40, (h, w, 3))
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_eval_resize_is_open_clips_to_the_pixel(size):
+    """raysoup's eval resize and normalisation are open_clip's preprocess (built from an
+    export's preprocess_cfg) bit for bit, on images whose arithmetic differs most."""
+    import io
+
+    from open_clip.transform import image_transform
+    from PIL import Image
+
+    from raysoup.data.transforms import normalise, resize_center_crop
+    from raysoup.tracking.pyfunc_model import _resize_center_crop
+
+    info = _info()
+    pp = {**info.preprocess_cfg, "size": size}
+    preprocess = image_transform(pp["size"], is_train=False, mean=pp["mean"], std=pp["std"],
+                                 resize_mode=pp["resize_mode"], interpolation=pp["interpolation"])
+    for jpeg in _odd_jpegs():
+        img = Image.open(io.BytesIO(jpeg)).convert("RGB")
+        ours = np.asarray(resize_center_crop(img, size))
+        resize, crop = preprocess.transforms[:2]  # torchvision's Resize, CenterCrop
+        assert np.array_equal(ours, np.asarray(crop(resize(img)))), img.size  # the pixels
+        assert np.array_equal(np.asarray(_resize_center_crop(img, size)), ours)  # MLflow's
+        want = preprocess(img)
+        got = torch.from_numpy(normalise(ours.transpose(2, 0, 1), pp["mean"], pp["std"]))
+        assert torch.equal(got, want), img.size
+
+
+def test_exported_model_through_plain_open_clip_evaluates_as_the_report(tmp_path, base,
+                                                                        ingredient):
+    """The model card's recipe (open_clip's create_model_and_transforms and its preprocess on
+    the export) gives the inputs, logits and accuracy raysoup's evaluation gave: the eval
+    cache's pixels, normalised as the evaluator does, through the evaluator."""
+    import io
+
+    import open_clip
+    from PIL import Image
+
+    from raysoup.evaluate.cache import CachedImages, build_shard, shard_name
+    from raysoup.evaluate.evaluator import EvalSplit, Evaluator, load_weights_
+
+    path, state = ingredient
+    out = export_open_clip(path, _info(), base.state_dict(), tmp_path / "out")
+    jpegs = _odd_jpegs()
+    labels = np.arange(len(jpegs)) % 3
+    data = LabeledImages([f"odd/{i}" for i in range(len(jpegs))], jpegs, labels, ["a", "b", "c"])
+    info = _info()
+    build_shard(data, info.image_size, tmp_path / "cache" / shard_name(0))
+    cached = CachedImages(str(tmp_path / "cache"), [len(data)], tuple(info.mean),
+                          tuple(info.std))
+    model = classifier_from_clip(build_clip(NAME), torch.zeros(3, base.visual.output_dim))
+    load_weights_(model, state)
+    evaluator = Evaluator(model, {"odd": EvalSplit(cached, labels)}, batch_size=len(data))
+    report_logits = evaluator.logits("odd")
+
+    clip, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    clip.eval()
+    head = load_file(str(out / "head.safetensors"))
+    x = torch.stack([preprocess(Image.open(io.BytesIO(j))) for j in jpegs])
+    assert torch.equal(x, torch.from_numpy(next(cached.batches(0, len(data), len(data)))))
+    with torch.no_grad():
+        features = clip.encode_image(x, normalize=True)
+        logits = torch.nn.functional.linear(features, head["weight"], head["bias"])
+    assert torch.equal(logits, report_logits)
+    assert evaluator.score(None)["odd"][0] == int((logits.argmax(1).numpy() == labels).sum())

@@ -22,7 +22,7 @@ import numpy as np
 
 from raysoup import storage
 from raysoup.data.images import DataError, LabeledImages, decode_image
-from raysoup.data.transforms import resize_center_crop
+from raysoup.data.transforms import normalise, resize_center_crop
 from raysoup.workdir import Workdir
 
 MANIFEST = "manifest.json"
@@ -36,7 +36,9 @@ def split_digest(data: LabeledImages, preprocess: dict, shard_images: int,
     built: the shard size (which shard holds which image) and `skip_corrupt` (whether a
     corrupt image is left out or stops the build)."""
     h = hashlib.sha256()
-    h.update(json.dumps({"image_size": preprocess["image_size"], "v": 2,
+    # v3: the resize is open_clip's to the pixel (data/transforms.py); v2 caches hold
+    # other pixels for images that are not the model's size.
+    h.update(json.dumps({"image_size": preprocess["image_size"], "v": 3,
                          "subset": data.class_subset, "groups": data.class_groups,
                          "shard_images": shard_images, "skip_corrupt": skip_corrupt}).encode())
     h.update(np.asarray(data.labels, np.int64).tobytes())
@@ -155,9 +157,6 @@ class CachedImages:
 
     def __post_init__(self) -> None:
         self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
-        std = np.asarray(self.std, np.float32)[:, None, None]
-        self._scale = 1.0 / (255.0 * std)  # (x/255 - mean)/std == x*scale - shift
-        self._shift = np.asarray(self.mean, np.float32)[:, None, None] / std
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -166,7 +165,7 @@ class CachedImages:
         return _load(Path(self.directory) / shard_name(i))
 
     def normalise(self, pixels: np.ndarray) -> np.ndarray:
-        return pixels.astype(np.float32) * self._scale - self._shift
+        return normalise(pixels, self.mean, self.std)  # open_clip's arithmetic, bit for bit
 
     def batches(self, lo: int, hi: int, batch_size: int) -> Iterator[np.ndarray]:
         """float32 batches of images lo..hi, reading only the shards that overlap them.

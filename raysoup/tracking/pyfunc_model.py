@@ -27,11 +27,12 @@ BATCH = 256
 # (tests/test_export.py checks the two give the same pixels).
 def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     w, h = img.size
-    scale = size / min(w, h)
-    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))),
-                     Image.Resampling.BICUBIC)
-    w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)  # torchvision's Resize(size), as open_clip's preprocess
+    new_w, new_h = (size, new_long) if w <= h else (new_long, size)
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    left, top = round((new_w - size) / 2.0), round((new_h - size) / 2.0)  # half to even
     return img.crop((left, top, left + size, top + size))
 
 
@@ -49,10 +50,9 @@ class CLIPClassifier(mlflow.pyfunc.PythonModel):
         self.classnames = cfg["classnames"]
         pp = cfg["preprocess_cfg"]
         self.size = int(pp["size"])
-        std = np.asarray(pp["std"], np.float32)[:, None, None]
-        # (x/255 - mean)/std as x*scale - shift: the arithmetic raysoup evaluates with.
-        self.scale = 1.0 / (255.0 * std)
-        self.shift = np.asarray(pp["mean"], np.float32)[:, None, None] / std
+        # (x/255 - mean)/std in float32, step by step: raysoup's (and torchvision's) arithmetic.
+        self.mean = np.asarray(pp["mean"], np.float32)[:, None, None]
+        self.std = np.asarray(pp["std"], np.float32)[:, None, None]
 
     def _pixels(self, images: np.ndarray) -> np.ndarray:
         if images.ndim != 4 or images.shape[-1] != 3:
@@ -60,7 +60,8 @@ class CLIPClassifier(mlflow.pyfunc.PythonModel):
         if images.shape[1:3] != (self.size, self.size):
             images = np.stack([np.asarray(_resize_center_crop(Image.fromarray(im), self.size))
                                for im in images])
-        return images.astype(np.float32).transpose(0, 3, 1, 2) * self.scale - self.shift
+        x = images.astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255)
+        return (x - self.mean) / self.std
 
     @torch.no_grad()
     def predict(self, context, model_input, params=None) -> np.ndarray:
