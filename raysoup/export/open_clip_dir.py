@@ -8,8 +8,8 @@ layout, so architectures open_clip does not ship (raysoup's tiny configs) load t
 
     model, _, preprocess = open_clip.create_model_and_transforms("local-dir:DIR")
     model.eval()
-    features = model.encode_image(preprocess(img)[None], normalize=True)
-    logits = features @ head["weight"].T + head["bias"]
+    features = model.encode_image(preprocess(img.convert("RGB"))[None], normalize=True)
+    logits = torch.nn.functional.linear(features, head["weight"], head["bias"])
 
 The weights are read and written as safetensors; nothing is unpickled. These are the open_clip
 family's export formats (`OpenClipImageFamily.export_formats`).
@@ -59,8 +59,8 @@ class ModelInfo:
 
     @property
     def preprocess_cfg(self) -> dict:
-        """open_clip's eval transform, the one raysoup evaluates with: shorter side to size
-        (bicubic), centre crop, normalise."""
+        """open_clip's eval transform, the one raysoup evaluates with to the pixel
+        (data/transforms.py): shorter side to size (bicubic), centre crop, normalise."""
         return {"size": self.image_size, "mean": self.mean, "std": self.std,
                 "interpolation": "bicubic", "resize_mode": "shortest"}
 
@@ -227,8 +227,12 @@ def model_card(info: ModelInfo, fmt: str) -> str:
                   'head = load_file("DIR/head.safetensors")',
                   "with torch.no_grad():",
                   "    f = model.encode_image(preprocess(image)[None], normalize=True)",
-                  '    logits = f @ head["weight"].T + head["bias"]',
+                  '    logits = torch.nn.functional.linear(f, head["weight"], head["bias"])',
                   "```", "",
+                  ("`preprocess` is the transform raysoup evaluated with, to the pixel (its "
+                   "resize and crop are raysoup's eval resize): batch the same images and the "
+                   "logits are the report's. Convert images to RGB first (`.convert(\"RGB\")`), "
+                   "as raysoup decodes them."), "",
                   ("Class names are in `open_clip_config.json` (`classnames`). The text tower is "
                    "the base model's (the soup changes only the image tower).")]
     else:
