@@ -48,6 +48,9 @@ def test_every_sample_once_per_epoch_in_the_same_batches_whatever_the_lanes(lane
     one_lane = plan_epoch(units, seed=1, epoch=2, batch_size=128, lanes=1, window=256)
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(plan, one_lane, strict=True))
     assert [lane for lane, _ in plan] == [(step // 2) % lanes for step in range(8)]
+    # A run of two steps is one window: a row group is read by one lane, or two at a run's
+    # edge (3 edges), not by every lane.
+    assert len({(lane, int(units[i])) for lane, idx in plan for i in idx}) <= 28 + 3
     again = plan_epoch(units, seed=1, epoch=2, batch_size=128, lanes=lanes, window=256)
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(plan, again, strict=True))
     other = plan_epoch(units, seed=1, epoch=3, batch_size=128, lanes=lanes, window=256)

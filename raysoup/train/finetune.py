@@ -161,7 +161,7 @@ def _training_input(train: LabeledImages, hp: TrainHParams, image_size: int, mea
                          f"{hp.batch_size} over {world} worker(s)")
     aug = Augment(image_size, loader.crop, hp.randaug_n, hp.randaug_m, tuple(mean))
     # Every sample once per epoch: the last batch may be smaller (and odd: the objective
-    # leaves an odd batch's last sample unmixed).
+    # pairs an odd batch's middle sample with itself).
     batches = TrainInput(train, aug, loader, hp.seed, hp.batch_size, shard=shard)
     return batches, batches.steps_per_epoch()
 
@@ -216,8 +216,9 @@ def _train_epoch(loop: _Loop, epoch: int, lr: float | None
         if not real:
             # An empty slice: two stand-in images (BatchNorm trains on no fewer), weighted 0,
             # make this rank's forward, backward and mixup draw the other ranks' (DDP's
-            # collectives stay in step; rank 0, never empty, gives the buffers).
+            # collectives stay in step); its BatchNorm statistics are put back after.
             x, y = x.new_zeros((2, *x.shape[1:])), y.new_zeros(2)
+            buffers = [b.clone() for b in loop.model.buffers()]
         x = x.to(device, non_blocking=True)
         if loop.crop == "shift_flip":
             gen = torch.Generator().manual_seed(step_seed(hp.seed, epoch, i) ^ 0x5F3759DF)
@@ -235,6 +236,10 @@ def _train_epoch(loop: _Loop, epoch: int, lr: float | None
         (loss * weight if loop.world > 1 else loss).backward()
         nn.utils.clip_grad_norm_(loop.model.parameters(), hp.grad_clip)
         loop.optimizer.step()
+        if not real:  # after backward, which may still read them
+            with torch.no_grad():
+                for b, saved in zip(loop.model.buffers(), buffers, strict=True):
+                    b.copy_(saved)
         if real:
             loss_sum += loss.detach().double() * len(y)
             correct += (logits.argmax(-1) == y).sum()
@@ -251,7 +256,9 @@ def _rank_weight(loop: _Loop, mine: int, planned: int) -> float | None:
     """This rank's loss weight, `mine * world / whole batch`: DDP averages the ranks'
     gradients, so weighted slices give the whole batch's mean gradient however unequal
     (or empty) they are. Every rank makes the same forward and backward each step, so
-    DDP's collectives stay in step. None: the whole batch is empty (skip_corrupt)."""
+    DDP's collectives stay in step. None: the whole batch is empty (skip_corrupt). With
+    skip_corrupt the whole batch's count is one small all-reduce per step (ranks know only
+    what they kept themselves)."""
     whole = planned
     if loop.batches.cfg.skip_corrupt:  # what the other ranks kept is known only to them
         count = torch.tensor([float(mine)], dtype=torch.float64, device=loop.device)
