@@ -103,7 +103,7 @@ class DataCfg(Strict):
     # DataLoader workers of a streamed trial (None: the trial's CPUs less one, at least 1).
     # Part of the batch order, like the seed: a resumed trial must keep it.
     loader_workers: int | None = Field(None, ge=1)
-    shuffle_window: int = Field(1024, ge=1)  # samples shuffled together within a worker
+    shuffle_window: int = Field(1024, ge=1)  # samples shuffled together (docs/data.md)
     # "auto": shift_flip for data.world (its images are at the model's size), otherwise
     # open_clip's training crop (RandomResizedCrop of the source image, scale 0.9..1).
     train_crop: Literal["auto", "shift_flip", "random_resized_crop"] = "auto"

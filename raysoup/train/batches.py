@@ -41,7 +41,7 @@ RRC_RATIO = (3 / 4, 4 / 3)
 class LoaderCfg:
     """How a trial's training batches are produced (from DataCfg and the trial's resources)."""
 
-    lanes: int = 1  # streamed: DataLoader workers; part of the plan, so fixed per trial
+    lanes: int = 1  # streamed: DataLoader workers; they make the batches, never choose them
     window: int = 1024  # samples shuffled together within a lane
     # Decoded split above this: streamed. Unset: the config's default for this machine.
     memory_budget_mb: float = field(
