@@ -40,6 +40,7 @@ from raysoup.report import (
 from raysoup.soup.anytime import read_offers
 from raysoup.tracking import Tracker, default_uri, quiet
 from raysoup.workdir import Workdir, diverged_hparams, inference_costs
+from raysoup.workdir.lock import SOUPS, SWEEP, WorkdirLocks
 from raysoup.workdir.snapshot import check_snapshot, write_snapshot
 
 log = logging.getLogger("raysoup")
@@ -57,8 +58,9 @@ EXECUTION_ONLY = ("sweep.max_failures", *(f"sweep.{k}" for k in KEPT_ON_RESUME),
 class Run:
     """One pipeline invocation over one workdir: shared state of the stages."""
 
-    def __init__(self, cfg: ExperimentCfg, workdir: Path):
+    def __init__(self, cfg: ExperimentCfg, workdir: Path, locks: WorkdirLocks | None = None):
         self.cfg, self.workdir = cfg, workdir
+        self.locks = locks  # checked at each stage: a lease taken over stops the run
         self.timings: dict[str, float] = {}
         quiet()
         self.tracker = Tracker(cfg.tracking.uri or default_uri(workdir),
@@ -70,6 +72,8 @@ class Run:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        if self.locks is not None:
+            self.locks.check()
         log.info("── %s", name)
         metrics.stage_started(name)
         start = time.perf_counter()
@@ -228,13 +232,35 @@ def run_pipeline(cfg: ExperimentCfg, workdir: Path, stages: tuple[str, ...] = ST
     check_data_paths(cfg)
     check_config(cfg, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    locks = WorkdirLocks(workdir)
+    try:
+        _take_locks(locks, stages)
+        return _run_locked(cfg, workdir, stages, locks, address, metrics_export_port,
+                           dashboard)
+    finally:
+        locks.release()
+
+
+def _take_locks(locks: WorkdirLocks, stages: tuple[str, ...]) -> None:
+    """One driver per workdir (`workdir.lock`): a sweep holds the sweep lock; the stages
+    after it the soups lock, which `raysoup soup` beside a running sweep takes alone. A run
+    with a sweep takes the soups lock once its sweep is done (`_run_locked`)."""
+    if "sweep" in stages:
+        locks.take(SWEEP)
+    elif set(stages) - {"sweep"}:
+        locks.take(SOUPS)
+
+
+def _run_locked(cfg: ExperimentCfg, workdir: Path, stages: tuple[str, ...],
+                locks: WorkdirLocks, address: str | None, metrics_export_port: int | None,
+                dashboard: bool) -> Run:
     if not cfg.tracking.uri:
         # Remote workdir: the runs of earlier drivers (the bucket's copy, never a stale one).
         storage.pull(Workdir(workdir).mlflow_db, exact=True)
     connect(address, metrics_export_port, dashboard)
     if "sweep" in stages:
         check_placement(cfg, workdir)  # trials it cannot place: refused before anything runs
-    run = Run(cfg, workdir)
+    run = Run(cfg, workdir, locks)
     ok = False
     try:
         run.prepare()
@@ -243,6 +269,9 @@ def run_pipeline(cfg: ExperimentCfg, workdir: Path, stages: tuple[str, ...] = ST
         write_snapshot(cfg, workdir)
         if "sweep" in stages:
             run.sweep()
+        if set(stages) - {"sweep"}:
+            # A `raysoup soup` from another shell may be cooking: its soups finish first.
+            locks.take(SOUPS, wait=True)
         if "evaluate" in stages:
             run.evaluate()
         if "soup" in stages:
