@@ -21,6 +21,8 @@ from raysoup.orchestration.cluster import connect
 from raysoup.orchestration.evaluation import build_eval_cache
 from raysoup.orchestration.resume import (
     KEPT_ON_RESUME,
+    adopt_first_segment,
+    check_growth,
     refuse_kept_changes,
     sweep_to_run,
     unfinished_sweep,
@@ -41,7 +43,7 @@ from raysoup.soup.anytime import read_offers
 from raysoup.tracking import Tracker, default_uri, quiet
 from raysoup.workdir import Workdir, diverged_hparams, inference_costs
 from raysoup.workdir.lock import SOUPS, SWEEP, WorkdirLocks
-from raysoup.workdir.snapshot import check_snapshot, write_snapshot
+from raysoup.workdir.snapshot import check_snapshot, saved_config, write_snapshot
 
 log = logging.getLogger("raysoup")
 
@@ -51,6 +53,8 @@ STAGES = ("sweep", "evaluate", "soup", "report")
 # they may change only while no sweep is unfinished (snapshot_config refuses them otherwise,
 # before writing anything).
 EXECUTION_ONLY = ("sweep.max_failures", *(f"sweep.{k}" for k in KEPT_ON_RESUME),
+                  # may grow (resume.check_growth): new trials continue the seeded search
+                  "sweep.num_samples",
                   # the anytime soup only watches (search: soup, which it steers, is pinned)
                   "sweep.anytime.enabled", "sweep.anytime.cpus", "sweep.anytime.gpus")
 
@@ -206,13 +210,16 @@ def check_config(cfg: ExperimentCfg, workdir: Path) -> None:
     """Refuse a config the workdir's results do not allow (`workdir.check_snapshot`): a
     workdir is never shared by configs that differ in model, data or sweep (their ingredients
     and results would mix). Eval, soup, tracking and the name may change (e.g. adding a recipe
-    to an existing sweep), and so may sweep.max_failures; sweep.max_concurrent and
+    to an existing sweep), and so may sweep.max_failures; sweep.num_samples may grow
+    (`resume.check_growth`: not shrink, not under optuna); sweep.max_concurrent and
     sweep.reuse_actors only when no unfinished sweep would be resumed (Tune keeps the values
     it started with). Writes nothing; `--dry-run` calls it too."""
     def check_resume(saved: dict) -> None:
+        check_growth(saved, cfg, storage.display(workdir))
         started = {k: (saved.get("sweep") or {}).get(k) for k in KEPT_ON_RESUME}
+        trials = ExperimentCfg.model_validate(saved).sweep.trials  # the sweep there now
         if any(v != getattr(cfg.sweep, k) for k, v in started.items() if v is not None) \
-                and unfinished_sweep(cfg, workdir):
+                and unfinished_sweep(cfg, workdir, trials):
             refuse_kept_changes(started, cfg, storage.display(workdir))
 
     check_snapshot(cfg, workdir, EXECUTION_ONLY, check_resume)
@@ -265,7 +272,9 @@ def _run_locked(cfg: ExperimentCfg, workdir: Path, stages: tuple[str, ...],
     try:
         run.prepare()
         # Saved once the inputs are prepared: a first run that fails on them leaves no
-        # snapshot behind to refuse the corrected config.
+        # snapshot behind to refuse the corrected config. (A sweep from before sweeps could
+        # grow gets its size noted first: the snapshot is where it was.)
+        adopt_first_segment(saved_config(workdir), workdir)
         write_snapshot(cfg, workdir)
         if "sweep" in stages:
             run.sweep()
