@@ -5,8 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from raysoup.config import ConfigError, load_experiment
+from raysoup.config import ConfigError, ExperimentCfg, load_experiment
 from raysoup.data.sources import resolve_classnames
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,18 +137,59 @@ def test_cluster_file_is_looked_for_in_the_current_directory(tmp_path, monkeypat
 
 def test_dry_run_refuses_what_the_real_run_refuses(tmp_path):
     # Issue 30 item 10: on a 6-trial workdir, `--dry-run --set sweep.num_samples=8` said
-    # "the run resumes" (exit 0) where the real run refuses.
+    # "the run resumes" (exit 0) where the real run refused. A sweep may now grow: the dry
+    # run says so; shrinking it or changing its space is refused by both, the same way.
     from raysoup.orchestration.pipeline import snapshot_config
 
     work = tmp_path / "w"
     work.mkdir()
     snapshot_config(load_experiment(TINY), work)
-    args = ("run", str(TINY), "--workdir", str(work), "--set", "sweep.num_samples=8")
+    args = ("run", str(TINY), "--workdir", str(work), "--set", "sweep.num_samples=4")
     dry, real = dry_run(*args, "--dry-run"), dry_run(*args)
     assert dry.returncode == real.returncode == 2, dry.stdout + dry.stderr
-    assert "sweep.num_samples: 6 in the workdir, now 8" in dry.stderr
-    assert dry.stderr == real.stderr
+    assert "sweep.num_samples: 6 in the workdir, now 4: a sweep grows but never shrinks" \
+        in dry.stderr and dry.stderr == real.stderr
     assert sorted(p.name for p in work.iterdir()) == ["experiment.yaml"]
+    # In this process from here (each CLI process above costs seconds of imports): the dry
+    # run's plan is `describe` after `check_config`.
+    from raysoup.dryrun import describe
+    from raysoup.orchestration.pipeline import check_config
+    from raysoup.workdir import WorkdirMismatch
+
+    with pytest.raises(WorkdirMismatch, match="sweep.space.lr"):
+        check_config(load_experiment(TINY, ["sweep.space.lr={loguniform: [1.0e-5, 1.0e-3]}"]),
+                     work)
+    grown = load_experiment(TINY, ["sweep.num_samples=8"])
+    check_config(grown, work)
+    assert "the sweep grows from 6 to 8 trials: trial-006 on continue its seeded search" \
+        in describe(grown, work, ("sweep",), cluster=None)
     # An unchanged config plans as before: the run resumes.
-    ok = dry_run("run", str(TINY), "--workdir", str(work), "--dry-run")
-    assert ok.returncode == 0 and "the run resumes" in ok.stdout
+    assert "the run resumes" in describe(load_experiment(TINY), work, ("sweep",), cluster=None)
+
+
+def test_optuna_sweeps_do_not_grow(tmp_path):
+    from raysoup.orchestration.pipeline import check_config, snapshot_config
+
+    cfg = load_experiment(TINY, ["sweep.search=optuna"])
+    snapshot_config(cfg, tmp_path)
+    with pytest.raises(ConfigError, match="optuna sweep cannot grow: its proposals depend"):
+        check_config(load_experiment(TINY, ["sweep.search=optuna", "sweep.num_samples=7"]),
+                     tmp_path)
+
+
+def test_a_grown_random_or_grid_sweep_replays_tunes_seeded_draws():
+    """The new trials of a grown sweep (search.seeded_variants) are those Tune's own
+    generator gives a fresh sweep of the larger size, continuous draws and grid rounds alike."""
+    from test_sweep_outcomes import fresh_configs
+
+    from raysoup.orchestration.search import seeded_variants
+
+    space = {"lr": {"loguniform": [1.0e-4, 1.0e-3]}, "weight_decay": {"choice": [0.0, 0.1]},
+             "seed": {"randint": [0, 100]}}
+    for search in ("random", "grid"):
+        raw = {**yaml.safe_load(TINY.read_text()), "name": "g"}
+        raw["sweep"] = {**raw["sweep"], "num_samples": 3, "seed": 5, "search": search,
+                        "space": space}
+        fresh = fresh_configs(raw)
+        assert seeded_variants(ExperimentCfg.model_validate(raw), len(fresh)) == fresh
+        assert len({c["lr"] for c in fresh}) == len(fresh)  # draws, not a constant

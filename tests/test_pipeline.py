@@ -2,9 +2,9 @@
 The first run is the session's `drill_run` (`raysoup run` of tests/small.py's DRILL); this test
 checks it, then re-runs it in this process with `run_pipeline`."""
 
+import hashlib
 import json
 import re
-import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -84,11 +84,31 @@ def test_pipeline_end_to_end_and_rerun(drill_run, ray_session):
     assert run2.timings["sweep"] < first_sweep
     assert "greedy_soup" in run2.summary()
 
-    # `raysoup soup` at any moment (here: a trial that finished after the last evaluation):
-    # the soup stage scores its held-out first and cooks from every model on disk.
-    shutil.copytree(workdir / "ingredients" / "trial-002", workdir / "ingredients" / "trial-003")
-    run3 = run_pipeline(cfg, workdir, stages=("soup",))
+    # The sweep grown in place to 4 trials (issue 30, item 10), then the soup stage alone, as
+    # `raysoup soup` at any moment: trial-003 continues the soup-aware search exactly as a
+    # fresh 4-trial sweep proposes it (from the offers of trials 0-2), the earlier trials are
+    # not touched, and the soup stage scores trial-003's held-out first, then cooks every soup
+    # again (a new candidate set) and crowns the champion among the new soups.
+    from raysoup.search.proposer import propose
+
+    earlier = {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+               for p in (workdir / "ingredients").glob("trial-00[012]/*")}
+    cooked_from = json.loads((workdir / "soups" / "uniform" / "recipe.json").read_text())
+    grown = cfg.model_copy(update={"sweep": cfg.sweep.model_copy(update={"num_samples": 4})})
+    run3 = run_pipeline(grown, workdir, stages=("sweep", "soup"))
     assert "held-out evaluation" in run3.timings
+    manifest = json.loads((workdir / "ingredients" / "trial-003" / "manifest.json").read_text())
+    s = cfg.sweep  # need = index - max_concurrent + 1 offers (SoupSearcher.suggest)
+    fresh = propose(s.space, s.seed, 3, offers[: 3 - s.max_concurrent + 1], s.soup_search)
+    assert {k: manifest["hparams"][k] for k in fresh} == fresh
+    assert {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in earlier} == earlier
+    assert [o.trial for o in read_offers(workdir)] == [*(o.trial for o in offers), "trial-003"]
     uniform = json.loads((workdir / "soups" / "uniform" / "recipe.json").read_text())
     assert uniform["ingredients"] == ["trial-000", "trial-001", "trial-002", "trial-003",
                                       "zeroshot"]  # soup.include_zeroshot
+    assert uniform["soup_id"] != cooked_from["soup_id"]
+    tracker = Tracker(default_uri(workdir), "drill")
+    champion = next(tracker.client.get_model_version_by_alias(m.name, "champion")
+                    for m in tracker.client.search_registered_models())
+    assert champion.tags["raysoup.soup_id"] == uniform["soup_id"]

@@ -69,6 +69,39 @@ def test_diverged_trial_finishes_the_sweep_without_an_ingredient(ray_session, pr
     # A re-run counts the diverged trial: nothing is retrained, nothing fails.
     assert sweep(cfg, workdir)[0] == done
 
+    # Grown in place to 3 trials (issue 30, item 10): trial-002 is what a fresh 3-trial sweep
+    # draws as its third trial (Tune's own generator, as a fresh run uses it), and the two
+    # earlier trials are not touched.
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes())
+              for p in (workdir / "ingredients").rglob("*") if p.is_file()}
+    cfg["sweep"]["num_samples"] = 3
+    sweep(cfg, workdir)
+    assert fresh_configs(cfg)[2] == trial_hparams(workdir, "trial-002", ["lr"])
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in before} == before
+    assert sorted(r.info.run_name for r in tracker.runs()) == [
+        "sweep", "trial-000", "trial-001", "trial-002"]
+
+
+def fresh_configs(cfg_dict) -> list[dict]:
+    """The trial configs of a fresh random sweep of `cfg_dict`, from Tune's
+    BasicVariantGenerator exactly as a fresh `run_sweep` builds it."""
+    from ray.tune.experiment import Experiment
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from raysoup.orchestration.space import tune_space
+
+    cfg = ExperimentCfg.model_validate(cfg_dict)
+    gen = BasicVariantGenerator(random_state=cfg.sweep.seed)
+    gen.add_configurations([Experiment("fresh", run=lambda config: None,
+                                       config=tune_space(cfg), num_samples=cfg.sweep.num_samples)])
+    return [gen.next_trial().config for _ in range(cfg.sweep.trials)]
+
+
+def trial_hparams(workdir, name: str, keys: list[str]) -> dict:
+    """The sampled hyper-parameters a trial recorded (ingredient or diverged record)."""
+    record = json.loads((workdir / "ingredients" / name / "manifest.json").read_text())
+    return {k: record["hparams"][k] for k in keys}
+
 
 def test_resume_applies_max_failures_and_refuses_kept_settings(ray_session, prepared, tmp_path,
                                                                caplog, capsys):

@@ -18,6 +18,7 @@ from raysoup.dryrun.sizing import sizing_lines
 from raysoup.dryrun.sources import Sizes, count_data
 from raysoup.search.distributions import as_dist
 from raysoup.workdir import Workdir
+from raysoup.workdir.snapshot import saved_config
 
 
 def _is_remote(path: str) -> bool:
@@ -173,7 +174,7 @@ def _sweep_lines(cfg: ExperimentCfg) -> list[str]:
     return lines
 
 
-def _workdir_line(workdir: Path) -> str:
+def _workdir_line(cfg: ExperimentCfg, workdir: Path) -> str:
     if storage.is_remote(workdir):
         return f"workdir      {storage.display(workdir)}  (remote: not checked)"
     if not workdir.exists():
@@ -181,7 +182,14 @@ def _workdir_line(workdir: Path) -> str:
     ingredients = Workdir(workdir).ingredients
     count = sum(1 for p in ingredients.iterdir() if p.is_dir() and not p.name.startswith(".")) \
         if ingredients.is_dir() else 0
-    return f"workdir      {workdir}  (exists: {count} ingredient(s) on disk; the run resumes)"
+    saved = saved_config(workdir)
+    before = ExperimentCfg.model_validate(saved).sweep.trials if saved else cfg.sweep.trials
+    if before < cfg.sweep.trials:  # the check the real run makes allowed it (check_growth)
+        plan = (f"the sweep grows from {before} to {cfg.sweep.trials} trials: trial-"
+                f"{before:03d} on continue its seeded search, then soups are cooked again")
+    else:
+        plan = "the run resumes"
+    return f"workdir      {workdir}  (exists: {count} ingredient(s) on disk; {plan})"
 
 
 def describe(cfg: ExperimentCfg, workdir: Path, stages: tuple[str, ...],
@@ -208,7 +216,7 @@ def describe(cfg: ExperimentCfg, workdir: Path, stages: tuple[str, ...],
              "  no image was read; nothing was downloaded, trained or started",
              "stages       prepare (data, initialisation, zero-shot ingredient) -> "
              + " -> ".join(stages),
-             _workdir_line(workdir),
+             _workdir_line(cfg, workdir),
              *_model_lines(cfg, warnings),
              *_data_lines(cfg, sizes),
              *_sweep_lines(cfg)]

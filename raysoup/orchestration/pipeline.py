@@ -21,6 +21,8 @@ from raysoup.orchestration.cluster import connect
 from raysoup.orchestration.evaluation import build_eval_cache
 from raysoup.orchestration.resume import (
     KEPT_ON_RESUME,
+    adopt_first_segment,
+    check_growth,
     refuse_kept_changes,
     sweep_to_run,
     unfinished_sweep,
@@ -40,7 +42,8 @@ from raysoup.report import (
 from raysoup.soup.anytime import read_offers
 from raysoup.tracking import Tracker, default_uri, quiet
 from raysoup.workdir import Workdir, diverged_hparams, inference_costs
-from raysoup.workdir.snapshot import check_snapshot, write_snapshot
+from raysoup.workdir.lock import SOUPS, SWEEP, WorkdirLocks
+from raysoup.workdir.snapshot import check_snapshot, saved_config, write_snapshot
 
 log = logging.getLogger("raysoup")
 
@@ -50,6 +53,8 @@ STAGES = ("sweep", "evaluate", "soup", "report")
 # they may change only while no sweep is unfinished (snapshot_config refuses them otherwise,
 # before writing anything).
 EXECUTION_ONLY = ("sweep.max_failures", *(f"sweep.{k}" for k in KEPT_ON_RESUME),
+                  # may grow (resume.check_growth): new trials continue the seeded search
+                  "sweep.num_samples",
                   # the anytime soup only watches (search: soup, which it steers, is pinned)
                   "sweep.anytime.enabled", "sweep.anytime.cpus", "sweep.anytime.gpus")
 
@@ -57,8 +62,9 @@ EXECUTION_ONLY = ("sweep.max_failures", *(f"sweep.{k}" for k in KEPT_ON_RESUME),
 class Run:
     """One pipeline invocation over one workdir: shared state of the stages."""
 
-    def __init__(self, cfg: ExperimentCfg, workdir: Path):
+    def __init__(self, cfg: ExperimentCfg, workdir: Path, locks: WorkdirLocks | None = None):
         self.cfg, self.workdir = cfg, workdir
+        self.locks = locks  # checked at each stage: a lease taken over stops the run
         self.timings: dict[str, float] = {}
         quiet()
         self.tracker = Tracker(cfg.tracking.uri or default_uri(workdir),
@@ -70,6 +76,8 @@ class Run:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        if self.locks is not None:
+            self.locks.check()
         log.info("── %s", name)
         metrics.stage_started(name)
         start = time.perf_counter()
@@ -202,13 +210,16 @@ def check_config(cfg: ExperimentCfg, workdir: Path) -> None:
     """Refuse a config the workdir's results do not allow (`workdir.check_snapshot`): a
     workdir is never shared by configs that differ in model, data or sweep (their ingredients
     and results would mix). Eval, soup, tracking and the name may change (e.g. adding a recipe
-    to an existing sweep), and so may sweep.max_failures; sweep.max_concurrent and
+    to an existing sweep), and so may sweep.max_failures; sweep.num_samples may grow
+    (`resume.check_growth`: not shrink, not under optuna); sweep.max_concurrent and
     sweep.reuse_actors only when no unfinished sweep would be resumed (Tune keeps the values
     it started with). Writes nothing; `--dry-run` calls it too."""
     def check_resume(saved: dict) -> None:
+        check_growth(saved, cfg, storage.display(workdir))
         started = {k: (saved.get("sweep") or {}).get(k) for k in KEPT_ON_RESUME}
+        trials = ExperimentCfg.model_validate(saved).sweep.trials  # the sweep there now
         if any(v != getattr(cfg.sweep, k) for k, v in started.items() if v is not None) \
-                and unfinished_sweep(cfg, workdir):
+                and unfinished_sweep(cfg, workdir, trials):
             refuse_kept_changes(started, cfg, storage.display(workdir))
 
     check_snapshot(cfg, workdir, EXECUTION_ONLY, check_resume)
@@ -228,21 +239,48 @@ def run_pipeline(cfg: ExperimentCfg, workdir: Path, stages: tuple[str, ...] = ST
     check_data_paths(cfg)
     check_config(cfg, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    locks = WorkdirLocks(workdir)
+    try:
+        _take_locks(locks, stages)
+        return _run_locked(cfg, workdir, stages, locks, address, metrics_export_port,
+                           dashboard)
+    finally:
+        locks.release()
+
+
+def _take_locks(locks: WorkdirLocks, stages: tuple[str, ...]) -> None:
+    """One driver per workdir (`workdir.lock`): a sweep holds the sweep lock; the stages
+    after it the soups lock, which `raysoup soup` beside a running sweep takes alone. A run
+    with a sweep takes the soups lock once its sweep is done (`_run_locked`)."""
+    if "sweep" in stages:
+        locks.take(SWEEP)
+    elif set(stages) - {"sweep"}:
+        locks.take(SOUPS)
+
+
+def _run_locked(cfg: ExperimentCfg, workdir: Path, stages: tuple[str, ...],
+                locks: WorkdirLocks, address: str | None, metrics_export_port: int | None,
+                dashboard: bool) -> Run:
     if not cfg.tracking.uri:
         # Remote workdir: the runs of earlier drivers (the bucket's copy, never a stale one).
         storage.pull(Workdir(workdir).mlflow_db, exact=True)
     connect(address, metrics_export_port, dashboard)
     if "sweep" in stages:
         check_placement(cfg, workdir)  # trials it cannot place: refused before anything runs
-    run = Run(cfg, workdir)
+    run = Run(cfg, workdir, locks)
     ok = False
     try:
         run.prepare()
         # Saved once the inputs are prepared: a first run that fails on them leaves no
-        # snapshot behind to refuse the corrected config.
+        # snapshot behind to refuse the corrected config. (A sweep from before sweeps could
+        # grow gets its size noted first: the snapshot is where it was.)
+        adopt_first_segment(saved_config(workdir), workdir)
         write_snapshot(cfg, workdir)
         if "sweep" in stages:
             run.sweep()
+        if set(stages) - {"sweep"}:
+            # A `raysoup soup` from another shell may be cooking: its soups finish first.
+            locks.take(SOUPS, wait=True)
         if "evaluate" in stages:
             run.evaluate()
         if "soup" in stages:

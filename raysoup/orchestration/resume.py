@@ -12,7 +12,14 @@ from typing import Any
 from ray import tune
 
 from raysoup.config import ConfigError, ExperimentCfg
-from raysoup.orchestration.trial_records import ended_trials, sweep_path
+from raysoup.orchestration.trial_records import (
+    Segment,
+    ended_trials,
+    record_segment,
+    recorded_segments,
+    sweep_path,
+    sweep_segments,
+)
 from raysoup.soup.anytime import read_offers, trial_index
 
 # Tune restores these from its saved state (the pickled TuneConfig: the search algorithm's
@@ -39,11 +46,55 @@ def anytime_behind(cfg: ExperimentCfg, workdir: Path, ended: list[str]) -> bool:
     return len(read_offers(workdir)) < sum(trial_index(n) is not None for n in ended)
 
 
-def unfinished_sweep(cfg: ExperimentCfg, workdir: Path) -> bool:
-    """A sweep that a run would resume from Tune's saved state (needs no Ray session)."""
+class SweepCannotGrow(ConfigError):
+    """sweep.num_samples changed in a way the workdir's trials do not allow."""
+
+
+# Searches whose trial k a grown sweep proposes exactly as a fresh sweep of the larger size
+# (search.segment_alg); Optuna's depend on the order earlier trials finished in.
+GROWABLE = ("random", "grid", "soup")
+
+
+def unfinished_sweep(cfg: ExperimentCfg, workdir: Path, trials: int | None = None) -> bool:
+    """A sweep that a run would resume from Tune's saved state (needs no Ray session):
+    a started segment whose trials have not all ended. `trials`: the sweep's size (default
+    the config's)."""
+    ended = ended_trials(workdir).names
+    for segment in sweep_segments(workdir, trials or cfg.sweep.trials):
+        path, fs = sweep_path(workdir, segment)
+        if not segment.done(ended) and tune.Tuner.can_restore(path, storage_filesystem=fs):
+            return True
+    return False
+
+
+def check_growth(saved: dict, cfg: ExperimentCfg, workdir: str = "WORKDIR") -> None:
+    """A sweep may grow (more trials, the same seeded search), never shrink; raise
+    SweepCannotGrow otherwise, saying why. `saved`: the workdir's saved config (a dict)."""
+    before = ExperimentCfg.model_validate(saved).sweep.num_samples
+    now = cfg.sweep.num_samples
+    if now == before:
+        return
+    field = f"sweep.num_samples: {before} in the workdir, now {now}"
+    if now < before:
+        raise SweepCannotGrow(
+            f"{field}: a sweep grows but never shrinks (its trials, soups and results "
+            f"stay in the workdir). Keep sweep.num_samples={before} or more, or use a new "
+            "--workdir.")
+    if cfg.sweep.search not in GROWABLE:
+        raise SweepCannotGrow(
+            f"{field}: a {cfg.sweep.search} sweep cannot grow: its proposals depend on the "
+            "order earlier trials finished in, so new trials would not continue the same "
+            f"search. Grow random, grid or soup sweeps; use a new --workdir for {now} trials.")
+
+
+def adopt_first_segment(saved: dict | None, workdir: Path) -> None:
+    """A sweep started before sweeps could grow has no record of its size beside Tune's
+    state: note it (from the saved config) before a larger config replaces that."""
+    if saved is None:
+        return
     path, fs = sweep_path(workdir)
-    return ended_trials(workdir).count < cfg.sweep.trials and tune.Tuner.can_restore(
-        path, storage_filesystem=fs)
+    if not recorded_segments(workdir) and tune.Tuner.can_restore(path, storage_filesystem=fs):
+        record_segment(workdir, Segment(0, ExperimentCfg.model_validate(saved).sweep.trials))
 
 
 def refuse_kept_changes(started: dict[str, Any], cfg: ExperimentCfg,

@@ -9,6 +9,13 @@
 Searchers other than random run under `IndexedSearchGenerator` (trial_ids.py), which numbers
 trials like the random generator does (`<prefix>_00007`), so their ingredients are trial-007
 too and the anytime soup can take them in order.
+
+A grown sweep (sweep.num_samples raised in an existing workdir) runs its new trials as a Tune
+experiment of their own (`segment_alg`), numbered on from the earlier ones, each proposed
+exactly as a fresh sweep of the larger size would propose it: random and grid replay Tune's
+seeded variant sequence (`seeded_variants`), the soup-aware search is a function of the
+trial's index and the anytime offers. Optuna's proposals depend on the order earlier trials
+finished in; its sweeps do not grow (`resume.check_growth`).
 """
 
 from __future__ import annotations
@@ -19,9 +26,12 @@ from pathlib import Path
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.search.sample import _BackwardsCompatibleNumpyRng
+from ray.tune.search.variant_generator import generate_variants
 
 from raysoup.config import ConfigError, ExperimentCfg
 from raysoup.orchestration.session import SessionLink, SweepSession
+from raysoup.orchestration.space import tune_space
 from raysoup.orchestration.trial_ids import IndexedSearchGenerator
 from raysoup.search.proposer import propose
 
@@ -68,6 +78,59 @@ class SoupSearcher(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         pass  # nothing beyond the settings the trainable's config restores
+
+
+def seeded_variants(cfg: ExperimentCfg, end: int) -> list[dict]:
+    """The configs of trials 0..end-1 of a random or grid sweep, as Tune's
+    BasicVariantGenerator(random_state=seed) draws them: one variant per grid point, a
+    round per sample, every draw from one generator in that order, so the first trials of a
+    larger sweep are those of a smaller one (tests/test_sweep_outcomes.py holds Tune to it)."""
+    rng = _BackwardsCompatibleNumpyRng(cfg.sweep.seed)
+    out: list[dict] = []
+    while len(out) < end:
+        round_ = [spec["config"] for _, spec in generate_variants(
+            {"config": tune_space(cfg)}, constant_grid_search=False, random_state=rng)]
+        out.extend(round_)
+    return out[:end]
+
+
+class ReplaySearcher(Searcher):
+    """Proposes trial i as `variants[i]`: the new trials of a grown random or grid sweep."""
+
+    def __init__(self, variants: list[dict]):
+        super().__init__()
+        self.variants = variants
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the variants are drawn already
+
+    def suggest(self, trial_id: str) -> dict | None:
+        return dict(self.variants[int(trial_id.rsplit("_", 1)[-1])])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        pass
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps(len(self.variants)))
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass  # the variants are pickled with the searcher
+
+
+def segment_alg(cfg: ExperimentCfg, first: int, end: int,
+                session: SweepSession | None = None):
+    """The search algorithm of trials first..end-1 (`search_alg` for the first segment)."""
+    if first == 0:
+        return search_alg(cfg, session)
+    if cfg.sweep.search == "soup":
+        searcher = SoupSearcher(cfg, session)
+    elif cfg.sweep.search in ("random", "grid"):
+        searcher = ReplaySearcher(seeded_variants(cfg, end))
+    else:
+        raise ConfigError(f"sweep.search: {cfg.sweep.search} sweeps cannot grow")
+    limited = ConcurrencyLimiter(searcher, max_concurrent=cfg.sweep.max_concurrent)
+    return IndexedSearchGenerator(limited, start=first)
 
 
 def search_alg(cfg: ExperimentCfg, session: SweepSession | None = None):

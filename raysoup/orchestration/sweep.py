@@ -33,8 +33,15 @@ from raysoup.orchestration.resume import KEPT_ON_RESUME, anytime_behind, refuse_
 from raysoup.orchestration.session import SweepSession
 from raysoup.orchestration.space import tune_space
 from raysoup.orchestration.trial import TrialContext, train_trial
-from raysoup.orchestration.trial_records import EndedTrials, ended_trials, sweep_path
-from raysoup.workdir import SWEEP_NAME, Workdir
+from raysoup.orchestration.trial_records import (
+    EndedTrials,
+    Segment,
+    ended_trials,
+    record_segment,
+    sweep_path,
+    sweep_segments,
+)
+from raysoup.workdir import Workdir
 
 if TYPE_CHECKING:  # mlflow costs a trial process ~1 s to import; only the driver tracks
     from raysoup.tracking import Tracker
@@ -48,8 +55,8 @@ class SweepError(RuntimeError):
 
 def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: str,
               heldout=None) -> list[str]:
-    """Fine-tune `sweep.num_samples` trials; resumes an interrupted sweep from its state.
-    Returns the ingredients (a diverged or stopped trial counts towards num_samples but is
+    """Fine-tune `sweep.num_samples` trials; resumes an interrupted sweep from its state, and
+    runs the new trials of a grown one (`trial_records.Segment`). Returns the ingredients (a diverged or stopped trial counts towards num_samples but is
     none). `heldout`: the held-out split's eval cache, for the anytime soup and for trials
     that report held-out accuracy."""
     ended = ended_trials(workdir)
@@ -62,7 +69,14 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
     session.anytime = _start_anytime(cfg, workdir, tracker, parent_run, heldout, ended)
     try:
         with session.attached():
-            failed = _fit(cfg, workdir, trainable, session)
+            failed: list[str] = []
+            for segment in sweep_segments(workdir, cfg.sweep.trials):
+                if segment.done(ended.names):
+                    continue
+                failed += _fit(cfg, workdir, trainable, session, segment)
+                ended = ended_trials(workdir)
+                if not segment.done(ended.names):
+                    break  # interrupted or failed: later trials wait for the re-run
             ended = ended_trials(workdir)
             if session.anytime is not None:
                 session.anytime.scan(ended.finished, ended.without_ingredient)
@@ -147,11 +161,13 @@ def _stop_anytime(soup: AnytimeSoup | None) -> None:
 # ---------------------------------------------------------------- fit
 
 
-def _fit(cfg: ExperimentCfg, workdir: Path, trainable, session: SweepSession) -> list[str]:
-    """Run (or resume) the sweep to its end; returns the paths of the trials that failed.
-    Call with `session` attached: a restore unpickles the callbacks and the searcher."""
+def _fit(cfg: ExperimentCfg, workdir: Path, trainable, session: SweepSession,
+         segment: Segment) -> list[str]:
+    """Run (or resume) one segment of the sweep to its end; returns the paths of the trials
+    that failed. Call with `session` attached: a restore unpickles the callbacks and the
+    searcher."""
     # Tune keeps its state next to the ingredients: a local path or the workdir's URI.
-    path, fs = sweep_path(workdir)
+    path, fs = sweep_path(workdir, segment)
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
         log.info("sweep: resuming from %s", path)
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=fs)
@@ -159,26 +175,31 @@ def _fit(cfg: ExperimentCfg, workdir: Path, trainable, session: SweepSession) ->
         # in snapshot_config, before writing it).
         refuse_kept_changes(session.started_with or {}, cfg)
     else:
-        tuner = _new_tuner(cfg, workdir, trainable, session)
+        record_segment(workdir, segment)
+        tuner = _new_tuner(cfg, workdir, trainable, session, segment)
     grid = tuner.fit()
     return [r.path for r in grid if r.error is not None]
 
 
-def _new_tuner(cfg: ExperimentCfg, workdir: Path, trainable,
-               session: SweepSession) -> tune.Tuner:
+def _new_tuner(cfg: ExperimentCfg, workdir: Path, trainable, session: SweepSession,
+               segment: Segment) -> tune.Tuner:
     base = cfg.sweep.base.model_dump()
     where = storage.tune_storage(Workdir(workdir).sweep)
+    if segment.first == 0:  # Tune's num_samples counts grid rounds (sweep.trials: trials)
+        space, samples = tune_space(cfg), segment.end * cfg.sweep.num_samples // cfg.sweep.trials
+    else:  # the searcher proposes whole configs, counting trials from segment.first
+        space, samples = {}, segment.end
     return tune.Tuner(
         trainable,
-        param_space=tune_space(cfg),
+        param_space=space,
         tune_config=tune.TuneConfig(
-            num_samples=cfg.sweep.num_samples,
-            search_alg=search.search_alg(cfg, session),
+            num_samples=samples,
+            search_alg=search.segment_alg(cfg, segment.first, segment.end, session),
             scheduler=search.scheduler(cfg),
             reuse_actors=cfg.sweep.reuse_actors,  # see SweepCfg
         ),
         run_config=tune.RunConfig(
-            name=SWEEP_NAME,
+            name=segment.name,
             storage_path=where[0], storage_filesystem=where[1],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),

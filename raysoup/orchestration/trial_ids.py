@@ -45,9 +45,12 @@ def _drawn_ids(trial_id: str) -> Iterator[None]:
 class IndexedSearchGenerator(SearchGenerator):
     """SearchGenerator whose trial ids end in a counter, as BasicVariantGenerator's do."""
 
-    def __init__(self, searcher: Searcher):
+    def __init__(self, searcher: Searcher, start: int = 0):
         super().__init__(searcher)
         self._prefix = uuid.uuid4().hex[:5]
+        # A grown sweep's segment numbers its trials on from `start`; Tune ends the search
+        # once the counter reaches num_samples (so num_samples is the segment's end).
+        self._counter = start
 
     def create_trial_if_possible(self, experiment_spec):
         # Tune draws a trial's id inside this method, before the searcher's suggest(trial_id)

@@ -7,6 +7,7 @@ callbacks; no Ray here, so this is plain workdir bookkeeping.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from raysoup import storage
 from raysoup.checkpoints import list_ingredients, read_manifest
 from raysoup.workdir import (
     MANIFEST_FILE,
+    SWEEP_NAME,
     WEIGHTS_FILE,
     Workdir,
     read_record,
@@ -36,10 +38,55 @@ def trial_name(trial_id: str) -> str:
     return f"trial-{int(suffix):03d}" if suffix.isdigit() else f"trial-{trial_id}"
 
 
-def sweep_path(workdir: Path) -> tuple[str, Any]:
-    """Tune's experiment directory: (a local path or the workdir's URI, None), or (a path in
-    the filesystem of a URI with store options, that filesystem): `storage.tune_storage`."""
-    return storage.tune_storage(Workdir(workdir).sweep_experiment)
+@dataclass(frozen=True)
+class Segment:
+    """One Tune experiment of the sweep: trials first..end-1. A sweep grown in place (a
+    larger sweep.num_samples) runs its new trials as a segment of their own, after the
+    earlier ones: Tune cannot add trials to a finished experiment."""
+
+    first: int
+    end: int
+
+    @property
+    def name(self) -> str:
+        return SWEEP_NAME if self.first == 0 else f"{SWEEP_NAME}-{self.first:03d}-{self.end:03d}"
+
+    def done(self, ended: list[str]) -> bool:
+        """Every trial of the segment has ended (`ended`: the names of ended trials)."""
+        return {f"trial-{i:03d}" for i in range(self.first, self.end)} <= set(ended)
+
+
+def recorded_segments(workdir: Path) -> list[Segment]:
+    """The segments started so far (`WORKDIR/tune/segments.json`), in order."""
+    try:
+        text = storage.read_text(Workdir(workdir).sweep_segments)
+    except FileNotFoundError:
+        return []
+    return [Segment(int(a), int(b)) for a, b in json.loads(text)]
+
+
+def sweep_segments(workdir: Path, trials: int) -> list[Segment]:
+    """The segments a sweep of `trials` trials runs: those started, then one for the trials
+    none covers yet."""
+    done = [s for s in recorded_segments(workdir) if s.first < trials]
+    end = done[-1].end if done else 0
+    return [*done, *([Segment(end, trials)] if trials > end else [])]
+
+
+def record_segment(workdir: Path, segment: Segment) -> None:
+    """Note `segment` as started (before its Tune experiment is created)."""
+    segments = recorded_segments(workdir)
+    if segment not in segments:
+        storage.write_file(Workdir(workdir).sweep_segments,
+                           json.dumps([[s.first, s.end] for s in [*segments, segment]]))
+
+
+def sweep_path(workdir: Path, segment: Segment | None = None) -> tuple[str, Any]:
+    """Tune's experiment directory of `segment` (default: the first): (a local path or the
+    workdir's URI, None), or (a path in the filesystem of a URI with store options, that
+    filesystem): `storage.tune_storage`."""
+    name = segment.name if segment is not None else SWEEP_NAME
+    return storage.tune_storage(Workdir(workdir).sweep / name)
 
 
 def write_diverged(workdir: Path, name: str, error: str, hparams: dict[str, Any]) -> None:

@@ -7,6 +7,8 @@
       soups/<recipe>/            recipe.json (`soup_record.py`) + shards, or an ensemble's list
       soups/.<recipe>.journal.jsonl   a merge method's decisions while it cooks
       tune/sweep/                Ray Tune's experiment state
+      tune/sweep-<a>-<b>/        the same for trials a..b-1 of a grown sweep
+      tune/segments.json         the sweep's Tune experiments, as [first, end) trial ranges
       tune/train/<trial>/        the Ray Train run of a data-parallel trial
       results.parquet            accuracy of every (model, split)
       anytime.jsonl              the anytime soup's decisions during the sweep
@@ -86,6 +88,10 @@ class Workdir:
     @property
     def sweep_experiment(self) -> Path:
         return self.sweep / SWEEP_NAME
+
+    @property
+    def sweep_segments(self) -> Path:
+        return self.sweep / "segments.json"
 
     @property
     def train_runs(self) -> Path:

@@ -84,6 +84,12 @@ def write_snapshot(cfg: ExperimentCfg, workdir: Path) -> None:
         storage.write_file(Workdir(workdir).snapshot, text)
 
 
+def saved_config(workdir: Path) -> dict | None:
+    """The workdir's saved config as a dict (None without one), local or remote."""
+    text = _saved_text(workdir)
+    return None if text is None else (yaml.safe_load(text) or {})
+
+
 def has_snapshot(workdir: Path) -> bool:
     return _saved_text(workdir) is not None
 
