@@ -18,6 +18,7 @@ from raysoup.evaluate import results as res
 from raysoup.orchestration import evaluate_stage, metrics, soup_stage
 from raysoup.orchestration.actors import EvalActors
 from raysoup.orchestration.cluster import connect
+from raysoup.orchestration.cpu_time import tree_cpu_seconds
 from raysoup.orchestration.evaluation import build_eval_cache
 from raysoup.orchestration.resume import (
     KEPT_ON_RESUME,
@@ -60,6 +61,9 @@ class Run:
     def __init__(self, cfg: ExperimentCfg, workdir: Path):
         self.cfg, self.workdir = cfg, workdir
         self.timings: dict[str, float] = {}
+        # CPU seconds per stage of the driver's process tree (Ray's workers included on a
+        # local cluster): what carries over to another machine (docs/benchmarks.md).
+        self.cpu: dict[str, float] = {}
         quiet()
         self.tracker = Tracker(cfg.tracking.uri or default_uri(workdir),
                                cfg.tracking.experiment or cfg.name,
@@ -72,12 +76,13 @@ class Run:
     def stage(self, name: str) -> Iterator[None]:
         log.info("── %s", name)
         metrics.stage_started(name)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), tree_cpu_seconds()
         yield
         self.tracker.persist()
         self.timings[name] = time.perf_counter() - start
+        self.cpu[name] = tree_cpu_seconds() - cpu
         metrics.stage_finished(name, self.timings[name])
-        log.info("── %s done in %.1f s", name, self.timings[name])
+        log.info("── %s done in %.1f s (CPU %.1f s)", name, self.timings[name], self.cpu[name])
 
     @property
     def layout(self) -> Workdir:
@@ -182,6 +187,9 @@ class Run:
         rows, shifts = summarize(table)
         labelled = summary_rows(rows, inference_costs(self.layout.soups))
         timing = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
+        # Since the driver started: imports, Ray's start and the stages.
+        cpu = ", ".join(f"{k} {v:.1f}s" for k, v in self.cpu.items())
+        cpu += f"; all {tree_cpu_seconds():.1f}s"
         diverged = diverged_line(self.diverged())
         versus = comparison_section(table, labelled, shifts)
         return (f"\nraysoup: {self.cfg.name} — workdir {storage.display(self.workdir)}\n\n"
@@ -189,6 +197,7 @@ class Run:
                 + (f"{versus}\n\n" if versus else "")
                 + (f"{diverged}\n" if diverged else "")
                 + f"stage times: {timing}\n"
+                f"stage CPU times (this machine's process tree): {cpu}\n"
                 f"report: {storage.display(self.layout.report / 'README.md')}\n")
 
     def close(self, ok: bool) -> None:
