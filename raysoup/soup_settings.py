@@ -55,8 +55,12 @@ class WiseFTSettings(Settings):
     # α grid of θ(α) = (1−α)·θ_zeroshot + α·θ_best; the best on held-out wins (ties: smaller α).
     alphas: list[float] = Field(default_factory=lambda: list(WISEFT_ALPHAS), min_length=1)
     search: GridSearch = "bracket"
+    # α also scored on test and every shift, for the report's figure: the WiSE-FT curve from
+    # the zero-shot model (α = 0) to the fine-tuned one (α = 1), as in the paper's figures
+    # (one evaluation of every split per α; [] draws only the chosen α).
+    curve: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75])
 
-    @field_validator("alphas")
+    @field_validator("alphas", "curve")
     @classmethod
     def _unit_interval(cls, alphas: list[float]) -> list[float]:
         bad = [a for a in alphas if not 0.0 <= a <= 1.0]

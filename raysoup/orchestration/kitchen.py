@@ -71,6 +71,20 @@ class RayKitchen:
                 for w in weightings[start : start + step]])
         return accs
 
+    def score_splits(self, paths: list[Path], weightings: list[list[float]]
+                     ) -> list[dict[str, float]]:
+        """Accuracy on every split the eval actors hold of each weighting (WiSE-FT's curve)."""
+        out: list[dict[str, float]] = []
+        step = max(1, len(self.pool))
+        for start in range(0, len(weightings), step):
+            refs = [reduce_to_refs(paths, w, self.plan,
+                                   integers_from=integers_source(paths, self.anchor))
+                    for w in weightings[start : start + step]]
+            calls = [lambda a, r=r: a.evaluate_sum.remote(r, 1.0, None) for r in refs]
+            out += [{split: correct / n for split, (correct, n) in scores.items()}
+                    for scores in self.pool.run(calls)]
+        return out
+
     def score_merge(self, base: Path, paths: list[Path], merge: TensorMerge,
                     scales: list[float]) -> list[float]:
         key = (Path(base), tuple(Path(p) for p in paths), merge)

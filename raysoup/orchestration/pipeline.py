@@ -40,7 +40,7 @@ from raysoup.report import (
 )
 from raysoup.soup.anytime import read_offers
 from raysoup.tracking import Tracker, default_uri, quiet
-from raysoup.workdir import Workdir, diverged_hparams, inference_costs
+from raysoup.workdir import Workdir, diverged_hparams, inference_costs, recipe_info
 from raysoup.workdir.snapshot import check_snapshot, write_snapshot
 
 log = logging.getLogger("raysoup")
@@ -176,7 +176,8 @@ class Run:
             table = res.read_results(self.results_path)
             files = write_report(table, self.layout.report, self.cfg.name,
                                  inference_costs(self.layout.soups), self.diverged(),
-                                 read_offers(self.workdir))
+                                 read_offers(self.workdir),
+                                 recipe_info(self.layout.soups, "wiseft"))
             storage.publish(self.layout.report)
             storage.pull(self.results_path, exact=True)  # MLflow uploads local files
             self.tracker.log_artifacts(self.parent, files, subdir="report")

@@ -27,13 +27,14 @@ class WiseFT:
     name = "wiseft"
     Settings = WiseFTSettings
 
-    def __init__(self, alphas=DEFAULT_ALPHAS, search: str = "bracket"):
+    def __init__(self, alphas=DEFAULT_ALPHAS, search: str = "bracket", curve=()):
         alphas = sorted({float(a) for a in alphas})
         if not alphas or not all(0.0 <= a <= 1.0 for a in alphas):
             raise ValueError(f"wiseft alphas must be a non-empty list in [0, 1], got {alphas}")
         if search not in SEARCHES:
             raise ValueError(f"wiseft search must be one of {SEARCHES}, got {search!r}")
         self.alphas, self.search = alphas, search
+        self.curve = sorted({float(a) for a in curve})
 
     def cook(self, candidates: list[Candidate], kitchen: Kitchen | None) -> RecipeResult:
         anchor, tuned = anchored(kitchen, candidates, self.name)
@@ -43,8 +44,12 @@ class WiseFT:
             paths, [[1.0 - a, a] for a in alphas]), self.search)
         alpha = pick_alpha(scores)
         trace = [{"alpha": a, "heldout": acc, "chosen": a == alpha} for a, acc in scores.items()]
-        return RecipeResult(
-            ingredients=[anchor.name, best.name], weights=[1.0 - alpha, alpha], trace=trace,
-            info={"alpha": alpha, "finetuned": best.name, "alphas": self.alphas,
-                  "search": self.search, "ties": "smaller alpha"},
-        )
+        info = {"alpha": alpha, "finetuned": best.name, "alphas": self.alphas,
+                "search": self.search, "ties": "smaller alpha"}
+        # The report's curve: accuracy per split along α (a kitchen that can score only
+        # held-out has no curve to give).
+        if self.curve and (score_splits := getattr(kitchen, "score_splits", None)):
+            accs = score_splits(paths, [[1.0 - a, a] for a in self.curve])
+            info["curve"] = [{"alpha": a, **acc} for a, acc in zip(self.curve, accs, strict=True)]
+        return RecipeResult(ingredients=[anchor.name, best.name], weights=[1.0 - alpha, alpha],
+                            trace=trace, info=info)
