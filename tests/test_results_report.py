@@ -122,6 +122,7 @@ def test_report_and_summary_list_diverged_trials(tmp_path):
     res.write_results(work / "results.parquet", table())
     run = Run.__new__(Run)  # the summary reads only the workdir and the config
     run.cfg, run.workdir, run.timings, run.cpu = cfg, work, {}, {}
+    run.cpu_meter = TreeCpu()
     assert f"\n{line}\n" in run.summary()
 
 

@@ -18,7 +18,7 @@ from raysoup.evaluate import results as res
 from raysoup.orchestration import evaluate_stage, metrics, soup_stage
 from raysoup.orchestration.actors import EvalActors
 from raysoup.orchestration.cluster import connect
-from raysoup.orchestration.cpu_time import tree_cpu_seconds
+from raysoup.orchestration.cpu_time import TreeCpu
 from raysoup.orchestration.evaluation import build_eval_cache
 from raysoup.orchestration.resume import (
     KEPT_ON_RESUME,
@@ -64,6 +64,7 @@ class Run:
         # CPU seconds per stage of the driver's process tree (Ray's workers included on a
         # local cluster): what carries over to another machine (docs/benchmarks.md).
         self.cpu: dict[str, float] = {}
+        self.cpu_meter = TreeCpu().start()
         quiet()
         self.tracker = Tracker(cfg.tracking.uri or default_uri(workdir),
                                cfg.tracking.experiment or cfg.name,
@@ -76,11 +77,11 @@ class Run:
     def stage(self, name: str) -> Iterator[None]:
         log.info("── %s", name)
         metrics.stage_started(name)
-        start, cpu = time.perf_counter(), tree_cpu_seconds()
+        start, cpu = time.perf_counter(), self.cpu_meter.seconds()
         yield
         self.tracker.persist()
         self.timings[name] = time.perf_counter() - start
-        self.cpu[name] = tree_cpu_seconds() - cpu
+        self.cpu[name] = self.cpu_meter.seconds() - cpu
         metrics.stage_finished(name, self.timings[name])
         log.info("── %s done in %.1f s (CPU %.1f s)", name, self.timings[name], self.cpu[name])
 
@@ -190,7 +191,7 @@ class Run:
         timing = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
         # Since the driver started: imports, Ray's start and the stages.
         cpu = ", ".join(f"{k} {v:.1f}s" for k, v in self.cpu.items())
-        cpu += f"; all {tree_cpu_seconds():.1f}s"
+        cpu += f"; all {self.cpu_meter.seconds():.1f}s"
         diverged = diverged_line(self.diverged())
         versus = comparison_section(table, labelled, shifts)
         return (f"\nraysoup: {self.cfg.name} — workdir {storage.display(self.workdir)}\n\n"
@@ -202,6 +203,7 @@ class Run:
                 f"report: {storage.display(self.layout.report / 'README.md')}\n")
 
     def close(self, ok: bool) -> None:
+        self.cpu_meter.stop()  # summary() still reads the total (one sample more)
         if self.actors is not None:
             self.actors.release()
         self.tracker.end(self.parent, ok=ok)
