@@ -92,6 +92,7 @@ def test_report_and_summary_list_diverged_trials(tmp_path):
     from small import small_config
 
     from raysoup.config import ExperimentCfg
+    from raysoup.orchestration.cpu_time import TreeCpu
     from raysoup.orchestration.pipeline import Run
     from raysoup.orchestration.trial_records import diverged_trials
     from raysoup.report import diverged_line
