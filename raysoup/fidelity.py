@@ -4,8 +4,10 @@
 (`orchestration.seeds`), then this module prints and writes (`ROOT/fidelity.md`, `.json`,
 `.png`) per run the zero-shot model, the best single ingredient (picked on held-out, as
 `report.best_single`) and every soup; the paired differences d = soup - best single per split
-as mean ± sd/sqrt(n) over the runs; and the criteria of the paper's claims (`CRITERIA`). A
-fallback to the best single model counts as 0. With `--searches random,soup` it also compares
+as mean ± sd/sqrt(n) over the runs; and the criteria of the paper's claims (`CRITERIA`) in
+interval form: per run the paired 95 % interval over the split's images (evaluate/paired.py),
+across runs a 95 % t-interval of the mean over the runs (`judge`). A fallback to the best
+single model counts as 0. With `--searches random,soup` it also compares
 the soup-aware sweep search with the random one, paired by seed (`compare_searches`).
 
     python -m raysoup.fidelity runs/seed0 runs/seed1 runs/seed2   # tables of finished runs
@@ -21,7 +23,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+
 from raysoup.atomic import write_atomic
+from raysoup.evaluate.paired import Interval, mean_interval, unpack
+from raysoup.evaluate.paired import paired as paired_images
 from raysoup.evaluate.results import read_results
 from raysoup.report import Row, best_single, summarize
 from raysoup.soup.anytime import read_offers
@@ -35,20 +41,47 @@ class RunSummary:
     soups: dict[str, Row]
     shifts: list[str]
     zeroshot: Row | None = None
+    # (model, split) → (n, packed per-image correctness), where the results kept it.
+    bits: dict[tuple[str, str], tuple[int, bytes]] | None = None
 
     def value(self, row: Row, column: str) -> float:
         return row.mean_shift(self.shifts) if column == "mean shift" else row.acc[column]
 
+    def interval(self, a: Row, b: Row, column: str) -> tuple[float, float, float] | None:
+        """(d, lo, hi) in points: a − b on `column` with its paired 95 % interval over the
+        images (exact on a split; on the mean shift the splits' variances added:
+        `paired.mean_interval`); None where a row kept no per-image correctness."""
+        splits = self.shifts if column == "mean shift" else [column]
+        found: list[Interval] = []
+        for split in splits:
+            x, y = (self.bits or {}).get((a.model, split)), (self.bits or {}).get((b.model, split))
+            if x is None or y is None or x[0] != y[0]:
+                return None
+            found.append(paired_images(unpack(x[1], x[0]), unpack(y[1], y[0])))
+        if not found:
+            return None
+        if column == "mean shift":
+            d, lo, hi = mean_interval(found)
+        else:
+            d, lo, hi = found[0].diff, found[0].lo, found[0].hi
+        return 100 * d, 100 * lo, 100 * hi
+
+
+def _bits(table: pa.Table) -> dict[tuple[str, str], tuple[int, bytes]]:
+    cols = (table[c].to_pylist() for c in ("model", "split", "n", "correct_bits"))
+    return {(m, s): (n, b) for m, s, n, b in zip(*cols, strict=True) if b is not None}
+
 
 def summarize_run(workdir: Path) -> RunSummary:
-    rows, shifts = summarize(read_results(Workdir(workdir).results))
+    table = read_results(Workdir(workdir).results)
+    rows, shifts = summarize(table)
     best = best_single(rows)
     if best is None:
         raise ValueError(f"{workdir}: {RESULTS_FILE} is missing or has no ingredient rows "
                          "(run `raysoup run` or `raysoup evaluate` there first)")
     soups = {r.model: r for r in rows if r.kind in ("soup", "ensemble")}
     zeroshot = next((r for r in rows if r.kind == "zeroshot"), None)
-    return RunSummary(str(workdir), best, soups, shifts, zeroshot)
+    return RunSummary(str(workdir), best, soups, shifts, zeroshot, _bits(table))
 
 
 def paired(diffs: list[float]) -> tuple[float, float]:
@@ -70,64 +103,121 @@ def report(runs: list[RunSummary]) -> str:
             vals = " | ".join(f"{100 * run.value(row, c):.2f}" for c in COLUMNS)
             lines.append(f"| {run.workdir} | {label} | {vals} |")
     common = sorted(set.intersection(*(set(r.soups) for r in runs)))
-    lines += ["", "d = soup - best single, points: mean ± sd/sqrt(n) [per run]", "",
+    lines += ["", ("d = soup - best single, points: mean ± sd/sqrt(n) [per run; * where the "
+              "run's paired 95 % interval excludes 0]; 95 %: the t-interval of the mean over "
+              "the runs"), "",
               "| soup | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
     for soup in common:
         cells = []
         for c in COLUMNS:
             d = [100 * (r.value(r.soups[soup], c) - r.value(r.best, c)) for r in runs]
+            ivs = [r.interval(r.soups[soup], r.best, c) for r in runs]
             mean, se = paired(d)
-            cells.append(f"{mean:+.2f} ± {se:.2f} [{', '.join(f'{x:+.2f}' for x in d)}]")
+            shown = ", ".join(f"{x:+.2f}" + ("*" if iv and (iv[1] > 0 or iv[2] < 0) else "")
+                              for x, iv in zip(d, ivs, strict=True))
+            _, lo, hi = across_runs(d, ivs)
+            cells.append(f"{mean:+.2f} ± {se:.2f} [{shown}]; 95 % [{lo:+.2f}, {hi:+.2f}]")
         lines.append(f"| {soup} | " + " | ".join(cells) + " |")
     lines += ["", *criteria(runs)]
     return "\n".join(lines)
 
 
+# The paper's claims on the miniature: (label, model a, model b, column, kind, threshold t).
+# "≥": a − b is not below t (greedy matches the best single model); ">": a − b is above t.
+CRITERIA = (
+    ("greedy − best single, test ≥ 0", "greedy_soup", "best", "test", "≥", 0.0),
+    ("uniform − best single, mean shift > 0", "uniform_soup", "best", "mean shift", ">", 0.0),
+    ("greedy − uniform, test ≥ 0", "greedy_soup", "uniform_soup", "test", "≥", 0.0),
+    ("zero-shot → best single, test ≥ +10 points", "best", "zeroshot", "test", "≥", 10.0),
+)
+
+# Student's t 97.5 % quantiles by degrees of freedom (1..30; beyond, 30's: slightly wide).
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+        2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def across_runs(d: list[float], per_run: list | None = None) -> tuple[float, float, float]:
+    """(mean, lo, hi): a 95 % t-interval of the mean of the runs' differences (their spread
+    holds both the sweep's and the images' luck); one run: its own paired interval, if any."""
+    mean = statistics.fmean(d)
+    if len(d) == 1:
+        own = (per_run or [None])[0]
+        return own if own is not None else (mean, math.nan, math.nan)
+    half = T975[min(len(d) - 1, len(T975)) - 1] * statistics.stdev(d) / math.sqrt(len(d))
+    return mean, mean - half, mean + half
+
+
+def judge(kind: str, t: float, per_run: list, overall: tuple[float, float, float]) -> str:
+    """"holds", "contradicted" or "not distinguishable" for a claim a − b `kind` t.
+
+    Contradicted: some run's paired interval, or the across-run interval, lies below t. A "≥"
+    claim (matching) holds when nothing contradicts it; a ">" claim (beating) holds only when
+    the across-run interval lies above t (without per-run intervals, on the points alone)."""
+    _, lo, hi = overall
+    below = [iv for iv in per_run if iv is not None and iv[2] < t]
+    if below or (not math.isnan(hi) and hi < t):
+        return "contradicted"
+    if kind == "≥" or (not math.isnan(lo) and lo > t):
+        return "holds"
+    return "not distinguishable"
+
+
 def diffs(runs: list[RunSummary], a: str, b: str, column: str) -> list[float] | None:
     """Per run, points: model a − model b on `column` ("best" = the best single ingredient,
     "zeroshot"); None if a run lacks one of them."""
+    pairs = _pairs(runs, a, b)
+    if pairs is None:
+        return None
+    return [100 * (run.value(ra, column) - run.value(rb, column))
+            for run, (ra, rb) in zip(runs, pairs, strict=True)]
+
+
+def _pairs(runs: list[RunSummary], a: str, b: str) -> list[tuple[Row, Row]] | None:
     def row(run: RunSummary, name: str) -> Row | None:
         return {"best": run.best, "zeroshot": run.zeroshot}.get(name, run.soups.get(name))
 
-    out = []
-    for run in runs:
-        ra, rb = row(run, a), row(run, b)
-        if ra is None or rb is None:
-            return None
-        out.append(100 * (run.value(ra, column) - run.value(rb, column)))
-    return out
-
-
-# (label, model a, model b, column, test): the paper's claims on the miniature. `test` gets
-# the per-run differences; 0.8 of the runs = 4 of 5.
-CRITERIA = (
-    ("greedy − best single, test: ≥ 0 in ≥ 80 % of runs, mean > 0",
-     "greedy_soup", "best", "test",
-     lambda d: sum(x >= 0 for x in d) >= 0.8 * len(d) and statistics.fmean(d) > 0),
-    ("uniform − best single, mean shift: > 0 in ≥ 80 % of runs",
-     "uniform_soup", "best", "mean shift", lambda d: sum(x > 0 for x in d) >= 0.8 * len(d)),
-    ("greedy − uniform, test: ≥ 0 in ≥ 80 % of runs",
-     "greedy_soup", "uniform_soup", "test", lambda d: sum(x >= 0 for x in d) >= 0.8 * len(d)),
-    ("zero-shot → best single, test: ≥ +10 points in every run",
-     "best", "zeroshot", "test", lambda d: min(d) >= 10),
-)
+    out = [(row(run, a), row(run, b)) for run in runs]
+    return None if any(ra is None or rb is None for ra, rb in out) else out
 
 
 def evaluate_criteria(runs: list[RunSummary]) -> list[dict]:
     out = []
-    for label, a, b, column, test in CRITERIA:
-        d = diffs(runs, a, b, column)
-        out.append({"criterion": label, "diffs": d, "holds": bool(d) and bool(test(d))})
+    for label, a, b, column, kind, t in CRITERIA:
+        d, pairs = diffs(runs, a, b, column), _pairs(runs, a, b)
+        if d is None or pairs is None:
+            out.append({"criterion": label, "diffs": None, "intervals": None,
+                        "across_runs": None, "verdict": "n/a", "holds": False})
+            continue
+        per_run = [run.interval(ra, rb, column) for run, (ra, rb) in zip(runs, pairs,
+                                                                           strict=True)]
+        overall = across_runs(d, per_run)
+        verdict = judge(kind, t, per_run, overall)
+        out.append({"criterion": label, "diffs": d, "intervals": per_run,
+                    "across_runs": list(overall), "verdict": verdict,
+                    "holds": verdict == "holds"})
     return out
 
 
+MARKS = {"holds": "✓", "contradicted": "✗", "not distinguishable": "~", "n/a": "✗"}
+
+
+def _iv(iv) -> str:
+    return "no interval" if iv is None else f"{iv[0]:+.2f} [{iv[1]:+.2f}, {iv[2]:+.2f}]"
+
+
 def criteria(runs: list[RunSummary]) -> list[str]:
-    lines = []
+    lines = [("The paper's claims, each per run with its paired 95 % interval over the "
+              "images and across runs with a 95 % t-interval of the mean (✓ holds, ~ not "
+              "distinguishable, ✗ contradicted: an interval lies on the wrong side):")]
     for c in evaluate_criteria(runs):
-        d = c["diffs"]
-        shown = "n/a (a run lacks the models)" if d is None else \
-            f"[{', '.join(f'{x:+.2f}' for x in d)}] mean {statistics.fmean(d):+.2f}"
-        lines.append(f"{'✓' if c['holds'] else '✗'} {c['criterion']}: {shown}")
+        if c["diffs"] is None:
+            lines.append(f"{MARKS['n/a']} {c['criterion']}: n/a (a run lacks the models)")
+            continue
+        runs_text = ", ".join(_iv(iv) if iv is not None else f"{d:+.2f}"
+                              for d, iv in zip(c["diffs"], c["intervals"], strict=True))
+        lines.append(f"{MARKS[c['verdict']]} {c['criterion']}: {c['verdict']}; across runs "
+                     f"{_iv(c['across_runs'])}; per run {runs_text}")
     return lines
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import pyarrow as pa
 
 from raysoup.atomic import write_atomic
 from raysoup.evaluate.paired import COMPARED, Comparison, Interval, comparisons
+from raysoup.figures import anytime_figure, results_figure, save
 from raysoup.soup.anytime import Offer
 
 FIXED_SPLITS = ("heldout", "test")
@@ -177,71 +177,28 @@ def comparison_section(table: pa.Table, labelled: list[tuple[str, Row]],
     ])
 
 
-def plot(rows: list[Row], shifts: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-    ing = [r for r in rows if r.kind == "ingredient"]
-    ax.scatter([100 * r.acc.get("test", float("nan")) for r in ing],
-               [100 * r.mean_shift(shifts) for r in ing],
-               c="#9aa5b1", s=28, label="fine-tuned ingredients", zorder=2)
-    styles = {"zeroshot": ("*", "#2b6cb0", 160), "soup": ("D", None, 70),
-              "ensemble": ("s", "#1a202c", 70)}
-    palette = itertools.cycle(["#c53030", "#2f855a", "#b7791f", "#6b46c1", "#00838f", "#d53f8c"])
-    drawn: list[tuple[float, float]] = []
-    for r in rows:
-        if r.kind not in styles:
-            continue
-        marker, color, size = styles[r.kind]
-        x, y = 100 * r.acc.get("test", float("nan")), 100 * r.mean_shift(shifts)
-        # Recipes often land on the same point (greedy = WiSE-FT α=1 = the best model): each
-        # later marker there is smaller and on top, so every earlier one shows as a ring.
-        same = sum(abs(x - a) < 0.05 and abs(y - b) < 0.05 for a, b in drawn)
-        drawn.append((x, y))
-        ax.scatter([x], [y], marker=marker, s=size * 0.45**same, c=color or next(palette),
-                   label=r.model.replace("_", " "), edgecolors="black", linewidths=0.6,
-                   zorder=3 + same)
-    ax.set_xlabel("test accuracy (%)")
-    ax.set_ylabel(f"mean accuracy over {len(shifts)} shifts (%)")
-    ax.set_title("Model soups: in-distribution vs. distribution shift")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    # An explicit format: the temp name's suffix is not the figure's.
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"))
-    plt.close(fig)
+def plot(rows: list[Row], shifts: list[str], path: Path, table: pa.Table | None = None,
+         wiseft: Mapping[str, Any] | None = None) -> None:
+    """The test vs. mean shift figure (`raysoup.figures.results_figure`); `table`: the
+    results, for the error bars (the paired intervals); `wiseft`: the WiSE-FT soup's recipe
+    info, for its curve."""
+    best = best_single(rows)
+    comps = comparisons(table) if table is not None else []
+    save(results_figure(rows, shifts, best.model if best else None, comps, wiseft), path)
 
 
-def plot_anytime(curves: Mapping[str, Sequence[Offer]], path: Path) -> None:
-    """Held-out accuracy of the anytime soup (solid) and of the best finished trial (dashed)
-    against the trials finished, one colour per curve (e.g. per sweep search)."""
-    import matplotlib
+def plot_anytime(curves: Mapping[str, Sequence[Offer]], path: Path,
+                 references: Mapping[str, float] | None = None,
+                 heldout_n: int | None = None) -> None:
+    """The anytime soup's curve (`raysoup.figures.anytime_figure`)."""
+    save(anytime_figure(curves, references, heldout_n), path)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    palette = itertools.cycle(["#c53030", "#2b6cb0", "#2f855a", "#b7791f", "#6b46c1"])
-    for label, offers in curves.items():
-        color = next(palette)
-        xs = list(range(1, len(offers) + 1))
-        nan = float("nan")
-        ax.plot(xs, [100 * o.soup_heldout if o.soup_heldout is not None else nan
-                     for o in offers], "-o", c=color, ms=3, label=f"anytime soup{label}")
-        ax.plot(xs, [100 * o.best_single if o.best_single is not None else nan
-                     for o in offers], "--", c=color, alpha=0.7,
-                label=f"best single so far{label}")
-    ax.set_xlabel("trials finished")
-    ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title("Anytime soup during the sweep")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
+def heldout_size(table: pa.Table) -> int | None:
+    """Images in the held-out split (results rows' `n`), None if none was scored."""
+    sizes = [n for s, n in zip(table["split"].to_pylist(), table["n"].to_pylist(), strict=True)
+             if s == "heldout"]
+    return max(sizes) if sizes else None
 
 
 def anytime_table(offers: Sequence[Offer]) -> str:
@@ -261,19 +218,23 @@ def anytime_table(offers: Sequence[Offer]) -> str:
 def write_report(table: pa.Table, out_dir: Path, title: str,
                  inference_costs: Mapping[str, int] | None = None,
                  diverged: Mapping[str, Mapping[str, Any]] | None = None,
-                 anytime: Sequence[Offer] = ()) -> list[Path]:
+                 anytime: Sequence[Offer] = (),
+                 wiseft: Mapping[str, Any] | None = None) -> list[Path]:
     """`diverged`: trials that ended with a non-finite loss (no ingredient), see
     `diverged_line`; listed under the summary. `anytime`: the sweep's anytime-soup offers
-    (a curve and a table)."""
+    (a curve and a table). `wiseft`: the WiSE-FT soup's recipe info (its curve in the
+    figure)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, shifts = summarize(table)
     figure = out_dir / "figure.png"
-    plot(rows, shifts, figure)
+    plot(rows, shifts, figure, table, wiseft)
     files = [figure]
     anytime_part = []
     if anytime:
         curve = out_dir / "anytime.png"
-        plot_anytime({"": anytime}, curve)
+        final = {r.model: r.acc["heldout"] for r in rows
+                 if r.model in ("greedy_soup", "uniform_soup") and "heldout" in r.acc}
+        plot_anytime({"": anytime}, curve, final, heldout_size(table))
         files.append(curve)
         anytime_part = [
             ("## Anytime soup\n\nDuring the sweep each finished trial was offered, in trial "

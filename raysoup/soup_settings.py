@@ -45,11 +45,22 @@ class LearnedSettings(Settings):
 WISEFT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 
 
+# How a grid of α or λ is scored on held-out (`raysoup.soup.grid_search`): "bracket" narrows
+# in on held-out accuracy's peak (one peak assumed: about 7 of 11 points scored), "grid"
+# scores every point (the papers' procedure).
+GridSearch = Literal["bracket", "grid"]
+
+
 class WiseFTSettings(Settings):
     # α grid of θ(α) = (1−α)·θ_zeroshot + α·θ_best; the best on held-out wins (ties: smaller α).
     alphas: list[float] = Field(default_factory=lambda: list(WISEFT_ALPHAS), min_length=1)
+    search: GridSearch = "bracket"
+    # α also scored on test and every shift, for the report's figure: the WiSE-FT curve from
+    # the zero-shot model (α = 0) to the fine-tuned one (α = 1), as in the paper's figures
+    # (one evaluation of every split per α; [] draws only the chosen α).
+    curve: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75])
 
-    @field_validator("alphas")
+    @field_validator("alphas", "curve")
     @classmethod
     def _unit_interval(cls, alphas: list[float]) -> list[float]:
         bad = [a for a in alphas if not 0.0 <= a <= 1.0]
@@ -65,6 +76,7 @@ TASK_ARITHMETIC_LAMBDAS = [round(0.05 * i, 2) for i in range(1, 21)]
 class TaskArithmeticSettings(Settings):
     lambdas: list[float] = Field(default_factory=lambda: list(TASK_ARITHMETIC_LAMBDAS),
                                  min_length=1)
+    search: GridSearch = "bracket"
 
 
 # The paper: k = 20 % and λ = 1 without validation data; with it, λ from a grid around 1.
@@ -74,6 +86,7 @@ TIES_LAMBDAS = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
 class TiesSettings(Settings):
     density: float = Field(0.2, gt=0, le=1)  # fraction k of each task vector's entries kept
     lambdas: list[float] = Field(default_factory=lambda: list(TIES_LAMBDAS), min_length=1)
+    search: GridSearch = "bracket"
 
 
 class DareSettings(Settings):
@@ -81,6 +94,7 @@ class DareSettings(Settings):
     combine: Literal["linear", "ties"] = "linear"
     seed: int = 0
     lambdas: list[float] | None = Field(None, min_length=1)  # None: the combine's default grid
+    search: GridSearch = "bracket"
 
 
 # Recipe name -> its settings, in the order of the config's `soup` section.

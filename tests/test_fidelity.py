@@ -51,15 +51,63 @@ def test_paired_differences_and_criteria(tmp_path, capsys):
     assert "| greedy_soup |" in text and "+0.00 ± 1.00 [+1.00, -1.00]" in text
     # uniform mean shift: a: 46-43 = +3, b: 39-40 = -1 -> +1.00 ± 2.00.
     assert "+1.00 ± 2.00 [+3.00, -1.00]" in text
-    # The paper's claims, per run: greedy - best test [+1, -1] (mean 0: not > 0);
-    # uniform - best mean shift [+3, -1] (1 of 2 > 0); greedy - uniform test [+2, -2].
-    assert "✗ greedy − best single, test: ≥ 0 in ≥ 80 % of runs, mean > 0: [+1.00, -1.00]" in text
-    assert "✗ uniform − best single, mean shift: > 0 in ≥ 80 % of runs: [+3.00, -1.00]" in text
-    assert "✗ greedy − uniform, test: ≥ 0 in ≥ 80 % of runs: [+2.00, -2.00]" in text
-    assert "zero-shot → best single, test: ≥ +10 points in every run: n/a" in text  # no zero-shot
+    # The paper's claims (no per-image bits here: across runs only, a t-interval with 1 degree
+    # of freedom, 12.706 × SE): greedy - best test [+1, -1], nothing contradicts "≥";
+    # uniform - best mean shift [+3, -1] is not distinguishable from 0.
+    assert ("✓ greedy − best single, test ≥ 0: holds; across runs +0.00 [-12.71, +12.71]; "
+            "per run +1.00, -1.00") in text
+    assert ("~ uniform − best single, mean shift > 0: not distinguishable; across runs "
+            "+1.00 [-24.41, +26.41]") in text
+    assert "✓ greedy − uniform, test ≥ 0: holds; across runs +0.00 [-25.41, +25.41]" in text
+    assert "✗ zero-shot → best single, test ≥ +10 points: n/a" in text  # no zero-shot
 
     assert fidelity.main([str(a), str(b)]) == 0
     assert "best single (trial-b)" in capsys.readouterr().out
+
+
+def _bits_workdir(tmp_path, name: str, models: dict[str, tuple[str, dict[str, int]]]):
+    """As `_workdir`, with per-image correctness: a model right on images 0..c-1 of 100 (so
+    the better of two is right on a superset: every disagreement goes one way)."""
+    import numpy as np
+
+    wd = tmp_path / name
+    wd.mkdir()
+    table = res.merge(res.empty(), [
+        res.rows(m, kind, {s: (c, 100, np.packbits(np.arange(100) < c).tobytes())
+                           for s, c in acc.items()}) for m, (kind, acc) in models.items()])
+    res.write_results(wd / "results.parquet", table)
+    return wd
+
+
+def test_criteria_in_interval_form_per_run_and_across_runs(tmp_path):
+    from raysoup.evaluate.paired import interval
+
+    runs = []
+    for i, greedy in enumerate((50, 61, 61)):  # run 0: greedy 10 images below the best
+        runs.append(fidelity.summarize_run(_bits_workdir(tmp_path, f"seed-{i}", {
+            "zeroshot": ("zeroshot", {"heldout": 40, "test": 45, "s1": 30, "s2": 30}),
+            "trial-a": ("ingredient", {"heldout": 70, "test": 60, "s1": 40, "s2": 40}),
+            "greedy_soup": ("soup", {"heldout": 71, "test": greedy, "s1": 40, "s2": 40}),
+            "uniform_soup": ("soup", {"heldout": 69, "test": 60, "s1": 40 + i, "s2": 40 + i}),
+        })))
+    checks = {c["criterion"]: c for c in fidelity.evaluate_criteria(runs)}
+    greedy = checks["greedy − best single, test ≥ 0"]
+    # Per run the exact paired interval: 10 images only the best gets right, 0 the other way.
+    want = interval(0, 10, 100)
+    assert greedy["intervals"][0] == pytest.approx((-10.0, 100 * want.lo, 100 * want.hi))
+    assert greedy["intervals"][0][2] < 0 and greedy["verdict"] == "contradicted"
+    # Uniform on the shifts: +0, +1, +2 images per split; no run tells it from 0, and neither
+    # does the across-run interval (mean +1, sd 1, t(2) = 4.303): not distinguishable.
+    uniform = checks["uniform − best single, mean shift > 0"]
+    assert uniform["across_runs"] == pytest.approx([1.0, 1.0 - 4.303 / 3**0.5,
+                                                    1.0 + 4.303 / 3**0.5])
+    assert uniform["verdict"] == "not distinguishable" and not uniform["holds"]
+    # The headroom: +15 on test in every run; each run's interval reaches above +10.
+    assert checks["zero-shot → best single, test ≥ +10 points"]["verdict"] == "holds"
+    text = fidelity.report(runs)
+    assert "✗ greedy − best single, test ≥ 0: contradicted" in text
+    assert f"per run -10.00 [{100 * want.lo:+.2f}, {100 * want.hi:+.2f}]" in text
+    assert "| greedy_soup |" in text and "[-10.00*, +1.00, +1.00]" in text
 
 
 def test_run_without_ingredients_is_named(tmp_path, capsys):
@@ -83,7 +131,7 @@ def test_criteria_hold_and_results_are_written(tmp_path):
         })))
     checks = {c["criterion"].split(":")[0]: c for c in fidelity.evaluate_criteria(runs)}
     assert all(c["holds"] for c in checks.values()), checks
-    assert checks["zero-shot → best single, test"]["diffs"] == pytest.approx([15.0] * 5)
+    assert checks["zero-shot → best single, test ≥ +10 points"]["diffs"] == pytest.approx([15.0] * 5)
     text = fidelity.write(runs, tmp_path / "out")
     assert (tmp_path / "out" / "fidelity.md").read_text() == text + "\n"
     payload = json.loads((tmp_path / "out" / "fidelity.json").read_text())

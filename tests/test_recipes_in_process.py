@@ -71,13 +71,19 @@ def test_wiseft_picks_best_alpha_ties_to_smaller():
              enumerate([0.50, 0.60, 0.70, 0.78, 0.80, 0.80, 0.79, 0.75, 0.74, 0.73, 0.72])}
     kitchen = TableKitchen(table)
     cands = [Candidate("a", 0.70, Path("a")), Candidate("b", 0.72, Path("b"))]
-    result = WiseFT().cook(cands, kitchen)
+    result = WiseFT(search="grid").cook(cands, kitchen)
     assert kitchen.calls == [["zeroshot", "b"]]  # the best fine-tuned by held-out
     assert result.ingredients == ["zeroshot", "b"]
     assert result.weights == pytest.approx([0.6, 0.4])  # 0.4 and 0.5 tie: the smaller α
     assert [t["alpha"] for t in result.trace] == pytest.approx([0.1 * i for i in range(11)])
     assert [t["heldout"] for t in result.trace] == list(table.values())
     assert [t["alpha"] for t in result.trace if t["chosen"]] == [0.4]
+    # The default scores fewer α (one peak here) and chooses the same one.
+    bracket = WiseFT().cook(cands, kitchen)
+    assert bracket.weights == result.weights and len(bracket.trace) < 11
+    assert all(table[t["alpha"]] == t["heldout"] for t in bracket.trace)
+    with pytest.raises(ValueError, match="search must be one of"):
+        WiseFT(search="golden")
     with pytest.raises(ValueError, match="zeroshot"):
         WiseFT().cook(cands, None)
 

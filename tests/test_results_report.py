@@ -92,6 +92,7 @@ def test_report_and_summary_list_diverged_trials(tmp_path):
     from small import small_config
 
     from raysoup.config import ExperimentCfg
+    from raysoup.orchestration.cpu_time import TreeCpu
     from raysoup.orchestration.pipeline import Run
     from raysoup.orchestration.trial_records import diverged_trials
     from raysoup.report import diverged_line
@@ -121,7 +122,8 @@ def test_report_and_summary_list_diverged_trials(tmp_path):
 
     res.write_results(work / "results.parquet", table())
     run = Run.__new__(Run)  # the summary reads only the workdir and the config
-    run.cfg, run.workdir, run.timings = cfg, work, {}
+    run.cfg, run.workdir, run.timings, run.cpu = cfg, work, {}, {}
+    run.cpu_meter = TreeCpu()
     assert f"\n{line}\n" in run.summary()
 
 

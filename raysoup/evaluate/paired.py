@@ -167,3 +167,21 @@ def annotate(table: pa.Table) -> pa.Table:
     for name, values in columns.items():
         table = table.set_column(table.schema.get_field_index(name), name, values)
     return table
+
+
+Z95 = 1.959963984540054  # the normal distribution's 97.5 % quantile
+
+
+def mean_interval(intervals: list[Interval]) -> tuple[float, float, float]:
+    """(diff, lo, hi) of the mean of per-split differences (the report's mean shift), an
+    approximate 95 % interval: the splits are independent image sets, so the variances of
+    their paired mean differences add (per split, var of the per-image difference
+    D ∈ {−1, 0, 1}: ((b + c)/n − diff²) / n), normal approximation. Unlike the per-split
+    interval it is not exact; identical predictions on every split still give [0, 0]."""
+    if not intervals:
+        raise ValueError("mean_interval: no split to average")
+    k = len(intervals)
+    diff = sum(i.diff for i in intervals) / k
+    var = sum(((i.b + i.c) / i.n - i.diff**2) / i.n for i in intervals) / k**2
+    half = Z95 * var**0.5
+    return diff, diff - half, diff + half

@@ -51,6 +51,9 @@ class RayKitchen:
                  soups_dir: Path | None = None, soup_id: str | None = None):
         self.pool, self.plan, self.anchor = pool, plan, anchor
         self.soups_dir, self.soup_id = soups_dir, soup_id
+        # The last task-vector merge's shard refs: a recipe scores its λ in rounds
+        # (`raysoup.soup.grid_search`), and each round reuses the merge of the same τ.
+        self._taus: tuple[tuple, list] | None = None
 
     def _heldout(self, shard_refs: list[list]) -> list[float]:
         """Held-out accuracy of each soup given as its shard refs (at most one per actor)."""
@@ -68,9 +71,27 @@ class RayKitchen:
                 for w in weightings[start : start + step]])
         return accs
 
+    def score_splits(self, paths: list[Path], weightings: list[list[float]]
+                     ) -> list[dict[str, float]]:
+        """Accuracy on every split the eval actors hold of each weighting (WiSE-FT's curve)."""
+        out: list[dict[str, float]] = []
+        step = max(1, len(self.pool))
+        for start in range(0, len(weightings), step):
+            refs = [reduce_to_refs(paths, w, self.plan,
+                                   integers_from=integers_source(paths, self.anchor))
+                    for w in weightings[start : start + step]]
+            calls = [lambda a, r=r: a.evaluate_sum.remote(r, 1.0, None) for r in refs]
+            out += [{split: correct / n for split, (correct, n) in scores.items()}
+                    for scores in self.pool.run(calls)]
+        return out
+
     def score_merge(self, base: Path, paths: list[Path], merge: TensorMerge,
                     scales: list[float]) -> list[float]:
-        taus = task_vector_refs(base, paths, merge, self.plan)
+        key = (Path(base), tuple(Path(p) for p in paths), merge)
+        if self._taus is None or self._taus[0] != key:
+            self._taus = None  # the previous merge's refs are released before the next one
+            self._taus = (key, task_vector_refs(base, paths, merge, self.plan))
+        taus = self._taus[1]
         accs: list[float] = []
         step = max(1, len(self.pool))
         for start in range(0, len(scales), step):

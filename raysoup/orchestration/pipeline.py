@@ -18,6 +18,7 @@ from raysoup.evaluate import results as res
 from raysoup.orchestration import evaluate_stage, metrics, soup_stage
 from raysoup.orchestration.actors import EvalActors
 from raysoup.orchestration.cluster import connect
+from raysoup.orchestration.cpu_time import TreeCpu
 from raysoup.orchestration.evaluation import build_eval_cache
 from raysoup.orchestration.resume import (
     KEPT_ON_RESUME,
@@ -41,7 +42,7 @@ from raysoup.report import (
 )
 from raysoup.soup.anytime import read_offers
 from raysoup.tracking import Tracker, default_uri, quiet
-from raysoup.workdir import Workdir, diverged_hparams, inference_costs
+from raysoup.workdir import Workdir, diverged_hparams, inference_costs, recipe_info
 from raysoup.workdir.lock import SOUPS, SWEEP, WorkdirLocks
 from raysoup.workdir.snapshot import check_snapshot, saved_config, write_snapshot
 
@@ -66,6 +67,10 @@ class Run:
         self.cfg, self.workdir = cfg, workdir
         self.locks = locks  # checked at each stage: a lease taken over stops the run
         self.timings: dict[str, float] = {}
+        # CPU seconds per stage of the driver's process tree (Ray's workers included on a
+        # local cluster): what carries over to another machine (docs/benchmarks.md).
+        self.cpu: dict[str, float] = {}
+        self.cpu_meter = TreeCpu().start()
         quiet()
         self.tracker = Tracker(cfg.tracking.uri or default_uri(workdir),
                                cfg.tracking.experiment or cfg.name,
@@ -80,12 +85,13 @@ class Run:
             self.locks.check()
         log.info("── %s", name)
         metrics.stage_started(name)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), self.cpu_meter.seconds()
         yield
         self.tracker.persist()
         self.timings[name] = time.perf_counter() - start
+        self.cpu[name] = self.cpu_meter.seconds() - cpu
         metrics.stage_finished(name, self.timings[name])
-        log.info("── %s done in %.1f s", name, self.timings[name])
+        log.info("── %s done in %.1f s (CPU %.1f s)", name, self.timings[name], self.cpu[name])
 
     @property
     def layout(self) -> Workdir:
@@ -179,7 +185,8 @@ class Run:
             table = res.read_results(self.results_path)
             files = write_report(table, self.layout.report, self.cfg.name,
                                  inference_costs(self.layout.soups), self.diverged(),
-                                 read_offers(self.workdir))
+                                 read_offers(self.workdir),
+                                 recipe_info(self.layout.soups, "wiseft"))
             storage.publish(self.layout.report)
             storage.pull(self.results_path, exact=True)  # MLflow uploads local files
             self.tracker.log_artifacts(self.parent, files, subdir="report")
@@ -190,6 +197,9 @@ class Run:
         rows, shifts = summarize(table)
         labelled = summary_rows(rows, inference_costs(self.layout.soups))
         timing = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
+        # Since the driver started: imports, Ray's start and the stages.
+        cpu = ", ".join(f"{k} {v:.1f}s" for k, v in self.cpu.items())
+        cpu += f"; all {self.cpu_meter.seconds():.1f}s"
         diverged = diverged_line(self.diverged())
         versus = comparison_section(table, labelled, shifts)
         return (f"\nraysoup: {self.cfg.name} — workdir {storage.display(self.workdir)}\n\n"
@@ -197,9 +207,11 @@ class Run:
                 + (f"{versus}\n\n" if versus else "")
                 + (f"{diverged}\n" if diverged else "")
                 + f"stage times: {timing}\n"
+                f"stage CPU times (this machine's process tree): {cpu}\n"
                 f"report: {storage.display(self.layout.report / 'README.md')}\n")
 
     def close(self, ok: bool) -> None:
+        self.cpu_meter.stop()  # summary() still reads the total (one sample more)
         if self.actors is not None:
             self.actors.release()
         self.tracker.end(self.parent, ok=ok)

@@ -102,6 +102,10 @@ class Kitchen(Protocol):
                     scales: list[float]) -> list[float]:
         """Held-out accuracy of θ_0 + s·merge(τ) for each scale s (τ merged once)."""
 
+    # Optional (WiSE-FT's curve for the report; a kitchen without it gives none):
+    # def score_splits(self, paths, weightings) -> list[dict[str, float]]:
+    #     """Accuracy on every evaluation split of Σ w_i·θ_i for each weighting."""
+
     def running_sum(self, label: str) -> SoupScorer:
         """A fresh incremental scorer (greedy); `label` names the recipe in progress logs."""
 

@@ -52,12 +52,13 @@ class Dare:
     Settings = DareSettings
 
     def __init__(self, drop: float = 0.5, combine: str = "linear", seed: int = 0,
-                 lambdas=None):
-        self.merge = DareMerge(drop, combine, seed)
+                 lambdas=None, search: str = "bracket"):
+        self.merge, self.search = DareMerge(drop, combine, seed), search
         defaults = ties.DEFAULT_LAMBDAS if combine == "ties" else task_arithmetic.DEFAULT_LAMBDAS
         self.lambdas = list(lambdas or defaults)
 
     def cook(self, candidates: list[Candidate], kitchen: Kitchen | None) -> RecipeResult:
         m = self.merge
         return cook_task_vectors(self.name, kitchen, candidates, m, self.lambdas,
-                                 {"drop": m.drop, "combine": m.combine, "seed": m.seed})
+                                 {"drop": m.drop, "combine": m.combine, "seed": m.seed},
+                                 search=self.search)

@@ -31,9 +31,9 @@ class TaskArithmetic:
     name = "task_arithmetic"
     Settings = TaskArithmeticSettings
 
-    def __init__(self, lambdas=DEFAULT_LAMBDAS):
-        self.lambdas = list(lambdas)
+    def __init__(self, lambdas=DEFAULT_LAMBDAS, search: str = "bracket"):
+        self.lambdas, self.search = list(lambdas), search
 
     def cook(self, candidates: list[Candidate], kitchen: Kitchen | None) -> RecipeResult:
         return cook_task_vectors(self.name, kitchen, candidates, SumOfTaskVectors(),
-                                 self.lambdas, {}, linear=True)
+                                 self.lambdas, {}, linear=True, search=self.search)

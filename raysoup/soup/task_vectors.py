@@ -4,7 +4,8 @@ merge (`raysoup.reduce.merge.TensorMerge`, run inside the shard tasks).
 
 The base θ_0 is the zero-shot ingredient, as in Ilharco et al. 2023 (task arithmetic) and
 Yadav et al. 2023 (TIES). m(τ) is computed once per soup stage; each λ then costs one cheap
-θ_0 + λ·m pass and one held-out evaluation. Ties go to the SMALLER λ (closer to θ_0), as in
+θ_0 + λ·m pass and one held-out evaluation, for the λ that `raysoup.soup.grid_search` picks
+to score. Ties go to the SMALLER λ (closer to θ_0), as in
 WiSE-FT.
 """
 
@@ -16,6 +17,7 @@ import torch
 
 from raysoup.reduce.merge import Stream, TensorMerge
 from raysoup.soup.base import Candidate, Kitchen, RecipeResult, anchored
+from raysoup.soup.grid_search import search_grid
 
 
 def pick_scale(scores: dict[float, float]) -> float:
@@ -27,14 +29,18 @@ def pick_scale(scores: dict[float, float]) -> float:
 
 def cook_task_vectors(method: str, kitchen: Kitchen | None, candidates: list[Candidate],
                       merge: TensorMerge, lambdas: list[float], info: dict,
-                      linear: bool = False) -> RecipeResult:
-    """Score θ_0 + λ·merge(τ) for every λ on held-out and return the best as the soup.
+                      linear: bool = False, search: str = "bracket") -> RecipeResult:
+    """Score θ_0 + λ·merge(τ) on held-out for the λ `search` picks from `lambdas` (every λ
+    with "grid") and return the best as the soup.
     `linear`: merge(τ) = Σ τ_i, so the soup is also Σ w_i·θ_i with w = [1 − Nλ, λ, ..., λ],
     recorded as its weights (other merges have no such weights: recorded empty)."""
     anchor, tuned = anchored(kitchen, candidates, method)
     lambdas = sorted({float(s) for s in lambdas})
-    accs = kitchen.score_merge(anchor.path, [c.path for c in tuned], merge, lambdas)
-    scores = dict(zip(lambdas, accs, strict=True))
+    paths = [c.path for c in tuned]
+    # One τ merge per call of score_merge: every round pays it again, which is cheap next to
+    # the evaluations a round saves (the merge is one shard-parallel pass over the τ_i).
+    scores = search_grid(lambdas, lambda some: kitchen.score_merge(anchor.path, paths, merge,
+                                                                   some), search)
     lam = pick_scale(scores)
     n = len(tuned)
     return RecipeResult(
@@ -42,7 +48,8 @@ def cook_task_vectors(method: str, kitchen: Kitchen | None, candidates: list[Can
         weights=[1.0 - n * lam] + [lam] * n if linear else [],
         merge=merge, scale=lam,
         trace=[{"lambda": s, "heldout": a, "chosen": s == lam} for s, a in scores.items()],
-        info={"lambda": lam, "lambdas": lambdas, "base": anchor.name, **info},
+        info={"lambda": lam, "lambdas": lambdas, "search": search, "base": anchor.name,
+              **info},
     )
 
 

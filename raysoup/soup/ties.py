@@ -50,9 +50,9 @@ class Ties:
     name = "ties"
     Settings = TiesSettings
 
-    def __init__(self, density: float = 0.2, lambdas=DEFAULT_LAMBDAS):
-        self.density, self.lambdas = density, list(lambdas)
+    def __init__(self, density: float = 0.2, lambdas=DEFAULT_LAMBDAS, search: str = "bracket"):
+        self.density, self.lambdas, self.search = density, list(lambdas), search
 
     def cook(self, candidates: list[Candidate], kitchen: Kitchen | None) -> RecipeResult:
         return cook_task_vectors(self.name, kitchen, candidates, TiesMerge(self.density),
-                                 self.lambdas, {"density": self.density})
+                                 self.lambdas, {"density": self.density}, search=self.search)

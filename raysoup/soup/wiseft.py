@@ -4,13 +4,14 @@ between the zero-shot initialisation and a fine-tuned model,
     θ(α) = (1 − α)·θ_zeroshot + α·θ_ft,
 
 with θ_ft the best fine-tuned ingredient by held-out accuracy and α picked on held-out from a
-grid. Ties go to the SMALLER α: at equal held-out (in-distribution) accuracy, the point closer to
+grid (scored as `raysoup.soup.grid_search` says). Ties go to the SMALLER α: at equal held-out (in-distribution) accuracy, the point closer to
 the zero-shot model is the one WiSE-FT found more robust under distribution shift.
 """
 
 from __future__ import annotations
 
 from raysoup.soup.base import Candidate, Kitchen, RecipeResult, anchored, by_heldout
+from raysoup.soup.grid_search import SEARCHES, search_grid
 from raysoup.soup_settings import WISEFT_ALPHAS as DEFAULT_ALPHAS
 from raysoup.soup_settings import WiseFTSettings
 
@@ -26,22 +27,29 @@ class WiseFT:
     name = "wiseft"
     Settings = WiseFTSettings
 
-    def __init__(self, alphas=DEFAULT_ALPHAS):
+    def __init__(self, alphas=DEFAULT_ALPHAS, search: str = "bracket", curve=()):
         alphas = sorted({float(a) for a in alphas})
         if not alphas or not all(0.0 <= a <= 1.0 for a in alphas):
             raise ValueError(f"wiseft alphas must be a non-empty list in [0, 1], got {alphas}")
-        self.alphas = alphas
+        if search not in SEARCHES:
+            raise ValueError(f"wiseft search must be one of {SEARCHES}, got {search!r}")
+        self.alphas, self.search = alphas, search
+        self.curve = sorted({float(a) for a in curve})
 
     def cook(self, candidates: list[Candidate], kitchen: Kitchen | None) -> RecipeResult:
         anchor, tuned = anchored(kitchen, candidates, self.name)
         best = by_heldout(tuned)[0]
-        weightings = [[1.0 - a, a] for a in self.alphas]
-        accs = kitchen.score([anchor.path, best.path], weightings)
-        scores = dict(zip(self.alphas, accs, strict=True))
+        paths = [anchor.path, best.path]
+        scores = search_grid(self.alphas, lambda alphas: kitchen.score(
+            paths, [[1.0 - a, a] for a in alphas]), self.search)
         alpha = pick_alpha(scores)
         trace = [{"alpha": a, "heldout": acc, "chosen": a == alpha} for a, acc in scores.items()]
-        return RecipeResult(
-            ingredients=[anchor.name, best.name], weights=[1.0 - alpha, alpha], trace=trace,
-            info={"alpha": alpha, "finetuned": best.name, "alphas": self.alphas,
-                  "ties": "smaller alpha"},
-        )
+        info = {"alpha": alpha, "finetuned": best.name, "alphas": self.alphas,
+                "search": self.search, "ties": "smaller alpha"}
+        # The report's curve: accuracy per split along α (a kitchen that can score only
+        # held-out has no curve to give).
+        if self.curve and (score_splits := getattr(kitchen, "score_splits", None)):
+            accs = score_splits(paths, [[1.0 - a, a] for a in self.curve])
+            info["curve"] = [{"alpha": a, **acc} for a, acc in zip(self.curve, accs, strict=True)]
+        return RecipeResult(ingredients=[anchor.name, best.name], weights=[1.0 - alpha, alpha],
+                            trace=trace, info=info)

@@ -35,6 +35,7 @@ from raysoup.workdir.soup_record import (
     inference_costs,
     model_name,
     recipe_files,
+    recipe_info,
     write_recipe_file,
 )
 
@@ -64,6 +65,7 @@ __all__ = [
     "read_record",
     "read_snapshot",
     "recipe_files",
+    "recipe_info",
     "snapshot_config",
     "soup_journal",
     "write_recipe_file",

@@ -151,6 +151,14 @@ def ensemble_members(soup_dir: Path) -> list[Path] | None:
     return record.members(soup_dir)
 
 
+def recipe_info(soups_dir: Path, recipe: str) -> dict[str, Any] | None:
+    """The `info` of the complete soup `<soups_dir>/<recipe>` (None if there is none)."""
+    soup_dir = Path(soups_dir) / recipe
+    if not storage.is_file(soup_dir / RECIPE_FILE):
+        return None
+    return SoupRecord.read(soup_dir).info
+
+
 def inference_costs(soups_dir: Path) -> dict[str, int]:
     """model name → forward passes per input, for the models that need more than one."""
     out = {}
