@@ -17,7 +17,7 @@ def test_runs_are_reused_not_duplicated(tmp_path):
     again.end(run)
     recipe = tmp_path / "recipe.json"
     recipe.write_text("{}")
-    soup = again.soup_run(parent, "greedy", ["trial-000"], [1.0], {"test": 0.5}, [recipe])
+    soup = again.soup_run(parent, "greedy", ["trial-000"], [1.0], {"acc/test": 0.5}, [recipe])
     again.end(parent)
     runs = again.runs()
     assert len(runs) == 3
@@ -27,7 +27,7 @@ def test_runs_are_reused_not_duplicated(tmp_path):
     assert child.data.params["lr"] == "0.0001"
     assert [m.value for m in again.client.get_metric_history(run, "train_loss")] == [1.0]
     assert "flag" not in child.data.metrics
-    assert again.client.get_run(soup).data.metrics["acc_test"] == 0.5
+    assert again.client.get_run(soup).data.metrics["acc/test"] == 0.5
     assert [a.path for a in again.client.list_artifacts(soup)] == ["recipe.json"]
 
 
@@ -47,7 +47,7 @@ def test_workdirs_sharing_a_store_keep_their_own_runs(tmp_path):
         trial = tracker.trial_run(parent, "trial-000", {"lr": seed * 1e-4})
         tracker.log_metrics(trial, {"train_loss": float(seed)}, step=1)
         tracker.end(trial)
-        soup = tracker.soup_run(parent, "uniform", ["trial-000"], [1.0], {"test": acc}, [recipe],
+        soup = tracker.soup_run(parent, "uniform", ["trial-000"], [1.0], {"acc/test": acc}, [recipe],
                                 identity="same-candidates")
         tracker.end(parent)
         ids[name] = (parent, trial, soup)
@@ -62,7 +62,7 @@ def test_workdirs_sharing_a_store_keep_their_own_runs(tmp_path):
         assert client.get_run(parent).data.params == {"seed": str(seed)}
         assert client.get_run(trial).data.params == {"lr": str(seed * 1e-4)}
         assert [m.value for m in client.get_metric_history(trial, "train_loss")] == [seed]
-        assert client.get_run(soup).data.metrics == {"acc_test": acc}
+        assert client.get_run(soup).data.metrics == {"acc/test": acc}
         assert client.get_run(parent).data.tags["raysoup.workdir"] == str(tmp_path / name)
         again = Tracker(uri, "exp", workdir=tmp_path / name)  # a resumed driver
         assert again.sweep_run() == parent

@@ -8,11 +8,13 @@ what ended and what may resume trial_records.py and resume.py.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import ray
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from raysoup import storage
 from raysoup.checkpoints import read_manifest
@@ -39,6 +41,7 @@ from raysoup.workdir import SWEEP_NAME, Workdir
 if TYPE_CHECKING:  # mlflow costs a trial process ~1 s to import; only the driver tracks
     from raysoup.tracking import Tracker
 
+NO_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 log = logging.getLogger(__name__)
 
 
@@ -160,6 +163,11 @@ def _fit(cfg: ExperimentCfg, workdir: Path, trainable, session: SweepSession) ->
         refuse_kept_changes(session.started_with or {}, cfg)
     else:
         tuner = _new_tuner(cfg, workdir, trainable, session)
+    # Tune adds a TensorBoard logger by default and prints a `tensorboard --logdir` hint into
+    # Ray's temporary directory: raysoup's place to browse a sweep is MLflow. Its CSV and JSON
+    # loggers (`_new_tuner` lists them; a restored sweep has them from its saved state, or
+    # none if it began before they were listed: nothing in raysoup reads them) stay.
+    os.environ.setdefault(NO_AUTO_LOGGERS, "1")
     grid = tuner.fit()
     return [r.path for r in grid if r.error is not None]
 
@@ -182,7 +190,8 @@ def _new_tuner(cfg: ExperimentCfg, workdir: Path, trainable,
             storage_path=where[0], storage_filesystem=where[1],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
-            callbacks=[TrackingCallback(session, base),
+            callbacks=[CSVLoggerCallback(), JsonLoggerCallback(),
+                       TrackingCallback(session, base),
                        EndingsCallback(str(workdir), base),
                        ProgressCallback(cfg.sweep.trials, cfg.sweep.base.epochs),
                        FailureBudget(session),

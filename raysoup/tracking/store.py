@@ -31,6 +31,8 @@ ROLE = "raysoup.role"
 TRIAL = "raysoup.trial"
 RECIPE = "raysoup.recipe"
 SOUP_ID = "raysoup.soup_id"
+MODEL = "raysoup.model"  # the results.parquet model a run holds
+KIND = "raysoup.kind"  # its kind: zeroshot | ingredient | soup | ensemble
 WORKDIR = "raysoup.workdir"  # where the run's files are (shown in the UI)
 WORKDIR_ID = "raysoup.workdir_id"  # what runs are found by (a tag value safe in a filter)
 
@@ -164,13 +166,15 @@ class RunStore:
                 return run_id
         return None
 
-    def _get_or_create(self, tags: Mapping[str, str], name: str, parent: str | None) -> str:
+    def _get_or_create(self, tags: Mapping[str, str], name: str, parent: str | None,
+                       start_ms: int | None = None) -> str:
         run_id = self._find(tags)
         if run_id is None:
             tags = {**tags, **self.scope, **self.labels, MLFLOW_RUN_NAME: name}
             if parent:
                 tags[MLFLOW_PARENT_RUN_ID] = parent
-            run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
+            run_id = self.client.create_run(self.experiment_id, start_time=start_ms, tags=tags,
+                                            run_name=name).info.run_id
         else:
             # A resumed run is RUNNING again until it ends; never a second run.
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
@@ -180,10 +184,12 @@ class RunStore:
         batch = [Param(k, str(v)) for k, v in sorted(params.items())]
         self.client.log_batch(run_id, params=batch)
 
-    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int = 0) -> None:
+    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int = 0,
+                    model_id: str | None = None) -> None:
+        """`model_id`: a logged model of the run the metrics are also the metrics of."""
         now = int(time.time() * 1000)
         batch = [
-            Metric(k, float(v), now, step)
+            Metric(k, float(v), now, step, model_id=model_id)
             for k, v in metrics.items()
             if isinstance(v, int | float) and not isinstance(v, bool)
         ]
@@ -193,9 +199,9 @@ class RunStore:
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def end(self, run_id: str, ok: bool = True) -> None:
+    def end(self, run_id: str, ok: bool = True, end_ms: int | None = None) -> None:
         status = RunStatus.FINISHED if ok else RunStatus.FAILED
-        self.client.set_terminated(run_id, status=RunStatus.to_string(status))
+        self.client.set_terminated(run_id, status=RunStatus.to_string(status), end_time=end_ms)
 
     def log_datasets(self, run_id: str, records: list[dict] | None = None) -> None:
         """Dataset records (`data.lineage.split_records`) as the run's MLflow inputs, each

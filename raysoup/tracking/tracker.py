@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from raysoup import storage
+from raysoup.tracking.comparison import ModelMetrics, best_single_model, model_metrics
 from raysoup.tracking.models import ModelRegistry
-from raysoup.tracking.store import RECIPE, ROLE, SOUP_ID, TRIAL, WORKDIR, WORKDIR_ID
+from raysoup.tracking.store import KIND, MODEL, RECIPE, ROLE, SOUP_ID, TRIAL, WORKDIR, WORKDIR_ID
 from raysoup.workdir import Workdir
 
 
@@ -93,29 +94,91 @@ class Tracker(ModelRegistry):
     # ------------------------------------------------------------------ soups and report
 
     def soup_run(self, parent: str, recipe: str, ingredients: list[str], weights: list[float],
-                 accuracies: Mapping[str, float], artifacts: list[Path],
+                 metrics: Mapping[str, float], artifacts: list[Path],
                  params: Mapping[str, Any] | None = None, identity: str = "",
-                 before_end: Callable[[str], None] | None = None) -> str:
+                 before_end: Callable[[str], None] | None = None, model: str = "",
+                 cooked: tuple[float, float] | None = None) -> str:
         """One run per cooked soup: `identity` (the soup's candidate set) tells a soup cooked
-        again from other ingredients from a re-run of the same one. `before_end(run_id)`
-        (logging the soup's model) runs before the run is FINISHED: a finished run has it."""
+        again from other ingredients from a re-run of the same one; `metrics`: its
+        `comparison.model_metrics`; `model`: its results.parquet name. `before_end(run_id)`
+        (logging the soup's model) runs before the run is FINISHED: a finished run has it.
+        `cooked`: (start, end) of the cooking in seconds since the epoch, where this driver
+        cooked it: a new run spans the cooking, and `cook_seconds` is its length (the run is
+        created after the soup evaluation; its own duration would be logging time)."""
         key = {RECIPE: recipe, SOUP_ID: identity} if identity else {RECIPE: recipe}
         existing = self._find(key)
         if existing and self.client.get_run(existing).info.status == "FINISHED":
-            return existing  # a re-run of a cooked soup logs nothing twice
-        run_id = self._get_or_create(key, f"soup-{recipe}", parent)
+            # A re-run of a cooked soup logs nothing twice; what was turned on since
+            # (tracking.log_models, tracking.register) catches up on the finished run.
+            if model:
+                self.set_tags(existing, {MODEL: model})
+            if before_end is not None:
+                before_end(existing)
+            return existing
+        run_id = self._get_or_create(key, f"soup-{recipe}", parent,
+                                     start_ms=int(cooked[0] * 1000) if cooked else None)
         if not self.client.get_run(run_id).data.params:
             self.log_params(run_id, {"recipe": recipe, "num_ingredients": len(ingredients),
                                      "ingredients": ",".join(ingredients)[:6000],
                                      **(params or {})})
             self.log_datasets(run_id)
-        self.log_metrics(run_id, {f"acc_{k}": v for k, v in accuracies.items()})
+        if model:
+            self.set_tags(run_id, {MODEL: model})
         for path in artifacts:
             self.client.log_artifact(run_id, str(path))
         if before_end is not None:
             before_end(run_id)
-        self.end(run_id)
+        # After the model: the metrics are the logged model's too.
+        extra = {"cook_seconds": cooked[1] - cooked[0]} if cooked else {}
+        self.log_metrics(run_id, {**metrics, **extra}, model_id=self.model_of(run_id))
+        self.end(run_id, end_ms=int(cooked[1] * 1000) if cooked else None)
         return run_id
+
+    # ------------------------------------------------------------------ every model
+
+    def model_run_id(self, parent: str, entry: ModelMetrics) -> str | None:
+        """The run that holds a model of results.parquet: its trial's or soup's run; the
+        zero-shot model and an imported ingredient (no trial) get a run of their own."""
+        if entry.kind == "ingredient" and (run_id := self._find({TRIAL: entry.model})):
+            return run_id
+        if entry.kind in ("soup", "ensemble"):
+            key = {MODEL: entry.model, **({SOUP_ID: entry.soup_id} if entry.soup_id else {})}
+            return self._find(key)  # None until the soup stage publishes it
+        run_id = self._find({MODEL: entry.model, KIND: entry.kind})
+        if run_id is None:
+            run_id = self._get_or_create({MODEL: entry.model, KIND: entry.kind}, entry.model,
+                                         parent)
+            self.log_datasets(run_id)
+            self.end(run_id)
+        return run_id
+
+    def log_results(self, parent: str, table) -> int:
+        """Every model's `comparison.model_metrics` (results.parquet `table`) on its run, and
+        on the run's logged model; only what changed is logged, so calling it after every
+        stage adds no duplicate points. Returns the number of runs written to."""
+        best = best_single_model(table)
+        if best is not None:
+            self.set_tags(parent, {"raysoup.best_single": best})
+        written = 0
+        for entry in model_metrics(table).values():
+            run_id = self.model_run_id(parent, entry)
+            if run_id is None:
+                continue
+            run = self.client.get_run(run_id)
+            tags = {KIND: entry.kind, MODEL: entry.model}
+            if entry.kind == "ingredient":
+                tags["raysoup.best_single"] = str(entry.model == best).lower()
+            if any(run.data.tags.get(k) != v for k, v in tags.items()):
+                self.set_tags(run_id, tags)
+            model_id = self.model_of(run_id)
+            have = run.data.metrics
+            if model_id is not None and not self.client.get_logged_model(model_id).metrics:
+                have = {}  # logged after its run's metrics: the model gets them all
+            changed = {k: v for k, v in entry.metrics.items() if have.get(k) != v}
+            if changed:
+                self.log_metrics(run_id, changed, model_id=model_id)
+                written += 1
+        return written
 
 
 def quiet() -> None:
