@@ -225,12 +225,15 @@ class AnytimeSoup:
                  gain, len(offer.soup),
                  f"{offer.soup_heldout:.4f}" if offer.soup_heldout is not None else "-")
         if self.tracker is not None and self.parent_run is not None:
-            self.tracker.log_metrics(self.parent_run, _sweep_metrics(offer), step=step)
-            run = self.tracker.trial_run_id(offer.trial)
-            if run is not None and offer.gain is not None:
-                self.tracker.log_metrics(run, {"anytime/gain": offer.gain,
-                                               "anytime/heldout": offer.heldout})
+            self.tracker.during_sweep("the anytime soup's metrics", self._log, offer, step)
         failpoint("anytime.offer")
+
+    def _log(self, offer: Offer, step: int) -> None:
+        self.tracker.log_metrics(self.parent_run, _sweep_metrics(offer), step=step)
+        run = self.tracker.trial_run_id(offer.trial)
+        if run is not None and offer.gain is not None:
+            self.tracker.log_metrics(run, {"anytime/gain": offer.gain,
+                                           "anytime/heldout": offer.heldout})
 
     def stop(self) -> None:
         ray.kill(self.actor)

@@ -36,7 +36,7 @@ from raysoup.orchestration.session import SweepSession
 from raysoup.orchestration.space import tune_space
 from raysoup.orchestration.trial import TrialContext, train_trial
 from raysoup.orchestration.trial_records import EndedTrials, ended_trials, sweep_path
-from raysoup.workdir import SWEEP_NAME, Workdir
+from raysoup.workdir import SWEEP_NAME, Workdir, read_record
 
 if TYPE_CHECKING:  # mlflow costs a trial process ~1 s to import; only the driver tracks
     from raysoup.tracking import Tracker
@@ -72,7 +72,7 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
                 session.anytime.pump(wait=True)  # the trials that ended last are offered too
     finally:
         _stop_anytime(session.anytime)
-    return _outcome(cfg, tracker, parent_run, ended, failed)
+    return _outcome(cfg, workdir, tracker, parent_run, ended, failed)
 
 
 # ---------------------------------------------------------------- setup
@@ -103,7 +103,7 @@ def _already_run(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run
                  heldout, ended: EndedTrials) -> list[str]:
     """Every trial has ended: close what an interrupted driver left open."""
     log.info("sweep: %d ingredients already present, skipping", len(ended.finished))
-    _close_runs(tracker, ended.finished, ended.diverged)
+    _close_runs(tracker, parent_run, workdir, ended.finished, ended.diverged)
     if heldout is not None and anytime_behind(cfg, workdir, ended.names):
         # The driver died after the last trial, before its offer: catch up.
         anytime = _start_anytime(cfg, workdir, tracker, parent_run, heldout, ended)
@@ -205,12 +205,12 @@ def _new_tuner(cfg: ExperimentCfg, workdir: Path, trainable,
 # ---------------------------------------------------------------- outcome
 
 
-def _outcome(cfg: ExperimentCfg, tracker: Tracker, parent_run: str, ended: EndedTrials,
-             failed: list[str]) -> list[str]:
+def _outcome(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: str,
+             ended: EndedTrials, failed: list[str]) -> list[str]:
     """Close the trials' MLflow runs, say how trials ended; the ingredients, or SweepError
     for a sweep that has not finished."""
     diverged = ended.diverged
-    _close_runs(tracker, ended.finished, diverged)
+    _close_runs(tracker, parent_run, workdir, ended.finished, diverged)
     if diverged:
         tracker.set_tags(parent_run, {"raysoup.diverged": ",".join(diverged)})
         log.warning("sweep: %d trial(s) diverged, left out of evaluation and soups: %s",
@@ -226,8 +226,18 @@ def _outcome(cfg: ExperimentCfg, tracker: Tracker, parent_run: str, ended: Ended
     return ended.finished
 
 
-def _close_runs(tracker: Tracker, done: list[str], diverged: list[str]) -> None:
-    closed = tracker.close_trial_runs(done, diverged)
+def _close_runs(tracker: Tracker, parent_run: str, workdir: Path, done: list[str],
+                diverged: list[str]) -> None:
+    """Every ended trial's run FINISHED (or FAILED if diverged), created if it ran while the
+    tracking store was down; TrackingUnavailable (saying what to do) if it still is."""
+    def params_of(name: str) -> dict:
+        try:
+            return read_record(Workdir(workdir).ingredient(name)).get("hparams", {})
+        except FileNotFoundError:
+            return {}
+
+    closed = tracker.close_trial_runs(done, diverged, parent_run, params_of)
     if closed:
-        log.info("sweep: closed the MLflow runs of %s (their outcome landed after an "
-                 "interrupted driver last saw them)", ", ".join(closed))
+        log.info("sweep: closed the MLflow runs of %s (their outcome landed while this "
+                 "driver was not tracking them: interrupted, or the tracking store was down)",
+                 ", ".join(closed))

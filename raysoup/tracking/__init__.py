@@ -16,9 +16,15 @@ from raysoup.tracking.store import (
     is_server,
     seed_sqlite_store,
 )
-from raysoup.tracking.tracker import Tracker, default_uri, quiet, workdir_id
+from raysoup.tracking.tracker import (
+    Tracker,
+    TrackingUnavailable,
+    default_uri,
+    quiet,
+    workdir_id,
+)
 
 __all__ = [
     "CHAMPION", "KIND", "MODEL", "MODEL_ID", "RECIPE", "ROLE", "SOUP_ID", "TRIAL", "WORKDIR", "WORKDIR_ID",
-    "Tracker", "default_uri", "is_server", "model_metrics", "quiet", "save_pyfunc", "seed_sqlite_store", "workdir_id",
+    "Tracker", "TrackingUnavailable", "default_uri", "is_server", "model_metrics", "quiet", "save_pyfunc", "seed_sqlite_store", "workdir_id",
 ]

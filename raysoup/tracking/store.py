@@ -81,6 +81,34 @@ def seed_sqlite_store(db: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+# Where MLflow's SQL schema keeps artifact locations (file: URIs in a local store).
+URI_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+               ("logged_models", "artifact_location"), ("model_versions", "source"),
+               ("model_versions", "storage_location"))
+
+
+def rebase_moved_store(db: Path) -> list[str]:
+    """A local workdir's own store after the workdir moved (or was copied): MLflow keeps
+    absolute `file:` URIs, so every artifact location under the old `.../mlartifacts` is
+    rewritten to the `mlartifacts/` beside `db` now. Only this store's artifact root is
+    touched (no other location, no file). Returns the old roots rewritten."""
+    if not db.is_file():
+        return []
+    new = (db.parent / "mlartifacts").absolute().as_uri()
+    with closing(sqlite3.connect(db)) as con:
+        olds = sorted({loc for (loc,) in con.execute("SELECT artifact_location FROM experiments")
+                       if loc and loc.startswith("file:") and loc.endswith("/mlartifacts")}
+                      - {new})
+        for old in olds:
+            for table, column in URI_COLUMNS:
+                con.execute(
+                    f'UPDATE "{table}" SET "{column}" = ? || substr("{column}", ?) '
+                    f'WHERE "{column}" = ? OR substr("{column}", 1, ?) = ?',
+                    (new, len(old) + 1, old, len(old) + 1, old + "/"))
+        con.commit()
+    return olds
+
+
 class RunStore:
     """The runs of one experiment in one tracking store, addressed by explicit run ids."""
 
@@ -95,6 +123,10 @@ class RunStore:
         self.scope = scope
         self.labels = labels
         self.adopt_untagged = adopt_untagged
+        # The workdir's own local SQLite store (not a remote workdir's mirror): its artifact
+        # locations follow the workdir when it moves (`rebase_moved_store`).
+        self.own_local_store = adopt_untagged and uri.startswith("sqlite:///") \
+            and not storage.is_remote(Path(uri.removeprefix("sqlite:///")))
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
         # Dataset records (data/lineage.py) every trial and soup run gets as MLflow inputs.
@@ -123,7 +155,11 @@ class RunStore:
     def client(self) -> MlflowClient:
         if self._client is None:
             if self.uri.startswith("sqlite:///"):
-                seed_sqlite_store(Path(self.uri.removeprefix("sqlite:///")))
+                db = Path(self.uri.removeprefix("sqlite:///"))
+                seed_sqlite_store(db)
+                if self.own_local_store and (moved := rebase_moved_store(db)):
+                    log.info("mlflow: the workdir moved; artifact locations %s now point to "
+                             "%s", ", ".join(moved), db.parent / "mlartifacts")
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 

@@ -15,13 +15,30 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from mlflow.exceptions import MlflowException
 
 from raysoup import storage
 from raysoup.tracking.comparison import ModelMetrics, best_single_model, model_metrics
 from raysoup.tracking.models import ModelRegistry
 from raysoup.tracking.store import KIND, MODEL, RECIPE, ROLE, SOUP_ID, TRIAL, WORKDIR, WORKDIR_ID
 from raysoup.workdir import Workdir
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# What a tracking store that cannot be reached raises: MLflow's error once its retries are
+# spent, or the connection's (requests' errors are OSErrors).
+UNREACHABLE = (MlflowException, OSError)
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store cannot be reached; the message says what to do."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:300]
 
 
 def default_uri(workdir: Path) -> str:
@@ -51,13 +68,17 @@ class Tracker(ModelRegistry):
             # The workdir's own SQLite store: runs it holds from before runs carried a
             # workdir id can only be this workdir's, so they are adopted, not duplicated.
             adopt_untagged=workdir is not None and uri == default_uri(workdir))
+        self.offline: str | None = None  # why the sweep's tracking calls are skipped
 
     # ------------------------------------------------------------------ sweep and trials
 
     def sweep_run(self, params: Mapping[str, Any] | None = None) -> str:
-        run_id = self._get_or_create({ROLE: "sweep"}, "sweep", None)
-        if params and not self.client.get_run(run_id).data.params:
-            self.log_params(run_id, params)
+        try:
+            run_id = self._get_or_create({ROLE: "sweep"}, "sweep", None)
+            if params and not self.client.get_run(run_id).data.params:
+                self.log_params(run_id, params)
+        except UNREACHABLE as err:
+            raise self.unavailable(err, "the sweep's run") from err
         return run_id
 
     def trial_run(self, parent: str, trial: str, params: Mapping[str, Any]) -> str:
@@ -76,20 +97,61 @@ class Tracker(ModelRegistry):
                       {"raysoup.ingredient": f"ingredients/{trial}"})
         self.end(run_id, ok=not diverged)
 
-    def close_trial_runs(self, finished: list[str], diverged: list[str]) -> list[str]:
+    def close_trial_runs(self, finished: list[str], diverged: list[str],
+                         parent: str | None = None,
+                         params_of: Callable[[str], Mapping[str, Any]] | None = None
+                         ) -> list[str]:
         """End the runs of trials whose outcome is on disk (an ingredient, or a diverged
         marker) but whose run is still RUNNING: a driver killed while a trial wrote its
         ingredient never saw it complete, and a resumed sweep that finds every ingredient
-        present does not run Tune again. Returns the trials closed."""
+        present does not run Tune again. With `parent`, a trial that has no run at all (it
+        ran while the tracking server was down) gets one, with `params_of(trial)` as its
+        params. Returns the trials closed. TrackingUnavailable if the store cannot be
+        reached: nothing is lost, the next run of the command catches up."""
         closed = []
-        for names, is_diverged in ((finished, False), (diverged, True)):
-            for name in names:
-                run_id = self._find({TRIAL: name})
-                if run_id is None or self.client.get_run(run_id).info.status != "RUNNING":
-                    continue
-                self.end_trial(run_id, name, is_diverged)
-                closed.append(name)
+        try:
+            for names, is_diverged in ((finished, False), (diverged, True)):
+                for name in names:
+                    run_id = self._find({TRIAL: name})
+                    if run_id is None and parent is not None:
+                        run_id = self.trial_run(parent, name,
+                                                params_of(name) if params_of else {})
+                    elif run_id is None or \
+                            self.client.get_run(run_id).info.status != "RUNNING":
+                        continue
+                    self.end_trial(run_id, name, is_diverged)
+                    closed.append(name)
+        except UNREACHABLE as err:
+            raise self.unavailable(err, "the sweep's trial runs") from err
+        self.offline = None
         return closed
+
+    # ------------------------------------------------------------------ a store that fails
+
+    def during_sweep(self, what: str, call: Callable[..., T], *args: Any) -> T | None:
+        """`call(*args)`, from Tune's loop: a tracking store that fails (a tracking server
+        down) must not abort the sweep (an exception from a Tune callback does), and must not
+        stall every step with MLflow's retries. After the first failure the sweep's tracking
+        calls are skipped; `close_trial_runs` at the sweep's end catches the trial runs up.
+        Returns None for a call that failed or was skipped."""
+        if self.offline is not None:
+            return None
+        try:
+            return call(*args)
+        except UNREACHABLE as err:
+            self.offline = _first_line(err)
+            log.warning("mlflow: %s failed: %s. The sweep goes on; its trial runs catch up "
+                        "when it ends (their per-epoch metrics from now on are not logged)",
+                        what, self.offline)
+            return None
+
+    def unavailable(self, err: BaseException, what: str) -> TrackingUnavailable:
+        where = self.labels.get(WORKDIR, "the workdir")
+        return TrackingUnavailable(
+            f"MLflow tracking at {self.uri} cannot be reached ({_first_line(err)}) to log "
+            f"{what}. Nothing is lost: the ingredients, soups and results are in {where}. "
+            "Once the tracking server is back, run the same command again (or `raysoup "
+            "resume`): the runs catch up.")
 
     # ------------------------------------------------------------------ soups and report
 
