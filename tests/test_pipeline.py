@@ -50,7 +50,7 @@ def test_pipeline_end_to_end_and_rerun(drill_run, ray_session):
     runs = tracker.runs()
     names = sorted(r.info.run_name for r in runs)
     assert names == ["soup-greedy", "soup-ties", "soup-uniform", "sweep", "trial-000",
-                     "trial-001", "trial-002"]
+                     "trial-001", "trial-002", "zeroshot"]
     assert all(r.info.status == "FINISHED" for r in runs)
     trial = next(r for r in runs if r.info.run_name == "trial-001")
     assert "lr" in trial.data.params and "train_loss" in trial.data.metrics

@@ -56,12 +56,18 @@ def test_soups_are_registered_with_lineage_and_a_champion(served_run):
         ingredients = soup.data.params["ingredients"].split(",")
         assert version.tags["raysoup.ingredient_runs"].split(",") == [
             runs[name].info.run_id for name in ingredients]
-        for split in ("heldout", "test"):
+        for split in ("heldout", "test", "mean_shift"):
             assert float(version.tags[split]) == pytest.approx(
-                soup.data.metrics[f"acc_{split}"], abs=1e-6)
-        shifts = [v for k, v in soup.data.metrics.items()
-                  if k.startswith("acc_") and k not in ("acc_heldout", "acc_test")]
-        assert float(version.tags["mean_shift"]) == pytest.approx(np.mean(shifts), abs=1e-6)
+                soup.data.metrics[f"acc/{split}"], abs=1e-6)
+        # The version's page says what it is; its logged model links back to it and carries
+        # the run's metrics.
+        described = client.get_model_version(EXPERIMENT, version.version).description
+        assert f"recipe `{recipe}`" in described and "mean shift" in described
+        assert all(name in described for name in ingredients)
+        linked = json.loads(logged.tags["mlflow.modelVersions"])
+        assert [str(v["version"]) for v in linked] == [str(version.version)]
+        on_model = {m.key: m.value for m in logged.metrics}
+        assert on_model["acc/test"] == soup.data.metrics["acc/test"]
     # The champion is the best soup by held-out accuracy (ties: the earlier version).
     champion = client.get_model_version_by_alias(EXPERIMENT, "champion")
     best = max(versions, key=lambda v: (float(v.tags["heldout"]), -int(v.version)))

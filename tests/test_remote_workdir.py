@@ -97,7 +97,8 @@ def test_s3_workdir_resumes_on_fresh_machines(s3_server, tmp_path):
 
     runs = Tracker(f"sqlite:///{db}", "remote").runs()
     assert sorted(r.info.run_name for r in runs) == [
-        "soup-greedy", "soup-uniform", "sweep", "trial-000", "trial-001", "trial-002"]
+        "soup-greedy", "soup-uniform", "sweep", "trial-000", "trial-001", "trial-002",
+        "zeroshot"]
     # Their artifacts (report, soup recipes) were copied to the bucket too.
     artifacts = s3_server.files("exp/mlartifacts")
     assert any(f.endswith("/artifacts/report/figure.png") for f in artifacts), artifacts

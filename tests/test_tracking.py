@@ -17,7 +17,7 @@ def test_runs_are_reused_not_duplicated(tmp_path):
     again.end(run)
     recipe = tmp_path / "recipe.json"
     recipe.write_text("{}")
-    soup = again.soup_run(parent, "greedy", ["trial-000"], [1.0], {"test": 0.5}, [recipe])
+    soup = again.soup_run(parent, "greedy", ["trial-000"], [1.0], {"acc/test": 0.5}, [recipe])
     again.end(parent)
     runs = again.runs()
     assert len(runs) == 3
@@ -27,7 +27,7 @@ def test_runs_are_reused_not_duplicated(tmp_path):
     assert child.data.params["lr"] == "0.0001"
     assert [m.value for m in again.client.get_metric_history(run, "train_loss")] == [1.0]
     assert "flag" not in child.data.metrics
-    assert again.client.get_run(soup).data.metrics["acc_test"] == 0.5
+    assert again.client.get_run(soup).data.metrics["acc/test"] == 0.5
     assert [a.path for a in again.client.list_artifacts(soup)] == ["recipe.json"]
 
 
@@ -47,7 +47,7 @@ def test_workdirs_sharing_a_store_keep_their_own_runs(tmp_path):
         trial = tracker.trial_run(parent, "trial-000", {"lr": seed * 1e-4})
         tracker.log_metrics(trial, {"train_loss": float(seed)}, step=1)
         tracker.end(trial)
-        soup = tracker.soup_run(parent, "uniform", ["trial-000"], [1.0], {"test": acc}, [recipe],
+        soup = tracker.soup_run(parent, "uniform", ["trial-000"], [1.0], {"acc/test": acc}, [recipe],
                                 identity="same-candidates")
         tracker.end(parent)
         ids[name] = (parent, trial, soup)
@@ -62,7 +62,7 @@ def test_workdirs_sharing_a_store_keep_their_own_runs(tmp_path):
         assert client.get_run(parent).data.params == {"seed": str(seed)}
         assert client.get_run(trial).data.params == {"lr": str(seed * 1e-4)}
         assert [m.value for m in client.get_metric_history(trial, "train_loss")] == [seed]
-        assert client.get_run(soup).data.metrics == {"acc_test": acc}
+        assert client.get_run(soup).data.metrics == {"acc/test": acc}
         assert client.get_run(parent).data.tags["raysoup.workdir"] == str(tmp_path / name)
         again = Tracker(uri, "exp", workdir=tmp_path / name)  # a resumed driver
         assert again.sweep_run() == parent
@@ -205,3 +205,40 @@ def test_unwritable_cache_root_leaves_the_store_to_mlflow(tmp_path, monkeypatch)
     tracker = Tracker(default_uri(tmp_path / "work"), "exp")
     parent = tracker.sweep_run({"experiment": "exp"})
     assert Tracker(default_uri(tmp_path / "work"), "exp").sweep_run() == parent
+
+
+def test_a_moved_workdir_keeps_its_artifacts(tmp_path):
+    """MLflow stores absolute file: URIs; the workdir's own store follows a moved workdir:
+    run artifacts, logged models and registered versions resolve at the new place."""
+    import shutil
+    from pathlib import Path
+    from urllib.parse import unquote, urlsplit
+
+    old, new = tmp_path / "old" / "work", tmp_path / "new" / "work"
+    tracker = Tracker(default_uri(old), "exp", artifact_root=old / "mlartifacts", workdir=old)
+    parent = tracker.sweep_run()
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text('{"recipe": "greedy"}')
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "MLmodel").write_text("flavors: {}\n")
+    soup = tracker.soup_run(parent, "greedy", ["t"], [1.0], {}, [recipe])
+    model_id = tracker.log_model(soup, "greedy_soup", model_dir)
+    version = tracker.register("exp", model_id, soup, {"heldout": 0.5})
+    new.parent.mkdir()
+    shutil.move(old, new)
+
+    moved = Tracker(default_uri(new), "exp", artifact_root=new / "mlartifacts", workdir=new)
+    client = moved.client
+    assert client.get_run(soup).info.artifact_uri.startswith((new / "mlartifacts").as_uri())
+    got = client.download_artifacts(soup, "recipe.json", str(tmp_path))
+    assert Path(got).read_text() == '{"recipe": "greedy"}'
+    location = client.get_logged_model(model_id).artifact_location
+    assert location.startswith((new / "mlartifacts").as_uri())
+    assert (Path(unquote(urlsplit(location).path)) / "MLmodel").is_file()
+    assert client.get_model_version("exp", version).source == location
+    # A second opening finds nothing to rewrite; new runs land in the new place.
+    again = Tracker(default_uri(new), "exp", workdir=new)
+    run = again.soup_run(parent, "uniform", ["t"], [1.0], {}, [recipe])
+    assert (new / "mlartifacts").as_uri() in again.client.get_run(run).info.artifact_uri
+    assert not old.exists()  # nothing written at the old place

@@ -4,9 +4,9 @@ One eval actor beside the trials holds the running soup and the preprocessed hel
 (the eval cache, built before the sweep and reused by the evaluate stage). The driver feeds it
 the finished trials in trial order, one offer at a time, without blocking Tune's loop: Tune's
 callbacks `pump` it each step. Every decision is appended to `WORKDIR/anytime.jsonl` (rewritten
-atomically) and logged to the sweep's MLflow run as soup/heldout, soup/size, soup/gain and
-best_single/heldout at step = trials offered; a resumed sweep replays the journal's soup
-(adds only) and continues with the next trial.
+atomically) and logged to the sweep's MLflow run at step = trials offered (`_sweep_metrics`:
+one "soup" chart group, the curve beside the best single model); a resumed sweep replays the
+journal's soup (adds only) and continues with the next trial.
 """
 
 from __future__ import annotations
@@ -225,18 +225,31 @@ class AnytimeSoup:
                  gain, len(offer.soup),
                  f"{offer.soup_heldout:.4f}" if offer.soup_heldout is not None else "-")
         if self.tracker is not None and self.parent_run is not None:
-            metrics = {"soup/size": len(offer.soup)}
-            for key, value in (("soup/heldout", offer.soup_heldout), ("soup/gain", offer.gain),
-                               ("best_single/heldout", offer.best_single)):
-                if value is not None:
-                    metrics[key] = value
-            self.tracker.log_metrics(self.parent_run, metrics, step=step)
-            run = self.tracker.trial_run_id(offer.trial)
-            if run is not None and offer.gain is not None:
-                self.tracker.log_metrics(run, {"anytime/gain": offer.gain,
-                                               "anytime/heldout": offer.heldout})
+            self.tracker.during_sweep("the anytime soup's metrics", self._log, offer, step)
         failpoint("anytime.offer")
+
+    def _log(self, offer: Offer, step: int) -> None:
+        self.tracker.log_metrics(self.parent_run, _sweep_metrics(offer), step=step)
+        run = self.tracker.trial_run_id(offer.trial)
+        if run is not None and offer.gain is not None:
+            self.tracker.log_metrics(run, {"anytime/gain": offer.gain,
+                                           "anytime/heldout": offer.heldout})
 
     def stop(self) -> None:
         ray.kill(self.actor)
+
+
+def _sweep_metrics(offer: Offer) -> dict[str, float]:
+    """The anytime soup after an offer, as the sweep run's metrics: `soup/heldout` and
+    `soup/best_single_heldout` (the best finished trial so far) in one chart group;
+    `soup/gain` the soup's gain over that best single model (an offer's own gain, rejected
+    or not, is its trial run's `anytime/gain`); `soup/size` its members."""
+    metrics: dict[str, float] = {"soup/size": len(offer.soup)}
+    if offer.soup_heldout is not None:
+        metrics["soup/heldout"] = offer.soup_heldout
+    if offer.best_single is not None:
+        metrics["soup/best_single_heldout"] = offer.best_single
+        if offer.soup_heldout is not None:
+            metrics["soup/gain"] = offer.soup_heldout - offer.best_single
+    return metrics
 

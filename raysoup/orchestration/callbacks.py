@@ -38,7 +38,9 @@ def trial_end_reason(trial, epochs: int) -> str:
 
 
 class TrackingCallback(tune.Callback):
-    """One MLflow run per trial, under the sweep's run, written by the driver's tracker."""
+    """One MLflow run per trial, under the sweep's run, written by the driver's tracker.
+    A tracking store that fails mid-sweep (a server down) does not stop the sweep
+    (`Tracker.during_sweep`): the trial runs catch up when it ends (`sweep._close_runs`)."""
 
     def __init__(self, session: SweepSession, base: dict[str, Any]):
         self.link = SessionLink(session)
@@ -48,12 +50,16 @@ class TrackingCallback(tune.Callback):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_runs": {}}
 
-    def _run(self, trial) -> str:
+    def _run(self, trial) -> str | None:
         name = trial_name(trial.trial_id)
         if name not in self._runs:
             session = self.link.session
             params = {**self.base, **trial.config, "trial_id": trial.trial_id}
-            self._runs[name] = session.tracker.trial_run(session.parent_run, name, params)
+            run_id = session.tracker.during_sweep(f"{name}'s run", session.tracker.trial_run,
+                                                  session.parent_run, name, params)
+            if run_id is None:
+                return None
+            self._runs[name] = run_id
         return self._runs[name]
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -62,18 +68,24 @@ class TrackingCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         keys = ("train_loss", "train_acc", "lr", "images_per_s", "train_images",
                 "skipped_images")
-        self.link.session.tracker.log_metrics(
-            self._run(trial), {k: result[k] for k in keys if k in result},
-            step=int(result.get("epoch", 0)))
+        tracker = self.link.session.tracker
+        if (run_id := self._run(trial)) is not None:
+            tracker.during_sweep("a trial's metrics", tracker.log_metrics, run_id,
+                                 {k: result[k] for k in keys if k in result},
+                                 int(result.get("epoch", 0)))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         tracker = self.link.session.tracker
-        tracker.end_trial(self._run(trial), trial_name(trial.trial_id), _diverged(trial))
-        tracker.persist()
+        if (run_id := self._run(trial)) is not None:
+            tracker.during_sweep("a trial's end", tracker.end_trial, run_id,
+                                 trial_name(trial.trial_id), _diverged(trial))
+            tracker.during_sweep("the store's upload", tracker.persist)
         failpoint("sweep.trial_complete")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.link.session.tracker.end(self._run(trial), ok=False)
+        tracker = self.link.session.tracker
+        if (run_id := self._run(trial)) is not None:
+            tracker.during_sweep("a trial's end", tracker.end, run_id, False)
 
 
 class EndingsCallback(tune.Callback):

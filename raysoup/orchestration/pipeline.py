@@ -156,14 +156,15 @@ class Run:
         candidates = soup_stage.soup_candidates(models, heldout, self.audits,
                                                 self.cfg.soup.strict)
         anchor = soup_stage.zeroshot_anchor(on_disk, heldout)
+        timings: dict[str, tuple[float, float]] = {}
         with self.stage("soup"), self.actors.soup_kitchen() as pool:
             soups = soup_stage.cook_soups(self.cfg.soup.recipes, candidates, self.layout.soups,
                                           self.cfg.soup.num_shards, pool, cfg=self.cfg.soup,
-                                          anchor=anchor)
+                                          anchor=anchor, timings=timings)
         table = self.evaluate("soup evaluation")
         with self.stage("publish"):
             soup_stage.publish(self.cfg, self.workdir, self.tracker, self.parent, soups,
-                               candidates, table, self.actors.splits_ref)
+                               candidates, table, self.actors.splits_ref, timings)
 
     def heldout_accuracies(self, on_disk: list[tuple[str, str, Path]]) -> dict[str, float]:
         """Held-out accuracy by model; trials finished since the last evaluation are scored
@@ -191,6 +192,8 @@ class Run:
             storage.pull(self.results_path, exact=True)  # MLflow uploads local files
             self.tracker.log_artifacts(self.parent, files, subdir="report")
             self.tracker.log_artifacts(self.parent, [self.results_path])
+            # Every model's metrics on its run: also after `raysoup evaluate` without a soup stage.
+            self.tracker.log_results(self.parent, table)
 
     def summary(self) -> str:
         table = res.read_results(self.results_path)

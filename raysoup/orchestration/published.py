@@ -40,6 +40,20 @@ def mean_shift(accuracies: dict[str, float]) -> float | None:
     return float(np.mean(shifts)) if shifts else None
 
 
+def version_description(record: SoupRecord, accuracies: dict[str, float]) -> str:
+    """A registered version's description (Markdown, shown on its page): recipe, ingredients
+    with their weights, held-out / test / mean-shift accuracy."""
+    weights = record.weights or [1 / len(record.ingredients)] * len(record.ingredients)
+    members = ", ".join(f"{n} ({w:.3g})" for n, w in zip(record.ingredients, weights,
+                                                          strict=False))
+    shift = mean_shift(accuracies)
+    scores = [f"{label} {100 * accuracies[k]:.2f} %" for k, label in
+              (("heldout", "held-out"), ("test", "test")) if k in accuracies]
+    scores += [f"mean shift {100 * shift:.2f} %"] if shift is not None else []
+    return (f"**{record.name}**: recipe `{record.recipe}` over {len(record.ingredients)} "
+            f"ingredient(s): {members}.\n\nAccuracy: {', '.join(scores) or 'not evaluated'}.")
+
+
 class Publisher:
     """Logs and registers models for one run of the pipeline (one base model, one tracker)."""
 
@@ -89,7 +103,8 @@ class Publisher:
                 **{k: f"{v:.6f}" for k, v in accuracies.items() if k in ("heldout", "test")}}
         if (shift := mean_shift(accuracies)) is not None:
             tags["mean_shift"] = f"{shift:.6f}"
-        version = self.tracker.register(self.registered_model, model_id, run_id, tags)
+        version = self.tracker.register(self.registered_model, model_id, run_id, tags,
+                                        description=version_description(record, accuracies))
         log.info("mlflow: %s registered as %s version %s", name, self.registered_model, version)
 
     def crown(self, soup_id: str | None = None) -> None:

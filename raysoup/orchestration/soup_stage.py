@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from raysoup.orchestration.reduce_tasks import ingredient_shards, write_soup
 from raysoup.reduce import Blend
 from raysoup.soup import Candidate, RecipeResult, get_recipe
 from raysoup.soup.base import by_heldout, integers_source
-from raysoup.tracking import Tracker
+from raysoup.tracking import Tracker, model_metrics
 from raysoup.workdir import (
     RECIPE_FILE,
     ZEROSHOT,
@@ -90,12 +91,15 @@ def candidate_set(candidates: list[Candidate], anchor: Candidate | None) -> Cand
 
 def cook_soups(recipes: list[str], candidates: list[Candidate], soups_dir: Path,
                num_shards: int, pool: EvalPool, cfg: SoupBase | None = None,
-               anchor: Candidate | None = None) -> dict[str, Path]:
+               anchor: Candidate | None = None,
+               timings: dict[str, tuple[float, float]] | None = None) -> dict[str, Path]:
     """Cook every recipe whose soup directory is not complete yet, or was cooked from another
     candidate set; returns recipe → directory.
 
     `cfg`: the `soup` config section (each method's settings); `anchor`: the zero-shot
-    ingredient (WiSE-FT, Model Stock and the task-vector methods start from it)."""
+    ingredient (WiSE-FT, Model Stock and the task-vector methods start from it); `timings`
+    gets (start, end) wall-clock seconds of each recipe cooked now (its MLflow run's span;
+    kept out of recipe.json, which a re-cook must reproduce byte for byte)."""
     if not candidates:
         raise ValueError("no ingredients to make soups from; run the sweep first")
     plan = ingredient_shards(candidates[0].path, num_shards)
@@ -115,12 +119,15 @@ def cook_soups(recipes: list[str], candidates: list[Candidate], soups_dir: Path,
         if cooked is not None or storage.is_file(soup_dir / RECIPE_FILE):
             log.info("soup %s: cooked from other ingredients; cooking again from %d", name,
                      len(candidates))
+        started = time.time()
         result = get_recipe(name, cfg).cook(candidates, kitchen)
         metrics.soup_decisions(name, result.trace)
         log.info("soup %s: %d ingredients %s %s", name, len(result.ingredients),
                  result.ingredients, result.stats or "")
         write_result(soup_dir, name, result, {n: c.path for n, c in by_name.items()}, plan,
                      anchor, cooked_from)
+        if timings is not None:
+            timings[name] = (started, time.time())
         # A method's journal, if it kept one: the complete soup directory is the record now.
         journal = soup_journal(soups_dir, name)
         journal.unlink(missing_ok=True)
@@ -168,16 +175,19 @@ def run_params(record: SoupRecord) -> dict:
 
 def publish(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent: str,
             soups: dict[str, Path], candidates: list[Candidate], table: pa.Table,
-            splits_ref) -> None:
+            splits_ref, timings: dict[str, tuple[float, float]] | None = None) -> None:
     """A run per soup in MLflow; with tracking.log_models, each weight soup and the best
-    single model as MLflow Models, the soups registered and the champion crowned.
-    `splits_ref`: the eval cache in the object store (its test images are the example)."""
+    single model as MLflow Models, the soups registered and the champion crowned; then every
+    model's metrics on its run (`Tracker.log_results`). `splits_ref`: the eval cache in the
+    object store (its test images are the example); `timings`: `cook_soups`'."""
     publisher = _publisher(cfg, workdir, tracker, splits_ref) if cfg.tracking.log_models \
         else None
     soup_id = None
+    by_model = model_metrics(table)
     for recipe, soup_dir in soups.items():
         record = SoupRecord.read(soup_dir)
         accs = res.accuracies_of_model(table, record.name)
+        named = by_model[record.name].metrics if record.name in by_model else {}
         soup_id = record.soup_id or soup_id  # one candidate set per soup stage
         # An artifact: MLflow uploads a local file, which must be the bucket's copy.
         storage.pull(soup_dir / RECIPE_FILE, exact=True)
@@ -185,12 +195,14 @@ def publish(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent: str,
         if publisher is not None and record.kind == "soup":
             def log_model(run_id, soup_dir=soup_dir, record=record, accs=accs):
                 publisher.soup(run_id, soup_dir, record, accs)
-        tracker.soup_run(parent, recipe, record.ingredients, record.weights, accs,
+        tracker.soup_run(parent, recipe, record.ingredients, record.weights, named,
                          [soup_dir / RECIPE_FILE], params=run_params(record),
-                         identity=record.soup_id or "", before_end=log_model)
+                         identity=record.soup_id or "", before_end=log_model,
+                         model=record.name, cooked=(timings or {}).get(recipe))
     if publisher is not None:
         publish_best_single(tracker, publisher, candidates, table)
         publisher.crown(soup_id)
+    tracker.log_results(parent, table)
 
 
 def _publisher(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, splits_ref) -> Publisher:

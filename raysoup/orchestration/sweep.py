@@ -8,11 +8,13 @@ what ended and what may resume trial_records.py and resume.py.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import ray
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from raysoup import storage
 from raysoup.checkpoints import read_manifest
@@ -41,11 +43,12 @@ from raysoup.orchestration.trial_records import (
     sweep_path,
     sweep_segments,
 )
-from raysoup.workdir import Workdir
+from raysoup.workdir import Workdir, read_record
 
 if TYPE_CHECKING:  # mlflow costs a trial process ~1 s to import; only the driver tracks
     from raysoup.tracking import Tracker
 
+NO_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 log = logging.getLogger(__name__)
 
 
@@ -83,7 +86,7 @@ def run_sweep(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: s
                 session.anytime.pump(wait=True)  # the trials that ended last are offered too
     finally:
         _stop_anytime(session.anytime)
-    return _outcome(cfg, tracker, parent_run, ended, failed)
+    return _outcome(cfg, workdir, tracker, parent_run, ended, failed)
 
 
 # ---------------------------------------------------------------- setup
@@ -114,7 +117,7 @@ def _already_run(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run
                  heldout, ended: EndedTrials) -> list[str]:
     """Every trial has ended: close what an interrupted driver left open."""
     log.info("sweep: %d ingredients already present, skipping", len(ended.finished))
-    _close_runs(tracker, ended.finished, ended.diverged)
+    _close_runs(tracker, parent_run, workdir, ended.finished, ended.diverged)
     if heldout is not None and anytime_behind(cfg, workdir, ended.names):
         # The driver died after the last trial, before its offer: catch up.
         anytime = _start_anytime(cfg, workdir, tracker, parent_run, heldout, ended)
@@ -177,6 +180,11 @@ def _fit(cfg: ExperimentCfg, workdir: Path, trainable, session: SweepSession,
     else:
         record_segment(workdir, segment)
         tuner = _new_tuner(cfg, workdir, trainable, session, segment)
+    # Tune adds a TensorBoard logger by default and prints a `tensorboard --logdir` hint into
+    # Ray's temporary directory: raysoup's place to browse a sweep is MLflow. Its CSV and JSON
+    # loggers (`_new_tuner` lists them; a restored sweep has them from its saved state, or
+    # none if it began before they were listed: nothing in raysoup reads them) stay.
+    os.environ.setdefault(NO_AUTO_LOGGERS, "1")
     grid = tuner.fit()
     return [r.path for r in grid if r.error is not None]
 
@@ -203,7 +211,8 @@ def _new_tuner(cfg: ExperimentCfg, workdir: Path, trainable, session: SweepSessi
             storage_path=where[0], storage_filesystem=where[1],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
-            callbacks=[TrackingCallback(session, base),
+            callbacks=[CSVLoggerCallback(), JsonLoggerCallback(),
+                       TrackingCallback(session, base),
                        EndingsCallback(str(workdir), base),
                        ProgressCallback(cfg.sweep.trials, cfg.sweep.base.epochs),
                        FailureBudget(session),
@@ -217,12 +226,12 @@ def _new_tuner(cfg: ExperimentCfg, workdir: Path, trainable, session: SweepSessi
 # ---------------------------------------------------------------- outcome
 
 
-def _outcome(cfg: ExperimentCfg, tracker: Tracker, parent_run: str, ended: EndedTrials,
-             failed: list[str]) -> list[str]:
+def _outcome(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: str,
+             ended: EndedTrials, failed: list[str]) -> list[str]:
     """Close the trials' MLflow runs, say how trials ended; the ingredients, or SweepError
     for a sweep that has not finished."""
     diverged = ended.diverged
-    _close_runs(tracker, ended.finished, diverged)
+    _close_runs(tracker, parent_run, workdir, ended.finished, diverged)
     if diverged:
         tracker.set_tags(parent_run, {"raysoup.diverged": ",".join(diverged)})
         log.warning("sweep: %d trial(s) diverged, left out of evaluation and soups: %s",
@@ -238,8 +247,18 @@ def _outcome(cfg: ExperimentCfg, tracker: Tracker, parent_run: str, ended: Ended
     return ended.finished
 
 
-def _close_runs(tracker: Tracker, done: list[str], diverged: list[str]) -> None:
-    closed = tracker.close_trial_runs(done, diverged)
+def _close_runs(tracker: Tracker, parent_run: str, workdir: Path, done: list[str],
+                diverged: list[str]) -> None:
+    """Every ended trial's run FINISHED (or FAILED if diverged), created if it ran while the
+    tracking store was down; TrackingUnavailable (saying what to do) if it still is."""
+    def params_of(name: str) -> dict:
+        try:
+            return read_record(Workdir(workdir).ingredient(name)).get("hparams", {})
+        except FileNotFoundError:
+            return {}
+
+    closed = tracker.close_trial_runs(done, diverged, parent_run, params_of)
     if closed:
-        log.info("sweep: closed the MLflow runs of %s (their outcome landed after an "
-                 "interrupted driver last saw them)", ", ".join(closed))
+        log.info("sweep: closed the MLflow runs of %s (their outcome landed while this "
+                 "driver was not tracking them: interrupted, or the tracking store was down)",
+                 ", ".join(closed))

@@ -64,7 +64,7 @@ class CLIPClassifier(mlflow.pyfunc.PythonModel):
         return (x - self.mean) / self.std
 
     @torch.no_grad()
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         images = np.asarray(model_input, dtype=np.uint8)
         out = []
         for lo in range(0, len(images), BATCH):

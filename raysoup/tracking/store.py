@@ -31,6 +31,8 @@ ROLE = "raysoup.role"
 TRIAL = "raysoup.trial"
 RECIPE = "raysoup.recipe"
 SOUP_ID = "raysoup.soup_id"
+MODEL = "raysoup.model"  # the results.parquet model a run holds
+KIND = "raysoup.kind"  # its kind: zeroshot | ingredient | soup | ensemble
 WORKDIR = "raysoup.workdir"  # where the run's files are (shown in the UI)
 WORKDIR_ID = "raysoup.workdir_id"  # what runs are found by (a tag value safe in a filter)
 
@@ -79,6 +81,34 @@ def seed_sqlite_store(db: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+# Where MLflow's SQL schema keeps artifact locations (file: URIs in a local store).
+URI_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+               ("logged_models", "artifact_location"), ("model_versions", "source"),
+               ("model_versions", "storage_location"))
+
+
+def rebase_moved_store(db: Path) -> list[str]:
+    """A local workdir's own store after the workdir moved (or was copied): MLflow keeps
+    absolute `file:` URIs, so every artifact location under the old `.../mlartifacts` is
+    rewritten to the `mlartifacts/` beside `db` now. Only this store's artifact root is
+    touched (no other location, no file). Returns the old roots rewritten."""
+    if not db.is_file():
+        return []
+    new = (db.parent / "mlartifacts").absolute().as_uri()
+    with closing(sqlite3.connect(db)) as con:
+        olds = sorted({loc for (loc,) in con.execute("SELECT artifact_location FROM experiments")
+                       if loc and loc.startswith("file:") and loc.endswith("/mlartifacts")}
+                      - {new})
+        for old in olds:
+            for table, column in URI_COLUMNS:
+                con.execute(
+                    f'UPDATE "{table}" SET "{column}" = ? || substr("{column}", ?) '
+                    f'WHERE "{column}" = ? OR substr("{column}", 1, ?) = ?',
+                    (new, len(old) + 1, old, len(old) + 1, old + "/"))
+        con.commit()
+    return olds
+
+
 class RunStore:
     """The runs of one experiment in one tracking store, addressed by explicit run ids."""
 
@@ -93,6 +123,10 @@ class RunStore:
         self.scope = scope
         self.labels = labels
         self.adopt_untagged = adopt_untagged
+        # The workdir's own local SQLite store (not a remote workdir's mirror): its artifact
+        # locations follow the workdir when it moves (`rebase_moved_store`).
+        self.own_local_store = adopt_untagged and uri.startswith("sqlite:///") \
+            and not storage.is_remote(Path(uri.removeprefix("sqlite:///")))
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
         # Dataset records (data/lineage.py) every trial and soup run gets as MLflow inputs.
@@ -121,7 +155,11 @@ class RunStore:
     def client(self) -> MlflowClient:
         if self._client is None:
             if self.uri.startswith("sqlite:///"):
-                seed_sqlite_store(Path(self.uri.removeprefix("sqlite:///")))
+                db = Path(self.uri.removeprefix("sqlite:///"))
+                seed_sqlite_store(db)
+                if self.own_local_store and (moved := rebase_moved_store(db)):
+                    log.info("mlflow: the workdir moved; artifact locations %s now point to "
+                             "%s", ", ".join(moved), db.parent / "mlartifacts")
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
@@ -164,13 +202,15 @@ class RunStore:
                 return run_id
         return None
 
-    def _get_or_create(self, tags: Mapping[str, str], name: str, parent: str | None) -> str:
+    def _get_or_create(self, tags: Mapping[str, str], name: str, parent: str | None,
+                       start_ms: int | None = None) -> str:
         run_id = self._find(tags)
         if run_id is None:
             tags = {**tags, **self.scope, **self.labels, MLFLOW_RUN_NAME: name}
             if parent:
                 tags[MLFLOW_PARENT_RUN_ID] = parent
-            run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
+            run_id = self.client.create_run(self.experiment_id, start_time=start_ms, tags=tags,
+                                            run_name=name).info.run_id
         else:
             # A resumed run is RUNNING again until it ends; never a second run.
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
@@ -180,10 +220,12 @@ class RunStore:
         batch = [Param(k, str(v)) for k, v in sorted(params.items())]
         self.client.log_batch(run_id, params=batch)
 
-    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int = 0) -> None:
+    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int = 0,
+                    model_id: str | None = None) -> None:
+        """`model_id`: a logged model of the run the metrics are also the metrics of."""
         now = int(time.time() * 1000)
         batch = [
-            Metric(k, float(v), now, step)
+            Metric(k, float(v), now, step, model_id=model_id)
             for k, v in metrics.items()
             if isinstance(v, int | float) and not isinstance(v, bool)
         ]
@@ -193,9 +235,9 @@ class RunStore:
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def end(self, run_id: str, ok: bool = True) -> None:
+    def end(self, run_id: str, ok: bool = True, end_ms: int | None = None) -> None:
         status = RunStatus.FINISHED if ok else RunStatus.FAILED
-        self.client.set_terminated(run_id, status=RunStatus.to_string(status))
+        self.client.set_terminated(run_id, status=RunStatus.to_string(status), end_time=end_ms)
 
     def log_datasets(self, run_id: str, records: list[dict] | None = None) -> None:
         """Dataset records (`data.lineage.split_records`) as the run's MLflow inputs, each

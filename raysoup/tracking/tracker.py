@@ -15,12 +15,30 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from mlflow.exceptions import MlflowException
 
 from raysoup import storage
+from raysoup.tracking.comparison import ModelMetrics, best_single_model, model_metrics
 from raysoup.tracking.models import ModelRegistry
-from raysoup.tracking.store import RECIPE, ROLE, SOUP_ID, TRIAL, WORKDIR, WORKDIR_ID
+from raysoup.tracking.store import KIND, MODEL, RECIPE, ROLE, SOUP_ID, TRIAL, WORKDIR, WORKDIR_ID
 from raysoup.workdir import Workdir
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# What a tracking store that cannot be reached raises: MLflow's error once its retries are
+# spent, or the connection's (requests' errors are OSErrors).
+UNREACHABLE = (MlflowException, OSError)
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store cannot be reached; the message says what to do."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:300]
 
 
 def default_uri(workdir: Path) -> str:
@@ -50,13 +68,17 @@ class Tracker(ModelRegistry):
             # The workdir's own SQLite store: runs it holds from before runs carried a
             # workdir id can only be this workdir's, so they are adopted, not duplicated.
             adopt_untagged=workdir is not None and uri == default_uri(workdir))
+        self.offline: str | None = None  # why the sweep's tracking calls are skipped
 
     # ------------------------------------------------------------------ sweep and trials
 
     def sweep_run(self, params: Mapping[str, Any] | None = None) -> str:
-        run_id = self._get_or_create({ROLE: "sweep"}, "sweep", None)
-        if params and not self.client.get_run(run_id).data.params:
-            self.log_params(run_id, params)
+        try:
+            run_id = self._get_or_create({ROLE: "sweep"}, "sweep", None)
+            if params and not self.client.get_run(run_id).data.params:
+                self.log_params(run_id, params)
+        except UNREACHABLE as err:
+            raise self.unavailable(err, "the sweep's run") from err
         return run_id
 
     def trial_run(self, parent: str, trial: str, params: Mapping[str, Any]) -> str:
@@ -75,47 +97,150 @@ class Tracker(ModelRegistry):
                       {"raysoup.ingredient": f"ingredients/{trial}"})
         self.end(run_id, ok=not diverged)
 
-    def close_trial_runs(self, finished: list[str], diverged: list[str]) -> list[str]:
+    def close_trial_runs(self, finished: list[str], diverged: list[str],
+                         parent: str | None = None,
+                         params_of: Callable[[str], Mapping[str, Any]] | None = None
+                         ) -> list[str]:
         """End the runs of trials whose outcome is on disk (an ingredient, or a diverged
         marker) but whose run is still RUNNING: a driver killed while a trial wrote its
         ingredient never saw it complete, and a resumed sweep that finds every ingredient
-        present does not run Tune again. Returns the trials closed."""
+        present does not run Tune again. With `parent`, a trial that has no run at all (it
+        ran while the tracking server was down) gets one, with `params_of(trial)` as its
+        params. Returns the trials closed. TrackingUnavailable if the store cannot be
+        reached: nothing is lost, the next run of the command catches up."""
         closed = []
-        for names, is_diverged in ((finished, False), (diverged, True)):
-            for name in names:
-                run_id = self._find({TRIAL: name})
-                if run_id is None or self.client.get_run(run_id).info.status != "RUNNING":
-                    continue
-                self.end_trial(run_id, name, is_diverged)
-                closed.append(name)
+        try:
+            for names, is_diverged in ((finished, False), (diverged, True)):
+                for name in names:
+                    run_id = self._find({TRIAL: name})
+                    if run_id is None and parent is not None:
+                        run_id = self.trial_run(parent, name,
+                                                params_of(name) if params_of else {})
+                    elif run_id is None or \
+                            self.client.get_run(run_id).info.status != "RUNNING":
+                        continue
+                    self.end_trial(run_id, name, is_diverged)
+                    closed.append(name)
+        except UNREACHABLE as err:
+            raise self.unavailable(err, "the sweep's trial runs") from err
+        self.offline = None
         return closed
+
+    # ------------------------------------------------------------------ a store that fails
+
+    def during_sweep(self, what: str, call: Callable[..., T], *args: Any) -> T | None:
+        """`call(*args)`, from Tune's loop: a tracking store that fails (a tracking server
+        down) must not abort the sweep (an exception from a Tune callback does), and must not
+        stall every step with MLflow's retries. After the first failure the sweep's tracking
+        calls are skipped; `close_trial_runs` at the sweep's end catches the trial runs up.
+        Returns None for a call that failed or was skipped."""
+        if self.offline is not None:
+            return None
+        try:
+            return call(*args)
+        except UNREACHABLE as err:
+            self.offline = _first_line(err)
+            log.warning("mlflow: %s failed: %s. The sweep goes on; its trial runs catch up "
+                        "when it ends (their per-epoch metrics from now on are not logged)",
+                        what, self.offline)
+            return None
+
+    def unavailable(self, err: BaseException, what: str) -> TrackingUnavailable:
+        where = self.labels.get(WORKDIR, "the workdir")
+        return TrackingUnavailable(
+            f"MLflow tracking at {self.uri} cannot be reached ({_first_line(err)}) to log "
+            f"{what}. Nothing is lost: the ingredients, soups and results are in {where}. "
+            "Once the tracking server is back, run the same command again (or `raysoup "
+            "resume`): the runs catch up.")
 
     # ------------------------------------------------------------------ soups and report
 
     def soup_run(self, parent: str, recipe: str, ingredients: list[str], weights: list[float],
-                 accuracies: Mapping[str, float], artifacts: list[Path],
+                 metrics: Mapping[str, float], artifacts: list[Path],
                  params: Mapping[str, Any] | None = None, identity: str = "",
-                 before_end: Callable[[str], None] | None = None) -> str:
+                 before_end: Callable[[str], None] | None = None, model: str = "",
+                 cooked: tuple[float, float] | None = None) -> str:
         """One run per cooked soup: `identity` (the soup's candidate set) tells a soup cooked
-        again from other ingredients from a re-run of the same one. `before_end(run_id)`
-        (logging the soup's model) runs before the run is FINISHED: a finished run has it."""
+        again from other ingredients from a re-run of the same one; `metrics`: its
+        `comparison.model_metrics`; `model`: its results.parquet name. `before_end(run_id)`
+        (logging the soup's model) runs before the run is FINISHED: a finished run has it.
+        `cooked`: (start, end) of the cooking in seconds since the epoch, where this driver
+        cooked it: a new run spans the cooking, and `cook_seconds` is its length (the run is
+        created after the soup evaluation; its own duration would be logging time)."""
         key = {RECIPE: recipe, SOUP_ID: identity} if identity else {RECIPE: recipe}
         existing = self._find(key)
         if existing and self.client.get_run(existing).info.status == "FINISHED":
-            return existing  # a re-run of a cooked soup logs nothing twice
-        run_id = self._get_or_create(key, f"soup-{recipe}", parent)
+            # A re-run of a cooked soup logs nothing twice; what was turned on since
+            # (tracking.log_models, tracking.register) catches up on the finished run.
+            if model:
+                self.set_tags(existing, {MODEL: model})
+            if before_end is not None:
+                before_end(existing)
+            return existing
+        run_id = self._get_or_create(key, f"soup-{recipe}", parent,
+                                     start_ms=int(cooked[0] * 1000) if cooked else None)
         if not self.client.get_run(run_id).data.params:
             self.log_params(run_id, {"recipe": recipe, "num_ingredients": len(ingredients),
                                      "ingredients": ",".join(ingredients)[:6000],
                                      **(params or {})})
             self.log_datasets(run_id)
-        self.log_metrics(run_id, {f"acc_{k}": v for k, v in accuracies.items()})
+        if model:
+            self.set_tags(run_id, {MODEL: model})
         for path in artifacts:
             self.client.log_artifact(run_id, str(path))
         if before_end is not None:
             before_end(run_id)
-        self.end(run_id)
+        # After the model: the metrics are the logged model's too.
+        extra = {"cook_seconds": cooked[1] - cooked[0]} if cooked else {}
+        self.log_metrics(run_id, {**metrics, **extra}, model_id=self.model_of(run_id))
+        self.end(run_id, end_ms=int(cooked[1] * 1000) if cooked else None)
         return run_id
+
+    # ------------------------------------------------------------------ every model
+
+    def model_run_id(self, parent: str, entry: ModelMetrics) -> str | None:
+        """The run that holds a model of results.parquet: its trial's or soup's run; the
+        zero-shot model and an imported ingredient (no trial) get a run of their own."""
+        if entry.kind == "ingredient" and (run_id := self._find({TRIAL: entry.model})):
+            return run_id
+        if entry.kind in ("soup", "ensemble"):
+            key = {MODEL: entry.model, **({SOUP_ID: entry.soup_id} if entry.soup_id else {})}
+            return self._find(key)  # None until the soup stage publishes it
+        run_id = self._find({MODEL: entry.model, KIND: entry.kind})
+        if run_id is None:
+            run_id = self._get_or_create({MODEL: entry.model, KIND: entry.kind}, entry.model,
+                                         parent)
+            self.log_datasets(run_id)
+            self.end(run_id)
+        return run_id
+
+    def log_results(self, parent: str, table) -> int:
+        """Every model's `comparison.model_metrics` (results.parquet `table`) on its run, and
+        on the run's logged model; only what changed is logged, so calling it after every
+        stage adds no duplicate points. Returns the number of runs written to."""
+        best = best_single_model(table)
+        if best is not None:
+            self.set_tags(parent, {"raysoup.best_single": best})
+        written = 0
+        for entry in model_metrics(table).values():
+            run_id = self.model_run_id(parent, entry)
+            if run_id is None:
+                continue
+            run = self.client.get_run(run_id)
+            tags = {KIND: entry.kind, MODEL: entry.model}
+            if entry.kind == "ingredient":
+                tags["raysoup.best_single"] = str(entry.model == best).lower()
+            if any(run.data.tags.get(k) != v for k, v in tags.items()):
+                self.set_tags(run_id, tags)
+            model_id = self.model_of(run_id)
+            have = run.data.metrics
+            if model_id is not None and not self.client.get_logged_model(model_id).metrics:
+                have = {}  # logged after its run's metrics: the model gets them all
+            changed = {k: v for k, v in entry.metrics.items() if have.get(k) != v}
+            if changed:
+                self.log_metrics(run_id, changed, model_id=model_id)
+                written += 1
+        return written
 
 
 def quiet() -> None:

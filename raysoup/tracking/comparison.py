@@ -1,0 +1,69 @@
+"""The metrics every model's MLflow run carries, from results.parquet: one set of names for
+every model (zero-shot, each trial, each soup, the ensemble), so that one runs table or chart
+compares them all.
+
+Names are chosen for MLflow's UI, which groups charts by the part before the first `/`:
+- `acc/<split>` (`acc/heldout`, `acc/test`, `acc/<shift>`...) and `acc/mean_shift` (the mean
+  over the model's shift sets, as the report's "mean shift"): one "acc" chart group;
+- `vs_best/<split>`, `vs_best/<split>_lo`, `vs_best/<split>_hi`: a soup's or the ensemble's
+  accuracy minus the best single model's on the split and its paired 95 % interval
+  (evaluate/paired.py; the Parquet columns diff_vs_best, diff_lo, diff_hi).
+Fractions, as results.parquet's `accuracy`. Pure: no MLflow here (tracker.py logs them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from raysoup.evaluate.paired import best_single
+
+FIXED_SPLITS = ("heldout", "test")
+ACC = "acc/"
+VS_BEST = "vs_best/"
+MEAN_SHIFT = "acc/mean_shift"
+
+
+@dataclass
+class ModelMetrics:
+    model: str
+    kind: str  # zeroshot | ingredient | soup | ensemble
+    soup_id: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def acc_key(split: str) -> str:
+    return f"{ACC}{split}"
+
+
+def split_of(key: str) -> str | None:
+    """The split an `acc/<split>` key names (None: not a split, e.g. `acc/mean_shift`)."""
+    if not key.startswith(ACC) or key == MEAN_SHIFT:
+        return None
+    return key.removeprefix(ACC)
+
+
+def model_metrics(table: pa.Table) -> dict[str, ModelMetrics]:
+    """model name → its kind, soup id and metrics (see the module's docstring)."""
+    out: dict[str, ModelMetrics] = {}
+    columns = ("model", "kind", "split", "accuracy", "soup_id", "diff_vs_best", "diff_lo",
+               "diff_hi")
+    for model, kind, split, acc, soup_id, diff, lo, hi in zip(
+            *(table[c].to_pylist() for c in columns), strict=True):
+        entry = out.setdefault(model, ModelMetrics(model, kind, soup_id))
+        entry.metrics[acc_key(split)] = acc
+        if diff is not None:
+            entry.metrics.update({f"{VS_BEST}{split}": diff, f"{VS_BEST}{split}_lo": lo,
+                                  f"{VS_BEST}{split}_hi": hi})
+    for entry in out.values():
+        shifts = [v for k, v in entry.metrics.items()
+                  if (s := split_of(k)) is not None and s not in FIXED_SPLITS]
+        if shifts:
+            entry.metrics[MEAN_SHIFT] = sum(shifts) / len(shifts)
+    return out
+
+
+def best_single_model(table: pa.Table) -> str | None:
+    """The report's best single model (held-out; ties to the smaller name)."""
+    return best_single(table)

@@ -1,0 +1,123 @@
+"""A tracking server that goes down in the middle of a sweep and comes back: a real
+`mlflow server` process, stopped (SIGKILL) after the first trial's run finished and
+restarted later on the same store, under a real local Ray Tune sweep.
+
+The sweep must not be aborted by its tracking callbacks; its trials and ingredients are not
+lost; the error at its end says what to do; and the resumed sweep's runs catch up (the trial
+that ran while the server was down gets its run, with its hyper-parameters)."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+from conftest import free_port
+from small import small_config
+
+from raysoup.config import ExperimentCfg
+
+pytestmark = pytest.mark.slow
+
+
+def start_server(root, port) -> subprocess.Popen:
+    """`mlflow server` as cluster.yaml starts it (SQLite, proxied artifacts), up and healthy."""
+    log = (root / "server.log").open("a")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
+        time.sleep(0.3)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)  # the server forks: its whole process group
+    proc.wait()
+
+
+def test_sweep_outlives_its_tracking_server_and_its_runs_catch_up(ray_session, tmp_path,
+                                                                   monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from raysoup.orchestration.sweep import run_sweep
+    from raysoup.prepare import prepare
+    from raysoup.tracking import TRIAL, Tracker, TrackingUnavailable
+
+    # A down server answers "connection refused" at once: no retries, so no minutes of
+    # MLflow's backoff in the test (the behaviour under test is the same).
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    root, port = tmp_path / "server", free_port()
+    root.mkdir()
+    url = f"http://127.0.0.1:{port}"
+    workdir = tmp_path / "work"
+    cfg = ExperimentCfg.model_validate(small_config(
+        sweep={"num_samples": 2}, tracking={"uri": url, "experiment": "down"}))
+    prepare(cfg, workdir)
+    server = start_server(root, port)
+    released = tmp_path / "server-stopped"
+    # The driver pauses after trial-000's completion was tracked (failpoint); meanwhile the
+    # server is stopped, then the driver goes on to trial-001.
+    monkeypatch.setenv("RAYSOUP_FAILPOINTS", f"sweep.trial_complete=1:wait={released}")
+    client = MlflowClient(tracking_uri=url)
+
+    def stop_after_first_trial():
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            exp = client.get_experiment_by_name("down")
+            runs = client.search_runs([exp.experiment_id], "tags.`raysoup.trial` = 'trial-000'")
+            if runs and runs[0].info.status == "FINISHED":
+                break
+            time.sleep(0.5)
+        stop_server(server)
+        released.touch()
+
+    stopper = threading.Thread(target=stop_after_first_trial, daemon=True)
+    stopper.start()
+    try:
+        tracker = Tracker(url, "down", workdir=workdir)
+        parent = tracker.sweep_run()
+        with pytest.raises(TrackingUnavailable, match="run the same command again"):
+            run_sweep(cfg, workdir, tracker, parent)
+    finally:
+        stopper.join(timeout=60)
+        if server.poll() is None:
+            stop_server(server)
+    monkeypatch.delenv("RAYSOUP_FAILPOINTS")
+    assert tracker.offline  # trial-001 ran untracked; the sweep was not aborted
+    for name in ("trial-000", "trial-001"):  # both trials trained and kept
+        assert (workdir / "ingredients" / name / "model.safetensors").is_file()
+
+    server = start_server(root, port)  # back, on the same store
+    try:
+        again = Tracker(url, "down", workdir=workdir)  # the command run again
+        assert again.sweep_run() == parent
+        assert run_sweep(cfg, workdir, again, parent) == ["trial-000", "trial-001"]
+        runs = again.runs()
+    finally:
+        stop_server(server)
+    trials = {r.data.tags[TRIAL]: r for r in runs if TRIAL in r.data.tags}
+    assert sorted(trials) == ["trial-000", "trial-001"] and len(runs) == 3  # nothing twice
+    for name, run in trials.items():
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["raysoup.ingredient"] == f"ingredients/{name}"
+        assert run.data.tags["mlflow.parentRunId"] == parent
+        assert float(run.data.params["lr"]) > 0
+    # trial-000's per-epoch metrics were logged live; trial-001's epochs ran untracked.
+    assert "train_loss" in trials["trial-000"].data.metrics
