@@ -144,9 +144,9 @@ def test_ingredients_soup_like_the_cli_path(imported, tmp_path):
 
 @pytest.mark.parametrize(("kwargs", "words"), [
     ({"method": "greedy"}, "needs held-out scoring"),
-    ({"method": "learned"}, "raysoup import"),
+    ({"method": "learned"}, "pass heldout=raysoup.HeldOut"),
     ({"method": "model_stock"}, "pass base="),
-    ({"method": "ties", "base": "B"}, "give one λ"),
+    ({"method": "ties", "base": "B"}, "or give one λ"),
     ({"method": "uniform", "weights": [1.0]}, "1 given for 3 checkpoints"),
     ({"method": "bogus"}, "unknown method 'bogus'"),
     ({"method": "ties", "base": "B", "lambdas": [1.0], "densty": 0.3}, "densty"),
