@@ -3,6 +3,7 @@ makes the soup stage's choices and bits: the same ingredients and held-out split
 the stage's own path (real Ray: eval cache tasks, an eval actor, the Ray kitchen, the sharded
 writer) and through the local one, and the soups must be equal tensor for tensor."""
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -77,11 +78,16 @@ def _stage_soups(case, ray_session) -> dict:
                            anchor)
     finally:
         pool.stop()
-    return {name: read_sharded(d) for name, d in soups.items()}
+    return {name: (read_sharded(d), json.loads((d / "recipe.json").read_text()))
+            for name, d in soups.items()}
 
 
 def test_scored_methods_cook_the_soup_stages_bits(case, ray_session, tmp_path):
     stage = _stage_soups(case, ray_session)
+    # The case makes greedy decide both ways (an acceptance after the first ingredient, and a
+    # rejection), so a wrong ranking or score would change the soup's bytes.
+    decisions = [d["accepted"] for d in stage["greedy"][1]["trace"][1:]]
+    assert True in decisions and False in decisions, stage["greedy"][1]["trace"]
     tuned = [d for n, d in sorted(case["dirs"].items()) if n != "zeroshot"]
     held = HeldOut(case["heldout"], batch_size=BATCH)  # the model: from the manifests
     for recipe, settings in RECIPES.items():
@@ -89,7 +95,7 @@ def test_scored_methods_cook_the_soup_stages_bits(case, ray_session, tmp_path):
         local = load_file(str(soup_checkpoints(tuned, recipe, out=tmp_path / f"{recipe}"
                                                ".safetensors", heldout=held, base=base,
                                                **settings)))
-        expected = stage[recipe]
+        expected = stage[recipe][0]
         assert set(local) == set(expected), recipe
         for name, tensor in expected.items():
             want = torch.as_tensor(np.asarray(tensor))
