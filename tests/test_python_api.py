@@ -171,11 +171,16 @@ def test_ingredients_soup_like_the_cli_path(imported, tmp_path):
     ({"method": "bogus"}, "unknown method 'bogus'"),
     ({"method": "ties", "base": "B", "lambdas": [1.0], "densty": 0.3}, "densty"),
     ({"method": "uniform", "out": "soup.pt"}, ".safetensors"),
+    ({"method": "greedy", "heldout": "no model"}, "heldout.model: name the open_clip model"),
+    ({"method": "greedy", "heldout": "ViT-B-32"}, "use the '-quickgelu' variant"),
 ])
 def test_soup_checkpoints_says_what_it_needs(checkpoints, kwargs, words):
     kwargs = {"out": checkpoints["root"] / "x.safetensors", **kwargs}
     if kwargs.get("base") == "B":
         kwargs["base"] = checkpoints["base"]
+    if isinstance(kwargs.get("heldout"), str):  # the paper's layout: no manifest names a model
+        model = kwargs["heldout"] if kwargs["heldout"] != "no model" else None
+        kwargs["heldout"] = raysoup.HeldOut(checkpoints["root"], model=model)
     with pytest.raises(SoupCheckpointsError, match=re.escape(words)):
         soup_checkpoints(checkpoints["files"], **kwargs)
 

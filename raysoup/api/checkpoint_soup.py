@@ -117,8 +117,23 @@ def _scoring(heldout: HeldOut | None, files: list[Path], anchor) -> Iterator:
     from raysoup.api.heldout import evaluator_for, model_spec
 
     spec = model_spec(heldout, files + ([anchor[1]] if anchor else []))
+    _check_model(spec.model_name, files + ([anchor[1]] if anchor else []))
     with evaluator_for(heldout, spec) as evaluator:
         yield evaluator
+
+
+def _check_model(model_name: str, files: list[Path]) -> None:
+    """The paper's checkpoints are OpenAI CLIP weights: scored with GELU instead of their
+    QuickGELU they would compute something else (the importer's rule)."""
+    from safetensors import safe_open
+
+    from raysoup.checkpoints.importer import _require_quick_gelu
+
+    for f in files:
+        with safe_open(str(f), "pt") as h:
+            if (h.metadata() or {}).get("layout") == "paper":
+                _require_quick_gelu(model_name, f)  # names f: `_named` maps it to the source
+                return
 
 
 def _method(method: str, weights, base, heldout, settings: dict):
@@ -213,9 +228,10 @@ def _convert(src: Path, dest: Path, fmt: str, reference):
 
     from raysoup.checkpoints.importer import check_and_cast, read_checkpoint, to_classifier
 
-    state, _, _ = to_classifier(read_checkpoint(src), fmt, src)
+    state, layout, _ = to_classifier(read_checkpoint(src), fmt, src)
     state, _ = check_and_cast(state, reference or state, src)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(dest))
+    # The layout travels with the file: held-out scoring checks the model against it.
+    save_file({k: v.contiguous() for k, v in state.items()}, str(dest), {"layout": layout})
     return reference or state
 
 
