@@ -62,7 +62,7 @@ def model_spec(heldout: HeldOut, files: list[Path]) -> ModelSpec:
     from raysoup.checkpoints.importer import preprocess_of
     from raysoup.checkpoints.ingredient import MANIFEST_FILE, WEIGHTS_FILE
     from raysoup.models.factory import ModelLoadError
-    from raysoup.models.families import DEFAULT_FAMILY
+    from raysoup.models.families import family_of
     from raysoup.workdir.manifest import IngredientManifest
 
     manifests = [f.parent for f in files
@@ -85,7 +85,7 @@ def model_spec(heldout: HeldOut, files: list[Path]) -> ModelSpec:
         preprocess = meta.get("preprocess") or preprocess_of(name)
     except ModelLoadError as err:
         raise HeldOutError(f"heldout.model: {err}") from None
-    return ModelSpec(name, num_classes, preprocess, meta.get("family") or DEFAULT_FAMILY)
+    return ModelSpec(name, num_classes, preprocess, family_of(meta).name)
 
 
 def read_split(heldout: HeldOut):
