@@ -12,7 +12,7 @@ so the CLI's `--help` and a notebook's first cell stay fast.
 
 from __future__ import annotations
 
-__all__ = ["__version__", "load_config", "run", "soup_checkpoints"]
+__all__ = ["HeldOut", "__version__", "load_config", "run", "soup_checkpoints"]
 
 # The version when raysoup is not installed (a bare checkout on PYTHONPATH); keep it equal to
 # pyproject.toml's.
@@ -31,7 +31,7 @@ def _version() -> str:
 def __getattr__(name: str):
     if name == "__version__":
         return _version()
-    if name in ("load_config", "run", "soup_checkpoints"):
+    if name in ("HeldOut", "load_config", "run", "soup_checkpoints"):
         from raysoup import api
 
         return getattr(api, name)

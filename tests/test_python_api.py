@@ -30,10 +30,13 @@ def doc_blocks(pipeline: bool) -> list[str]:
     return [b for b in BLOCK.findall(DOC.read_text()) if ("raysoup.run(" in b) == pipeline]
 
 
-def run_examples(blocks: list[str], where: Path) -> dict:
-    """The blocks as one script (the order of the page), run in `where`; its globals."""
+def run_examples(blocks: list[str], where: Path, model: str | None = None) -> dict:
+    """The blocks as one script (the order of the page), run in `where`; its globals.
+    `model`: the open_clip model the page's held-out example names (the paper's ViT-B/32)
+    becomes this one, the test checkpoints' tiny ViT."""
     script = where / "examples.py"
-    script.write_text("import raysoup\n\n" + "\n".join(blocks))
+    text = "import raysoup\n\n" + "\n".join(blocks)
+    script.write_text(text.replace('"ViT-B-32-quickgelu"', repr(model)) if model else text)
     return runpy.run_path(str(script))
 
 
@@ -72,11 +75,28 @@ def test_import_raysoup_is_light_and_has_a_version():
     assert {"run", "soup_checkpoints", "load_config", "__version__"} <= set(dir(raysoup))
 
 
+def heldout_folder(root: Path, classes: int, size: int = 32) -> Path:
+    """An ImageFolder of random PNGs, 3 per class: a held-out split the soups can score on."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class_{c}").mkdir(parents=True)
+        for j in range(3):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / f"class_{c}" / f"{j}.png")
+    return root
+
+
 def test_soup_examples_run(checkpoints, monkeypatch):
     (checkpoints["root"] / "experiments").symlink_to(ROOT / "experiments")
+    heldout_folder(checkpoints["root"] / "heldout", NUM_CLASSES)
     monkeypatch.chdir(checkpoints["root"])
-    namespace = run_examples(doc_blocks(pipeline=False), checkpoints["root"])
-    for name in ("uniform", "weighted", "model_stock", "ties"):
+    namespace = run_examples(doc_blocks(pipeline=False), checkpoints["root"],
+                             model=checkpoints["model"])
+    for name in ("uniform", "weighted", "model_stock", "ties", "greedy", "wiseft",
+                 "task_arithmetic"):
         assert (checkpoints["root"] / "soups" / f"{name}.safetensors").is_file()
     assert namespace["weights"]["head.weight"].shape[0] == NUM_CLASSES
 
@@ -144,18 +164,23 @@ def test_ingredients_soup_like_the_cli_path(imported, tmp_path):
 
 @pytest.mark.parametrize(("kwargs", "words"), [
     ({"method": "greedy"}, "needs held-out scoring"),
-    ({"method": "learned"}, "raysoup import"),
+    ({"method": "learned"}, "pass heldout=raysoup.HeldOut"),
     ({"method": "model_stock"}, "pass base="),
-    ({"method": "ties", "base": "B"}, "give one λ"),
+    ({"method": "ties", "base": "B"}, "or give one λ"),
     ({"method": "uniform", "weights": [1.0]}, "1 given for 3 checkpoints"),
     ({"method": "bogus"}, "unknown method 'bogus'"),
     ({"method": "ties", "base": "B", "lambdas": [1.0], "densty": 0.3}, "densty"),
     ({"method": "uniform", "out": "soup.pt"}, ".safetensors"),
+    ({"method": "greedy", "heldout": "no model"}, "heldout.model: name the open_clip model"),
+    ({"method": "greedy", "heldout": "ViT-B-32"}, "use the '-quickgelu' variant"),
 ])
 def test_soup_checkpoints_says_what_it_needs(checkpoints, kwargs, words):
     kwargs = {"out": checkpoints["root"] / "x.safetensors", **kwargs}
     if kwargs.get("base") == "B":
         kwargs["base"] = checkpoints["base"]
+    if isinstance(kwargs.get("heldout"), str):  # the paper's layout: no manifest names a model
+        model = kwargs["heldout"] if kwargs["heldout"] != "no model" else None
+        kwargs["heldout"] = raysoup.HeldOut(checkpoints["root"], model=model)
     with pytest.raises(SoupCheckpointsError, match=re.escape(words)):
         soup_checkpoints(checkpoints["files"], **kwargs)
 

@@ -2,8 +2,9 @@
 
 - `run(config, workdir=None, overrides=(), stages=None)`: the pipeline (or some of its stages)
   on an experiment, returning the results table;
-- `soup_checkpoints(paths, method="uniform", out=...)`: a soup of checkpoint files, cooked
-  locally (no workdir, no Ray).
+- `soup_checkpoints(paths, method="uniform", out=..., heldout=None)`: a soup of checkpoint
+  files, cooked locally (no workdir, no Ray); `HeldOut(data, model=...)` lets it score
+  candidates (greedy, learned, WiSE-FT, a λ grid).
 
 Both modules import their heavy dependencies inside the functions: importing this package is
 cheap (the CLI imports it before parsing its arguments).
@@ -11,6 +12,7 @@ cheap (the CLI imports it before parsing its arguments).
 
 from raysoup.api.checkpoint_soup import SCORED_METHODS, SoupCheckpointsError, soup_checkpoints
 from raysoup.api.experiment import STAGES, execute, load_config, run
+from raysoup.api.heldout import HeldOut, HeldOutError
 
-__all__ = ["SCORED_METHODS", "STAGES", "SoupCheckpointsError", "execute", "load_config", "run",
-           "soup_checkpoints"]
+__all__ = ["SCORED_METHODS", "STAGES", "HeldOut", "HeldOutError", "SoupCheckpointsError",
+           "execute", "load_config", "run", "soup_checkpoints"]

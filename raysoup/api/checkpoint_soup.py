@@ -8,26 +8,35 @@ method is raysoup's own (`soup.registry`), and its weights are reduced by `reduc
 shard function the Ray tasks run — over the whole model at once (a reduction is per tensor, so
 it gives the bits of any shard layout).
 
-Methods that pick their soup on held-out data (greedy, learned, WiSE-FT, a λ grid) need a model
-and data to score with; this local version cooks only the methods that need no scorer.
+Methods that pick their soup on held-out data (greedy, learned, WiSE-FT, a λ grid) score it
+with `heldout=HeldOut(...)` (api/heldout.py) through an in-process kitchen (api/local_kitchen.py)
+that runs the soup stage's arithmetic and evaluator: the same choices, the same bits.
 """
 
 from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-# Methods that score candidate soups on held-out data, and what each needs locally.
+from raysoup.api.heldout import HeldOut
+
+# Methods that score candidate soups on held-out data (`heldout=`), and what for.
 SCORED_METHODS = {
     "greedy": "held-out scoring of each candidate soup",
     "learned": "held-out data to learn the mixing coefficients on",
     "wiseft": "held-out scoring of each mixing ratio α",
-    "ensemble": "no weight average: an ensemble averages outputs at inference",
+}
+# Not a weight average: nothing to write as one checkpoint.
+REFUSED_METHODS = {
+    "ensemble": "an ensemble is no weight average: it averages the N models' outputs at "
+                "inference (N forward passes), so there is no single checkpoint to write; "
+                "load the checkpoints and average their logits",
 }
 TASK_VECTOR_METHODS = ("task_arithmetic", "ties", "dare")
-ANCHORED_METHODS = ("model_stock", *TASK_VECTOR_METHODS)
+ANCHORED_METHODS = ("model_stock", "wiseft", *TASK_VECTOR_METHODS)
 BASE_NAME = "zeroshot"  # the anchor's name, as in a workdir (soup.base.anchored)
 
 
@@ -43,7 +52,8 @@ def _named(message: str, sources: dict[str, str]) -> str:
 
 
 def soup_checkpoints(paths: Iterable[str | Path], method: str = "uniform", *,
-                     out: str | Path, heldout=None, weights: Sequence[float] | None = None,
+                     out: str | Path, heldout: HeldOut | None = None,
+                     weights: Sequence[float] | None = None,
                      base: str | Path | None = None, format: str = "auto",
                      **settings) -> Path:
     """Cook `method` over the checkpoints at `paths` and write the soup to `out` (one
@@ -52,11 +62,12 @@ def soup_checkpoints(paths: Iterable[str | Path], method: str = "uniform", *,
     `paths`: checkpoint files (.safetensors, .pt/.pth/.bin read with weights_only=True; the
     model-soups paper's layout or raysoup's), directories of them, or raysoup ingredient
     directories (`WORKDIR/ingredients/<name>`). `weights`: one per checkpoint, a weighted
-    average (method "uniform" only). `base`: the pre-trained θ_0 that model_stock and the
-    task-vector methods (task_arithmetic, ties, dare) start from. `settings`: the method's
-    settings as in the config's `soup.<method>` section; a task-vector method needs one λ,
-    e.g. `lambdas=[0.5]`. `heldout`: reserved for the scored methods (greedy, learned, wiseft,
-    a λ grid), which this local version does not cook yet (an error says so).
+    average (method "uniform" only). `base`: the pre-trained θ_0 that WiSE-FT, model_stock and
+    the task-vector methods (task_arithmetic, ties, dare) start from. `settings`: the method's
+    settings as in the config's `soup.<method>` section. `heldout`: a `raysoup.HeldOut` (the
+    split and the model) for the methods that score candidates on held-out data: greedy,
+    learned, wiseft, and a task-vector method's λ grid (without it, give one λ,
+    e.g. `lambdas=[0.5]`).
     """
     from raysoup.checkpoints.importer import CheckpointImportError
 
@@ -74,13 +85,55 @@ def soup_checkpoints(paths: Iterable[str | Path], method: str = "uniform", *,
             raise SoupCheckpointsError(str(err)) from None
         by_name = {**dict(members), **({BASE_NAME: anchor[1]} if anchor else {})}
         try:
-            result = _cook(recipe, members, anchor, weights)
-            return _write(out, result, [by_name[n] for n in result.ingredients],
-                          None if anchor is None else anchor[1])
+            # The soup stage's tasks and eval actors flush denormals
+            # (orchestration.reduce_tasks): the same mode gives the same bits and scores.
+            with _flush_denormal(), _scoring(heldout, [p for _, p in members], anchor) as ev:
+                result = _cook(recipe, members, anchor, weights, ev)
+                return _write(out, result, [by_name[n] for n in result.ingredients],
+                              None if anchor is None else anchor[1])
         except SoupCheckpointsError:
             raise
         except (ValueError, OSError) as err:  # e.g. checkpoints of different models
             raise SoupCheckpointsError(_named(str(err), sources)) from None
+
+
+@contextmanager
+def _flush_denormal() -> Iterator[None]:
+    import torch
+
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)  # the process's default
+
+
+@contextmanager
+def _scoring(heldout: HeldOut | None, files: list[Path], anchor) -> Iterator:
+    """The held-out `Evaluator` (None without `heldout`)."""
+    if heldout is None:
+        yield None
+        return
+    from raysoup.api.heldout import evaluator_for, model_spec
+
+    spec = model_spec(heldout, files + ([anchor[1]] if anchor else []))
+    _check_model(spec.model_name, files + ([anchor[1]] if anchor else []))
+    with evaluator_for(heldout, spec) as evaluator:
+        yield evaluator
+
+
+def _check_model(model_name: str, files: list[Path]) -> None:
+    """The paper's checkpoints are OpenAI CLIP weights: scored with GELU instead of their
+    QuickGELU they would compute something else (the importer's rule)."""
+    from safetensors import safe_open
+
+    from raysoup.checkpoints.importer import _require_quick_gelu
+
+    for f in files:
+        with safe_open(str(f), "pt") as h:
+            if (h.metadata() or {}).get("layout") == "paper":
+                _require_quick_gelu(model_name, f)  # names f: `_named` maps it to the source
+                return
 
 
 def _method(method: str, weights, base, heldout, settings: dict):
@@ -89,14 +142,19 @@ def _method(method: str, weights, base, heldout, settings: dict):
 
     from raysoup.soup.registry import METHODS, get_recipe
 
-    if method in SCORED_METHODS:
-        raise SoupCheckpointsError(
-            f"method {method!r} needs {SCORED_METHODS[method]}, which soup_checkpoints does not "
-            "do yet; `raysoup import` the checkpoints into an experiment's workdir and cook it "
-            "with `raysoup soup` (or raysoup.run(..., stages=['evaluate', 'soup']))")
+    if method in REFUSED_METHODS:
+        raise SoupCheckpointsError(f"method {method!r}: {REFUSED_METHODS[method]}")
     if method not in METHODS:
-        raise SoupCheckpointsError(f"unknown method {method!r}; valid: {sorted(METHODS)}")
-    if heldout is not None:
+        raise SoupCheckpointsError(f"unknown method {method!r}; valid: "
+                                   f"{sorted(set(METHODS) - set(REFUSED_METHODS))}")
+    if heldout is not None and not isinstance(heldout, HeldOut):
+        raise SoupCheckpointsError("heldout: pass raysoup.HeldOut(<split path>, model=<open_clip "
+                                   f"model name>), not a {type(heldout).__name__}")
+    if method in SCORED_METHODS and heldout is None:
+        raise SoupCheckpointsError(
+            f"method {method!r} needs {SCORED_METHODS[method]}: pass "
+            "heldout=raysoup.HeldOut(<split path>, model=<open_clip model name>)")
+    if heldout is not None and method in ("uniform", "model_stock"):
         raise SoupCheckpointsError(f"heldout: method {method!r} scores nothing; leave it out")
     if weights is not None and (method != "uniform" or settings):
         raise SoupCheckpointsError("weights= gives a weighted average: use it with the "
@@ -112,10 +170,11 @@ def _method(method: str, weights, base, heldout, settings: dict):
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
         raise SoupCheckpointsError(f"method {method!r} settings: {problems}") from None
     lambdas = getattr(chosen, "lambdas", "absent")
-    if method in TASK_VECTOR_METHODS and (lambdas is None or len(lambdas) != 1):
+    if (method in TASK_VECTOR_METHODS and heldout is None
+            and (lambdas is None or len(lambdas) != 1)):
         raise SoupCheckpointsError(
-            f"method {method!r} picks its scale λ on held-out data from a grid; without "
-            "held-out scoring give one λ, e.g. lambdas=[1.0]")
+            f"method {method!r} picks its scale λ on held-out data from a grid: pass "
+            "heldout=raysoup.HeldOut(...), or give one λ, e.g. lambdas=[1.0]")
     return get_recipe(method, chosen)
 
 
@@ -169,34 +228,20 @@ def _convert(src: Path, dest: Path, fmt: str, reference):
 
     from raysoup.checkpoints.importer import check_and_cast, read_checkpoint, to_classifier
 
-    state, _, _ = to_classifier(read_checkpoint(src), fmt, src)
+    state, layout, _ = to_classifier(read_checkpoint(src), fmt, src)
     state, _ = check_and_cast(state, reference or state, src)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(dest))
+    # The layout travels with the file: held-out scoring checks the model against it.
+    save_file({k: v.contiguous() for k, v in state.items()}, str(dest), {"layout": layout})
     return reference or state
 
 
-class _LocalKitchen:
-    """The `soup.base.Kitchen` of a local soup: per-tensor statistics in this process, one
-    given λ instead of a scored grid, and no scoring (`_method` refused the scored methods)."""
+def _cook(recipe, members: list[tuple[str, Path]], anchor, weights, evaluator):
+    """The method's result over the members; with an `evaluator`, each member first gets its
+    held-out accuracy (the evaluate stage's, which the soup stage ranks candidates by)."""
+    from safetensors.torch import load_file
 
-    def __init__(self, anchor):
-        self.anchor = anchor
-
-    def per_tensor(self, fn, paths: list[Path]) -> dict:
-        from raysoup.checkpoints.tensorfile import open_tensors
-
-        with open_tensors(paths[0]) as first:
-            names = list(first.keys())
-        return fn(paths, names)
-
-    def score_merge(self, base, paths, merge, scales: list[float]) -> list[float]:
-        return [math.nan] * len(scales)  # one λ (checked in `_method`): nothing to choose
-
-    def journal(self, label: str):
-        return None
-
-
-def _cook(recipe, members: list[tuple[str, Path]], anchor, weights):
+    from raysoup.api.local_kitchen import LocalKitchen
+    from raysoup.checkpoints.tensorfile import open_tensors
     from raysoup.soup.base import Candidate, RecipeResult
 
     if weights is not None:
@@ -205,8 +250,13 @@ def _cook(recipe, members: list[tuple[str, Path]], anchor, weights):
             raise SoupCheckpointsError(f"weights: {len(weights)} given for {len(members)} "
                                        "checkpoints (one each, in the order of paths)")
         return RecipeResult(ingredients=[n for n, _ in members], weights=weights)
-    kitchen = _LocalKitchen(None if anchor is None else Candidate(BASE_NAME, math.nan, anchor[1]))
-    candidates = [Candidate(n, math.nan, p) for n, p in members]
+    with open_tensors(members[0][1]) as first:
+        names = list(first.keys())
+    kitchen = LocalKitchen(None if anchor is None else Candidate(BASE_NAME, math.nan, anchor[1]),
+                           names, evaluator)
+    # One model loaded at a time (the scale rule); without held-out data nothing ranks them.
+    candidates = [Candidate(n, math.nan if evaluator is None
+                            else kitchen.accuracy(load_file(str(p))), p) for n, p in members]
     return recipe.cook(candidates, kitchen)  # a ValueError (e.g. model_stock with one
     # fine-tuned model) becomes a SoupCheckpointsError in `soup_checkpoints`
 
@@ -214,8 +264,6 @@ def _cook(recipe, members: list[tuple[str, Path]], anchor, weights):
 def _write(out: Path, result, files: list[Path], anchor: Path | None) -> Path:
     """Reduce `result` over `files` (the soup stage's `Blend`, as one shard) into `out`;
     `anchor`: the base's file, whose integer buffers a soup does not take (as in the stage)."""
-    import torch
-
     from raysoup.checkpoints.tensorfile import open_tensors
     from raysoup.reduce import Blend, write_shard
     from raysoup.soup.base import Candidate, integers_source
@@ -226,13 +274,7 @@ def _write(out: Path, result, files: list[Path], anchor: Path | None) -> Path:
     blend = Blend(tuple(result.weights), result.tensor_weights, result.merge, result.scale,
                   integers_source(files, base))
     blend.check(set(names))
-    # The soup stage's shard tasks flush denormals (orchestration.reduce_tasks): the same mode
-    # gives the same bits; the process's default (off) is restored after.
-    torch.set_flush_denormal(True)
-    try:
-        tensors = blend.shard(files, names)
-    finally:
-        torch.set_flush_denormal(False)
+    tensors = blend.shard(files, names)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_shard(out, tensors, _dtypes(files[0]))
     return out
