@@ -175,7 +175,8 @@ def anytime_figure(curves: Mapping[str, Sequence[Offer]],
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    palette = itertools.cycle(["#c53030", "#2b6cb0", "#2f855a", "#b7791f", "#6b46c1"])
+    # Not the methods' colours: the final soups are drawn in theirs.
+    palette = itertools.cycle(["#2b6cb0", "#4a5568", "#00838f", "#b7791f", "#553c9a"])
     values: list[float] = []
     nan = math.nan
     for label, offers in curves.items():
