@@ -86,7 +86,7 @@ def results_figure(rows: Sequence[RowLike], shifts: list[str], best: str | None,
         ax.annotate(_trial_number(r.model), point[r.model], xytext=(3, 3),
                     textcoords="offset points", fontsize=6, color="#4a5568")
     if best in point:
-        ax.scatter(*point[best], s=170, facecolors="none", edgecolors="black", linewidths=1.2,
+        ax.scatter(*point[best], s=300, facecolors="none", edgecolors="black", linewidths=1.2,
                    label=f"best single ({best})", zorder=6)
     _wiseft_curve(ax, rows, shifts, point, wiseft)
     for r in rows:
@@ -128,7 +128,7 @@ def _methods(ax, rows, shifts, point, comps) -> None:
         if xerr is not None or yerr is not None:
             ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="none", ecolor=colour, elinewidth=1,
                         capsize=2, alpha=0.8, zorder=3 + same)
-        ax.scatter([x], [y], marker=marker, s=70 * 0.5**same, c=colour, edgecolors="black",
+        ax.scatter([x], [y], marker=marker, s=100 * 0.4**same, c=colour, edgecolors="black",
                    linewidths=0.6, label=_label(r.model), zorder=4 + same)
 
 
@@ -175,7 +175,8 @@ def anytime_figure(curves: Mapping[str, Sequence[Offer]],
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    palette = itertools.cycle(["#c53030", "#2b6cb0", "#2f855a", "#b7791f", "#6b46c1"])
+    # Not the methods' colours: the final soups are drawn in theirs.
+    palette = itertools.cycle(["#2b6cb0", "#4a5568", "#00838f", "#b7791f", "#553c9a"])
     values: list[float] = []
     nan = math.nan
     for label, offers in curves.items():

@@ -240,7 +240,10 @@ def write_report(table: pa.Table, out_dir: Path, title: str,
             ("## Anytime soup\n\nDuring the sweep each finished trial was offered, in trial "
              "order, to a running soup (kept if the soup's held-out accuracy does not drop; a "
              "trial better alone restarts it). The final soups above are the standard recipes "
-             "over all trials."),
+             "over all trials. In the figure: ● joined, ▲ restarted the soup, ✕ rejected "
+             "(drawn at the soup + trial it refused); the horizontal lines are the final greedy "
+             "and uniform soups; the band is the 95 % interval of one accuracy on the held-out "
+             "split, about the soup's curve."),
             "![anytime soup](anytime.png)", anytime_table(anytime)]
     line = diverged_line(diverged)
     labelled = summary_rows(rows, inference_costs)

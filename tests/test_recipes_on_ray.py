@@ -50,7 +50,7 @@ def test_new_recipes_cooked_on_ray(ray_session, kitchen_setup):
     anchor = Candidate("zeroshot", 0.3, ing / "zeroshot")
     cands = [Candidate(f"trial-{i:03d}", 0.4 + 0.1 * i, ing / f"trial-{i:03d}") for i in range(3)]
     cfg = SoupCfg(recipes=RECIPES, learned={"steps": 3, "batch_size": 32},
-                  wiseft={"alphas": [0.0, 0.5, 1.0]})
+                  wiseft={"alphas": [0.0, 0.5, 1.0], "curve": [0.25]})
     actor_cls = ray.remote(num_cpus=0.5)(EvalWorker)
     ref = ray.put(splits)
     pool = EvalPool(lambda: actor_cls.remote(MODEL, CLASSES, ref, 16), 2)
@@ -71,6 +71,9 @@ def test_new_recipes_cooked_on_ray(ray_session, kitchen_setup):
         if w["alpha"] == 1.0:
             assert tensor_digest(read_sharded(soups["wiseft"])) == tensor_digest(
                 load_file(str(ing / "trial-002" / "model.safetensors")))
+        # The report's curve: α = 0.25 scored on every split the actors hold.
+        [point] = w["curve"]
+        assert point["alpha"] == 0.25 and set(point) == {"alpha", *splits}
 
         # Model Stock: per-tensor weights [1-t, t/k, ...] reproduce the float64 formula.
         m = meta["model_stock"]
@@ -130,7 +133,8 @@ def test_every_method_same_bits_for_1_and_3_shards(ray_session, kitchen_setup):
     cands = [Candidate(f"trial-{i:03d}", 0.4 + 0.1 * i, ing / f"trial-{i:03d}") for i in range(3)]
     methods = sorted(METHODS)
     cfg = SoupCfg(recipes=methods, learned={"steps": 2, "batch_size": 32},
-                  wiseft={"alphas": [0.0, 0.5, 1.0]}, task_arithmetic={"lambdas": [0.2, 0.4]},
+                  wiseft={"alphas": [0.0, 0.5, 1.0], "curve": []},
+                  task_arithmetic={"lambdas": [0.2, 0.4]},
                   ties={"lambdas": [0.5, 1.0]}, dare={"lambdas": [0.2, 0.4]})
     actor_cls = ray.remote(num_cpus=0.5)(EvalWorker)
     ref = ray.put(splits)
