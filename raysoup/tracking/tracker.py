@@ -20,7 +20,13 @@ from typing import Any, TypeVar
 from mlflow.exceptions import MlflowException
 
 from raysoup import storage
-from raysoup.tracking.comparison import ModelMetrics, best_single_model, model_metrics
+from raysoup.tracking.comparison import (
+    VIEW_TAG,
+    ModelMetrics,
+    best_single_model,
+    comparison_view,
+    model_metrics,
+)
 from raysoup.tracking.models import ModelRegistry
 from raysoup.tracking.store import KIND, MODEL, RECIPE, ROLE, SOUP_ID, TRIAL, WORKDIR, WORKDIR_ID
 from raysoup.workdir import Workdir
@@ -77,6 +83,9 @@ class Tracker(ModelRegistry):
             run_id = self._get_or_create({ROLE: "sweep"}, "sweep", None)
             if params and not self.client.get_run(run_id).data.params:
                 self.log_params(run_id, params)
+            tags = self.client.get_experiment(self.experiment_id).tags
+            if VIEW_TAG not in tags:  # the runs table's comparison view (a user's is kept)
+                self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, comparison_view())
         except UNREACHABLE as err:
             raise self.unavailable(err, "the sweep's run") from err
         return run_id
