@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -40,6 +41,11 @@ UNREACHABLE = (MlflowException, OSError)
 
 class TrackingUnavailable(RuntimeError):
     """The tracking store cannot be reached; the message says what to do."""
+
+
+def _same(logged: float | None, value: float) -> bool:
+    """A logged metric already holds `value` (NaN, an empty split's accuracy, included)."""
+    return logged is not None and (logged == value or (math.isnan(logged) and math.isnan(value)))
 
 
 def _first_line(err: BaseException) -> str:
@@ -245,7 +251,7 @@ class Tracker(ModelRegistry):
             have = run.data.metrics
             if model_id is not None and not self.client.get_logged_model(model_id).metrics:
                 have = {}  # logged after its run's metrics: the model gets them all
-            changed = {k: v for k, v in entry.metrics.items() if have.get(k) != v}
+            changed = {k: v for k, v in entry.metrics.items() if not _same(have.get(k), v)}
             if changed:
                 self.log_metrics(run_id, changed, model_id=model_id)
                 written += 1
