@@ -111,3 +111,19 @@ def test_changed_results_are_logged_again(tmp_path):
     [zeroshot] = [r for r in tracker.runs() if r.info.run_name == "zeroshot"]
     history = tracker.client.get_metric_history(zeroshot.info.run_id, "acc/test")
     assert [m.value for m in history] == [zeroshot_test(before), zeroshot_test(after)]
+
+
+def test_sweep_soup_gain_is_the_soups_not_the_last_offers():
+    """After a rejected offer the sweep run's soup/gain was that offer's (negative) gain; it
+    is the soup's held-out accuracy minus the best single model's, in the chart group of
+    the anytime curve and the best single model."""
+    from raysoup.orchestration.anytime import _sweep_metrics
+    from raysoup.soup.anytime import REJECTED, Offer
+
+    rejected = Offer(2, "trial-002", REJECTED, {}, heldout=0.90, with_soup=0.91, gain=-0.02,
+                     soup_heldout=0.93, soup=("trial-000", "trial-001"), best_single=0.92)
+    metrics = _sweep_metrics(rejected)
+    assert metrics == {"soup/size": 2, "soup/heldout": 0.93,
+                       "soup/best_single_heldout": 0.92,
+                       "soup/gain": pytest.approx(0.93 - 0.92)}
+    assert {k.split("/")[0] for k in metrics} == {"soup"}

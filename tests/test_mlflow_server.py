@@ -107,3 +107,13 @@ def test_every_model_run_carries_the_same_comparison_metrics(served_run):
         assert metrics["acc/mean_shift"] == pytest.approx(np.mean(shifts), abs=1e-12)
     best = next(r["best_single"] for r in table if r["best_single"])
     assert runs[best].data.tags["raysoup.best_single"] == "true"
+
+
+def test_console_has_no_mlflow_warnings_or_tensorboard_hint(served_run):
+    """MLflow's UserWarning for a pyfunc `predict` without type hints (one per logged model,
+    with raw ANSI colour codes), and Tune's hint to run TensorBoard on Ray's temp directory."""
+    assert served_run["rc"] == 0, served_run["stderr"][-3000:]
+    console = served_run["stdout"] + served_run["stderr"]
+    assert "logged as models:/" in console  # models were logged
+    assert "UserWarning" not in console and "\x1b[" not in console
+    assert "tensorboard" not in console.lower()

@@ -31,7 +31,9 @@ def start_server(root, port) -> subprocess.Popen:
          "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts"),
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # No job-execution workers (MLflow 3's GenAI jobs): seven fewer processes to start.
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     deadline = time.monotonic() + 90
     while True:
         try:
@@ -67,7 +69,10 @@ def test_sweep_outlives_its_tracking_server_and_its_runs_catch_up(ray_session, t
     root.mkdir()
     url = f"http://127.0.0.1:{port}"
     workdir = tmp_path / "work"
+    # The small experiment at its smallest: what is tested is the tracking, not the training.
     cfg = ExperimentCfg.model_validate(small_config(
+        model={"pretrain": {"steps": 10}},
+        data={"world": {"train_per_class": 40, "test_per_class": 10, "shift_per_class": 5}},
         sweep={"num_samples": 2}, tracking={"uri": url, "experiment": "down"}))
     prepare(cfg, workdir)
     server = start_server(root, port)
@@ -78,16 +83,23 @@ def test_sweep_outlives_its_tracking_server_and_its_runs_catch_up(ray_session, t
     client = MlflowClient(tracking_uri=url)
 
     def stop_after_first_trial():
+        try:
+            wait_for_first_trial()
+        finally:
+            stop_server(server)
+            released.touch()
+
+    def wait_for_first_trial():
         deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            exp = client.get_experiment_by_name("down")
-            runs = client.search_runs([exp.experiment_id], "tags.`raysoup.trial` = 'trial-000'")
+        while time.monotonic() < deadline and not finished.is_set():
+            exp = client.get_experiment_by_name("down")  # None until the driver creates it
+            runs = exp and client.search_runs([exp.experiment_id],
+                                              "tags.`raysoup.trial` = 'trial-000'")
             if runs and runs[0].info.status == "FINISHED":
                 break
             time.sleep(0.5)
-        stop_server(server)
-        released.touch()
 
+    finished = threading.Event()  # the sweep ended (or failed) before the server was stopped
     stopper = threading.Thread(target=stop_after_first_trial, daemon=True)
     stopper.start()
     try:
@@ -96,9 +108,8 @@ def test_sweep_outlives_its_tracking_server_and_its_runs_catch_up(ray_session, t
         with pytest.raises(TrackingUnavailable, match="run the same command again"):
             run_sweep(cfg, workdir, tracker, parent)
     finally:
+        finished.set()
         stopper.join(timeout=60)
-        if server.poll() is None:
-            stop_server(server)
     monkeypatch.delenv("RAYSOUP_FAILPOINTS")
     assert tracker.offline  # trial-001 ran untracked; the sweep was not aborted
     for name in ("trial-000", "trial-001"):  # both trials trained and kept

@@ -142,8 +142,11 @@ class Run:
             if not jobs:
                 log.info("evaluate: every (model, split) is already in %s", self.results_path)
                 return table
-            return evaluate_stage.score_jobs(self.actors.evaluation_pool, jobs, table,
-                                             self.results_path, self.soup_ids, stage)
+            table = evaluate_stage.score_jobs(self.actors.evaluation_pool, jobs, table,
+                                              self.results_path, self.soup_ids, stage)
+            if stage == "evaluate":  # the zero-shot model and the trials, on their runs now
+                self.tracker.log_results(self.parent, table)
+            return table
 
     def soup(self) -> None:
         """Candidates → cooking → publishing (`soup_stage`): the soups cook from the models on

@@ -13,6 +13,7 @@ Fractions, as results.parquet's `accuracy`. Pure: no MLflow here (tracker.py log
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -62,6 +63,21 @@ def model_metrics(table: pa.Table) -> dict[str, ModelMetrics]:
         if shifts:
             entry.metrics[MEAN_SHIFT] = sum(shifts) / len(shifts)
     return out
+
+
+# A saved view of MLflow's runs table (3.x: an experiment tag `mlflow.sharedViewState.<key>`
+# holding the table's UI state as JSON, what its "Share" button writes): the models side by
+# side with their held-out, test and mean-shift accuracy and the test interval.
+VIEW_KEY = "raysoup"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+VIEW_COLUMNS = ["metrics.`acc/heldout`", "metrics.`acc/test`", "metrics.`acc/mean_shift`",
+                "metrics.`vs_best/test`", "metrics.`vs_best/test_lo`",
+                "metrics.`vs_best/test_hi`", "tags.`raysoup.kind`"]
+
+
+def comparison_view() -> str:
+    return json.dumps({"selectedColumns": VIEW_COLUMNS, "orderByKey": "attributes.start_time",
+                       "orderByAsc": True, "columnWidths": {c: 120 for c in VIEW_COLUMNS}})
 
 
 def best_single_model(table: pa.Table) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,7 +21,13 @@ from typing import Any, TypeVar
 from mlflow.exceptions import MlflowException
 
 from raysoup import storage
-from raysoup.tracking.comparison import ModelMetrics, best_single_model, model_metrics
+from raysoup.tracking.comparison import (
+    VIEW_TAG,
+    ModelMetrics,
+    best_single_model,
+    comparison_view,
+    model_metrics,
+)
 from raysoup.tracking.models import ModelRegistry
 from raysoup.tracking.store import KIND, MODEL, RECIPE, ROLE, SOUP_ID, TRIAL, WORKDIR, WORKDIR_ID
 from raysoup.workdir import Workdir
@@ -34,6 +41,11 @@ UNREACHABLE = (MlflowException, OSError)
 
 class TrackingUnavailable(RuntimeError):
     """The tracking store cannot be reached; the message says what to do."""
+
+
+def _same(logged: float | None, value: float) -> bool:
+    """A logged metric already holds `value` (NaN, an empty split's accuracy, included)."""
+    return logged is not None and (logged == value or (math.isnan(logged) and math.isnan(value)))
 
 
 def _first_line(err: BaseException) -> str:
@@ -77,6 +89,9 @@ class Tracker(ModelRegistry):
             run_id = self._get_or_create({ROLE: "sweep"}, "sweep", None)
             if params and not self.client.get_run(run_id).data.params:
                 self.log_params(run_id, params)
+            tags = self.client.get_experiment(self.experiment_id).tags
+            if VIEW_TAG not in tags:  # the runs table's comparison view (a user's is kept)
+                self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, comparison_view())
         except UNREACHABLE as err:
             raise self.unavailable(err, "the sweep's run") from err
         return run_id
@@ -236,7 +251,7 @@ class Tracker(ModelRegistry):
             have = run.data.metrics
             if model_id is not None and not self.client.get_logged_model(model_id).metrics:
                 have = {}  # logged after its run's metrics: the model gets them all
-            changed = {k: v for k, v in entry.metrics.items() if have.get(k) != v}
+            changed = {k: v for k, v in entry.metrics.items() if not _same(have.get(k), v)}
             if changed:
                 self.log_metrics(run_id, changed, model_id=model_id)
                 written += 1
