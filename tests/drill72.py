@@ -8,11 +8,11 @@ of the same seed. Not part of the default suite (two 72-trial pipelines); run it
 Each worker node declares 1 CPU and 1 GPU: the GPU is a placeholder resource (Ray schedules by
 the declared count; torch finds no CUDA device and trains on the CPU), so every trial asks for
 a whole "GPU" (`sweep.resources_per_trial.gpu: 1`) and the cluster runs one trial per node, as
-the paper's 8-GPU sweep does. Trials are tiny (4 classes, 1 epoch).
+the paper's 8-GPU sweep does. Trials are tiny (4 classes, 2 epochs).
 
 The disturbed run, in order:
-  1. a worker node removed once a quarter of the trials have ended (a fresh one added: the
-     autoscaler's job on a real cluster),
+  1. a worker node removed once a quarter of the trials have ended, one running a trial if any
+     is (a fresh one added: the autoscaler's job on a real cluster),
   2. another once half have ended,
   3. the driver SIGKILLed once three quarters have ended; `raysoup resume --address` goes on,
   4. a third worker node removed during the soup stage (the greedy soup paused after its
@@ -43,7 +43,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from driver import end_state
-from multinode_drill import FAST_HEALTH, wait_for
+from multinode_drill import FAST_HEALTH, free_port, wait_for
 from small import small_config
 
 
@@ -55,7 +55,8 @@ def drill_config(trials: int, nodes: int) -> dict:
                         "shift_per_class": 5}},
         sweep={"num_samples": trials, "max_concurrent": nodes, "max_failures": 3, "seed": 7,
                "resources_per_trial": {"cpu": 0.5, "gpu": 1},
-               "base": {"epochs": 1, "batch_size": 32, "warmup_steps": 2},
+               # 2 epochs: a trial checkpoints mid-way, so a lost node's trial resumes
+               "base": {"epochs": 2, "batch_size": 32, "warmup_steps": 2},
                "anytime": {"enabled": True}},
         eval={"num_actors": 2, "cpus_per_actor": 0.5},
         soup={"recipes": ["uniform", "greedy"], "greedy": {"speculation": 1}},
@@ -94,16 +95,32 @@ def ended(work: Path) -> int:
 def start_cluster(nodes: int):
     from ray.cluster_utils import Cluster
 
+    # The dashboard serves the state API (which node runs a trial).
     cluster = Cluster(initialize_head=True,
-                      head_node_args={"num_cpus": 0, "_system_config": FAST_HEALTH})
+                      head_node_args={"num_cpus": 0, "_system_config": FAST_HEALTH,
+                                      "include_dashboard": True, "dashboard_port": free_port()})
     workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(nodes)]
     cluster.wait_for_nodes()
     return cluster, workers
 
 
-def replace_node(cluster, workers: list, events: list[str], what: str) -> None:
-    """Remove the oldest live worker node without warning, add a fresh one."""
-    node = next(n for n in workers if n in cluster.worker_nodes)
+def busy_node(cluster, workers: list, class_name: str):
+    """A worker node hosting a live actor of `class_name` (Tune's trial: ImplicitFunc), or
+    None."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=cluster.gcs_address,
+                         filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
+    hosts = {a.node_id for a in actors}
+    return next((n for n in workers if n in cluster.worker_nodes and n.node_id in hosts), None)
+
+
+def replace_node(cluster, workers: list, events: list[str], what: str,
+                 busy: str | None = None) -> None:
+    """Remove a worker node without warning (one hosting a live `busy` actor if there is
+    one, else the oldest), add a fresh one."""
+    node = (busy_node(cluster, workers, busy) if busy else None) \
+        or next(n for n in workers if n in cluster.worker_nodes)
     cluster.remove_node(node, allow_graceful=False)
     workers.remove(node)
     workers.append(cluster.add_node(num_cpus=1, num_gpus=1))
@@ -130,7 +147,7 @@ def run_disturbed(cfg: Path, work: Path, trials: int, nodes: int,
         for share, what in ((4, "removed a worker node at 1/4 of the sweep"),
                             (2, "removed a worker node at 1/2 of the sweep")):
             wait_for(lambda s=share: ended(work) >= trials // s, what, timeout)
-            replace_node(cluster, workers, events, what)
+            replace_node(cluster, workers, events, what, busy="ImplicitFunc")
         wait_for(lambda: ended(work) >= 3 * trials // 4, "3/4 of the trials", timeout)
         first.kill()
         events.append("SIGKILLed the driver at 3/4 of the sweep")
@@ -138,7 +155,8 @@ def run_disturbed(cfg: Path, work: Path, trials: int, nodes: int,
                         env={"RAYSOUP_FAILPOINTS": f"greedy.decision=1:wait={gate}"})
         wait_for(lambda: "failpoint greedy.decision" in second.stderr, "the soup stage",
                  timeout)
-        replace_node(cluster, workers, events, "removed a worker node during the soup stage")
+        replace_node(cluster, workers, events, "removed a worker node during the soup stage",
+                     busy="EvalWorker")
         gate.touch()
         rc = second.wait(timeout)
         return rc, events, first.stderr + second.stderr
