@@ -184,7 +184,8 @@ class _Lease:
                 now = self.read() or {}
                 if now.get("token") != self.mine["token"]:
                     self.taken_by = now
-                    log.error("%s", describe(self.path.parent, self.path.name, now))
+                    name = self.path.name.removeprefix(".raysoup-").removesuffix(".lock")
+                    log.error("lost the lease: %s", describe(self.path.parent, name, now))
                     return
                 self.mine["renewed"] = time.time()
                 storage.write_file(self.path, json.dumps(self.mine))
