@@ -2,6 +2,8 @@
 
 - `run(config, workdir=None, overrides=(), stages=None)`: the pipeline (or some of its stages)
   on an experiment, returning the results table;
+- `analyze(config, workdir=None, analyses=None)`: the paper's analyses of a finished workdir
+  (error landscape, angles, soup vs ensemble, zero-shot transfer; docs/analysis.md);
 - `soup_checkpoints(paths, method="uniform", out=...)`: a soup of checkpoint files, cooked
   locally (no workdir, no Ray).
 
@@ -9,8 +11,9 @@ Both modules import their heavy dependencies inside the functions: importing thi
 cheap (the CLI imports it before parsing its arguments).
 """
 
+from raysoup.api.analysis import ANALYSES, analyze
 from raysoup.api.checkpoint_soup import SCORED_METHODS, SoupCheckpointsError, soup_checkpoints
 from raysoup.api.experiment import STAGES, execute, load_config, run
 
-__all__ = ["SCORED_METHODS", "STAGES", "SoupCheckpointsError", "execute", "load_config", "run",
-           "soup_checkpoints"]
+__all__ = ["ANALYSES", "SCORED_METHODS", "STAGES", "SoupCheckpointsError", "analyze", "execute",
+           "load_config", "run", "soup_checkpoints"]
