@@ -397,8 +397,23 @@ TOOLS = {"import": _import, "export": _export, "data": _data, "pretrain": _pretr
          "fidelity": _fidelity, "analyze": _analyze}
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments; `raysoup analyze CONFIG --workdir W landscape` is accepted too (argparse
+    leaves positionals after an option unparsed)."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "analyze" and all(a in ANALYSES for a in extra):
+        args.analyses = [*args.analyses, *extra]
+    elif extra and args.command == "analyze":
+        parser.error(f"unknown analysis or argument {[a for a in extra if a not in ANALYSES]}:"
+                     f" analyses are {', '.join(ANALYSES)}")
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     # Our progress lines at INFO; libraries (open_clip, mlflow, alembic) only when they warn.
     logging.basicConfig(level=logging.WARNING, format="raysoup: %(message)s", stream=sys.stderr)
     logging.getLogger("raysoup").setLevel(logging.INFO)

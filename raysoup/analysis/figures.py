@@ -30,22 +30,31 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_landscape(panels: Sequence[tuple[str, np.ndarray]], xy: np.ndarray,
-                   marks: dict[str, tuple[float, float]], path: Path) -> Path:
-    """One contour panel per (title, values at the points `xy`), the marked models on top."""
+                   marks: dict[str, tuple[float, float]], path: Path,
+                   defined: np.ndarray | None = None) -> Path:
+    """One contour panel per (title, values at the points `xy`), the marked models on top.
+    Triangles touching a point that is not `defined` (or not finite in a panel) are left
+    blank: e.g. a point far outside the models whose BatchNorm variance came out negative."""
     plt = _pyplot()
+    from matplotlib.tri import Triangulation
+
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), dpi=110)
     axes = np.atleast_1d(axes)
     styles = {"zero-shot": ("*", "#2b6cb0", 170), "2-soup": ("D", "#c53030", 70)}
     for ax, (title, values) in zip(axes, panels, strict=True):
-        filled = ax.tricontourf(xy[:, 0], xy[:, 1], values, levels=12, cmap="viridis_r")
+        ok = np.isfinite(values) & (True if defined is None else defined)
+        tri = Triangulation(xy[:, 0], xy[:, 1])
+        tri.set_mask(~ok[tri.triangles].all(axis=1))
+        filled = ax.tricontourf(tri, np.where(ok, values, 0.0), levels=12, cmap="viridis_r")
         fig.colorbar(filled, ax=ax, shrink=0.85)
-        ax.scatter(xy[:, 0], xy[:, 1], s=4, c="white", alpha=0.6)
+        ax.scatter(xy[ok, 0], xy[ok, 1], s=4, c="white", alpha=0.6)
+        ax.scatter(xy[~ok, 0], xy[~ok, 1], s=10, c="black", marker="x")
         for label, (x, y) in marks.items():
             marker, color, size = styles.get(label, ("o", "#f6ad55", 70))
             ax.scatter([x], [y], marker=marker, c=color, s=size, edgecolors="black",
                        linewidths=0.7, zorder=3)
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8,
-                        color="white", weight="bold")
+                        color="black", weight="bold")
         ax.set_title(title, fontsize=10)
         ax.set_aspect("equal")
         ax.set_xlabel("along θ₁ − θ₀ (weight-space distance)")
@@ -86,11 +95,13 @@ def plot_gaps(predicted: np.ndarray, loss_gap: np.ndarray, acc_gap: np.ndarray,
              "observed accuracy gap (soup − ensemble, points)"), titles, strict=True):
         ax.scatter(predicted[pair], observed[pair], c="#2b6cb0", s=30, label="pairs (α = ½)",
                    edgecolors="black", linewidths=0.5)
-        ax.scatter(predicted[~pair], observed[~pair], c="#c53030", marker="D", s=50,
-                   label="uniform soup", edgecolors="black", linewidths=0.5)
+        uniform = ~pair & np.isfinite(predicted)
+        if uniform.any():
+            ax.scatter(predicted[uniform], observed[uniform], c="#c53030", marker="D", s=50,
+                       label="uniform soup", edgecolors="black", linewidths=0.5)
         if ax is axes[0]:
-            lo = float(np.nanmin(np.concatenate([predicted, observed])))
-            hi = float(np.nanmax(np.concatenate([predicted, observed])))
+            both = np.concatenate([predicted[pair], observed[pair]])
+            lo, hi = float(np.nanmin(both)), float(np.nanmax(both))
             ax.plot([lo, hi], [lo, hi], "--", c="grey", lw=0.8, label="y = x")
         ax.axhline(0, c="grey", lw=0.5)
         ax.axvline(0, c="grey", lw=0.5)
@@ -104,16 +115,16 @@ def plot_gaps(predicted: np.ndarray, loss_gap: np.ndarray, acc_gap: np.ndarray,
 
 
 def plot_transfer(models: list[str], diffs: np.ndarray, los: np.ndarray, his: np.ndarray,
-                  zeroshot: float, title: str, path: Path) -> Path:
-    """Each model's transfer accuracy − the zero-shot model's, with its paired interval."""
+                  reference: str, title: str, path: Path) -> Path:
+    """Each model's transfer accuracy − the reference model's, with its paired interval."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(models) + 1.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(6.8, 0.5 * len(models) + 1.6), dpi=110)
     y = np.arange(len(models))
     ax.errorbar(100 * diffs, y, xerr=[100 * (diffs - los), 100 * (his - diffs)], fmt="o",
                 c="#2b6cb0", ecolor="#2b6cb0", capsize=3)
     ax.axvline(0, c="grey", lw=0.8)
     ax.set_yticks(y, [m.replace("_", " ") for m in models])
-    ax.set_xlabel(f"accuracy − zero-shot ({100 * zeroshot:.1f} %), points, 95 % paired interval")
+    ax.set_xlabel(f"accuracy − {reference}, points, 95 % paired interval")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()

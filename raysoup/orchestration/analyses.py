@@ -5,7 +5,7 @@ a PNG figure in WORKDIR/report/analysis/. Each returns its files and one-line fi
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,6 @@ import numpy as np
 from raysoup.analysis import ensembles, figures, geometry, landscape, stats
 from raysoup.analysis.pairs import difference_label
 from raysoup.analysis.transfer import colour_task, transfer_head
-from raysoup.evaluate.evaluator import LOSS_UNIT
 from raysoup.evaluate.paired import paired, unpack
 from raysoup.orchestration import analysis_jobs as jobs
 from raysoup.orchestration.analysis import AnalysisContext, Job, Model
@@ -27,6 +26,7 @@ ALPHAS = (0.25, 0.5, 0.75)  # the soup of a pair is evaluated here (0 and 1: the
 class Outcome:
     files: list[Path]
     findings: list[str]
+    metrics: dict[str, float] = field(default_factory=dict)  # logged on the sweep run
 
 
 # ---------------------------------------------------------------- shared jobs
@@ -34,8 +34,8 @@ class Outcome:
 
 def blend(ctx: AnalysisContext, models: list[Model], weights: list[float],
           splits: list[str]) -> Job:
-    """{split: [correct, n, loss units]} of Σ w_i·θ_i."""
-    key = ctx.key(kind="blend", models=[m.digest for m in models],
+    """{split: [correct, n, summed loss]} of Σ w_i·θ_i."""
+    key = ctx.key(kind="blend", v=2, models=[m.digest for m in models],
                   weights=[float(w) for w in weights], splits=splits)
     return Job(key, jobs.blend_scores, ([str(m.path) for m in models], list(weights), splits),
                lambda v: {s: list(t) for s, t in v.items()})
@@ -43,8 +43,8 @@ def blend(ctx: AnalysisContext, models: list[Model], weights: list[float],
 
 def scores(result: dict, split: str) -> tuple[float, float]:
     """(accuracy, mean loss) from a blend job's journaled result."""
-    correct, n, units = result[split]
-    return correct / n, units * LOSS_UNIT / n
+    correct, n, loss = result[split]
+    return correct / n, loss / n
 
 
 def gram(ctx: AnalysisContext, models: list[Model]) -> np.ndarray:
@@ -101,16 +101,18 @@ def run_landscape(ctx: AnalysisContext, points: int = 5, names: list[str] | None
         return np.asarray([scores(r, split)[what] for r in results])
 
     figure = figures.plot_landscape(
-        [("held-out loss", values("heldout", 1)),
+        [("held-out loss (log10)", np.log10(values("heldout", 1))),
          ("test error (%)", 100 * (1 - values("test", 0))),
          (f"{shift} error (%)", 100 * (1 - values(shift, 0)))],
-        xy, marks, ctx.figure_path("landscape"))
+        xy, marks, ctx.figure_path("landscape"), defined=np.isfinite(values("heldout", 1)))
     soup, best = results[at[(0.5, 0.5)]], results[at[(1.0, 0.0)]]
     finding = (f"landscape ({first.name}, {second.name}): 2-soup test error "
                f"{100 * (1 - scores(soup, 'test')[0]):.2f} % vs {first.name} "
                f"{100 * (1 - scores(best, 'test')[0]):.2f} %; lowest test error on the grid at "
                f"(a, b) = {cells[int(np.argmax(values('test', 0)))]}")
-    return Outcome([table, figure], [finding])
+    return Outcome([table, figure], [finding], {
+        "analysis_landscape_soup_test_error": 1 - scores(soup, "test")[0],
+        "analysis_landscape_first_test_error": 1 - scores(best, "test")[0]})
 
 
 def pick_two(ctx: AnalysisContext, names: list[str] | None) -> tuple[Model, Model]:
@@ -169,7 +171,8 @@ def run_angles(ctx: AnalysisContext) -> Outcome:
                                  [r["differs"] for r in rows], title, ctx.figure_path("angles"))
     return Outcome([table, figure], [(f"angles: {title}; angles "
                                      f"{min(r['angle_deg'] for r in rows):.1f}°–"
-                                     f"{max(r['angle_deg'] for r in rows):.1f}°")])
+                                     f"{max(r['angle_deg'] for r in rows):.1f}°")],
+                   {"analysis_angles_gain_r": corr.r})
 
 
 # ---------------------------------------------------------------- soup vs ensemble
@@ -211,7 +214,9 @@ def run_soup_vs_ensemble(ctx: AnalysisContext) -> Outcome:
         (f"soup vs ensemble: approximation vs observed loss gap {loss_corr.text()}; vs "
         f"accuracy gap {acc_corr.text()}"),
         (f"uniform soup − ensemble on held-out: loss {u['loss_gap']:+.4f}, accuracy "
-        f"{100 * u['accuracy_gap']:+.2f} points (confidence term {u['confidence_term']:+.4f})")])
+        f"{100 * u['accuracy_gap']:+.2f} points (confidence term {u['confidence_term']:+.4f})")],
+        {"analysis_gap_loss_r": loss_corr.r, "analysis_gap_accuracy_r": acc_corr.r,
+         "analysis_uniform_minus_ensemble_loss": u["loss_gap"]})
 
 
 def pair_row(tuned: list[Model], labels: np.ndarray, load, i: int, j: int,
@@ -288,22 +293,27 @@ def run_transfer(ctx: AnalysisContext) -> Outcome:
                       "analysis: transfer")
     bits = [unpack(bytes.fromhex(r[2]), r[1]) for r in results]
     rows = []
-    for m, r, b in zip(models, results, bits, strict=True):
-        cmp = paired(b, bits[0])
-        rows.append({"model": m.name, "kind": m.kind, "task": task.name, "accuracy": r[0] / r[1],
-                     "n": r[1], "diff_vs_zeroshot": cmp.diff, "diff_lo": cmp.lo,
-                     "diff_hi": cmp.hi})
+    for i, (m, r, b) in enumerate(zip(models, results, bits, strict=True)):
+        vs_zero, vs_best = paired(b, bits[0]), paired(b, bits[1])
+        rows.append({"model": m.name, "role": "best single" if i == 1 else m.kind,
+                     "task": task.name, "accuracy": r[0] / r[1], "n": r[1],
+                     "diff_vs_zeroshot": vs_zero.diff, "zeroshot_lo": vs_zero.lo,
+                     "zeroshot_hi": vs_zero.hi, "diff_vs_best": vs_best.diff,
+                     "best_lo": vs_best.lo, "best_hi": vs_best.hi})
     table = ctx.write_table("transfer", rows)
-    shown = rows[1:]
+    shown = [r for i, r in enumerate(rows) if i != 1]
     figure = figures.plot_transfer(
-        [f"{r['model']} ({'best single' if i == 0 else r['kind']})" for i, r in enumerate(shown)],
-        *(np.asarray([r[k] for r in shown]) for k in ("diff_vs_zeroshot", "diff_lo", "diff_hi")),
-        rows[0]["accuracy"], f"zero-shot transfer to the world's {len(task.classnames)} colours "
-        "(test images)", ctx.figure_path("transfer"))
+        [f"{r['model']} ({r['role']})" for r in shown],
+        *(np.asarray([r[k] for r in shown]) for k in ("diff_vs_best", "best_lo", "best_hi")),
+        f"best single ({rows[1]['model']}, {100 * rows[1]['accuracy']:.1f} %)",
+        f"zero-shot transfer to the world's {len(task.classnames)} colours (test images); "
+        f"zero-shot {100 * rows[0]['accuracy']:.1f} %", ctx.figure_path("transfer"))
     return Outcome([table, figure], [
-        f"transfer ({task.name}): zero-shot {100 * rows[0]['accuracy']:.2f} %; " + ", ".join(
-            f"{r['model']} {100 * r['diff_vs_zeroshot']:+.2f} [{100 * r['diff_lo']:+.2f}, "
-            f"{100 * r['diff_hi']:+.2f}]" for r in shown)])
+        f"transfer ({task.name}): zero-shot {100 * rows[0]['accuracy']:.2f} %, best single "
+        f"{rows[1]['model']} {100 * rows[1]['accuracy']:.2f} %; vs the best single: " + ", ".join(
+            f"{r['model']} {100 * r['diff_vs_best']:+.2f} [{100 * r['best_lo']:+.2f}, "
+            f"{100 * r['best_hi']:+.2f}]" for r in shown)],
+        {f"analysis_transfer_{r['model']}": r["accuracy"] for r in rows})
 
 
 # ---------------------------------------------------------------- the command
@@ -344,4 +354,27 @@ def run_analysis(cfg, workdir: Path, analyses: tuple[str, ...] = ANALYSES, *,
     finally:
         actors.release()
     storage.publish(layout.analysis_report)
+    log_to_sweep_run(cfg, workdir, outcomes)
     return outcomes
+
+
+def log_to_sweep_run(cfg, workdir: Path, outcomes: list[Outcome]) -> None:
+    """The tables, figures and headline numbers as artifacts and metrics of the workdir's
+    sweep run in MLflow (found, never created: a workdir without one logs nothing)."""
+    from raysoup import storage
+    from raysoup.tracking import Tracker, default_uri, quiet
+    from raysoup.workdir import Workdir
+
+    quiet()
+    if not cfg.tracking.uri:
+        storage.pull(Workdir(workdir).mlflow_db, exact=True)
+    tracker = Tracker(cfg.tracking.uri or default_uri(workdir),
+                      cfg.tracking.experiment or cfg.name,
+                      artifact_root=Workdir(workdir).mlartifacts, workdir=workdir)
+    run_id = tracker.sweep_run_id()
+    if run_id is None:
+        return
+    tracker.log_artifacts(run_id, [f for o in outcomes for f in o.files], subdir="analysis")
+    tracker.log_metrics(run_id, {k: v for o in outcomes for k, v in o.metrics.items()
+                                 if not np.isnan(v)})  # an undefined r is left out
+    tracker.persist()
