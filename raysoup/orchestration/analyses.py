@@ -100,8 +100,11 @@ def run_landscape(ctx: AnalysisContext, points: int = 5, names: list[str] | None
     def values(split: str, what: int) -> np.ndarray:
         return np.asarray([scores(r, split)[what] for r in results])
 
+    with np.errstate(divide="ignore"):  # a zero loss is drawn as undefined, not warned about
+        log_loss = np.log10(values("heldout", 1))
+
     figure = figures.plot_landscape(
-        [("held-out loss (log10)", np.log10(values("heldout", 1))),
+        [("held-out loss (log10)", log_loss),
          ("test error (%)", 100 * (1 - values("test", 0))),
          (f"{shift} error (%)", 100 * (1 - values(shift, 0)))],
         xy, marks, ctx.figure_path("landscape"), defined=np.isfinite(values("heldout", 1)))
