@@ -237,6 +237,9 @@ def _analyze_parser(sub) -> None:
                    help="the landscape's two ingredients (default: the best two on held-out)")
     a.add_argument("--shift", default=None,
                    help="the landscape's shift set (default: the first over every class)")
+    a.add_argument("--pairs-among", type=int, default=None, metavar="K",
+                   help="angles and soup-vs-ensemble: pairs of the best K ingredients on "
+                        "held-out only (default: all; their cost grows with the pairs)")
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -245,6 +248,7 @@ def _analyze(args: argparse.Namespace) -> int:
     try:
         found = analyze(args.config, args.workdir, args.analyses or None, args.overrides,
                         address=args.address, points=args.points, shift=args.shift,
+                        pair_limit=args.pairs_among,
                         models=args.models.split(",") if args.models else None)
     except KeyboardInterrupt:
         print("raysoup: interrupted; re-run the same command to resume", file=sys.stderr)

@@ -18,7 +18,8 @@ ANALYSES = ("landscape", "angles", "soup-vs-ensemble", "transfer")
 def analyze(config: str | Path | ExperimentCfg, workdir: str | Path | None = None,
             analyses: Iterable[str] | None = None, overrides: Iterable[str] = (), *,
             address: str | None = None, points: int = 5, models: list[str] | None = None,
-            shift: str | None = None) -> dict[str, tuple[list[Path], list[str]]]:
+            shift: str | None = None, pair_limit: int | None = None
+            ) -> dict[str, tuple[list[Path], list[str]]]:
     """Run `analyses` (default: all four, `ANALYSES`) over the workdir of `config` (default:
     the config's) and return {analysis: (files written, one-line findings)}. The tables and
     figures land in WORKDIR/report/analysis/; finished evaluations are journaled in
@@ -26,7 +27,8 @@ def analyze(config: str | Path | ExperimentCfg, workdir: str | Path | None = Non
 
     `points`: the landscape grid's points per axis (odd: the models and their soup lie on it);
     `models`: its two fine-tuned ingredients (default: the best two on held-out); `shift`: its
-    shift set (default: the first over every class)."""
+    shift set (default: the first over every class); `pair_limit`: pairs only among the best
+    that many ingredients on held-out (angles, soup vs ensemble: N(N − 1)/2 pairs)."""
     from raysoup.orchestration.analyses import run_analysis
 
     cfg = load_config(config, overrides)
@@ -34,6 +36,6 @@ def analyze(config: str | Path | ExperimentCfg, workdir: str | Path | None = Non
     wanted = tuple(ANALYSES if analyses is None else
                    ((analyses,) if isinstance(analyses, str) else analyses))
     outcomes = run_analysis(cfg, where, wanted, address=address, points=points, models=models,
-                            shift=shift)
+                            shift=shift, pair_limit=pair_limit)
     return {name: (o.files, o.findings)
             for name, o in zip(dict.fromkeys(wanted), outcomes, strict=True)}

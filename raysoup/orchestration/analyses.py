@@ -145,7 +145,9 @@ def default_shift(ctx: AnalysisContext) -> str:
 
 
 def pair_list(ctx: AnalysisContext) -> tuple[list[Model], list[tuple[int, int]]]:
-    tuned = sorted(ctx.fine_tuned(), key=lambda m: m.name)
+    """The fine-tuned ingredients (the best `ctx.pair_limit` on held-out, if set) by name,
+    and every pair of them: N(N − 1)/2 pairs."""
+    tuned = sorted(ctx.fine_tuned()[:ctx.pair_limit], key=lambda m: m.name)
     if len(tuned) < 2:
         raise RuntimeError(f"angles: needs two fine-tuned ingredients; the sweep has {len(tuned)}")
     return tuned, list(itertools.combinations(range(len(tuned)), 2))
@@ -326,10 +328,12 @@ ANALYSES = ("landscape", "angles", "soup-vs-ensemble", "transfer")
 
 def run_analysis(cfg, workdir: Path, analyses: tuple[str, ...] = ANALYSES, *,
                  address: str | None = None, points: int = 5, models: list[str] | None = None,
-                 shift: str | None = None) -> list[Outcome]:
+                 shift: str | None = None, pair_limit: int | None = None) -> list[Outcome]:
     """The analyses of a workdir the pipeline has evaluated (ingredients on held-out at
     least; the transfer analysis reads the soups it finds), in `analyses`' order.
-    `points`, `models`, `shift`: the landscape's grid size, its two ingredients, its shift."""
+    `points`, `models`, `shift`: the landscape's grid size, its two ingredients, its shift;
+    `pair_limit`: the angles and soup-vs-ensemble analyses use only the best that many
+    ingredients (their cost grows with the number of pairs)."""
     from raysoup import storage
     from raysoup.orchestration.actors import EvalActors
     from raysoup.orchestration.cluster import connect
@@ -337,6 +341,8 @@ def run_analysis(cfg, workdir: Path, analyses: tuple[str, ...] = ANALYSES, *,
     from raysoup.prepare import prepare
     from raysoup.workdir import Workdir
 
+    if pair_limit is not None and pair_limit < 2:
+        raise ValueError(f"pair_limit must be at least 2 (a pair), got {pair_limit}")
     unknown = [a for a in analyses if a not in ANALYSES]
     if unknown or not analyses:
         raise ValueError(f"analyses {list(analyses)}: choose from {list(ANALYSES)}")
@@ -353,6 +359,7 @@ def run_analysis(cfg, workdir: Path, analyses: tuple[str, ...] = ANALYSES, *,
              "transfer": run_transfer}
     try:
         ctx = AnalysisContext(cfg, workdir, data, actors)
+        ctx.pair_limit = pair_limit
         outcomes = [steps[name](ctx) for name in dict.fromkeys(analyses)]
     finally:
         actors.release()

@@ -10,6 +10,7 @@ math is in `raysoup.analysis` (pure); the four analyses are in `analyses.py`."""
 from __future__ import annotations
 
 import io
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,9 +29,10 @@ from raysoup.evaluate import results as res
 from raysoup.orchestration.actors import EvalActors
 from raysoup.orchestration.evaluate_stage import models_on_disk
 from raysoup.progress import Progress
-from raysoup.workdir import IngredientManifest, Workdir
+from raysoup.workdir import RECIPE_FILE, IngredientManifest, Workdir
 
 JOURNAL = "journal.json"
+log = logging.getLogger("raysoup")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class AnalysisContext:
         self.journal = Journal(self.layout.analysis / JOURNAL)
         self.audits: dict[str, Audit] = {}
         self.models = self._models()
+        self.pair_limit: int | None = None  # pairs among the best this many ingredients
 
     def _models(self) -> list[Model]:
         heldout = res.accuracy_of(self.table, "heldout")
@@ -70,7 +73,7 @@ class AnalysisContext:
                 manifest = IngredientManifest.read(path)
                 digest, hparams = manifest.sha256, manifest.hparams
             else:
-                digest = job_key(recipe=storage.read_text(path / "recipe.json"))
+                digest = job_key(recipe=storage.read_text(path / RECIPE_FILE))
                 hparams = {}
             out.append(Model(name, kind, path, digest, heldout.get(name, math.nan), hparams))
         return out
@@ -84,15 +87,15 @@ class AnalysisContext:
         return found[0]
 
     def fine_tuned(self) -> list[Model]:
-        """The fine-tuned ingredients with finite weights, best held-out first (ties by name).
-        Raises if one was never evaluated: the analyses compare with its results."""
+        """The fine-tuned ingredients with finite weights and a held-out accuracy, best first
+        (ties by name). One not evaluated yet (a sweep still running) is left out, said."""
         models = [m for m in self.models if m.kind == "ingredient" and self.audits[m.name].finite]
         missing = [m.name for m in models if math.isnan(m.heldout)]
         if missing:
-            raise RuntimeError(f"ingredients {missing[:5]} have no held-out accuracy in "
-                               f"{storage.display(self.layout.results)}; run `raysoup evaluate` "
-                               "(or `raysoup run`) first")
-        return sorted(models, key=lambda m: (-m.heldout, m.name))
+            log.warning("analyze: %s not evaluated on held-out yet (`raysoup evaluate`): left "
+                        "out", ", ".join(missing))
+        return sorted((m for m in models if not math.isnan(m.heldout)),
+                      key=lambda m: (-m.heldout, m.name))
 
     def weight_soups(self) -> list[Model]:
         return sorted((m for m in self.models if m.kind == "soup"), key=lambda m: m.name)
