@@ -1,6 +1,7 @@
 """The analysis math on cases with known answers (raysoup/analysis: pure, no Ray)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,3 +115,17 @@ def test_journal_keeps_results_across_instances_and_names_a_bad_file(tmp_path):
     with pytest.raises(ValueError, match="not an analysis journal"):
         Journal(tmp_path / "bad.json")
     assert json.loads((tmp_path / "j.json").read_text())[key]["heldout"] == [1, 2, 3]
+
+
+def test_analyze_refuses_a_workdir_without_results_and_unknown_analyses(tmp_path):
+    """Bad input is named before anything starts (no Ray, nothing written)."""
+    from raysoup.api import analyze
+
+    config = Path(__file__).parents[1] / "experiments" / "tiny.yaml"
+    with pytest.raises(RuntimeError, match="has no results.parquet: run `raysoup run`"):
+        analyze(config, tmp_path / "work")
+    with pytest.raises(ValueError, match="choose from"):
+        analyze(config, tmp_path / "work", ["landscapes"])
+    with pytest.raises(ValueError, match="pair_limit must be at least 2"):
+        analyze(config, tmp_path / "work", pair_limit=1)
+    assert not (tmp_path / "work").exists()
