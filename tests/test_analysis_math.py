@@ -129,3 +129,23 @@ def test_analyze_refuses_a_workdir_without_results_and_unknown_analyses(tmp_path
     with pytest.raises(ValueError, match="pair_limit must be at least 2"):
         analyze(config, tmp_path / "work", pair_limit=1)
     assert not (tmp_path / "work").exists()
+
+
+def test_scene_words_are_the_rendered_samples_words():
+    """The transfer task's labels (world.scene_words) are drawn as the images were: the
+    caption of every sample names the same shape, and the same colour where it names one."""
+    from raysoup.config import WorldCfg
+    from raysoup.data import world
+    from raysoup.data.render import COLORS
+
+    cfg = WorldCfg(num_classes=4, test_per_class=10, seed=3)
+    named = 0
+    for i in range(40):
+        words = world.scene_words(cfg, "test", i)
+        _, label, caption = world.render_sample(cfg, "test", i)
+        assert words["shape"] == world.CLASSNAMES[label]
+        colours = [c for c in COLORS if f" {c} " in f" {caption} "]
+        if colours:
+            assert colours == [words["color"]], caption
+            named += 1
+    assert named > 5
