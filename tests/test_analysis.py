@@ -72,8 +72,9 @@ def test_resume_skips_finished_points_and_one_actor_gives_the_same_results(
     from raysoup.analysis import landscape
     from raysoup.analysis.journal import Journal
     from raysoup.orchestration.actors import EvalActors
-    from raysoup.orchestration.analyses import blend, default_shift, run_landscape
-    from raysoup.orchestration.analysis import JOURNAL, AnalysisContext
+    from raysoup.orchestration.analysis import JOURNAL, AnalysisContext, blend, logits
+    from raysoup.orchestration.analysis_ensembles import ALPHAS, pair_row
+    from raysoup.orchestration.analysis_geometry import default_shift, run_landscape
     from raysoup.prepare import prepare
 
     cfg = _cfg(served_run, actors=1)
@@ -102,8 +103,6 @@ def test_resume_skips_finished_points_and_one_actor_gives_the_same_results(
         assert again.get(keys[3])["heldout"][0] == 0  # a finished point is not recomputed
 
         # A model souped with itself is the model, and its own ensemble: no gap, no terms.
-        from raysoup.orchestration.analyses import ALPHAS, logits, pair_row
-
         m = tuned[0]
         self_soup, alone = ctx.run([blend(ctx, [m, m], [0.5, 0.5], ["heldout"]),
                                     blend(ctx, [m], [1.0], ["heldout"])], "test")

@@ -5,11 +5,14 @@ and eval cache as the evaluate stage, nothing decoded twice).
 Every evaluation is a job with a key (what it evaluates: the models' bytes, the weights, the
 splits, the batch size); its result is journaled in WORKDIR/analysis/ as it lands, so a killed
 analysis resumes with what it finished, and a job never depends on which actor ran it. The
-math is in `raysoup.analysis` (pure); the four analyses are in `analyses.py`."""
+math is in `raysoup.analysis` (pure); the analyses are `analysis_geometry.py` (landscape,
+angles), `analysis_ensembles.py` and `analysis_transfer.py`, the command `analyses.py`; the
+jobs they share are at the end of this module."""
 
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import math
 from collections.abc import Callable
@@ -22,13 +25,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysoup import storage
+from raysoup.analysis import geometry
 from raysoup.analysis.journal import Journal, job_key
 from raysoup.checkpoints.audit import Audit
 from raysoup.config import ExperimentCfg
 from raysoup.evaluate import results as res
+from raysoup.orchestration import analysis_jobs as jobs
 from raysoup.orchestration.actors import EvalActors
 from raysoup.orchestration.evaluate_stage import models_on_disk
 from raysoup.progress import Progress
+from raysoup.reduce import plan_shards, tensor_nbytes
 from raysoup.workdir import RECIPE_FILE, IngredientManifest, Workdir
 
 JOURNAL = "journal.json"
@@ -43,6 +49,15 @@ class Model:
     digest: str  # its bytes: an ingredient's sha256, a soup's recipe.json digest
     heldout: float  # from results.parquet (NaN where not evaluated)
     hparams: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an analysis wrote and found."""
+
+    files: list[Path]
+    findings: list[str]
+    metrics: dict[str, float] = field(default_factory=dict)  # logged on the sweep run
 
 
 @dataclass(frozen=True)
@@ -149,3 +164,55 @@ class AnalysisContext:
         path = self.layout.analysis_report / f"{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
+
+
+# ---------------------------------------------------------------- jobs the analyses share
+
+
+def blend(ctx: AnalysisContext, models: list[Model], weights: list[float],
+          splits: list[str]) -> Job:
+    """{split: [correct, n, summed loss]} of Σ w_i·θ_i."""
+    key = ctx.key(kind="blend", v=2, models=[m.digest for m in models],
+                  weights=[float(w) for w in weights], splits=splits)
+    return Job(key, jobs.blend_scores, ([str(m.path) for m in models], list(weights), splits),
+               lambda v: {s: list(t) for s, t in v.items()})
+
+
+def scores(result: dict, split: str) -> tuple[float, float]:
+    """(accuracy, mean loss) from a blend job's journaled result."""
+    correct, n, loss = result[split]
+    return correct / n, loss / n
+
+
+def gram(ctx: AnalysisContext, models: list[Model]) -> np.ndarray:
+    """The Gram matrix of the models' updates from the zero-shot model, one job per shard
+    of tensor names (soup.num_shards: the sum's order is fixed, whatever the pool)."""
+    zs = ctx.zeroshot
+    tensors = IngredientManifest.read(zs.path).tensors
+    names = geometry.update_names(tensors)
+    plan = plan_shards(tensor_nbytes({n: tensors[n] for n in names}), ctx.cfg.soup.num_shards)
+    shard_jobs = [Job(ctx.key(kind="gram", base=zs.digest, models=[m.digest for m in models],
+                              names=names_of),
+                      jobs.gram_of, (str(zs.path), [str(m.path) for m in models], names_of),
+                      lambda v: np.asarray(v).tolist())
+                  for names_of in plan]
+    return np.sum([np.asarray(g) for g in ctx.run(shard_jobs, "analysis: angles")], axis=0)
+
+
+def logits(ctx: AnalysisContext, models: list[Model], split: str) -> list[str]:
+    """Each model's logits on `split`, saved once as arrays; their file names."""
+    def job(m: Model) -> Job:
+        key = ctx.key(kind="logits", model=m.digest, split=split)
+        return Job(key, jobs.logits_of, (str(m.path), split),
+                   lambda v, key=key: ctx.save_array(key, v))
+
+    return ctx.run([job(m) for m in models], f"analysis: {split} logits")
+
+
+def pair_list(ctx: AnalysisContext) -> tuple[list[Model], list[tuple[int, int]]]:
+    """The fine-tuned ingredients (the best `ctx.pair_limit` on held-out, if set) by name,
+    and every pair of them: N(N − 1)/2 pairs."""
+    tuned = sorted(ctx.fine_tuned()[:ctx.pair_limit], key=lambda m: m.name)
+    if len(tuned) < 2:
+        raise RuntimeError(f"angles: needs two fine-tuned ingredients; the sweep has {len(tuned)}")
+    return tuned, list(itertools.combinations(range(len(tuned)), 2))
