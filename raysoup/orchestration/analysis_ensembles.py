@@ -19,9 +19,6 @@ from raysoup.orchestration.analysis import (
 ALPHAS = (0.25, 0.5, 0.75)  # the soup of a pair is evaluated here (0 and 1: the models)
 
 
-# ---------------------------------------------------------------- soup vs ensemble
-
-
 def run_soup_vs_ensemble(ctx: AnalysisContext) -> Outcome:
     """Observed soup − ensemble gaps on held-out (pairs at α = ½, and the uniform soup) next
     to the paper's approximation from flatness and confidence (`analysis.ensembles`)."""

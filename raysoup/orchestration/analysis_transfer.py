@@ -14,8 +14,6 @@ from raysoup.orchestration import analysis_jobs as jobs
 from raysoup.orchestration.analysis import AnalysisContext, Job, Outcome
 from raysoup.workdir import IngredientManifest
 
-# ---------------------------------------------------------------- transfer
-
 
 def run_transfer(ctx: AnalysisContext) -> Outcome:
     """The zero-shot model, the best single model and every weight soup, read zero-shot
@@ -28,8 +26,11 @@ def run_transfer(ctx: AnalysisContext) -> Outcome:
     zs_manifest = IngredientManifest.read(ctx.zeroshot.path).meta
     base = Path(zs_manifest["base_model"]) if Path(str(zs_manifest.get("base_model"))).is_file() \
         else None
+    tuned = ctx.fine_tuned()
+    if not tuned:
+        raise RuntimeError("transfer: no fine-tuned ingredient is evaluated yet")
     head = transfer_head(ctx.cfg.model, base, task)
-    models = [ctx.zeroshot, ctx.fine_tuned()[0], *ctx.weight_soups()]
+    models = [ctx.zeroshot, tuned[0], *ctx.weight_soups()]
     key_task = {"task": task.name, "templates": task.templates,
                 "labels": ctx.key(labels=task.labels.tolist()),
                 "head": ctx.key(head=np.round(head, 6).tolist())}
