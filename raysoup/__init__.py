@@ -5,6 +5,7 @@ The Python API (docs/python-api.md):
     import raysoup
     table = raysoup.run("experiments/tiny.yaml")              # the whole pipeline
     soup = raysoup.soup_checkpoints(["a.pt", "b.pt"], out="soup.safetensors")
+    found = raysoup.analyze("experiments/tiny.yaml")          # why the soups work (figures)
 
 `import raysoup` loads nothing heavy: each name is imported on first use (module __getattr__),
 so the CLI's `--help` and a notebook's first cell stay fast.
@@ -12,7 +13,7 @@ so the CLI's `--help` and a notebook's first cell stay fast.
 
 from __future__ import annotations
 
-__all__ = ["HeldOut", "__version__", "load_config", "run", "soup_checkpoints"]
+__all__ = ["HeldOut", "__version__", "analyze", "load_config", "run", "soup_checkpoints"]
 
 # The version when raysoup is not installed (a bare checkout on PYTHONPATH); keep it equal to
 # pyproject.toml's.
@@ -31,7 +32,7 @@ def _version() -> str:
 def __getattr__(name: str):
     if name == "__version__":
         return _version()
-    if name in ("HeldOut", "load_config", "run", "soup_checkpoints"):
+    if name in ("HeldOut", "analyze", "load_config", "run", "soup_checkpoints"):
         from raysoup import api
 
         return getattr(api, name)

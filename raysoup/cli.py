@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     _export_parser(sub)
     _pretrain_parser(sub)
     _fidelity_parser(sub)
+    _analyze_parser(sub)
     _data_parser(sub)
     return p
 
@@ -215,6 +216,56 @@ def _fidelity(args: argparse.Namespace) -> int:
     return 0
 
 
+ANALYSES = ("landscape", "angles", "soup-vs-ensemble", "transfer")  # = raysoup.api.ANALYSES
+
+
+def _analyze_parser(sub) -> None:
+    a = sub.add_parser("analyze", help="why the soups work: error landscape, angles between "
+                                       "updates, soup vs ensemble, zero-shot transfer "
+                                       "(docs/analysis.md)")
+    a.add_argument("config", type=Path, help="experiment YAML of a finished workdir")
+    a.add_argument("analyses", nargs="*", choices=[[], *ANALYSES], metavar="ANALYSIS",
+                   help=f"any of {', '.join(ANALYSES)} (default: all)")
+    a.add_argument("--workdir", default=None, help="default: the config's workdir or ./runs/<name>")
+    a.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY.PATH=VALUE", help="override a config field (repeatable)")
+    a.add_argument("--address", default=None, help="join an existing Ray cluster")
+    a.add_argument("--points", type=int, default=5,
+                   help="landscape grid points per axis over [-0.5, 1.5] (odd: the models and "
+                        "their 2-soup lie on the grid)")
+    a.add_argument("--models", default=None, metavar="A,B",
+                   help="the landscape's two ingredients (default: the best two on held-out)")
+    a.add_argument("--shift", default=None,
+                   help="the landscape's shift set (default: the first over every class)")
+    a.add_argument("--pairs-among", type=int, default=None, metavar="K",
+                   help="angles and soup-vs-ensemble: pairs of the best K ingredients on "
+                        "held-out only (default: all; their cost grows with the pairs)")
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from raysoup.api import analyze
+
+    try:
+        found = analyze(args.config, args.workdir, args.analyses or None, args.overrides,
+                        address=args.address, points=args.points, shift=args.shift,
+                        pair_limit=args.pairs_among,
+                        models=args.models.split(",") if args.models else None)
+    except KeyboardInterrupt:
+        print("raysoup: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError) as err:
+        if os.environ.get("RAYSOUP_DEBUG"):
+            raise
+        print(f"raysoup: error: {err}", file=sys.stderr)
+        return 1
+    for files, findings in found.values():
+        for line in findings:
+            print(line)
+        for f in files:
+            print(f"  written: {f}")
+    return 0
+
+
 def _data_parser(sub) -> None:
     d = sub.add_parser("data", help="data tools: pack an ImageFolder as Parquet shards; write "
                                     "the ImageNet-shaped fixture")
@@ -347,11 +398,26 @@ def _metrics_port(s: argparse.ArgumentParser) -> None:
 
 # The commands that are not pipeline stages: name -> handler (returns the exit status).
 TOOLS = {"import": _import, "export": _export, "data": _data, "pretrain": _pretrain,
-         "fidelity": _fidelity}
+         "fidelity": _fidelity, "analyze": _analyze}
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments; `raysoup analyze CONFIG --workdir W landscape` is accepted too (argparse
+    leaves positionals after an option unparsed)."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "analyze" and all(a in ANALYSES for a in extra):
+        args.analyses = [*args.analyses, *extra]
+    elif extra and args.command == "analyze":
+        parser.error(f"unknown analysis or argument {[a for a in extra if a not in ANALYSES]}:"
+                     f" analyses are {', '.join(ANALYSES)}")
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     # Our progress lines at INFO; libraries (open_clip, mlflow, alembic) only when they warn.
     logging.basicConfig(level=logging.WARNING, format="raysoup: %(message)s", stream=sys.stderr)
     logging.getLogger("raysoup").setLevel(logging.INFO)

@@ -195,7 +195,7 @@ def drill_run(tmp_path_factory):
 # `xdist_group`-marked modules run on two workers —, so its scope scheduler gets our scopes.)
 XDIST_GROUPS = {
     "test_metrics": "served-run", "test_mlflow_server": "served-run",
-    "test_published_models": "served-run",
+    "test_published_models": "served-run", "test_analysis": "served-run",
     "test_fixture_pack": "imagenet-fixture", "test_paper_fixture": "imagenet-fixture",
     "test_plan_sizing": "imagenet-fixture",
     "test_kill_and_resume": "drill-run", "test_pipeline": "drill-run",

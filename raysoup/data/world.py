@@ -217,6 +217,18 @@ def render_sample(cfg: WorldCfg, split: str, index: int, mix: dict[str, float] |
     return img, label, _caption(rng, forms, **words)
 
 
+def scene_words(cfg: WorldCfg, split: str, index: int) -> dict[str, str]:
+    """The words that describe one sample of a task split (shape, color, size, texture),
+    drawn exactly as `render_sample` draws them, without rendering: another labelling of the
+    same images (e.g. colour as the class, `raysoup analyze transfer`)."""
+    if split == WEB:
+        raise ValueError("scene_words: the web corpus draws its kind first; ask a task split")
+    rng = np.random.Generator(np.random.PCG64([cfg.seed, _SPLIT_CODE[split], index]))
+    classes = sketch_classes(cfg) if split == "sketch" else range(cfg.num_classes)
+    _, words = _scene(split, classes[index % len(classes)], cfg.image_size, rng)
+    return words
+
+
 def _web_kind(u: float, mix: dict[str, float]) -> str:
     total = 0.0
     for kind, weight in mix.items():

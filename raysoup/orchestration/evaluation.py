@@ -91,6 +91,12 @@ class EvalWorker:
                 "info": {**mix.info, "memory": memory}}
 
 
+    def apply(self, fn, *args):
+        """`fn(self, *args)` in this actor: computations that need its model and its splits
+        beside the ones above (`raysoup analyze`: orchestration/analysis_jobs.py)."""
+        return fn(self, *args)
+
+
 def _build_shard(data: LabeledImages, image_size: int, out: str, skip_corrupt: bool) -> dict:
     torch.set_num_threads(1)
     return cache.build_shard(data, image_size, Path(out), skip_corrupt)

@@ -96,6 +96,10 @@ class Tracker(ModelRegistry):
             raise self.unavailable(err, "the sweep's run") from err
         return run_id
 
+    def sweep_run_id(self) -> str | None:
+        """This workdir's sweep run, found (never created, nor set RUNNING again)."""
+        return self._find({ROLE: "sweep"})
+
     def trial_run(self, parent: str, trial: str, params: Mapping[str, Any]) -> str:
         run_id = self._get_or_create({TRIAL: trial}, trial, parent)
         if not self.client.get_run(run_id).data.params:

@@ -13,6 +13,8 @@
       results.parquet            accuracy of every (model, split)
       anytime.jsonl              the anytime soup's decisions during the sweep
       report/                    README.md and figures
+      report/analysis/           `raysoup analyze`: its tables (Parquet) and figures
+      analysis/                  `raysoup analyze`'s journal of finished evaluations, logits
       cache/eval/                decoded, resized eval splits
       base/ data/                pre-trained base weights, generated data
       data/world/                the synthetic world's splits (data.world)
@@ -108,6 +110,14 @@ class Workdir:
     @property
     def report(self) -> Path:
         return self.root / "report"
+
+    @property
+    def analysis_report(self) -> Path:
+        return self.report / "analysis"
+
+    @property
+    def analysis(self) -> Path:
+        return self.root / "analysis"
 
     @property
     def snapshot(self) -> Path:

@@ -1,0 +1,117 @@
+"""`raysoup analyze` on a finished run (the session's `served_run`, copied: the analysis
+writes into its workdir) with real Ray eval actors: the four analyses' outputs, a landscape
+vertex against the model's own evaluation, a model souped with itself, resume, and 1 vs 2
+actors."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+def _cfg(served_run, actors: int):
+    from small import small_overrides
+
+    from raysoup.api import load_config
+
+    return load_config(ROOT / "experiments" / "tiny.yaml", [
+        *small_overrides(epochs=2), f"tracking.uri={served_run['url']}",
+        "tracking.experiment=server-e2e", f"eval.num_actors={actors}"])
+
+
+@pytest.fixture(scope="module")
+def workdir(served_run, tmp_path_factory):
+    assert served_run["rc"] == 0, served_run["stderr"][-3000:]
+    copy = tmp_path_factory.mktemp("analysis") / "work"
+    shutil.copytree(served_run["workdir"], copy, symlinks=True)  # mtimes kept: cache reused
+    return copy
+
+
+@pytest.fixture(scope="module")
+def analyzed(workdir, served_run, ray_session):
+    from raysoup.api import analyze
+
+    # 3 × 3 points (with the 2-soup: 10): the vertices are what the tests check
+    return analyze(_cfg(served_run, actors=2), workdir, points=3)
+
+
+def test_every_analysis_writes_its_table_and_figure(analyzed, workdir):
+    out = workdir / "report" / "analysis"
+    for name in ("landscape", "angles", "soup_vs_ensemble", "transfer"):
+        assert (out / f"{name}.parquet").is_file() and (out / f"{name}.png").stat().st_size > 0
+    assert set(analyzed) == {"landscape", "angles", "soup-vs-ensemble", "transfer"}
+    angles = pq.read_table(out / "angles.parquet").to_pylist()
+    assert len(angles) == 1 and 0 < angles[0]["angle_deg"] < 180  # 2 trials: one pair
+    transfer = {r["model"]: r for r in pq.read_table(out / "transfer.parquet").to_pylist()}
+    assert {"zeroshot", "uniform_soup", "greedy_soup"} <= set(transfer)
+    assert transfer["zeroshot"]["diff_vs_zeroshot"] == 0
+    assert [r["diff_vs_best"] for r in transfer.values() if r["role"] == "best single"] == [0]
+    assert all(0 <= r["accuracy"] <= 1 for r in transfer.values())
+
+
+def test_a_landscape_vertex_is_that_models_own_evaluation(analyzed, workdir):
+    rows = pq.read_table(workdir / "report" / "analysis" / "landscape.parquet").to_pylist()
+    results = pq.read_table(workdir / "results.parquet").to_pylist()
+    own = {(r["model"], r["split"]): r["accuracy"] for r in results}
+    checked = 0
+    for row in rows:
+        vertex = {(0.0, 0.0): row["zeroshot"], (1.0, 0.0): row["first"],
+                  (0.0, 1.0): row["second"]}.get((row["a"], row["b"]))
+        if vertex is not None:
+            assert row["accuracy"] == own[(vertex, row["split"])], (vertex, row["split"])
+            checked += 1
+    assert checked == 9  # three models × held-out, test, one shift
+
+
+def test_resume_skips_finished_points_and_one_actor_gives_the_same_results(
+        analyzed, workdir, served_run):
+    from raysoup.analysis import landscape
+    from raysoup.analysis.journal import Journal
+    from raysoup.orchestration.actors import EvalActors
+    from raysoup.orchestration.analysis import JOURNAL, AnalysisContext, blend, logits
+    from raysoup.orchestration.analysis_ensembles import ALPHAS, pair_row
+    from raysoup.orchestration.analysis_geometry import default_shift, run_landscape
+    from raysoup.prepare import prepare
+
+    cfg = _cfg(served_run, actors=1)
+    data, zeroshot = prepare(cfg, workdir)
+    actors = EvalActors(cfg, workdir, data, zeroshot)
+    try:
+        ctx = AnalysisContext(cfg, workdir, data, actors)
+        tuned = ctx.fine_tuned()
+        splits = ["heldout", "test", default_shift(ctx)]
+        # Points off the models and their soup (the other tests read those from the table).
+        keys = [blend(ctx, [ctx.zeroshot, *tuned[:2]], landscape.weights(a, b), splits).key
+                for a, b in landscape.grid(3) if (a, b) not in landscape.MARKED.values()]
+        path = workdir / "analysis" / JOURNAL
+        journal = Journal(path)
+        # A killed analysis: three points never finished, and one finished point marked so
+        # that a recomputation would show.
+        lost = {k: journal.get(k) for k in keys[:3]}
+        kept = journal.get(keys[3])
+        for k in lost:
+            del journal.entries[k]
+        journal.put(keys[3], {**kept, "heldout": [0, kept["heldout"][1], 0]})
+        ctx.journal = Journal(path)
+        run_landscape(ctx, points=3)
+        again = Journal(path)
+        assert {k: again.get(k) for k in lost} == lost  # 1 actor: the 2 actors' results
+        assert again.get(keys[3])["heldout"][0] == 0  # a finished point is not recomputed
+
+        # A model souped with itself is the model, and its own ensemble: no gap, no terms.
+        m = tuned[0]
+        self_soup, alone = ctx.run([blend(ctx, [m, m], [0.5, 0.5], ["heldout"]),
+                                    blend(ctx, [m], [1.0], ["heldout"])], "test")
+        assert self_soup == alone
+        [z] = logits(ctx, [m], "heldout")
+        soups = ctx.run([blend(ctx, [m, m], [1 - a, a], ["heldout"]) for a in ALPHAS], "test")
+        row = pair_row([m, m], np.asarray(data.heldout.labels),
+                       lambda i: ctx.load_array(z), 0, 1, soups)
+        assert row["accuracy_gap"] == 0 and abs(row["loss_gap"]) < 1e-6
+        assert row["confidence_term"] == 0
+    finally:
+        actors.release()
