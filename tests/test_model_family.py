@@ -25,8 +25,9 @@ def test_registry_finds_open_clip_and_names_the_valid_families():
     family = get_family("open_clip")
     assert isinstance(family, OpenClipImageFamily) and isinstance(family, ModelFamily)
     assert DEFAULT_FAMILY in FAMILIES and FAMILIES["open_clip"] is family
-    with pytest.raises(ValueError, match=r"unknown model family 'hf_text'; valid: \['open_clip'\]"):
-        get_family("hf_text")
+    with pytest.raises(ValueError, match=r"unknown model family 'timm'; valid: \['hf_text', "
+                                         r"'open_clip'\]"):
+        get_family("timm")
 
 
 def test_family_of_a_config_or_a_manifest_without_a_family_field_is_open_clip():

@@ -52,6 +52,11 @@ def export_model(model_dir: Path, fmt: str, out: Path, overwrite: bool = False) 
     formats = family_of(IngredientManifest.read(zeroshot).meta).export_formats
     if fmt not in formats:
         raise ExportError(f"--format {fmt!r}: use one of {', '.join(formats)}")
+    if family_of(IngredientManifest.read(zeroshot).meta).name == "hf_text":
+        from raysoup.export.hf_dir import export_text
+
+        return export_text(model_dir, zeroshot, fmt, out, _describe(model_dir, workdir.root),
+                           overwrite)
     info = model_info(zeroshot, **_describe(model_dir, workdir.root))
     if fmt == "safetensors":
         return export_safetensors(model_dir, info, out, overwrite)

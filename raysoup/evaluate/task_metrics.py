@@ -1,0 +1,54 @@
+"""Task metrics as GLUE defines them, beside accuracy: F1 of the positive class (MRPC, QQP)
+and Matthews correlation (CoLA), from a split's labels and a model's predictions.
+
+raysoup keeps each (model, split)'s per-example correctness (`results.parquet`,
+`correct_bits`); for a two-class task that and the labels give the predictions back
+(a wrong answer is the other class), so F1 and MCC come from the results without
+scoring again. A task of more classes has only accuracy there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+METRICS = ("accuracy", "f1", "mcc")
+
+
+def f1(labels: np.ndarray, preds: np.ndarray, positive: int = 1) -> float:
+    """F1 of class `positive` (GLUE's binary F1); 0 when it is never predicted nor present."""
+    tp = int(np.sum((preds == positive) & (labels == positive)))
+    fp = int(np.sum((preds == positive) & (labels != positive)))
+    fn = int(np.sum((preds != positive) & (labels == positive)))
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def mcc(labels: np.ndarray, preds: np.ndarray) -> float:
+    """Matthews correlation (multi-class form, as scikit-learn's `matthews_corrcoef` that GLUE
+    uses); 0 when either side is constant."""
+    classes = np.union1d(labels, preds)
+    conf = np.zeros((len(classes), len(classes)), np.float64)
+    np.add.at(conf, (np.searchsorted(classes, labels), np.searchsorted(classes, preds)), 1)
+    t, p = conf.sum(1), conf.sum(0)
+    c, s = np.trace(conf), conf.sum()
+    denom = math.sqrt((s * s - p @ p) * (s * s - t @ t))
+    return float((c * s - t @ p) / denom) if denom else 0.0
+
+
+def binary_predictions(labels: np.ndarray, bits: bytes) -> np.ndarray:
+    """A two-class model's predictions from its packed per-example correctness."""
+    labels = np.asarray(labels, np.int64)
+    correct = np.unpackbits(np.frombuffer(bits, np.uint8), count=len(labels)).astype(bool)
+    return np.where(correct, labels, 1 - labels)
+
+
+def task_metrics(labels: np.ndarray, bits: bytes, num_classes: int) -> dict[str, float]:
+    """accuracy, and for two classes f1 and mcc, of one (model, split)."""
+    labels = np.asarray(labels, np.int64)
+    correct = np.unpackbits(np.frombuffer(bits, np.uint8), count=len(labels)).astype(bool)
+    out = {"accuracy": float(correct.mean()) if len(labels) else float("nan")}
+    if num_classes == 2:
+        preds = binary_predictions(labels, bits)
+        out.update(f1=f1(labels, preds), mcc=mcc(labels, preds))
+    return out
