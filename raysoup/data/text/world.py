@@ -4,10 +4,11 @@ Each sentence has two words of its topic and one distractor from another topic, 
 training templates; the label is the topic. The test split is drawn like train; the shift
 splits change one thing each:
 
-- `synonym`: the topic words are replaced by synonyms that training never shows (the
-  pre-training corpus does, in the same contexts: what pre-training gives is what carries);
-- `typo`: one or two letters of each topic word swapped or dropped (WordPiece splits the
-  misspelling into pieces);
+- `synonym`: one of the two topic words is replaced by a synonym that training never shows
+  (the pre-training corpus does, in the same contexts: what pre-training gives is what
+  carries); a model that ignores it is left with one topic word against the distractor;
+- `typo`: a letter of one topic word swapped or dropped (WordPiece splits the misspelling
+  into pieces), again against the distractor;
 - `template`: sentence frames that training never shows.
 
 `mlm_corpus` is the broader text the shipped base was pre-trained on (every word, every
@@ -64,12 +65,14 @@ def _sentence(rng: np.random.Generator, label: int, templates: list[str], vocab:
               typo: bool = False) -> str:
     """vocab 0: training words, 1: synonyms, None: either, word by word (pre-training)."""
     core, syn = WORDS[CLASSNAMES[label]]
-    own = core + syn if vocab is None else (core, syn)[vocab]
     other = CLASSNAMES[(label + 1 + int(rng.integers(0, len(CLASSNAMES) - 1))) % len(CLASSNAMES)]
-    a, b = rng.choice(own, size=2, replace=False)
+    a, b = (str(w) for w in rng.choice(core + syn if vocab is None else core, size=2,
+                                       replace=False))
     d = str(rng.choice(WORDS[other][0]))
+    if vocab == 1:  # one topic word becomes a synonym: it must outweigh the distractor
+        a = syn[core.index(a)]
     if typo:
-        a, b = _typo(str(a), rng), _typo(str(b), rng)
+        a = _typo(a, rng)
     j, k = rng.choice(ADJECTIVES, size=2, replace=False)
     return str(rng.choice(templates)).format(a=a, b=b, d=d, j=j, k=k, v=rng.choice(VERBS))
 
