@@ -494,6 +494,11 @@ class ExperimentCfg(Strict):
         if self.model.pretrain is not None and self.data.world is None:
             raise ValueError("model.pretrain needs captions: only data.world provides them")
         text_model = self.model.family == "hf_text"
+        if text_model and self.tracking.log_models:
+            raise ValueError("tracking.log_models: MLflow Models of hf_text soups are not "
+                             "supported yet; set tracking.log_models: false and "
+                             "tracking.register: false (raysoup export --format hf writes "
+                             "the soup as a save_pretrained directory)")
         if text_model != self.data.is_text:
             raise ValueError(f"model.family {self.model.family} needs "
                              f"{'text' if text_model else 'image'} data, and data gives "
