@@ -5,6 +5,7 @@ pyarrow, the shipped tiny tokenizer (no downloads)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +21,7 @@ from raysoup.evaluate import task_metrics as tm
 from raysoup.models.families import FAMILIES, family_of, get_family
 
 TINY = "raysoup:tiny-text"
+ROOT = Path(__file__).parents[1]
 
 
 def _jsonl(path, rows):
@@ -128,9 +130,12 @@ def test_hf_text_family_is_registered_and_named_by_the_config():
 def test_config_refuses_a_family_that_does_not_match_the_data(tmp_path):
     (tmp_path / "a.yaml").write_text(
         "name: a\nmodel: {family: hf_text, name: x, pretrained: x}\n"
-        "data: {world: {num_classes: 2}}\n")
+        "data: {world: {num_classes: 2}}\ntracking: {log_models: false, register: false}\n")
     with pytest.raises(ConfigError, match="model.family hf_text needs text data"):
         load_experiment(tmp_path / "a.yaml")
+    with pytest.raises(ConfigError, match="MLflow Models of hf_text soups are not supported"):
+        load_experiment(ROOT / "experiments" / "tiny_text.yaml",
+                        ["tracking.log_models=true", "tracking.register=true"])
     (tmp_path / "b.yaml").write_text(
         "name: b\nmodel: {name: x, pretrained: x}\ndata: {text_world: {}}\n")
     with pytest.raises(ConfigError, match="model.family open_clip needs image data"):
