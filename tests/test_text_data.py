@@ -152,3 +152,22 @@ def test_text_model_source_errors_list_what_was_tried(tmp_path):
     with pytest.raises(TextModelError, match="no such directory"):
         resolve(str(tmp_path / "missing"))
     assert resolve("bert-base-uncased") == "bert-base-uncased"  # a Hub id, fetched later
+
+
+def test_report_has_f1_and_mcc_for_a_two_class_task(tmp_path):
+    """The report's GLUE section from results rows (per-example correctness) and labels."""
+    from raysoup.evaluate import results as res
+    from raysoup.report import write_report
+
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    preds = np.array([1, 1, 1, 0, 1, 0, 0, 0, 0, 0])  # F1 75 %, MCC 58.33 % (test above)
+    bits = np.packbits(labels == preds).tobytes()
+    table = pa.concat_tables([
+        res.rows("trial-000", "ingredient", {"heldout": (8, 10, bits), "test": (8, 10, bits)}),
+        res.rows("zeroshot", "zeroshot", {"heldout": (4, 10, np.packbits(
+            labels == 0).tobytes()), "test": (4, 10, np.packbits(labels == 0).tobytes())})])
+    write_report(table, tmp_path, "t", task_labels={"heldout": labels, "test": labels})
+    text = (tmp_path / "README.md").read_text()
+    assert "## F1 and Matthews correlation" in text
+    assert "| trial-000 | 75.00 / 58.33 | 75.00 / 58.33 |" in text
+    assert "| zeroshot | 0.00 / 0.00 | 0.00 / 0.00 |" in text  # always class 0

@@ -52,3 +52,30 @@ def task_metrics(labels: np.ndarray, bits: bytes, num_classes: int) -> dict[str,
         preds = binary_predictions(labels, bits)
         out.update(f1=f1(labels, preds), mcc=mcc(labels, preds))
     return out
+
+
+def two_class_labels(splits) -> dict[str, np.ndarray] | None:
+    """{split: labels in evaluation order} of a two-class task's splits (`DatasetSplits`),
+    else None: F1 and MCC are reported for two-class tasks."""
+    if len(splits.classnames) != 2:
+        return None
+    named = {"heldout": splits.heldout, "test": splits.test, **splits.shifts}
+    return {name: np.asarray(data.labels, np.int64) for name, data in named.items()}
+
+
+def metric_table(table, labels: dict[str, np.ndarray]) -> str:
+    """A markdown table of F1 and MCC (in %) per model and split, from the results rows'
+    per-example correctness (`results.parquet`); rows without it are left out."""
+    cells: dict[str, dict[str, str]] = {}
+    for row in table.to_pylist():
+        split, bits = row["split"], row["correct_bits"]
+        if split not in labels or bits is None or row["n"] != len(labels[split]):
+            continue
+        m = task_metrics(labels[split], bits, 2)
+        cells.setdefault(row["model"], {})[split] = (f"{100 * m['f1']:.2f} / "
+                                                     f"{100 * m['mcc']:.2f}")
+    splits = [s for s in labels if any(s in c for c in cells.values())]
+    lines = ["| model | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+    lines += [f"| {model} | " + " | ".join(c.get(s, "") for s in splits) + " |"
+              for model, c in sorted(cells.items())]
+    return "\n".join(lines)
