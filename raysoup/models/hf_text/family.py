@@ -67,11 +67,13 @@ class HfTextFamily:
     def resolve_weights(self, model_cfg: ModelCfg, base_checkpoint: Path | None = None):
         from raysoup.models.factory import WeightSource
 
-        where = resolve(model_cfg.pretrained or model_cfg.name)
+        source = model_cfg.pretrained or model_cfg.name
+        where = resolve(source)
         if Path(where).is_dir():
-            return WeightSource("base" if model_cfg.pretrained.startswith("raysoup:")
-                                else "file", path=Path(where))
-        return WeightSource("open_clip_tag", tag=where)  # a Hub id, fetched by transformers
+            return WeightSource("base" if source.startswith("raysoup:") else "file",
+                                path=Path(where))
+        # A Hub id, fetched by transformers (WeightSource's "tag": a name, not a file).
+        return WeightSource("open_clip_tag", tag=where)
 
     def load_pretrained(self, model_cfg: ModelCfg, base_checkpoint: Path | None = None):
         return classifier.pretrained(model_cfg.name, model_cfg.pretrained or model_cfg.name, 2,
