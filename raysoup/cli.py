@@ -94,9 +94,11 @@ def _export_parser(sub) -> None:
                                       "safetensors reader) loads, with a model card")
     e.add_argument("model", type=Path, metavar="MODEL",
                    help="WORKDIR/soups/<recipe> or WORKDIR/ingredients/<name>")
-    e.add_argument("--format", default="open_clip", choices=("open_clip", "safetensors"),
-                   help="open_clip: a full CLIP in open_clip's local-dir: layout (the soup's "
-                        "image tower, the base text tower) + head; safetensors: the classifier")
+    e.add_argument("--format", default=None, choices=("open_clip", "hf", "safetensors"),
+                   help="open_clip (the image default): a full CLIP in open_clip's local-dir: "
+                        "layout (the soup's image tower, the base text tower) + head; hf (the "
+                        "text default): a transformers save_pretrained directory; safetensors: "
+                        "the classifier")
     e.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="an absent or empty directory, or an earlier export (replaced); any "
                         "other existing DIR is refused")
@@ -113,8 +115,8 @@ def _export(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as err:  # ExportError, a corrupt shard: named in the message
         print(f"raysoup: error: {err}", file=sys.stderr)
         return 1
-    print(f"exported {args.model} ({args.format}) to {out}")
-    if args.format == "open_clip":
+    print(f"exported {args.model} ({args.format or 'default format'}) to {out}")
+    if args.format in (None, "open_clip") and (out / "open_clip_config.json").exists():
         print(f'load: open_clip.create_model_and_transforms("local-dir:{out}")')
     return 0
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -21,6 +21,7 @@ from pydantic import (
     ValidationError,
     create_model,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -38,6 +39,22 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class OmitsNewDefaults(Strict):
+    """Fields added after configs were first written (`_new_fields`) are left out of the dump
+    while at their default: an existing config keeps the bytes of its snapshot, its cache
+    fingerprints and the model config a shipped base recorded."""
+
+    _new_fields: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler):
+        data = handler(self)
+        for name in self._new_fields:
+            if getattr(self, name) == type(self).model_fields[name].default:
+                data.pop(name, None)
+        return data
+
+
 # ---------------------------------------------------------------- data
 
 
@@ -52,11 +69,26 @@ class WorldCfg(Strict):
     seed: int = 0
 
 
-class SplitSource(Strict):
-    """A labelled image split on disk: Parquet shards or an ImageFolder (ImageNet layout)."""
+class TextWorldCfg(Strict):
+    """The generated text classification task of the text miniature (data/text/world.py)."""
 
-    format: Literal["parquet", "imagefolder"]
+    train_per_class: int = Field(300, ge=10)
+    test_per_class: int = Field(100, ge=5)
+    shift_per_class: int = Field(50, ge=5)
+    seed: int = 0
+
+
+class SplitSource(OmitsNewDefaults):
+    """A labelled split on disk: images (Parquet shards or an ImageFolder, ImageNet layout) or
+    texts (`text_columns` of Parquet, JSON-lines or CSV; docs/text-models.md)."""
+
+    _new_fields: ClassVar[tuple[str, ...]] = ("text_columns", "label_column")
+    format: Literal["parquet", "imagefolder", "jsonl", "csv"]
     path: str
+    # Texts: one column (single sentences) or two (sentence pairs). None with jsonl/csv:
+    # "sentence", or "sentence1" + "sentence2", whichever the file has.
+    text_columns: list[str] | None = Field(None, min_length=1, max_length=2)
+    label_column: str = "label"
     # For a shift set covering a subset of the classes, the class names it covers; accuracy
     # then projects logits onto that subset (ImageNet-R/A style). Parquet shards may carry it
     # in their metadata instead.
@@ -72,7 +104,13 @@ class SplitSource(Strict):
             raise ValueError("set either classes (a subset) or class_map (groups), not both")
         if self.class_map is not None and self.format != "imagefolder":
             raise ValueError("class_map needs format imagefolder")
+        if self.format == "imagefolder" and self.text_columns is not None:
+            raise ValueError("text_columns needs format parquet, jsonl or csv")
         return self
+
+    @property
+    def is_text(self) -> bool:
+        return self.format in ("jsonl", "csv") or self.text_columns is not None
 
 
 # data.memory_budget_mb unset: the decoded train split may take this share of a node's memory.
@@ -83,8 +121,10 @@ def default_memory_budget_mb(node_bytes: float) -> float:
     return DEFAULT_MEMORY_SHARE * node_bytes / 2**20
 
 
-class DataCfg(Strict):
+class DataCfg(OmitsNewDefaults):
+    _new_fields: ClassVar[tuple[str, ...]] = ("text_world",)
     world: WorldCfg | None = None
+    text_world: TextWorldCfg | None = None  # the generated text task (instead of world)
     train: SplitSource | None = None
     test: SplitSource | None = None
     shifts: dict[str, SplitSource] = Field(default_factory=dict)
@@ -118,12 +158,25 @@ class DataCfg(Strict):
             return self.memory_budget_mb
         return default_memory_budget_mb(node_bytes)
 
+    @property
+    def is_text(self) -> bool:
+        """Texts (the generated text task, or text sources) rather than images."""
+        return self.text_world is not None or (self.train is not None and self.train.is_text)
+
     @model_validator(mode="after")
     def _one_source(self) -> DataCfg:
-        if self.world is None and (self.train is None or self.test is None):
+        generated = [n for n in ("world", "text_world") if getattr(self, n) is not None]
+        if not generated and (self.train is None or self.test is None):
             raise ValueError("set either data.world or both data.train and data.test")
-        if self.world is not None and (self.train or self.test or self.shifts):
-            raise ValueError("data.world generates its own splits; drop data.train/test/shifts")
+        if len(generated) > 1:
+            raise ValueError("set data.world (images) or data.text_world (texts), not both")
+        if generated and (self.train or self.test or self.shifts):
+            raise ValueError(f"data.{generated[0]} generates its own splits; "
+                             "drop data.train/test/shifts")
+        sources = [s for s in (self.train, self.test, *self.shifts.values()) if s is not None]
+        if not generated and len({s.is_text for s in sources}) > 1:
+            raise ValueError("mixed text and image splits: every text split needs "
+                             "text_columns (parquet) or format jsonl/csv")
         if isinstance(self.templates, list):
             bad = [t for t in self.templates if "{}" not in t]
             if bad:
@@ -153,14 +206,21 @@ class PretrainCfg(Strict):
     web_photo_share: float = Field(0.5, ge=0, le=1)  # the rest: the shift styles, evenly
 
 
-class ModelCfg(Strict):
-    # An open_clip model name: built-in (e.g. "ViT-B-32") or one of raysoup/models/configs/.
+class ModelCfg(OmitsNewDefaults):
+    _new_fields: ClassVar[tuple[str, ...]] = ("family", "max_length")
+    # Which kind of model (raysoup/models/families.py): open_clip image classification, or
+    # hf_text, a Hugging Face sequence classifier (docs/text-models.md).
+    family: Literal["open_clip", "hf_text"] = "open_clip"
+    # open_clip: a model name, built-in (e.g. "ViT-B-32") or one of raysoup/models/configs/.
+    # hf_text: where the architecture and tokenizer come from (a Hub id, a save_pretrained
+    # directory, or raysoup:<name>, a base shipped with raysoup).
     name: str = "ViT-B-32"
     # Weight source: an open_clip pretrained tag (e.g. "openai"), a local weights file, or None
     # with `pretrain` set (the project's own base checkpoint, cached in the workdir).
     pretrained: str | None = None
     tokenizer: Literal["open_clip", "world"] = "open_clip"
     pretrain: PretrainCfg | None = None
+    max_length: int = Field(128, ge=8, le=8192)  # hf_text: tokens per example (padded, cut)
 
     @model_validator(mode="after")
     def _has_weights(self) -> ModelCfg:
@@ -433,6 +493,17 @@ class ExperimentCfg(Strict):
                              "set data.templates to 'world' (or a list of world phrases)")
         if self.model.pretrain is not None and self.data.world is None:
             raise ValueError("model.pretrain needs captions: only data.world provides them")
+        text_model = self.model.family == "hf_text"
+        if text_model and self.tracking.log_models:
+            raise ValueError("tracking.log_models: MLflow Models of hf_text soups are not "
+                             "supported yet; set tracking.log_models: false and "
+                             "tracking.register: false (raysoup export --format hf writes "
+                             "the soup as a save_pretrained directory)")
+        if text_model != self.data.is_text:
+            raise ValueError(f"model.family {self.model.family} needs "
+                             f"{'text' if text_model else 'image'} data, and data gives "
+                             f"{'texts' if self.data.is_text else 'images'} (text splits: "
+                             "data.text_world, or sources with text_columns / jsonl / csv)")
         return self
 
     def resolved_workdir(self, override: str | None = None) -> Path:

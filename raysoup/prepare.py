@@ -56,7 +56,7 @@ def ensure_zeroshot(cfg: ExperimentCfg, workdir: Path, splits: DatasetSplits) ->
     out = Workdir(workdir).zeroshot
     if out in list_ingredients(Workdir(workdir).ingredients):
         return out
-    from raysoup.models.families import family_of
+    from raysoup.models.families import DEFAULT_FAMILY, family_of
 
     family = family_of(cfg.model)
     if cfg.model.pretrain is not None:
@@ -72,6 +72,8 @@ def ensure_zeroshot(cfg: ExperimentCfg, workdir: Path, splits: DatasetSplits) ->
     model = initial.model
     write_ingredient(out, {k: v.detach().cpu() for k, v in model.state_dict().items()}, {
         "kind": ZEROSHOT,
+        # workers rebuild the model from this manifest alone (families.family_of)
+        **({"family": family.name} if family.name != DEFAULT_FAMILY else {}),
         "model_name": cfg.model.name,
         "num_classes": len(splits.classnames),
         "classnames": splits.classnames,

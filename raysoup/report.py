@@ -219,11 +219,13 @@ def write_report(table: pa.Table, out_dir: Path, title: str,
                  inference_costs: Mapping[str, int] | None = None,
                  diverged: Mapping[str, Mapping[str, Any]] | None = None,
                  anytime: Sequence[Offer] = (),
-                 wiseft: Mapping[str, Any] | None = None) -> list[Path]:
+                 wiseft: Mapping[str, Any] | None = None,
+                 task_labels: Mapping[str, Any] | None = None) -> list[Path]:
     """`diverged`: trials that ended with a non-finite loss (no ingredient), see
     `diverged_line`; listed under the summary. `anytime`: the sweep's anytime-soup offers
     (a curve and a table). `wiseft`: the WiSE-FT soup's recipe info (its curve in the
-    figure)."""
+    figure). `task_labels`: a two-class task's labels per split
+    (`task_metrics.two_class_labels`): GLUE's F1 and MCC get a table."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, shifts = summarize(table)
     figure = out_dir / "figure.png"
@@ -259,6 +261,15 @@ def write_report(table: pa.Table, out_dir: Path, title: str,
         "![test vs. shift accuracy](figure.png)",
         "## Every model\n\n" + markdown_table([(r.model, r) for r in rows], shifts),
         *anytime_part,
+        *([_glue_section(table, task_labels)] if task_labels else []),
     ]) + "\n"
     readme = write_atomic(out_dir / "README.md", text)
     return [*files, readme]
+
+
+def _glue_section(table: pa.Table, labels: Mapping[str, Any]) -> str:
+    from raysoup.evaluate.task_metrics import metric_table
+
+    return ("## F1 and Matthews correlation\n\nTwo classes: F1 of class 1 and Matthews "
+            "correlation, in %, as GLUE defines them (MRPC, CoLA).\n\n"
+            + metric_table(table, labels))

@@ -39,6 +39,11 @@ def split_sources(cfg: DataCfg, workdir: Path) -> dict[str, str]:
         root = Workdir(workdir).world
         # A remote workdir's mirror path is shown (and recorded) as its URI.
         out = {name: storage.display(root / name) for name in ("train", "test", *world.SHIFTS)}
+    elif cfg.text_world is not None:
+        from raysoup.data.text.sources import generate_text_world
+
+        out = {name: storage.display(Path(p))
+               for name, p in generate_text_world(cfg.text_world, workdir).items()}
     else:
         out = {"train": cfg.train.path, "test": cfg.test.path,
                **{name: src.path for name, src in cfg.shifts.items()}}

@@ -97,6 +97,10 @@ def _into_train_space(data: LabeledImages, train_names: list[str], source: Split
 def load_splits(cfg: DataCfg, workdir: Path, progress: bool = True) -> DatasetSplits:
     """Read (and for data.world first generate) all splits; held-out is carved from train."""
     classnames = resolve_classnames(cfg.classnames)
+    if cfg.is_text:  # sentences (data/text): no templates, the head is not built from text
+        from raysoup.data.text.sources import load_text_splits
+
+        return DatasetSplits(*load_text_splits(cfg, workdir, classnames), templates=[])
     if cfg.world is not None:
         paths = world.generate_world(cfg.world, Workdir(workdir).world, progress)
         full_train = read_parquet_split(paths["train"], classnames)

@@ -198,6 +198,17 @@ def describe(cfg: ExperimentCfg, workdir: Path, stages: tuple[str, ...],
     the node types of the cluster file (`cluster`, relative to the current directory; None to
     leave them out), warnings."""
     warnings: list[str] = []
+    if cfg.model.family == "hf_text":  # texts: sized from line counts and config.json
+        from raysoup.dryrun.text import describe_text
+
+        head = [f"raysoup dry run: {cfg.name}" + (f" ({source})" if source else ""),
+                "  no text was read; nothing was downloaded, trained or started",
+                "stages       prepare (data, initialisation, ingredient 0) -> "
+                + " -> ".join(stages), _workdir_line(workdir)]
+        lines, needs, warnings = describe_text(cfg, stages, source, head)
+        lines += cluster_lines(cfg, needs, cluster, warnings) + local_lines(cfg, warnings)
+        return "\n".join(lines + (["warnings"] + [f"  - {w}" for w in warnings]
+                                   if warnings else []))
     sizes = count_data(cfg, warnings)
     sizing, needs = sizing_lines(cfg, sizes)
     e, soup = cfg.eval, cfg.soup

@@ -39,8 +39,9 @@ def _describe(model_dir: Path, workdir: Path) -> dict:
     return extra
 
 
-def export_model(model_dir: Path, fmt: str, out: Path, overwrite: bool = False) -> Path:
-    """Export `model_dir` (WORKDIR/soups/<recipe> or WORKDIR/ingredients/<name>) as `fmt`.
+def export_model(model_dir: Path, fmt: str | None, out: Path, overwrite: bool = False) -> Path:
+    """Export `model_dir` (WORKDIR/soups/<recipe> or WORKDIR/ingredients/<name>) as `fmt`
+    (None: the family's first format: open_clip, or hf for text).
     An existing `out` raysoup did not write is refused, or with `overwrite` moved aside."""
     model_dir = Path(model_dir)
     workdir = Workdir.of_model(model_dir)
@@ -50,8 +51,14 @@ def export_model(model_dir: Path, fmt: str, out: Path, overwrite: bool = False) 
                           f"WORKDIR/soups/<recipe> or WORKDIR/ingredients/<name> next to "
                           f"WORKDIR/{CONFIG_SNAPSHOT})")
     formats = family_of(IngredientManifest.read(zeroshot).meta).export_formats
+    fmt = fmt or formats[0]
     if fmt not in formats:
         raise ExportError(f"--format {fmt!r}: use one of {', '.join(formats)}")
+    if family_of(IngredientManifest.read(zeroshot).meta).name == "hf_text":
+        from raysoup.export.hf_dir import export_text
+
+        return export_text(model_dir, zeroshot, fmt, out, _describe(model_dir, workdir.root),
+                           overwrite)
     info = model_info(zeroshot, **_describe(model_dir, workdir.root))
     if fmt == "safetensors":
         return export_safetensors(model_dir, info, out, overwrite)

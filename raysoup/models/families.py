@@ -1,11 +1,9 @@
 """Name → model family: the one place a family is listed (see `raysoup.models.family`).
 
-Today every experiment is open_clip image classification, and the config has no field naming
-the family, so `family_of` returns open_clip for every model section. The second family adds
-`model.family: Literal[...] = "open_clip"` to `ModelCfg` (and `"family"` to the zero-shot
-manifest, for workers that rebuild a model from it); `family_of` already reads both. That field
-is not added before then: it would change the config snapshot and the shipped base's recorded
-model config.
+`model.family` (default open_clip) names the family of an experiment; the zero-shot manifest
+records `"family"` when it is not the default, so workers rebuild a model from it alone. The
+field is left out of a config's dump at its default (config.OmitsNewDefaults), so an image
+config's snapshot and the shipped base's recorded model config keep their bytes.
 """
 
 from __future__ import annotations
@@ -13,12 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from raysoup.models.family import ModelFamily
+from raysoup.models.hf_text.family import HfTextFamily
 from raysoup.models.open_clip_family import OpenClipImageFamily
 
 DEFAULT_FAMILY = "open_clip"
 
 FAMILIES: Mapping[str, ModelFamily] = {f.name: f for f in (
     OpenClipImageFamily(),
+    HfTextFamily(),
 )}
 
 

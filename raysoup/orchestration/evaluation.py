@@ -105,7 +105,12 @@ def _build_shard(data: LabeledImages, image_size: int, out: str, skip_corrupt: b
 def build_eval_cache(named: dict[str, LabeledImages], workdir: Path, preprocess: dict,
                      shard_images: int, skip_corrupt: bool = False) -> dict[str, EvalSplit]:
     """Each split's eval cache (built once, by Ray tasks in parallel; reused when present),
-    as the EvalSplits the eval actors stream. Shards an interrupted build finished are kept."""
+    as the EvalSplits the eval actors stream. Shards an interrupted build finished are kept.
+    A text family's record (kind "tokens") builds token caches instead (evaluate/text_cache.py)."""
+    if preprocess.get("kind") == "tokens":
+        from raysoup.evaluate.text_cache import token_eval_splits
+
+        return token_eval_splits(named, workdir, preprocess, shard_images)
     todo, plans = _schedule_shards(named, workdir, preprocess, shard_images, skip_corrupt)
     if todo:
         _collect_shards(todo, plans)

@@ -15,6 +15,7 @@ from raysoup.checkpoints.audit import Audit
 from raysoup.config import ExperimentCfg
 from raysoup.data.lineage import split_records
 from raysoup.evaluate import results as res
+from raysoup.evaluate.task_metrics import two_class_labels
 from raysoup.orchestration import evaluate_stage, metrics, soup_stage
 from raysoup.orchestration.actors import EvalActors
 from raysoup.orchestration.cluster import connect
@@ -190,7 +191,8 @@ class Run:
             files = write_report(table, self.layout.report, self.cfg.name,
                                  inference_costs(self.layout.soups), self.diverged(),
                                  read_offers(self.workdir),
-                                 recipe_info(self.layout.soups, "wiseft"))
+                                 recipe_info(self.layout.soups, "wiseft"),
+                                 two_class_labels(self.data))
             storage.publish(self.layout.report)
             storage.pull(self.results_path, exact=True)  # MLflow uploads local files
             self.tracker.log_artifacts(self.parent, files, subdir="report")

@@ -214,7 +214,7 @@ def _train(config: dict[str, Any], ctx: TrialContext, session: TrialSession) -> 
     finetune(model, splits.train, hp, **family.input_args(meta["preprocess"]),
              threads=ctx.threads, resume=resume, on_epoch=on_epoch,
              loader=loader_for(cfg.data, res.cpu), shard=(session.rank, session.world),
-             family=family)
+             family=family, cache_root=str(workdir.eval_cache))
 
 
 def _heldout_accuracy(model, split, batch_size: int, family) -> float:

@@ -73,7 +73,7 @@ class _Loop:
     optimizer: torch.optim.Optimizer
     objective: TrainObjective
     batches: TrainInput
-    normalize: Normalize
+    normalize: Normalize | None  # None: inputs go to the model as they come (token ids)
     hp: TrainHParams
     device: torch.device
     crop: str
@@ -91,9 +91,11 @@ def finetune(
     train: LabeledImages,
     hp: TrainHParams,
     *,
-    image_size: int,
-    mean,
-    std,
+    image_size: int | None = None,
+    mean=None,
+    std=None,
+    tokens: dict | None = None,
+    cache_root: str | None = None,
     device: str | torch.device | None = None,
     threads: int | None = None,
     resume: dict | None = None,
@@ -114,12 +116,18 @@ def finetune(
     metrics are the whole batch's, on every rank.
 
     `family` (default open_clip) gives the forward pass and the loss; `image_size`, `mean`
-    and `std` are its preprocessing record's (`family.input_args(manifest["preprocess"])`).
+    and `std` are its preprocessing record's (`family.input_args(manifest["preprocess"])`);
+    a text family's record comes as `tokens`, and its token cache lives under `cache_root`
+    (train/text_batches.py).
     """
     device = _set_up_device(device, threads)
     loader = loader or LoaderCfg()
-    batches, steps_per_epoch = _training_input(train, hp, image_size, mean, loader, shard)
-    normalize = Normalize(mean, std, device)
+    if tokens is not None:
+        batches, steps_per_epoch = _text_input(train, hp, tokens, cache_root, loader, shard)
+        normalize, image_size = None, 8
+    else:
+        batches, steps_per_epoch = _training_input(train, hp, image_size, mean, loader, shard)
+        normalize = Normalize(mean, std, device)
     net, optimizer, start_epoch = _optimizer_and_resume(model, hp, device, shard[1], resume)
     objective = (family or get_family(DEFAULT_FAMILY)).train_objective(
         hp, len(train.classnames))
@@ -163,6 +171,19 @@ def _training_input(train: LabeledImages, hp: TrainHParams, image_size: int, mea
     # Every sample once per epoch: the last batch may be smaller (and odd: the objective
     # pairs an odd batch's middle sample with itself).
     batches = TrainInput(train, aug, loader, hp.seed, hp.batch_size, shard=shard)
+    return batches, batches.steps_per_epoch()
+
+
+def _text_input(train, hp: TrainHParams, record: dict, cache_root: str | None,
+                loader: LoaderCfg, shard: tuple[int, int]):
+    from raysoup.train.text_batches import TextTrainInput, train_tokens
+
+    if len(train) == 0:
+        raise TrainError("finetune: the training split is empty")
+    if cache_root is None:
+        raise TrainError("finetune: token batches need a cache_root (the workdir's cache)")
+    batches = TextTrainInput(train_tokens(train, record, cache_root), train.labels, hp.seed,
+                             hp.batch_size, loader.window, shard)
     return batches, batches.steps_per_epoch()
 
 
@@ -220,10 +241,11 @@ def _train_epoch(loop: _Loop, epoch: int, lr: float | None
             x, y = x.new_zeros((2, *x.shape[1:])), y.new_zeros(2)
             buffers = [b.clone() for b in loop.model.buffers()]
         x = x.to(device, non_blocking=True)
-        if loop.crop == "shift_flip":
-            gen = torch.Generator().manual_seed(step_seed(hp.seed, epoch, i) ^ 0x5F3759DF)
-            x = random_shift_flip(x, gen, loop.shift)
-        x = loop.normalize(x.float())
+        if loop.normalize is not None:  # images (token ids go in as they are)
+            if loop.crop == "shift_flip":
+                gen = torch.Generator().manual_seed(step_seed(hp.seed, epoch, i) ^ 0x5F3759DF)
+                x = random_shift_flip(x, gen, loop.shift)
+            x = loop.normalize(x.float())
         y = y.to(device)
         step = (epoch - 1) * loop.steps_per_epoch + i
         lr = lr_at(step, hp.lr, hp.warmup_steps, loop.total_steps)
