@@ -58,13 +58,15 @@ def test_probe_records_the_route_and_the_compiled_passes_that_ran(tmp_path):
                   str(tmp_path / f"m{i}" / "model.safetensors"))
         paths.append(str(tmp_path / f"m{i}"))
     plan = [["w", "b"]]
-    ties = run_probe("raysoup_ties", {"paths": paths, "plan": plan})
+    ties = run_probe("raysoup_ties", {"paths": paths, "plan": plan}, route="mapping")
     assert ties["routes"] == {"mapping": 2}  # both tensors through the files' mappings
-    assert ties["compiled"]["ties_mapped"]["ran"]
+    assert ties["compiled"]["ties_files"]["ran"]
     assert not ties["compiled"]["ties_slices"]["ran"]  # the Python route's merge did not run
     assert ties["compile_in_timer_s"] >= 0
+    # too small to measure the routes on: the positioned reads, which are never slow
     uniform = run_probe("raysoup_reduce", {"paths": paths, "plan": plan})
-    assert uniform["routes"] == {"mapping": 2} and uniform["compiled"]["uniform_mapped"]["ran"]
+    assert uniform["routes"] == {"pread": 2} and uniform["compiled"]["uniform_files"]["ran"]
+    assert uniform["io_calibration"] == {}
 
 
 @pytest.mark.slow

@@ -194,18 +194,20 @@ def test_running_sum_equals_uniform_reduce_bit_for_bit(ingredients, k):
     _same_bits(scale_(acc, 1 / k), reduce_shard(ingredients[:k], [1 / k] * k, names))
 
 
-@pytest.mark.parametrize("k", [6, 9])
-def test_compiled_uniform_sum_is_the_running_sum_bit_for_bit(tmp_path, monkeypatch, k):
-    """Local float32 files: the uniform soup is one compiled pass over the files' mappings
-    (ingredients four at a time, windows of each file mapped and released). Its bits must be
-    the running sum's (add_into, then scaled) — past a window, across slices, with groups of
-    four and single ingredients after them."""
+@pytest.mark.parametrize(("k", "route"), [(6, "mapping"), (9, "mapping"), (9, "read")])
+def test_compiled_uniform_sum_is_the_running_sum_bit_for_bit(tmp_path, monkeypatch, k, route):
+    """Local float32 files: the uniform soup is one compiled pass over the files (ingredients
+    four at a time; windows of each file mapped and released, or pieces read into reused rows).
+    Its bits must be the running sum's (add_into, then scaled) — past a window or piece, across
+    slices, with groups of four and single ingredients after them — on either I/O route."""
     from raysoup.reduce import mapped, shard_reduce
 
+    monkeypatch.setenv("RAYSOUP_IO_ROUTE", route)
     calls = []
-    real = shard_reduce.sum_mapped
-    monkeypatch.setattr(shard_reduce, "sum_mapped", lambda *a: calls.append(a[2]) or real(*a))
-    n = mapped.window(k) + 3 * mapped.SLICE + 17
+    real = shard_reduce.sum_files
+    monkeypatch.setattr(shard_reduce, "sum_files",
+                        lambda *a: calls.append((a[0], a[3])) or real(*a))
+    n = max(mapped.window(k), mapped.read_window(k)) + 3 * mapped.SLICE + 17
     paths = []
     for i in range(k):
         g = torch.Generator().manual_seed(100 + i)
@@ -215,7 +217,8 @@ def test_compiled_uniform_sum_is_the_running_sum_bit_for_bit(tmp_path, monkeypat
                                      "scalar": torch.randn((), generator=g)}, {"kind": "x"})
     names = ["big", "mat", "scalar"]
     soup = reduce_shard(paths, [1 / k] * k, names)
-    assert sorted(calls) == [1, 35, n]  # every tensor took the compiled pass
+    want = mapped.MAPPING if route == "mapping" else mapped.READ
+    assert sorted(calls) == [(want, 1), (want, 35), (want, n)]  # every tensor, on the route
     acc = None
     for path in paths:
         acc = add_into(acc, path, names)
