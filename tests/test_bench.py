@@ -93,10 +93,17 @@ def test_quick_bench_writes_every_figure(tmp_path):
     # what ran, so a figure from another machine can be explained
     m = result["machine"]
     assert m["cpu_model"] and m["cpu_flags"] and m["kernel"] and "transparent_hugepages" in m
+    b1 = result["details"]["B1"]
     for who in ("raysoup", "ties"):
-        ran = result["details"]["B1"]["ran"][who]
-        assert ran["routes"].get("mapping", 0) > 0 and ran["compile_in_timer_s"] >= 0
-    assert result["details"]["B1"]["ran"]["ties"]["compiled"]["ties_mapped"]["ran"]
+        ran = b1["ran"][who]
+        assert sum(ran["routes"].values()) > 0 and ran["compile_in_timer_s"] >= 0
+    assert b1["ran"]["ties"]["compiled"]["ties_files"]["ran"]
+    # each I/O route forced, in the usual page cache and in 4 KiB pages (the slow condition)
+    for where in (b1, b1["small_pages"]):
+        n = sum(b1["ran"]["ties"]["routes"].values())  # the floating tensors
+        assert where["by_route"]["mapping"]["routes"]["ties"] == {"mapping": n}
+        assert where["by_route"]["read"]["routes"]["raysoup"] == {"pread": n}
+    assert "B1 routes:" in proc.stdout and "B1 in 4 KiB pages:" in proc.stdout
     assert "B1 ran:" in proc.stdout and "machine:" in proc.stdout
     assert "B1.floor_ratio" in proc.stdout  # the figures are printed too
 
