@@ -225,6 +225,53 @@ def test_compiled_uniform_sum_is_the_running_sum_bit_for_bit(tmp_path, monkeypat
     _same_bits(scale_(acc, 1 / k), soup)
 
 
+def test_every_io_route_gives_the_same_soups(tmp_path, monkeypatch):
+    """The compiled passes read the files through their mappings or with positioned reads into
+    reused rows, and reads through Python view the mapping or copy it, whichever
+    `raysoup.reduce.route` measured cheaper (or RAYSOUP_IO_ROUTE forces): the uniform soup, a
+    weighted soup, TIES and task arithmetic of real safetensors files are the same bits on
+    every route — tensors past a mapping window and a read piece, small ones, integers."""
+    from raysoup.reduce import mapped, merge_shard, route
+    from raysoup.soup.task_arithmetic import SumOfTaskVectors
+    from raysoup.soup.ties import TiesMerge
+
+    n = max(mapped.window(4), mapped.read_window(4)) + mapped.SLICE + 5
+    g = torch.Generator().manual_seed(3)
+    base = {"big": torch.randn(n, generator=g), "mat": torch.randn(30, 7, generator=g),
+            "steps": torch.tensor([4])}
+    paths = []
+    for i in range(4):  # the base, then three fine-tuned
+        state = {k: v + 0.01 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+                 for k, v in base.items()}
+        paths.append(tmp_path / f"m{i}")
+        write_ingredient(paths[-1], state if i else base, {"kind": "x"})
+    names = list(base)
+
+    def soups() -> dict:
+        return {"uniform": reduce_shard(paths, [0.25] * 4, names),
+                "weighted": reduce_shard(paths, [0.1, 0.2, 0.3, 0.4], names),
+                "ties": merge_shard(paths[1:], paths[0], names, TiesMerge(0.2), 0.6),
+                "task_arithmetic": merge_shard(paths[1:], paths[0], names, SumOfTaskVectors(),
+                                               0.3)}
+
+    routes = {}
+    for forced in ("mapping", "read"):
+        monkeypatch.setenv(route.ENV, forced)
+        routes[forced] = soups()
+    monkeypatch.setenv(route.ENV, "auto")  # measured here, on the big tensor's first file
+    monkeypatch.setattr(route, "PROBE_BYTES", 4 * mapped.SLICE)
+    monkeypatch.setattr(route, "_CHOSEN", {})
+    routes["auto"] = soups()
+    (measured,) = route.calibrations().values()
+    assert measured.route in ("mapping", "read") and measured.read_ns_per_mib > 0
+    for kind, soup in routes["mapping"].items():
+        for other in ("read", "auto"):
+            _same_bits(soup, routes[other][kind])
+    monkeypatch.setenv(route.ENV, "mmap")
+    with pytest.raises(ValueError, match="RAYSOUP_IO_ROUTE='mmap': expected auto, mapping or read"):
+        reduce_shard(paths, [0.25] * 4, names)
+
+
 def test_per_tensor_weights_reduce_each_tensor_as_its_own_whole_model_call(ingredients):
     names = list(_names_and_bytes(ingredients[0]))
     own = {"head.weight": [0.5, 0.3, 0.2], "visual.proj": [1 / K] * K,

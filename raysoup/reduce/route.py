@@ -12,8 +12,10 @@ CPU time of this thread, so other processes do not skew it), and the cheaper rou
 that file system for the rest of the process — a few ms once per worker. Smaller tensors before
 then take READ, which is never much slower than the raw read of the same bytes.
 
-`RAYSOUP_IO_ROUTE` = `mapping` or `read` forces a route (the benchmark measures each);
-`auto` (or unset) measures. Both routes give the same bits.
+Reads through Python of local files (weighted soups, task-vector merges without a compiled
+pass) follow the measured route too (`maps_views`: a view of the mapping, or a copy into a
+reused buffer). `RAYSOUP_IO_ROUTE` = `mapping` or `read` forces a route (the benchmark measures
+each); `auto` (or unset) measures. Every route gives the same bits.
 """
 
 from __future__ import annotations
@@ -66,17 +68,35 @@ def io_route(files: np.ndarray, mappings: np.ndarray, n: int) -> int:
     """The route for a compiled pass over one float32 tensor of n entries in each file
     (`raysoup.reduce.mapped.addresses`): forced by RAYSOUP_IO_ROUTE, else this file system's
     measured one (measured now on file 0 where the tensor is large enough), else READ."""
-    want = os.environ.get(ENV, "auto").strip().lower() or "auto"
-    if want in NAMES:
-        return NAMES[want]
-    if want != "auto":
-        raise ValueError(f"{ENV}={want!r}: expected auto, mapping or read")
+    want = _forced()
+    if want is not None:
+        return want
     device = os.fstat(int(mappings[0, 2])).st_dev
     known = _CHOSEN.get(device)
     if known is None and 4 * n >= PROBE_BYTES:
         known = _CHOSEN[device] = calibrate(int(files[0]), mappings[0], PROBE_BYTES // 4,
                                             files.size)
     return NAMES[known.route] if known is not None else READ
+
+
+def maps_views(fd: int) -> bool:
+    """Whether a read through Python of a local file (the file descriptor `fd`) should view its
+    mapping rather than copy it (`raysoup.checkpoints.tensorfile.Scratch`): forced by
+    RAYSOUP_IO_ROUTE, else as measured for its file system, else a copy."""
+    want = _forced()
+    if want is not None:
+        return want == MAPPING
+    known = _CHOSEN.get(os.fstat(fd).st_dev)
+    return known is not None and known.route == "mapping"
+
+
+def _forced() -> int | None:
+    want = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if want in NAMES:
+        return NAMES[want]
+    if want != "auto":
+        raise ValueError(f"{ENV}={want!r}: expected auto, mapping or read")
+    return None
 
 
 def calibrate(address: int, mapping: np.ndarray, m: int, count: int) -> Calibration:

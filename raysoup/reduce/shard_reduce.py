@@ -44,7 +44,7 @@ from raysoup.checkpoints.tensorfile import (
     open_tensors,
 )
 from raysoup.reduce.mapped import addresses, note_route, rows, step, sum_files
-from raysoup.reduce.route import io_route
+from raysoup.reduce.route import io_route, maps_views
 
 
 class ReductionError(TensorFileError):
@@ -80,7 +80,7 @@ def reduce_shard(
         handles = [stack.enter_context(open_tensors(f)) for f in files]
         # Ingredients after the first are read through one Scratch (a mapped view, or a reused
         # buffer for remote files): a fresh allocation per read costs a page fault per 4 KiB.
-        scratch = Scratch()
+        scratch = Scratch(maps=maps_views(handles[0].fd) if handles[0].fd >= 0 else True)
         for name in names:
             out[name] = _reduce_tensor(handles, files, name, per_tensor.get(name, weights),
                                        integers_from, scratch)
