@@ -160,7 +160,8 @@ def report(result: dict) -> str:
     if "B1" in d:
         b = d["B1"]
         lines.append(f"  B1: {b['ingredients']} x {b['model']} ({b['model_bytes'] / 2**20:.0f} MiB):"
-                     f" floor {b['floor_s']:.2f}s, raysoup {b['raysoup_s']:.2f}s,"
+                     f" floor {b['floor_s']:.2f}s (with one model's output in fresh memory"
+                     f" {b['floor_with_output_s']:.2f}s), raysoup {b['raysoup_s']:.2f}s,"
                      f" seed-style {b['seed_s']:.2f}s, TIES {b['ties_s']:.2f}s (+"
                      f"{b['ties_numba_init_s']:.2f}s numba start-up, excluded); by shards (pure) "
                      + ", ".join(f"{k}: {v['seconds']:.2f}s" for k, v in b["pure_by_shards"].items())

@@ -90,6 +90,7 @@ def test_quick_bench_writes_every_figure(tmp_path):
             assert result[f"B6.rounds.M{m}"] == b6["synthetic_n72"]["rounds"][str(m)]
             assert b6[label]["rounds"][str(m)] <= math.ceil((n - 1) / m) + acc
     assert set(result["details"]["B1"]["pure_by_shards"]) == {"1", "2", "4"}
+    assert result["details"]["B1"]["floor_with_output_s"] > 0
     # what ran, so a figure from another machine can be explained
     m = result["machine"]
     assert m["cpu_model"] and m["cpu_flags"] and m["kernel"] and "transparent_hugepages" in m
