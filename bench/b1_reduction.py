@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -58,13 +59,33 @@ def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repe
         st_files = [p / WEIGHTS_FILE for p in paths]
         pt_files = [p / "model.pt" for p in paths]
 
-        def probe(contender: str, files: list[Path], args: dict) -> dict:
+        def probe(contender: str, files: list[Path], args: dict, route: str = "auto") -> dict:
             def once() -> dict:
                 warm(files)  # the files this contender reads, right before it runs
-                return run_probe(contender, args)
+                return run_probe(contender, args, route=route)
             return best_of(repeats, once)
 
+        def by_route(floor_s: float) -> dict:
+            # uniform (1 shard) and TIES with each I/O route forced, beside the chosen one
+            uniform_args = {"paths": [str(p) for p in paths], "device": device,
+                            "plan": plan_shards(nbytes, min(shard_counts))}
+            ties_args = {"paths": [str(p) for p in paths],
+                         "plan": plan_shards(nbytes, min(shard_counts))}
+            out = {}
+            for route in ROUTES:
+                u = probe("raysoup_reduce", st_files, uniform_args, route)
+                t = probe("raysoup_ties", st_files, ties_args, route)
+                out[route] = {"raysoup_s": u["seconds"], "ties_s": t["seconds"],
+                              "floor_ratio": ratio(u["seconds"], floor_s),
+                              "ties_floor_ratio": ratio(t["seconds"], floor_s),
+                              "routes": {"raysoup": u["routes"], "ties": t["routes"]}}
+            return out
+
         floor = probe("raw_read", st_files, {"files": [str(f) for f in st_files]})
+        shapes = [t["shape"] for t in manifest["tensors"].values()
+                  if t["dtype"] in ("F32", "float32")]
+        floor_out = probe("raw_read", st_files, {"files": [str(f) for f in st_files],
+                                                 "out_shapes": shapes})
         seed = probe("seed_uniform", pt_files,
                      {"pt_files": [str(f) for f in pt_files], "device": device})
         ours = {}
@@ -83,6 +104,9 @@ def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repe
             "(raysoup.reduce is CPU-only)",
             "floor_s": floor["seconds"], "seed_s": seed["seconds"], "raysoup_s": base["seconds"],
             "floor_ratio": ratio(base["seconds"], floor["seconds"]),
+            # the floor plus one model's output written to fresh memory (see contenders.py)
+            "floor_with_output_s": floor_out["seconds"],
+            "output_floor_ratio": ratio(base["seconds"], floor_out["seconds"]),
             "seed_speedup": ratio(seed["seconds"], base["seconds"]),
             "rss_ratio": ratio(base["peak_rss_delta"], model_bytes),
             "seed_rss_ratio": ratio(seed["peak_rss_delta"], model_bytes),
@@ -98,15 +122,68 @@ def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repe
             "pure_by_shards": {str(k): {"seconds": r["seconds"], "runs": r["runs"],
                                         "rss_ratio": ratio(r["peak_rss_delta"], model_bytes)}
                                for k, r in ours.items()},
+            # the route `auto` chose (and what each cost where it measured them), then each
+            # route forced
+            "io_calibration": {"raysoup": base["io_calibration"], "ties": ties["io_calibration"]},
+            "by_route": by_route(floor["seconds"]) if device == "cpu" else {},
         }
         if with_ray and device == "cpu":
             out["ray_write_soup_s"] = _ray_path(root, paths, shard_counts, repeats, st_files)
+        if device == "cpu":
+            # The slow condition: the same files in the page cache as 4 KiB pages
+            huge_before = _file_huge_pages()
+            cache_in_small_pages(st_files)
+            small = probe("raw_read", st_files, {"files": [str(f) for f in st_files]})
+            u = probe("raysoup_reduce", st_files, {"paths": [str(p) for p in paths],
+                      "plan": plan_shards(nbytes, min(shard_counts)), "device": device})
+            t = probe("raysoup_ties", st_files, {"paths": [str(p) for p in paths],
+                      "plan": plan_shards(nbytes, min(shard_counts))})
+            out["small_pages"] = {
+                "floor_s": small["seconds"], "raysoup_s": u["seconds"], "ties_s": t["seconds"],
+                "floor_ratio": ratio(u["seconds"], small["seconds"]),
+                "ties_floor_ratio": ratio(t["seconds"], small["seconds"]),
+                "io_calibration": {"raysoup": u["io_calibration"], "ties": t["io_calibration"]},
+                "routes": {"raysoup": u["routes"], "ties": t["routes"]},
+                # FileHugePages (/proc/meminfo) before and after: the files left 2 MiB folios
+                "file_huge_pages_kib": [huge_before, _file_huge_pages()],
+                "by_route": by_route(small["seconds"])}
+            out["small_pages_floor_ratio"] = out["small_pages"]["floor_ratio"]
+            out["small_pages_ties_floor_ratio"] = out["small_pages"]["ties_floor_ratio"]
         log.info("B1: floor %.2fs  raysoup %.2fs  seed %.2fs  peak Δ: raysoup %s seed %s "
                  "(model %s)", floor["seconds"], base["seconds"], seed["seconds"],
                  gib(base["peak_rss_delta"]), gib(seed["peak_rss_delta"]), gib(model_bytes))
         return out
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+ROUTES = ("mapping", "read")
+
+
+def cache_in_small_pages(files: list[Path]) -> None:
+    """Put the files (this benchmark's own) back in the page cache a 4 KiB page at a time: each
+    is flushed and dropped from the cache (`POSIX_FADV_DONTNEED`, this file only) and read again
+    with readahead off (`POSIX_FADV_RANDOM`), which caches single pages instead of large
+    folios — the page cache of kernels and file systems without large folios, where mapping a
+    file costs a page-table entry per 4 KiB. The global page cache is left alone."""
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages are not dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            buf, offset = bytearray(4 << 20), 0
+            while n := os.preadv(fd, [buf], offset):
+                offset += n
+        finally:
+            os.close(fd)
+
+
+def _file_huge_pages() -> int | None:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("FileHugePages:"):
+            return int(line.split()[1])
+    return None
 
 
 def _ray_path(root: Path, paths: list[Path], shard_counts, repeats: int, files) -> dict:

@@ -1,6 +1,7 @@
 """B1 contenders, each run alone in a fresh interpreter by `probe.py`.
 
-- `raw_read`: the floor — read every byte of the safetensors files, no arithmetic.
+- `raw_read`: the floor — read every byte of the safetensors files, no arithmetic (and, for
+  `floor_with_output`, one model's tensors written to fresh memory).
 - `raysoup_reduce`: the real pure reduction (`raysoup.reduce.reduce_shard`) over a shard plan,
   shards one after another in this process; optionally writes each shard (`write_shard`).
 - `raysoup_ties`: TIES (an element-wise merge, two passes per tensor) through the same shard
@@ -18,7 +19,10 @@ import torch
 _CHUNK = 1 << 22
 
 
-def raw_read(files: list[str]) -> dict:
+def raw_read(files: list[str], out_shapes: list[list[int]] | None = None) -> dict:
+    """The floor; with `out_shapes`, also one model's float32 tensors in fresh memory, written
+    once (what any reduction that hands its soup back in memory pays on top of its reads: a
+    page fault per 4 KiB and a write pass)."""
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
     total = 0
@@ -26,7 +30,8 @@ def raw_read(files: list[str]) -> dict:
         with open(f, "rb", buffering=0) as fh:
             while n := fh.readinto(view):
                 total += n
-    return {"bytes": total}
+    kept = [torch.empty(shape, dtype=torch.float32).fill_(0.0) for shape in out_shapes or ()]
+    return {"bytes": total, "out_tensors": len(kept)}
 
 
 def raysoup_reduce(paths: list[str], plan: list[list[str]], out_dir: str | None = None,

@@ -24,6 +24,7 @@ import raysoup.reduce
 import raysoup.soup.ties  # noqa: F401
 from bench import contenders
 from bench.common import child_command, child_env
+from raysoup.reduce.route import ENV
 
 
 def _status_kib(field: str) -> int:
@@ -55,7 +56,7 @@ def compiled_paths() -> dict:
 
     # The entry points called from Python (what they call is compiled into them): the mapped
     # passes, and the Python route's slice merge, trim select and apply.
-    passes = {"uniform_mapped": mapped.sum_mapped, "ties_mapped": ties_kernel._soup_mapped,
+    passes = {"uniform_files": mapped.sum_files, "ties_files": ties_kernel._soup_files,
               "ties_slices": ties_kernel._merge_slice, "ties_trims": ties_kernel._top_k,
               "axpy": merge._axpy}
     return {name: {"ran": bool(d.signatures),
@@ -85,6 +86,7 @@ def main(spec: dict) -> dict:
     from numba.core import event
 
     from raysoup.reduce.mapped import routes
+    from raysoup.reduce.route import calibrations
 
     with event.install_recorder("numba:compile") as compiles:
         start = time.perf_counter()
@@ -94,14 +96,18 @@ def main(spec: dict) -> dict:
             "peak_rss": _status_kib("VmHWM") * 1024, "numba_init_s": numba_init,
             # what ran: the I/O route per tensor, the compiled passes, compile time timed
             "routes": routes(), "compiled": compiled_paths(),
+            # auto: what each route cost where it was measured, and the one chosen
+            "io_calibration": {str(dev): c._asdict() for dev, c in calibrations().items()},
             "compile_in_timer_s": _compile_seconds(compiles), **extra}
 
 
-def run_probe(contender: str, args: dict, threads: int = 1, timeout: float = 1800) -> dict:
-    """Run `contender` in a fresh interpreter; returns its JSON result."""
+def run_probe(contender: str, args: dict, threads: int = 1, timeout: float = 1800,
+              route: str = "auto") -> dict:
+    """Run `contender` in a fresh interpreter, its compiled passes on I/O `route` (auto: the
+    one `raysoup.reduce.route` measures cheaper there); returns its JSON result."""
     spec = json.dumps({"contender": contender, "args": args, "threads": threads})
     proc = subprocess.run(child_command("bench.probe", spec), check=False, capture_output=True,
-                          text=True, timeout=timeout, env=child_env())
+                          text=True, timeout=timeout, env=child_env({ENV: route}))
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"probe {contender} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -30,7 +30,7 @@ CUDA_B3 = {"model_name": "ViT-B-32", "classes": 1000, "n_models": 4, "n_images":
 
 HEADLINES = {
     "B1": ("floor_ratio", "seed_speedup", "rss_ratio", "seed_rss_ratio", "ties_floor_ratio",
-           "ties_rss_ratio"),
+           "ties_rss_ratio", "small_pages_floor_ratio", "small_pages_ties_floor_ratio"),
     "B2": ("seed_speedup", "same_selection"),
     "B3": ("pool_vs_bare",),
     "B4": ("overhead_ratio",),
@@ -160,7 +160,8 @@ def report(result: dict) -> str:
     if "B1" in d:
         b = d["B1"]
         lines.append(f"  B1: {b['ingredients']} x {b['model']} ({b['model_bytes'] / 2**20:.0f} MiB):"
-                     f" floor {b['floor_s']:.2f}s, raysoup {b['raysoup_s']:.2f}s,"
+                     f" floor {b['floor_s']:.2f}s (with one model's output in fresh memory"
+                     f" {b['floor_with_output_s']:.2f}s), raysoup {b['raysoup_s']:.2f}s,"
                      f" seed-style {b['seed_s']:.2f}s, TIES {b['ties_s']:.2f}s (+"
                      f"{b['ties_numba_init_s']:.2f}s numba start-up, excluded); by shards (pure) "
                      + ", ".join(f"{k}: {v['seconds']:.2f}s" for k, v in b["pure_by_shards"].items())
@@ -172,6 +173,11 @@ def report(result: dict) -> str:
             f"{[k for k, v in ran['compiled'].items() if v['ran']]}, compiled in the timer "
             f"{[k for k, v in ran['compiled'].items() if v['compiled_in_timer']]} "
             f"({ran['compile_in_timer_s']:.2f}s)" for who, ran in b["ran"].items()))
+        lines.append("  B1 routes: " + _routes_line(b))
+        if "small_pages" in b:
+            sp = b["small_pages"]
+            lines.append(f"  B1 in 4 KiB pages: floor {sp['floor_s']:.2f}s, raysoup "
+                         f"{sp['raysoup_s']:.2f}s, TIES {sp['ties_s']:.2f}s; " + _routes_line(sp))
     if "B2" in d:
         b = d["B2"]
         lines.append(f"  B2: {b['ingredients']} ingredients, {b['heldout_images']} held-out images:"
@@ -205,6 +211,16 @@ def report(result: dict) -> str:
     if "B6" in d:
         lines.append(f"  B6 (simulated): {json.dumps({k: v for k, v in d['B6'].items() if k != 'note'})}")
     return "\n".join(lines)
+
+
+def _routes_line(b: dict) -> str:
+    """Each route's seconds (uniform / TIES) and the route `auto` chose with its measurement."""
+    chosen = "; ".join(f"{who} chose {c['route']} (mapping {c['mapping_ns_per_mib'] / 1e3:.0f}"
+                       f" vs read {c['read_ns_per_mib'] / 1e3:.0f} µs/MiB)"
+                       for who, cal in b["io_calibration"].items() for c in cal.values())
+    forced = ", ".join(f"{route}: {r['raysoup_s']:.2f}s / {r['ties_s']:.2f}s"
+                       for route, r in b["by_route"].items())
+    return f"uniform / TIES by route {forced}; {chosen or 'no tensor large enough to measure'}"
 
 
 def main(json_path: Path | None, quick: bool, only: list[str] | None, workdir: Path | None,

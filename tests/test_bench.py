@@ -58,13 +58,15 @@ def test_probe_records_the_route_and_the_compiled_passes_that_ran(tmp_path):
                   str(tmp_path / f"m{i}" / "model.safetensors"))
         paths.append(str(tmp_path / f"m{i}"))
     plan = [["w", "b"]]
-    ties = run_probe("raysoup_ties", {"paths": paths, "plan": plan})
+    ties = run_probe("raysoup_ties", {"paths": paths, "plan": plan}, route="mapping")
     assert ties["routes"] == {"mapping": 2}  # both tensors through the files' mappings
-    assert ties["compiled"]["ties_mapped"]["ran"]
+    assert ties["compiled"]["ties_files"]["ran"]
     assert not ties["compiled"]["ties_slices"]["ran"]  # the Python route's merge did not run
     assert ties["compile_in_timer_s"] >= 0
+    # too small to measure the routes on: the positioned reads, which are never slow
     uniform = run_probe("raysoup_reduce", {"paths": paths, "plan": plan})
-    assert uniform["routes"] == {"mapping": 2} and uniform["compiled"]["uniform_mapped"]["ran"]
+    assert uniform["routes"] == {"pread": 2} and uniform["compiled"]["uniform_files"]["ran"]
+    assert uniform["io_calibration"] == {}
 
 
 @pytest.mark.slow
@@ -88,13 +90,21 @@ def test_quick_bench_writes_every_figure(tmp_path):
             assert result[f"B6.rounds.M{m}"] == b6["synthetic_n72"]["rounds"][str(m)]
             assert b6[label]["rounds"][str(m)] <= math.ceil((n - 1) / m) + acc
     assert set(result["details"]["B1"]["pure_by_shards"]) == {"1", "2", "4"}
+    assert result["details"]["B1"]["floor_with_output_s"] > 0
     # what ran, so a figure from another machine can be explained
     m = result["machine"]
     assert m["cpu_model"] and m["cpu_flags"] and m["kernel"] and "transparent_hugepages" in m
+    b1 = result["details"]["B1"]
     for who in ("raysoup", "ties"):
-        ran = result["details"]["B1"]["ran"][who]
-        assert ran["routes"].get("mapping", 0) > 0 and ran["compile_in_timer_s"] >= 0
-    assert result["details"]["B1"]["ran"]["ties"]["compiled"]["ties_mapped"]["ran"]
+        ran = b1["ran"][who]
+        assert sum(ran["routes"].values()) > 0 and ran["compile_in_timer_s"] >= 0
+    assert b1["ran"]["ties"]["compiled"]["ties_files"]["ran"]
+    # each I/O route forced, in the usual page cache and in 4 KiB pages (the slow condition)
+    for where in (b1, b1["small_pages"]):
+        n = sum(b1["ran"]["ties"]["routes"].values())  # the floating tensors
+        assert where["by_route"]["mapping"]["routes"]["ties"] == {"mapping": n}
+        assert where["by_route"]["read"]["routes"]["raysoup"] == {"pread": n}
+    assert "B1 routes:" in proc.stdout and "B1 in 4 KiB pages:" in proc.stdout
     assert "B1 ran:" in proc.stdout and "machine:" in proc.stdout
     assert "B1.floor_ratio" in proc.stdout  # the figures are printed too
 

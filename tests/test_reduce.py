@@ -194,18 +194,20 @@ def test_running_sum_equals_uniform_reduce_bit_for_bit(ingredients, k):
     _same_bits(scale_(acc, 1 / k), reduce_shard(ingredients[:k], [1 / k] * k, names))
 
 
-@pytest.mark.parametrize("k", [6, 9])
-def test_compiled_uniform_sum_is_the_running_sum_bit_for_bit(tmp_path, monkeypatch, k):
-    """Local float32 files: the uniform soup is one compiled pass over the files' mappings
-    (ingredients four at a time, windows of each file mapped and released). Its bits must be
-    the running sum's (add_into, then scaled) — past a window, across slices, with groups of
-    four and single ingredients after them."""
+@pytest.mark.parametrize(("k", "route"), [(6, "mapping"), (9, "mapping"), (9, "read")])
+def test_compiled_uniform_sum_is_the_running_sum_bit_for_bit(tmp_path, monkeypatch, k, route):
+    """Local float32 files: the uniform soup is one compiled pass over the files (ingredients
+    four at a time; windows of each file mapped and released, or pieces read into reused rows).
+    Its bits must be the running sum's (add_into, then scaled) — past a window or piece, across
+    slices, with groups of four and single ingredients after them — on either I/O route."""
     from raysoup.reduce import mapped, shard_reduce
 
+    monkeypatch.setenv("RAYSOUP_IO_ROUTE", route)
     calls = []
-    real = shard_reduce.sum_mapped
-    monkeypatch.setattr(shard_reduce, "sum_mapped", lambda *a: calls.append(a[2]) or real(*a))
-    n = mapped.window(k) + 3 * mapped.SLICE + 17
+    real = shard_reduce.sum_files
+    monkeypatch.setattr(shard_reduce, "sum_files",
+                        lambda *a: calls.append((a[0], a[3])) or real(*a))
+    n = max(mapped.window(k), mapped.read_window(k)) + 3 * mapped.SLICE + 17
     paths = []
     for i in range(k):
         g = torch.Generator().manual_seed(100 + i)
@@ -215,11 +217,59 @@ def test_compiled_uniform_sum_is_the_running_sum_bit_for_bit(tmp_path, monkeypat
                                      "scalar": torch.randn((), generator=g)}, {"kind": "x"})
     names = ["big", "mat", "scalar"]
     soup = reduce_shard(paths, [1 / k] * k, names)
-    assert sorted(calls) == [1, 35, n]  # every tensor took the compiled pass
+    want = mapped.MAPPING if route == "mapping" else mapped.READ
+    assert sorted(calls) == [(want, 1), (want, 35), (want, n)]  # every tensor, on the route
     acc = None
     for path in paths:
         acc = add_into(acc, path, names)
     _same_bits(scale_(acc, 1 / k), soup)
+
+
+def test_every_io_route_gives_the_same_soups(tmp_path, monkeypatch):
+    """The compiled passes read the files through their mappings or with positioned reads into
+    reused rows, and reads through Python view the mapping or copy it, whichever
+    `raysoup.reduce.route` measured cheaper (or RAYSOUP_IO_ROUTE forces): the uniform soup, a
+    weighted soup, TIES and task arithmetic of real safetensors files are the same bits on
+    every route — tensors past a mapping window and a read piece, small ones, integers."""
+    from raysoup.reduce import mapped, merge_shard, route
+    from raysoup.soup.task_arithmetic import SumOfTaskVectors
+    from raysoup.soup.ties import TiesMerge
+
+    n = max(mapped.window(4), mapped.read_window(4)) + mapped.SLICE + 5
+    g = torch.Generator().manual_seed(3)
+    base = {"big": torch.randn(n, generator=g), "mat": torch.randn(30, 7, generator=g),
+            "steps": torch.tensor([4])}
+    paths = []
+    for i in range(4):  # the base, then three fine-tuned
+        state = {k: v + 0.01 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+                 for k, v in base.items()}
+        paths.append(tmp_path / f"m{i}")
+        write_ingredient(paths[-1], state if i else base, {"kind": "x"})
+    names = list(base)
+
+    def soups() -> dict:
+        return {"uniform": reduce_shard(paths, [0.25] * 4, names),
+                "weighted": reduce_shard(paths, [0.1, 0.2, 0.3, 0.4], names),
+                "ties": merge_shard(paths[1:], paths[0], names, TiesMerge(0.2), 0.6),
+                "task_arithmetic": merge_shard(paths[1:], paths[0], names, SumOfTaskVectors(),
+                                               0.3)}
+
+    routes = {}
+    for forced in ("mapping", "read"):
+        monkeypatch.setenv(route.ENV, forced)
+        routes[forced] = soups()
+    monkeypatch.setenv(route.ENV, "auto")  # measured here, on the big tensor's first file
+    monkeypatch.setattr(route, "PROBE_BYTES", 4 * mapped.SLICE)
+    monkeypatch.setattr(route, "_CHOSEN", {})
+    routes["auto"] = soups()
+    (measured,) = route.calibrations().values()
+    assert measured.route in ("mapping", "read") and measured.read_ns_per_mib > 0
+    for kind, soup in routes["mapping"].items():
+        for other in ("read", "auto"):
+            _same_bits(soup, routes[other][kind])
+    monkeypatch.setenv(route.ENV, "mmap")
+    with pytest.raises(ValueError, match="RAYSOUP_IO_ROUTE='mmap': expected auto, mapping or read"):
+        reduce_shard(paths, [0.25] * 4, names)
 
 
 def test_per_tensor_weights_reduce_each_tensor_as_its_own_whole_model_call(ingredients):

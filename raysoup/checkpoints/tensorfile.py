@@ -158,12 +158,12 @@ class _TensorFile:
 
     def get_tensor(self, name: str, scratch: Scratch | None = None) -> torch.Tensor:
         """The tensor in fresh memory; with `scratch`, a read-only tensor valid until the next
-        read through `scratch`: for a local file a view of its mapping (no copy), for a
-        remote one the scratch buffer."""
+        read through `scratch`: for a local file a view of its mapping (no copy; unless
+        `scratch.maps` is False), for a remote one (or then) the scratch buffer."""
         begin, end, dtype, shape = self.entries[name]
         offset = self.base + begin
-        if scratch is not None and self.remote is None and offset % dtype.itemsize == 0 \
-                and end > begin:
+        if scratch is not None and scratch.maps and self.remote is None \
+                and offset % dtype.itemsize == 0 and end > begin:
             self._check_unchanged(self.base + end)
             if self.mm is None:
                 self.mm = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
@@ -269,7 +269,10 @@ class Scratch:
     process (MADV_DONTNEED), so a stream over N ingredients still holds about one tensor,
     not N files (touched mapped pages count in RSS)."""
 
-    def __init__(self):
+    def __init__(self, maps: bool = True):
+        # maps=False: local files are read into the buffer too (where mapping the page cache
+        # costs more than copying it: raysoup.reduce.route)
+        self.maps = maps
         self.buf = torch.empty(0, dtype=torch.uint8)
         self._held: tuple[mmap.mmap, int, int] | None = None
 

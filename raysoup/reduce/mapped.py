@@ -20,6 +20,7 @@ uniform soup's pass (used by `shard_reduce.reduce_shard`); TIES' is in `ties_ker
 from __future__ import annotations
 
 import mmap
+import threading
 from collections import Counter
 
 import numba
@@ -158,10 +159,16 @@ _ROUTES: Counter[str] = Counter()
 
 
 def routes() -> dict[str, int]:
-    """Tensors this process handed to compiled passes through their files' mappings
-    ("mapping") and those it left to reads into memory ("read": pread on local files, ranged
-    requests on remote ones), since it started."""
+    """Tensors this process handed to compiled passes, by the I/O route they took ("mapping":
+    read in place through the files' mappings; "pread": positioned reads into reused rows — see
+    `raysoup.reduce.route`), and those it left to reads through Python ("read": pread on local
+    files, ranged requests on remote ones), since it started."""
     return dict(_ROUTES)
+
+
+def note_route(route: int) -> None:
+    """Count one tensor handed to a compiled pass on `route` (see `routes`)."""
+    _ROUTES["mapping" if route == MAPPING else "pread"] += 1
 
 
 def addresses(handles, name: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -172,30 +179,98 @@ def addresses(handles, name: str) -> tuple[np.ndarray, np.ndarray] | None:
     if any(at is None for at in found):
         _ROUTES["read"] += 1
         return None
-    _ROUTES["mapping"] += 1
     at = np.array([(*where, h.fd) for where, h in zip(found, handles)], np.int64).reshape(-1, 4)
     return at[:, 0].copy(), at[:, 1:].copy()
 
 
+# The I/O routes of a compiled pass (numba takes them as ints): MAPPING reads each file's
+# entries in place through its mapping (`map_window`: no copy, page-table work instead), READ
+# copies them with positioned reads into reused rows (the copy the raw read pays, no page-table
+# work). Which is cheaper depends on the machine and the page cache (`raysoup.reduce.route`);
+# the arithmetic after them is the same code on the same float32 values: the same bits.
+MAPPING, READ = 0, 1
+# What the READ route's rows of all the files of one pass hold: within a core's L2 cache, so a
+# pass over them reads cache, not memory (a larger piece spills; a smaller one costs a system
+# call per few KiB).
+READ_BYTES = 1 << 20
+
+
+def read_window(count: int) -> int:
+    """Entries per piece of the READ route over `count` files (a multiple of SLICE)."""
+    return max(SLICE, READ_BYTES // (4 * count) // SLICE * SLICE)
+
+
+def step(route: int, count: int) -> int:
+    """Entries of every file a pass over `count` files takes at a time on `route`."""
+    return window(count) if route == MAPPING else read_window(count)
+
+
+_local = threading.local()
+
+
+def rows(route: int, count: int) -> np.ndarray:
+    """This thread's reused rows for a READ pass over `count` files (count × its piece; an
+    empty array for MAPPING, which reads in place): fresh memory per tensor would be a page
+    fault per 4 KiB, a cost the route is there to avoid. (READ_BYTES: below the size numpy
+    asks huge pages for.)"""
+    if route != READ:
+        return np.empty((count, 0), np.float32)
+    piece = read_window(count)
+    held = getattr(_local, "rows", None)
+    if held is None or held.size < count * piece:
+        held = _local.rows = np.empty(count * piece, np.float32)
+    return held[:count * piece].reshape(count, piece)
+
+
 @numba.njit(nogil=True, cache=True)
-def sum_mapped(files, mappings, n, step, scale, out):  # pragma: no cover - compiled
+def fetch(route, files, mappings, w, e, rows, at):  # pragma: no cover - compiled
+    """Make entries [w, e) of every file's tensor readable: at[f] + 4·j is the address of entry
+    j of file f's (j in [w, e)): its mapping (MAPPING), or rows[f] (READ: a positioned read of
+    them; rows: count × at least e − w float32s). Returns -1, or the index of the file whose
+    read failed."""
+    if route == MAPPING:
+        map_window(files, mappings, w, e)
+        for f in range(files.size):
+            at[f] = files[f]
+        return -1
+    for f in range(files.size):
+        row = rows[f, :e - w]
+        if not read_entries(files[f], w, mappings[f], row):
+            return f
+        at[f] = row.ctypes.data - 4 * w
+    return -1
+
+
+@numba.njit(nogil=True, cache=True)
+def release(route, files, mappings, w, e, n):  # pragma: no cover - compiled
+    """Undo `fetch` for entries [w, e) of tensors of n entries (MAPPING: release the pages)."""
+    if route == MAPPING:
+        unmap_window(files, mappings, w, e, n)
+
+
+@numba.njit(nogil=True, cache=True)
+def sum_files(route, files, mappings, n, step, scale, out, rows):  # pragma: no cover - compiled
     """out = scale · (θ_0 + θ_1 + ... + θ_{k-1}) of one float32 tensor of n entries, files[i] =
-    θ_i's address, `step` = `window(k)`: each add rounded in that order, then one float32
+    θ_i's address in its file's mapping, read on `route` `step` entries at a time (`fetch`;
+    rows: READ's reused rows): each add rounded in that order, then one float32
     multiply — the bits of torch's in-place adds and numpy's multiply (`shard_reduce.add_into` +
     `scaled`). Ingredients four at a time with the sum in registers; the slice of `out` stays
-    in L1 between them."""
+    in L1 between them. Returns -1, or the index of the file whose read failed."""
     k = files.size
+    at = np.empty(k, np.int64)
     for w in range(0, n, step):
         e = min(n, w + step)
-        map_window(files, mappings, w, e)
+        failed = fetch(route, files, mappings, w, e, rows, at)
+        if failed >= 0:
+            return failed
         for lo in range(w, e, SLICE):
             m = min(SLICE, e - lo)
             acc = out[lo:lo + m]
             i = 0
             while i < k:
                 if k - i >= 4:
-                    a, b = entries(files[i], lo, m), entries(files[i + 1], lo, m)
-                    c, d = entries(files[i + 2], lo, m), entries(files[i + 3], lo, m)
+                    a, b = entries(at[i], lo, m), entries(at[i + 1], lo, m)
+                    c, d = entries(at[i + 2], lo, m), entries(at[i + 3], lo, m)
                     if i == 0:
                         for j in range(m):
                             acc[j] = ((a[j] + b[j]) + c[j]) + d[j]
@@ -204,7 +279,7 @@ def sum_mapped(files, mappings, n, step, scale, out):  # pragma: no cover - comp
                             acc[j] = (((acc[j] + a[j]) + b[j]) + c[j]) + d[j]
                     i += 4
                 else:
-                    a = entries(files[i], lo, m)
+                    a = entries(at[i], lo, m)
                     if i == 0:
                         for j in range(m):
                             acc[j] = a[j]
@@ -214,4 +289,5 @@ def sum_mapped(files, mappings, n, step, scale, out):  # pragma: no cover - comp
                     i += 1
             for j in range(m):
                 acc[j] = acc[j] * scale
-        unmap_window(files, mappings, w, e, n)
+        release(route, files, mappings, w, e, n)
+    return -1

@@ -35,6 +35,7 @@ import torch
 from raysoup.checkpoints.ingredient import weights_path
 from raysoup.checkpoints.tensorfile import Scratch, TensorFileError, numpy_view, open_tensors
 from raysoup.reduce.mapped import addresses
+from raysoup.reduce.route import maps_views
 from raysoup.reduce.shard_reduce import ReductionError, _check_same, _check_shape, _get, _owned
 
 # θ_1..θ_N of one tensor, drawn afresh by each call (see TensorMerge). The streams `_merged`
@@ -136,7 +137,7 @@ def _merged(paths: list[Path], base: Path, names: list[str], merge: TensorMerge,
     with ExitStack() as stack:
         handles = [stack.enter_context(open_tensors(f)) for f in files]
         base_h = stack.enter_context(open_tensors(base_file))
-        scratch = Scratch()
+        scratch = Scratch(maps=maps_views(base_h.fd) if base_h.fd >= 0 else True)
         buffer = torch.empty(0)
         soup_files = getattr(merge, "soup_files", None) if scale is not None else None
         for name in names:

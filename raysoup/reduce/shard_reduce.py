@@ -1,9 +1,10 @@
 """Weighted averaging of one shard of tensors across ingredients (pure torch/numpy, no Ray).
 
 Memory: each ingredient is opened lazily (only its safetensors header is parsed). A uniform
-average of a tensor every file holds as local float32 is one compiled pass over the files'
-mappings (`reduce.mapped.sum_mapped`: each file a window at a time, released behind the
-pass; no Python per tensor and no copy, so cheaper than the route below). Otherwise, per
+average of a tensor every file holds as local float32 is one compiled pass over the files
+(`reduce.mapped.sum_files`: each file a piece at a time, read in place through its mapping and
+released behind the pass, or copied into reused rows — whichever `reduce.route` measured
+cheaper here; no Python per tensor, so cheaper than the route below). Otherwise, per
 tensor name the first ingredient's tensor is read (positioned read) into fresh memory and
 becomes the float32
 accumulator, and every later ingredient's tensor is added in place from a read-only view of
@@ -42,7 +43,8 @@ from raysoup.checkpoints.tensorfile import (
     numpy_view,
     open_tensors,
 )
-from raysoup.reduce.mapped import addresses, sum_mapped, window
+from raysoup.reduce.mapped import addresses, note_route, rows, step, sum_files
+from raysoup.reduce.route import io_route, maps_views
 
 
 class ReductionError(TensorFileError):
@@ -78,7 +80,7 @@ def reduce_shard(
         handles = [stack.enter_context(open_tensors(f)) for f in files]
         # Ingredients after the first are read through one Scratch (a mapped view, or a reused
         # buffer for remote files): a fresh allocation per read costs a page fault per 4 KiB.
-        scratch = Scratch()
+        scratch = Scratch(maps=maps_views(handles[0].fd) if handles[0].fd >= 0 else True)
         for name in names:
             out[name] = _reduce_tensor(handles, files, name, per_tensor.get(name, weights),
                                        integers_from, scratch)
@@ -128,10 +130,10 @@ def _accumulate(handles, files: list[Path], name: str, acc: torch.Tensor, w: lis
 
 
 def _sum_mapped(handles, name: str, w: float) -> np.ndarray | None:
-    """w·Σ θ_i of tensor `name` in one compiled pass over the files' mappings
-    (`raysoup.reduce.mapped.sum_mapped`: the bits of the adds-then-scale below), where every
-    file holds it as local float32 in one shape; None otherwise (the Python route reads it,
-    and names a missing tensor or a mismatch)."""
+    """w·Σ θ_i of tensor `name` in one compiled pass over the files
+    (`raysoup.reduce.mapped.sum_files`: the bits of the adds-then-scale below, on the I/O route
+    `raysoup.reduce.route` picks), where every file holds it as local float32 in one shape;
+    None otherwise (the Python route reads it, and names a missing tensor or a mismatch)."""
     if any(name not in h.entries for h in handles):
         return None
     if len({h.entries[name].shape for h in handles}) != 1:
@@ -141,7 +143,13 @@ def _sum_mapped(handles, name: str, w: float) -> np.ndarray | None:
         return None
     # torch's memory: numpy advises huge pages on large arrays (see merge._soup_from_files)
     out = torch.empty(handles[0].entries[name].shape, dtype=torch.float32).numpy()
-    sum_mapped(*mapped, out.size, window(len(handles)), np.float32(w), out.reshape(-1))
+    route = io_route(*mapped, out.size)
+    note_route(route)
+    failed = sum_files(route, *mapped, out.size, step(route, len(handles)), np.float32(w),
+                       out.reshape(-1), rows(route, len(handles)))
+    if failed >= 0:  # read it again through Python: its error names the file and the cause
+        handles[failed].read_entries(name, 0, out.size, out.reshape(-1))
+        raise TensorFileError(f"tensor {name!r}: reading {handles[failed].file} failed")
     return out
 
 

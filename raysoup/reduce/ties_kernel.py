@@ -20,11 +20,11 @@ those equal to it the first in index order.
 
 Two drivers run that pass: `ties_merge` reads slices through Python (any stream: in-memory
 tensors, other dtypes, remote files) and returns τ; `ties_soup` is the whole soup of one float32
-tensor of local files in one compiled call — trims, merge and θ_0 + λ·τ, reading the
-files' mappings in place and releasing their pages behind it — with no Python per slice, no
-copy of the inputs in the merge (the trims read theirs with `pread`, ahead of it) and no
-separate pass for the base or the apply (`raysoup.reduce.mapped`:
-reading the page cache in place avoids the copy that a read through Python makes). Both run
+tensor of local files in one compiled call — trims, merge and θ_0 + λ·τ — with no Python per
+slice and no separate pass for the base or the apply: the trims read with `pread`, ahead of
+the merge; the merge reads on the I/O route measured cheaper where it runs
+(`raysoup.reduce.route`: in place through the files' mappings, releasing their pages behind
+it, or copied into reused rows in the core's cache). Both run
 the same compiled arithmetic on the same float32 inputs, so they give the same bits.
 """
 
@@ -39,16 +39,22 @@ from typing import NamedTuple
 import numba
 import numpy as np
 import torch
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from raysoup.reduce.mapped import (
     SLICE,
     entries,
-    map_window,
+    fetch,
+    note_route,
     read_entries,
-    unmap_window,
-    window,
+    release,
+    rows,
+    step,
 )
 from raysoup.reduce.merge import Stream, ingredient_count, read_slice, read_slices
+from raysoup.reduce.route import io_route
 
 
 # Branch-free bodies (selects, not ifs): LLVM vectorises them; a branch keeps the loop scalar.
@@ -296,8 +302,8 @@ def trim_thresholds(stream: Stream, base: torch.Tensor, density: float) -> list[
 
 
 @numba.njit(nogil=True, cache=True)
-def _soup_mapped(files, mappings, n, step, k, lam, pos, neg, npos, nneg, buf, sample, runs,
-                 mag, cand, index, hist, out):  # pragma: no cover - compiled
+def _soup_files(route, files, mappings, n, step, rows, k, lam, pos, neg, npos, nneg, buf, sample,
+                runs, mag, cand, index, hist, out):  # pragma: no cover - compiled
     """θ_0 + λ·TIES(τ) of one float32 tensor of n entries, into `out`: files[0] = the address of
     θ_0's entry 0 in its file's mapping (mappings[0]: its [start, end) and the file's
     descriptor), the others θ_1..θ_N's.
@@ -305,8 +311,9 @@ def _soup_mapped(files, mappings, n, step, k, lam, pos, neg, npos, nneg, buf, sa
     `trim_thresholds` (`_trim_mapped`: θ_0 read into `out`, each θ_i in `buf`-sized pieces with
     positioned reads — reads ahead of the pass, which through the mapping would fault in folios
     of every file that stay until the pass gets there); then slice by slice (pos.size entries) the merge
-    and θ_0 + λ·τ, straight from the mappings (no copy), `step` entries of every file at a time
-    (`raysoup.reduce.mapped`). Returns -1, or the index of the file whose read failed."""
+    and θ_0 + λ·τ, `step` entries of every file at a time on the I/O `route`
+    (`raysoup.reduce.mapped.fetch`: in place through the mappings, or read into `rows`).
+    Returns -1, or the index of the file whose read failed."""
     count = files.size - 1
     keep_at = np.full(count, -np.inf, np.float32)
     cut = np.full(count, n, np.int64)
@@ -320,17 +327,20 @@ def _soup_mapped(files, mappings, n, step, k, lam, pos, neg, npos, nneg, buf, sa
                 return i + 1
     keep_up = _next_up(keep_at)
     thr = np.empty(count, np.float32)
+    at = np.empty(files.size, np.int64)
     chunk = pos.size
     for w in range(0, n, step):
         e = min(n, w + step)
-        map_window(files, mappings, w, e)
+        failed = fetch(route, files, mappings, w, e, rows, at)
+        if failed >= 0:
+            return failed
         for lo in range(w, e, chunk):
             m = min(chunk, e - lo)
-            base = entries(files[0], lo, m)
-            _accumulate_trimmed(files[1:], lo, lo, m, base, keep_at, keep_up, cut, thr, pos,
+            base = entries(at[0], lo, m)
+            _accumulate_trimmed(at[1:], lo, lo, m, base, keep_at, keep_up, cut, thr, pos,
                                 neg, npos, nneg)
             _apply_slice(m, pos, neg, npos, nneg, lam, base, out[lo:lo + m])
-        unmap_window(files, mappings, w, e, n)
+        release(route, files, mappings, w, e, n)
     return -1
 
 
@@ -344,12 +354,15 @@ def ties_soup(files: np.ndarray, mappings: np.ndarray, n: int, density: float, s
     """θ_0 + scale·TIES(τ) of one float32 tensor of n entries, into `out` (float32, n entries),
     read from local files' mappings: files[0] = the address of θ_0's entry 0, then θ_1..θ_N's,
     mappings[i] = file i's mapping [start, end) and its descriptor
-    (`raysoup.reduce.mapped.addresses`). The same trims, merge and apply as `trim_thresholds`,
-    `ties_merge` and `raysoup.reduce.merge.axpy`, in one compiled call. Returns -1, or the
-    index of the file whose read failed (the caller reads it through Python for the error)."""
+    (`raysoup.reduce.mapped.addresses`), read on the I/O route `raysoup.reduce.route` picks.
+    The same trims, merge and apply as `trim_thresholds`, `ties_merge` and
+    `raysoup.reduce.merge.axpy`, in one compiled call. Returns -1, or the index of the file
+    whose read failed (the caller reads it through Python for the error)."""
     count = files.size - 1
     if count < 1:
         raise ValueError("TIES needs at least one ingredient besides the base")
+    route = io_route(files, mappings, n)
+    note_route(route)
     k = kept_count(n, density)
     pos, neg, npos, nneg = _state(count, max(1, min(SLICE, n)))
     buf = _scratch(8, (max(1, min(READ, n)),), np.float32)
@@ -358,9 +371,10 @@ def ties_soup(files: np.ndarray, mappings: np.ndarray, n: int, density: float, s
     mag, cand = _scratch(5, (size,), np.float32), _scratch(6, (size,), np.float32)
     sample = _scratch(9, (SAMPLE,), np.float32)
     runs = sample_runs(n) if n > SAMPLE else np.zeros((0, 2), np.int64)
-    return _soup_mapped(files, mappings, n, window(files.size), k, np.float32(scale), pos, neg,
-                        npos, nneg, buf, sample, runs, mag, cand,
-                        _scratch(10, (size,), np.int64), _scratch(7, (HIST,), np.int64), out)
+    return _soup_files(route, files, mappings, n, step(route, files.size),
+                       rows(route, files.size), k, np.float32(scale), pos, neg, npos, nneg, buf,
+                       sample, runs, mag, cand, _scratch(10, (size,), np.int64),
+                       _scratch(7, (HIST,), np.int64), out)
 
 
 # Bins of the first radix digit of a magnitude's bits (its top 11: the exponent and two
@@ -471,20 +485,46 @@ def sample_runs(n: int) -> np.ndarray:
     return np.array([(s, s + length) for s in starts], np.int64).reshape(-1, 2)
 
 
+@intrinsic
+def _bits(typingctx, x):
+    """The bit pattern of a float32 (non-negative floats order as their bits)."""
+    sig = types.uint32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return sig, codegen
+
+
 @numba.njit(nogil=True, cache=True)
 def _bracket(theta, base, lo, lo_t, hi_t, cand, at, c, above):  # pragma: no cover - compiled
     """Per entry |θ − θ_0| (entries lo, lo + 1, … of the tensor): counted in `above` past hi_t,
-    appended to cand[c:] within [lo_t, hi_t], its index to at[c:]; returns (c, above). A
-    branch, not a select: a few % of the entries fall in the bracket, so it is predicted, and
-    writing every entry cost more than it."""
+    appended to cand[c:] within [lo_t, hi_t], its index to at[c:]; returns (c, above). One
+    branch, taken for the few % of entries in the bracket, so predicted: its test is one
+    unsigned compare of the bits (NaN's bits lie past hi_t's, outside it, as the float compare
+    has it) — as two float compares, the first (≥ lo_t, true for ~a fifth of the entries) was
+    a branch of its own, mispredicted at random, and cost three times the rest of the loop.
+    (Writing every entry, a select, cost more than the branch.)"""
+    lo_b = _bits(np.float32(lo_t))
+    span = np.uint32(_bits(np.float32(hi_t)) - lo_b)
     for j in range(base.size):
         x = abs(np.float32(theta[j] - base[j]))
         above += x > hi_t
-        if lo_t <= x <= hi_t:
+        if np.uint32(_bits(x) - lo_b) <= span:
             cand[c] = x
             at[c] = lo + j
             c += 1
     return c, above
+
+
+@numba.njit(nogil=True, cache=True)
+def _trim_whole(address, mapping, n, k, base, mag, cand, hist):  # pragma: no cover - compiled
+    """`_trim_mapped` from the whole tensor's magnitudes (`_top_k`)."""
+    if not read_entries(address, 0, mapping, mag[:n]):
+        return False, np.float32(0), n
+    _magnitudes(mag[:n], base[:n], mag[:n])
+    t, cut = _top_k(mag[:n], k, hist, cand[:n])
+    return True, t, cut
 
 
 @numba.njit(nogil=True, cache=True)
@@ -497,11 +537,7 @@ def _trim_mapped(address, mapping, n, k, base, buf, sample, runs, mag, cand, ind
     k-th largest). `read` False: a read failed."""
     fail = (False, np.float32(0), n)
     if n <= sample.size or runs.shape[0] == 0:  # small: the whole tensor at once
-        if not read_entries(address, 0, mapping, mag[:n]):
-            return fail
-        _magnitudes(mag[:n], base[:n], mag[:n])
-        t, cut = _top_k(mag[:n], k, hist, cand[:n])
-        return True, t, cut
+        return _trim_whole(address, mapping, n, k, base, mag, cand, hist)
     m = 0
     for r in range(runs.shape[0]):
         lo, hi = runs[r, 0], runs[r, 1]
@@ -512,6 +548,8 @@ def _trim_mapped(address, mapping, n, k, base, buf, sample, runs, mag, cand, ind
     rank = m - (k * m + n - 1) // n  # the sample's rank of the k-th largest (smallest first)
     lo_t = _kth_smallest(sample[:m], max(rank - MARGIN, 0))
     hi_t = _kth_smallest(sample[:m], min(rank + MARGIN, m - 1))
+    if not lo_t <= hi_t:  # NaN at the sample's bracket: no entry compares inside it
+        return _trim_whole(address, mapping, n, k, base, mag, cand, hist)
     c, above = 0, 0
     for lo in range(0, n, buf.size):
         e = min(n, lo + buf.size)
@@ -520,11 +558,7 @@ def _trim_mapped(address, mapping, n, k, base, buf, sample, runs, mag, cand, ind
         c, above = _bracket(buf[:e - lo], base[lo:e], lo, lo_t, hi_t, cand, index, c, above)
     need = k - above  # the k-th largest is the need-th largest in the bracket
     if not 0 < need <= c:  # missed: select from the whole tensor's magnitudes
-        if not read_entries(address, 0, mapping, mag[:n]):
-            return fail
-        _magnitudes(mag[:n], base[:n], mag[:n])
-        t, cut = _top_k(mag[:n], k, hist, cand[:n])
-        return True, t, cut
+        return _trim_whole(address, mapping, n, k, base, mag, cand, hist)
     if hi_t == 0:  # every entry in the bracket is 0 (a τ mostly zero: the base itself, frozen
         return True, np.float32(0), n  # parameters): see `_top_k` for the cut
     t = _kth_smallest(cand[:c], c - need)
