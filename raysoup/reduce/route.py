@@ -56,8 +56,9 @@ class Calibration(NamedTuple):
     read_ns_per_mib: float
 
 
-# Per file system (st_dev) this process has measured: the page cache's folios depend on the
-# file system and the kernel, not on the file.
+# Per file system (st_dev) this process has measured: the page cache's folios depend mostly on
+# the file system and the kernel (also on how a file came into the cache: written, read ahead,
+# read a page at a time); measured once, as a file's reads cost more than its measurement.
 _CHOSEN: dict[int, Calibration] = {}
 
 
