@@ -133,7 +133,8 @@ def run(only: list[str] | None = None, quick: bool = False, workdir: Path | None
     out: dict = {}
     for name, keys in HEADLINES.items():
         if name in details:
-            out.update({f"{name}.{k}": details[name][k] for k in keys})
+            # (B1 on a GPU has no slow-condition figures)
+            out.update({f"{name}.{k}": details[name][k] for k in keys if k in details[name]})
     if "B6" in details:
         out.update({f"B6.rounds.M{m}": r for m, r in details["B6"]["rounds"].items()})
         if "measured_m2" in details["B6"]:
@@ -173,7 +174,8 @@ def report(result: dict) -> str:
             f"{[k for k, v in ran['compiled'].items() if v['ran']]}, compiled in the timer "
             f"{[k for k, v in ran['compiled'].items() if v['compiled_in_timer']]} "
             f"({ran['compile_in_timer_s']:.2f}s)" for who, ran in b["ran"].items()))
-        lines.append("  B1 routes: " + _routes_line(b))
+        if b["by_route"]:
+            lines.append("  B1 routes: " + _routes_line(b))
         if "small_pages" in b:
             sp = b["small_pages"]
             lines.append(f"  B1 in 4 KiB pages: floor {sp['floor_s']:.2f}s, raysoup "

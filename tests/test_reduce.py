@@ -258,8 +258,8 @@ def test_every_io_route_gives_the_same_soups(tmp_path, monkeypatch):
     for forced in ("mapping", "read"):
         monkeypatch.setenv(route.ENV, forced)
         routes[forced] = soups()
-    monkeypatch.setenv(route.ENV, "auto")  # measured here, on the big tensor's first file
-    monkeypatch.setattr(route, "PROBE_BYTES", 4 * mapped.SLICE)
+    monkeypatch.setenv(route.ENV, "auto")  # measured here, on the base's file
+    monkeypatch.setattr(route, "PROBE_BYTES", 16 * mapped.SLICE)
     monkeypatch.setattr(route, "_CHOSEN", {})
     routes["auto"] = soups()
     (measured,) = route.calibrations().values()

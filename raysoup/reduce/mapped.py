@@ -1,20 +1,22 @@
-"""Compiled passes that read local float32 tensors straight from their files' mappings.
+"""Compiled passes over local float32 tensors of their files, on either of two I/O routes.
 
-A merge over N ingredients reads N files once each. Copying them into memory (`pread`) costs
-the copy; reading the page cache in place through a mapping costs page-table work instead,
-which is cheaper where a fault maps many pages (large page-cache folios). The pass takes each
-file a window at a time: the window's page tables are filled in one call (MADV_POPULATE_READ;
-where a fault maps one 4 KiB page and costs microseconds, faulting page by page would cost
-more than the copy) and released after it
+A merge over N ingredients reads N files once each. Copying them into memory (`pread`, the
+READ route: into reused rows in the core's cache) costs the copy; reading the page cache in
+place through a mapping (MAPPING) costs page-table work instead, which is cheaper only where
+a fault maps many pages (large page-cache folios) — `raysoup.reduce.route` measures which is
+cheaper where it runs. MAPPING takes each file a window at a time: the window's page tables
+are filled in one call (MADV_POPULATE_READ; where a fault maps one 4 KiB page and costs
+microseconds, faulting page by page would cost more than the copy) and released after it
 (MADV_DONTNEED: the page cache keeps the pages, the process drops them). Resident at once: the
 windows of all files (within MAPPED_BYTES, at least a SLICE each) plus, per file, up to a
 page-cache folio either side of its window (a fault maps the whole folio, up to 2 MiB) — a
-few MiB per ingredient, never N tensors.
+few MiB per ingredient, never N tensors; READ holds its rows (READ_BYTES).
 
 `addresses` hands the compiled code each file's address of the tensor (`_TensorFile.mapped`,
 which first checks that the file is still the size it was opened at: a mapped page past the
-end would kill the process with SIGBUS instead of naming the file). `sum_mapped` is the
-uniform soup's pass (used by `shard_reduce.reduce_shard`); TIES' is in `ties_kernel.py`.
+end would kill the process with SIGBUS instead of naming the file; READ reads at the same
+offsets of the file). `sum_files` is the uniform soup's pass (used by
+`shard_reduce.reduce_shard`); TIES' is in `ties_kernel.py`; both read through `fetch`.
 """
 
 from __future__ import annotations

@@ -5,12 +5,12 @@ but pays page-table work: filling the window's page tables, then releasing them.
 cache holds a file in large folios that a fault maps whole (up to 2 MiB at once), that work is
 small and the mapping wins; where it holds 4 KiB pages (older kernels, file systems without
 large folios, a file read back a page at a time) every page costs a page-table entry in and
-out, and the mapping costs several times the copy. So the route is measured, not assumed: on
-the first tensor of at least PROBE_BYTES a process reduces from a file system, one piece of it is
-read both ways (each with the same integer sum over its entries, the better of three tries, in
-CPU time of this thread, so other processes do not skew it), and the cheaper route is kept for
-that file system for the rest of the process — a few ms once per worker. Smaller tensors before
-then take READ, which is never much slower than the raw read of the same bytes.
+out, and the mapping costs several times the copy. So the route is measured, not assumed: the
+first time a process reduces from a file system a file of at least twice PROBE_BYTES, pieces of
+it are read both ways (each with the same integer sum over its entries, the better of three
+tries, in CPU time of this thread, so other processes do not skew it), and the cheaper route is
+kept for that file system for the rest of the process — a few ms once per worker. Smaller files
+before then take READ, which is never much slower than the raw read of the same bytes.
 
 Reads through Python of local files (weighted soups, task-vector merges without a compiled
 pass) follow the measured route too (`maps_views`: a view of the mapping, or a copy into a
@@ -31,6 +31,7 @@ from raysoup.reduce.mapped import (
     MADV_DONTNEED,
     MADV_POPULATE_READ,
     MAPPING,
+    PAGE,
     READ,
     _advise,
     entries,
@@ -40,9 +41,10 @@ from raysoup.reduce.mapped import (
 
 ENV = "RAYSOUP_IO_ROUTE"
 NAMES = {"mapping": MAPPING, "read": READ}
-# The piece each route is timed on: several large folios, so that mapping them whole (or not)
-# shows, and a fraction of a ms of copying.
+# What each route is timed on: PIECES pieces of a file of at least twice that, each of
+# several large folios, so that mapping them whole (or not) shows; a few ms in all.
 PROBE_BYTES = 8 << 20
+PIECES = 4
 TRIES = 3
 
 
@@ -54,8 +56,9 @@ class Calibration(NamedTuple):
     read_ns_per_mib: float
 
 
-# Per file system (st_dev) this process has measured: the page cache's folios depend on the
-# file system and the kernel, not on the file.
+# Per file system (st_dev) this process has measured: the page cache's folios depend mostly on
+# the file system and the kernel (also on how a file came into the cache: written, read ahead,
+# read a page at a time); measured once, as a file's reads cost more than its measurement.
 _CHOSEN: dict[int, Calibration] = {}
 
 
@@ -67,15 +70,14 @@ def calibrations() -> dict[int, Calibration]:
 def io_route(files: np.ndarray, mappings: np.ndarray, n: int) -> int:
     """The route for a compiled pass over one float32 tensor of n entries in each file
     (`raysoup.reduce.mapped.addresses`): forced by RAYSOUP_IO_ROUTE, else this file system's
-    measured one (measured now on file 0 where the tensor is large enough), else READ."""
+    measured one (measured now on file 0 where it is large enough), else READ."""
     want = _forced()
     if want is not None:
         return want
     device = os.fstat(int(mappings[0, 2])).st_dev
     known = _CHOSEN.get(device)
-    if known is None and 4 * n >= PROBE_BYTES:
-        known = _CHOSEN[device] = calibrate(int(files[0]), mappings[0], PROBE_BYTES // 4,
-                                            files.size)
+    if known is None and mappings[0, 1] - mappings[0, 0] >= 2 * PROBE_BYTES:
+        known = _CHOSEN[device] = calibrate(mappings[0], files.size)
     return NAMES[known.route] if known is not None else READ
 
 
@@ -99,21 +101,29 @@ def _forced() -> int | None:
     return None
 
 
-def calibrate(address: int, mapping: np.ndarray, m: int, count: int) -> Calibration:
-    """Time entries [0, m) of the float32 tensor at `address` (a file's mapping, `mapping`:
-    its [start, end) and descriptor) read both ways, READ in the pieces of a pass over `count`
-    files; the cheaper route."""
+def calibrate(mapping: np.ndarray, count: int) -> Calibration:
+    """Time PIECES pieces of a file (`mapping`: its mapping's [start, end) and descriptor),
+    spread over its middle, read both ways — READ in the pieces of a pass over `count` files;
+    the cheaper route. Spread, because how the page cache holds a file varies along it (its
+    first MiB, read while readahead ramps up, sit in smaller folios than the rest)."""
     rows = np.empty(read_window(count), np.float32)
-    _read_piece(address, mapping, m, rows)  # in the page cache first, and compiled
-    _map_piece(address, mapping, m)
+    start, end = int(mapping[0]), int(mapping[1])
+    m = PROBE_BYTES // PIECES // 4
+    span = (end - start) // 2 - 4 * m  # the pieces lie in the middle half of the file
+    at = [start + (end - start) // 4 + (span * i // max(1, PIECES - 1)) // PAGE * PAGE
+          for i in range(PIECES)]
+    for a in at:  # in the page cache first, and compiled
+        _read_piece(a, mapping, m, rows)
+        _map_piece(a, mapping, m)
     best = {MAPPING: np.inf, READ: np.inf}
     for _ in range(TRIES):
         for route in (MAPPING, READ):
-            start = time.thread_time_ns()
-            _map_piece(address, mapping, m) if route == MAPPING else \
-                _read_piece(address, mapping, m, rows)
-            best[route] = min(best[route], time.thread_time_ns() - start)
-    mib = 4 * m / 2**20
+            begin = time.thread_time_ns()
+            for a in at:
+                _map_piece(a, mapping, m) if route == MAPPING else \
+                    _read_piece(a, mapping, m, rows)
+            best[route] = min(best[route], time.thread_time_ns() - begin)
+    mib = PROBE_BYTES / 2**20
     return Calibration("mapping" if best[MAPPING] < best[READ] else "read",
                        best[MAPPING] / mib, best[READ] / mib)
 
