@@ -58,7 +58,7 @@ def test_killed_anywhere_resumes_to_the_same_result(drill_run, tmp_path):
     # Exactly one MLflow run per trial and per soup (plus the sweep), none left RUNNING.
     assert got["runs"] == ref["runs"] == [(name, "FINISHED") for name in (
         "soup-greedy", "soup-ties", "soup-uniform", "sweep", "trial-000", "trial-001",
-        "trial-002")]
+        "trial-002", "zeroshot")]
     # One registered version per weight soup, none twice (killed between logging the model
     # and registering it), and the same champion as the uninterrupted run.
     assert got["registry"] == ref["registry"]

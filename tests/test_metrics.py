@@ -74,6 +74,6 @@ def test_console_is_line_oriented_without_a_tty(served_run):
     for line in (r"raysoup: sweep: trial-00\d finished \(2/2\)",
                  r"raysoup: evaluate: 3/3 models \(\d+ s\).*",
                  r"raysoup: soup evaluation: 2/2 models \(\d+ s\).*",
-                 r"raysoup: ── report done in [\d.]+ s"):
+                 r"raysoup: ── report done in [\d.]+ s \(CPU [\d.]+ s\)"):
         assert re.search(f"^{line}$", err, re.MULTILINE), (line, err[-3000:])
     assert re.search(r"^\| greedy.soup \|", out, re.MULTILINE), out  # the summary table

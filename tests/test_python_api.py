@@ -26,8 +26,12 @@ BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
 def doc_blocks(pipeline: bool) -> list[str]:
-    """The page's Python examples: those that run the pipeline, or the others."""
-    return [b for b in BLOCK.findall(DOC.read_text()) if ("raysoup.run(" in b) == pipeline]
+    """The page's Python examples: those that start Ray (a run, an analysis of it), or the
+    others."""
+    def starts_ray(block: str) -> bool:
+        return "raysoup.run(" in block or "raysoup.analyze(" in block
+
+    return [b for b in BLOCK.findall(DOC.read_text()) if starts_ray(b) == pipeline]
 
 
 def run_examples(blocks: list[str], where: Path, model: str | None = None) -> dict:
@@ -211,6 +215,8 @@ def test_run_examples_run(tmp_path, monkeypatch):
     models = set(table["model"].to_pylist())
     assert {"uniform_soup", "greedy_soup", "model_stock_soup", "zeroshot"} <= models
     assert {"heldout", "test"} <= set(table["split"].to_pylist())
+    files, _ = namespace["found"]["angles"]
+    assert files and all(Path(f).is_file() for f in files)
 
 
 def test_errors_name_the_users_files_not_temporary_ones(checkpoints, tmp_path):
