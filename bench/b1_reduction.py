@@ -46,7 +46,7 @@ def make_ingredients(root: Path, model_name: str, n: int, seed: int = 0) -> list
 
 
 def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repeats: int,
-        device: str = "cpu", with_ray: bool = True) -> dict:
+        device: str = "cpu", with_ray: bool = True, routes_in_small_pages: bool = True) -> dict:
     from raysoup.reduce import plan_shards
 
     root.mkdir(parents=True, exist_ok=True)
@@ -146,7 +146,7 @@ def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repe
                 "routes": {"raysoup": u["routes"], "ties": t["routes"]},
                 # FileHugePages (/proc/meminfo) before and after: the files left 2 MiB folios
                 "file_huge_pages_kib": [huge_before, _file_huge_pages()],
-                "by_route": by_route(small["seconds"])}
+                "by_route": by_route(small["seconds"]) if routes_in_small_pages else {}}
             out["small_pages_floor_ratio"] = out["small_pages"]["floor_ratio"]
             out["small_pages_ties_floor_ratio"] = out["small_pages"]["ties_floor_ratio"]
         log.info("B1: floor %.2fs  raysoup %.2fs  seed %.2fs  peak Δ: raysoup %s seed %s "

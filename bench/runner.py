@@ -17,7 +17,10 @@ ALL = ("B1", "B2", "B3", "B4", "B6", "S")
 
 # name -> (quick, full) sizes
 SIZES = {
-    "B1": ({"model_name": "raysoup-tiny-vit", "n": 3, "shard_counts": (1, 2, 4), "repeats": 1},
+    # quick: each route forced in the usual page cache only (every probe is a fresh
+    # interpreter, ~2 s of imports: the suite's smoke run keeps to the probes it checks)
+    "B1": ({"model_name": "raysoup-tiny-vit", "n": 3, "shard_counts": (1, 2, 4), "repeats": 1,
+            "routes_in_small_pages": False},
            {"model_name": "ViT-B-32", "n": 8, "shard_counts": (1, 2, 4), "repeats": 3}),
     "B2": ({"n": 5, "n_images": 200}, {"n": 12, "n_images": 1000}),
     "B3": ({"model_name": "raysoup-tiny-rn", "classes": 10, "n_models": 3, "n_images": 500,
@@ -221,7 +224,7 @@ def _routes_line(b: dict) -> str:
                        f" vs read {c['read_ns_per_mib'] / 1e3:.0f} µs/MiB)"
                        for who, cal in b["io_calibration"].items() for c in cal.values())
     forced = ", ".join(f"{route}: {r['raysoup_s']:.2f}s / {r['ties_s']:.2f}s"
-                       for route, r in b["by_route"].items())
+                       for route, r in b["by_route"].items()) or "(not forced here)"
     return f"uniform / TIES by route {forced}; {chosen or 'no tensor large enough to measure'}"
 
 

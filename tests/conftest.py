@@ -206,7 +206,9 @@ XDIST_GROUPS = {
 # picks one up when the other is nearly done (the suite's wall time is the later worker's).
 LONGEST_FIRST = ("test_kill_and_resume", "test_paper_fixture", "test_remote_workdir",
                  "test_multinode", "test_data_parallel", "test_bench", "test_metrics",
-                 "test_mlflow_server", "test_published_models", "test_python_api")
+                 "test_mlflow_server", "test_published_models", "test_python_api",
+                 "test_text_pipeline", "test_sweep_outcomes", "test_mlflow_server_down",
+                 "test_heldout_soup")
 
 
 def pytest_collection_modifyitems(items):

@@ -190,9 +190,18 @@ def test_soup_checkpoints_says_what_it_needs(checkpoints, kwargs, words):
 
 
 def test_soup_checkpoints_starts_no_ray(checkpoints, tmp_path):
-    soup_checkpoints(checkpoints["files"], out=tmp_path / "s.safetensors")
-    ray = sys.modules.get("ray")
-    assert ray is None or not ray.is_initialized()
+    """In a fresh interpreter: this test process may hold a Ray connection another test of
+    the module made (`raysoup.run` in-process leaves it to the caller)."""
+    import subprocess
+
+    code = ("import sys, raysoup; files = sys.argv[2:]; "
+            "raysoup.soup_checkpoints(files, out=sys.argv[1]); "
+            "ray = sys.modules.get('ray'); "
+            "assert ray is None or not ray.is_initialized(), 'Ray was started'")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "s.safetensors"),
+                    *map(str, checkpoints["files"])], check=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (tmp_path / "s.safetensors").is_file()
 
 
 def test_run_rejects_unknown_stages():
