@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from raysoup import storage
-from raysoup.checkpoints import MANIFEST_FILE, load_state_dict
-from raysoup.export.open_clip_dir import FLAT_FILE, ExportError, _write_dir, claim_out_dir
-from raysoup.reduce.writer import INDEX_FILE, read_sharded
+from raysoup.export.open_clip_dir import (
+    FLAT_FILE,
+    _write_dir,
+    claim_out_dir,
+    model_state,
+)
 from raysoup.workdir import IngredientManifest
 
 PREFIX = "model."
@@ -26,15 +28,7 @@ INFO_FILE = "raysoup.json"
 
 
 def text_state(model_dir: Path) -> dict:
-    model_dir = Path(model_dir)
-    if storage.is_file(model_dir / INDEX_FILE):
-        state = read_sharded(model_dir)
-    elif storage.is_file(model_dir / MANIFEST_FILE):
-        state = load_state_dict(model_dir, verify=True)
-    else:
-        raise ExportError(f"{storage.display(model_dir)}: neither a soup ({INDEX_FILE}) nor an "
-                          f"ingredient ({MANIFEST_FILE}); an ensemble has no single set of weights")
-    return state
+    return model_state(Path(model_dir))
 
 
 def _card(meta: dict, extra: dict, fmt: str) -> str:

@@ -93,16 +93,21 @@ def base_clip_state(model_cfg, info: ModelInfo) -> dict[str, torch.Tensor]:
     return pretrained.state_dict()
 
 
+def model_state(model_dir: Path) -> dict[str, torch.Tensor]:
+    """The weights of a soup directory (sharded, sha256-checked) or an ingredient, any family."""
+    model_dir = Path(model_dir)
+    if storage.is_file(model_dir / INDEX_FILE):
+        return read_sharded(model_dir)
+    if storage.is_file(model_dir / MANIFEST_FILE):
+        return load_state_dict(model_dir, verify=True)
+    raise ExportError(f"{storage.display(model_dir)}: neither a soup ({INDEX_FILE}) nor an "
+                      f"ingredient ({MANIFEST_FILE}); an ensemble has no single set of weights")
+
+
 def classifier_state(model_dir: Path) -> dict[str, torch.Tensor]:
     """visual.* + head.* of a soup directory (sharded, sha256-checked) or an ingredient."""
     model_dir = Path(model_dir)
-    if storage.is_file(model_dir / INDEX_FILE):
-        state = read_sharded(model_dir)
-    elif storage.is_file(model_dir / MANIFEST_FILE):
-        state = load_state_dict(model_dir, verify=True)
-    else:
-        raise ExportError(f"{storage.display(model_dir)}: neither a soup ({INDEX_FILE}) nor an "
-                          f"ingredient ({MANIFEST_FILE}); an ensemble has no single set of weights")
+    state = model_state(model_dir)
     for name in ("head.weight", "head.bias"):
         if name not in state:
             raise ExportError(f"{storage.display(model_dir)}: tensor {name} missing (not an "
