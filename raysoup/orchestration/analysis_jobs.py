@@ -42,7 +42,7 @@ def split_scores(evaluator, split: str) -> tuple[int, int, float]:
     far outside the models (a landscape's corner) can lose hundreds of nats an image."""
     data = evaluator.splits[split]
     logits = evaluator.logits(split)
-    labels = torch.from_numpy(np.asarray(data.labels, np.int64))
+    labels = torch.from_numpy(np.array(data.labels, np.int64))  # a copy: torch wants it writable
     mask = correct_mask(logits, labels, data.class_subset, data.class_groups)
     whole = data.class_subset is None and data.class_groups is None
     loss = float(torch.nn.functional.cross_entropy(logits.double(), labels, reduction="sum")) \
