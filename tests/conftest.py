@@ -82,41 +82,49 @@ def scrape(port: int) -> list[tuple[str, dict[str, str], float]]:
     return out
 
 
+def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
+    """`mlflow server` as cluster.yaml starts it (SQLite under `root`, proxied artifacts),
+    once it answers /health; its log in root/server.log."""
+    with (root / "server.log").open("a") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server",
+             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+             "--artifacts-destination", str(root / "artifacts"),
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # own process group
+            # No job-execution workers (MLflow 3's GenAI jobs, unused here): seven fewer processes.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_mlflow_server(proc)
+            raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
+        time.sleep(0.3)
+
+
+def stop_mlflow_server(proc: subprocess.Popen) -> None:
+    # The server forks workers: stop the whole group. SIGKILL: on SIGTERM they took 5-10 s to
+    # exit, and a test server's SQLite store in a temp dir needs no clean shutdown.
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    log = (root / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # own process group
-        # No job-execution workers (MLflow 3's GenAI jobs, unused here): seven processes fewer.
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-    )
-    url = f"http://127.0.0.1:{port}"
+    proc = start_mlflow_server(root, port)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
-            time.sleep(0.5)
-        yield url, root
+        yield f"http://127.0.0.1:{port}", root
     finally:
-        # The server forks workers: stop the whole group. SIGKILL: on SIGTERM they took 5-10 s
-        # to exit, at the very end of the suite's wall time, and a test server's SQLite store
-        # in a temp dir needs no clean shutdown.
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        log.close()
+        stop_mlflow_server(proc)
 
 
 @pytest.fixture(scope="session")

@@ -6,51 +6,16 @@ The sweep must not be aborted by its tracking callbacks; its trials and ingredie
 lost; the error at its end says what to do; and the resumed sweep's runs catch up (the trial
 that ran while the server was down gets its run, with its hyper-parameters)."""
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 
 import pytest
-from conftest import free_port
+from conftest import free_port, start_mlflow_server, stop_mlflow_server
 from small import small_config
 
 from raysoup.config import ExperimentCfg
 
 pytestmark = pytest.mark.slow
-
-
-def start_server(root, port) -> subprocess.Popen:
-    """`mlflow server` as cluster.yaml starts it (SQLite, proxied artifacts), up and healthy."""
-    log = (root / "server.log").open("a")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        # No job-execution workers (MLflow 3's GenAI jobs): seven fewer processes to start.
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
-        time.sleep(0.3)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)  # the server forks: its whole process group
-    proc.wait()
 
 
 def test_sweep_outlives_its_tracking_server_and_its_runs_catch_up(ray_session, tmp_path,
@@ -75,7 +40,7 @@ def test_sweep_outlives_its_tracking_server_and_its_runs_catch_up(ray_session, t
         data={"world": {"train_per_class": 40, "test_per_class": 10, "shift_per_class": 5}},
         sweep={"num_samples": 2}, tracking={"uri": url, "experiment": "down"}))
     prepare(cfg, workdir)
-    server = start_server(root, port)
+    server = start_mlflow_server(root, port)
     released = tmp_path / "server-stopped"
     # The driver pauses after trial-000's completion was tracked (failpoint); meanwhile the
     # server is stopped, then the driver goes on to trial-001.
@@ -86,7 +51,7 @@ def test_sweep_outlives_its_tracking_server_and_its_runs_catch_up(ray_session, t
         try:
             wait_for_first_trial()
         finally:
-            stop_server(server)
+            stop_mlflow_server(server)
             released.touch()
 
     def wait_for_first_trial():
@@ -115,14 +80,14 @@ def test_sweep_outlives_its_tracking_server_and_its_runs_catch_up(ray_session, t
     for name in ("trial-000", "trial-001"):  # both trials trained and kept
         assert (workdir / "ingredients" / name / "model.safetensors").is_file()
 
-    server = start_server(root, port)  # back, on the same store
+    server = start_mlflow_server(root, port)  # back, on the same store
     try:
         again = Tracker(url, "down", workdir=workdir)  # the command run again
         assert again.sweep_run() == parent
         assert run_sweep(cfg, workdir, again, parent) == ["trial-000", "trial-001"]
         runs = again.runs()
     finally:
-        stop_server(server)
+        stop_mlflow_server(server)
     trials = {r.data.tags[TRIAL]: r for r in runs if TRIAL in r.data.tags}
     assert sorted(trials) == ["trial-000", "trial-001"] and len(runs) == 3  # nothing twice
     for name, run in trials.items():
