@@ -3,6 +3,7 @@ writes into its workdir) with real Ray eval actors: the four analyses' outputs, 
 vertex against the model's own evaluation, a model souped with itself, resume, and 1 vs 2
 actors."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -51,6 +52,11 @@ def test_every_analysis_writes_its_table_and_figure(analyzed, workdir):
     assert transfer["zeroshot"]["diff_vs_zeroshot"] == 0
     assert [r["diff_vs_best"] for r in transfer.values() if r["role"] == "best single"] == [0]
     assert all(0 <= r["accuracy"] <= 1 for r in transfer.values())
+    gaps = pq.read_table(out / "soup_vs_ensemble.parquet").to_pylist()
+    [uniform] = [r for r in gaps if r["kind"] == "uniform"]
+    assert np.isfinite(uniform["flatness_term"])  # the uniform soup's flatness is measured
+    assert uniform["predicted_loss_gap"] == pytest.approx(
+        uniform["flatness_term"] + uniform["confidence_term"])
 
 
 def test_a_landscape_vertex_is_that_models_own_evaluation(analyzed, workdir):
@@ -70,10 +76,10 @@ def test_a_landscape_vertex_is_that_models_own_evaluation(analyzed, workdir):
 def test_resume_skips_finished_points_and_one_actor_gives_the_same_results(
         analyzed, workdir, served_run):
     from raysoup.analysis import landscape
-    from raysoup.analysis.journal import Journal
+    from raysoup.analysis.journal import Journal, record_line
     from raysoup.orchestration.actors import EvalActors
     from raysoup.orchestration.analysis import JOURNAL, AnalysisContext, blend, logits
-    from raysoup.orchestration.analysis_ensembles import ALPHAS, pair_row
+    from raysoup.orchestration.analysis_ensembles import ALPHAS, pair_row, uniform_row
     from raysoup.orchestration.analysis_geometry import default_shift, run_landscape
     from raysoup.prepare import prepare
 
@@ -84,23 +90,24 @@ def test_resume_skips_finished_points_and_one_actor_gives_the_same_results(
         ctx = AnalysisContext(cfg, workdir, data, actors)
         tuned = ctx.fine_tuned()
         splits = ["heldout", "test", default_shift(ctx)]
-        # Points off the models and their soup (the other tests read those from the table).
         keys = [blend(ctx, [ctx.zeroshot, *tuned[:2]], landscape.weights(a, b), splits).key
-                for a, b in landscape.grid(3) if (a, b) not in landscape.MARKED.values()]
+                for a, b in landscape.grid(3)]
+        two_actors = {k: ctx.journal.get(k) for k in keys}
+        # A killed analysis: the journal as it stood when the first grid point had landed
+        # (marked, so that a recomputation would show), the second one's record torn.
         path = workdir / "analysis" / JOURNAL
-        journal = Journal(path)
-        # A killed analysis: three points never finished, and one finished point marked so
-        # that a recomputation would show.
-        lost = {k: journal.get(k) for k in keys[:3]}
-        kept = journal.get(keys[3])
-        for k in lost:
-            del journal.entries[k]
-        journal.put(keys[3], {**kept, "heldout": [0, kept["heldout"][1], 0]})
+        others = [line + b"\n" for line in path.read_bytes().splitlines()
+                  if json.loads(line)["key"] not in two_actors]
+        first, second = keys[0], keys[1]
+        mark = {**two_actors[first], "heldout": [0, two_actors[first]["heldout"][1], 0]}
+        path.write_bytes(b"".join(others) + record_line(first, mark)
+                         + record_line(second, two_actors[second])[:30])
         ctx.journal = Journal(path)
         run_landscape(ctx, points=3)
         again = Journal(path)
-        assert {k: again.get(k) for k in lost} == lost  # 1 actor: the 2 actors' results
-        assert again.get(keys[3])["heldout"][0] == 0  # a finished point is not recomputed
+        assert again.get(first)["heldout"][0] == 0  # a finished point is not recomputed
+        # Every other point of the grid, recomputed on 1 actor: the 2 actors' results.
+        assert {k: again.get(k) for k in keys[1:]} == {k: two_actors[k] for k in keys[1:]}
 
         # A model souped with itself is the model, and its own ensemble: no gap, no terms.
         m = tuned[0]
@@ -113,5 +120,10 @@ def test_resume_skips_finished_points_and_one_actor_gives_the_same_results(
                        lambda i: ctx.load_array(z), 0, 1, soups)
         assert row["accuracy_gap"] == 0 and abs(row["loss_gap"]) < 1e-6
         assert row["confidence_term"] == 0
+        # The same of the uniform soup, its flatness read on the lines to each ingredient.
+        u = uniform_row(ctx, [m, m], np.asarray(data.heldout.labels),
+                        lambda i: ctx.load_array(z))
+        assert u["accuracy_gap"] == 0 and u["confidence_term"] == 0
+        assert abs(u["flatness_term"]) < 1e-5 and abs(u["predicted_loss_gap"]) < 1e-5
     finally:
         actors.release()

@@ -88,6 +88,60 @@ def test_confidence_term_is_the_ensemble_losss_curvature():
     assert ensembles.curvature([0, 0.5, 1, 2], [0, 0.25, 1, 4]) == pytest.approx(2.0)
 
 
+def test_uniform_flatness_term_is_the_loss_jensen_gap_of_a_quadratic():
+    """On a quadratic loss the second-order expansion is exact: −½ Σ w_i d_iᵀ H d_i equals
+    L(θ̄) − Σ w_i L(θ_i), from curvatures read on the lines (never at θ̄ itself); two models
+    at (½, ½) give the pair's term −α(1 − α)/2 · L''(α)."""
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(6, 6))
+    hess, b = a @ a.T, rng.normal(size=6)
+
+    def loss(theta):
+        return 0.5 * theta @ hess @ theta + b @ theta
+
+    thetas = rng.normal(size=(4, 6))
+    weights = [0.25] * 4
+    assert ensembles.line_weights(weights, 2, 1.0) == [0, 0, 1, 0]
+    assert ensembles.line_weights(weights, 2, 0.0) == weights
+
+    def curves(models, w):
+        return [ensembles.curvature(
+            [*ensembles.LINE_POINTS, 1.0],
+            [loss(np.asarray(ensembles.line_weights(w, i, t)) @ models)
+             for t in [*ensembles.LINE_POINTS, 1.0]]) for i in range(len(models))]
+
+    jensen = loss(np.mean(thetas, 0)) - np.mean([loss(t) for t in thetas])
+    assert ensembles.flatness_term(weights, curves(thetas, weights)) == pytest.approx(jensen)
+    pair = thetas[:2]
+    along = ensembles.curvature([0, 0.25, 0.75, 1],
+                                [loss((1 - t) * pair[0] + t * pair[1]) for t in (0, .25, .75, 1)])
+    assert ensembles.flatness_term([0.5, 0.5], curves(pair, [0.5, 0.5])) == pytest.approx(
+        -0.5 * 0.25 * along)
+
+
+def test_uniform_soup_approximation_vanishes_for_a_model_linear_in_its_weights():
+    """Logits linear in the weights: the soup is its ensemble (observed gap 0), so flatness
+    and confidence must cancel to second order: the N-model formula's signs and factors."""
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(200, 3)), rng.integers(0, 4, 200)
+    centre = rng.normal(size=(3, 4))
+    models = [centre + 0.05 * rng.normal(size=(3, 4)) for _ in range(4)]
+    weights = [0.25] * 4
+    soup = sum(w * m for w, m in zip(weights, models))
+
+    def loss(theta):
+        return ensembles.loss_and_accuracy(x @ theta, y)[0]
+
+    ts = [*ensembles.LINE_POINTS, 1.0]
+    curves = [ensembles.curvature(ts, [loss(soup + t * (m - soup)) for t in ts]) for m in models]
+    flatness = ensembles.flatness_term(weights, curves)
+    confidence = ensembles.confidence_term([x @ m for m in models], weights)
+    observed = loss(soup) - ensembles.loss_and_accuracy(
+        ensembles.ensemble_logits([x @ m for m in models], weights), y)[0]
+    assert observed == pytest.approx(0, abs=1e-12) and flatness < -1e-4
+    assert abs(flatness + 0.5 * confidence) < 0.03 * abs(flatness)
+
+
 def test_correlation_and_its_interval_are_seeded():
     x = np.arange(10.0)
     perfect = stats.correlation(x, 2 * x + 1)
@@ -109,12 +163,57 @@ def test_pairs_are_labelled_by_what_differs():
 def test_journal_keeps_results_across_instances_and_names_a_bad_file(tmp_path):
     key = job_key(kind="blend", weights=[0.5, 0.5])
     assert key == job_key(weights=[0.5, 0.5], kind="blend")
-    Journal(tmp_path / "j.json").put(key, {"heldout": [1, 2, 3]})
-    assert Journal(tmp_path / "j.json").get(key) == {"heldout": [1, 2, 3]}
-    (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(ValueError, match="not an analysis journal"):
-        Journal(tmp_path / "bad.json")
-    assert json.loads((tmp_path / "j.json").read_text())[key]["heldout"] == [1, 2, 3]
+    Journal(tmp_path / "j.jsonl").put(key, {"heldout": [1, 2, 3]})
+    assert Journal(tmp_path / "j.jsonl").get(key) == {"heldout": [1, 2, 3]}
+    # A damaged line before the last is not a torn write: refused, naming the line.
+    (tmp_path / "bad.jsonl").write_text('{"key": "a", "result": 1}\n{\n{"key": "b", '
+                                        '"result": 2}\n')
+    with pytest.raises(ValueError, match="line 2 is not an analysis journal record"):
+        Journal(tmp_path / "bad.jsonl")
+
+
+def test_journal_appends_one_line_a_result(tmp_path):
+    """Each result adds its own line and leaves the bytes before it as they were (a
+    whole-file rewrite per result is quadratic in the number of grid points)."""
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path)
+    before = b""
+    for i in range(5):
+        journal.put(f"k{i}", [i, 2 * i])
+        now = path.read_bytes()
+        assert now.startswith(before) and now.count(b"\n") == i + 1
+        assert json.loads(now[len(before):]) == {"key": f"k{i}", "result": [i, 2 * i]}
+        before = now
+    assert Journal(path).entries == {f"k{i}": [i, 2 * i] for i in range(5)}
+
+
+def test_journal_ignores_a_torn_last_line_and_appends_after_it(tmp_path):
+    """A kill mid-write leaves part of the last record: it is dropped (its job runs again),
+    cut off the file, and the next result lands on a line of its own."""
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path)
+    journal.put("done", 1)
+    whole = path.read_bytes()
+    for torn in (b'{"key":"lost","res', b'{"key":"lost","result":2}'):  # no newline: torn
+        path.write_bytes(whole + torn)
+        again = Journal(path)
+        assert again.entries == {"done": 1} and path.read_bytes() == whole
+    again.put("next", 3)
+    assert Journal(path).entries == {"done": 1, "next": 3}
+
+
+def test_journal_reads_the_old_one_object_journal_and_never_rewrites_it(tmp_path):
+    legacy = tmp_path / "journal.json"
+    legacy.write_text(json.dumps({"old": [1, 2]}))
+    journal = Journal(tmp_path / "journal.jsonl", legacy=legacy)
+    assert "old" in journal and journal.get("old") == [1, 2]
+    journal.put("new", 3)
+    assert json.loads(legacy.read_text()) == {"old": [1, 2]}
+    assert Journal(tmp_path / "journal.jsonl", legacy=legacy).entries == {"old": [1, 2],
+                                                                          "new": 3}
+    legacy.write_text("{")
+    with pytest.raises(ValueError, match="journal.json: not an analysis journal"):
+        Journal(tmp_path / "journal.jsonl", legacy=legacy)
 
 
 def test_analyze_refuses_a_workdir_without_results_and_unknown_analyses(tmp_path):
@@ -128,6 +227,32 @@ def test_analyze_refuses_a_workdir_without_results_and_unknown_analyses(tmp_path
         analyze(config, tmp_path / "work", ["landscapes"])
     with pytest.raises(ValueError, match="pair_limit must be at least 2"):
         analyze(config, tmp_path / "work", pair_limit=1)
+    assert not (tmp_path / "work").exists()
+
+
+def test_transfer_is_refused_by_name_where_the_data_has_no_second_task(tmp_path):
+    """A user's ImageFolder/Parquet sweep: asked for, transfer is refused before anything
+    starts, saying why; all four by default, it is left out and the others go on (here they
+    stop at the missing results, as nothing ran)."""
+    import yaml
+
+    from raysoup.analysis.transfer import transfer_unavailable
+    from raysoup.api import analyze, load_config
+
+    tiny = Path(__file__).parents[1] / "experiments" / "tiny.yaml"
+    assert transfer_unavailable(load_config(tiny)) is None
+    doc = yaml.safe_load(tiny.read_text())
+    del doc["data"]["world"]
+    doc["model"] = {"name": "ViT-B-32", "pretrained": "openai"}  # the world's need data.world
+    doc["data"]["templates"] = "openai_imagenet"
+    doc["data"] |= {"train": {"format": "imagefolder", "path": str(tmp_path / "train")},
+                    "test": {"format": "imagefolder", "path": str(tmp_path / "test")}}
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(doc))
+    assert "data.world" in transfer_unavailable(load_config(tmp_path / "mine.yaml"))
+    with pytest.raises(ValueError, match="transfer: needs a task the sweep never trained on"):
+        analyze(tmp_path / "mine.yaml", tmp_path / "work", ["landscape", "transfer"])
+    with pytest.raises(RuntimeError, match="has no results.parquet"):
+        analyze(tmp_path / "mine.yaml", tmp_path / "work")
     assert not (tmp_path / "work").exists()
 
 

@@ -12,6 +12,13 @@ first term: a convex path helps the soup) and the ensemble where its predictions
 (confidence, the second term: the variance of the logit change under the predicted classes,
 which is small for confident predictions). The curvature is measured from the soup's loss at a
 few α other than the point predicted, so the prediction never reads the soup it predicts.
+
+For N models with weights w the same expansion around the soup θ̄ = Σ w_i θ_i gives
+
+    L_soup − L_ens ≈ ½ Σ_i w_i ( −(θ_i − θ̄)ᵀ ∇²L(θ̄) (θ_i − θ̄) + E_x Var_{Y∼p(x)}[f_Y(x; θ_i) − f̄_Y(x)] )
+
+(f̄ the ensemble's logits): `flatness_term` plus half of `confidence_term`. Each curvature is
+measured along the line from the soup to one ingredient, again without the soup itself.
 """
 
 from __future__ import annotations
@@ -63,6 +70,21 @@ def curvature(alphas: list[float], losses: list[float]) -> float:
         raise ValueError("the curvature along the interpolation needs at least 3 α points")
     c2, _, _ = np.polyfit(np.asarray(alphas, float), np.asarray(losses, float), 2)
     return 2.0 * float(c2)
+
+
+LINE_POINTS = (-0.5, 0.5)  # t on the line from a soup to one ingredient (t = 1: the ingredient)
+
+
+def line_weights(weights: list[float], i: int, t: float) -> list[float]:
+    """The weighting of θ̄ + t(θ_i − θ̄), with θ̄ = Σ w_j θ_j: (1 − t)·w + t·e_i."""
+    return [(1 - t) * w + (t if j == i else 0.0) for j, w in enumerate(weights)]
+
+
+def flatness_term(weights: list[float], line_curvatures: list[float]) -> float:
+    """−½ Σ_i w_i (θ_i − θ̄)ᵀ ∇²L(θ̄) (θ_i − θ̄): the flatness term of a soup of N models,
+    from the loss's curvature along each line θ̄ + t(θ_i − θ̄) at t = 0 (`line_curvatures`).
+    For two models at (1 − α, α) it is −α(1 − α)/2 · L_soup''(α), the pair's term."""
+    return -0.5 * sum(w * c for w, c in zip(weights, line_curvatures, strict=True))
 
 
 def predicted_gap(alpha: float, loss_curvature: float, confidence: float) -> float:

@@ -13,9 +13,27 @@ from pathlib import Path
 
 import numpy as np
 
-from raysoup.config import ModelCfg, WorldCfg
+from raysoup.config import ExperimentCfg, ModelCfg, WorldCfg
 from raysoup.data import world
 from raysoup.data.render import COLORS
+
+
+def transfer_unavailable(cfg: ExperimentCfg) -> str | None:
+    """Why the transfer analysis cannot run on `cfg`'s sweep (None: it can). It needs a task
+    the sweep never trained on, with its own labels of images the eval actors hold, and a
+    text tower to read its class names: raysoup has such a task for the generated world only
+    (the colour of the shapes). A user's ImageFolder or Parquet data carries one labelling;
+    a new dataset would have to be decoded into the eval cache, which is not built yet."""
+    if cfg.model.family != "open_clip":
+        return (f"transfer: model.family {cfg.model.family} has no text tower to read a new "
+                "task's class names zero-shot (the CLIP family only)")
+    if cfg.data.world is None:
+        return ("transfer: needs a task the sweep never trained on, labelled on images raysoup "
+                "evaluates; it has one for the generated world (data.world: the shapes' "
+                "colours) only. data.train/data.test (ImageFolder, Parquet) carry one "
+                "labelling, and a second dataset with its class names and templates is not "
+                "supported yet (docs/analysis.md, transfer)")
+    return None
 
 
 @dataclass(frozen=True)

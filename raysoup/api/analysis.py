@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
 
 # = orchestration.analyses.ANALYSES (not imported here: it loads Ray)
 ANALYSES = ("landscape", "angles", "soup-vs-ensemble", "transfer")
+log = logging.getLogger("raysoup")
 
 
 def analyze(config: str | Path | ExperimentCfg, workdir: str | Path | None = None,
@@ -29,12 +31,19 @@ def analyze(config: str | Path | ExperimentCfg, workdir: str | Path | None = Non
     `models`: its two fine-tuned ingredients (default: the best two on held-out); `shift`: its
     shift set (default: the first over every class); `pair_limit`: pairs only among the best
     that many ingredients on held-out (angles, soup vs ensemble: N(N − 1)/2 pairs)."""
+    from raysoup.analysis.transfer import transfer_unavailable
     from raysoup.orchestration.analyses import run_analysis
 
     cfg = load_config(config, overrides)
     where = cfg.resolved_workdir(None if workdir is None else str(workdir))
     wanted = tuple(ANALYSES if analyses is None else
                    ((analyses,) if isinstance(analyses, str) else analyses))
+    why_not = transfer_unavailable(cfg) if "transfer" in wanted else None
+    if why_not and analyses is not None:
+        raise ValueError(why_not)
+    if why_not:  # all four by default: the three that apply run
+        log.warning("analyze: %s; left out", why_not)
+        wanted = tuple(a for a in wanted if a != "transfer")
     outcomes = run_analysis(cfg, where, wanted, address=address, points=points, models=models,
                             shift=shift, pair_limit=pair_limit)
     return {name: (o.files, o.findings)

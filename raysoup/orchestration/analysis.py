@@ -37,7 +37,8 @@ from raysoup.progress import Progress
 from raysoup.reduce import plan_shards, tensor_nbytes
 from raysoup.workdir import RECIPE_FILE, IngredientManifest, Workdir
 
-JOURNAL = "journal.json"
+JOURNAL = "journal.jsonl"
+LEGACY_JOURNAL = "journal.json"  # the one-object journal of earlier releases: still read
 log = logging.getLogger("raysoup")
 
 
@@ -75,7 +76,8 @@ class AnalysisContext:
         self.cfg, self.data, self.actors = cfg, data, actors
         self.layout = Workdir(workdir)
         self.table = res.read_results(self.layout.results)
-        self.journal = Journal(self.layout.analysis / JOURNAL)
+        self.journal = Journal(self.layout.analysis / JOURNAL,
+                               legacy=self.layout.analysis / LEGACY_JOURNAL)
         self.audits: dict[str, Audit] = {}
         self.models = self._models()
         self.pair_limit: int | None = None  # pairs among the best this many ingredients
@@ -132,8 +134,11 @@ class AnalysisContext:
                 self.journal.put(todo[i].key, todo[i].store(value))
                 bar.update(1)
 
-            pool.run([lambda a, j=j: a.apply.remote(j.fn, *j.args) for j in todo],
-                     on_result=landed)
+            try:
+                pool.run([lambda a, j=j: a.apply.remote(j.fn, *j.args) for j in todo],
+                         on_result=landed)
+            finally:
+                self.journal.flush()  # a remote workdir keeps what landed, even on failure
             bar.close()
         return [self.journal.get(j.key) for j in jobs]
 

@@ -54,10 +54,12 @@ def run_soup_vs_ensemble(ctx: AnalysisContext) -> Outcome:
     return Outcome([table, figure], [
         (f"soup vs ensemble: approximation vs observed loss gap {loss_corr.text()}; vs "
         f"accuracy gap {acc_corr.text()}"),
-        (f"uniform soup − ensemble on held-out: loss {u['loss_gap']:+.4f}, accuracy "
-        f"{100 * u['accuracy_gap']:+.2f} points (confidence term {u['confidence_term']:+.4f})")],
+        (f"uniform soup − ensemble on held-out: loss {u['loss_gap']:+.4f} (approximation "
+         f"{u['predicted_loss_gap']:+.4f}: flatness {u['flatness_term']:+.4f}, confidence "
+         f"{u['confidence_term']:+.4f}), accuracy {100 * u['accuracy_gap']:+.2f} points")],
         {"analysis_gap_loss_r": loss_corr.r, "analysis_gap_accuracy_r": acc_corr.r,
-         "analysis_uniform_minus_ensemble_loss": u["loss_gap"]})
+         "analysis_uniform_minus_ensemble_loss": u["loss_gap"],
+         "analysis_uniform_predicted_loss_gap": u["predicted_loss_gap"]})
 
 
 def pair_row(tuned: list[Model], labels: np.ndarray, load, i: int, j: int,
@@ -82,21 +84,32 @@ def pair_row(tuned: list[Model], labels: np.ndarray, load, i: int, j: int,
 
 def uniform_row(ctx: AnalysisContext, tuned: list[Model], labels: np.ndarray, load) -> dict:
     """The uniform soup of every fine-tuned ingredient against their ensemble. Its flatness
-    term would need the curvature along N directions: only the confidence term is given."""
+    term is the curvature along the line from the soup to each ingredient (t = −½, ½ on the
+    line, t = 1 the ingredient: never the soup itself), weighted as the soup weights them."""
     n = len(tuned)
     weights = [1.0 / n] * n
-    [soup] = ctx.run([blend(ctx, tuned, weights, ["heldout"])], "analysis: uniform soup")
+    lines = [ensembles.line_weights(weights, i, t)
+             for i in range(n) for t in ensembles.LINE_POINTS]
+    soup, *on_lines = ctx.run([blend(ctx, tuned, w, ["heldout"]) for w in [weights, *lines]],
+                              "analysis: uniform soup")
     soup_acc, soup_loss = scores(soup, "heldout")
+    points = len(ensembles.LINE_POINTS)
+    curves = [ensembles.curvature(
+        [*ensembles.LINE_POINTS, 1.0],
+        [*(scores(r, "heldout")[1] for r in on_lines[i * points:(i + 1) * points]),
+         ensembles.loss_and_accuracy(load(i), labels)[0]]) for i in range(n)]
     lazy = LazyLogits(load, n)
     ens_loss, ens_acc = ensembles.loss_and_accuracy(ensembles.ensemble_logits(lazy, weights),
                                                     labels)
     confidence = ensembles.confidence_term(lazy, weights)
+    flatness = ensembles.flatness_term(weights, curves)
     return {"kind": "uniform", "models": "+".join(m.name for m in tuned),
             "soup_loss": soup_loss, "ensemble_loss": ens_loss, "loss_gap": soup_loss - ens_loss,
             "soup_accuracy": soup_acc, "ensemble_accuracy": ens_acc,
-            "accuracy_gap": soup_acc - ens_acc, "curvature": float("nan"),
-            "flatness_term": float("nan"), "confidence_term": 0.5 * confidence,
-            "predicted_loss_gap": float("nan")}
+            "accuracy_gap": soup_acc - ens_acc,
+            "curvature": float(np.dot(weights, curves)),  # Σ w_i (θ_i − θ̄)ᵀ∇²L(θ̄)(θ_i − θ̄)
+            "flatness_term": flatness, "confidence_term": 0.5 * confidence,
+            "predicted_loss_gap": flatness + 0.5 * confidence}
 
 
 class LazyLogits:

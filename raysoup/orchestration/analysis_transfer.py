@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from raysoup.analysis import figures
-from raysoup.analysis.transfer import colour_task, transfer_head
+from raysoup.analysis.transfer import colour_task, transfer_head, transfer_unavailable
 from raysoup.evaluate.paired import paired, unpack
 from raysoup.orchestration import analysis_jobs as jobs
 from raysoup.orchestration.analysis import AnalysisContext, Job, Outcome
@@ -18,11 +18,10 @@ from raysoup.workdir import IngredientManifest
 def run_transfer(ctx: AnalysisContext) -> Outcome:
     """The zero-shot model, the best single model and every weight soup, read zero-shot
     through the base's text tower on a task the sweep never trained on (the world's colours)."""
-    world = ctx.cfg.data.world
-    if world is None:
-        raise RuntimeError("transfer: defined for the generated world (data.world) only: its "
-                           "images carry a second labelling (colour)")
-    task = colour_task(world, "test", list(ctx.data.test.keys))
+    why_not = transfer_unavailable(ctx.cfg)
+    if why_not:
+        raise ValueError(why_not)
+    task = colour_task(ctx.cfg.data.world, "test", list(ctx.data.test.keys))
     zs_manifest = IngredientManifest.read(ctx.zeroshot.path).meta
     base = Path(zs_manifest["base_model"]) if Path(str(zs_manifest.get("base_model"))).is_file() \
         else None
