@@ -29,6 +29,7 @@ training, `(sweep wall time x concurrent slots - sum of train_seconds) / trials`
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -45,6 +46,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from driver import end_state
 from multinode_drill import FAST_HEALTH, free_port, wait_for
 from small import small_config
+
+from raysoup.orchestration.cpu_time import TreeCpu
 
 
 def drill_config(trials: int, nodes: int) -> dict:
@@ -165,13 +168,59 @@ def run_disturbed(cfg: Path, work: Path, trials: int, nodes: int,
         cluster.shutdown()
 
 
+def stage_times(stderr: str) -> dict[str, list[float]]:
+    """{stage: [wall s, CPU s]} from the driver's `── STAGE done in W s (CPU C s)` lines (a
+    resumed run: the last of each). The CPU is the driver's tree: with --address, the driver
+    alone (the cluster's processes are this script's)."""
+    return {m[0]: [float(m[1]), float(m[2])] for m in
+            re.findall(r"── (\w+) done in ([\d.]+) s \(CPU ([\d.]+) s\)", stderr)}
+
+
+def trial_spans(work: Path) -> list[dict]:
+    """Each trial's span in Tune, from its result.json: the actor process (pid) that ran it,
+    start (its first result's time minus that iteration's duration), end (its last result).
+    Tune's timestamps are whole seconds: each span is good to about a second."""
+    spans = []
+    for d in sorted((work / "tune").glob("*/train_trial_*")):
+        rows = [json.loads(line) for line in (d / "result.json").read_text().splitlines()
+                if line.strip()]
+        if rows:
+            spans.append({"pid": rows[0]["pid"], "end": rows[-1]["timestamp"],
+                          "start": rows[0]["timestamp"] - rows[0]["time_this_iter_s"]})
+    return spans
+
+
 def overhead(work: Path, stderr: str, trials: int, slots: int) -> dict:
-    """Trial-slot seconds per trial not spent in a trial's own training."""
+    """Trial-slot seconds per trial not spent in a trial's own training, and where they went:
+    `slots x sweep wall = training + in_trial + between_trials + idle`, per trial:
+    - in_trial: inside a trial's span in Tune but not in train_seconds (the trial function's
+      imports, on an actor's first trial; the last epoch's checkpoint and report),
+    - between_trials: from a trial's end to the next one's start on the same actor process
+      (Tune's turnaround: the driver's callbacks, MLflow, the actor's reset),
+    - idle: slots running no trial: the sweep's start (Tune, actor processes starting and
+      importing torch) and end (the last trials' tail, closing the MLflow runs), and trials
+      retried after a node's loss."""
     sweep_s = float(re.findall(r"── sweep done in ([\d.]+) s", stderr)[-1])
     train = [json.loads(p.read_text()).get("train_seconds", 0.0)
              for p in sorted((work / "ingredients").glob("trial-*/manifest.json"))]
-    return {"sweep_seconds": sweep_s, "mean_train_seconds": sum(train) / len(train),
-            "overhead_per_trial_s": (sweep_s * slots - sum(train)) / trials}
+    spans = trial_spans(work)
+    by_actor: dict[int, list[dict]] = {}
+    for span in sorted(spans, key=lambda t: t["start"]):
+        by_actor.setdefault(span["pid"], []).append(span)
+    in_tune = sum(t["end"] - t["start"] for t in spans)
+    between = sum(b["start"] - a["end"] for run in by_actor.values()
+                  for a, b in itertools.pairwise(run))
+    first = [run[0]["end"] - run[0]["start"] for run in by_actor.values()]
+    later = [t["end"] - t["start"] for run in by_actor.values() for t in run[1:]]
+    per = {"training": sum(train), "in_trial": in_tune - sum(train), "between_trials": between,
+           "idle": sweep_s * slots - in_tune - between}
+    return {"sweep_seconds": sweep_s, "mean_train_seconds": round(sum(train) / len(train), 2),
+            "overhead_per_trial_s": round((sweep_s * slots - sum(train)) / trials, 2),
+            "per_trial_s": {k: round(v / trials, 2) for k, v in per.items()},
+            "actor_processes": len(by_actor),
+            "mean_trial_span_s": {"first_on_its_actor": round(sum(first) / len(first), 1),
+                                  "on_a_reused_actor": round(sum(later) / max(1, len(later)), 1)},
+            "stages_wall_cpu_s": stage_times(stderr)}
 
 
 def checks(ref: dict, got: dict, work: Path, trials: int) -> dict[str, bool]:
@@ -203,17 +252,23 @@ def main() -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     cfg = a.out / "drill.yaml"
     cfg.write_text(yaml.safe_dump(drill_config(a.trials, a.nodes)))
+    cpu = TreeCpu(interval=0.5).start()  # this script's tree: the cluster and the drivers
     started = time.time()
     rc_ref, err_ref = run_undisturbed(cfg, a.out / "reference", a.nodes, a.timeout)
     if rc_ref != 0:
         print(json.dumps({"reference_failed": rc_ref, "stderr_tail": err_ref[-4000:]}))
         return 1
-    ref_s = time.time() - started
+    ref_s, ref_cpu = time.time() - started, cpu.seconds()
     rc, events, err = run_disturbed(cfg, a.out / "disturbed", a.trials, a.nodes, a.timeout)
+    cpu.stop()
+    for name, text in (("reference", err_ref), ("disturbed", err)):
+        (a.out / f"{name}.stderr.log").write_text(text)  # the drivers' logs, for a look
     report = {"trials": a.trials, "nodes": a.nodes, "events": events, "returncode": rc,
               # whether a node's loss hit a trial in flight (Tune retried it from a checkpoint)
               "trial_retried": "retrying from its last checkpoint" in err,
-              "reference_wall_s": round(ref_s, 1),
+              "reference_wall_s": round(ref_s, 1), "reference_cpu_s": round(ref_cpu, 1),
+              "disturbed_wall_s": round(time.time() - started - ref_s, 1),
+              "disturbed_cpu_s": round(cpu.seconds() - ref_cpu, 1),
               "reference": overhead(a.out / "reference", err_ref, a.trials, a.nodes)}
     if rc == 0:
         report["checks"] = checks(end_state(a.out / "reference", "drill72"),
