@@ -47,8 +47,6 @@ from driver import end_state
 from multinode_drill import FAST_HEALTH, free_port, wait_for
 from small import small_config
 
-from raysoup.orchestration.cpu_time import TreeCpu
-
 
 def drill_config(trials: int, nodes: int) -> dict:
     return small_config(
@@ -168,6 +166,79 @@ def run_disturbed(cfg: Path, work: Path, trials: int, nodes: int,
         cluster.shutdown()
 
 
+# Process roles, by the title a process last had (a Ray worker renames itself for what it
+# runs): the trials' actors, the drivers, the anytime soup and its reduction tasks, the eval
+# and soup actors, and Ray's own processes (one raylet and agents per simulated node).
+ROLES = ("ImplicitFunc", "raysoup.cli", "AnytimeSoup", "_build_shard", "EvalWorker",
+         "SoupActor", "raylet", "gcs_server", "dashboard", "DashboardAgent", "RuntimeEnvAgent",
+         "log_monitor", "monitor.py")
+
+
+class RoleCpu:
+    """CPU seconds (user + system) of this script's process tree (the cluster's processes,
+    the drivers and the Ray workers), by role, from /proc sampled every `interval` s: each
+    process's last value counts (a process living less than an interval is missed, and the
+    last interval of each that exits)."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval, self.seen = interval, {}  # (pid, start) -> [ticks, title]
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    @staticmethod
+    def _read(pid: str) -> tuple[int, str, int, str] | None:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            title = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ").strip()
+        except OSError:
+            return None
+        fields = stat[stat.rindex(")") + 2:].split()
+        return int(fields[1]), fields[19], int(fields[11]) + int(fields[12]), title
+
+    def sample(self) -> None:
+        stats = {int(p.name): s for p in Path("/proc").iterdir() if p.name.isdigit()
+                 if (s := self._read(p.name)) is not None}
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, *_) in stats.items():
+            children.setdefault(ppid, []).append(pid)
+        todo = list(children.get(os.getpid(), ()))
+        with self._lock:
+            self._walk(todo, stats, children)
+
+    def _walk(self, todo: list[int], stats: dict, children: dict) -> None:
+        while todo:
+            pid = todo.pop()
+            _, start, ticks, title = stats[pid]
+            entry = self.seen.setdefault((pid, start), [0, title])
+            entry[0] = ticks
+            if title and "ray::IDLE" not in title:  # keep the name of what it ran
+                entry[1] = title
+            todo.extend(children.get(pid, ()))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def by_role(self) -> dict[str, float]:
+        self.sample()
+        tick = os.sysconf("SC_CLK_TCK")
+        roles: dict[str, float] = {}
+        with self._lock:
+            seen = list(self.seen.values())
+        for ticks, title in seen:
+            role = next((r for r in ROLES if r in title), "other")
+            roles[role] = roles.get(role, 0.0) + ticks / tick
+        return roles
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def minus(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: round(v - before.get(k, 0.0), 1) for k, v in
+            sorted(after.items(), key=lambda kv: -kv[1]) if v - before.get(k, 0.0) >= 0.05}
+
+
 def stage_times(stderr: str) -> dict[str, list[float]]:
     """{stage: [wall s, CPU s]} from the driver's `── STAGE done in W s (CPU C s)` lines (a
     resumed run: the last of each). The CPU is the driver's tree: with --address, the driver
@@ -252,23 +323,27 @@ def main() -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     cfg = a.out / "drill.yaml"
     cfg.write_text(yaml.safe_dump(drill_config(a.trials, a.nodes)))
-    cpu = TreeCpu(interval=0.5).start()  # this script's tree: the cluster and the drivers
+    cpu = RoleCpu()
     started = time.time()
     rc_ref, err_ref = run_undisturbed(cfg, a.out / "reference", a.nodes, a.timeout)
     if rc_ref != 0:
         print(json.dumps({"reference_failed": rc_ref, "stderr_tail": err_ref[-4000:]}))
         return 1
-    ref_s, ref_cpu = time.time() - started, cpu.seconds()
+    ref_s, ref_cpu = time.time() - started, cpu.by_role()
     rc, events, err = run_disturbed(cfg, a.out / "disturbed", a.trials, a.nodes, a.timeout)
+    all_cpu = cpu.by_role()
     cpu.stop()
     for name, text in (("reference", err_ref), ("disturbed", err)):
         (a.out / f"{name}.stderr.log").write_text(text)  # the drivers' logs, for a look
     report = {"trials": a.trials, "nodes": a.nodes, "events": events, "returncode": rc,
               # whether a node's loss hit a trial in flight (Tune retried it from a checkpoint)
               "trial_retried": "retrying from its last checkpoint" in err,
-              "reference_wall_s": round(ref_s, 1), "reference_cpu_s": round(ref_cpu, 1),
+              "reference_wall_s": round(ref_s, 1),
               "disturbed_wall_s": round(time.time() - started - ref_s, 1),
-              "disturbed_cpu_s": round(cpu.seconds() - ref_cpu, 1),
+              "reference_cpu_s": round(sum(ref_cpu.values()), 1),
+              "disturbed_cpu_s": round(sum(all_cpu.values()) - sum(ref_cpu.values()), 1),
+              "reference_cpu_by_role_s": minus(ref_cpu, {}),
+              "disturbed_cpu_by_role_s": minus(all_cpu, ref_cpu),
               "reference": overhead(a.out / "reference", err_ref, a.trials, a.nodes)}
     if rc == 0:
         report["checks"] = checks(end_state(a.out / "reference", "drill72"),
