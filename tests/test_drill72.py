@@ -29,6 +29,7 @@ def test_reduced_paper_shaped_drill(tmp_path):
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     assert lines, proc.stderr[-4000:]
     report = json.loads(lines[-1])
+    assert "reference_failed" not in report, report
     assert report["events"] == [
         "removed a worker node at 1/4 of the sweep", "removed a worker node at 1/2 of the sweep",
         "SIGKILLed the driver at 3/4 of the sweep",
