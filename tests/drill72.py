@@ -1,9 +1,10 @@
 """The paper-shaped drill: a sweep of the paper's size (72 trials) on a simulated 8-node cluster
 (`ray.cluster_utils.Cluster`), disturbed the way a spot cluster is, against an undisturbed run
-of the same seed. Not part of the default suite (two 72-trial pipelines); run it by hand:
+of the same seed. Not part of the default suite (two pipelines on a multi-node cluster); run it
+by hand, or its smallest size through tests/test_drill72.py with RAYSOUP_DRILL72=1:
 
     python tests/drill72.py --trials 72 --nodes 8 --out /tmp/drill72     # the paper's size
-    python tests/drill72.py --trials 8 --nodes 4 --out /tmp/drill8       # a reduced size
+    python tests/drill72.py --trials 4 --nodes 2 --out /tmp/drill4       # the smallest size
 
 Each worker node declares 1 CPU and 1 GPU: the GPU is a placeholder resource (Ray schedules by
 the declared count; torch finds no CUDA device and trains on the CPU), so every trial asks for
@@ -23,7 +24,8 @@ ingredient each, one MLflow run each, none RUNNING, no other runs than the refer
 anytime journal offers each trial once, in order, and equals the reference's, and the results
 table and every soup file are byte-identical to the undisturbed run's. It reports the sweep's
 per-trial orchestration overhead: trial-slot seconds per trial not spent in a trial's own
-training, `(sweep wall time x concurrent slots - sum of train_seconds) / trials`.
+training, `(sweep wall time x concurrent slots - sum of train_seconds) / trials`, and where it
+goes (`overhead`), and each run's CPU seconds by process role (`RoleCpu`).
 """
 
 from __future__ import annotations
