@@ -357,18 +357,32 @@ def _import(args: argparse.Namespace) -> int:
         CheckpointImportError,
         experiment_target,
         import_checkpoints,
+        plan_names,
+        source_files,
     )
     from raysoup.config import ConfigError, load_experiment
     from raysoup.workdir import Workdir
+    from raysoup.workdir.lock import SOUPS, SWEEP, WorkdirLocked, WorkdirLocks
 
     cfg = load_experiment(args.config, args.overrides)
     if not args.sources and args.zeroshot is None:
         raise ConfigError("raysoup import: give checkpoint files/directories or --zeroshot FILE")
 
-    root = Workdir(cfg.resolved_workdir(args.workdir)).ingredients
+    workdir = cfg.resolved_workdir(args.workdir)
+    root = Workdir(workdir).ingredients
     try:
-        done = import_checkpoints(args.sources, root, experiment_target(cfg, root),
-                                  args.format, args.prefix, args.zeroshot)
+        # Sources and names first: refused before anything, the locks included, is written.
+        plan_names(source_files(args.sources), args.prefix)
+        # Both locks: an import changes the ingredients a sweep writes beside and the
+        # evaluate and soup stages read.
+        with WorkdirLocks(workdir) as locks:
+            locks.take(SWEEP)
+            locks.take(SOUPS)
+            done = import_checkpoints(args.sources, root, experiment_target(cfg, root),
+                                      args.format, args.prefix, args.zeroshot)
+    except WorkdirLocked as err:  # another driver: the message names it
+        print(f"raysoup: error: {err}", file=sys.stderr)
+        return 1
     except CheckpointImportError as err:  # bad input: the message names the file or option
         print(f"raysoup: error: {err}", file=sys.stderr)
         return EXIT_CONFIG

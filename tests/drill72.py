@@ -1,9 +1,10 @@
 """The paper-shaped drill: a sweep of the paper's size (72 trials) on a simulated 8-node cluster
 (`ray.cluster_utils.Cluster`), disturbed the way a spot cluster is, against an undisturbed run
-of the same seed. Not part of the default suite (two 72-trial pipelines); run it by hand:
+of the same seed. Not part of the default suite (two pipelines on a multi-node cluster); run it
+by hand, or its smallest size through tests/test_drill72.py with RAYSOUP_DRILL72=1:
 
     python tests/drill72.py --trials 72 --nodes 8 --out /tmp/drill72     # the paper's size
-    python tests/drill72.py --trials 8 --nodes 4 --out /tmp/drill8       # a reduced size
+    python tests/drill72.py --trials 4 --nodes 2 --out /tmp/drill4       # the smallest size
 
 Each worker node declares 1 CPU and 1 GPU: the GPU is a placeholder resource (Ray schedules by
 the declared count; torch finds no CUDA device and trains on the CPU), so every trial asks for
@@ -23,12 +24,14 @@ ingredient each, one MLflow run each, none RUNNING, no other runs than the refer
 anytime journal offers each trial once, in order, and equals the reference's, and the results
 table and every soup file are byte-identical to the undisturbed run's. It reports the sweep's
 per-trial orchestration overhead: trial-slot seconds per trial not spent in a trial's own
-training, `(sweep wall time x concurrent slots - sum of train_seconds) / trials`.
+training, `(sweep wall time x concurrent slots - sum of train_seconds) / trials`, and where it
+goes (`overhead`), and each run's CPU seconds by process role (`RoleCpu`).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -165,13 +168,132 @@ def run_disturbed(cfg: Path, work: Path, trials: int, nodes: int,
         cluster.shutdown()
 
 
+# Process roles, by the title a process last had (a Ray worker renames itself for what it
+# runs): the trials' actors, the drivers, the anytime soup and its reduction tasks, the eval
+# and soup actors, and Ray's own processes (one raylet and agents per simulated node).
+ROLES = ("ImplicitFunc", "raysoup.cli", "AnytimeSoup", "_build_shard", "EvalWorker",
+         "SoupActor", "raylet", "gcs_server", "dashboard", "DashboardAgent", "RuntimeEnvAgent",
+         "log_monitor", "monitor.py")
+
+
+class RoleCpu:
+    """CPU seconds (user + system) of this script's process tree (the cluster's processes,
+    the drivers and the Ray workers), by role, from /proc sampled every `interval` s: each
+    process's last value counts (a process living less than an interval is missed, and the
+    last interval of each that exits)."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval, self.seen = interval, {}  # (pid, start) -> [ticks, title]
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    @staticmethod
+    def _read(pid: str) -> tuple[int, str, int, str] | None:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            title = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ").strip()
+        except OSError:
+            return None
+        fields = stat[stat.rindex(")") + 2:].split()
+        return int(fields[1]), fields[19], int(fields[11]) + int(fields[12]), title
+
+    def sample(self) -> None:
+        stats = {int(p.name): s for p in Path("/proc").iterdir() if p.name.isdigit()
+                 if (s := self._read(p.name)) is not None}
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, *_) in stats.items():
+            children.setdefault(ppid, []).append(pid)
+        todo = list(children.get(os.getpid(), ()))
+        with self._lock:
+            self._walk(todo, stats, children)
+
+    def _walk(self, todo: list[int], stats: dict, children: dict) -> None:
+        while todo:
+            pid = todo.pop()
+            _, start, ticks, title = stats[pid]
+            entry = self.seen.setdefault((pid, start), [0, title])
+            entry[0] = ticks
+            if title and "ray::IDLE" not in title:  # keep the name of what it ran
+                entry[1] = title
+            todo.extend(children.get(pid, ()))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def by_role(self) -> dict[str, float]:
+        self.sample()
+        tick = os.sysconf("SC_CLK_TCK")
+        roles: dict[str, float] = {}
+        with self._lock:
+            seen = list(self.seen.values())
+        for ticks, title in seen:
+            role = next((r for r in ROLES if r in title), "other")
+            roles[role] = roles.get(role, 0.0) + ticks / tick
+        return roles
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def minus(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: round(v - before.get(k, 0.0), 1) for k, v in
+            sorted(after.items(), key=lambda kv: -kv[1]) if v - before.get(k, 0.0) >= 0.05}
+
+
+def stage_times(stderr: str) -> dict[str, list[float]]:
+    """{stage: [wall s, CPU s]} from the driver's `── STAGE done in W s (CPU C s)` lines (a
+    resumed run: the last of each). The CPU is the driver's tree: with --address, the driver
+    alone (the cluster's processes are this script's)."""
+    return {m[0]: [float(m[1]), float(m[2])] for m in
+            re.findall(r"── (\w+) done in ([\d.]+) s \(CPU ([\d.]+) s\)", stderr)}
+
+
+def trial_spans(work: Path) -> list[dict]:
+    """Each trial's span in Tune, from its result.json: the actor process (pid) that ran it,
+    start (its first result's time minus that iteration's duration), end (its last result).
+    Tune's timestamps are whole seconds: each span is good to about a second."""
+    spans = []
+    for d in sorted((work / "tune").glob("*/train_trial_*")):
+        rows = [json.loads(line) for line in (d / "result.json").read_text().splitlines()
+                if line.strip()]
+        if rows:
+            spans.append({"pid": rows[0]["pid"], "end": rows[-1]["timestamp"],
+                          "start": rows[0]["timestamp"] - rows[0]["time_this_iter_s"]})
+    return spans
+
+
 def overhead(work: Path, stderr: str, trials: int, slots: int) -> dict:
-    """Trial-slot seconds per trial not spent in a trial's own training."""
+    """Trial-slot seconds per trial not spent in a trial's own training, and where they went:
+    `slots x sweep wall = training + in_trial + between_trials + idle`, per trial:
+    - in_trial: inside a trial's span in Tune but not in train_seconds (the trial function's
+      imports, on an actor's first trial; the last epoch's checkpoint and report),
+    - between_trials: from a trial's end to the next one's start on the same actor process
+      (Tune's turnaround: the driver's callbacks, MLflow, the actor's reset),
+    - idle: slots running no trial: the sweep's start (Tune, actor processes starting and
+      importing torch) and end (the last trials' tail, closing the MLflow runs), and trials
+      retried after a node's loss."""
     sweep_s = float(re.findall(r"── sweep done in ([\d.]+) s", stderr)[-1])
     train = [json.loads(p.read_text()).get("train_seconds", 0.0)
              for p in sorted((work / "ingredients").glob("trial-*/manifest.json"))]
-    return {"sweep_seconds": sweep_s, "mean_train_seconds": sum(train) / len(train),
-            "overhead_per_trial_s": (sweep_s * slots - sum(train)) / trials}
+    spans = trial_spans(work)
+    by_actor: dict[int, list[dict]] = {}
+    for span in sorted(spans, key=lambda t: t["start"]):
+        by_actor.setdefault(span["pid"], []).append(span)
+    in_tune = sum(t["end"] - t["start"] for t in spans)
+    between = sum(b["start"] - a["end"] for run in by_actor.values()
+                  for a, b in itertools.pairwise(run))
+    first = [run[0]["end"] - run[0]["start"] for run in by_actor.values()]
+    later = [t["end"] - t["start"] for run in by_actor.values() for t in run[1:]]
+    per = {"training": sum(train), "in_trial": in_tune - sum(train), "between_trials": between,
+           "idle": sweep_s * slots - in_tune - between}
+    return {"sweep_seconds": sweep_s, "mean_train_seconds": round(sum(train) / len(train), 2),
+            "overhead_per_trial_s": round((sweep_s * slots - sum(train)) / trials, 2),
+            "per_trial_s": {k: round(v / trials, 2) for k, v in per.items()},
+            "actor_processes": len(by_actor),
+            "mean_trial_span_s": {"first_on_its_actor": round(sum(first) / len(first), 1),
+                                  "on_a_reused_actor": round(sum(later) / max(1, len(later)), 1)},
+            "stages_wall_cpu_s": stage_times(stderr)}
 
 
 def checks(ref: dict, got: dict, work: Path, trials: int) -> dict[str, bool]:
@@ -203,17 +325,27 @@ def main() -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     cfg = a.out / "drill.yaml"
     cfg.write_text(yaml.safe_dump(drill_config(a.trials, a.nodes)))
+    cpu = RoleCpu()
     started = time.time()
     rc_ref, err_ref = run_undisturbed(cfg, a.out / "reference", a.nodes, a.timeout)
     if rc_ref != 0:
         print(json.dumps({"reference_failed": rc_ref, "stderr_tail": err_ref[-4000:]}))
         return 1
-    ref_s = time.time() - started
+    ref_s, ref_cpu = time.time() - started, cpu.by_role()
     rc, events, err = run_disturbed(cfg, a.out / "disturbed", a.trials, a.nodes, a.timeout)
+    all_cpu = cpu.by_role()
+    cpu.stop()
+    for name, text in (("reference", err_ref), ("disturbed", err)):
+        (a.out / f"{name}.stderr.log").write_text(text)  # the drivers' logs, for a look
     report = {"trials": a.trials, "nodes": a.nodes, "events": events, "returncode": rc,
               # whether a node's loss hit a trial in flight (Tune retried it from a checkpoint)
               "trial_retried": "retrying from its last checkpoint" in err,
               "reference_wall_s": round(ref_s, 1),
+              "disturbed_wall_s": round(time.time() - started - ref_s, 1),
+              "reference_cpu_s": round(sum(ref_cpu.values()), 1),
+              "disturbed_cpu_s": round(sum(all_cpu.values()) - sum(ref_cpu.values()), 1),
+              "reference_cpu_by_role_s": minus(ref_cpu, {}),
+              "disturbed_cpu_by_role_s": minus(all_cpu, ref_cpu),
               "reference": overhead(a.out / "reference", err_ref, a.trials, a.nodes)}
     if rc == 0:
         report["checks"] = checks(end_state(a.out / "reference", "drill72"),

@@ -96,6 +96,33 @@ def test_soup_beside_a_sweep_runs_and_never_deletes_a_live_soup_stage(cfg, tmp_p
         kill(cooking)
 
 
+def test_import_beside_a_driver_is_refused_naming_it(tmp_path, capsys):
+    """`raysoup import` writes ingredients a sweep writes beside and the soup stages read:
+    it takes both locks, and a holder of either refuses it, named, with nothing written."""
+    import torch
+
+    from raysoup.checkpoints import list_ingredients
+    from raysoup.cli import main
+    from raysoup.models.classifier import classifier_skeleton
+
+    src = tmp_path / "ft.pt"
+    torch.save(classifier_skeleton("raysoup-tiny-rn", 10).state_dict(), src)  # tiny.yaml's
+    workdir = tmp_path / "work"
+    args = ["import", str(src), "--config", str(ROOT / "experiments" / "tiny.yaml"),
+            "--workdir", str(workdir)]
+    for name in (SWEEP, SOUPS):
+        holder = hold(workdir, name)
+        try:
+            assert main(args) == 1
+            err = capsys.readouterr().err
+            assert (f"{name} lock is held by pid {holder.pid} on {socket.gethostname()} "
+                    "since ") in err, err
+            assert list_ingredients(workdir / "ingredients") == []
+        finally:
+            kill(holder)
+    # (An import with the locks free: test_import_bad_input's CLI imports.)
+
+
 # ---------------------------------------------------------------- object storage: leases
 
 

@@ -11,6 +11,9 @@ Two locks, named for what they guard (`WORKDIR/.raysoup-<name>.lock`):
   documented; a `raysoup run` that reaches its evaluate stage while another invocation holds
   it waits for it.
 
+`raysoup import` takes both for its short life: it adds ingredients, which a sweep writes
+beside and the evaluate and soup stages read.
+
 How a lock is held, and when a dead holder's lock is taken over:
 
 - **local path** (also a shared file system that supports it): `fcntl.flock` on the lock
