@@ -21,6 +21,9 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+GreedyMetric = Literal["accuracy", "f1", "mcc"]
+
+
 class GreedySettings(Settings):
     # Keep a candidate whose soup does not drop held-out accuracy (>=, the issue's rule);
     # false: only if it improves (>, the paper's reference code).
@@ -32,6 +35,18 @@ class GreedySettings(Settings):
     loss_must_not_rise: bool = False
     # Candidates scored side by side per round (the selection is the same for any value).
     speculation: int = Field(2, ge=1)
+    # The held-out criterion that ranks the ingredients and decides each candidate: GLUE's
+    # per-task metric (F1 of class 1 for MRPC, Matthews correlation for CoLA). F1 and MCC
+    # are taken for two-class tasks only (`check_task`).
+    metric: GreedyMetric = "accuracy"
+
+    def check_task(self, num_classes: int) -> None:
+        """A clear error, before any training, for a metric this task cannot have."""
+        if self.metric != "accuracy" and num_classes != 2:
+            raise ValueError(
+                f"soup.greedy.metric: {self.metric!r} needs a two-class task (F1 of class 1, "
+                f"Matthews correlation of two classes); this task has {num_classes} classes: "
+                "use metric: accuracy")
 
 
 class LearnedSettings(Settings):

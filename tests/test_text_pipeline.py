@@ -84,12 +84,36 @@ def test_text_soups_are_bitwise_identical_for_1_and_3_shards(text_run):
     try:
         three = cook_soups(cfg.soup.recipes, cands, workdir / "soups-3", 3, pool, cfg=cfg.soup,
                            anchor=Candidate("zeroshot", acc["zeroshot"], ing / "zeroshot"))
+        check_greedy_scorer_by_mcc(pool, cands, workdir / "soups" / "uniform")
     finally:
         pool.stop()
     for recipe in cfg.soup.recipes:
         assert json.loads((three[recipe] / "recipe.json").read_text())["num_shards"] == 3
         assert tensor_digest(read_sharded(three[recipe])) == tensor_digest(
             read_sharded(workdir / "soups" / recipe)), recipe
+
+
+def check_greedy_scorer_by_mcc(pool, cands, uniform_dir):
+    """`soup.greedy.metric: mcc` through the Ray kitchen: the running soup of both trials
+    (the uniform soup, bit for bit) scored by class-1 counts in an eval actor equals MCC
+    computed here from that soup's predictions (class 1 against the rest: the task has four
+    classes, the counts are of class 1)."""
+    from raysoup.evaluate.evaluator import load_weights_
+    from raysoup.evaluate.task_metrics import mcc
+    from raysoup.orchestration.kitchen import RunningSumScorer
+    from raysoup.orchestration.reduce_tasks import ingredient_shards
+    from raysoup.reduce import read_sharded
+
+    def predictions(worker, path):
+        ev = worker.evaluator
+        load_weights_(ev.model, read_sharded(path))
+        return ev.logits("heldout").argmax(1).numpy(), ev.splits["heldout"].labels
+
+    scorer = RunningSumScorer(pool, ingredient_shards(cands[0].path, 3), "mcc")
+    scorer.start(cands[0])
+    [got] = scorer.score([cands[1]])
+    [(preds, labels)] = pool.run([lambda a: a.apply.remote(predictions, uniform_dir)])
+    assert got == pytest.approx(mcc(labels == 1, preds == 1))
 
 
 def test_hf_export_loads_in_plain_transformers_and_reproduces_the_test_accuracy(

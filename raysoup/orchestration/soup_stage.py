@@ -52,9 +52,10 @@ Model = tuple[str, str, Path]  # (name, kind, directory) of a model on disk
 
 
 def soup_candidates(models: list[Model], heldout: dict[str, float],
-                    audits: dict[str, Audit], strict: bool) -> list[Candidate]:
+                    audits: dict[str, Audit], strict: bool,
+                    metrics: dict[str, dict[str, float]] | None = None) -> list[Candidate]:
     """The ingredients a soup may use: evaluated, finite (or an error under `strict`), and
-    all of one tensor layout."""
+    all of one tensor layout. `metrics`: other held-out metrics by model (F1, MCC)."""
     candidates = []
     for name, _, path in models:
         if name not in heldout:
@@ -66,7 +67,7 @@ def soup_candidates(models: list[Model], heldout: dict[str, float],
                 raise RuntimeError(f"{what}; soup.strict is set")
             log.warning("%s: left out of every soup", what)
             continue
-        candidates.append(Candidate(name, heldout[name], path))
+        candidates.append(Candidate(name, heldout[name], path, (metrics or {}).get(name, {})))
     check_compatible([c.path for c in candidates])
     return candidates
 
