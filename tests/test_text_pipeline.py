@@ -29,7 +29,7 @@ SMALL_TEXT = {
     "eval": {"num_actors": 1, "batch_size": 64},
     "soup": {"recipes": ["uniform", "greedy", "task_arithmetic"], "num_shards": 1,
              "include_zeroshot": False, "task_arithmetic": {"lambdas": [0.5, 1.0]}},
-    "tracking": {"log_models": False, "register": False},
+    "tracking": {"log_models": True, "register": True},
 }
 
 
@@ -139,3 +139,97 @@ def test_hf_export_loads_in_plain_transformers_and_reproduces_the_test_accuracy(
                                        "uniform_soup")["test"]
     assert float(np.mean(preds == labels)) == reported
     assert "uniform" in (out / "README.md").read_text()
+
+
+def test_killed_text_sweep_resumes_to_the_same_ingredient(text_run, tmp_path):
+    """The fault drill for this family, at its smallest: `raysoup sweep` (a subprocess, its
+    own local Ray) of the module's config with one trial — trial-000 of the same seeded
+    search — killed whole (driver, Ray, the trial: SIGKILL to its session, as a preempted
+    machine) once the trial is under way, then run again with the trial's worker killed at
+    its 40th step (in epoch 2): Tune retries it from its epoch-1 checkpoint (the text
+    batches' order, the optimiser, the LR schedule restored). The ingredient is the
+    uninterrupted run's, byte for byte."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from driver import finish
+
+    from raysoup.faults import ENV
+
+    _, workdir = text_run
+    one = {**SMALL_TEXT, "sweep": {**SMALL_TEXT["sweep"], "num_samples": 1}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(one))
+    work = tmp_path / "work"
+
+    def sweep(failpoints):
+        env = {**{k: v for k, v in os.environ.items() if k != ENV}, ENV: failpoints}
+        return subprocess.Popen(
+            [sys.executable, "-m", "raysoup.cli", "sweep", str(tmp_path / "cfg.yaml"),
+             "--workdir", str(work)], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    # The trial waits at its first step (for a file that never comes): however slow the
+    # machine, the kill lands with the trial started and nothing finished.
+    proc = sweep(f"train.step=1:wait={tmp_path / 'never'}")
+    deadline = time.time() + 300
+    while not list(work.glob("tune/**/params.json")) and proc.poll() is None:
+        assert time.time() < deadline, "no trial started in 300 s"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    rc, _, err = finish(proc)
+    assert rc == -signal.SIGKILL, err[-3000:]
+    assert not (work / "ingredients" / "trial-000").exists()
+
+    # 30 steps an epoch (480 train sentences, batch 16): the 40th is in epoch 2.
+    fired = tmp_path / "worker-killed"
+    rc, _, err = finish(sweep(f"train.step=40:once={fired}"))
+    assert rc == 0, err[-3000:]
+    assert "sweep: resuming from" in err and fired.exists()
+    # The retried worker went on from the checkpoint: epoch 1 was not trained again.
+    assert err.count("trial-000 epoch 1/3") <= 1 and "trial-000 epoch 3/3" in err, err[-3000:]
+    got, ref = (json.loads((d / "ingredients" / "trial-000" / "manifest.json").read_text())
+                for d in (work, workdir))
+    assert got["hparams"] == ref["hparams"]
+    assert got["sha256"] == ref["sha256"]
+    assert ((work / "ingredients" / "trial-000" / "model.safetensors").read_bytes()
+            == (workdir / "ingredients" / "trial-000" / "model.safetensors").read_bytes())
+
+
+def test_text_soups_are_registered_mlflow_models_that_predict_as_reported(text_run):
+    """Each weight soup a registered version (the champion: best held-out), its MLflow Model
+    a pyfunc that real MLflow loads: test sentences in, labels and probabilities out, each
+    example right or wrong exactly as the results say."""
+    import mlflow
+    import pandas as pd
+
+    from raysoup.evaluate.paired import unpack
+    from raysoup.tracking import Tracker, default_uri
+
+    _, workdir = text_run
+    tracker = Tracker(default_uri(workdir), "text-e2e")
+    client = tracker.client
+    versions = client.search_model_versions("name = 'text-e2e'")
+    assert sorted(v.tags["raysoup.recipe"] for v in versions) == [
+        "greedy", "task_arithmetic", "uniform"]
+    champion = client.get_model_version_by_alias("text-e2e", "champion")
+    assert float(champion.tags["heldout"]) == max(float(v.tags["heldout"]) for v in versions)
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(default_uri(workdir))
+    try:
+        model = mlflow.pyfunc.load_model("models:/text-e2e@champion")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    test = pq.read_table(workdir / "data" / "text_world" / "test.parquet").to_pydict()
+    out = model.predict(pd.DataFrame({"text": test["sentence"]}))
+    classes = ["sports", "food", "weather", "music"]
+    assert list(out.columns) == ["label", *(f"prob_{c}" for c in classes)]
+    assert np.allclose(out[[f"prob_{c}" for c in classes]].sum(axis=1), 1.0)
+    [row] = [r for r in pq.read_table(workdir / "results.parquet").to_pylist()
+             if r["model"] == f"{champion.tags['raysoup.recipe']}_soup" and r["split"] == "test"]
+    assert list(out["label"] == test["label"]) == list(unpack(row["correct_bits"], row["n"]))
+    assert model.metadata.get_input_schema().input_names() == ["text"]  # one sentence each
+    assert model.metadata.metadata["classnames"] == classes
