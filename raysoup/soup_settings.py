@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
 
 class Settings(BaseModel):
@@ -39,6 +39,15 @@ class GreedySettings(Settings):
     # per-task metric (F1 of class 1 for MRPC, Matthews correlation for CoLA). F1 and MCC
     # are taken for two-class tasks only (`check_task`).
     metric: GreedyMetric = "accuracy"
+
+    @model_serializer(mode="wrap")
+    def _omit_default_metric(self, handler):
+        # Added after configs were first written: at its default it stays out of the dump,
+        # so an existing config's snapshot keeps its bytes (config.OmitsNewDefaults' rule).
+        data = handler(self)
+        if self.metric == "accuracy":
+            data.pop("metric", None)
+        return data
 
     def check_task(self, num_classes: int) -> None:
         """A clear error, before any training, for a metric this task cannot have."""

@@ -109,6 +109,13 @@ def test_bad_metric_is_a_clear_error():
     GreedySettings().check_task(1000)  # accuracy: any task
 
 
+def test_the_default_config_dumps_as_before():
+    # A snapshot written before the field existed keeps its bytes; a set metric is recorded.
+    assert "metric" not in GreedySettings().model_dump()
+    assert GreedySettings(metric="f1").model_dump()["metric"] == "f1"
+    assert GreedySoup(**GreedySettings(metric="mcc").model_dump()).metric == "mcc"
+
+
 def test_the_report_says_which_metric_greedy_used(tmp_path):
     from raysoup.evaluate import results as res
     from raysoup.report import write_report
