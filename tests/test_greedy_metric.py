@@ -128,3 +128,29 @@ def test_the_report_says_which_metric_greedy_used(tmp_path):
     write_report(t, tmp_path, "demo", greedy_metric="f1")
     assert ("greedy soup ranked and chose its ingredients by held-out F1 of class 1 "
             "(`soup.greedy.metric: f1`)") in (tmp_path / "README.md").read_text()
+
+
+def test_the_pipeline_ranks_candidates_by_their_stored_heldout_metric(tmp_path):
+    """The soup stage's candidates get each ingredient's held-out F1 and MCC from the
+    results' per-example correctness (`Run.heldout_metrics`), nothing scored again."""
+    from types import SimpleNamespace
+
+    from raysoup.evaluate import results as res
+    from raysoup.orchestration.pipeline import Run
+
+    labels, preds = WORLD[("A",)]
+    bits = np.packbits(labels == preds).tobytes()
+    path = tmp_path / "results.parquet"
+    res.write_results(path, res.merge(res.empty(), [
+        res.rows("trial-000", "ingredient", {"heldout": (16, 20, bits)})]))
+
+    def run(metric):
+        split = SimpleNamespace(labels=labels)
+        data = SimpleNamespace(classnames=["neg", "pos"], heldout=split, test=split, shifts={})
+        cfg = SimpleNamespace(soup=SimpleNamespace(greedy=GreedySettings(metric=metric)))
+        return SimpleNamespace(cfg=cfg, data=data, results_path=path)
+
+    got = Run.heldout_metrics(run("f1"))["trial-000"]
+    assert got["f1"] == pytest.approx(f1(labels, preds)) == pytest.approx(0.6)
+    assert got["mcc"] == pytest.approx(mcc(labels, preds))
+    assert Run.heldout_metrics(run("accuracy")) == {}  # the default reads nothing
