@@ -180,3 +180,9 @@ def test_bert_glue_dry_run_sizes_the_paper_recipe(tmp_path):
                     ("sweep", "evaluate", "soup", "report"), cluster=None)
     assert "109.5 M parameters" in text and "GPU-hours" in text
     assert f"workdir      {tmp_path / 'w'}  (new)" in text
+    # CoLA's criterion on a task that is not two-class: said before anything runs.
+    cfg = load_experiment(ROOT / "experiments" / "bert_glue.yaml",
+                          ["soup.greedy.metric=mcc", "data.classnames=[a,b,c]"])
+    text = describe(cfg, tmp_path / "w", ("sweep",), cluster=None)
+    assert "greedy     by held-out mcc" in text
+    assert "'mcc' needs a two-class task" in text and "this task has 3 classes" in text
