@@ -154,3 +154,15 @@ def test_the_pipeline_ranks_candidates_by_their_stored_heldout_metric(tmp_path):
     assert got["f1"] == pytest.approx(f1(labels, preds)) == pytest.approx(0.6)
     assert got["mcc"] == pytest.approx(mcc(labels, preds))
     assert Run.heldout_metrics(run("accuracy")) == {}  # the default reads nothing
+
+
+def test_the_greedy_soups_mlflow_run_gets_the_metric_as_a_param():
+    from raysoup.orchestration.soup_stage import run_params
+    from raysoup.workdir import SoupRecord
+
+    info = GreedySoup(metric="mcc").select(candidates(), CountsScorer("mcc")).info
+    params = run_params(SoupRecord("greedy", "soup", ["A"], [1.0], info=info))
+    assert params["metric"] == "mcc"
+    default = GreedySoup().select(candidates(), CountsScorer("accuracy")).info
+    assert "metric" not in run_params(SoupRecord("greedy", "soup", ["A", "C"], [.5, .5],
+                                                 info=default))
