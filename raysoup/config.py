@@ -446,7 +446,8 @@ class TrackingCfg(Strict):
     uri: str | None = None
     experiment: str | None = None  # default: the experiment name
     # Each weight soup and the best single model as an MLflow Model (pyfunc: images -> logits,
-    # over an open_clip export) on its run; `raysoup export` writes the same files.
+    # over an open_clip export; texts -> labels and probabilities, over an hf export) on its
+    # run; `raysoup export` writes the same files.
     log_models: bool = True
     # Each soup a version of one registered model (alias `champion`: the best by held-out
     # accuracy). On for every store: a SQLite store has MLflow's registry too.
@@ -494,11 +495,6 @@ class ExperimentCfg(Strict):
         if self.model.pretrain is not None and self.data.world is None:
             raise ValueError("model.pretrain needs captions: only data.world provides them")
         text_model = self.model.family == "hf_text"
-        if text_model and self.tracking.log_models:
-            raise ValueError("tracking.log_models: MLflow Models of hf_text soups are not "
-                             "supported yet; set tracking.log_models: false and "
-                             "tracking.register: false (raysoup export --format hf writes "
-                             "the soup as a save_pretrained directory)")
         if text_model != self.data.is_text:
             raise ValueError(f"model.family {self.model.family} needs "
                              f"{'text' if text_model else 'image'} data, and data gives "

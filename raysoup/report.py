@@ -220,12 +220,14 @@ def write_report(table: pa.Table, out_dir: Path, title: str,
                  diverged: Mapping[str, Mapping[str, Any]] | None = None,
                  anytime: Sequence[Offer] = (),
                  wiseft: Mapping[str, Any] | None = None,
-                 task_labels: Mapping[str, Any] | None = None) -> list[Path]:
+                 task_labels: Mapping[str, Any] | None = None,
+                 greedy_metric: str = "accuracy") -> list[Path]:
     """`diverged`: trials that ended with a non-finite loss (no ingredient), see
     `diverged_line`; listed under the summary. `anytime`: the sweep's anytime-soup offers
     (a curve and a table). `wiseft`: the WiSE-FT soup's recipe info (its curve in the
     figure). `task_labels`: a two-class task's labels per split
-    (`task_metrics.two_class_labels`): GLUE's F1 and MCC get a table."""
+    (`task_metrics.two_class_labels`): GLUE's F1 and MCC get a table. `greedy_metric`: the
+    held-out criterion the greedy soup used (`soup.greedy.metric`), said when not accuracy."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, shifts = summarize(table)
     figure = out_dir / "figure.png"
@@ -255,6 +257,7 @@ def write_report(table: pa.Table, out_dir: Path, title: str,
         "Accuracy in %. *Best single* is the ingredient with the best held-out accuracy; "
         "*mean shift* averages the distribution-shift splits: " + ", ".join(shifts) + ".",
         "## Summary\n\n" + markdown_table(labelled, shifts),
+        *([greedy_line(greedy_metric)] if greedy_metric != "accuracy" else []),
         *([versus] if versus else []),
         *([(f"{line[0].upper()}{line[1:]} — a non-finite training loss; counted in "
             "`sweep.num_samples`, no ingredient.")] if line else []),
@@ -265,6 +268,16 @@ def write_report(table: pa.Table, out_dir: Path, title: str,
     ]) + "\n"
     readme = write_atomic(out_dir / "README.md", text)
     return [*files, readme]
+
+
+GREEDY_METRIC_NAMES = {"f1": "F1 of class 1", "mcc": "Matthews correlation"}
+
+
+def greedy_line(metric: str) -> str:
+    """What the report says of a greedy soup chosen by another metric than accuracy."""
+    return (f"The greedy soup ranked and chose its ingredients by held-out "
+            f"{GREEDY_METRIC_NAMES.get(metric, metric)} (`soup.greedy.metric: {metric}`), "
+            "not accuracy.")
 
 
 def _glue_section(table: pa.Table, labels: Mapping[str, Any]) -> str:

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
 
 class Settings(BaseModel):
     """A method's settings: its `soup.<name>` config section (unknown fields are errors)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+GreedyMetric = Literal["accuracy", "f1", "mcc"]
 
 
 class GreedySettings(Settings):
@@ -32,6 +35,27 @@ class GreedySettings(Settings):
     loss_must_not_rise: bool = False
     # Candidates scored side by side per round (the selection is the same for any value).
     speculation: int = Field(2, ge=1)
+    # The held-out criterion that ranks the ingredients and decides each candidate: GLUE's
+    # per-task metric (F1 of class 1 for MRPC, Matthews correlation for CoLA). F1 and MCC
+    # are taken for two-class tasks only (`check_task`).
+    metric: GreedyMetric = "accuracy"
+
+    @model_serializer(mode="wrap")
+    def _omit_default_metric(self, handler):
+        # Added after configs were first written: at its default it stays out of the dump,
+        # so an existing config's snapshot keeps its bytes (config.OmitsNewDefaults' rule).
+        data = handler(self)
+        if self.metric == "accuracy":
+            data.pop("metric", None)
+        return data
+
+    def check_task(self, num_classes: int) -> None:
+        """A clear error, before any training, for a metric this task cannot have."""
+        if self.metric != "accuracy" and num_classes != 2:
+            raise ValueError(
+                f"soup.greedy.metric: {self.metric!r} needs a two-class task (F1 of class 1, "
+                f"Matthews correlation of two classes); this task has {num_classes} classes: "
+                "use metric: accuracy")
 
 
 class LearnedSettings(Settings):

@@ -133,9 +133,9 @@ def test_config_refuses_a_family_that_does_not_match_the_data(tmp_path):
         "data: {world: {num_classes: 2}}\ntracking: {log_models: false, register: false}\n")
     with pytest.raises(ConfigError, match="model.family hf_text needs text data"):
         load_experiment(tmp_path / "a.yaml")
-    with pytest.raises(ConfigError, match="MLflow Models of hf_text soups are not supported"):
-        load_experiment(ROOT / "experiments" / "tiny_text.yaml",
-                        ["tracking.log_models=true", "tracking.register=true"])
+    # MLflow Models of text soups are logged and registered (tests/test_text_pipeline.py).
+    load_experiment(ROOT / "experiments" / "tiny_text.yaml",
+                    ["tracking.log_models=true", "tracking.register=true"])
     (tmp_path / "b.yaml").write_text(
         "name: b\nmodel: {name: x, pretrained: x}\ndata: {text_world: {}}\n")
     with pytest.raises(ConfigError, match="model.family open_clip needs image data"):
@@ -171,3 +171,18 @@ def test_report_has_f1_and_mcc_for_a_two_class_task(tmp_path):
     assert "## F1 and Matthews correlation" in text
     assert "| trial-000 | 75.00 / 58.33 | 75.00 / 58.33 |" in text
     assert "| zeroshot | 0.00 / 0.00 | 0.00 / 0.00 |" in text  # always class 0
+
+
+def test_bert_glue_dry_run_sizes_the_paper_recipe(tmp_path):
+    from raysoup.dryrun.summary import describe
+
+    text = describe(load_experiment(ROOT / "experiments" / "bert_glue.yaml"), tmp_path / "w",
+                    ("sweep", "evaluate", "soup", "report"), cluster=None)
+    assert "109.5 M parameters" in text and "GPU-hours" in text
+    assert f"workdir      {tmp_path / 'w'}  (new)" in text
+    # CoLA's criterion on a task that is not two-class: said before anything runs.
+    cfg = load_experiment(ROOT / "experiments" / "bert_glue.yaml",
+                          ["soup.greedy.metric=mcc", "data.classnames=[a,b,c]"])
+    text = describe(cfg, tmp_path / "w", ("sweep",), cluster=None)
+    assert "greedy     by held-out mcc" in text
+    assert "'mcc' needs a two-class task" in text and "this task has 3 classes" in text

@@ -50,8 +50,8 @@ class LocalKitchen:
         taus = task_vectors(paths, base, self.names, merge)
         return [self.accuracy(apply_task_vector(base, taus, s, self.names)) for s in scales]
 
-    def running_sum(self, label: str) -> LocalRunningSum:
-        return LocalRunningSum(self, self.names)
+    def running_sum(self, label: str, metric: str = "accuracy") -> LocalRunningSum:
+        return LocalRunningSum(self, self.names, metric)
 
     def journal(self, label: str):
         return None  # nothing to resume: a local soup is cooked in one call
@@ -75,8 +75,8 @@ class LocalRunningSum:
     speculation window are scored one after another and not kept (memory: the sum and one
     candidate); the accepted one is added again on commit."""
 
-    def __init__(self, kitchen: LocalKitchen, names: list[str]):
-        self.kitchen, self.names = kitchen, names
+    def __init__(self, kitchen: LocalKitchen, names: list[str], metric: str = "accuracy"):
+        self.kitchen, self.names, self.metric = kitchen, names, metric
         self.sum: dict | None = None
         self.k = 0
 
@@ -99,11 +99,13 @@ class LocalRunningSum:
 
     def _evaluate(self, total: dict, k: int) -> tuple[float, float]:
         from raysoup.evaluate.evaluator import LOSS_UNIT
+        from raysoup.evaluate.task_metrics import from_counts
         from raysoup.reduce import scaled
 
         ev = self.kitchen._scorer()
-        correct, n, units = ev.score(scaled(total, 1.0 / k), ["heldout"], loss=True)["heldout"]
-        return correct / n, units * LOSS_UNIT / n
+        correct, n, units, *tp_fp_fn = ev.score(scaled(total, 1.0 / k), ["heldout"], loss=True,
+                                                counts=self.metric != "accuracy")["heldout"]
+        return from_counts(self.metric, correct, n, *tp_fp_fn), units * LOSS_UNIT / n
 
     def commit(self, candidate: Candidate) -> None:
         from raysoup.reduce import add_into

@@ -204,7 +204,7 @@ def describe(cfg: ExperimentCfg, workdir: Path, stages: tuple[str, ...],
         head = [f"raysoup dry run: {cfg.name}" + (f" ({source})" if source else ""),
                 "  no text was read; nothing was downloaded, trained or started",
                 "stages       prepare (data, initialisation, ingredient 0) -> "
-                + " -> ".join(stages), _workdir_line(workdir)]
+                + " -> ".join(stages), _workdir_line(cfg, workdir)]
         lines, needs, warnings = describe_text(cfg, stages, source, head)
         lines += cluster_lines(cfg, needs, cluster, warnings) + local_lines(cfg, warnings)
         return "\n".join(lines + (["warnings"] + [f"  - {w}" for w in warnings]

@@ -128,4 +128,12 @@ def describe_text(cfg: ExperimentCfg, stages: tuple[str, ...], source: str | Non
                          "128 tokens (scaled by size and length; not measured)")
     lines.append(f"soup         recipes {', '.join(cfg.soup.recipes)}; {cfg.soup.num_shards} "
                  "shard(s) per reduction")
+    greedy = cfg.soup.greedy
+    if "greedy" in cfg.soup.recipes and greedy.metric != "accuracy":
+        lines.append(f"  greedy     by held-out {greedy.metric} (soup.greedy.metric)")
+        if isinstance(names := cfg.data.classnames, list):  # else known once data is read
+            try:
+                greedy.check_task(len(names))
+            except ValueError as e:
+                warnings.append(str(e))
     return lines, needs, warnings

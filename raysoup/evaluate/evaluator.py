@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from raysoup.evaluate.cache import ArrayImages, CachedImages
+from raysoup.evaluate.task_metrics import binary_counts
 
 if TYPE_CHECKING:
     from raysoup.models.family import ModelFamily
@@ -126,7 +127,7 @@ class Evaluator:
     def score(self, weights: Mapping[str, torch.Tensor | np.ndarray] | None,
               splits: list[str] | None = None,
               part: tuple[int, int] | None = None, loss: bool = False,
-              bits: bool = False) -> dict[str, tuple]:
+              bits: bool = False, counts: bool = False) -> dict[str, tuple]:
         """(correct, n) per split for `weights` (None = the weights already loaded); with
         `loss`, (correct, n, loss_units): the summed cross-entropy in `LOSS_UNIT`s (see
         `loss_units`); with `bits`, (correct, n, packed per-image correctness) (`packed`:
@@ -134,6 +135,8 @@ class Evaluator:
 
         `part=(i, k)` scores only the i-th of k contiguous slices of each split, so k actors can
         score one model data-parallel; summing their counts gives exactly the whole-split count.
+        `counts` (two-class splits) appends (tp, fp, fn) of class 1, which give F1 and MCC
+        (`task_metrics.from_counts`) and sum over slices as the others do.
         """
         if loss and bits:
             raise ValueError("score: ask for the loss or the per-image bits, not both")
@@ -144,7 +147,8 @@ class Evaluator:
             data = self.splits[name]
             lo, hi = part_range(len(data), part, self.batch_size)
             if lo == hi:  # more slices than batches: this one is empty
-                result[name] = (0, 0, 0) if loss else (0, 0, b"") if bits else (0, 0)
+                empty = (0, 0, 0) if loss else (0, 0, b"") if bits else (0, 0)
+                result[name] = empty + (0, 0, 0) if counts else empty
                 continue
             labels = torch.tensor(data.labels[lo:hi])
             logits = self.logits(name, part)
@@ -153,13 +157,14 @@ class Evaluator:
             if bits:
                 result[name] = (correct, hi - lo, packed(mask))
                 continue
-            if not loss:
-                result[name] = (correct, hi - lo)
-                continue
-            if data.class_subset is not None or data.class_groups is not None:
-                raise ValueError(f"split {name!r} covers a subset of the classes: its loss is "
-                                 "not defined (a loss is taken on splits over every class)")
-            result[name] = (correct, hi - lo, loss_units(logits, labels))
+            if (loss or counts) and (data.class_subset is not None
+                                     or data.class_groups is not None):
+                raise ValueError(f"split {name!r} covers a subset of the classes: its loss and "
+                                 "F1/MCC are not defined (only on splits over every class)")
+            row = (correct, hi - lo) + ((loss_units(logits, labels),) if loss else ())
+            if counts:
+                row += binary_counts(labels.numpy(), logits.argmax(dim=1).numpy())
+            result[name] = row
         return result
 
 

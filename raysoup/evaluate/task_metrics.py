@@ -36,6 +36,28 @@ def mcc(labels: np.ndarray, preds: np.ndarray) -> float:
     return float((c * s - t @ p) / denom) if denom else 0.0
 
 
+def binary_counts(labels, preds) -> tuple[int, int, int]:
+    """(tp, fp, fn) of class 1: integers, so slices of a split sum to the whole split's."""
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    return (int(np.sum((preds == 1) & (labels == 1))), int(np.sum((preds == 1) & (labels != 1))),
+            int(np.sum((preds != 1) & (labels == 1))))
+
+
+def from_counts(metric: str, correct: int, n: int, tp: int = 0, fp: int = 0,
+                fn: int = 0) -> float:
+    """`metric` (accuracy, f1, mcc) of a two-class split from its counts (`binary_counts`):
+    the same numbers `f1` and `mcc` give from the labels and predictions."""
+    if metric == "accuracy":
+        return correct / n
+    if metric == "f1":
+        return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    if metric == "mcc":
+        tn = n - tp - fp - fn
+        denom = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+        return (tp * tn - fp * fn) / denom if denom else 0.0
+    raise ValueError(f"unknown metric {metric!r}; valid: {list(METRICS)}")
+
+
 def binary_predictions(labels: np.ndarray, bits: bytes) -> np.ndarray:
     """A two-class model's predictions from its packed per-example correctness."""
     labels = np.asarray(labels, np.int64)

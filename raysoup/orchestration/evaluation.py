@@ -58,14 +58,15 @@ class EvalWorker:
 
     def evaluate_sum(self, shard_refs: list, scale: float, splits: list[str],
                      part: tuple[int, int] | None = None,
-                     loss: bool = False) -> dict[str, tuple]:
+                     loss: bool = False, counts: bool = False) -> dict[str, tuple]:
         """A running sum of ingredients, held as per-shard object refs, times `scale`
-        (optionally on one data-parallel slice of the splits; `loss`: see `Evaluator.score`)."""
+        (optionally on one data-parallel slice of the splits; `loss`, `counts`: see
+        `Evaluator.score`)."""
         weights: dict[str, np.ndarray] = {}
         for shard in ray.get(shard_refs):  # refs nested in a list are not resolved by Ray
             weights.update(scaled(shard, scale))
         start = time.perf_counter()
-        scores = self.evaluator.score(weights, splits, part, loss)
+        scores = self.evaluator.score(weights, splits, part, loss, counts=counts)
         metrics.scored(scores, time.perf_counter() - start, model=False)
         return scores
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import ray
 
 from raysoup.evaluate.evaluator import LOSS_UNIT
+from raysoup.evaluate.task_metrics import from_counts
 from raysoup.orchestration.evaluation import EvalPool
 from raysoup.orchestration.reduce_tasks import (
     _same_float_mode,
@@ -99,10 +100,10 @@ class RayKitchen:
                                    for s in scales[start : start + step]])
         return accs
 
-    def running_sum(self, label: str) -> RunningSumScorer:
+    def running_sum(self, label: str, metric: str = "accuracy") -> RunningSumScorer:
         # Greedy logs its decisions itself (soup.greedy.decision_line): a speculative score is
         # not a decision, and a candidate may be scored twice.
-        return RunningSumScorer(self.pool, self.plan)
+        return RunningSumScorer(self.pool, self.plan, metric)
 
     def journal(self, label: str) -> DecisionJournal | None:
         if self.soups_dir is None:
@@ -138,10 +139,12 @@ class RunningSumScorer:
     gets A // M actors that score slices of the held-out split (data parallel), and the
     candidates run side by side (speculation). Counts (and the loss, in fixed point) are
     summed, so the accuracy and the loss are exactly those of a single whole-split evaluation.
+    `metric` other than accuracy (F1, MCC): the score is that metric, from the class-1 counts
+    (tp, fp, fn) summed the same way.
     """
 
-    def __init__(self, pool: EvalPool, plan: list[list[str]]):
-        self.pool, self.plan = pool, plan
+    def __init__(self, pool: EvalPool, plan: list[list[str]], metric: str = "accuracy"):
+        self.pool, self.plan, self.metric = pool, plan, metric
         self.sum_refs: list | None = None
         self.pending: dict[str, list] = {}
         self.k = 0
@@ -165,19 +168,22 @@ class RunningSumScorer:
         return loss
 
     def _evaluate(self, soups: list[list], k: int) -> list[tuple[float, float]]:
-        """(held-out accuracy, mean cross-entropy) of each running sum (shard refs) ÷ k."""
+        """(held-out metric, mean cross-entropy) of each running sum (shard refs) ÷ k."""
         parts = max(1, len(self.pool) // len(soups))
+        counts = {"counts": True} if self.metric != "accuracy" else {}
         calls, owner = [], []
         for j, refs in enumerate(soups):
             for i in range(parts):
                 calls.append(lambda a, r=refs, p=(i, parts): a.evaluate_sum.remote(
-                    r, 1.0 / k, ["heldout"], p, loss=True))
+                    r, 1.0 / k, ["heldout"], p, loss=True, **counts))
                 owner.append(j)
-        sums = [[0, 0, 0] for _ in soups]  # correct, n, loss units: exact in any order
+        # correct, n, loss units (and tp, fp, fn): integers, exact in any order
+        sums = [[0] * (6 if counts else 3) for _ in soups]
         for j, scores in zip(owner, self.pool.run(calls), strict=True):
             for t, v in enumerate(scores["heldout"]):
                 sums[j][t] += v
-        return [(correct / n, units * LOSS_UNIT / n) for correct, n, units in sums]
+        return [(from_counts(self.metric, correct, n, *tp_fp_fn), units * LOSS_UNIT / n)
+                for correct, n, units, *tp_fp_fn in sums]
 
     def commit(self, candidate: Candidate) -> None:
         refs = self.pending.pop(candidate.name, None)

@@ -15,7 +15,7 @@ from raysoup.checkpoints.audit import Audit
 from raysoup.config import ExperimentCfg
 from raysoup.data.lineage import split_records
 from raysoup.evaluate import results as res
-from raysoup.evaluate.task_metrics import two_class_labels
+from raysoup.evaluate.task_metrics import task_metrics, two_class_labels
 from raysoup.orchestration import evaluate_stage, metrics, soup_stage
 from raysoup.orchestration.actors import EvalActors
 from raysoup.orchestration.cluster import connect
@@ -107,6 +107,8 @@ class Run:
     def prepare(self) -> None:
         with self.stage("prepare"):
             self.data, self.zeroshot = prepare(self.cfg, self.workdir)
+            if "greedy" in self.cfg.soup.recipes:
+                self.cfg.soup.greedy.check_task(len(self.data.classnames))
             self.actors = EvalActors(self.cfg, self.workdir, self.data, self.zeroshot)
             # Every trial and soup run records the splits it was made and measured with.
             self.tracker.datasets = split_records(self.data, self.cfg.data, self.workdir,
@@ -158,7 +160,7 @@ class Run:
         kinds = {"ingredient", "zeroshot"} if self.cfg.soup.include_zeroshot else {"ingredient"}
         models = [m for m in on_disk if m[1] in kinds]
         candidates = soup_stage.soup_candidates(models, heldout, self.audits,
-                                                self.cfg.soup.strict)
+                                                self.cfg.soup.strict, self.heldout_metrics())
         anchor = soup_stage.zeroshot_anchor(on_disk, heldout)
         timings: dict[str, tuple[float, float]] = {}
         with self.stage("soup"), self.actors.soup_kitchen() as pool:
@@ -180,6 +182,18 @@ class Run:
             heldout = res.accuracy_of(table, "heldout")
         return heldout
 
+    def heldout_metrics(self) -> dict[str, dict[str, float]]:
+        """F1 and MCC on held-out by model, from the results' per-example correctness: what
+        greedy ranks by under `soup.greedy.metric` (empty for accuracy, the default)."""
+        labels = two_class_labels(self.data)
+        if self.cfg.soup.greedy.metric == "accuracy" or labels is None:
+            return {}
+        table = res.read_results(self.results_path)
+        return {row["model"]: task_metrics(labels["heldout"], row["correct_bits"], 2)
+                for row in table.to_pylist()
+                if row["split"] == "heldout" and row.get("correct_bits") is not None
+                and row["n"] == len(labels["heldout"])}
+
     def diverged(self) -> dict[str, dict]:
         """Each diverged trial's sampled hyper-parameters: what the report shows for it."""
         return diverged_hparams(self.workdir, diverged_trials(self.workdir),
@@ -192,7 +206,9 @@ class Run:
                                  inference_costs(self.layout.soups), self.diverged(),
                                  read_offers(self.workdir),
                                  recipe_info(self.layout.soups, "wiseft"),
-                                 two_class_labels(self.data))
+                                 two_class_labels(self.data),
+                                 (recipe_info(self.layout.soups, "greedy") or {}).get(
+                                     "metric", "accuracy"))
             storage.publish(self.layout.report)
             storage.pull(self.results_path, exact=True)  # MLflow uploads local files
             self.tracker.log_artifacts(self.parent, files, subdir="report")

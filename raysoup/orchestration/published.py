@@ -21,7 +21,7 @@ from raysoup.evaluate.cache import CachedImages
 from raysoup.export import ModelInfo, export_open_clip
 from raysoup.faults import failpoint
 from raysoup.models.family import MlflowModelSpec
-from raysoup.tracking import Tracker, save_pyfunc
+from raysoup.tracking import Tracker, save_pyfunc, save_text_pyfunc
 from raysoup.workdir import SoupRecord
 
 log = logging.getLogger(__name__)
@@ -113,3 +113,32 @@ class Publisher:
             version = self.tracker.crown(self.registered_model, soup_id)
             log.info("mlflow: %s@champion is version %s (best held-out accuracy)",
                      self.registered_model, version)
+
+
+class TextPublisher(Publisher):
+    """A Publisher of hf_text models: each is raysoup's `save_pretrained` export
+    (`raysoup.export.hf_dir`) behind the text pyfunc (texts in, labels and probabilities out);
+    logging, registering and crowning as for images."""
+
+    def __init__(self, tracker: Tracker, zeroshot: Path, classnames: list[str], pairs: bool,
+                 example: list, registered_model: str | None, mlflow: MlflowModelSpec):
+        """`zeroshot`: the workdir's zero-shot ingredient (model name, tokenizer, max_length);
+        `pairs`: a sentence-pair task; `example`: a few test texts (pairs) as the example."""
+        super().__init__(tracker, None, dict, example, registered_model, mlflow)  # no base
+        self.zeroshot, self.classnames, self.pairs = Path(zeroshot), classnames, pairs
+
+    def log(self, run_id: str, model_dir: Path, name: str, extra: dict) -> str:
+        from raysoup.export.hf_dir import export_text
+
+        if known := self.tracker.model_of(run_id):
+            return known
+        with tempfile.TemporaryDirectory(prefix="raysoup-model-") as tmp:
+            export = export_text(model_dir, self.zeroshot, "hf", Path(tmp) / "hf", extra)
+            saved = save_text_pyfunc(export, Path(tmp) / "model", self.classnames, self.pairs,
+                                     self.example, spec=self.mlflow,
+                                     meta={k: extra[k] for k in ("recipe", "model")
+                                           if k in extra})
+            params = {k: v for k, v in extra.items() if isinstance(v, str | int | float)}
+            model_id = self.tracker.log_model(run_id, name, saved, params)
+        log.info("mlflow: %s logged as models:/%s", name, model_id)
+        return model_id

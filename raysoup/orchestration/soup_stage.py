@@ -25,7 +25,7 @@ from raysoup.models.families import family_of
 from raysoup.orchestration import metrics
 from raysoup.orchestration.evaluation import EvalPool
 from raysoup.orchestration.kitchen import RayKitchen
-from raysoup.orchestration.published import Publisher, example_images
+from raysoup.orchestration.published import Publisher, TextPublisher, example_images
 from raysoup.orchestration.reduce_tasks import ingredient_shards, write_soup
 from raysoup.reduce import Blend
 from raysoup.soup import Candidate, RecipeResult, get_recipe
@@ -46,15 +46,17 @@ from raysoup.workdir import (
 log = logging.getLogger(__name__)
 
 Model = tuple[str, str, Path]  # (name, kind, directory) of a model on disk
+EXAMPLE_TEXTS = 2  # test sentences (pairs) a text model's MLflow Model records as its example
 
 
 # ---------------------------------------------------------------- candidates
 
 
 def soup_candidates(models: list[Model], heldout: dict[str, float],
-                    audits: dict[str, Audit], strict: bool) -> list[Candidate]:
+                    audits: dict[str, Audit], strict: bool,
+                    metrics: dict[str, dict[str, float]] | None = None) -> list[Candidate]:
     """The ingredients a soup may use: evaluated, finite (or an error under `strict`), and
-    all of one tensor layout."""
+    all of one tensor layout. `metrics`: other held-out metrics by model (F1, MCC)."""
     candidates = []
     for name, _, path in models:
         if name not in heldout:
@@ -66,7 +68,7 @@ def soup_candidates(models: list[Model], heldout: dict[str, float],
                 raise RuntimeError(f"{what}; soup.strict is set")
             log.warning("%s: left out of every soup", what)
             continue
-        candidates.append(Candidate(name, heldout[name], path))
+        candidates.append(Candidate(name, heldout[name], path, (metrics or {}).get(name, {})))
     check_compatible([c.path for c in candidates])
     return candidates
 
@@ -207,13 +209,29 @@ def publish(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent: str,
 
 def _publisher(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, splits_ref) -> Publisher:
     """What logs this run's models: the base CLIP (its text tower completes each export)
-    and a few test images (from the eval cache) as the input example."""
-    info = model_info(Workdir(workdir).zeroshot)
+    and a few test images (from the eval cache) as the input example; for a text model, its
+    `hf` export and a few test sentences."""
     name = cfg.tracking.registered_model or tracker.experiment_name
+    if family_of(cfg.model).name == "hf_text":
+        return _text_publisher(cfg, workdir, tracker, name)
+    info = model_info(Workdir(workdir).zeroshot)
     test = ray.get(splits_ref)["test"].images
     return Publisher(tracker, info, lambda: base_clip_state(cfg.model, info),
                      example_images(test), name if cfg.tracking.register_soups else None,
                      family_of(cfg.model).mlflow)
+
+
+def _text_publisher(cfg: ExperimentCfg, workdir: Path, tracker: Tracker,
+                    name: str) -> TextPublisher:
+    from raysoup.data.sources import load_splits
+
+    test = load_splits(cfg.data, workdir, progress=False).test  # texts: Arrow strings, small
+    texts, pairs = test.rows(0, min(EXAMPLE_TEXTS, len(test)))
+    example = texts if pairs is None else [list(p) for p in zip(texts, pairs, strict=True)]
+    return TextPublisher(tracker, Workdir(workdir).zeroshot, test.classnames,
+                         pairs is not None, example,
+                         name if cfg.tracking.register_soups else None,
+                         family_of(cfg.model).mlflow)
 
 
 def publish_best_single(tracker: Tracker, publisher: Publisher, candidates: list[Candidate],

@@ -32,6 +32,18 @@ class Candidate:
     name: str
     heldout: float
     path: Path
+    # Other held-out metrics by name (f1, mcc of a two-class task): what greedy ranks by when
+    # `soup.greedy.metric` names one.
+    metrics: dict[str, float] = field(default_factory=dict, hash=False, compare=False)
+
+    def criterion(self, metric: str) -> float:
+        """Held-out `metric` of this ingredient (accuracy: `heldout`)."""
+        if metric == "accuracy":
+            return self.heldout
+        if metric not in self.metrics:
+            raise ValueError(f"ingredient {self.name} has no held-out {metric}: greedy by "
+                             f"{metric} needs a two-class task's evaluated ingredients")
+        return self.metrics[metric]
 
 
 @dataclass
@@ -62,7 +74,8 @@ class SoupScorer(Protocol):
         """Begin a running soup that holds `first` alone."""
 
     def score(self, candidates: list[Candidate]) -> list[float]:
-        """Held-out accuracy of the running soup plus each candidate alone (uniform weights).
+        """Held-out accuracy (or the metric the scorer was made for: `Kitchen.running_sum`)
+        of the running soup plus each candidate alone (uniform weights).
 
         The candidates are independent of each other, so an implementation may evaluate them
         in parallel (speculative greedy)."""
@@ -107,7 +120,9 @@ class Kitchen(Protocol):
     #     """Accuracy on every evaluation split of Σ w_i·θ_i for each weighting."""
 
     def running_sum(self, label: str) -> SoupScorer:
-        """A fresh incremental scorer (greedy); `label` names the recipe in progress logs."""
+        """A fresh incremental scorer (greedy); `label` names the recipe in progress logs.
+        A kitchen that serves `soup.greedy.metric` also takes `metric=` (accuracy, f1, mcc):
+        the held-out metric its scores are."""
 
     def journal(self, label: str) -> DecisionLog | None:
         """Where recipe `label` journals its decisions, so a killed soup stage resumes them."""
@@ -128,9 +143,10 @@ def integers_source(paths: list[Path], anchor: Candidate | None) -> int | None:
     return next((i for i, p in enumerate(paths) if Path(p) != Path(anchor.path)), None)
 
 
-def by_heldout(candidates: list[Candidate]) -> list[Candidate]:
-    """Best held-out accuracy first; ties broken by name so the order is deterministic."""
-    return sorted(candidates, key=lambda c: (-c.heldout, c.name))
+def by_heldout(candidates: list[Candidate], metric: str = "accuracy") -> list[Candidate]:
+    """Best held-out accuracy (or `metric`) first; ties broken by name so the order is
+    deterministic."""
+    return sorted(candidates, key=lambda c: (-c.criterion(metric), c.name))
 
 
 def anchored(kitchen: Kitchen | None, candidates: list[Candidate], method: str,

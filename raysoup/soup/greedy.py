@@ -18,6 +18,7 @@ import logging
 import math
 from collections.abc import Sequence
 
+from raysoup.evaluate.task_metrics import METRICS
 from raysoup.soup.base import (
     Candidate,
     DecisionLog,
@@ -36,13 +37,17 @@ class GreedySoup:
     Settings = GreedySettings
 
     def __init__(self, accept_ties: bool = True, speculation: int = 1,
-                 loss_must_not_rise: bool = False):
+                 loss_must_not_rise: bool = False, metric: str = "accuracy"):
         # The issue's rule is "does not drop" (>=); the paper's reference code uses ">".
         self.accept_ties = accept_ties
         if speculation < 1:
             raise ValueError(f"speculation must be >= 1, got {speculation}")
         self.speculation = speculation
         self.loss_must_not_rise = loss_must_not_rise
+        if metric not in METRICS:
+            raise ValueError(f"soup.greedy.metric: unknown metric {metric!r}; valid: "
+                             f"{list(METRICS)}")
+        self.metric = metric
 
     def accepts(self, acc: float, best: float, loss: float | None = None,
                 best_loss: float | None = None) -> bool:
@@ -52,15 +57,21 @@ class GreedySoup:
 
     @property
     def rule(self) -> dict:
-        """The acceptance rule (journaled and in recipe.json); the loss key only when on, so
-        the paper's rule keeps its records."""
+        """The acceptance rule (journaled and in recipe.json); the loss and metric keys only
+        when not the default, so the paper's rule keeps its records."""
         rule = {"accept_ties": self.accept_ties}
-        return {**rule, "loss_must_not_rise": True} if self.loss_must_not_rise else rule
+        if self.loss_must_not_rise:
+            rule["loss_must_not_rise"] = True
+        if self.metric != "accuracy":
+            rule["metric"] = self.metric  # the trace's "heldout" values are this metric
+        return rule
 
     def cook(self, candidates: list[Candidate], kitchen: Kitchen | None) -> RecipeResult:
         if kitchen is None:
             raise ValueError("greedy soup needs a kitchen to evaluate candidate soups")
-        return self.select(candidates, kitchen.running_sum(self.name), kitchen.journal(self.name))
+        scorer = (kitchen.running_sum(self.name) if self.metric == "accuracy"
+                  else kitchen.running_sum(self.name, metric=self.metric))
+        return self.select(candidates, scorer, kitchen.journal(self.name))
 
     def select(self, candidates: list[Candidate], scorer: SoupScorer | None,
                journal: DecisionLog | None = None) -> RecipeResult:
@@ -69,14 +80,15 @@ class GreedySoup:
             raise ValueError("greedy soup needs at least one ingredient")
         if scorer is None:
             raise ValueError("greedy soup needs a scorer to evaluate candidate soups")
-        ranked = by_heldout(candidates)
+        ranked = by_heldout(candidates, self.metric)
         first, rest = ranked[0], ranked[1:]
-        soup, best, best_loss = [first], first.heldout, None
+        soup, best, best_loss = [first], first.criterion(self.metric), None
         trace = [{"candidate": first.name, "heldout": best, "accepted": True}]
         scorer.start(first)
         if self.loss_must_not_rise:
             best_loss = trace[0]["loss"] = scorer.current_loss()
-        log.info("  %s: starts from %s: held-out %.4f", self.name, first.name, best)
+        what = "held-out" if self.metric == "accuracy" else f"held-out {self.metric}"
+        log.info("  %s: starts from %s: %s %.4f", self.name, first.name, what, best)
 
         # Replay journaled decisions: accepted ones are re-added, nothing is re-evaluated.
         # The journal pins only the rule, not M: speculation never changes a decision.

@@ -39,3 +39,35 @@ def save_pyfunc(export_dir: Path, info, out: Path, example=None, *,
         metadata={"classnames": info.classnames, "preprocess": info.preprocess_cfg,
                   **{k: v for k, v in info.extra.items() if k in ("recipe", "model")}})
     return out
+
+
+def save_text_pyfunc(export_dir: Path, out: Path, classnames: list[str], pairs: bool,
+                     example: list | None = None, *, spec: MlflowModelSpec,
+                     meta: dict | None = None) -> Path:
+    """An MLflow Model directory at `out` (must not exist) serving the hf_text export at
+    `export_dir` (`raysoup.export.hf_dir`) through the family's model-from-code file
+    (text_pyfunc_model.py): signature strings `text` (and `text_pair` for a sentence-pair
+    task) -> `label` and `prob_<class>` per class; `example`: a few texts (or pairs) as the
+    input example; `meta` (recipe, model) beside the class names as metadata; requirements
+    pinned to this install's versions."""
+    import pandas as pd
+    from mlflow.types.schema import ColSpec
+
+    if spec.flavour != "pyfunc" or spec.code is None:
+        raise ValueError(f"save_text_pyfunc: the family's MLflow spec is {spec.flavour!r} "
+                         f"(code {spec.code}); a pyfunc model from code is needed")
+    columns = ["text", "text_pair"] if pairs else ["text"]
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", c) for c in columns]),
+        outputs=Schema([ColSpec("string", "label"),
+                        *(ColSpec("double", f"prob_{c}") for c in classnames)]))
+    frame = None
+    if example:
+        rows = [r if pairs else [r] for r in example]
+        frame = pd.DataFrame(rows, columns=columns)
+    mlflow.pyfunc.save_model(
+        path=str(out), python_model=str(spec.code), artifacts={spec.artifact: str(export_dir)},
+        signature=signature, input_example=frame,
+        pip_requirements=[f"{n}=={metadata.version(n)}" for n in spec.requirements],
+        metadata={"classnames": classnames, **(meta or {})})
+    return out

@@ -50,12 +50,18 @@ class TextObjective:
         return logits, self.criterion(logits.float(), target)
 
 
+TEXT_PYFUNC_CODE = Path(__file__).parents[2] / "tracking" / "text_pyfunc_model.py"
+
+
 class HfTextFamily:
     name = "hf_text"
     export_formats = ("hf", "safetensors")
-    mlflow = MlflowModelSpec(flavour="transformers", code=None, artifact="hf",
+    # A pyfunc from code over the `hf` export (raysoup/tracking/text_pyfunc_model.py): texts
+    # in, labels and probabilities out, tokenised as raysoup evaluates (max_length padding).
+    mlflow = MlflowModelSpec(flavour="pyfunc", code=TEXT_PYFUNC_CODE, artifact="hf",
                              export_format="hf",
-                             requirements=("torch", "transformers", "safetensors"))
+                             requirements=("torch", "transformers", "tokenizers",
+                                           "safetensors", "numpy", "pandas"))
 
     # --- build and weights
     def skeleton(self, model_name: str, num_classes: int) -> nn.Module:
