@@ -81,8 +81,8 @@ def main(cfg: str, workdir: str) -> None:
     cluster.wait_for_nodes()
     events = []
     # After the first evaluated model, the driver pauses until `resume` exists: a window in
-    # which an actor's node is removed before the remaining models are handed out. (A fixed
-    # sleep was raced by a slow state-API query on a loaded CI machine.)
+    # which an actor's node is removed before the remaining models are handed out (a fixed
+    # sleep could be outlasted by a loaded CI machine).
     resume = work.parent / f"{work.name}.resume"
     env = {**os.environ, "RAYSOUP_FAILPOINTS": f"evaluate.model=1:wait={resume}"}
     driver = subprocess.Popen(
