@@ -94,7 +94,8 @@ def _pool(paths: list[Path], splits_ref, n_images: int, model_name: str, classes
 
 
 def run(root: Path, model_name: str, classes: int, n_models: int, n_images: int,
-        image_size: int, batch_size: int, threads: int, device: str = "cpu") -> dict:
+        image_size: int, batch_size: int, threads: int, device: str = "cpu",
+        one_thread_layout: bool = True) -> dict:
     import ray
 
     root.mkdir(parents=True, exist_ok=True)
@@ -115,11 +116,13 @@ def run(root: Path, model_name: str, classes: int, n_models: int, n_images: int,
         else:
             pool = _pool(paths, splits_ref, n_images, model_name, classes, batch_size, threads, 0)
             bare = _bare(paths, split, model_name, classes, batch_size, threads, device)
-            pool1 = _pool(paths, splits_ref, n_images, model_name, classes, batch_size, 1, 0)
-            bare1 = _bare(paths, split, model_name, classes, batch_size, 1, device)
             out.update(pool_img_s=pool, bare_img_s=bare, pool_vs_bare=ratio(pool, bare),
-                       pool1_img_s=pool1, bare1_img_s=bare1, pool1_vs_bare1=ratio(pool1, bare1),
                        layout=f"{threads} actors x 1 thread vs a {threads}-thread bare loop")
+            if one_thread_layout:
+                pool1 = _pool(paths, splits_ref, n_images, model_name, classes, batch_size, 1, 0)
+                bare1 = _bare(paths, split, model_name, classes, batch_size, 1, device)
+                out.update(pool1_img_s=pool1, bare1_img_s=bare1,
+                           pool1_vs_bare1=ratio(pool1, bare1))
         log.info("B3: pool %.0f img/s, bare %.0f img/s (%s)", out["pool_img_s"],
                  out["bare_img_s"], out["layout"])
         return out

@@ -226,7 +226,7 @@ def _from_workdir(workdir: Path, root: Path) -> tuple[list[Path], Path]:
 
 
 def run(root: Path, n: int, n_images: int, batch_size: int = 500, num_shards: int = 2,
-        workdir: Path | None = None, gpus: float = 0.0) -> dict:
+        workdir: Path | None = None, gpus: float = 0.0, measure_m2: bool = True) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)
     prev_threads = torch.get_num_threads()
@@ -246,7 +246,8 @@ def run(root: Path, n: int, n_images: int, batch_size: int = 500, num_shards: in
                                gpus, num_shards, Workdir(root).soups)
         # B6's measured part: the same greedy with 2 actors scoring 2 candidates per round.
         spec = _raysoup_greedy(candidates, heldout, pre, model_name, num_classes, batch_size,
-                               gpus, num_shards, root / "soups-m2", actors=2, speculation=2)
+                               gpus, num_shards, root / "soups-m2", actors=2,
+                               speculation=2) if measure_m2 else None
         seed_s, (seed_soup, seed_accepted) = timed(
             seed_greedy, candidates, pt_files, source, pre, model_name, num_classes, batch_size)
         out = {
@@ -261,10 +262,12 @@ def run(root: Path, n: int, n_images: int, batch_size: int = 500, num_shards: in
             "raysoup_selection": ours["ingredients"], "seed_selection": seed_soup,
             "accepted": seed_accepted,
             "same_decisions": ours["accepted"] == seed_accepted,
-            "speculative_m2": {"cook_s": spec["cook_s"], "sequential_cook_s": ours["cook_s"],
-                               "speedup": ratio(ours["cook_s"], spec["cook_s"]),
-                               "same_selection": spec["ingredients"] == ours["ingredients"]},
         }
+        if spec is not None:
+            out["speculative_m2"] = {
+                "cook_s": spec["cook_s"], "sequential_cook_s": ours["cook_s"],
+                "speedup": ratio(ours["cook_s"], spec["cook_s"]),
+                "same_selection": spec["ingredients"] == ours["ingredients"]}
         log.info("B2: seed-style %.2fs, raysoup %.2fs (+%.2fs actor start); selections %s / %s",
                  seed_s, ours["seconds"], ours["actor_start_s"], seed_soup, ours["ingredients"])
         return out

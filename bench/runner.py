@@ -22,9 +22,11 @@ SIZES = {
     "B1": ({"model_name": "raysoup-tiny-vit", "n": 3, "shard_counts": (1, 2, 4), "repeats": 1,
             "routes_in_small_pages": False},
            {"model_name": "ViT-B-32", "n": 8, "shard_counts": (1, 2, 4), "repeats": 3}),
-    "B2": ({"n": 5, "n_images": 200}, {"n": 12, "n_images": 1000}),
+    # quick: B2 without B6's measured 2-actor greedy and B3 without its 1-thread layout (the
+    # same functions, called again with other counts: three more actor processes, ~5 CPU-s each)
+    "B2": ({"n": 5, "n_images": 200, "measure_m2": False}, {"n": 12, "n_images": 1000}),
     "B3": ({"model_name": "raysoup-tiny-rn", "classes": 10, "n_models": 3, "n_images": 500,
-            "image_size": 32, "batch_size": 250},
+            "image_size": 32, "batch_size": 250, "one_thread_layout": False},
            {"model_name": "raysoup-tiny-rn", "classes": 10, "n_models": 8, "n_images": 4000,
             "image_size": 32, "batch_size": 500}),
 }

@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 
 
 def config(quick: bool) -> ExperimentCfg:
-    per_class, samples, epochs = (40, 4, 1) if quick else (300, 6, 2)
+    # quick: one trial per slot of the 2-trial concurrency (each trial is a process importing
+    # torch and open_clip, ~5 CPU-s: the smoke run checks that the figure is produced)
+    per_class, samples, epochs = (40, 2, 1) if quick else (300, 6, 2)
     return ExperimentCfg.model_validate({
         "name": "bench-sweep",
         "model": {"name": "raysoup-tiny-rn", "tokenizer": "world",

@@ -211,12 +211,15 @@ XDIST_GROUPS = {
 
 
 # The longest tests (about a minute or more each on 2 cores) start first, so that no worker
-# picks one up when the other is nearly done (the suite's wall time is the later worker's).
+# picks one up when the other is nearly done (the suite's wall time is the later worker's);
+# then the modules with a test of 10-30 s that file order puts in the second half. (xdist's
+# loadscope hands out the XDIST_GROUPS first, most tests first; this order is the rest's.)
 LONGEST_FIRST = ("test_kill_and_resume", "test_paper_fixture", "test_remote_workdir",
                  "test_multinode", "test_data_parallel", "test_bench", "test_metrics",
                  "test_mlflow_server", "test_published_models", "test_python_api",
                  "test_text_pipeline", "test_sweep_outcomes", "test_mlflow_server_down",
-                 "test_heldout_soup")
+                 "test_heldout_soup", "test_soup_placement", "test_search",
+                 "test_soup_cooking_on_ray", "test_recipes_on_ray")
 
 
 def pytest_collection_modifyitems(items):

@@ -37,31 +37,52 @@ def wait_for(cond, what, timeout=600):
 
 
 def an_eval_actor(cluster, workers):
-    """(worker node, pid) of a live EvalWorker, asked through Ray's state API."""
-    from ray.util.state import list_actors
+    """(worker node, pid) of a live EvalWorker: a process titled `ray::EvalWorker...` among
+    the children of the node's raylet (Ray starts a node's workers itself), read from /proc so
+    that the head needs no dashboard for Ray's state API (~10 processes and their CPU)."""
+    from ray._private.ray_constants import PROCESS_TYPE_RAYLET
 
-    actors = list_actors(address=cluster.gcs_address,
-                         filters=[("class_name", "=", "EvalWorker"), ("state", "=", "ALIVE")])
-    for actor in actors:
-        for node in workers:
-            if node in cluster.worker_nodes and node.node_id == actor.node_id:
-                return node, actor.pid
-    raise RuntimeError(f"no worker node hosts a live eval actor: {actors}")
+    seen = []
+    for node in workers:
+        if node not in cluster.worker_nodes:
+            continue
+        raylet = node.all_processes[PROCESS_TYPE_RAYLET][0].process.pid
+        for pid, title in _children(raylet):
+            if title.startswith("ray::EvalWorker"):
+                return node, pid
+            seen.append(title)
+    raise RuntimeError(f"no worker node hosts a live eval actor: {seen}")
+
+
+def _children(parent: int) -> list[tuple[int, str]]:
+    """(pid, process title) of each live child of `parent`."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            title = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[0].decode()
+        except OSError:
+            continue  # gone meanwhile
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+            out.append((int(entry), title))
+    return out
 
 
 def main(cfg: str, workdir: str) -> None:
     work = Path(workdir)
-    # The dashboard serves the state API (which actor runs where); a free port, since 8265 may
-    # belong to another Ray instance on this machine.
+    # No dashboard (Ray's default starts it where its modules are installed): which actor runs
+    # where is read from /proc (an_eval_actor).
     cluster = Cluster(initialize_head=True,
                       head_node_args={"num_cpus": 0, "_system_config": FAST_HEALTH,
-                                      "include_dashboard": True, "dashboard_port": free_port()})
+                                      "include_dashboard": False})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     events = []
     # After the first evaluated model, the driver pauses until `resume` exists: a window in
-    # which an actor's node is removed before the remaining models are handed out. (A fixed
-    # sleep was raced by a slow state-API query on a loaded CI machine.)
+    # which an actor's node is removed before the remaining models are handed out (a fixed
+    # sleep could be outlasted by a loaded CI machine).
     resume = work.parent / f"{work.name}.resume"
     env = {**os.environ, "RAYSOUP_FAILPOINTS": f"evaluate.model=1:wait={resume}"}
     driver = subprocess.Popen(

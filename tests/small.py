@@ -66,8 +66,10 @@ DRILL = small_config(
     model={"pretrain": {"threads": 1}},
     # 3 trials + zero-shot: 3 greedy decisions, enough to die after the second. The soup-aware
     # search proposes trial-002 from the anytime soup's offers, so an interrupted sweep must
-    # resume its proposals exactly to match the reference.
-    sweep={"num_samples": 3, "base": {"epochs": 2}, "search": "soup", "anytime": {"enabled": True},
+    # resume its proposals exactly to match the reference. One epoch (SMALL's): each kill
+    # waits for a finished trial, an offer or a later stage; a trial resumed from its epoch
+    # checkpoint is test_multinode's and test_data_parallel's.
+    sweep={"num_samples": 3, "search": "soup", "anytime": {"enabled": True},
            "soup_search": {"initial": 1}},
     # TIES: an element-wise merge, cooked by a run that resumes after the evaluation's kill.
     # (A kill mid-greedy, resumed from the journal in the bucket: test_remote_workdir.py; the

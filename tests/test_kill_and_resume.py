@@ -25,6 +25,9 @@ def test_killed_anywhere_resumes_to_the_same_result(drill_run, tmp_path):
     while not list((work / "ingredients").glob("trial-*")) and proc.poll() is None:
         assert time.time() < deadline
         time.sleep(0.2)
+    if proc.poll() is not None:  # ended before its first ingredient: say why
+        rc, _, err = finish(proc)
+        pytest.fail(f"the run to interrupt ended first (rc {rc}):\n{err[-3000:]}")
     os.kill(proc.pid, signal.SIGINT)
     rc, _, err = finish(proc)
     log.append(("SIGINT mid-sweep", rc))
