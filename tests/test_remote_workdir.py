@@ -17,6 +17,7 @@ from small import small_config
 
 from raysoup.faults import ENV
 from raysoup.storage import CACHE_ENV
+from raysoup.workdir.lock import SETTLE_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +33,9 @@ CONFIG = small_config(
 def raysoup(cfg, workdir: str, env: dict, cache, failpoints=None):
     """`raysoup run CFG --workdir URI`; cfg=None: `raysoup resume URI` (nothing but the URI)."""
     env = {**{k: v for k, v in os.environ.items() if k != ENV}, **env, CACHE_ENV: str(cache)}
+    # One driver at a time here (no contender to wait out), and the moto store is read-after-
+    # write consistent: a short settle keeps the lease path without 2 s per lock taken.
+    env.setdefault(SETTLE_ENV, "0.2")
     if failpoints:
         env[ENV] = failpoints
     args = ["run", str(cfg), "--workdir", workdir] if cfg else ["resume", workdir]

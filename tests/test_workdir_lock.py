@@ -20,7 +20,7 @@ from small import small_config
 
 from raysoup.api import load_config
 from raysoup.orchestration.pipeline import run_pipeline
-from raysoup.workdir.lock import SOUPS, SWEEP, WorkdirLocked, WorkdirLocks
+from raysoup.workdir.lock import SETTLE_ENV, SOUPS, SWEEP, WorkdirLocked, WorkdirLocks, lease_settle
 
 ROOT = Path(__file__).parents[1]
 
@@ -192,3 +192,15 @@ def test_lease_contenders_one_wins_and_a_taken_lease_stops_its_holder(s3):
         winner.check()
     winner.release()  # leaves the other holder's lease alone
     assert "theirs" in storage.read_text(workdir / ".raysoup-sweep.lock")
+
+
+def test_lease_settle_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv(SETTLE_ENV, raising=False)
+    assert lease_settle() == 2.0
+    monkeypatch.setenv(SETTLE_ENV, "0.5")
+    assert WorkdirLocks(tmp_path).settle == 0.5
+    assert WorkdirLocks(tmp_path, settle=3.0).settle == 3.0  # an explicit value wins
+    for bad in ("soon", "-1", "nan"):
+        monkeypatch.setenv(SETTLE_ENV, bad)
+        with pytest.raises(ValueError, match=SETTLE_ENV):
+            lease_settle()

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 SWEEP, SOUPS = "sweep", "soups"
 LEASE_TTL = 60.0  # seconds without a renewal after which another host may take a lease
 LEASE_SETTLE = 2.0  # seconds between writing a lease and reading it back
+SETTLE_ENV = "RAYSOUP_LEASE_SETTLE_S"  # overrides LEASE_SETTLE (a store with slower writes: more)
 WAIT_POLL = 2.0
 NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
@@ -226,11 +227,26 @@ def _has_flock(path: Path) -> bool:
     return True
 
 
+def lease_settle() -> float:
+    """The lease's settle time: LEASE_SETTLE, or RAYSOUP_LEASE_SETTLE_S where it is set."""
+    raw = os.environ.get(SETTLE_ENV, "").strip()
+    if not raw:
+        return LEASE_SETTLE
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ValueError(f"{SETTLE_ENV}={raw!r}: expected a number of seconds >= 0")
+    return value
+
+
 class WorkdirLocks:
     """The locks one invocation holds on a workdir; `release()` (or `with`) frees them all."""
 
-    def __init__(self, workdir: Path, ttl: float = LEASE_TTL, settle: float = LEASE_SETTLE):
-        self.workdir, self.ttl, self.settle = Path(workdir), ttl, settle
+    def __init__(self, workdir: Path, ttl: float = LEASE_TTL, settle: float | None = None):
+        self.workdir, self.ttl = Path(workdir), ttl
+        self.settle = lease_settle() if settle is None else settle
         self.held: dict[str, _FileLock | _Lease] = {}
 
     def take(self, name: str, wait: bool = False) -> None:
