@@ -399,6 +399,10 @@ class EvalCfg(Strict):
     batch_size: int = Field(500, ge=1)
     cpus_per_actor: float = Field(1, gt=0)
     gpus_per_actor: float = Field(0, ge=0)
+    # The evaluate stage keeps the ingredients' logits (float32, in the workdir's cache) for
+    # the logit ensemble while all of them fit this many MiB; beyond, the ensemble runs its
+    # N forward passes again (evaluate/logits_cache.py).
+    logits_cache_mb: float = Field(1024, ge=0)
 
 
 # Settings that moved into a method's own section (`soup.<method>`).

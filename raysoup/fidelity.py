@@ -221,8 +221,22 @@ def criteria(runs: list[RunSummary]) -> list[str]:
     return lines
 
 
+def figure_bars(runs: list[RunSummary], soup: str, column: str
+                ) -> tuple[list[tuple[float, float, float]], tuple[float, float, float]]:
+    """What the figure draws for one soup and column, in points: per run (d, lo, hi) with the
+    run's paired 95 % interval (nan where its results kept no per-image correctness), and
+    (mean, lo, hi) across the runs (`across_runs`)."""
+    d = diffs(runs, soup, "best", column)
+    ivs = [run.interval(run.soups[soup], run.best, column) for run in runs]
+    per_run = [(x, math.nan, math.nan) if iv is None else (x, iv[1], iv[2])
+               for x, iv in zip(d, ivs, strict=True)]
+    return per_run, across_runs(d, ivs)
+
+
 def figure(runs: list[RunSummary], path: Path) -> None:
-    """Paired differences soup − best single per run (dots) and their mean ± SE (bars)."""
+    """Paired differences soup − best single: per run (dots) with its paired 95 % interval
+    over the images, and across runs (squares) the mean with its 95 % t-interval, the
+    intervals of the table and the criteria (`RunSummary.interval`, `across_runs`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -232,15 +246,22 @@ def figure(runs: list[RunSummary], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
     for ax, column in zip(axes, ("test", "mean shift"), strict=True):
         for i, soup in enumerate(soups):
-            d = diffs(runs, soup, "best", column)
-            mean, se = paired(d)
-            ax.scatter([i] * len(d), d, s=14, alpha=0.6)
-            ax.errorbar([i + 0.15], [mean], yerr=[0 if math.isnan(se) else se], fmt="ks",
-                        capsize=3)
+            per_run, (mean, lo, hi) = figure_bars(runs, soup, column)
+            xs = [i - 0.25 + 0.3 * k / max(1, len(runs) - 1) for k in range(len(runs))]
+            for x, (value, run_lo, run_hi) in zip(xs, per_run, strict=True):
+                # (max: a point and its interval's end may differ in the last bit)
+                err = [[0], [0]] if math.isnan(run_lo) else [[max(0.0, value - run_lo)],
+                                                             [max(0.0, run_hi - value)]]
+                ax.errorbar([x], [value], yerr=err, fmt="o", ms=3.5, color="tab:blue",
+                            alpha=0.7, elinewidth=0.8, capsize=1.5)
+            err = [[0], [0]] if math.isnan(lo) else [[max(0.0, mean - lo)],
+                                                     [max(0.0, hi - mean)]]
+            ax.errorbar([i + 0.2], [mean], yerr=err, fmt="ks", capsize=3)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xticks(range(len(soups)), [s.removesuffix("_soup") for s in soups], rotation=30)
         ax.set_title(f"{column}: soup − best single (points)")
-    fig.suptitle(f"{len(runs)} sweep seeds, paired")
+    fig.suptitle(f"{len(runs)} sweep seeds: each run with its paired 95 % interval over the "
+                 "images; the mean with its 95 % t-interval", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")
     plt.close(fig)

@@ -108,6 +108,13 @@ def test_criteria_in_interval_form_per_run_and_across_runs(tmp_path):
     assert "✗ greedy − best single, test ≥ 0: contradicted" in text
     assert f"per run -10.00 [{100 * want.lo:+.2f}, {100 * want.hi:+.2f}]" in text
     assert "| greedy_soup |" in text and "[-10.00*, +1.00, +1.00]" in text
+    # The figure's bars are these intervals: per run the paired one, the mean's the t-interval.
+    per_run, mean = fidelity.figure_bars(runs, "greedy_soup", "test")
+    assert per_run[0] == pytest.approx((-10.0, 100 * want.lo, 100 * want.hi))
+    assert mean == pytest.approx(tuple(fidelity.across_runs([-10.0, 1.0, 1.0],
+                                                             greedy["intervals"])))
+    fidelity.figure(runs, tmp_path / "f.png")
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_run_without_ingredients_is_named(tmp_path, capsys):

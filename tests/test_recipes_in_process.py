@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from raysoup.evaluate.evaluator import EvalSplit, Evaluator
@@ -49,9 +49,11 @@ class TableKitchen:
         self.table = table
         self.anchor = Candidate("zeroshot", 0.5, Path("zeroshot"))
         self.calls = []
+        self.alphas = []  # every α scored
 
     def score(self, paths, weightings):
         self.calls.append([p.name for p in paths])
+        self.alphas += [round(w[1], 1) for w in weightings]
         return [self.table[round(w[1], 1)] for w in weightings]
 
 
@@ -73,6 +75,9 @@ def test_wiseft_picks_best_alpha_ties_to_smaller():
     cands = [Candidate("a", 0.70, Path("a")), Candidate("b", 0.72, Path("b"))]
     result = WiseFT(search="grid").cook(cands, kitchen)
     assert kitchen.calls == [["zeroshot", "b"]]  # the best fine-tuned by held-out
+    # α = 0 and 1 are the zero-shot and the best model: their held-out accuracies (the table's
+    # ends here) are the candidates', not scored again.
+    assert sorted(kitchen.alphas) == pytest.approx([0.1 * i for i in range(1, 10)])
     assert result.ingredients == ["zeroshot", "b"]
     assert result.weights == pytest.approx([0.6, 0.4])  # 0.4 and 0.5 tie: the smaller α
     assert [t["alpha"] for t in result.trace] == pytest.approx([0.1 * i for i in range(11)])
@@ -100,8 +105,14 @@ def test_wiseft_through_real_files_finds_the_generating_alpha(tmp_path):
     x = torch.randn(3000, 3, 2, 2)
     labels = (x.flatten(1) @ (0.7 * w0 + 0.3 * w1).T + 0.7 * b0 + 0.3 * b1).argmax(1)
     heldout = EvalSplit(x.numpy(), labels.numpy())
-    kitchen = LocalKitchen(Candidate("zeroshot", 0.1, zs), model, heldout, ["1.weight", "1.bias"])
-    cands = [Candidate("ft", 0.9, ft), Candidate("worse", 0.2, other)]
+
+    def candidate(name: str, path: Path) -> Candidate:  # its held-out accuracy, as evaluated
+        correct, n = Evaluator(model, {"heldout": heldout}).score(
+            load_file(str(path / "model.safetensors")), ["heldout"])["heldout"]
+        return Candidate(name, correct / n, path)
+
+    kitchen = LocalKitchen(candidate("zeroshot", zs), model, heldout, ["1.weight", "1.bias"])
+    cands = [candidate("ft", ft), candidate("worse", other)]
     result = get_recipe("wiseft").cook(cands, kitchen)
     accs = {t["alpha"]: t["heldout"] for t in result.trace}
     assert accs[0.3] == 1.0 and max(accs[0.2], accs[0.4]) < 1.0

@@ -42,13 +42,23 @@ def test_new_recipes_cooked_on_ray(ray_session, kitchen_setup):
     import ray
 
     from raysoup.orchestration.evaluation import EvalPool, EvalWorker
+    from raysoup.orchestration.kitchen import RayKitchen
+    from raysoup.orchestration.reduce_tasks import ingredient_shards
     from raysoup.orchestration.soup_stage import cook_soups
+    from raysoup.soup.base import by_heldout
     from raysoup.workdir import SoupRecord
 
     root, splits = kitchen_setup
     ing = root / "ingredients"
-    anchor = Candidate("zeroshot", 0.3, ing / "zeroshot")
-    cands = [Candidate(f"trial-{i:03d}", 0.4 + 0.1 * i, ing / f"trial-{i:03d}") for i in range(3)]
+    local = EvalWorker(MODEL, CLASSES, splits, 16)
+
+    def candidate(name: str) -> Candidate:  # held-out accuracy as the evaluate stage has it
+        correct, n, _ = local.evaluate_path(str(ing / name), ["heldout"])["heldout"]
+        return Candidate(name, correct / n, ing / name)
+
+    anchor = candidate("zeroshot")
+    cands = [candidate(f"trial-{i:03d}") for i in range(3)]
+    best = by_heldout(cands)[0]
     cfg = SoupCfg(recipes=RECIPES, learned={"steps": 3, "batch_size": 32},
                   wiseft={"alphas": [0.0, 0.5, 1.0], "curve": [0.25]})
     actor_cls = ray.remote(num_cpus=0.5)(EvalWorker)
@@ -58,19 +68,24 @@ def test_new_recipes_cooked_on_ray(ray_session, kitchen_setup):
         soups = cook_soups(RECIPES, cands, root / "soups", 2, pool, cfg=cfg, anchor=anchor)
         assert sorted(soups) == sorted(RECIPES)
         meta = {r: json.loads((d / "recipe.json").read_text()) for r, d in soups.items()}
-        local = EvalWorker(MODEL, CLASSES, splits, 16)
 
         # WiSE-FT: [zeroshot, best by held-out]; the chosen α's held-out score is exactly that
         # of the soup written to disk (same reduction, same bits).
         w = meta["wiseft"]
-        assert w["ingredients"] == ["zeroshot", "trial-002"] and w["alpha"] in (0.0, 0.5, 1.0)
+        assert w["ingredients"] == ["zeroshot", best.name] and w["alpha"] in (0.0, 0.5, 1.0)
         assert [t["alpha"] for t in w["trace"]] == [0.0, 0.5, 1.0]
         chosen = next(t["heldout"] for t in w["trace"] if t["chosen"])
         correct, n, _ = local.evaluate_path(str(soups["wiseft"]), ["heldout"])["heldout"]
         assert correct / n == chosen
         if w["alpha"] == 1.0:
             assert tensor_digest(read_sharded(soups["wiseft"])) == tensor_digest(
-                load_file(str(ing / "trial-002" / "model.safetensors")))
+                load_file(str(best.path / "model.safetensors")))
+        # α = 0 and 1 are not scored again: the ends of the line, reduced and scored in the
+        # kitchen, are the anchor's and the best model's own held-out accuracies.
+        kitchen = RayKitchen(pool, ingredient_shards(best.path, 2), anchor)
+        ends = kitchen.score([anchor.path, best.path], [[1.0, 0.0], [0.0, 1.0]])
+        assert ends == [anchor.heldout, best.heldout]
+        assert [w["trace"][0]["heldout"], w["trace"][-1]["heldout"]] == ends
         # The report's curve: α = 0.25 scored on every split the actors hold.
         [point] = w["curve"]
         assert point["alpha"] == 0.25 and set(point) == {"alpha", *splits}

@@ -127,7 +127,9 @@ class Evaluator:
     def score(self, weights: Mapping[str, torch.Tensor | np.ndarray] | None,
               splits: list[str] | None = None,
               part: tuple[int, int] | None = None, loss: bool = False,
-              bits: bool = False, counts: bool = False) -> dict[str, tuple]:
+              bits: bool = False, counts: bool = False,
+              on_logits: Callable[[str, torch.Tensor], None] | None = None
+              ) -> dict[str, tuple]:
         """(correct, n) per split for `weights` (None = the weights already loaded); with
         `loss`, (correct, n, loss_units): the summed cross-entropy in `LOSS_UNIT`s (see
         `loss_units`); with `bits`, (correct, n, packed per-image correctness) (`packed`:
@@ -137,6 +139,7 @@ class Evaluator:
         score one model data-parallel; summing their counts gives exactly the whole-split count.
         `counts` (two-class splits) appends (tp, fp, fn) of class 1, which give F1 and MCC
         (`task_metrics.from_counts`) and sum over slices as the others do.
+        `on_logits(split, logits)` sees each whole split's logits (evaluate/logits_cache.py).
         """
         if loss and bits:
             raise ValueError("score: ask for the loss or the per-image bits, not both")
@@ -152,6 +155,8 @@ class Evaluator:
                 continue
             labels = torch.tensor(data.labels[lo:hi])
             logits = self.logits(name, part)
+            if on_logits is not None and part is None:
+                on_logits(name, logits)
             mask = correct_mask(logits, labels, data.class_subset, data.class_groups)
             correct = int(mask.sum())
             if bits:
@@ -169,17 +174,26 @@ class Evaluator:
 
 
     def ensemble_logits(self, members: Iterable[Callable[[], Mapping]],
-                        splits: list[str] | None = None) -> dict[str, torch.Tensor]:
+                        splits: list[str] | None = None,
+                        kept: Callable[[int, str], torch.Tensor | None] | None = None
+                        ) -> dict[str, torch.Tensor]:
         """Mean logits of several models per split (the output-space ensemble of the paper,
         which averages logits). Members are loaded one at a time (`member()` returns a weight
-        dict), so memory is one model plus one [N, C] sum per split, whatever their number."""
+        dict), so memory is one model plus one [N, C] sum per split, whatever their number.
+        `kept(i, split)`: member i's logits on the split from an earlier evaluation, or None
+        (evaluate/logits_cache.py); a member is loaded only for the splits it lacks."""
         names = splits or list(self.splits)
         sums: dict[str, torch.Tensor] = {}
         count = 0
-        for member in members:
-            load_weights_(self.model, member())
+        for i, member in enumerate(members):
+            loaded = False
             for name in names:
-                logits = self.logits(name)
+                logits = kept(i, name) if kept is not None else None
+                if logits is None:
+                    if not loaded:
+                        load_weights_(self.model, member())
+                        loaded = True
+                    logits = self.logits(name)
                 sums[name] = sums[name].add_(logits) if name in sums else logits
             count += 1
         if count == 0:
@@ -187,12 +201,13 @@ class Evaluator:
         return {name: s / count for name, s in sums.items()}
 
     def ensemble_score(self, members: Iterable[Callable[[], Mapping]],
-                       splits: list[str] | None = None, bits: bool = False
+                       splits: list[str] | None = None, bits: bool = False,
+                       kept: Callable[[int, str], torch.Tensor | None] | None = None
                        ) -> dict[str, tuple]:
         """(correct, n) per split of the ensemble's mean logits; with `bits`, (correct, n,
-        packed per-image correctness) as in `score`."""
+        packed per-image correctness) as in `score`; `kept` as in `ensemble_logits`."""
         result: dict[str, tuple] = {}
-        for name, logits in self.ensemble_logits(members, splits).items():
+        for name, logits in self.ensemble_logits(members, splits, kept).items():
             data = self.splits[name]
             mask = correct_mask(logits, torch.tensor(data.labels), data.class_subset,
                                 data.class_groups)

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from raysoup.checkpoints import list_ingredients
 from raysoup.checkpoints.audit import Audit, AuditCache
-from raysoup.evaluate import paired
+from raysoup.evaluate import logits_cache, paired
 from raysoup.evaluate import results as res
 from raysoup.faults import failpoint
 from raysoup.orchestration.evaluation import EvalPool, evaluate_models
@@ -55,10 +55,19 @@ def missing_jobs(table: pa.Table, models: list[Model], soup_ids: dict[str, str |
     return jobs
 
 
+def keeps_logits(models: list[Model], images: int, classes: int, budget_mb: float) -> bool:
+    """Whether every ingredient's logits on `images` eval images fit `eval.logits_cache_mb`
+    (the ensemble's members are among them: evaluate/logits_cache.py)."""
+    members = sum(1 for _, kind, _ in models if kind in ("ingredient", "zeroshot"))
+    return logits_cache.fits(members, images, classes, budget_mb)
+
+
 def score_jobs(pool: Callable[[], EvalPool], jobs: list[Job], table: pa.Table,
-               results_path: Path, soup_ids: dict[str, str | None], stage: str) -> pa.Table:
+               results_path: Path, soup_ids: dict[str, str | None], stage: str,
+               logits_root: Path | None = None, keep_logits: bool = False) -> pa.Table:
     """Score `jobs` on the eval actors (`pool()`, started after the progress bar), merging
-    each model's rows into `table` and the results file as it lands; the merged table."""
+    each model's rows into `table` and the results file as it lands; the merged table.
+    `logits_root`, `keep_logits`: as `evaluation.evaluate_models`'."""
     bar = Progress(total=len(jobs), desc=stage, unit="models")
 
     def landed(model: str, kind: str, scores: dict) -> None:
@@ -72,6 +81,7 @@ def score_jobs(pool: Callable[[], EvalPool], jobs: list[Job], table: pa.Table,
         bar.update(1, f"{model}: test {scores['test'][0] / scores['test'][1]:.3f}"
                    if "test" in scores else model)
 
-    evaluate_models(pool(), jobs, progress=landed)
+    evaluate_models(pool(), jobs, progress=landed, logits_root=logits_root,
+                    keep_logits=keep_logits)
     bar.close()
     return table

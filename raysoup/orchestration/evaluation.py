@@ -20,13 +20,13 @@ from raysoup import storage
 from raysoup.checkpoints import load_state_dict
 from raysoup.checkpoints.ingredient import weights_path
 from raysoup.data.images import LabeledImages
-from raysoup.evaluate import cache
+from raysoup.evaluate import cache, logits_cache
 from raysoup.evaluate.evaluator import EvalSplit, Evaluator
 from raysoup.models.families import DEFAULT_FAMILY, family_of, get_family
 from raysoup.orchestration import metrics
 from raysoup.progress import Progress
 from raysoup.reduce import INDEX_FILE, read_sharded, scaled
-from raysoup.workdir import ensemble_members
+from raysoup.workdir import IngredientManifest, ensemble_members
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +40,44 @@ class EvalWorker:
         torch.set_flush_denormal(True)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model_family = get_family(family)
+        self.num_classes = num_classes
         self.evaluator = Evaluator(model_family.skeleton(model_name, num_classes), splits,
                                    batch_size=batch_size, device=device, family=model_family)
 
-    def evaluate_path(self, path: str, splits: list[str]) -> dict[str, tuple[int, int, bytes]]:
+    def evaluate_path(self, path: str, splits: list[str], logits_root: str | None = None
+                      ) -> dict[str, tuple[int, int, bytes]]:
         """An ingredient directory (model.safetensors), a soup directory (sharded) or an
         ensemble directory (recipe.json listing its members): (correct, n, per-image
-        correctness packed, `evaluator.packed`) per split, from one forward pass."""
+        correctness packed, `evaluator.packed`) per split, from one forward pass.
+        `logits_root` (WORKDIR/cache/logits): an ingredient's logits are kept there, and an
+        ensemble reads its members' from there (evaluate/logits_cache.py)."""
         p = Path(path)
         if (members := ensemble_members(p)) is not None:
-            return self.evaluate_ensemble([str(m) for m in members], splits)
-        weights = read_sharded(p) if storage.is_file(p / INDEX_FILE) else load_state_dict(p)
+            return self.evaluate_ensemble([str(m) for m in members], splits, logits_root)
+        sharded = storage.is_file(p / INDEX_FILE)
+        weights = read_sharded(p) if sharded else load_state_dict(p)
+        keep = None
+        if logits_root is not None and not sharded:
+            where = self._logits_key(p)
+
+            def keep(split: str, logits) -> None:
+                if (name := self._split_dir(split)) is not None:
+                    logits_cache.write(logits_cache.logits_path(logits_root, where, name), logits)
         start = time.perf_counter()
-        scores = self.evaluator.score(weights, splits, bits=True)
+        scores = self.evaluator.score(weights, splits, bits=True, on_logits=keep)
         metrics.scored(scores, time.perf_counter() - start)
         return scores
+
+    def _logits_key(self, ingredient: Path) -> str:
+        return logits_cache.key(IngredientManifest.read(ingredient).sha256,
+                                self.evaluator.batch_size, torch.get_num_threads(),
+                                self.evaluator.device.type)
+
+    def _split_dir(self, split: str) -> str | None:
+        """The split's eval-cache directory name (its content's digest); None for splits held
+        in memory (tests), whose logits are not kept."""
+        images = self.evaluator.splits[split].images
+        return Path(images.directory).name if isinstance(images, cache.CachedImages) else None
 
     def evaluate_sum(self, shard_refs: list, scale: float, splits: list[str],
                      part: tuple[int, int] | None = None,
@@ -70,12 +93,24 @@ class EvalWorker:
         metrics.scored(scores, time.perf_counter() - start, model=False)
         return scores
 
-    def evaluate_ensemble(self, paths: list[str], splits: list[str]
-                          ) -> dict[str, tuple[int, int, bytes]]:
-        """Mean logits of the ingredients at `paths`, loaded one at a time (N forward passes);
-        scores as `evaluate_path`'s."""
+    def evaluate_ensemble(self, paths: list[str], splits: list[str],
+                          logits_root: str | None = None) -> dict[str, tuple[int, int, bytes]]:
+        """Mean logits of the ingredients at `paths`, loaded one at a time (N forward passes),
+        or their logits kept under `logits_root` by the evaluate stage where they are; scores
+        as `evaluate_path`'s."""
+        kept = None
+        if logits_root is not None:
+            keys = [self._logits_key(Path(p)) for p in paths]
+
+            def kept(i: int, split: str):
+                name = self._split_dir(split)
+                if name is None:
+                    return None
+                n = len(self.evaluator.splits[split])
+                return logits_cache.read(logits_cache.logits_path(logits_root, keys[i], name),
+                                         (n, self.num_classes))
         return self.evaluator.ensemble_score([lambda p=p: load_state_dict(Path(p)) for p in paths],
-                                             splits, bits=True)
+                                             splits, bits=True, kept=kept)
 
     def learn_coefficients(self, paths: list[str], settings: dict) -> dict:
         """Learned-soup coefficients on this actor's held-out split, with the peak RSS of doing
@@ -276,12 +311,23 @@ class EvalPool:
 
 
 def evaluate_models(pool: EvalPool, jobs: Iterable[tuple[str, str, Path, list[str]]],
-                    progress=None) -> list[tuple[str, str, dict[str, tuple[int, int, bytes]]]]:
+                    progress=None, logits_root: Path | None = None, keep_logits: bool = False
+                    ) -> list[tuple[str, str, dict[str, tuple[int, int, bytes]]]]:
     """jobs: (model name, kind, path, splits) → [(model, kind, {split: (correct, n, bits)})]
-    (bits: per-image correctness, `EvalWorker.evaluate_path`)."""
+    (bits: per-image correctness, `EvalWorker.evaluate_path`). With `logits_root`, ensembles
+    read their members' kept logits from there, and with `keep_logits` the ingredients (the
+    zero-shot model included) keep theirs (evaluate/logits_cache.py)."""
     jobs = list(jobs)
-    calls = [lambda a, p=str(path), s=splits: a.evaluate_path.remote(p, s)
-             for _, _, path, splits in jobs]
+
+    def root(kind: str) -> str | None:
+        if logits_root is None:
+            return None
+        wanted = kind == "ensemble" or (keep_logits and kind in ("ingredient", "zeroshot"))
+        return str(logits_root) if wanted else None
+
+    roots = [root(kind) for _, kind, _, _ in jobs]
+    calls = [lambda a, p=str(path), s=splits, r=r: a.evaluate_path.remote(p, s, r)
+             for (_, _, path, splits), r in zip(jobs, roots, strict=True)]
 
     def landed(i: int, scores: dict) -> None:
         if progress:

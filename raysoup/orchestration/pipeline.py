@@ -129,6 +129,11 @@ class Run:
     def split_names(self) -> list[str]:
         return ["heldout", "test", *self.data.shifts]
 
+    def eval_images(self) -> int:
+        """Images on every evaluation split (what one model's kept logits cover)."""
+        return sum(len(d) for d in (self.data.heldout, self.data.test,
+                                    *self.data.shifts.values()))
+
     def models(self) -> list[tuple[str, str, Path]]:
         """Every model on disk: (name, kind, path), ingredients audited first
         (`evaluate_stage.models_on_disk`). `self.soup_ids` gets each soup's id: its result
@@ -145,8 +150,12 @@ class Run:
             if not jobs:
                 log.info("evaluate: every (model, split) is already in %s", self.results_path)
                 return table
+            keep = evaluate_stage.keeps_logits(models, self.eval_images(),
+                                               self.zeroshot["num_classes"],
+                                               self.cfg.eval.logits_cache_mb)
             table = evaluate_stage.score_jobs(self.actors.evaluation_pool, jobs, table,
-                                              self.results_path, self.soup_ids, stage)
+                                              self.results_path, self.soup_ids, stage,
+                                              self.layout.logits_cache, keep)
             if stage == "evaluate":  # the zero-shot model and the trials, on their runs now
                 self.tracker.log_results(self.parent, table)
             return table

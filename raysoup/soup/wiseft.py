@@ -10,6 +10,8 @@ the zero-shot model is the one WiSE-FT found more robust under distribution shif
 
 from __future__ import annotations
 
+import math
+
 from raysoup.soup.base import Candidate, Kitchen, RecipeResult, anchored, by_heldout
 from raysoup.soup.grid_search import SEARCHES, search_grid
 from raysoup.soup_settings import WISEFT_ALPHAS as DEFAULT_ALPHAS
@@ -40,8 +42,18 @@ class WiseFT:
         anchor, tuned = anchored(kitchen, candidates, self.name)
         best = by_heldout(tuned)[0]
         paths = [anchor.path, best.path]
-        scores = search_grid(self.alphas, lambda alphas: kitchen.score(
-            paths, [[1.0 - a, a] for a in alphas]), self.search)
+        # α = 0 and α = 1 are the zero-shot and the fine-tuned model themselves, whose held-out
+        # accuracies the evaluate stage measured: they are not scored again.
+        known = {a: acc for a, acc in ((0.0, anchor.heldout), (1.0, best.heldout))
+                 if not math.isnan(acc)}
+
+        def score(alphas: list[float]) -> list[float]:
+            todo = [a for a in alphas if a not in known]
+            new = kitchen.score(paths, [[1.0 - a, a] for a in todo]) if todo else []
+            got = {**known, **dict(zip(todo, new, strict=True))}
+            return [got[a] for a in alphas]
+
+        scores = search_grid(self.alphas, score, self.search)
         alpha = pick_alpha(scores)
         trace = [{"alpha": a, "heldout": acc, "chosen": a == alpha} for a, acc in scores.items()]
         info = {"alpha": alpha, "finetuned": best.name, "alphas": self.alphas,

@@ -16,6 +16,7 @@
       report/analysis/           `raysoup analyze`: its tables (Parquet) and figures
       analysis/                  `raysoup analyze`'s journal of finished evaluations, logits
       cache/eval/                decoded, resized eval splits
+      cache/logits/              the ingredients' logits, kept for the logit ensemble
       base/ data/                pre-trained base weights, generated data
       data/world/                the synthetic world's splits (data.world)
       .audit.json                ingredient audits (sha256, NaN/Inf), keyed by size and mtime
@@ -39,6 +40,7 @@ SWEEP_DIR = "tune"
 SWEEP_NAME = "sweep"  # Tune's experiment name: its state is in tune/sweep
 TRAIN_DIR = "train"  # tune/train/<trial>: the Ray Train run of a data-parallel trial
 EVAL_CACHE_DIR = Path("cache") / "eval"
+LOGITS_CACHE_DIR = Path("cache") / "logits"
 ANYTIME_JOURNAL = "anytime.jsonl"
 
 
@@ -130,6 +132,10 @@ class Workdir:
     @property
     def eval_cache(self) -> Path:
         return self.root / EVAL_CACHE_DIR
+
+    @property
+    def logits_cache(self) -> Path:
+        return self.root / LOGITS_CACHE_DIR
 
     @property
     def base(self) -> Path:
