@@ -394,7 +394,8 @@ def _space_problem(name: str, dist: Any) -> str | None:
     return None
 
 
-class EvalCfg(Strict):
+class EvalCfg(OmitsNewDefaults):
+    _new_fields: ClassVar[tuple[str, ...]] = ("logits_cache_mb",)
     num_actors: int = Field(2, ge=1)
     batch_size: int = Field(500, ge=1)
     cpus_per_actor: float = Field(1, gt=0)
