@@ -127,6 +127,7 @@ def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repe
             "io_calibration": {"raysoup": base["io_calibration"], "ties": ties["io_calibration"]},
             "by_route": by_route(floor["seconds"]) if device == "cpu" else {},
         }
+        out["cpu"] = _cpu_figures(floor, base, ties)
         if with_ray and device == "cpu":
             out["ray_write_soup_s"] = _ray_path(root, paths, shard_counts, repeats, st_files)
         if device == "cpu":
@@ -146,6 +147,7 @@ def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repe
                 "routes": {"raysoup": u["routes"], "ties": t["routes"]},
                 # FileHugePages (/proc/meminfo) before and after: the files left 2 MiB folios
                 "file_huge_pages_kib": [huge_before, _file_huge_pages()],
+                "cpu": _cpu_figures(small, u, t),
                 "by_route": by_route(small["seconds"]) if routes_in_small_pages else {}}
             out["small_pages_floor_ratio"] = out["small_pages"]["floor_ratio"]
             out["small_pages_ties_floor_ratio"] = out["small_pages"]["ties_floor_ratio"]
@@ -158,6 +160,15 @@ def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repe
 
 
 ROUTES = ("mapping", "read")
+
+
+def _cpu_figures(floor: dict, uniform: dict, ties: dict) -> dict:
+    """The same ratios from CPU time (the least each contender used in its runs): what the
+    headline wall-time ratios are on an idle machine, and what survives a busy one."""
+    return {"floor_s": floor["cpu_best"], "raysoup_s": uniform["cpu_best"],
+            "ties_s": ties["cpu_best"],
+            "floor_ratio": ratio(uniform["cpu_best"], floor["cpu_best"]),
+            "ties_floor_ratio": ratio(ties["cpu_best"], floor["cpu_best"])}
 
 
 def cache_in_small_pages(files: list[Path]) -> None:

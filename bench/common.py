@@ -51,6 +51,8 @@ def best_of(repeats: int, fn: Callable[[], dict], key: str = "seconds") -> dict:
     if "peak_rss" in best:
         best["peak_rss_delta"] = max(r["peak_rss"] - r["rss_after_imports"] for r in runs)
     best["runs"] = [round(r[key], 4) for r in runs]
+    if all("cpu_seconds" in r for r in runs):
+        best["cpu_best"] = min(r["cpu_seconds"] for r in runs)  # the least CPU any run used
     return best
 
 

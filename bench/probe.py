@@ -2,7 +2,7 @@
 
 `python -m bench.probe '<json>'` imports what every contender needs, records RSS after
 imports, runs the named contender once (timed with perf_counter, excluding interpreter start
-and imports) and prints one JSON line: seconds, rss_after_imports, peak_rss (VmHWM: every
+and imports) and prints one JSON line: seconds, cpu_seconds (process_time), rss_after_imports, peak_rss (VmHWM: every
 touched page counts, including mmapped file pages), numba_init_s (see `_init_numba`) and
 whatever the contender returns.
 """
@@ -89,10 +89,13 @@ def main(spec: dict) -> dict:
     from raysoup.reduce.route import calibrations
 
     with event.install_recorder("numba:compile") as compiles:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         extra = fn(**spec.get("args", {})) or {}
         seconds = time.perf_counter() - start
-    return {"seconds": seconds, "rss_after_imports": rss0,
+        cpu_seconds = time.process_time() - cpu_start
+    # CPU time (user + sys of the process) beside the wall time: on a busy machine the wall
+    # time measures the machine's load, the CPU time still the contender's own work
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "rss_after_imports": rss0,
             "peak_rss": _status_kib("VmHWM") * 1024, "numba_init_s": numba_init,
             # what ran: the I/O route per tensor, the compiled passes, compile time timed
             "routes": routes(), "compiled": compiled_paths(),

@@ -179,12 +179,14 @@ def report(result: dict) -> str:
             f"{[k for k, v in ran['compiled'].items() if v['ran']]}, compiled in the timer "
             f"{[k for k, v in ran['compiled'].items() if v['compiled_in_timer']]} "
             f"({ran['compile_in_timer_s']:.2f}s)" for who, ran in b["ran"].items()))
+        lines.append("  B1 CPU time: " + _cpu_line(b["cpu"]))
         if b["by_route"]:
             lines.append("  B1 routes: " + _routes_line(b))
         if "small_pages" in b:
             sp = b["small_pages"]
             lines.append(f"  B1 in 4 KiB pages: floor {sp['floor_s']:.2f}s, raysoup "
                          f"{sp['raysoup_s']:.2f}s, TIES {sp['ties_s']:.2f}s; " + _routes_line(sp))
+            lines.append("  B1 in 4 KiB pages, CPU time: " + _cpu_line(sp["cpu"]))
     if "B2" in d:
         b = d["B2"]
         lines.append(f"  B2: {b['ingredients']} ingredients, {b['heldout_images']} held-out images:"
@@ -238,3 +240,9 @@ def main(json_path: Path | None, quick: bool, only: list[str] | None, workdir: P
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return 0
+
+
+def _cpu_line(c: dict) -> str:
+    return (f"floor {c['floor_s']:.2f}s, raysoup {c['raysoup_s']:.2f}s (floor_ratio "
+            f"{c['floor_ratio']:.2f}), TIES {c['ties_s']:.2f}s (ties_floor_ratio "
+            f"{c['ties_floor_ratio']:.2f})")

@@ -108,7 +108,10 @@ def test_quick_bench_writes_every_figure(tmp_path):
     assert small["floor_s"] > 0 and small["ties_s"] > 0 and small["by_route"] == {}
     assert sum(small["routes"]["ties"].values()) == n
     assert "B1 routes:" in proc.stdout and "B1 in 4 KiB pages:" in proc.stdout
+    for cpu in (b1["cpu"], small["cpu"]):  # CPU time beside the wall time
+        assert cpu["floor_s"] > 0 and cpu["ties_floor_ratio"] > 0
     assert "B1 ran:" in proc.stdout and "machine:" in proc.stdout
+    assert "B1 CPU time:" in proc.stdout
     assert "B1.floor_ratio" in proc.stdout  # the figures are printed too
 
 

@@ -365,6 +365,31 @@ def test_radix_select_is_numpys_kth_smallest():
                 assert _kth_smallest(x, k) == np.partition(x, k)[k], (n, scale, k)
 
 
+def test_bracket_pass_counts_and_gathers_like_numpy():
+    """The trim's bracket pass (vector blocks of 16 entries, then a scalar tail) against numpy:
+    the count past the bracket and the magnitudes inside it with their indices, in order — on
+    lengths that end inside a block, appended after earlier candidates, with NaN and ∞."""
+    from raysoup.reduce.ties_kernel import _bracket
+
+    rng = np.random.default_rng(2)
+    for n in (1, 15, 16, 17, 100, 4099):
+        theta = rng.standard_normal(n).astype(np.float32)
+        base = rng.standard_normal(n).astype(np.float32)
+        theta[:: 7] = base[:: 7]  # zero τ
+        theta[3 % n] = np.nan
+        theta[5 % n] = np.inf
+        mag = np.abs(theta - base)
+        lo_t, hi_t = np.float32(0.5), np.float32(1.5)
+        cand = np.full(n + 3, -1, np.float32)
+        at = np.full(n + 3, -1, np.int64)
+        c, above = _bracket(theta, base, 1000, lo_t, hi_t, cand, at, 3, 7)
+        inside = np.flatnonzero((mag >= lo_t) & (mag <= hi_t))
+        assert above == 7 + np.count_nonzero(mag > hi_t), n
+        assert c == 3 + inside.size, n
+        assert np.array_equal(cand[3:c], mag[inside]) and np.array_equal(at[3:c], 1000 + inside)
+        assert (cand[:3] == -1).all() and (at[:3] == -1).all()
+
+
 def test_compiled_ties_soup_is_the_bits_of_the_python_route(tmp_path, monkeypatch):
     """Float32 files on local disk: the shard makes each TIES tensor in one compiled call
     (thresholds from the sampled runs, reads, merge and θ_0 + λ·τ in place). Its soup must be

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from raysoup.reduce.mapped import (
@@ -58,22 +59,26 @@ from raysoup.reduce.route import io_route
 
 
 # Branch-free bodies (selects, not ifs): LLVM vectorises them; a branch keeps the loop scalar.
-@numba.njit(nogil=True, cache=True)
+# The counts are float32 (exact to 2^24 ingredients), the width of the sums: as bytes beside
+# float32 lanes every compare was widened and narrowed again, ~30 % of the pass.
+@numba.njit(nogil=True, cache=True, inline="always")
 def _kept(theta, base, t, p, q, cp, cn):  # pragma: no cover - compiled
     """One ingredient's entry added to an entry's state: τ kept if |τ| ≥ t, summed and counted
     on its sign's side."""
-    zero = np.float32(0)
+    zero, one = np.float32(0), np.float32(1)
     tau = np.float32(theta - base)
     kept = abs(tau) >= t
-    up = kept and tau > zero
-    down = kept and tau < zero
-    return p + (tau if up else zero), q + (tau if down else zero), cp + up, cn + down
+    up = kept & (tau > zero)
+    down = kept & (tau < zero)
+    return (p + (tau if up else zero), q + (tau if down else zero), cp + (one if up else zero),
+            cn + (one if down else zero))
 
 
 # Ingredients are taken four at a time, the entry's state in registers between them: a pass per
 # ingredient would load and store the state for each, a memory round trip per
 # entry-ingredient. The first pass starts from zeros instead of reading the state (nothing to
-# allocate and clear first). Serial: a shard task has one CPU (Ray sets its threads); the
+# allocate and clear first), in a loop of its own (a select per entry kept it from
+# vectorising well). Serial: a shard task has one CPU (Ray sets its threads); the
 # shards are the parallelism.
 @numba.njit(nogil=True, cache=True)
 def _accumulate(rows, lo, m, base, thr, pos, neg, npos, nneg):  # pragma: no cover - compiled
@@ -81,40 +86,47 @@ def _accumulate(rows, lo, m, base, thr, pos, neg, npos, nneg):  # pragma: no cov
     rows[i] = the address of θ_i's entry 0 (a row of memory or a file's mapping), base = θ_0's
     entries [lo, lo + m)."""
     zero = np.float32(0)
-    count = npos.dtype.type(0)
-    first = True
     i = 0
     while i < rows.size:
         if rows.size - i >= 4:
             a, b = entries(rows[i], lo, m), entries(rows[i + 1], lo, m)
             c, d = entries(rows[i + 2], lo, m), entries(rows[i + 3], lo, m)
             ta, tb, tc, td = thr[i], thr[i + 1], thr[i + 2], thr[i + 3]
-            for j in range(m):
-                p, q, cp, cn = ((zero, zero, count, count) if first
-                                else (pos[j], neg[j], npos[j], nneg[j]))
-                x = base[j]
-                p, q, cp, cn = _kept(a[j], x, ta, p, q, cp, cn)
-                p, q, cp, cn = _kept(b[j], x, tb, p, q, cp, cn)
-                p, q, cp, cn = _kept(c[j], x, tc, p, q, cp, cn)
-                pos[j], neg[j], npos[j], nneg[j] = _kept(d[j], x, td, p, q, cp, cn)
+            if i == 0:
+                for j in range(m):
+                    x = base[j]
+                    p, q, cp, cn = _kept(a[j], x, ta, zero, zero, zero, zero)
+                    p, q, cp, cn = _kept(b[j], x, tb, p, q, cp, cn)
+                    p, q, cp, cn = _kept(c[j], x, tc, p, q, cp, cn)
+                    pos[j], neg[j], npos[j], nneg[j] = _kept(d[j], x, td, p, q, cp, cn)
+            else:
+                for j in range(m):
+                    x = base[j]
+                    p, q, cp, cn = _kept(a[j], x, ta, pos[j], neg[j], npos[j], nneg[j])
+                    p, q, cp, cn = _kept(b[j], x, tb, p, q, cp, cn)
+                    p, q, cp, cn = _kept(c[j], x, tc, p, q, cp, cn)
+                    pos[j], neg[j], npos[j], nneg[j] = _kept(d[j], x, td, p, q, cp, cn)
             i += 4
         else:
             a, ta = entries(rows[i], lo, m), thr[i]
-            for j in range(m):
-                p, q, cp, cn = ((zero, zero, count, count) if first
-                                else (pos[j], neg[j], npos[j], nneg[j]))
-                pos[j], neg[j], npos[j], nneg[j] = _kept(a[j], base[j], ta, p, q, cp, cn)
+            if i == 0:
+                for j in range(m):
+                    pos[j], neg[j], npos[j], nneg[j] = _kept(a[j], base[j], ta, zero, zero,
+                                                             zero, zero)
+            else:
+                for j in range(m):
+                    pos[j], neg[j], npos[j], nneg[j] = _kept(a[j], base[j], ta, pos[j],
+                                                             neg[j], npos[j], nneg[j])
             i += 1
-        first = False
 
 
 @numba.njit(nogil=True, cache=True)
 def _elected_mean(p, q, cp, cn):  # pragma: no cover - compiled
     """The disjoint mean of one entry: the mean of the side whose sum wins, 0 on a tie."""
-    zero = np.float32(0)
+    zero, one = np.float32(0), np.float32(1)
     total = p + q
-    up = p / np.float32(max(cp, 1))
-    down = q / np.float32(max(cn, 1))
+    up = p / max(cp, one)
+    down = q / max(cn, one)
     return up if total > zero else (down if total < zero else zero)
 
 
@@ -133,7 +145,7 @@ def _float32(t: torch.Tensor) -> np.ndarray:
 
 
 # Entries merged at a time, at most: the rows (every ingredient's slice, read into memory
-# reused for every slice) stay within ROWS_BYTES, and with the state (10 bytes an entry) in
+# reused for every slice) stay within ROWS_BYTES, and with the state (16 bytes an entry) in
 # the core's L2 cache: with larger chunks the state falls out to memory, and every
 # ingredient's pass reads and writes it there.
 CHUNK = 1 << 17
@@ -152,10 +164,10 @@ def _slice_state(count: int, n: int) -> tuple[np.ndarray, ...]:
 
 def _state(count: int, chunk: int) -> tuple[np.ndarray, ...]:
     """This thread's reused per-entry state of a slice of `chunk` entries: two float32 sums,
-    two counts (of up to `count` ingredients)."""
-    counts = np.uint8 if count < 256 else np.uint32
-    return (_scratch(1, (chunk,), np.float32), _scratch(2, (chunk,), np.float32),
-            _scratch(3, (chunk,), counts), _scratch(4, (chunk,), counts))
+    two counts (float32: exact to 2^24 ingredients)."""
+    if count >= 1 << 24:
+        raise ValueError(f"TIES of {count} ingredients: at most 2^24 - 1 are counted exactly")
+    return tuple(_scratch(slot, (chunk,), np.float32) for slot in (1, 2, 3, 4))
 
 
 def _scratch(slot: int, shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -496,20 +508,84 @@ def _bits(typingctx, x):
     return sig, codegen
 
 
+# Entries per block of `_bracket`: one 512-bit vector of float32s (two 256-bit ones on AVX2).
+BLOCK = 16
+
+
+@intrinsic
+def _bracket_block(typingctx, theta, base, hi_t, lo_b, span, cand, at, first):
+    """`_bracket` of the BLOCK entries at addresses `theta` and `base` (first: the tensor index
+    of the block's entry 0) in vector code: the magnitudes within the bracket are
+    compress-stored at `cand` and their indices at `at`, in order (`llvm.masked.compressstore`:
+    one instruction on AVX-512, a few per entry elsewhere — never a branch per entry); returns
+    the count stored | the count past hi_t << 32."""
+    sig = types.int64(theta, base, hi_t, lo_b, span, cand, at, first)
+
+    def codegen(context, builder, signature, args):
+        f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+        vf, vi, vl = (ir.VectorType(t, BLOCK) for t in (f32, i32, i64))
+        vb, mask = ir.VectorType(ir.IntType(1), BLOCK), ir.IntType(BLOCK)
+
+        def arg(i, want):
+            return context.cast(builder, args[i], signature.args[i], want)
+
+        def pointer(i, to):
+            return builder.inttoptr(arg(i, types.uintp), to.as_pointer())
+
+        def splat(value, vt):
+            one = builder.insert_element(ir.Constant(vt, ir.Undefined), value,
+                                         ir.Constant(i32, 0))
+            return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined),
+                                          ir.Constant(ir.VectorType(i32, BLOCK), [0] * BLOCK))
+
+        def function(name, ret, params):
+            return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, params),
+                                                  name)
+
+        d = builder.fsub(builder.load(pointer(0, vf), align=4),
+                         builder.load(pointer(1, vf), align=4))
+        x = builder.call(function(f"llvm.fabs.v{BLOCK}f32", vf, [vf]), [d])
+        above = builder.fcmp_ordered(">", x, splat(arg(2, types.float32), vf))
+        rel = builder.sub(builder.bitcast(x, vi), splat(arg(3, types.uint32), vi))
+        inside = builder.icmp_unsigned("<=", rel, splat(arg(4, types.uint32), vi))
+        void = ir.VoidType()
+        builder.call(function(f"llvm.masked.compressstore.v{BLOCK}f32", void,
+                              [vf, f32.as_pointer(), vb]), [x, pointer(5, f32), inside])
+        index = builder.add(splat(arg(7, types.int64), vl), ir.Constant(vl, list(range(BLOCK))))
+        builder.call(function(f"llvm.masked.compressstore.v{BLOCK}i64", void,
+                              [vl, i64.as_pointer(), vb]), [index, pointer(6, i64), inside])
+        pop = function(f"llvm.ctpop.i{BLOCK}", mask, [mask])
+        stored = builder.zext(builder.call(pop, [builder.bitcast(inside, mask)]), i64)
+        past = builder.zext(builder.call(pop, [builder.bitcast(above, mask)]), i64)
+        return builder.or_(stored, builder.shl(past, ir.Constant(i64, 32)))
+
+    return sig, codegen
+
+
 @numba.njit(nogil=True, cache=True)
 def _bracket(theta, base, lo, lo_t, hi_t, cand, at, c, above):  # pragma: no cover - compiled
     """Per entry |θ − θ_0| (entries lo, lo + 1, … of the tensor): counted in `above` past hi_t,
-    appended to cand[c:] within [lo_t, hi_t], its index to at[c:]; returns (c, above). One
-    branch, taken for the few % of entries in the bracket, so predicted: its test is one
-    unsigned compare of the bits (NaN's bits lie past hi_t's, outside it, as the float compare
-    has it) — as two float compares, the first (≥ lo_t, true for ~a fifth of the entries) was
-    a branch of its own, mispredicted at random, and cost three times the rest of the loop.
-    (Writing every entry, a select, cost more than the branch.)"""
+    appended to cand[c:] within [lo_t, hi_t], its index to at[c:]; returns (c, above).
+    The bracket test is one unsigned compare of the bits (NaN's bits lie past hi_t's, outside
+    it, as the float compare has it). BLOCK entries at a time in vector code
+    (`_bracket_block`): as a loop with a branch per entry it stayed scalar, ~5× slower; as
+    two float compares, the first (≥ lo_t, true for ~a fifth of the entries) was a branch of
+    its own, mispredicted at random."""
     lo_b = _bits(np.float32(lo_t))
     span = np.uint32(_bits(np.float32(hi_t)) - lo_b)
-    for j in range(base.size):
+    hi = np.float32(hi_t)
+    n = base.size
+    theta_at, base_at = theta.ctypes.data, base.ctypes.data
+    cand_at, index_at = cand.ctypes.data, at.ctypes.data
+    whole = n - n % BLOCK
+    for j in range(0, whole, BLOCK):
+        got = _bracket_block(theta_at + 4 * j, base_at + 4 * j, hi, lo_b, span,
+                             cand_at + 4 * c, index_at + 8 * c, lo + j)
+        c += got & 0xFFFFFFFF
+        above += got >> 32
+    for j in range(whole, n):  # the tail
         x = abs(np.float32(theta[j] - base[j]))
-        above += x > hi_t
+        above += x > hi
         if np.uint32(_bits(x) - lo_b) <= span:
             cand[c] = x
             at[c] = lo + j
