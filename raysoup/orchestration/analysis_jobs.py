@@ -71,7 +71,8 @@ def transfer_scores(worker, path: str, head: np.ndarray, labels: np.ndarray,
     model = evaluator.model
     if not hasattr(model, "features"):
         raise ValueError("transfer: the model family has no image features to read zero-shot")
-    w = torch.from_numpy(np.asarray(head, np.float32)).to(evaluator.device)
+    # a copy: Ray hands arrays over read-only, and torch wants a writable buffer
+    w = torch.from_numpy(np.array(head, np.float32)).to(evaluator.device)
     data = evaluator.splits[split]
     if len(labels) != len(data):
         raise ValueError(f"transfer: {len(labels)} labels for the {len(data)} images of {split}")
