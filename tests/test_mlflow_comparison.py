@@ -127,3 +127,30 @@ def test_sweep_soup_gain_is_the_soups_not_the_last_offers():
                        "soup/best_single_heldout": 0.92,
                        "soup/gain": pytest.approx(0.93 - 0.92)}
     assert {k.split("/")[0] for k in metrics} == {"soup"}
+
+
+def test_two_class_tasks_get_f1_and_mcc_on_every_run(tmp_path):
+    """GLUE's metrics beside accuracy (a known case: labels 1 1 0 0 1, the model right on
+    images 0, 2 and 4, so it predicts 1 0 0 1 1: tp 2, fn 1, fp 1, tn 1 → F1 4/6, MCC 1/6);
+    none for a task of more classes (labels=None) or a split whose labels do not match."""
+    from raysoup.tracking import MODEL, model_metrics
+
+    right = np.array([1, 0, 1, 0, 1], bool)
+    scores = {"test": (3, 5, np.packbits(right).tobytes()),
+              "blur": (3, 5, np.packbits(right).tobytes())}
+    table = res.merge(res.empty(), [res.rows("trial-000", "ingredient", scores, None)])
+    labels = {"test": np.array([1, 1, 0, 0, 1]), "blur": np.array([1, 0])}  # blur: 2 of 5
+    metrics = model_metrics(table, labels)["trial-000"].metrics
+    assert metrics["f1/test"] == pytest.approx(4 / 6)
+    assert metrics["mcc/test"] == pytest.approx(1 / 6)
+    assert "f1/blur" not in metrics and "mcc/blur" not in metrics
+    plain = model_metrics(table)["trial-000"].metrics
+    assert not any(k.startswith(("f1/", "mcc/")) for k in plain)
+
+    tracker = Tracker(default_uri(tmp_path), "exp", workdir=tmp_path)
+    parent = tracker.sweep_run()
+    tracker.end_trial(tracker.trial_run(parent, "trial-000", {"lr": 1e-4}), "trial-000", False)
+    assert tracker.log_results(parent, table, labels) == 1
+    run = next(r for r in tracker.runs() if r.data.tags.get(MODEL) == "trial-000")
+    assert run.data.metrics["f1/test"] == pytest.approx(4 / 6)
+    assert run.data.metrics["mcc/test"] == pytest.approx(1 / 6)

@@ -157,7 +157,7 @@ class Run:
                                               self.results_path, self.soup_ids, stage,
                                               self.layout.logits_cache, keep)
             if stage == "evaluate":  # the zero-shot model and the trials, on their runs now
-                self.tracker.log_results(self.parent, table)
+                self.tracker.log_results(self.parent, table, two_class_labels(self.data))
             return table
 
     def soup(self) -> None:
@@ -179,7 +179,8 @@ class Run:
         table = self.evaluate("soup evaluation")
         with self.stage("publish"):
             soup_stage.publish(self.cfg, self.workdir, self.tracker, self.parent, soups,
-                               candidates, table, self.actors.splits_ref, timings)
+                               candidates, table, self.actors.splits_ref, timings,
+                               two_class_labels(self.data))
 
     def heldout_accuracies(self, on_disk: list[tuple[str, str, Path]]) -> dict[str, float]:
         """Held-out accuracy by model; trials finished since the last evaluation are scored
@@ -223,7 +224,7 @@ class Run:
             self.tracker.log_artifacts(self.parent, files, subdir="report")
             self.tracker.log_artifacts(self.parent, [self.results_path])
             # Every model's metrics on its run: also after `raysoup evaluate` without a soup stage.
-            self.tracker.log_results(self.parent, table)
+            self.tracker.log_results(self.parent, table, two_class_labels(self.data))
 
     def summary(self) -> str:
         table = res.read_results(self.results_path)

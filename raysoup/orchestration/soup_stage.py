@@ -177,15 +177,17 @@ def run_params(record: SoupRecord) -> dict:
 
 def publish(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent: str,
             soups: dict[str, Path], candidates: list[Candidate], table: pa.Table,
-            splits_ref, timings: dict[str, tuple[float, float]] | None = None) -> None:
+            splits_ref, timings: dict[str, tuple[float, float]] | None = None,
+            labels: dict | None = None) -> None:
     """A run per soup in MLflow; with tracking.log_models, each weight soup and the best
     single model as MLflow Models, the soups registered and the champion crowned; then every
     model's metrics on its run (`Tracker.log_results`). `splits_ref`: the eval cache in the
-    object store (its test images are the example); `timings`: `cook_soups`'."""
+    object store (its test images are the example); `timings`: `cook_soups`'; `labels`: a
+    two-class task's (`two_class_labels`), for F1 and MCC."""
     publisher = _publisher(cfg, workdir, tracker, splits_ref) if cfg.tracking.log_models \
         else None
     soup_id = None
-    by_model = model_metrics(table)
+    by_model = model_metrics(table, labels)
     for recipe, soup_dir in soups.items():
         record = SoupRecord.read(soup_dir)
         accs = res.accuracies_of_model(table, record.name)
@@ -204,7 +206,7 @@ def publish(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent: str,
     if publisher is not None:
         publish_best_single(tracker, publisher, candidates, table)
         publisher.crown(soup_id)
-    tracker.log_results(parent, table)
+    tracker.log_results(parent, table, labels)
 
 
 def _publisher(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, splits_ref) -> Publisher:

@@ -7,7 +7,9 @@ Names are chosen for MLflow's UI, which groups charts by the part before the fir
   over the model's shift sets, as the report's "mean shift"): one "acc" chart group;
 - `vs_best/<split>`, `vs_best/<split>_lo`, `vs_best/<split>_hi`: a soup's or the ensemble's
   accuracy minus the best single model's on the split and its paired 95 % interval
-  (evaluate/paired.py; the Parquet columns diff_vs_best, diff_lo, diff_hi).
+  (evaluate/paired.py; the Parquet columns diff_vs_best, diff_lo, diff_hi);
+- for a two-class task (GLUE's MRPC, CoLA...), `f1/<split>` (F1 of class 1) and `mcc/<split>`
+  (Matthews correlation), from the rows' per-example correctness (evaluate/task_metrics.py).
 Fractions, as results.parquet's `accuracy`. Pure: no MLflow here (tracker.py logs them).
 """
 
@@ -16,9 +18,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from raysoup.evaluate.paired import best_single
+from raysoup.evaluate.task_metrics import task_metrics
 
 FIXED_SPLITS = ("heldout", "test")
 ACC = "acc/"
@@ -45,8 +49,11 @@ def split_of(key: str) -> str | None:
     return key.removeprefix(ACC)
 
 
-def model_metrics(table: pa.Table) -> dict[str, ModelMetrics]:
-    """model name → its kind, soup id and metrics (see the module's docstring)."""
+def model_metrics(table: pa.Table, labels: dict[str, np.ndarray] | None = None
+                  ) -> dict[str, ModelMetrics]:
+    """model name → its kind, soup id and metrics (see the module's docstring). `labels`:
+    {split: labels in evaluation order} of a two-class task (`two_class_labels`), which adds
+    F1 and MCC; None for any other task."""
     out: dict[str, ModelMetrics] = {}
     columns = ("model", "kind", "split", "accuracy", "soup_id", "diff_vs_best", "diff_lo",
                "diff_hi")
@@ -62,7 +69,19 @@ def model_metrics(table: pa.Table) -> dict[str, ModelMetrics]:
                   if (s := split_of(k)) is not None and s not in FIXED_SPLITS]
         if shifts:
             entry.metrics[MEAN_SHIFT] = sum(shifts) / len(shifts)
+    if labels:
+        _task_metrics(table, labels, out)
     return out
+
+
+def _task_metrics(table: pa.Table, labels: dict[str, np.ndarray],
+                  out: dict[str, ModelMetrics]) -> None:
+    """F1 and MCC of each (model, split) row that has its per-example correctness."""
+    columns = ("model", "split", "n", "correct_bits")
+    for model, split, n, bits in zip(*(table[c].to_pylist() for c in columns), strict=True):
+        if split in labels and bits is not None and n == len(labels[split]):
+            m = task_metrics(labels[split], bits, 2)
+            out[model].metrics.update({f"f1/{split}": m["f1"], f"mcc/{split}": m["mcc"]})
 
 
 # A saved view of MLflow's runs table (3.x: an experiment tag `mlflow.sharedViewState.<key>`

@@ -233,15 +233,16 @@ class Tracker(ModelRegistry):
             self.end(run_id)
         return run_id
 
-    def log_results(self, parent: str, table) -> int:
-        """Every model's `comparison.model_metrics` (results.parquet `table`) on its run, and
-        on the run's logged model; only what changed is logged, so calling it after every
-        stage adds no duplicate points. Returns the number of runs written to."""
+    def log_results(self, parent: str, table, labels=None) -> int:
+        """Every model's `comparison.model_metrics` (results.parquet `table`; `labels` of a
+        two-class task add F1 and MCC) on its run, and on the run's logged model; only what
+        changed is logged, so calling it after every stage adds no duplicate points. Returns
+        the number of runs written to."""
         best = best_single_model(table)
         if best is not None:
             self.set_tags(parent, {"raysoup.best_single": best})
         written = 0
-        for entry in model_metrics(table).values():
+        for entry in model_metrics(table, labels).values():
             run_id = self.model_run_id(parent, entry)
             if run_id is None:
                 continue
