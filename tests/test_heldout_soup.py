@@ -4,6 +4,7 @@ the stage's own path (real Ray: eval cache tasks, an eval actor, the Ray kitchen
 writer) and through the local one, and the soups must be equal tensor for tensor."""
 
 import json
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -28,10 +29,20 @@ RECIPES = {"greedy": {}, "wiseft": {"alphas": [0.0, 0.5, 1.0]},
 def case(tmp_path_factory):
     """A zero-shot ingredient, three fine-tuned ones around it, and a held-out ImageFolder
     (4 classes × 5 random 32-px PNGs)."""
-    root = tmp_path_factory.mktemp("heldout-soup")
-    torch.manual_seed(0)
-    base = get_family(DEFAULT_FAMILY).skeleton(MODEL, CLASSES).state_dict()
-    meta = {"kind": "imported", "model_name": MODEL, "num_classes": CLASSES,
+    return _write_case(tmp_path_factory.mktemp("heldout-soup"), CLASSES, 5)
+
+
+@pytest.fixture(scope="module")
+def two_class(tmp_path_factory):
+    """The same for a two-class task (2 classes × 12 PNGs): greedy by F1 or MCC. (Seed 1: a
+    case where greedy by accuracy keeps other ingredients than by F1 and by MCC.)"""
+    return _write_case(tmp_path_factory.mktemp("heldout-two-class"), 2, 12, seed=1)
+
+
+def _write_case(root, classes: int, per_class: int, seed: int = 0) -> dict:
+    torch.manual_seed(seed)
+    base = get_family(DEFAULT_FAMILY).skeleton(MODEL, classes).state_dict()
+    meta = {"kind": "imported", "model_name": MODEL, "num_classes": classes,
             "preprocess": preprocess_of(MODEL)}
     write_ingredient(root / "ingredients" / "zeroshot", base, meta)
     for i in range(3):
@@ -40,9 +51,9 @@ def case(tmp_path_factory):
         write_ingredient(root / "ingredients" / f"trial-{i}", state, meta)
     dirs = {d.name: d for d in (root / "ingredients").iterdir()}
     rng = np.random.default_rng(0)
-    for c in range(CLASSES):
+    for c in range(classes):
         (root / "heldout" / f"class_{c}").mkdir(parents=True)
-        for j in range(5):
+        for j in range(per_class):
             pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / "heldout" / f"class_{c}" / f"{j}.png")
     return {"root": root, "dirs": dirs, "heldout": root / "heldout"}
@@ -122,6 +133,10 @@ def test_learned_soup_learns_locally(case, tmp_path):
     ({"method": "greedy", "heldout": "missing"}, "does not exist"),
     ({"method": "greedy", "heldout": "x.csv"}, "raysoup.HeldOut(<split path>"),
     ({"method": "greedy", "heldout": "model"}, "is a 'raysoup-tiny-vit'"),
+    ({"method": "greedy", "heldout": "H", "metric": "f1"},
+     ("metric: 'f1' needs a two-class task (F1 of class 1, Matthews correlation of two "
+      "classes); this task has 4 classes")),
+    ({"method": "greedy", "heldout": "H", "metric": "auc"}, "'accuracy', 'f1' or 'mcc'"),
 ])
 def test_heldout_errors_name_the_problem(case, tmp_path, kwargs, words):
     kwargs = {"out": tmp_path / "x.safetensors", **kwargs}
@@ -132,6 +147,40 @@ def test_heldout_errors_name_the_problem(case, tmp_path, kwargs, words):
     elif kwargs.get("heldout") == "model":
         kwargs["heldout"] = HeldOut(case["heldout"], model="ViT-B-32")
     tuned = [d for n, d in sorted(case["dirs"].items()) if n != "zeroshot"]
-    with pytest.raises(SoupCheckpointsError, match=words.replace("(", r"\(")
-                       .replace(".", r"\.")):
+    with pytest.raises(SoupCheckpointsError, match=re.escape(words)):
         soup_checkpoints(tuned, **kwargs)
+
+
+@pytest.mark.parametrize("metric", ["f1", "mcc"])
+def test_greedy_by_f1_or_mcc_ranks_and_decides_by_it(two_class, tmp_path, metric):
+    """GLUE's criterion through the Python API: the soup is the one the definition gives —
+    the checkpoints ranked by their held-out `metric`, each added when the uniform soup's
+    held-out `metric` does not drop — computed here directly from the evaluator's counts."""
+    from raysoup.api.heldout import evaluator_for, model_spec
+    from raysoup.evaluate.task_metrics import from_counts
+
+    tuned = [d for n, d in sorted(two_class["dirs"].items()) if n != "zeroshot"]
+    held = HeldOut(two_class["heldout"], batch_size=BATCH)
+    states = {d.name: load_file(str(d / "model.safetensors")) for d in tuned}
+    with evaluator_for(held, model_spec(held, [d / "model.safetensors" for d in tuned])) as ev:
+        def score(state):
+            correct, n, *counts = ev.score(state, ["heldout"], counts=True)["heldout"]
+            return from_counts(metric, correct, n, *counts)
+
+        ranked = sorted(states, key=lambda name: (-score(states[name]), name))
+        soup, best = [ranked[0]], score(states[ranked[0]])
+        for name in ranked[1:]:
+            trial = [*soup, name]
+            mean = {k: sum(states[m][k] for m in trial) / len(trial) for k in states[name]}
+            if (value := score(mean)) >= best:
+                soup, best = trial, value
+    local = load_file(str(soup_checkpoints(tuned, "greedy", out=tmp_path / "g.safetensors",
+                                           heldout=held, metric=metric)))
+    expected = load_file(str(soup_checkpoints([two_class["dirs"][n] for n in soup],
+                                              out=tmp_path / "u.safetensors")))
+    assert set(local) == set(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(local[name], tensor), (metric, soup, name)
+    by_accuracy = load_file(str(soup_checkpoints(tuned, "greedy", heldout=held,
+                                                 out=tmp_path / "a.safetensors")))
+    assert any(not torch.equal(local[k], by_accuracy[k]) for k in local)  # the metric decided

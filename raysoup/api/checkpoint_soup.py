@@ -71,7 +71,8 @@ def soup_checkpoints(paths: Iterable[str | Path], method: str = "uniform", *,
     """
     from raysoup.checkpoints.importer import CheckpointImportError
 
-    recipe = _method(method, weights, base, heldout, settings)
+    recipe, chosen = _method(method, weights, base, heldout, settings)
+    metric = getattr(chosen, "metric", "accuracy")  # greedy's criterion (soup.greedy.metric)
     out = Path(out)
     if out.suffix != ".safetensors":
         raise SoupCheckpointsError(f"out={str(out)!r}: the soup is written as one "
@@ -87,8 +88,9 @@ def soup_checkpoints(paths: Iterable[str | Path], method: str = "uniform", *,
         try:
             # The soup stage's tasks and eval actors flush denormals
             # (orchestration.reduce_tasks): the same mode gives the same bits and scores.
-            with _flush_denormal(), _scoring(heldout, [p for _, p in members], anchor) as ev:
-                result = _cook(recipe, members, anchor, weights, ev)
+            with (_flush_denormal(),
+                  _scoring(heldout, [p for _, p in members], anchor, chosen) as ev):
+                result = _cook(recipe, members, anchor, weights, ev, metric)
                 return _write(out, result, [by_name[n] for n in result.ingredients],
                               None if anchor is None else anchor[1])
         except SoupCheckpointsError:
@@ -109,7 +111,7 @@ def _flush_denormal() -> Iterator[None]:
 
 
 @contextmanager
-def _scoring(heldout: HeldOut | None, files: list[Path], anchor) -> Iterator:
+def _scoring(heldout: HeldOut | None, files: list[Path], anchor, settings) -> Iterator:
     """The held-out `Evaluator` (None without `heldout`)."""
     if heldout is None:
         yield None
@@ -118,6 +120,11 @@ def _scoring(heldout: HeldOut | None, files: list[Path], anchor) -> Iterator:
 
     spec = model_spec(heldout, files + ([anchor[1]] if anchor else []))
     _check_model(spec.model_name, files + ([anchor[1]] if anchor else []))
+    if hasattr(settings, "check_task"):  # greedy by F1 or MCC: a two-class task only
+        try:
+            settings.check_task(spec.num_classes)
+        except ValueError as err:
+            raise SoupCheckpointsError(str(err).replace("soup.greedy.metric", "metric")) from None
     with evaluator_for(heldout, spec) as evaluator:
         yield evaluator
 
@@ -175,7 +182,7 @@ def _method(method: str, weights, base, heldout, settings: dict):
         raise SoupCheckpointsError(
             f"method {method!r} picks its scale λ on held-out data from a grid: pass "
             "heldout=raysoup.HeldOut(...), or give one λ, e.g. lambdas=[1.0]")
-    return get_recipe(method, chosen)
+    return get_recipe(method, chosen), chosen
 
 
 def _ingredients(paths: Iterable[str | Path], tmp: Path, fmt: str,
@@ -235,9 +242,11 @@ def _convert(src: Path, dest: Path, fmt: str, reference):
     return reference or state
 
 
-def _cook(recipe, members: list[tuple[str, Path]], anchor, weights, evaluator):
+def _cook(recipe, members: list[tuple[str, Path]], anchor, weights, evaluator,
+          metric: str = "accuracy"):
     """The method's result over the members; with an `evaluator`, each member first gets its
-    held-out accuracy (the evaluate stage's, which the soup stage ranks candidates by)."""
+    held-out accuracy (the evaluate stage's, which the soup stage ranks candidates by), and
+    its held-out `metric` where greedy ranks by F1 or MCC."""
     from safetensors.torch import load_file
 
     from raysoup.api.local_kitchen import LocalKitchen
@@ -255,8 +264,11 @@ def _cook(recipe, members: list[tuple[str, Path]], anchor, weights, evaluator):
     kitchen = LocalKitchen(None if anchor is None else Candidate(BASE_NAME, math.nan, anchor[1]),
                            names, evaluator)
     # One model loaded at a time (the scale rule); without held-out data nothing ranks them.
-    candidates = [Candidate(n, math.nan if evaluator is None
-                            else kitchen.accuracy(load_file(str(p))), p) for n, p in members]
+    candidates = []
+    for n, p in members:
+        acc, metrics = ((math.nan, {}) if evaluator is None
+                        else kitchen.heldout(load_file(str(p)), metric))
+        candidates.append(Candidate(n, acc, p, metrics))
     return recipe.cook(candidates, kitchen)  # a ValueError (e.g. model_stock with one
     # fine-tuned model) becomes a SoupCheckpointsError in `soup_checkpoints`
 

@@ -35,6 +35,17 @@ class LocalKitchen:
         correct, n = self._scorer().score(weights, ["heldout"])["heldout"]
         return correct / n
 
+    def heldout(self, weights, metric: str = "accuracy") -> tuple[float, dict[str, float]]:
+        """(held-out accuracy, {metric: value}) of one weight set, from one forward pass: a
+        candidate's `heldout` and `metrics` (F1, MCC: the evaluate stage's counts of class 1)."""
+        if metric == "accuracy":
+            return self.accuracy(weights), {}
+        from raysoup.evaluate.task_metrics import from_counts
+
+        correct, n, *tp_fp_fn = self._scorer().score(weights, ["heldout"],
+                                                     counts=True)["heldout"]
+        return correct / n, {metric: from_counts(metric, correct, n, *tp_fp_fn)}
+
     def score(self, paths: list[Path], weightings: list[list[float]]) -> list[float]:
         from raysoup.reduce import Blend
 
