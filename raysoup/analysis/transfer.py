@@ -20,7 +20,7 @@ from raysoup.config import ConfigError, ExperimentCfg, ModelCfg, TransferCfg, Wo
 from raysoup.data import world
 from raysoup.data.imagefolder import class_dirs_of, read_imagefolder
 from raysoup.data.images import DataError, LabeledImages
-from raysoup.data.parquet import read_parquet_split
+from raysoup.data.parquet import metadata_classnames, read_parquet_split
 from raysoup.data.render import COLORS
 from raysoup.data.sources import resolve_templates
 
@@ -90,19 +90,17 @@ def _imagefolder(path: str, classnames: list[str] | None) -> LabeledImages:
 
 
 def _parquet(path: str, classnames: list[str] | None) -> LabeledImages:
-    if classnames is None:
-        return read_parquet_split(path)  # its metadata's names, or an error asking for them
-    try:
-        own = read_parquet_split(path).classnames
-    except DataError:  # no names of its own (or unreadable: the read below says so)
-        own = None
-    if own is not None and len(own) != len(classnames):
+    own = metadata_classnames(path)
+    if classnames is None and own is None:
+        raise DataError(f"analysis.transfer.classnames: {path} names no classes in its "
+                        "Parquet metadata; list them, in label order")
+    if classnames is not None and own is not None and len(own) != len(classnames):
         raise DataError(f"analysis.transfer.classnames: {len(classnames)} names for the "
                         f"{len(own)} classes of {path} (its metadata: {own[:5]}...)")
     try:
         return read_parquet_split(path, classnames)
     except DataError as err:  # e.g. a label beyond the names given
-        raise DataError(f"analysis.transfer ({len(classnames)} classnames): {err}") from None
+        raise DataError(f"analysis.transfer: {err}") from None
 
 
 def colour_task(cfg: WorldCfg, split: str, keys: list[str]) -> TransferTask:

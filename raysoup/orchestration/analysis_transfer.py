@@ -11,6 +11,7 @@ from raysoup.analysis import figures
 from raysoup.analysis.transfer import (
     TRANSFER_SPLIT,
     OwnTransfer,
+    TransferTask,
     colour_task,
     transfer_head,
     transfer_unavailable,
@@ -33,17 +34,7 @@ def run_transfer(ctx: AnalysisContext, own: OwnTransfer | None = None) -> Outcom
     if own is None and ctx.cfg.analysis.transfer is not None:
         raise ValueError("transfer: analysis.transfer is set but its dataset was not read "
                          "(`read_own_transfer`, which `run_analysis` calls)")
-    if own is not None:
-        task, split, labels = own.task, TRANSFER_SPLIT, None  # the actors hold its labels
-        # its eval cache's key: the images, labels and how they are decoded
-        what = {"split": split_digest(own.data, ctx.actors.zeroshot["preprocess"],
-                                      ctx.cfg.data.eval_cache_shard, ctx.cfg.data.skip_corrupt)}
-        about = f"{task.name} ({len(task.classnames)} classes)"
-    else:
-        task = colour_task(ctx.cfg.data.world, "test", list(ctx.data.test.keys))
-        split, labels = "test", task.labels
-        what = {"labels": ctx.key(labels=task.labels.tolist())}
-        about = f"the world's {len(task.classnames)} colours (test images)"
+    task, split, labels, what = _task_of(ctx, own)
     zs_manifest = IngredientManifest.read(ctx.zeroshot.path).meta
     base = Path(zs_manifest["base_model"]) if Path(str(zs_manifest.get("base_model"))).is_file() \
         else None
@@ -73,11 +64,30 @@ def run_transfer(ctx: AnalysisContext, own: OwnTransfer | None = None) -> Outcom
         [f"{r['model']} ({r['role']})" for r in shown],
         *(np.asarray([r[k] for r in shown]) for k in ("diff_vs_best", "best_lo", "best_hi")),
         f"best single ({rows[1]['model']}, {100 * rows[1]['accuracy']:.1f} %)",
-        f"zero-shot transfer to {about}; zero-shot {100 * rows[0]['accuracy']:.1f} %",
-        ctx.figure_path("transfer"))
+        f"zero-shot transfer to {_about(task, own, rows[0]['n'])}; zero-shot "
+        f"{100 * rows[0]['accuracy']:.1f} %", ctx.figure_path("transfer"))
     return Outcome([table, figure], [
         f"transfer ({task.name}): zero-shot {100 * rows[0]['accuracy']:.2f} %, best single "
         f"{rows[1]['model']} {100 * rows[1]['accuracy']:.2f} %; vs the best single: " + ", ".join(
             f"{r['model']} {100 * r['diff_vs_best']:+.2f} [{100 * r['best_lo']:+.2f}, "
             f"{100 * r['best_hi']:+.2f}]" for r in shown)],
         {f"analysis_transfer_{r['model']}": r["accuracy"] for r in rows})
+
+
+def _task_of(ctx: AnalysisContext, own: OwnTransfer | None
+             ) -> tuple[TransferTask, str, np.ndarray | None, dict]:
+    """(task, eval split, labels for the jobs (None: the split's own), what of the images
+    the jobs' keys name)."""
+    if own is None:
+        task = colour_task(ctx.cfg.data.world, "test", list(ctx.data.test.keys))
+        return task, "test", task.labels, {"labels": ctx.key(labels=task.labels.tolist())}
+    # the images by their eval cache's key: content, labels and how they are decoded
+    digest = split_digest(own.data, ctx.actors.zeroshot["preprocess"],
+                          ctx.cfg.data.eval_cache_shard, ctx.cfg.data.skip_corrupt)
+    return own.task, TRANSFER_SPLIT, None, {"split": digest}
+
+
+def _about(task: TransferTask, own: OwnTransfer | None, n: int) -> str:
+    if own is None:
+        return f"the world's {len(task.classnames)} colours (test images)"
+    return f"{task.name} ({len(task.classnames)} classes, {n:,} images)"
