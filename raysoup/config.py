@@ -471,7 +471,62 @@ class TrackingCfg(Strict):
         return self
 
 
-class ExperimentCfg(Strict):
+# ---------------------------------------------------------------- analysis
+
+
+class TransferSource(Strict):
+    """A labelled image dataset on disk (local or s3:// / gs://): an ImageFolder
+    (root/<class>/<image>) or Parquet shards (docs/data.md)."""
+
+    format: Literal["imagefolder", "parquet"]
+    path: str = Field(min_length=1)
+
+
+class TransferCfg(Strict):
+    """`raysoup analyze transfer` on a second dataset of the user's (docs/analysis.md):
+    its images read zero-shot through the base model's text tower."""
+
+    test: TransferSource
+    # Class names in label order (the prompts' words); None: the dataset's own (the ImageFolder
+    # directory names, the Parquet metadata).
+    classnames: list[str] | None = Field(None, min_length=1)
+    # Prompt templates with one "{}"; None: data.templates (those of the sweep's zero-shot head).
+    templates: Literal["openai_imagenet", "world"] | list[str] | None = None
+    # The task's name in the table, the figure and the findings; None: the path's last part.
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_. -]+$")
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, templates):
+        if isinstance(templates, list):
+            if not templates:
+                raise ValueError("templates is empty: give at least one, e.g. 'a photo of a {}.'")
+            bad = [t for t in templates if "{}" not in t]
+            if bad:
+                raise ValueError(f"templates must contain '{{}}': {bad}")
+        return templates
+
+    @field_validator("classnames")
+    @classmethod
+    def _classnames(cls, names):
+        if names is not None and len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"classnames repeat {twice[:5]}: each class needs its own name")
+        return names
+
+    @property
+    def task_name(self) -> str:
+        return self.name or self.test.path.rstrip("/").rsplit("/", 1)[-1]
+
+
+class AnalysisCfg(Strict):
+    """`raysoup analyze`'s settings that live in the config (its command-line ones do not)."""
+
+    transfer: TransferCfg | None = None  # None: the generated world's colour task
+
+
+class ExperimentCfg(OmitsNewDefaults):
+    _new_fields: ClassVar[tuple[str, ...]] = ("analysis",)
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     workdir: str | None = None  # default: ./runs/<name>
     model: ModelCfg
@@ -480,6 +535,7 @@ class ExperimentCfg(Strict):
     eval: EvalCfg = EvalCfg()
     soup: SoupCfg = SoupCfg()
     tracking: TrackingCfg = TrackingCfg()
+    analysis: AnalysisCfg = AnalysisCfg()
 
     @field_validator("name")
     @classmethod
@@ -505,6 +561,19 @@ class ExperimentCfg(Strict):
                              f"{'text' if text_model else 'image'} data, and data gives "
                              f"{'texts' if self.data.is_text else 'images'} (text splits: "
                              "data.text_world, or sources with text_columns / jsonl / csv)")
+        return self
+
+    @model_validator(mode="after")
+    def _transfer_readable(self) -> ExperimentCfg:
+        transfer = self.analysis.transfer
+        if transfer is None:
+            return self
+        if self.model.family != "open_clip":
+            raise ValueError(f"analysis.transfer: model.family {self.model.family} has no text "
+                             "tower to read a new task's class names (open_clip only)")
+        if self.model.tokenizer == "world" and transfer.templates == "openai_imagenet":
+            raise ValueError("analysis.transfer.templates: model.tokenizer 'world' knows only "
+                             "the world's words: 'world' or a list of world phrases")
         return self
 
     def resolved_workdir(self, override: str | None = None) -> Path:

@@ -127,3 +127,84 @@ def test_resume_skips_finished_points_and_one_actor_gives_the_same_results(
         assert abs(u["flatness_term"]) < 1e-5 and abs(u["predicted_loss_gap"]) < 1e-5
     finally:
         actors.release()
+
+
+def test_transfer_on_the_users_own_dataset(analyzed, workdir, served_run, tmp_path):
+    """`analysis.transfer` on a Parquet dataset of the world's test images labelled by their
+    colour (a second dataset, decoded into the eval cache once): every model's result is the
+    built-in colour task's, the zero-shot model's is a direct evaluation through open_clip of
+    the same class names and templates, and a rerun computes nothing."""
+    from dataclasses import replace
+
+    from raysoup.analysis.transfer import colour_task
+    from raysoup.api import analyze
+    from raysoup.data import read_parquet_split, write_parquet_split
+    from raysoup.data.render import COLORS
+
+    colour = {r["model"]: r for r in pq.read_table(
+        workdir / "report" / "analysis" / "transfer.parquet").to_pylist()}
+    cfg = _cfg(served_run, actors=1)
+    test = read_parquet_split(workdir / "data" / "world" / "test")
+    task = colour_task(cfg.data.world, "test", list(test.keys))
+    write_parquet_split(tmp_path / "colours", replace(
+        test, labels=task.labels, classnames=list(COLORS), captions=None))
+    own = {"test": {"format": "parquet", "path": str(tmp_path / "colours")},
+           "templates": task.templates}
+    overrides = [f"analysis.transfer={json.dumps(own)}",
+                 "tracking.experiment=own-transfer"]  # not the shared sweep run
+    analyze(cfg, workdir, ["transfer"], overrides)
+    rows = {r["model"]: r for r in pq.read_table(
+        workdir / "report" / "analysis" / "transfer.parquet").to_pylist()}
+    assert {r["task"] for r in rows.values()} == {"colours"}
+    assert set(rows) == set(colour)
+    for name, row in rows.items():
+        assert (row["accuracy"], row["n"], row["diff_vs_best"], row["best_lo"]) == (
+            colour[name]["accuracy"], colour[name]["n"], colour[name]["diff_vs_best"],
+            colour[name]["best_lo"]), name
+    assert rows["zeroshot"]["accuracy"] == _open_clip_accuracy(cfg, test, task)
+    assert len(list((workdir / "cache" / "eval").glob("analysis-transfer-*"))) == 1
+
+    journal = (workdir / "analysis" / "journal.jsonl").read_bytes()
+    analyze(cfg, workdir, ["transfer"], overrides)
+    assert (workdir / "analysis" / "journal.jsonl").read_bytes() == journal
+    # A shift of the transfer split's name cannot be shadowed by it.
+    from types import SimpleNamespace
+
+    from raysoup.analysis.transfer import TRANSFER_SPLIT
+    from raysoup.orchestration.actors import EvalActors
+
+    with pytest.raises(ValueError, match=f"eval splits \\['{TRANSFER_SPLIT}'\\] named twice"):
+        EvalActors(cfg, workdir, SimpleNamespace(shifts={TRANSFER_SPLIT: test}), {},
+                   extra={TRANSFER_SPLIT: test})
+
+
+def _open_clip_accuracy(cfg, test, task) -> float:
+    """The zero-shot model's accuracy on `task`, through open_clip itself: its base CLIP's
+    image and text towers, the prompts averaged per class, batches of eval.batch_size."""
+    import io
+
+    import open_clip
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from raysoup.models import base_models, factory
+
+    clip = factory.load_clip(cfg.model)
+    tokenizer = factory.get_tokenizer(cfg.model, base_models.base_vocab(
+        factory.resolve_weights(cfg.model).path))
+    size, mean, std = factory.image_stats(clip)
+    transform = open_clip.image_transform(size, is_train=False, mean=mean, std=std)
+    correct = 0
+    with torch.no_grad():
+        text = [F.normalize(F.normalize(clip.encode_text(tokenizer(
+            [t.format(c) for t in task.templates])), dim=-1).mean(0), dim=0)
+            for c in task.classnames]
+        head = clip.logit_scale.exp() * torch.stack(text)
+        for lo in range(0, len(test), cfg.eval.batch_size):
+            idx = range(lo, min(len(test), lo + cfg.eval.batch_size))
+            x = torch.stack([transform(Image.open(io.BytesIO(b)).convert("RGB"))
+                             for b in test.images.read(idx)])
+            scores = F.normalize(clip.encode_image(x), dim=-1) @ head.T
+            correct += int((scores.argmax(1).numpy() == task.labels[list(idx)]).sum())
+    return correct / len(test)

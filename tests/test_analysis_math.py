@@ -248,12 +248,113 @@ def test_transfer_is_refused_by_name_where_the_data_has_no_second_task(tmp_path)
     doc["data"] |= {"train": {"format": "imagefolder", "path": str(tmp_path / "train")},
                     "test": {"format": "imagefolder", "path": str(tmp_path / "test")}}
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(doc))
-    assert "data.world" in transfer_unavailable(load_config(tmp_path / "mine.yaml"))
+    assert "set analysis.transfer" in transfer_unavailable(load_config(tmp_path / "mine.yaml"))
     with pytest.raises(ValueError, match="transfer: needs a task the sweep never trained on"):
         analyze(tmp_path / "mine.yaml", tmp_path / "work", ["landscape", "transfer"])
     with pytest.raises(RuntimeError, match="has no results.parquet"):
         analyze(tmp_path / "mine.yaml", tmp_path / "work")
     assert not (tmp_path / "work").exists()
+    # With a second dataset of its own, the same sweep can run transfer.
+    own = {"test": {"format": "parquet", "path": str(tmp_path / "other")}}
+    assert transfer_unavailable(load_config(tmp_path / "mine.yaml", [
+        f"analysis.transfer={json.dumps(own)}"])) is None
+
+
+def _png(colour: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _with_transfer(**transfer):
+    from raysoup.api import load_config
+
+    tiny = Path(__file__).parents[1] / "experiments" / "tiny.yaml"
+    return load_config(tiny, [f"analysis.transfer={json.dumps(transfer)}"])
+
+
+def test_own_transfer_dataset_is_read_with_its_class_names_and_the_sweeps_templates(tmp_path):
+    """`analysis.transfer`: an ImageFolder's classes are its directories, a Parquet split's
+    its metadata's, or the names given; the templates default to data.templates'. Setting it
+    changes nothing a workdir's snapshot pins (a finished sweep can be analysed with it)."""
+    from raysoup.analysis.transfer import read_own_transfer
+    from raysoup.data import LabeledImages, world, write_parquet_split
+    from raysoup.workdir.snapshot import pinned_changes
+
+    for colour in ("red", "blue"):
+        (tmp_path / "folder" / colour).mkdir(parents=True)
+        for i in range(2):
+            (tmp_path / "folder" / colour / f"{i}.png").write_bytes(_png(colour))
+    cfg = _with_transfer(test={"format": "imagefolder", "path": str(tmp_path / "folder")})
+    own = read_own_transfer(cfg)
+    assert own.task.classnames == ["blue", "red"] and own.task.labels.tolist() == [0, 0, 1, 1]
+    assert own.task.templates == world.TEMPLATES and own.task.name == "folder"
+    assert len(own.data) == 4
+    with_it = cfg.model_dump(mode="json")
+    without = {k: v for k, v in with_it.items() if k != "analysis"}
+    assert "analysis" not in type(cfg).model_validate(without).model_dump(mode="json")
+    assert pinned_changes(without, with_it, ()) == {}
+
+    data = LabeledImages(["a", "b", "c"], [_png("red"), _png("blue"), _png("red")], [0, 1, 0],
+                         ["red", "blue"])
+    write_parquet_split(tmp_path / "shards", data)
+    cfg = _with_transfer(test={"format": "parquet", "path": str(tmp_path / "shards")},
+                         classnames=["crimson", "navy"], templates=["a {} shape."],
+                         name="renamed")
+    own = read_own_transfer(cfg)
+    assert own.task.classnames == ["crimson", "navy"] and own.task.labels.tolist() == [0, 1, 0]
+    assert own.task.templates == ["a {} shape."] and own.task.name == "renamed"
+
+
+def test_own_transfer_bad_input_is_named(tmp_path):
+    """A missing path, class names that do not match the dataset's classes, a Parquet split
+    without names, empty or unformattable templates, a text format: each an error naming
+    the field, before anything starts."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raysoup.analysis.transfer import read_own_transfer
+    from raysoup.config import ConfigError
+    from raysoup.data import DataError, LabeledImages, write_parquet_split
+
+    (tmp_path / "folder" / "red").mkdir(parents=True)
+    (tmp_path / "folder" / "red" / "0.png").write_bytes(_png("red"))
+    (tmp_path / "folder" / "blue").mkdir()
+    (tmp_path / "folder" / "blue" / "0.png").write_bytes(_png("blue"))
+    write_parquet_split(tmp_path / "shards", LabeledImages(
+        ["a", "b"], [_png("red"), _png("blue")], [0, 1], ["red", "blue"]))
+    (tmp_path / "bare").mkdir()
+    pq.write_table(pa.table({"image": [_png("red")], "label": [2]}),
+                   tmp_path / "bare" / "part-0.parquet")
+    folder = {"format": "imagefolder", "path": str(tmp_path / "folder")}
+    shards = {"format": "parquet", "path": str(tmp_path / "shards")}
+    bare = {"format": "parquet", "path": str(tmp_path / "bare")}
+    cases = [
+        ({"test": {"format": "imagefolder", "path": str(tmp_path / "nope")}},
+         ConfigError, f"analysis.transfer.test.path: {tmp_path / 'nope'} does not exist"),
+        ({"test": folder, "classnames": ["red", "green", "blue"]}, DataError,
+         "analysis.transfer.classnames: 3 names for the 2 class directories"),
+        ({"test": shards, "classnames": ["red"]}, DataError,
+         "analysis.transfer.classnames: 1 names for the 2 classes"),
+        ({"test": bare}, DataError, "analysis.transfer.classnames: .* names no classes"),
+        ({"test": bare, "classnames": ["a", "b"]}, DataError,
+         r"analysis.transfer: .*labels must lie in \[0, 2\)"),
+    ]
+    for transfer, error, message in cases:
+        with pytest.raises(error, match=message):
+            read_own_transfer(_with_transfer(**transfer))
+    for transfer, message in [
+            ({"test": folder, "templates": []}, "analysis.transfer.templates: templates is empty"),
+            ({"test": folder, "templates": ["a photo"]}, "must contain '{}'"),
+            ({"test": folder, "templates": "openai_imagenet"}, "knows only the world's words"),
+            ({"test": {"format": "csv", "path": "x"}}, "analysis.transfer.test.format"),
+            ({"test": folder, "classnames": ["a", "a"]}, r"classnames repeat \['a'\]")]:
+        with pytest.raises(ConfigError, match=message):
+            _with_transfer(**transfer)
 
 
 def test_scene_words_are_the_rendered_samples_words():

@@ -162,6 +162,20 @@ def _hf_classnames(meta: dict) -> list[str] | None:
         return None
 
 
+def metadata_classnames(path: Path | str) -> list[str] | None:
+    """The class names a Parquet split's first file carries (raysoup's schema metadata, else
+    a Hugging Face ClassLabel), None without any: read from its footer only."""
+    file = _files(str(path))[0]
+    try:
+        fsys, key = data_fs.resolve(file)
+        meta = pq.ParquetFile(fsys.open_input_file(key)).schema_arrow.metadata or {}
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"cannot read parquet split {file}: {exc}") from None
+    if CLASSNAMES_KEY in meta:
+        return json.loads(meta[CLASSNAMES_KEY])
+    return _hf_classnames(meta)
+
+
 def read_parquet_split(path: Path | str, classnames: list[str] | None = None) -> LabeledImages:
     """Index one .parquet file or a directory of them (sorted; local or s3:// / gs://).
 

@@ -22,10 +22,16 @@ class EvalActors:
     """The run's eval pool (started on first use, restarted when its size must change) and the
     preprocessed splits its actors stream, put in the object store once per run."""
 
-    def __init__(self, cfg: ExperimentCfg, workdir: Path, data, zeroshot: dict):
+    def __init__(self, cfg: ExperimentCfg, workdir: Path, data, zeroshot: dict,
+                 extra: dict | None = None):
         """`data`, `zeroshot`: what the prepare stage made (the splits, the zero-shot
-        model's manifest)."""
+        model's manifest); `extra`: more eval splits the actors hold, {name: LabeledImages}
+        (`raysoup analyze`'s transfer dataset), cached like the others."""
         self.cfg, self.workdir, self.data, self.zeroshot = cfg, workdir, data, zeroshot
+        taken = sorted(set(extra or {}) & {"heldout", "test", *data.shifts})
+        if taken:
+            raise ValueError(f"eval splits {taken} named twice (a shift of that name?)")
+        self.extra = dict(extra or {})
         self._pool: EvalPool | None = None
         self._pool_cpus: float | None = None
         self.splits_ref = None
@@ -33,7 +39,8 @@ class EvalActors:
     def pool(self, count: int, num_cpus: float | None = None) -> EvalPool:
         """Eval actors; the preprocessed splits are put in the object store once per run."""
         if self.splits_ref is None:
-            named = {"heldout": self.data.heldout, "test": self.data.test, **self.data.shifts}
+            named = {"heldout": self.data.heldout, "test": self.data.test, **self.data.shifts,
+                     **self.extra}
             self.splits_ref = ray.put(build_eval_cache(
                 named, self.workdir, self.zeroshot["preprocess"], self.cfg.data.eval_cache_shard,
                 self.cfg.data.skip_corrupt))

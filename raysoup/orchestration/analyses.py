@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raysoup.analysis.transfer import TRANSFER_SPLIT, read_own_transfer
 from raysoup.orchestration.analysis import AnalysisContext, Outcome
 from raysoup.orchestration.analysis_ensembles import run_soup_vs_ensemble
 from raysoup.orchestration.analysis_geometry import run_angles, run_landscape
@@ -41,12 +42,15 @@ def run_analysis(cfg, workdir: Path, analyses: tuple[str, ...] = ANALYSES, *,
         raise RuntimeError(f"{storage.display(workdir)} has no {layout.results.name}: run "
                            "`raysoup run` (or sweep + evaluate) before `raysoup analyze`")
     check_config(cfg, workdir)  # the workdir's models were made by this config
+    # the user's transfer dataset, checked before anything starts; decoded with the others
+    own = read_own_transfer(cfg) if "transfer" in analyses and cfg.analysis.transfer else None
     connect(address)
     data, zeroshot = prepare(cfg, workdir)
-    actors = EvalActors(cfg, workdir, data, zeroshot)
+    actors = EvalActors(cfg, workdir, data, zeroshot,
+                        extra={TRANSFER_SPLIT: own.data} if own else None)
     steps = {"landscape": lambda c: run_landscape(c, points, models, shift),
              "angles": run_angles, "soup-vs-ensemble": run_soup_vs_ensemble,
-             "transfer": run_transfer}
+             "transfer": lambda c: run_transfer(c, own)}
     try:
         ctx = AnalysisContext(cfg, workdir, data, actors)
         ctx.pair_limit = pair_limit

@@ -62,10 +62,11 @@ def gram_of(worker, base: str, paths: list[str], names: list[str]) -> np.ndarray
 
 
 @torch.no_grad()
-def transfer_scores(worker, path: str, head: np.ndarray, labels: np.ndarray,
+def transfer_scores(worker, path: str, head: np.ndarray, labels: np.ndarray | None,
                     split: str) -> tuple[int, int, bytes]:
     """(correct, n, packed per-image correctness) of a model's image tower read through
-    `head` ([K, D], from the text tower) against `labels` on `split`."""
+    `head` ([K, D], from the text tower) against `labels` on `split` (None: the split's own,
+    on its class subset if it covers some classes only)."""
     evaluator = worker.evaluator
     load_weights_(evaluator.model, model_weights(Path(path)))
     model = evaluator.model
@@ -74,11 +75,14 @@ def transfer_scores(worker, path: str, head: np.ndarray, labels: np.ndarray,
     # a copy: Ray hands arrays over read-only, and torch wants a writable buffer
     w = torch.from_numpy(np.array(head, np.float32)).to(evaluator.device)
     data = evaluator.splits[split]
+    subset = None
+    if labels is None:
+        labels, subset = data.labels, data.class_subset
     if len(labels) != len(data):
         raise ValueError(f"transfer: {len(labels)} labels for the {len(data)} images of {split}")
     out = []
     for batch in data.images.batches(0, len(data), evaluator.batch_size):
         x = torch.tensor(batch, device=evaluator.device)
         out.append((model.features(x).float() @ w.T).cpu())
-    mask = correct_mask(torch.cat(out), torch.from_numpy(np.asarray(labels)), None)
+    mask = correct_mask(torch.cat(out), torch.from_numpy(np.array(labels, np.int64)), subset)
     return int(mask.sum()), len(labels), packed(mask)
