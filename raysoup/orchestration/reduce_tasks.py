@@ -21,6 +21,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from raysoup import storage
 from raysoup.checkpoints import read_manifest
+from raysoup.checkpoints.ingredient import weights_path
+from raysoup.checkpoints.tensorfile import open_tensors
 from raysoup.faults import failpoint
 from raysoup.orchestration import metrics
 from raysoup.reduce import (
@@ -112,6 +114,13 @@ def _measured(shard: dict, ingredients: int, start: float) -> dict:
     return shard
 
 
+def _float32_bytes(first: Path, names: list[str]) -> int:
+    """The bytes of `names` as a reduction holds them (floating tensors in float32)."""
+    with open_tensors(weights_path(first)) as h:
+        return sum(math.prod(e.shape) * (4 if e.dtype.is_floating_point else e.dtype.itemsize)
+                   for e in (h.entries[n] for n in names if n in h.entries))
+
+
 def as_blend(weights: list[float] | Blend, tensor_weights: dict | None = None,
              integers_from: int | None = None) -> Blend:
     """A `Blend` as given, or the weighted average that `weights` (+ per-tensor ones) describe."""
@@ -124,11 +133,13 @@ def as_blend(weights: list[float] | Blend, tensor_weights: dict | None = None,
 def _reduce_to_file(paths: list[str], blend: Blend, names: list[str], out: str,
                     dtypes: dict[str, str]) -> str:
     _same_float_mode()
-    start = time.perf_counter()
-    shard = blend.shard([Path(p) for p in paths], names)
-    _measured(shard, len(paths), start)
     failpoint("reduce.shard")  # a worker lost mid-task: Ray retries it (max_retries)
-    return write_shard(Path(out), shard, dtypes)
+    start = time.perf_counter()
+    # Each tensor streamed into the file as it is reduced: no shard in memory (Blend.write_shard)
+    digest = blend.write_shard([Path(p) for p in paths], names, Path(out), dtypes)
+    metrics.reduced(len(paths) * _float32_bytes(Path(paths[0]), names),
+                    time.perf_counter() - start)
+    return digest
 
 
 @ray.remote(max_retries=2)
