@@ -220,16 +220,19 @@ def write_soup(out_dir: Path, paths: list[Path], blend: list[float] | Blend,
             # back through the object store and are written here one at a time (peak memory
             # one shard); the finished directory is uploaded by atomic_dir.
             refs = reduce_to_refs(paths, blend, plan)
+            digests = {}
             for i, f in enumerate(files):
-                write_shard(tmp / f, ray.get(refs[i]), dtypes)
+                digests[f] = write_shard(tmp / f, ray.get(refs[i]), dtypes)
                 refs[i] = None  # frees the shard in the object store
         else:
             task = placed(_reduce_to_file)
             refs = [task.remote([str(p) for p in paths], blend.for_shard(names), names,
                                 str(tmp / f), dtypes)
                     for f, names in zip(files, plan, strict=True)]
-            ray.get(refs)
-        index = write_index(tmp, list(zip(files, plan, strict=True)), {"recipe": recipe["recipe"]})
+            digests = dict(zip(files, ray.get(refs), strict=True))
+        # each shard's sha256 as its writer hashed it: the index does not read the soup again
+        index = write_index(tmp, list(zip(files, plan, strict=True)), {"recipe": recipe["recipe"]},
+                            digests)
         recipe = {**recipe, "num_shards": k, "shards_sha256": index["sha256"]}
         write_recipe_file(tmp, recipe)
     return out_dir
