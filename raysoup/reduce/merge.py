@@ -195,8 +195,10 @@ def _soup_from_files(name, soup_files, scale, base, ingredients, into: _Reused |
     if mapped is None:
         return None
     # torch's memory, not numpy's: numpy asks for transparent huge pages on large arrays,
-    # whose faults stall in compaction when free memory is short (a fresh process with the
-    # page cache full, as in a soup task); torch's 4 KiB pages fault without compaction.
+    # whose faults enter compaction when free memory is short (a soup task with the page cache
+    # full) and fall back to 4 KiB pages for part of it; huge pages cut the fault count but
+    # were not cheaper to touch than torch's 4 KiB pages (docs/benchmarks.md, B1). A shard
+    # written to its file reuses one buffer instead (`into`: `shard_stream`).
     soup = torch.empty(shape, dtype=torch.float32) if into is None else into.get(shape)
     out = soup.reshape(-1).numpy()
     failed = soup_files(*mapped, out.size, scale, out)
