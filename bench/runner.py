@@ -183,6 +183,9 @@ def report(result: dict) -> str:
         lines.append("  B1 CPU time: " + _cpu_line(b["cpu"]))
         if b["by_route"]:
             lines.append("  B1 routes: " + _routes_line(b))
+        if "output" in b:
+            lines.append("  B1 output (1 shard), wall / CPU: " + ", ".join(
+                f"{k} {v['seconds']:.2f}s / {v['cpu_s']:.2f}s" for k, v in b["output"].items()))
         if "small_pages" in b:
             sp = b["small_pages"]
             lines.append(f"  B1 in 4 KiB pages: floor {sp['floor_s']:.2f}s, raysoup "
