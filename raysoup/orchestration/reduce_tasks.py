@@ -135,7 +135,8 @@ def _reduce_to_file(paths: list[str], blend: Blend, names: list[str], out: str,
     _same_float_mode()
     failpoint("reduce.shard")  # a worker lost mid-task: Ray retries it (max_retries)
     start = time.perf_counter()
-    # Each tensor streamed into the file as it is reduced: no shard in memory (Blend.write_shard)
+    # Each tensor streamed into the file as it is reduced: no shard in memory (Blend.write_shard);
+    # the seconds recorded are the reduction and its write
     digest = blend.write_shard([Path(p) for p in paths], names, Path(out), dtypes)
     metrics.reduced(len(paths) * _float32_bytes(Path(paths[0]), names),
                     time.perf_counter() - start)
