@@ -46,7 +46,8 @@ def make_ingredients(root: Path, model_name: str, n: int, seed: int = 0) -> list
 
 
 def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repeats: int,
-        device: str = "cpu", with_ray: bool = True, routes_in_small_pages: bool = True) -> dict:
+        device: str = "cpu", with_ray: bool = True, routes_in_small_pages: bool = True,
+        output_paths: bool = False) -> dict:
     from raysoup.reduce import plan_shards
 
     root.mkdir(parents=True, exist_ok=True)
@@ -128,6 +129,9 @@ def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repe
             "by_route": by_route(floor["seconds"]) if device == "cpu" else {},
         }
         out["cpu"] = _cpu_figures(floor, base, ties)
+        if output_paths and device == "cpu":
+            out["output"] = _output_paths(probe, root, st_files, paths, plan_shards(nbytes, 1),
+                                          floor, base, model_bytes)
         if with_ray and device == "cpu":
             out["ray_write_soup_s"] = _ray_path(root, paths, shard_counts, repeats, st_files)
         if device == "cpu":
@@ -160,6 +164,27 @@ def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repe
 
 
 ROUTES = ("mapping", "read")
+
+
+def _output_paths(probe, root: Path, st_files, paths, plan, floor: dict, base: dict,
+                  model_bytes: int) -> dict:
+    """Where the uniform soup's output goes, side by side (1 shard): kept in fresh memory (the
+    headline), into one reused buffer and dropped, and written as a shard file — streamed into
+    it as reduced (what a Ray shard task does) or reduced in memory first; wall and CPU."""
+    args = {"paths": [str(p) for p in paths], "plan": plan}
+    reused = probe("raysoup_reused", st_files, args)
+    written = {mode: probe("raysoup_write", st_files, {**args, "out_dir": str(root / "written"),
+                                                        "stream": mode == "streamed"})
+               for mode in ("in_memory", "streamed")}
+    if written["in_memory"]["sha256"] != written["streamed"]["sha256"]:
+        raise RuntimeError("B1: the streamed shard differs from the one written from memory")
+    rows = {"in_memory": base, "reused_buffer": reused,
+            **{f"written_{mode}": r for mode, r in written.items()}}
+    return {name: {"seconds": r["seconds"], "cpu_s": r["cpu_best"],
+                   "floor_ratio": ratio(r["seconds"], floor["seconds"]),
+                   "cpu_floor_ratio": ratio(r["cpu_best"], floor["cpu_best"]),
+                   "rss_ratio": ratio(r["peak_rss_delta"], model_bytes)}
+            for name, r in rows.items()}
 
 
 def _cpu_figures(floor: dict, uniform: dict, ties: dict) -> dict:

@@ -4,6 +4,11 @@
   `floor_with_output`, one model's tensors written to fresh memory).
 - `raysoup_reduce`: the real pure reduction (`raysoup.reduce.reduce_shard`) over a shard plan,
   shards one after another in this process; optionally writes each shard (`write_shard`).
+- `raysoup_reused`: the same reduction into one reused buffer, its tensors dropped (what the
+  reduction costs without a soup in fresh memory).
+- `raysoup_write`: a uniform soup written as shard files the way a Ray shard task writes it
+  (streamed into the file as reduced, `Blend.write_shard`) or reduced in memory first
+  (`write_shard(reduce_shard(...))`); sha256 and fsync included.
 - `raysoup_ties`: TIES (an element-wise merge, two passes per tensor) through the same shard
   function.
 - `seed_uniform`: the paper's uniform soup loop — `torch.load` each ingredient's .pt file and
@@ -52,6 +57,32 @@ def raysoup_reduce(paths: list[str], plan: list[list[str]], out_dir: str | None 
     if device != "cpu":
         torch.cuda.synchronize()
     return {"tensors": len(soup) or sum(len(n) for n in plan)}
+
+
+def raysoup_reused(paths: list[str], plan: list[list[str]]) -> dict:
+    from raysoup.reduce.shard_reduce import reduce_tensors
+
+    weights = [1.0 / len(paths)] * len(paths)
+    count = 0
+    for names in plan:
+        for _ in reduce_tensors([Path(p) for p in paths], weights, names, reuse=True):
+            count += 1
+    return {"tensors": count}
+
+
+def raysoup_write(paths: list[str], plan: list[list[str]], out_dir: str, stream: bool) -> dict:
+    from raysoup.checkpoints import read_manifest
+    from raysoup.reduce import Blend, shard_filename, write_shard
+
+    files = [Path(p) for p in paths]
+    blend = Blend((1.0 / len(paths),) * len(paths))
+    dtypes = {n: t["dtype"] for n, t in read_manifest(files[0])["tensors"].items()}
+    digests = []
+    for k, names in enumerate(plan, start=1):
+        out = Path(out_dir) / shard_filename(k, len(plan))
+        digests.append(blend.write_shard(files, names, out, dtypes) if stream
+                       else write_shard(out, blend.shard(files, names), dtypes))
+    return {"sha256": digests}
 
 
 def raysoup_ties(paths: list[str], plan: list[list[str]], density: float = 0.2) -> dict:

@@ -21,7 +21,8 @@ SIZES = {
     # interpreter, ~2 s of imports: the suite's smoke run keeps to the probes it checks)
     "B1": ({"model_name": "raysoup-tiny-vit", "n": 3, "shard_counts": (1, 2, 4), "repeats": 1,
             "routes_in_small_pages": False},
-           {"model_name": "ViT-B-32", "n": 8, "shard_counts": (1, 2, 4), "repeats": 3}),
+           {"model_name": "ViT-B-32", "n": 8, "shard_counts": (1, 2, 4), "repeats": 3,
+            "output_paths": True}),
     # quick: B2 without B6's measured 2-actor greedy and B3 without its 1-thread layout (the
     # same functions, called again with other counts: three more actor processes, ~5 CPU-s each)
     "B2": ({"n": 5, "n_images": 200, "measure_m2": False}, {"n": 12, "n_images": 1000}),
@@ -182,6 +183,9 @@ def report(result: dict) -> str:
         lines.append("  B1 CPU time: " + _cpu_line(b["cpu"]))
         if b["by_route"]:
             lines.append("  B1 routes: " + _routes_line(b))
+        if "output" in b:
+            lines.append("  B1 output (1 shard), wall / CPU: " + ", ".join(
+                f"{k} {v['seconds']:.2f}s / {v['cpu_s']:.2f}s" for k, v in b["output"].items()))
         if "small_pages" in b:
             sp = b["small_pages"]
             lines.append(f"  B1 in 4 KiB pages: floor {sp['floor_s']:.2f}s, raysoup "

@@ -489,3 +489,48 @@ def test_shard_writer_killed_mid_write_leaves_no_temp_file_in_the_soup(ingredien
     write_sharded(tmp_path, shards)  # the retry, then the index
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([
         INDEX_FILE, shard_filename(1, 2), shard_filename(2, 2)])
+
+
+@pytest.mark.parametrize("blend", ["uniform", "weighted", "integers_from", "ties"])
+def test_streamed_shard_files_are_write_shards_bytes(ingredients, tmp_path, blend):
+    """A shard streamed into its file tensor by tensor (`Blend.write_shard`: one reused buffer,
+    the sha256 hashed as written) is the file `write_shard` makes from the shard in memory, byte
+    for byte, for every shard of every layout (bfloat16 cast back, 0-d and integer tensors)."""
+    from raysoup.checkpoints.ingredient import file_sha256
+    from raysoup.reduce import Blend, write_shard
+    from raysoup.soup.ties import TiesMerge
+
+    made = {"uniform": Blend((1 / K,) * K), "weighted": Blend((0.5, 0.3, 0.2)),
+            "integers_from": Blend((1 / K,) * K, integers_from=1),
+            "ties": Blend(merge=TiesMerge(0.2), scale=0.7)}[blend]
+    dtypes = _dtypes(ingredients[0])
+    for k in (1, 3):
+        for names in plan_shards(_names_and_bytes(ingredients[0]), k):
+            a, b = tmp_path / "in_memory.safetensors", tmp_path / "streamed.safetensors"
+            write_shard(a, made.shard(ingredients, names), dtypes)
+            digest = made.write_shard(ingredients, names, b, dtypes)
+            assert a.read_bytes() == b.read_bytes(), (k, names)
+            assert digest == file_sha256(b)
+
+
+def test_streamed_shard_checks_its_header_against_safetensors(ingredients, tmp_path, monkeypatch):
+    """Where the header the stream would write is not safetensors' own (here: made wrong on
+    purpose), the shard is written from memory instead: the same bytes either way. A reduction
+    that yields another shape than the header's is an error naming the tensor, and leaves no
+    file."""
+    from raysoup.reduce import Blend, shard_stream, write_shard
+
+    names = plan_shards(_names_and_bytes(ingredients[0]), 1)[0]
+    dtypes, blend = _dtypes(ingredients[0]), Blend((1 / K,) * K)
+    write_shard(tmp_path / "a", blend.shard(ingredients, names), dtypes)
+    right = shard_stream._header
+    monkeypatch.setattr(shard_stream, "_header", lambda order, out: right(order, out) + b"  ")
+    blend.write_shard(ingredients, names, tmp_path / "b", dtypes)
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
+    monkeypatch.setattr(shard_stream, "_header", right)
+
+    layout = {"head.bias": (torch.float32, (11,))}  # the tensor has 10 entries
+    with pytest.raises(ShardedCheckpointError, match=r"'head.bias'.*\[10\].*\[11\]"):
+        shard_stream.write_shard_stream(tmp_path / "c", layout, lambda order: reduce_shard(
+            ingredients, [1 / K] * K, order).items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]

@@ -21,6 +21,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from raysoup import storage
 from raysoup.checkpoints import read_manifest
+from raysoup.checkpoints.ingredient import weights_path
+from raysoup.checkpoints.tensorfile import open_tensors
 from raysoup.faults import failpoint
 from raysoup.orchestration import metrics
 from raysoup.reduce import (
@@ -112,6 +114,13 @@ def _measured(shard: dict, ingredients: int, start: float) -> dict:
     return shard
 
 
+def _float32_bytes(first: Path, names: list[str]) -> int:
+    """The bytes of `names` as a reduction holds them (floating tensors in float32)."""
+    with open_tensors(weights_path(first)) as h:
+        return sum(math.prod(e.shape) * (4 if e.dtype.is_floating_point else e.dtype.itemsize)
+                   for e in (h.entries[n] for n in names if n in h.entries))
+
+
 def as_blend(weights: list[float] | Blend, tensor_weights: dict | None = None,
              integers_from: int | None = None) -> Blend:
     """A `Blend` as given, or the weighted average that `weights` (+ per-tensor ones) describe."""
@@ -124,11 +133,14 @@ def as_blend(weights: list[float] | Blend, tensor_weights: dict | None = None,
 def _reduce_to_file(paths: list[str], blend: Blend, names: list[str], out: str,
                     dtypes: dict[str, str]) -> str:
     _same_float_mode()
-    start = time.perf_counter()
-    shard = blend.shard([Path(p) for p in paths], names)
-    _measured(shard, len(paths), start)
     failpoint("reduce.shard")  # a worker lost mid-task: Ray retries it (max_retries)
-    return write_shard(Path(out), shard, dtypes)
+    start = time.perf_counter()
+    # Each tensor streamed into the file as it is reduced: no shard in memory (Blend.write_shard);
+    # the seconds recorded are the reduction and its write
+    digest = blend.write_shard([Path(p) for p in paths], names, Path(out), dtypes)
+    metrics.reduced(len(paths) * _float32_bytes(Path(paths[0]), names),
+                    time.perf_counter() - start)
+    return digest
 
 
 @ray.remote(max_retries=2)
@@ -209,16 +221,19 @@ def write_soup(out_dir: Path, paths: list[Path], blend: list[float] | Blend,
             # back through the object store and are written here one at a time (peak memory
             # one shard); the finished directory is uploaded by atomic_dir.
             refs = reduce_to_refs(paths, blend, plan)
+            digests = {}
             for i, f in enumerate(files):
-                write_shard(tmp / f, ray.get(refs[i]), dtypes)
+                digests[f] = write_shard(tmp / f, ray.get(refs[i]), dtypes)
                 refs[i] = None  # frees the shard in the object store
         else:
             task = placed(_reduce_to_file)
             refs = [task.remote([str(p) for p in paths], blend.for_shard(names), names,
                                 str(tmp / f), dtypes)
                     for f, names in zip(files, plan, strict=True)]
-            ray.get(refs)
-        index = write_index(tmp, list(zip(files, plan, strict=True)), {"recipe": recipe["recipe"]})
+            digests = dict(zip(files, ray.get(refs), strict=True))
+        # each shard's sha256 as its writer hashed it: the index does not read the soup again
+        index = write_index(tmp, list(zip(files, plan, strict=True)), {"recipe": recipe["recipe"]},
+                            digests)
         recipe = {**recipe, "num_shards": k, "shards_sha256": index["sha256"]}
         write_recipe_file(tmp, recipe)
     return out_dir

@@ -7,8 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from raysoup.reduce.merge import TensorMerge, merge_shard
-from raysoup.reduce.shard_reduce import ReductionError, reduce_shard
+from raysoup.reduce.merge import TensorMerge, merge_layout, merge_shard, merge_tensors
+from raysoup.reduce.shard_reduce import (
+    ReductionError,
+    reduce_layout,
+    reduce_shard,
+    reduce_tensors,
+)
+from raysoup.reduce.shard_stream import write_shard_stream
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,30 @@ class Blend:
         if self.merge is None:
             return reduce_shard(paths, list(self.weights), names, self.tensor_weights,
                                 self.integers_from)
+        self._check_merge(paths)
+        return merge_shard(paths[1:], paths[0], names, self.merge, self.scale)
+
+    def write_shard(self, paths: list[Path], names: list[str], out: Path,
+                    dtypes: dict[str, str] | None = None) -> str:
+        """The shard's file at `out`, its tensors streamed into it as they are reduced (the
+        bytes `writer.write_shard(out, self.shard(paths, names), dtypes)` writes, without the
+        shard in memory: `shard_stream`); returns its sha256."""
+        if self.merge is None:
+            layout = reduce_layout(paths, names, self.integers_from)
+
+            def produce(order: list[str]):
+                return reduce_tensors(paths, list(self.weights), order, self.tensor_weights,
+                                      self.integers_from, reuse=True)
+        else:
+            self._check_merge(paths)
+            layout = merge_layout(paths[1:], paths[0], names)
+
+            def produce(order: list[str]):
+                return merge_tensors(paths[1:], paths[0], order, self.merge, self.scale,
+                                     reuse=True)
+        return write_shard_stream(out, layout, produce, dtypes)
+
+    @staticmethod
+    def _check_merge(paths: list[Path]) -> None:
         if len(paths) < 2:
             raise ReductionError("a task-vector merge needs the base and at least one ingredient")
-        return merge_shard(paths[1:], paths[0], names, self.merge, self.scale)

@@ -36,7 +36,15 @@ from raysoup.checkpoints.ingredient import weights_path
 from raysoup.checkpoints.tensorfile import Scratch, TensorFileError, numpy_view, open_tensors
 from raysoup.reduce.mapped import addresses
 from raysoup.reduce.route import maps_views
-from raysoup.reduce.shard_reduce import ReductionError, _check_same, _check_shape, _get, _owned
+from raysoup.reduce.shard_reduce import (
+    ReductionError,
+    _check_same,
+    _check_shape,
+    _entry,
+    _get,
+    _owned,
+    _Reused,
+)
 
 # θ_1..θ_N of one tensor, drawn afresh by each call (see TensorMerge). The streams `_merged`
 # gives also have `len()` and `read_slices` (see `read_slices`).
@@ -123,13 +131,14 @@ def task_vectors(paths: list[Path], base: Path, names: list[str], merge: TensorM
 
 
 def _merged(paths: list[Path], base: Path, names: list[str], merge: TensorMerge,
-            reuse: bool = False, scale: float | None = None
+            reuse: bool = False, scale: float | None = None, reuse_soup: bool = False
             ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor | None]]:
     """Per name: (name, θ_0 as a float32 copy the caller may overwrite, m(τ)), or for a
     non-floating tensor (name, the first ingredient's tensor, None); one name at a time.
     `reuse`: m(τ) may live in one buffer reused for every name (valid until the next).
     `scale`: where the merge has `soup_files` and every file holds the tensor as local float32,
-    (name, θ_0 + scale·m(τ), None) made by it instead."""
+    (name, θ_0 + scale·m(τ), None) made by it instead — in one buffer reused for every name
+    where `reuse_soup` (valid until the next)."""
     if not paths:
         raise ReductionError("a task-vector merge needs at least one ingredient")
     files = [weights_path(p) for p in paths]
@@ -139,6 +148,7 @@ def _merged(paths: list[Path], base: Path, names: list[str], merge: TensorMerge,
         base_h = stack.enter_context(open_tensors(base_file))
         scratch = Scratch(maps=maps_views(base_h.fd) if base_h.fd >= 0 else True)
         buffer = torch.empty(0)
+        soups = _Reused() if reuse_soup else None
         soup_files = getattr(merge, "soup_files", None) if scale is not None else None
         for name in names:
             entry = base_h.entries.get(name)  # a TensorEntry: the header only
@@ -150,7 +160,7 @@ def _merged(paths: list[Path], base: Path, names: list[str], merge: TensorMerge,
                 continue
             if soup_files is not None and entry is not None:
                 soup = _soup_from_files(name, soup_files, scale, (base_file, base_h),
-                                        list(zip(files, handles, strict=True)))
+                                        list(zip(files, handles, strict=True)), soups)
                 if soup is not None:
                     yield name, soup, None
                     continue
@@ -171,10 +181,11 @@ def _merged(paths: list[Path], base: Path, names: list[str], merge: TensorMerge,
         scratch.release()
 
 
-def _soup_from_files(name, soup_files, scale, base, ingredients) -> torch.Tensor | None:
+def _soup_from_files(name, soup_files, scale, base, ingredients, into: _Reused | None = None
+                     ) -> torch.Tensor | None:
     """θ_0 + scale·m(τ) of tensor `name` made by the merge's `soup_files` in fresh memory (the
-    soup's tensor), or None where a file is remote or holds it in another dtype than float32.
-    `base`, `ingredients`: (file, open handle)."""
+    soup's tensor; or in `into`), or None where a file is remote or holds it in another dtype
+    than float32. `base`, `ingredients`: (file, open handle)."""
     base_file, base_h = base
     _, _, dtype, shape = base_h.entries[name]
     meta = torch.empty(shape, dtype=dtype, device="meta")  # the base's shape and dtype, no read
@@ -184,9 +195,11 @@ def _soup_from_files(name, soup_files, scale, base, ingredients) -> torch.Tensor
     if mapped is None:
         return None
     # torch's memory, not numpy's: numpy asks for transparent huge pages on large arrays,
-    # whose faults stall in compaction when free memory is short (a fresh process with the
-    # page cache full, as in a soup task); torch's 4 KiB pages fault without compaction.
-    soup = torch.empty(shape, dtype=torch.float32)
+    # whose faults enter compaction when free memory is short (a soup task with the page cache
+    # full) and fall back to 4 KiB pages for part of it; huge pages cut the fault count but
+    # were not cheaper to touch than torch's 4 KiB pages (docs/benchmarks.md, B1). A shard
+    # written to its file reuses one buffer instead (`into`: `shard_stream`).
+    soup = torch.empty(shape, dtype=torch.float32) if into is None else into.get(shape)
     out = soup.reshape(-1).numpy()
     failed = soup_files(*mapped, out.size, scale, out)
     if failed >= 0:  # read it again through Python: its error names the file and the cause
@@ -266,10 +279,32 @@ def merge_shard(paths: list[Path], base: Path, names: list[str], merge: TensorMe
     `apply_task_vector(task_vectors(...))`, so a soup scored from cached task vectors and the
     one written from scratch are the same bits; each m(τ) is dropped once applied (memory: the
     shard's output and one tensor's merge, not a second copy of the shard)."""
+    return dict(merge_tensors(paths, base, names, merge, scale))
+
+
+def merge_tensors(paths: list[Path], base: Path, names: list[str], merge: TensorMerge,
+                  scale: float, reuse: bool = False) -> Iterator[tuple[str, np.ndarray]]:
+    """`merge_shard`'s tensors one at a time, in `names` order, the same bits. `reuse`: a
+    tensor the merge's `soup_files` makes lives in one buffer reused for every name (valid
+    until the next is drawn; see `shard_reduce.reduce_tensors`)."""
     s32 = float(np.float32(scale))
-    out: dict[str, np.ndarray] = {}
-    for name, theta0, tau in _merged(paths, base, names, merge, reuse=True, scale=s32):
-        out[name] = (theta0 if tau is None else axpy(theta0, tau, s32)).numpy()
+    for name, theta0, tau in _merged(paths, base, names, merge, reuse=True, scale=s32,
+                                     reuse_soup=reuse):
+        yield name, (theta0 if tau is None else axpy(theta0, tau, s32)).numpy()
         del tau
+
+
+def merge_layout(paths: list[Path], base: Path, names: list[str]
+                 ) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """{name: (dtype, shape)} of what `merge_tensors` yields, from the files' headers: float32
+    in the base's shape for a floating tensor, the first ingredient's for an integer one."""
+    base_file, first_file = weights_path(base), weights_path(paths[0])
+    with open_tensors(base_file) as b, open_tensors(first_file) as first:
+        out = {}
+        for name in names:
+            e = _entry(b, name, base_file)
+            if not e.dtype.is_floating_point:
+                e = _entry(first, name, first_file)
+            out[name] = (torch.float32 if e.dtype.is_floating_point else e.dtype, tuple(e.shape))
     return out
 

@@ -30,6 +30,7 @@ running sum or the new tensor is the left operand) and then call the same `scale
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -69,30 +70,81 @@ def reduce_shard(
     `integers_from=j`: take non-floating tensors from ingredient j without requiring the others
     to match (a soup with the zero-shot anchor: fine-tuning advanced BatchNorm's step counter).
     """
+    return dict(reduce_tensors(paths, weights, names, tensor_weights, integers_from))
+
+
+def reduce_tensors(
+    paths: list[Path],
+    weights: list[float],
+    names: list[str],
+    tensor_weights: dict[str, list[float]] | None = None,
+    integers_from: int | None = None,
+    reuse: bool = False,
+) -> Iterator[tuple[str, np.ndarray]]:
+    """`reduce_shard`'s tensors one at a time, in `names` order, the same bits. `reuse`: a
+    compiled sum's tensor lives in one buffer reused for every name (valid until the next is
+    drawn; the largest tensor's size): a writer that streams each tensor into its file needs
+    no fresh memory for the soup, whose page faults cost more than reading the page cache."""
     weights = _checked_weights(weights, len(paths), "weights")
     per_tensor = {
         name: _checked_weights(w, len(paths), f"tensor_weights[{name!r}]")
         for name, w in (tensor_weights or {}).items()
     }
     files = [weights_path(p) for p in paths]
-    out: dict[str, np.ndarray] = {}
     with ExitStack() as stack:
         handles = [stack.enter_context(open_tensors(f)) for f in files]
         # Ingredients after the first are read through one Scratch (a mapped view, or a reused
         # buffer for remote files): a fresh allocation per read costs a page fault per 4 KiB.
         scratch = Scratch(maps=maps_views(handles[0].fd) if handles[0].fd >= 0 else True)
+        buffer = _Reused() if reuse else None
         for name in names:
-            out[name] = _reduce_tensor(handles, files, name, per_tensor.get(name, weights),
-                                       integers_from, scratch)
+            yield name, _reduce_tensor(handles, files, name, per_tensor.get(name, weights),
+                                       integers_from, scratch, buffer)
         scratch.release()
-    return out
+
+
+def reduce_layout(paths: list[Path], names: list[str], integers_from: int | None = None
+                  ) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """{name: (dtype, shape)} of what `reduce_tensors` yields, from the files' headers:
+    float32 for a floating tensor, the source's dtype for an integer one."""
+    files = [weights_path(p) for p in paths]
+    with open_tensors(files[0]) as first:
+        entries = {name: _entry(first, name, files[0]) for name in names}
+    if integers_from is not None and any(not e.dtype.is_floating_point for e in entries.values()):
+        with open_tensors(files[integers_from]) as h:
+            entries.update({n: _entry(h, n, files[integers_from]) for n, e in entries.items()
+                            if not e.dtype.is_floating_point})
+    return {n: (torch.float32 if e.dtype.is_floating_point else e.dtype, tuple(e.shape))
+            for n, e in entries.items()}
+
+
+def _entry(handle, name: str, file: Path):
+    if name not in handle.entries:
+        raise ReductionError(f"tensor {name!r}: missing in {file}")
+    return handle.entries[name]
+
+
+class _Reused:
+    """One float32 buffer for tensors of any shape, grown to the largest asked for."""
+
+    def __init__(self) -> None:
+        self.memory = torch.empty(0)
+
+    def get(self, shape: tuple[int, ...]) -> torch.Tensor:
+        n = math.prod(shape)
+        if self.memory.numel() < n:
+            self.memory = torch.empty(0)  # the old one freed before the larger one is made
+            self.memory = torch.empty(n)
+        return self.memory[:n].view(shape)
 
 
 def _reduce_tensor(handles, files: list[Path], name: str, w: list[float],
-                   integers_from: int | None, scratch: Scratch) -> np.ndarray:
-    """Σ w_i·θ_i of one tensor: the compiled pass where it applies, else read by read."""
+                   integers_from: int | None, scratch: Scratch, buffer: _Reused | None = None
+                   ) -> np.ndarray:
+    """Σ w_i·θ_i of one tensor: the compiled pass where it applies (into `buffer` where
+    given), else read by read."""
     if all(x == w[0] for x in w):
-        summed = _sum_mapped(handles, name, w[0])
+        summed = _sum_mapped(handles, name, w[0], buffer)
         if summed is not None:
             return summed
     first = _get(handles[0], name, files[0], files[0])
@@ -129,7 +181,8 @@ def _accumulate(handles, files: list[Path], name: str, acc: torch.Tensor, w: lis
     return out
 
 
-def _sum_mapped(handles, name: str, w: float) -> np.ndarray | None:
+def _sum_mapped(handles, name: str, w: float, buffer: _Reused | None = None
+                ) -> np.ndarray | None:
     """w·Σ θ_i of tensor `name` in one compiled pass over the files
     (`raysoup.reduce.mapped.sum_files`: the bits of the adds-then-scale below, on the I/O route
     `raysoup.reduce.route` picks), where every file holds it as local float32 in one shape;
@@ -142,7 +195,9 @@ def _sum_mapped(handles, name: str, w: float) -> np.ndarray | None:
     if mapped is None:
         return None
     # torch's memory: numpy advises huge pages on large arrays (see merge._soup_from_files)
-    out = torch.empty(handles[0].entries[name].shape, dtype=torch.float32).numpy()
+    shape = handles[0].entries[name].shape
+    out = (torch.empty(shape, dtype=torch.float32) if buffer is None else buffer.get(shape)
+           ).numpy()
     route = io_route(*mapped, out.size)
     note_route(route)
     failed = sum_files(route, *mapped, out.size, step(route, len(handles)), np.float32(w),

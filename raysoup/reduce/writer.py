@@ -64,8 +64,11 @@ def write_shard(
     return file_sha256(path)
 
 
-def write_index(out_dir: Path, files: list[tuple[str, list[str]]], metadata: dict | None) -> dict:
-    """Index the shard files in `out_dir` (checked against their headers); drop stale shards."""
+def write_index(out_dir: Path, files: list[tuple[str, list[str]]], metadata: dict | None,
+                digests: dict[str, str] | None = None) -> dict:
+    """Index the shard files in `out_dir` (checked against their headers); drop stale shards.
+    `digests`: {file: sha256} as `write_shard` returned them (hashed from the bytes it wrote),
+    so the files are not read again; a file it lacks is hashed here."""
     out_dir = Path(out_dir)
     weight_map: dict[str, str] = {}
     sha256: dict[str, str] = {}
@@ -85,7 +88,7 @@ def write_index(out_dir: Path, files: list[tuple[str, list[str]]], metadata: dic
             weight_map[name] = fname
             begin, end = header[name]["data_offsets"]
             total += end - begin
-        sha256[fname] = file_sha256(out_dir / fname)
+        sha256[fname] = (digests or {}).get(fname) or file_sha256(out_dir / fname)
     index = {
         "metadata": {**(metadata or {}), "total_size": total},
         "weight_map": weight_map,
@@ -112,12 +115,12 @@ def write_sharded(
         raise ShardedCheckpointError(f"{out_dir}: no shards to write")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = []
+    files, digests = [], {}
     for k, shard in enumerate(shards, start=1):
         fname = shard_filename(k, len(shards))
-        write_shard(out_dir / fname, shard, dtypes)
+        digests[fname] = write_shard(out_dir / fname, shard, dtypes)
         files.append((fname, list(shard)))
-    return write_index(out_dir, files, metadata)
+    return write_index(out_dir, files, metadata, digests)
 
 
 def read_sharded(dir: Path) -> dict[str, torch.Tensor]:
