@@ -65,6 +65,10 @@ def _rows(src: SplitSource, field: str, warnings: list[str]) -> int | None:
     try:
         if src.format == "parquet":
             return count_parquet(src.path)[0]
+        if src.format == "hf_disk":
+            from raysoup.data.text.hf_disk import count_rows
+
+            return count_rows(src)
         lines = data_fs.read_bytes(src.path).count(b"\n")  # a text split is megabytes
         return lines - (1 if src.format == "csv" else 0)  # the header
     except (FileNotFoundError, OSError, ValueError) as e:
