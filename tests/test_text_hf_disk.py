@@ -147,3 +147,23 @@ def test_hf_disk_split_on_s3_reads_as_local(tmp_path, s3):
         assert remote.keys == here.keys and remote.fingerprint() == here.fingerprint()
         assert remote.classnames == here.classnames and len(remote) == len(here) > 0
     assert Path(remote.origin).name == "validation" and remote.origin.startswith("s3://")
+
+
+def test_columns_the_split_does_not_need_are_not_kept_in_memory(tmp_path):
+    """Arrow batches read from a stream are slices of one buffer: the reader copies the kept
+    columns out as it streams, so a wide dataset's other columns (2 MB here) are freed batch
+    by batch instead of staying alive until the split is built."""
+    import pyarrow as pa
+    from datasets import Dataset
+
+    from raysoup.data.text import hf_disk
+
+    n = 4000
+    Dataset.from_dict({"sentence": [f"s {i}" for i in range(n)], "label": [i % 2 for i in range(n)],
+                       "wide": ["x" * 500] * n}).save_to_disk(str(tmp_path / "wide"))
+    files = hf_disk.data_files(str(tmp_path / "wide"))
+    before = pa.total_allocated_bytes()
+    table = hf_disk.read_columns(files, ["sentence", "label"])
+    held = pa.total_allocated_bytes() - before
+    assert table.num_rows == n and table.column_names == ["sentence", "label"]
+    assert 0 < held < 200_000, held  # the sentences and labels, not the 2 MB

@@ -110,6 +110,14 @@ def column_names(files: list[str]) -> list[str]:
         return reader.schema.names
 
 
+def _compact(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """`batch`'s columns in buffers of their own. A batch read from an IPC stream is slices
+    of one buffer, its whole message body: a column kept as it is keeps every dropped
+    column's bytes alive too. (concat_arrays copies, even a single array.)"""
+    return pa.RecordBatch.from_arrays([pa.concat_arrays([c]) for c in batch.columns],
+                                      schema=batch.schema)
+
+
 def read_columns(files: list[str], columns: list[str]) -> pa.Table:
     """`columns` of every file, streamed a record batch at a time (the rest is dropped as
     each batch is read)."""
@@ -122,7 +130,7 @@ def read_columns(files: list[str], columns: list[str]) -> pa.Table:
                 raise DataError(f"{path}: no column(s) {missing}; "
                                 f"columns: {reader.schema.names}")
             schema = schema or pa.schema([reader.schema.field(c) for c in columns])
-            kept.extend(batch.select(columns) for batch in reader)
+            kept.extend(_compact(batch.select(columns)) for batch in reader)
     try:
         return pa.Table.from_batches(kept, schema)
     except pa.ArrowInvalid as e:  # files of one dataset with different column types
