@@ -167,3 +167,21 @@ def test_columns_the_split_does_not_need_are_not_kept_in_memory(tmp_path):
     held = pa.total_allocated_bytes() - before
     assert table.num_rows == n and table.column_names == ["sentence", "label"]
     assert 0 < held < 200_000, held  # the sentences and labels, not the 2 MB
+
+
+def test_dry_run_counts_the_rows_of_hf_disk_splits(tmp_path):
+    import yaml
+    from datasets import DatasetDict
+
+    from raysoup.config import load_experiment
+    from raysoup.dryrun.summary import describe
+
+    DatasetDict(train=_pairs(30), validation=_pairs(8)).save_to_disk(str(tmp_path / "rte"))
+    glue = str(tmp_path / "rte")
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({
+        "name": "t", "model": {"family": "hf_text", "name": TINY, "pretrained": TINY},
+        "data": {"train": {"format": "hf_disk", "path": glue, "split": "train"},
+                 "test": {"format": "hf_disk", "path": glue, "split": "validation"}}}))
+    text = describe(load_experiment(tmp_path / "cfg.yaml"), tmp_path / "w", ("sweep",),
+                    cluster=None)
+    assert "examples   train 30, test 8 " in text, text
