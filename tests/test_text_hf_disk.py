@@ -169,11 +169,12 @@ def test_columns_the_split_does_not_need_are_not_kept_in_memory(tmp_path):
     assert 0 < held < 200_000, held  # the sentences and labels, not the 2 MB
 
 
-def test_dry_run_counts_the_rows_of_hf_disk_splits(tmp_path):
+def test_dry_run_counts_and_lineage_names_hf_disk_splits(tmp_path):
     import yaml
     from datasets import DatasetDict
 
     from raysoup.config import load_experiment
+    from raysoup.data.lineage import split_sources
     from raysoup.dryrun.summary import describe
 
     DatasetDict(train=_pairs(30), validation=_pairs(8)).save_to_disk(str(tmp_path / "rte"))
@@ -182,6 +183,8 @@ def test_dry_run_counts_the_rows_of_hf_disk_splits(tmp_path):
         "name": "t", "model": {"family": "hf_text", "name": TINY, "pretrained": TINY},
         "data": {"train": {"format": "hf_disk", "path": glue, "split": "train"},
                  "test": {"format": "hf_disk", "path": glue, "split": "validation"}}}))
-    text = describe(load_experiment(tmp_path / "cfg.yaml"), tmp_path / "w", ("sweep",),
-                    cluster=None)
+    cfg = load_experiment(tmp_path / "cfg.yaml")
+    text = describe(cfg, tmp_path / "w", ("sweep",), cluster=None)
     assert "examples   train 30, test 8 " in text, text
+    # MLflow's dataset inputs: each split where it lies, the DatasetDict's split directory
+    assert split_sources(cfg.data, tmp_path / "w")["test"] == str(tmp_path / "rte" / "validation")
