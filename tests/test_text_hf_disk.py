@@ -186,5 +186,11 @@ def test_dry_run_counts_and_lineage_names_hf_disk_splits(tmp_path):
     cfg = load_experiment(tmp_path / "cfg.yaml")
     text = describe(cfg, tmp_path / "w", ("sweep",), cluster=None)
     assert "examples   train 30, test 8 " in text, text
+    # Not on this machine: a GLUE task's directory is sized by its split's published size.
+    missing = load_experiment(tmp_path / "cfg.yaml", [f"data.train.path={tmp_path}/RTE",
+                                                      f"data.test.path={tmp_path}/RTE"])
+    text = describe(missing, tmp_path / "w", ("sweep",), cluster=None)
+    assert "sized as GLUE RTE's published split (2,490 examples)" in text, text
+    assert "examples   train 2,490, test 277 " in text, text
     # MLflow's dataset inputs: each split where it lies, the DatasetDict's split directory
     assert split_sources(cfg.data, tmp_path / "w")["test"] == str(tmp_path / "rte" / "validation")

@@ -51,8 +51,9 @@ GLUE_ROWS = {"RTE": (2490, 277), "MRPC": (3668, 408), "CoLA": (8551, 1043),
 
 def _glue_guess(src: SplitSource, field: str, warnings: list[str]) -> int | None:
     for task, (train, dev) in GLUE_ROWS.items():
-        if f"/{task}/".lower() in src.path.lower().replace("\\", "/"):
-            n = train if "train" in Path(src.path).name else dev
+        # a file in the task's directory, or the task's own (a DatasetDict: `split` says which)
+        if f"/{task}/".lower() in src.path.lower().replace("\\", "/").rstrip("/") + "/":
+            n = train if "train" in (src.split or Path(src.path).name) else dev
             warnings.append(f"{field}: sized as GLUE {task}'s published split ({n:,} examples)")
             return n
     return None
