@@ -80,11 +80,14 @@ class TextWorldCfg(Strict):
 
 class SplitSource(OmitsNewDefaults):
     """A labelled split on disk: images (Parquet shards or an ImageFolder, ImageNet layout) or
-    texts (`text_columns` of Parquet, JSON-lines or CSV; docs/text-models.md)."""
+    texts (`text_columns` of Parquet, JSON-lines, CSV or a `datasets` save_to_disk directory,
+    `hf_disk`; docs/text-models.md)."""
 
-    _new_fields: ClassVar[tuple[str, ...]] = ("text_columns", "label_column")
-    format: Literal["parquet", "imagefolder", "jsonl", "csv"]
+    _new_fields: ClassVar[tuple[str, ...]] = ("text_columns", "label_column", "split")
+    format: Literal["parquet", "imagefolder", "jsonl", "csv", "hf_disk"]
     path: str
+    # hf_disk: the split to read from a DatasetDict directory (unset: a Dataset directory).
+    split: str | None = None
     # Texts: one column (single sentences) or two (sentence pairs). None with jsonl/csv:
     # "sentence", or "sentence1" + "sentence2", whichever the file has.
     text_columns: list[str] | None = Field(None, min_length=1, max_length=2)
@@ -105,12 +108,14 @@ class SplitSource(OmitsNewDefaults):
         if self.class_map is not None and self.format != "imagefolder":
             raise ValueError("class_map needs format imagefolder")
         if self.format == "imagefolder" and self.text_columns is not None:
-            raise ValueError("text_columns needs format parquet, jsonl or csv")
+            raise ValueError("text_columns needs format parquet, jsonl, csv or hf_disk")
+        if self.split is not None and self.format != "hf_disk":
+            raise ValueError("split (of a DatasetDict directory) needs format hf_disk")
         return self
 
     @property
     def is_text(self) -> bool:
-        return self.format in ("jsonl", "csv") or self.text_columns is not None
+        return self.format in ("jsonl", "csv", "hf_disk") or self.text_columns is not None
 
 
 # data.memory_budget_mb unset: the decoded train split may take this share of a node's memory.
@@ -176,7 +181,7 @@ class DataCfg(OmitsNewDefaults):
         sources = [s for s in (self.train, self.test, *self.shifts.values()) if s is not None]
         if not generated and len({s.is_text for s in sources}) > 1:
             raise ValueError("mixed text and image splits: every text split needs "
-                             "text_columns (parquet) or format jsonl/csv")
+                             "text_columns (parquet) or format jsonl/csv/hf_disk")
         if isinstance(self.templates, list):
             bad = [t for t in self.templates if "{}" not in t]
             if bad:
@@ -560,7 +565,7 @@ class ExperimentCfg(OmitsNewDefaults):
             raise ValueError(f"model.family {self.model.family} needs "
                              f"{'text' if text_model else 'image'} data, and data gives "
                              f"{'texts' if self.data.is_text else 'images'} (text splits: "
-                             "data.text_world, or sources with text_columns / jsonl / csv)")
+                             "data.text_world, or sources with text_columns / jsonl / csv / hf_disk)")
         return self
 
     @model_validator(mode="after")

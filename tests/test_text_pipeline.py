@@ -7,6 +7,7 @@ exactly what raysoup reported."""
 from __future__ import annotations
 
 import json
+import signal
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -141,41 +142,41 @@ def test_hf_export_loads_in_plain_transformers_and_reproduces_the_test_accuracy(
     assert "uniform" in (out / "README.md").read_text()
 
 
-def test_killed_text_trial_resumes_to_the_same_ingredient(text_run, tmp_path):
-    """The fault drill for this family, at its smallest (one process start: the suite has no
-    time for two): `raysoup sweep` (a subprocess, its own local Ray) of the module's config
-    with one trial — trial-000 of the same seeded search — whose worker is SIGKILLed at its
-    40th step (in epoch 2; 30 steps an epoch: 480 train sentences, batch 16). Tune retries
-    the trial from its epoch-1 checkpoint (the text batches' order, the optimiser, the LR
-    schedule restored), and the ingredient is the uninterrupted run's, byte for byte. (The
-    driver killed and the sweep resumed: the drill in docs/text-models.md, by hand.)"""
-    import os
-    import subprocess
-    import sys
+def test_killed_text_run_resumes_to_the_same_result(text_run, tmp_path):
+    """The fault drill for this family. `raysoup run` (a subprocess, its own local Ray) of the
+    module's config: trial-000's worker SIGKILLed at its 40th step (in epoch 2; 30 steps an
+    epoch: 480 train sentences, batch 16), which Tune retries from its epoch-1 checkpoint,
+    then the driver SIGKILLed once trial-000 has completed (mid-sweep). A new driver, this
+    process (`run_pipeline`, as `raysoup run` and the Python API call it, on the test
+    session's Ray: no second process start), resumes the sweep — trial-000 is not trained
+    again — and runs to the end, which must be the module's uninterrupted run's: the same
+    results, soup bytes, MLflow runs and registry. (The driver killed mid-evaluate: the image
+    drill, test_kill_and_resume.py; the evaluate stage is the same code for both families.)"""
+    from driver import end_state, finish, start_run
 
-    from driver import finish
+    from raysoup.orchestration.pipeline import run_pipeline
 
-    from raysoup.faults import ENV
-
-    _, workdir = text_run
-    one = {**SMALL_TEXT, "sweep": {**SMALL_TEXT["sweep"], "num_samples": 1}}
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(one))
+    cfg, workdir = text_run
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(SMALL_TEXT))
     work, fired = tmp_path / "work", tmp_path / "worker-killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "raysoup.cli", "sweep", str(tmp_path / "cfg.yaml"),
-         "--workdir", str(work)], env={**os.environ, ENV: f"train.step=40:once={fired}"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    rc, _, err = finish(proc)
-    assert rc == 0, err[-3000:]
+    rc, _, err = finish(start_run(config, work, f"train.step=40:once={fired},"
+                                                "sweep.trial_complete=1"))
+    assert rc == -signal.SIGKILL and "failpoint sweep.trial_complete" in err, err[-3000:]
     assert fired.exists() and "retrying from its last checkpoint" in err  # killed, retried
     # The retried worker went on from the checkpoint: epoch 1 was trained once.
     assert err.count("trial-000 epoch 1/3") == 1 and "trial-000 epoch 3/3" in err, err[-3000:]
-    got, ref = (json.loads((d / "ingredients" / "trial-000" / "manifest.json").read_text())
-                for d in (work, workdir))
-    assert got["hparams"] == ref["hparams"]
-    assert got["sha256"] == ref["sha256"]
-    assert ((work / "ingredients" / "trial-000" / "model.safetensors").read_bytes()
-            == (workdir / "ingredients" / "trial-000" / "model.safetensors").read_bytes())
+    assert "trial-001 epoch" not in err and not (work / "results.parquet").exists()
+    trained = (work / "ingredients" / "trial-000" / "model.safetensors").stat().st_mtime_ns
+
+    run_pipeline(cfg, work)
+    assert (work / "ingredients" / "trial-000" / "model.safetensors").stat().st_mtime_ns \
+        == trained  # resumed: trial-000 kept, not trained again
+    got, ref = end_state(work, "text-e2e"), end_state(workdir, "text-e2e")
+    assert got["results"].equals(ref["results"])
+    assert sorted(got["soups"]) == sorted(ref["soups"]) and got["soups"] == ref["soups"]
+    assert got["runs"] == ref["runs"]  # one MLflow run per trial and soup, all FINISHED
+    assert got["registry"] == ref["registry"]
 
 
 def test_text_soups_are_registered_mlflow_models_that_predict_as_reported(text_run):

@@ -10,6 +10,7 @@ import numpy as np
 
 from raysoup import storage
 from raysoup.config import DataCfg
+from raysoup.data import fs
 from raysoup.data.images import LabeledImages
 from raysoup.data.sources import DatasetSplits
 from raysoup.workdir import Workdir
@@ -45,8 +46,11 @@ def split_sources(cfg: DataCfg, workdir: Path) -> dict[str, str]:
         out = {name: storage.display(Path(p))
                for name, p in generate_text_world(cfg.text_world, workdir).items()}
     else:
-        out = {"train": cfg.train.path, "test": cfg.test.path,
-               **{name: src.path for name, src in cfg.shifts.items()}}
+        def where(src) -> str:  # a DatasetDict's split is a directory of its own
+            return src.path if src.split is None else fs.join(src.path, src.split)
+
+        out = {"train": where(cfg.train), "test": where(cfg.test),
+               **{name: where(src) for name, src in cfg.shifts.items()}}
     out["heldout"] = out["train"]  # carved from train by a stable hash of each sample key
     return out
 

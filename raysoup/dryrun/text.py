@@ -51,8 +51,9 @@ GLUE_ROWS = {"RTE": (2490, 277), "MRPC": (3668, 408), "CoLA": (8551, 1043),
 
 def _glue_guess(src: SplitSource, field: str, warnings: list[str]) -> int | None:
     for task, (train, dev) in GLUE_ROWS.items():
-        if f"/{task}/".lower() in src.path.lower().replace("\\", "/"):
-            n = train if "train" in Path(src.path).name else dev
+        # a file in the task's directory, or the task's own (a DatasetDict: `split` says which)
+        if f"/{task}/".lower() in src.path.lower().replace("\\", "/").rstrip("/") + "/":
+            n = train if "train" in (src.split or Path(src.path).name) else dev
             warnings.append(f"{field}: sized as GLUE {task}'s published split ({n:,} examples)")
             return n
     return None
@@ -65,6 +66,10 @@ def _rows(src: SplitSource, field: str, warnings: list[str]) -> int | None:
     try:
         if src.format == "parquet":
             return count_parquet(src.path)[0]
+        if src.format == "hf_disk":
+            from raysoup.data.text.hf_disk import count_rows
+
+            return count_rows(src)
         lines = data_fs.read_bytes(src.path).count(b"\n")  # a text split is megabytes
         return lines - (1 if src.format == "csv" else 0)  # the header
     except (FileNotFoundError, OSError, ValueError) as e:
