@@ -214,8 +214,8 @@ XDIST_GROUPS = {
 # picks one up when the other is nearly done (the suite's wall time is the later worker's);
 # then the modules with a test of 10-30 s that file order puts in the second half. (xdist's
 # loadscope hands out the XDIST_GROUPS first, most tests first; this order is the rest's.)
-LONGEST_FIRST = ("test_kill_and_resume", "test_paper_fixture", "test_remote_workdir",
-                 "test_multinode", "test_data_parallel", "test_bench", "test_metrics",
+LONGEST_FIRST = ("test_drill72", "test_kill_and_resume", "test_paper_fixture",
+                 "test_remote_workdir", "test_data_parallel", "test_bench", "test_metrics",
                  "test_mlflow_server", "test_published_models", "test_python_api",
                  "test_text_pipeline", "test_sweep_outcomes", "test_mlflow_server_down",
                  "test_heldout_soup", "test_soup_placement", "test_search",
