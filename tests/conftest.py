@@ -207,6 +207,7 @@ XDIST_GROUPS = {
     "test_fixture_pack": "imagenet-fixture", "test_paper_fixture": "imagenet-fixture",
     "test_plan_sizing": "imagenet-fixture",
     "test_kill_and_resume": "drill-run", "test_pipeline": "drill-run",
+    "test_drill72": "drill-run",
 }
 
 
