@@ -1,10 +1,11 @@
 """The paper-shaped drill: a sweep of the paper's size (72 trials) on a simulated 8-node cluster
 (`ray.cluster_utils.Cluster`), disturbed the way a spot cluster is, against an undisturbed run
-of the same seed. CI runs it at its reduced size (4 trials, 2 nodes, the undisturbed run on a
-local Ray: tests/test_drill72.py); the paper's size is run by hand (docs/cluster.md):
+of the same seed. The paper's size is run by hand (docs/cluster.md); CI runs it reduced
+(tests/test_drill72.py: the test session's 3-trial `drill_run` experiment disturbed on 2 nodes,
+`--config ... --no-reference`, compared with `drill_run` itself):
 
     python tests/drill72.py --trials 72 --nodes 8 --out /tmp/drill72     # the paper's size
-    python tests/drill72.py --trials 4 --nodes 2 --local-reference --out /tmp/drill4  # CI's
+    python tests/drill72.py --trials 4 --nodes 2 --local-reference --out /tmp/drill4  # small
 
 Each worker node declares 1 CPU and 1 GPU: the GPU is a placeholder resource (Ray schedules by
 the declared count; torch finds no CUDA device and trains on the CPU), so every trial asks for
@@ -18,8 +19,8 @@ on the layout), but with no overhead figure for the cluster.
 
 The disturbed run, in order (each lost node's busy actor process is killed with it, and a
 fresh node added: the autoscaler's job on a real cluster):
-  1. a worker node removed once a quarter of the trials have ended, one running a trial if any
-     is (Tune retries that trial from its epoch checkpoint),
+  1. a worker node removed once a quarter of the trials have ended and a trial is in flight on
+     it (Tune retries that trial from its last checkpoint),
   2. another once half have ended,
   3. the driver SIGKILLed once three quarters have ended; `raysoup resume --address` goes on,
   4. an eval actor's node removed mid-evaluation (the evaluation paused after its first model:
@@ -31,8 +32,9 @@ Checks (printed as one JSON line, exit 1 if any fails): every trial ended exactl
 ingredient each, one MLflow run each, none RUNNING, no other runs than the reference's), a
 trial lost with its node was retried and an eval actor lost with its node replaced, the
 anytime journal offers each trial once, in order, and equals the reference's, the results
-table has every (model, split) row once and equals the reference's, and every soup file is
-byte-identical to the undisturbed run's. It reports the sweep's per-trial orchestration
+table has every (model, split) row once and equals the reference's, every soup file is
+byte-identical to the undisturbed run's, and the registry (each version's recipe, the
+champion's) is the reference's. It reports the sweep's per-trial orchestration
 overhead: trial-slot seconds per trial not spent in a trial's own training, `(sweep wall time x
 concurrent slots - sum of train_seconds) / trials`, and where it goes (`overhead`), and each
 run's CPU seconds by process role (`RoleCpu`).
