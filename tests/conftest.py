@@ -181,9 +181,10 @@ def served_run(tmp_path_factory, mlflow_server):
 @pytest.fixture(scope="session")
 def drill_run(tmp_path_factory):
     """tests/small.py's DRILL, one uninterrupted `raysoup run` (a subprocess, its own local
-    Ray), shared by test_kill_and_resume (the reference its interrupted runs must reproduce:
-    the end state is taken right after the run, before any test touches the workdir) and
-    test_pipeline (its checks, then re-runs in this process on the same workdir)."""
+    Ray), shared by test_kill_and_resume and test_drill72 (the reference their interrupted
+    and disturbed runs must reproduce: the end state is taken right after the run, before any
+    test touches the workdir) and test_pipeline (its checks, then re-runs in this process on
+    the same workdir)."""
     import yaml
     from driver import end_state, finish, start_run
     from small import DRILL
