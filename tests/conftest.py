@@ -181,9 +181,10 @@ def served_run(tmp_path_factory, mlflow_server):
 @pytest.fixture(scope="session")
 def drill_run(tmp_path_factory):
     """tests/small.py's DRILL, one uninterrupted `raysoup run` (a subprocess, its own local
-    Ray), shared by test_kill_and_resume (the reference its interrupted runs must reproduce:
-    the end state is taken right after the run, before any test touches the workdir) and
-    test_pipeline (its checks, then re-runs in this process on the same workdir)."""
+    Ray), shared by test_kill_and_resume and test_drill72 (the reference their interrupted
+    and disturbed runs must reproduce: the end state is taken right after the run, before any
+    test touches the workdir) and test_pipeline (its checks, then re-runs in this process on
+    the same workdir)."""
     import yaml
     from driver import end_state, finish, start_run
     from small import DRILL
@@ -207,6 +208,7 @@ XDIST_GROUPS = {
     "test_fixture_pack": "imagenet-fixture", "test_paper_fixture": "imagenet-fixture",
     "test_plan_sizing": "imagenet-fixture",
     "test_kill_and_resume": "drill-run", "test_pipeline": "drill-run",
+    "test_drill72": "drill-run",
 }
 
 
@@ -214,8 +216,8 @@ XDIST_GROUPS = {
 # picks one up when the other is nearly done (the suite's wall time is the later worker's);
 # then the modules with a test of 10-30 s that file order puts in the second half. (xdist's
 # loadscope hands out the XDIST_GROUPS first, most tests first; this order is the rest's.)
-LONGEST_FIRST = ("test_kill_and_resume", "test_paper_fixture", "test_remote_workdir",
-                 "test_multinode", "test_data_parallel", "test_bench", "test_metrics",
+LONGEST_FIRST = ("test_drill72", "test_kill_and_resume", "test_paper_fixture",
+                 "test_remote_workdir", "test_data_parallel", "test_bench", "test_metrics",
                  "test_mlflow_server", "test_published_models", "test_python_api",
                  "test_text_pipeline", "test_sweep_outcomes", "test_mlflow_server_down",
                  "test_heldout_soup", "test_soup_placement", "test_search",

@@ -15,13 +15,13 @@ SMALL = {
     # time.
     # One trial at a time: a second concurrent trial is one more process importing torch and
     # open_clip (~5 CPU-s of a ~45 CPU-s run). The drills that lose a machine or a node with
-    # trials in flight (test_remote_workdir, test_multinode) run two.
+    # trials in flight (test_remote_workdir) run two.
     "sweep": {"num_samples": 3, "max_concurrent": 1, "anytime": {"enabled": False},
               "base": {"epochs": 1, "batch_size": 32, "warmup_steps": 2},
               "space": {"lr": {"loguniform": [1e-4, 1e-3]}, "seed": {"randint": [0, 100]}}},
     # One eval actor: a process importing torch and open_clip costs ~5 CPU-seconds here, and
     # these runs check the plumbing; the pool of several, its placement and its losses are
-    # test_soup_cooking_on_ray's, test_soup_placement's and test_multinode's.
+    # test_soup_cooking_on_ray's, test_soup_placement's and test_drill72's.
     "eval": {"num_actors": 1, "batch_size": 64},
     "soup": {"recipes": ["uniform", "greedy"], "num_shards": 2},
 }
@@ -58,9 +58,9 @@ def small_overrides(epochs: int) -> list[str]:
     ]
 
 
-# The run test_kill_and_resume interrupts (and compares with one uninterrupted) and
-# test_pipeline checks end to end: the session's `drill_run` (tests/conftest.py) runs it once,
-# uninterrupted.
+# The run test_kill_and_resume interrupts and test_drill72 disturbs on a simulated cluster (both
+# compare with one uninterrupted) and test_pipeline checks end to end: the session's `drill_run`
+# (tests/conftest.py) runs it once, uninterrupted.
 DRILL = small_config(
     name="drill",
     model={"pretrain": {"threads": 1}},
@@ -68,7 +68,7 @@ DRILL = small_config(
     # search proposes trial-002 from the anytime soup's offers, so an interrupted sweep must
     # resume its proposals exactly to match the reference. One epoch (SMALL's): each kill
     # waits for a finished trial, an offer or a later stage; a trial resumed from its epoch
-    # checkpoint is test_multinode's and test_data_parallel's.
+    # checkpoint is test_data_parallel's (and the full-size drill's, tests/drill72.py).
     sweep={"num_samples": 3, "search": "soup", "anytime": {"enabled": True},
            "soup_search": {"initial": 1}},
     # TIES: an element-wise merge, cooked by a run that resumes after the evaluation's kill.

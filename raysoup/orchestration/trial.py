@@ -61,6 +61,21 @@ def _load_state(directory: Path) -> dict:
     }
 
 
+def _resume_state(ckpt) -> dict | None:
+    """The training state in the checkpoint Tune restores the trial from, or None (the trial
+    starts over) when its files are gone: with `num_to_keep=1` the sweep's driver deletes a
+    checkpoint once it registers a newer one, and a driver killed before it next saved its
+    experiment state restores the trial from the deleted one. Training is deterministic, so
+    starting over writes the same ingredient; failing would fail every retry."""
+    with ckpt.as_directory() as d:
+        if not (Path(d) / WEIGHTS_FILE).exists():
+            logging.getLogger("raysoup").warning(
+                "sweep: the checkpoint to resume from is gone (%s: deleted after a newer one, "
+                "the driver killed before it recorded that); the trial starts over", ckpt.path)
+            return None
+        return _load_state(Path(d))
+
+
 @dataclass
 class TrialSession:
     """Where a training process reports to: Tune (a single-process trial) or Ray Train (one
@@ -184,10 +199,7 @@ def _train(config: dict[str, Any], ctx: TrialContext, session: TrialSession) -> 
     model.load_state_dict(load_state_dict(zeroshot))
     splits = load_splits(cfg.data, workdir.root, progress=False)
 
-    resume = None
-    if (ckpt := session.checkpoint()) is not None:
-        with ckpt.as_directory() as d:
-            resume = _load_state(Path(d))
+    resume = _resume_state(ckpt) if (ckpt := session.checkpoint()) is not None else None
 
     def on_epoch(epoch: int, metrics: dict, state_fn) -> None:
         if ctx.heldout is not None and session.rank == 0:
