@@ -207,6 +207,8 @@ XDIST_GROUPS = {
     "test_fixture_pack": "imagenet-fixture", "test_paper_fixture": "imagenet-fixture",
     "test_plan_sizing": "imagenet-fixture",
     "test_kill_and_resume": "drill-run", "test_pipeline": "drill-run",
+    # a module-scoped pool of eval actors
+    "test_soup_cooking_on_ray": "soup-cooking",
 }
 
 
