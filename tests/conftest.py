@@ -208,7 +208,7 @@ XDIST_GROUPS = {
     "test_plan_sizing": "imagenet-fixture",
     "test_kill_and_resume": "drill-run", "test_pipeline": "drill-run",
     # a module-scoped pool of eval actors
-    "test_soup_cooking_on_ray": "soup-cooking",
+    "test_soup_cooking_on_ray": "soup-cooking", "test_recipes_on_ray": "recipes-on-ray",
 }
 
 
