@@ -47,7 +47,13 @@ def make_ingredients(root: Path, model_name: str, n: int, seed: int = 0) -> list
 
 def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repeats: int,
         device: str = "cpu", with_ray: bool = True, routes_in_small_pages: bool = True,
-        output_paths: bool = False) -> dict:
+        output_paths: bool = False,
+        forced: dict[str, tuple[str, ...]] | None = None,
+        ray_shard_counts: tuple[int, ...] | None = None) -> dict:
+    """`output_paths`: the uniform soup's output side by side (`_output_paths`); `forced`:
+    route -> the contenders ("raysoup", "ties") timed with that route forced (default: both on
+    every route); `ray_shard_counts`: the shard counts of the Ray path (default:
+    `shard_counts`)."""
     from raysoup.reduce import plan_shards
 
     root.mkdir(parents=True, exist_ok=True)
@@ -73,13 +79,17 @@ def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repe
             ties_args = {"paths": [str(p) for p in paths],
                          "plan": plan_shards(nbytes, min(shard_counts))}
             out = {}
-            for route in ROUTES:
-                u = probe("raysoup_reduce", st_files, uniform_args, route)
-                t = probe("raysoup_ties", st_files, ties_args, route)
-                out[route] = {"raysoup_s": u["seconds"], "ties_s": t["seconds"],
-                              "floor_ratio": ratio(u["seconds"], floor_s),
-                              "ties_floor_ratio": ratio(t["seconds"], floor_s),
-                              "routes": {"raysoup": u["routes"], "ties": t["routes"]}}
+            for route, who in (forced or {r: CONTENDERS for r in ROUTES}).items():
+                r: dict = {"routes": {}}
+                if "raysoup" in who:
+                    u = probe("raysoup_reduce", st_files, uniform_args, route)
+                    r.update(raysoup_s=u["seconds"], floor_ratio=ratio(u["seconds"], floor_s))
+                    r["routes"]["raysoup"] = u["routes"]
+                if "ties" in who:
+                    t = probe("raysoup_ties", st_files, ties_args, route)
+                    r.update(ties_s=t["seconds"], ties_floor_ratio=ratio(t["seconds"], floor_s))
+                    r["routes"]["ties"] = t["routes"]
+                out[route] = r
             return out
 
         floor = probe("raw_read", st_files, {"files": [str(f) for f in st_files]})
@@ -133,7 +143,8 @@ def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repe
             out["output"] = _output_paths(probe, root, st_files, paths, plan_shards(nbytes, 1),
                                           floor, base, model_bytes)
         if with_ray and device == "cpu":
-            out["ray_write_soup_s"] = _ray_path(root, paths, shard_counts, repeats, st_files)
+            out["ray_write_soup_s"] = _ray_path(root, paths, ray_shard_counts or shard_counts,
+                                                repeats, st_files)
         if device == "cpu":
             # The slow condition: the same files in the page cache as 4 KiB pages
             huge_before = _file_huge_pages()
@@ -164,6 +175,7 @@ def run(root: Path, model_name: str, n: int, shard_counts: tuple[int, ...], repe
 
 
 ROUTES = ("mapping", "read")
+CONTENDERS = ("raysoup", "ties")
 
 
 def _output_paths(probe, root: Path, st_files, paths, plan, floor: dict, base: dict,

@@ -17,17 +17,20 @@ ALL = ("B1", "B2", "B3", "B4", "B6", "S")
 
 # name -> (quick, full) sizes
 SIZES = {
-    # quick: each route forced in the usual page cache only (every probe is a fresh
-    # interpreter, ~2 s of imports: the suite's smoke run keeps to the probes it checks)
+    # quick: routes forced in the usual page cache only, TIES on the mapping and the uniform
+    # soup on the reads, and the Ray path at one shard count (every probe is a fresh
+    # interpreter, ~3 CPU-s of imports: the suite's smoke run keeps to the probes it checks)
     "B1": ({"model_name": "raysoup-tiny-vit", "n": 3, "shard_counts": (1, 2, 4), "repeats": 1,
-            "routes_in_small_pages": False},
+            "routes_in_small_pages": False,
+            "forced": {"mapping": ("ties",), "read": ("raysoup",)}, "ray_shard_counts": (2,)},
            {"model_name": "ViT-B-32", "n": 8, "shard_counts": (1, 2, 4), "repeats": 3,
             "output_paths": True}),
-    # quick: B2 without B6's measured 2-actor greedy and B3 without its 1-thread layout (the
-    # same functions, called again with other counts: three more actor processes, ~5 CPU-s each)
+    # quick: B2 without B6's measured 2-actor greedy, B3 with one 1-thread actor against a
+    # 1-thread loop only (the same functions, called with other counts: each actor is a
+    # process importing torch and open_clip, ~5 CPU-s)
     "B2": ({"n": 5, "n_images": 200, "measure_m2": False}, {"n": 12, "n_images": 1000}),
     "B3": ({"model_name": "raysoup-tiny-rn", "classes": 10, "n_models": 3, "n_images": 500,
-            "image_size": 32, "batch_size": 250, "one_thread_layout": False},
+            "image_size": 32, "batch_size": 250, "one_thread_layout": False, "threads": 1},
            {"model_name": "raysoup-tiny-rn", "classes": 10, "n_models": 8, "n_images": 4000,
             "image_size": 32, "batch_size": 500}),
 }
@@ -125,9 +128,9 @@ def run(only: list[str] | None = None, quick: bool = False, workdir: Path | None
     if "B2" in only:
         details["B2"] = greedy.run(base / "b2", workdir=workdir, gpus=gpus, **SIZES["B2"][size])
     if "B3" in only:
-        args = CUDA_B3 if device == "cuda" else SIZES["B3"][size]
-        details["B3"] = evaluation.run(base / "b3", threads=cpus if device == "cpu" else 1,
-                                       device=device, **args)
+        args = dict(CUDA_B3 if device == "cuda" else SIZES["B3"][size])
+        threads = args.pop("threads", cpus if device == "cpu" else 1)
+        details["B3"] = evaluation.run(base / "b3", threads=threads, device=device, **args)
     if "B4" in only:
         details["B4"] = sweep.run(base / "b4", quick, cpus)
     if "S" in only:
@@ -231,9 +234,13 @@ def _routes_line(b: dict) -> str:
     chosen = "; ".join(f"{who} chose {c['route']} (mapping {c['mapping_ns_per_mib'] / 1e3:.0f}"
                        f" vs read {c['read_ns_per_mib'] / 1e3:.0f} µs/MiB)"
                        for who, cal in b["io_calibration"].items() for c in cal.values())
-    forced = ", ".join(f"{route}: {r['raysoup_s']:.2f}s / {r['ties_s']:.2f}s"
+    forced = ", ".join(f"{route}: {_secs(r.get('raysoup_s'))} / {_secs(r.get('ties_s'))}"
                        for route, r in b["by_route"].items()) or "(not forced here)"
     return f"uniform / TIES by route {forced}; {chosen or 'no tensor large enough to measure'}"
+
+
+def _secs(s: float | None) -> str:
+    return "-" if s is None else f"{s:.2f}s"
 
 
 def main(json_path: Path | None, quick: bool, only: list[str] | None, workdir: Path | None,

@@ -23,9 +23,9 @@ log = logging.getLogger(__name__)
 
 
 def config(quick: bool) -> ExperimentCfg:
-    # quick: one trial per slot of the 2-trial concurrency (each trial is a process importing
-    # torch and open_clip, ~5 CPU-s: the smoke run checks that the figure is produced)
-    per_class, samples, epochs = (40, 2, 1) if quick else (300, 6, 2)
+    # quick: one trial, one at a time (each trial is a process importing torch and open_clip,
+    # ~5 CPU-s: the smoke run checks that the figure is produced)
+    per_class, samples, epochs = (40, 1, 1) if quick else (300, 6, 2)
     return ExperimentCfg.model_validate({
         "name": "bench-sweep",
         "model": {"name": "raysoup-tiny-rn", "tokenizer": "world",
@@ -34,7 +34,7 @@ def config(quick: bool) -> ExperimentCfg:
         "data": {"world": {"num_classes": 4, "train_per_class": per_class, "test_per_class": 10,
                            "shift_per_class": 5},
                  "heldout_fraction": 0.1, "templates": "world"},
-        "sweep": {"num_samples": samples, "max_concurrent": 2, "seed": 0,
+        "sweep": {"num_samples": samples, "max_concurrent": 1 if quick else 2, "seed": 0,
                   "resources_per_trial": {"cpu": 1},
                   "base": {"epochs": epochs, "batch_size": 32, "warmup_steps": 2},
                   "space": {"lr": {"loguniform": [2e-4, 2e-3]}, "seed": {"randint": [0, 1000]}}},

@@ -209,6 +209,8 @@ XDIST_GROUPS = {
     "test_plan_sizing": "imagenet-fixture",
     "test_kill_and_resume": "drill-run", "test_pipeline": "drill-run",
     "test_drill72": "drill-run",
+    # a module-scoped pool of eval actors
+    "test_soup_cooking_on_ray": "soup-cooking", "test_recipes_on_ray": "recipes-on-ray",
 }
 
 

@@ -126,7 +126,10 @@ def test_workdir_of_another_config_is_refused(tmp_path):
     assert "reuse_actors: false" in (work / CONFIG_SNAPSHOT).read_text()
 
 
-def test_cli_refuses_mixed_workdir_with_exit_2(tmp_path):
+def test_cli_refuses_mixed_workdir_with_exit_2(tmp_path, capsys):
+    # The CLI in this process (`raysoup` is `sys.exit(main())`): a CLI process costs seconds
+    # of imports, and the refusal happens before Ray either way.
+    from raysoup.cli import main
     from raysoup.orchestration.pipeline import snapshot_config
 
     work = tmp_path / "work"
@@ -134,10 +137,10 @@ def test_cli_refuses_mixed_workdir_with_exit_2(tmp_path):
     snapshot_config(load_experiment(write_cfg(tmp_path, "a.yaml", sweep__base__warmup_steps=50)),
                     work)
     cfg = write_cfg(tmp_path, "b.yaml", sweep__base__warmup_steps=7)
-    proc = subprocess.run([sys.executable, "-m", "raysoup.cli", "run", str(cfg), "--workdir", str(work)],
-                          check=False, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    assert "sweep.base.warmup_steps: 50 in the workdir, now 7" in proc.stderr
+    capsys.readouterr()
+    rc, err = main(["run", str(cfg), "--workdir", str(work)]), capsys.readouterr().err
+    assert rc == 2, err
+    assert "sweep.base.warmup_steps: 50 in the workdir, now 7" in err
     assert sorted(p.name for p in work.iterdir()) == ["experiment.yaml"]  # nothing else started
 
 

@@ -135,23 +135,27 @@ def test_cluster_file_is_looked_for_in_the_current_directory(tmp_path, monkeypat
     assert "\ncluster " not in describe(cfg, tmp_path / "w", ("sweep",), cluster=None)
 
 
-def test_dry_run_refuses_what_the_real_run_refuses(tmp_path):
+def test_dry_run_refuses_what_the_real_run_refuses(tmp_path, capsys):
     # Issue 30 item 10: on a 6-trial workdir, `--dry-run --set sweep.num_samples=8` said
     # "the run resumes" (exit 0) where the real run refused. A sweep may now grow: the dry
     # run says so; shrinking it or changing its space is refused by both, the same way.
+    # The CLI in this process (`raysoup` is `sys.exit(main())`): a CLI process costs seconds
+    # of imports, and what a fresh one imports is the other dry-run tests' check.
+    from raysoup.cli import main
     from raysoup.orchestration.pipeline import snapshot_config
 
     work = tmp_path / "w"
     work.mkdir()
     snapshot_config(load_experiment(TINY), work)
-    args = ("run", str(TINY), "--workdir", str(work), "--set", "sweep.num_samples=4")
-    dry, real = dry_run(*args, "--dry-run"), dry_run(*args)
-    assert dry.returncode == real.returncode == 2, dry.stdout + dry.stderr
+    args = ["run", str(TINY), "--workdir", str(work), "--set", "sweep.num_samples=4"]
+    capsys.readouterr()
+    dry_rc, dry = main([*args, "--dry-run"]), capsys.readouterr()
+    real_rc, real = main(args), capsys.readouterr()
+    assert dry_rc == real_rc == 2, dry.out + dry.err
     assert "sweep.num_samples: 6 in the workdir, now 4: a sweep grows but never shrinks" \
-        in dry.stderr and dry.stderr == real.stderr
+        in dry.err and dry.err == real.err
     assert sorted(p.name for p in work.iterdir()) == ["experiment.yaml"]
-    # In this process from here (each CLI process above costs seconds of imports): the dry
-    # run's plan is `describe` after `check_config`.
+    # The dry run's plan is `describe` after `check_config`.
     from raysoup.dryrun import describe
     from raysoup.orchestration.pipeline import check_config
     from raysoup.workdir import WorkdirMismatch

@@ -28,8 +28,11 @@ def proposals(cfg, path):
 
     grid = tune.Tuner(
         objective, param_space=tune_space(cfg),
+        # reuse_actors: the trials run one after another in one actor, as the sweep's do
+        # (sweep.reuse_actors), not each in a new process
         tune_config=tune.TuneConfig(num_samples=cfg.sweep.num_samples,
-                                    search_alg=search_alg(cfg), scheduler=scheduler(cfg)),
+                                    search_alg=search_alg(cfg), scheduler=scheduler(cfg),
+                                    reuse_actors=True),
         run_config=tune.RunConfig(name="s", storage_path=str(path), verbose=0)).fit()
     return sorted((trial_name(r.metrics["trial_id"]), r.config["lr"], r.config["mixup"])
                   for r in grid)

@@ -49,24 +49,36 @@ def test_soup_bytes_identical_for_any_shard_count(ray_session, ingredients, tmp_
         torch.testing.assert_close(value.double(), ref, rtol=1e-6, atol=1e-6)
 
 
-def heldout_splits(n=64):
+N = 256  # held-out images: enough that a killed actor dies mid-evaluation
+
+
+def heldout_splits(n=N):
     rng = np.random.default_rng(0)
     return {"heldout": EvalSplit(rng.standard_normal((n, 3, 32, 32)).astype(np.float32),
                                  rng.integers(0, CLASSES, n))}
 
 
-def test_greedy_running_sum_scores_the_soup_it_writes(ray_session, ingredients, tmp_path):
+@pytest.fixture(scope="module")
+def pool(ray_session):
+    """Two half-CPU eval actors, shared by the module's tests (each actor is a process
+    importing torch and open_clip, ~5 CPU-s; tests/conftest.py runs the module on one worker)."""
+    from raysoup.orchestration.evaluation import EvalPool, EvalWorker
+
+    splits = ray_session.put(heldout_splits())
+    actor_cls = ray_session.remote(num_cpus=0.5)(EvalWorker)
+    pool = EvalPool(lambda: actor_cls.remote(MODEL, CLASSES, splits, 16), 2)
+    yield pool
+    pool.stop()
+
+
+def test_greedy_running_sum_scores_the_soup_it_writes(pool, ingredients, tmp_path):
     import ray
 
-    from raysoup.orchestration.evaluation import EvalPool, EvalWorker
     from raysoup.orchestration.kitchen import RunningSumScorer
     from raysoup.orchestration.reduce_tasks import ingredient_shards, write_soup
     from raysoup.reduce import scaled
     from raysoup.soup import Candidate
 
-    splits = ray.put(heldout_splits())
-    actor_cls = ray.remote(num_cpus=0.5)(EvalWorker)
-    pool = EvalPool(lambda: actor_cls.remote(MODEL, CLASSES, splits, 16), 2)
     plan = ingredient_shards(ingredients[0], 3)
     scorer = RunningSumScorer(pool, plan)
     cands = [Candidate(p.name, 0.0, p) for p in ingredients]
@@ -79,7 +91,7 @@ def test_greedy_running_sum_scores_the_soup_it_writes(ray_session, ingredients, 
     # One candidate: both actors score half of held-out each; accuracy and loss (fixed point)
     # are exactly the whole split's.
     [(acc1, loss1)] = scorer.score_with_loss([cands[1]])
-    assert whole(scorer.pending[cands[1].name], 1 / 2) == (round(acc1 * 64), 64, loss1)
+    assert whole(scorer.pending[cands[1].name], 1 / 2) == (round(acc1 * N), N, loss1)
     scorer.commit(cands[1])
     assert scorer.current_loss() == loss1  # the committed soup is the one scored
     acc, acc_other = scorer.score([cands[2], cands[3]])  # two side by side, one actor each
@@ -95,20 +107,17 @@ def test_greedy_running_sum_scores_the_soup_it_writes(ray_session, ingredients, 
         soup_dir = write_soup(tmp_path / cand.name, members, [1 / 3] * 3, plan, {"recipe": "greedy"})
         assert tensor_digest(candidate) == tensor_digest(read_sharded(soup_dir))
         whole = ray.get(pool.actors[0].evaluate_path.remote(str(soup_dir), ["heldout"]))
-        assert whole["heldout"][:2] == (round(score * 64), 64)
-    pool.stop()
+        assert whole["heldout"][:2] == (round(score * N), N)
 
 
-def test_eval_pool_replaces_a_killed_actor(ray_session, ingredients):
+def test_eval_pool_replaces_a_killed_actor(pool, ingredients):
     """An actor killed mid-evaluation: the pool starts a replacement, resubmits the lost call,
     and every evaluation lands with the same scores as an undisturbed run."""
     import ray
 
-    from raysoup.orchestration.evaluation import EvalPool, EvalWorker, evaluate_models
+    from raysoup.orchestration.evaluation import evaluate_models
 
-    splits = ray.put(heldout_splits(256))
-    actor_cls = ray.remote(num_cpus=0.5)(EvalWorker)
-    pool = EvalPool(lambda: actor_cls.remote(MODEL, CLASSES, splits, 16), 2)
+    replaced = pool.replaced
     jobs = [(p.name, "ingredient", p, ["heldout"]) for p in ingredients * 3]
     expected = evaluate_models(pool, jobs)
     victims = []
@@ -120,8 +129,7 @@ def test_eval_pool_replaces_a_killed_actor(ray_session, ingredients):
 
     got = evaluate_models(pool, jobs, progress=kill_once)
     assert got == expected
-    assert pool.replaced >= 1 and victims[0] not in pool.actors
-    pool.stop()
+    assert pool.replaced >= replaced + 1 and victims[0] not in pool.actors
 
 
 def test_reduction_task_killed_mid_flight_is_retried(ray_session, ingredients, tmp_path):

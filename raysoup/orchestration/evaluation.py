@@ -24,6 +24,7 @@ from raysoup.evaluate import cache, logits_cache
 from raysoup.evaluate.evaluator import EvalSplit, Evaluator
 from raysoup.models.families import DEFAULT_FAMILY, family_of, get_family
 from raysoup.orchestration import metrics
+from raysoup.orchestration.cache_tasks import _build_shard
 from raysoup.progress import Progress
 from raysoup.reduce import INDEX_FILE, read_sharded, scaled
 from raysoup.workdir import IngredientManifest, ensemble_members
@@ -131,11 +132,6 @@ class EvalWorker:
         """`fn(self, *args)` in this actor: computations that need its model and its splits
         beside the ones above (`raysoup analyze`: orchestration/analysis_jobs.py)."""
         return fn(self, *args)
-
-
-def _build_shard(data: LabeledImages, image_size: int, out: str, skip_corrupt: bool) -> dict:
-    torch.set_num_threads(1)
-    return cache.build_shard(data, image_size, Path(out), skip_corrupt)
 
 
 def build_eval_cache(named: dict[str, LabeledImages], workdir: Path, preprocess: dict,

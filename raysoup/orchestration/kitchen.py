@@ -22,7 +22,7 @@ from raysoup.evaluate.evaluator import LOSS_UNIT
 from raysoup.evaluate.task_metrics import from_counts
 from raysoup.orchestration.evaluation import EvalPool
 from raysoup.orchestration.reduce_tasks import (
-    _same_float_mode,
+    _per_tensor,
     add_ingredient,
     apply_refs,
     placed,
@@ -36,12 +36,6 @@ from raysoup.soup.journal import DecisionJournal
 from raysoup.workdir import soup_journal
 
 log = logging.getLogger(__name__)
-
-
-@ray.remote(max_retries=2)
-def _per_tensor(fn, paths: list[str], names: list[str]) -> dict:
-    _same_float_mode()
-    return fn([Path(p) for p in paths], names)
 
 
 class RayKitchen:

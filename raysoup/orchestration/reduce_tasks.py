@@ -129,6 +129,14 @@ def as_blend(weights: list[float] | Blend, tensor_weights: dict | None = None,
     return Blend(tuple(weights), tensor_weights, integers_from=integers_from)
 
 
+# Here, not beside its caller in kitchen.py: a task worker imports the task's module, and the
+# kitchen's imports pull in the eval actors' model code (open_clip, ~3 CPU-s per worker).
+@ray.remote(max_retries=2)
+def _per_tensor(fn, paths: list[str], names: list[str]) -> dict:
+    _same_float_mode()
+    return fn([Path(p) for p in paths], names)
+
+
 @ray.remote(max_retries=2)
 def _reduce_to_file(paths: list[str], blend: Blend, names: list[str], out: str,
                     dtypes: dict[str, str]) -> str:
