@@ -34,7 +34,7 @@ from raysoup.orchestration.callbacks import (
 from raysoup.orchestration.resume import KEPT_ON_RESUME, anytime_behind, refuse_kept_changes
 from raysoup.orchestration.session import SweepSession
 from raysoup.orchestration.space import tune_space
-from raysoup.orchestration.trial import TrialContext, train_trial
+from raysoup.orchestration.trial import TrialContext, train_trial, with_restart
 from raysoup.orchestration.trial_records import (
     EndedTrials,
     Segment,
@@ -140,7 +140,8 @@ def _trainable(cfg: ExperimentCfg, workdir: Path, heldout):
                        workers=workers, heldout=heldout if search.reports_heldout(cfg) else None)
     trial_res = ({"cpu": DATA_PARALLEL_DRIVER_CPU, "gpu": 0} if workers > 1
                  else {"cpu": res.cpu, "gpu": res.gpu})
-    return tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), trial_res)
+    return with_restart(tune.with_resources(tune.with_parameters(train_trial, ctx=ctx),
+                                            trial_res))
 
 
 def _start_anytime(cfg: ExperimentCfg, workdir: Path, tracker: Tracker, parent_run: str,

@@ -76,6 +76,37 @@ def _resume_state(ckpt) -> dict | None:
         return _load_state(Path(d))
 
 
+class RestartsWhenCheckpointGone:
+    """A mixin of the trial's Tune trainable (`with_restart`): a restore from a checkpoint whose
+    directory is gone starts the trial over, for the reason `_resume_state` gives. Tune's own
+    `Trainable.restore` raises there, before the trial function could decide, and the trial
+    then fails every retry on the same missing path."""
+
+    def restore(self, checkpoint_path):
+        ckpt = getattr(checkpoint_path, "checkpoint", checkpoint_path)  # a _TrainingResult
+        if isinstance(ckpt, str):
+            ckpt = tune.Checkpoint.from_directory(ckpt)
+        if isinstance(ckpt, tune.Checkpoint) and _gone(ckpt):
+            logging.getLogger("raysoup").warning(
+                "sweep: the checkpoint to resume from is gone (%s: deleted after a newer one, "
+                "the driver killed before it recorded that); the trial starts over", ckpt.path)
+            return None
+        return super().restore(checkpoint_path)
+
+
+def _gone(ckpt) -> bool:
+    import pyarrow.fs as pafs
+
+    return ckpt.filesystem.get_file_info(ckpt.path).type == pafs.FileType.NotFound
+
+
+def with_restart(trainable):
+    """The trial function Tune wraps, with `RestartsWhenCheckpointGone` mixed into the class
+    Tune makes of it (Tune's `__mixins__` hook, which `tune.with_parameters` carries)."""
+    trainable.__mixins__ = (RestartsWhenCheckpointGone,)
+    return trainable
+
+
 @dataclass
 class TrialSession:
     """Where a training process reports to: Tune (a single-process trial) or Ray Train (one
