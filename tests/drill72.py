@@ -438,8 +438,8 @@ def main() -> int:
     rc, events, err = run_disturbed(cfg, a.out / "disturbed", a.trials, a.nodes, a.timeout)
     all_cpu = cpu.by_role()
     cpu.stop()
-    for name, text in (("reference", err_ref), ("disturbed", err)):
-        (a.out / f"{name}.stderr.log").write_text(text)  # the drivers' logs, for a look
+    for role, text in (("reference", err_ref), ("disturbed", err)):
+        (a.out / f"{role}.stderr.log").write_text(text)  # the drivers' logs, for a look
     report = {"trials": a.trials, "nodes": a.nodes, "events": events, "returncode": rc,
               "local_reference": a.local_reference,
               "reference_wall_s": round(ref_s, 1),
