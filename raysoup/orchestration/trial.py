@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 from ray import tune
 from safetensors.torch import load_file, save_file
@@ -69,9 +70,7 @@ def _resume_state(ckpt) -> dict | None:
     starting over writes the same ingredient; failing would fail every retry."""
     with ckpt.as_directory() as d:
         if not (Path(d) / WEIGHTS_FILE).exists():
-            logging.getLogger("raysoup").warning(
-                "sweep: the checkpoint to resume from is gone (%s: deleted after a newer one, "
-                "the driver killed before it recorded that); the trial starts over", ckpt.path)
+            _starts_over(ckpt)
             return None
         return _load_state(Path(d))
 
@@ -87,16 +86,18 @@ class RestartsWhenCheckpointGone:
         if isinstance(ckpt, str):
             ckpt = tune.Checkpoint.from_directory(ckpt)
         if isinstance(ckpt, tune.Checkpoint) and _gone(ckpt):
-            logging.getLogger("raysoup").warning(
-                "sweep: the checkpoint to resume from is gone (%s: deleted after a newer one, "
-                "the driver killed before it recorded that); the trial starts over", ckpt.path)
+            _starts_over(ckpt)
             return None
         return super().restore(checkpoint_path)
 
 
-def _gone(ckpt) -> bool:
-    import pyarrow.fs as pafs
+def _starts_over(ckpt) -> None:
+    logging.getLogger("raysoup").warning(
+        "sweep: the checkpoint to resume from is gone (%s: deleted after a newer one, the "
+        "driver killed before it recorded that); the trial starts over", ckpt.path)
 
+
+def _gone(ckpt) -> bool:
     return ckpt.filesystem.get_file_info(ckpt.path).type == pafs.FileType.NotFound
 
 
